@@ -1,0 +1,108 @@
+"""Settings: embedded defaults, overridden by imgq.toml, overridden by the command line.
+
+Only the CLI reads the environment and files; the library receives a ``Settings``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from pathlib import Path
+
+from imgq.errors import UsageError
+
+DEFAULT_RECIPES: dict[str, dict[str, str]] = {
+    # artifact name -> operation chain; every chain of a recipe runs from one decode.
+    "default": {"thumb": "thumb", "web": "web"},
+}
+
+
+@dataclasses.dataclass
+class Settings:
+    db: Path = Path("imgq.db")
+    store: Path | None = None  # artifacts; default: "<db stem>-store" beside the database
+    max_pixels: int = 250_000_000
+    default_owner: str = "unknown"
+    settle: float = 2.0
+    lease_seconds: float = 60.0
+    max_attempts: int = 5
+    backoff_seconds: float = 5.0
+    backoff_max_seconds: float = 3600.0
+    jpeg_quality: int = 85
+    recipes: dict[str, dict[str, str]] = dataclasses.field(
+        default_factory=lambda: {k: dict(v) for k, v in DEFAULT_RECIPES.items()}
+    )
+    destinations: list[str] = dataclasses.field(default_factory=list)
+    config_path: Path | None = None
+
+    @property
+    def store_dir(self) -> Path:
+        if self.store is not None:
+            return self.store
+        return self.db.parent / (self.db.stem + "-store")
+
+
+_SCALARS = {
+    "store": Path,
+    "max_pixels": int,
+    "default_owner": str,
+    "settle": float,
+    "lease_seconds": float,
+    "max_attempts": int,
+    "backoff_seconds": float,
+    "backoff_max_seconds": float,
+    "jpeg_quality": int,
+}
+
+
+def find_config(explicit: str | None) -> Path | None:
+    """The config file in force: --config, else $IMGQ_CONFIG, else ./imgq.toml if present."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("IMGQ_CONFIG")
+    if env:
+        return Path(env)
+    here = Path("imgq.toml")
+    return here if here.is_file() else None
+
+
+def load_settings(config: Path | None = None, db: str | None = None) -> Settings:
+    """Settings from the defaults and an optional imgq.toml.
+
+    The file has top-level keys matching ``Settings`` fields, a ``[recipes.NAME]`` table
+    per recipe (artifact = "chain") and ``destinations = [...]`` for archive/collect.
+    """
+    s = Settings()
+    if config is not None:
+        try:
+            data = tomllib.loads(config.read_text())
+        except FileNotFoundError:
+            raise UsageError(f"config file {config} does not exist")
+        except tomllib.TOMLDecodeError as e:
+            raise UsageError(f"config file {config}: {e}")
+        s.config_path = config
+        for key, value in data.items():
+            if key in _SCALARS:
+                try:
+                    setattr(s, key, _SCALARS[key](value))
+                except (TypeError, ValueError):
+                    raise UsageError(f"{config}: {key} = {value!r} is not a valid {_SCALARS[key].__name__}")
+            elif key == "recipes":
+                if not isinstance(value, dict):
+                    raise UsageError(f"{config}: [recipes] must be a table of tables")
+                for name, chains in value.items():
+                    if not isinstance(chains, dict) or not all(isinstance(c, str) for c in chains.values()):
+                        raise UsageError(f'{config}: [recipes.{name}] must map artifact names to chains, e.g. thumb = "fit:120x90"')
+                    s.recipes[name] = dict(chains)
+            elif key == "destinations":
+                s.destinations = [str(d) for d in value]
+            elif key == "db":
+                s.db = Path(value)
+            else:
+                raise UsageError(f"{config}: unknown setting {key!r}")
+    if db is not None:
+        s.db = Path(db)
+    elif os.environ.get("IMGQ_DB"):
+        s.db = Path(os.environ["IMGQ_DB"])
+    return s

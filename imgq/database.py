@@ -1,0 +1,273 @@
+"""Opening the database and migrating its schema.
+
+One SQLite file is both the job queue and the journal. It is opened in WAL mode with a
+busy timeout and foreign keys on, and migrated with versioned steps (``PRAGMA
+user_version`` holds the version reached). Migrations are append-only: never edit one
+that has shipped, add the next.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import sqlite_utils
+
+BUSY_TIMEOUT_MS = 30_000
+
+
+def _m1_core(db: sqlite_utils.Database) -> None:
+    db["files"].create(
+        {
+            "id": str,  # OWNER_EPOCH_BASENAME, unique, human-readable
+            "inbox": str,  # absolute inbox root the file was found under
+            "path": str,  # path relative to the inbox root
+            "owner": str,
+            "size": int,
+            "mtime_ns": int,
+            "sha256": str,
+            "taken_at": str,  # ISO 8601, EXIF DateTimeOriginal else mtime (UTC)
+            "taken_source": str,  # 'exif' or 'mtime'
+            "format": str,
+            "width": int,
+            "height": int,
+            "meta": str,  # JSON: camera make/model, orientation, ...
+            "state": str,
+            "error": str,
+            "duplicate_of": str,
+            "created_at": float,
+            "updated_at": float,
+        },
+        pk="id",
+        foreign_keys=[("duplicate_of", "files", "id")],
+        not_null={"inbox", "path", "owner", "state", "created_at", "updated_at"},
+    )
+    db["files"].create_index(["inbox", "path"])
+    db["files"].create_index(["sha256"])
+    db["files"].create_index(["state"])
+
+    db["jobs"].create(
+        {
+            "id": int,
+            "file_id": str,
+            "recipe": str,
+            "spec": str,  # JSON {artifact: chain}; part of the job's identity
+            "spec_hash": str,
+            "state": str,
+            "attempts": int,
+            "max_attempts": int,
+            "not_before": float,
+            "lease_owner": str,
+            "lease_until": float,
+            "lease_token": str,
+            "host": str,
+            "error": str,
+            "error_kind": str,
+            "result": str,
+            "created_at": float,
+            "updated_at": float,
+        },
+        pk="id",
+        foreign_keys=[("file_id", "files", "id")],
+        not_null={"file_id", "recipe", "spec", "spec_hash", "state", "attempts", "max_attempts", "not_before"},
+        defaults={"attempts": 0, "not_before": 0},
+    )
+    db["jobs"].create_index(["file_id", "recipe", "spec_hash"], unique=True)
+    db["jobs"].create_index(["state", "not_before"])
+
+    db["artifacts"].create(
+        {
+            "id": int,
+            "job_id": int,
+            "file_id": str,
+            "name": str,
+            "path": str,  # relative to the store
+            "sha256": str,
+            "bytes": int,
+            "width": int,
+            "height": int,
+            "created_at": float,
+        },
+        pk="id",
+        foreign_keys=[("job_id", "jobs", "id"), ("file_id", "files", "id")],
+        not_null={"job_id", "file_id", "name", "path", "sha256", "bytes"},
+    )
+    db["artifacts"].create_index(["job_id", "name"], unique=True)
+    db["artifacts"].create_index(["file_id"])
+
+    db["copies"].create(
+        {
+            "id": int,
+            "file_id": str,
+            "artifact_id": int,  # NULL for the original
+            "destination": str,
+            "path": str,
+            "sha256": str,
+            "bytes": int,
+            "verified_at": float,
+            "created_at": float,
+        },
+        pk="id",
+        foreign_keys=[("file_id", "files", "id"), ("artifact_id", "artifacts", "id")],
+        not_null={"file_id", "destination", "path", "sha256", "bytes", "created_at"},
+    )
+    db["copies"].create_index(["file_id", "destination"])
+
+    db["events"].create(
+        {
+            "id": int,
+            "at": float,
+            "entity": str,  # 'file' or 'job'
+            "file_id": str,
+            "job_id": int,
+            "from_state": str,
+            "to_state": str,
+            "host": str,
+            "actor": str,
+            "detail": str,
+        },
+        pk="id",
+        not_null={"at", "entity", "to_state"},
+    )
+    db["events"].create_index(["file_id"])
+    db["events"].create_index(["job_id"])
+    db["events"].create_index(["at"])
+
+    db["runs"].create(
+        {
+            "id": int,
+            "command": str,
+            "args": str,  # JSON
+            "host": str,
+            "pid": int,
+            "started_at": float,
+            "ended_at": float,
+            "exit_code": int,
+            "counts": str,  # JSON
+        },
+        pk="id",
+        not_null={"command", "started_at"},
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_core]
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    return conn.execute("PRAGMA user_version").fetchone()[0]
+
+
+def connect(path: Path | str, *, synchronous: str = "NORMAL") -> sqlite3.Connection:
+    """A connection to the database at ``path``, created and migrated if needed.
+
+    Autocommit mode (``isolation_level=None``): every write transaction is explicit,
+    so the queue can use ``BEGIN IMMEDIATE`` and the journal can keep a state change and
+    its event in one transaction.
+    """
+    path = Path(path)
+    conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+        conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    migrate(conn)
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema to the newest version; safe to call from many processes at once."""
+    if schema_version(conn) >= len(MIGRATIONS):
+        return schema_version(conn)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = schema_version(conn)  # re-read under the write lock
+        db = sqlite_utils.Database(conn)
+        for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
+            step(db)
+            conn.execute(f"PRAGMA user_version = {number}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return schema_version(conn)
+
+
+class DB:
+    """A connection plus the write discipline every writer of imgq shares.
+
+    ``transaction()`` takes a ``flock`` on ``<db>-writelock`` before ``BEGIN IMMEDIATE``.
+    SQLite's own busy handler sleeps with growing back-off, so under contention the
+    process that just committed wins again and again (measured here: one process did
+    34,000 claims while the other did 1 in 5 s). The kernel's flock wakes a waiter
+    as soon as the lock is free, which keeps claims fair between processes.
+    """
+
+    def __init__(self, path: Path | str, *, synchronous: str = "NORMAL"):
+        self.path = Path(path)
+        if not self.path.parent.is_dir():
+            from imgq.errors import UsageError
+
+            raise UsageError(f"cannot create database {self.path}: folder {self.path.parent} does not exist")
+        self.conn = connect(self.path, synchronous=synchronous)
+        self._lock_path = str(self.path) + "-writelock"
+        self._lock_fd: int | None = None
+
+    def execute(self, sql: str, params=()) -> sqlite3.Cursor:
+        return self.conn.execute(sql, params)
+
+    def one(self, sql: str, params=()) -> sqlite3.Row | None:
+        return self.conn.execute(sql, params).fetchone()
+
+    def all(self, sql: str, params=()) -> list[sqlite3.Row]:
+        return self.conn.execute(sql, params).fetchall()
+
+    def transaction(self):
+        return _Transaction(self)
+
+    def close(self) -> None:
+        self.conn.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _lock(self) -> None:
+        if self._lock_fd is None:
+            self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+
+    def _unlock(self) -> None:
+        fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+
+class _Transaction:
+    def __init__(self, db: DB):
+        self.db = db
+        self.nested = False
+
+    def __enter__(self) -> sqlite3.Connection:
+        if self.db.conn.in_transaction:
+            self.nested = True  # the caller's transaction already covers us
+            return self.db.conn
+        self.db._lock()
+        try:
+            self.db.conn.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self.db._unlock()
+            raise
+        return self.db.conn
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.nested:
+            return
+        try:
+            if exc_type is None:
+                self.db.conn.execute("COMMIT")
+            else:
+                self.db.conn.execute("ROLLBACK")
+        finally:
+            self.db._unlock()

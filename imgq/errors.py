@@ -1,0 +1,90 @@
+"""The named exceptions imgq raises, and the exit codes the CLI turns them into.
+
+Every error is classified where it is raised: ``Permanent`` means the input itself is
+bad and retrying cannot help; ``Transient`` means the world was flaky (I/O, a host, a
+full disk) and the queue retries with backoff. The queue reads the class, never the text.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Exit(enum.IntEnum):
+    OK = 0
+    SOME_FAILED = 1
+    USAGE = 2
+
+
+class ImgqError(Exception):
+    """Base of every error imgq raises on purpose; the message is for a person."""
+
+    exit_code = Exit.SOME_FAILED
+
+
+class Permanent(ImgqError):
+    """Retrying cannot help: the input is bad."""
+
+
+class Transient(ImgqError):
+    """Retrying later may help: I/O, network, disk space, a lost host."""
+
+
+class BadImage(Permanent):
+    """Not a decodable image: corrupt, truncated, empty, not an image at all."""
+
+
+class TooLarge(Permanent):
+    """Over the pixel limit (decompression bomb or absurd size)."""
+
+
+class UnknownOperation(Permanent):
+    """An operation name or parameter that does not exist."""
+
+
+class MissingExtra(Permanent):
+    """An optional extra (imgq[heic], imgq[raw]) is needed and not installed."""
+
+
+class StorageError(Transient):
+    """Writing or reading an artifact or a copy failed (disk full, I/O error)."""
+
+
+class HostUnreachable(Transient):
+    """A host could not be reached or was lost."""
+
+
+class LeaseLost(ImgqError):
+    """The job's lease expired or was taken by another worker; the result is discarded."""
+
+
+class InvalidTransition(ImgqError):
+    """A state change that is not on the lifecycle diagram: always a bug."""
+
+
+class UsageError(ImgqError):
+    """The user asked for something that cannot be done as asked."""
+
+    exit_code = Exit.USAGE
+
+
+class NotFound(UsageError):
+    """A file or job id that is not in the database."""
+
+
+class Busy(ImgqError):
+    """Another run of the same step holds its lock."""
+
+    exit_code = Exit.OK
+
+
+def classify(exc: BaseException) -> str:
+    """'permanent' or 'transient' for any exception; unknown ones are transient.
+
+    OSErrors (disk full, I/O error, permission flapping on a share) are transient:
+    the world may heal. Anything we did not expect is also retried, but only up to
+    the job's max attempts, so a bug cannot loop forever.
+    """
+    if isinstance(exc, Permanent):
+        return "permanent"
+    return "transient"

@@ -1,0 +1,207 @@
+"""The one writer of state.
+
+Every change of a file's or a job's state goes through this module: it is checked
+against the lifecycle below and written together with its ``events`` row, inside the
+caller's transaction (``db.transaction()``). A change that is not on the diagram raises
+``InvalidTransition``: that is always a bug, never bad input.
+
+File lifecycle::
+
+    seen ─▶ queued ─▶ processed ─▶ archived ─▶ collected
+      │        │          │
+      ├─▶ duplicate ─▶ collected   (same sha256 as a known file)
+      └─▶ failed                   (not an image, corrupt, too large; with the reason)
+
+Job lifecycle::
+
+    ready ─claim─▶ leased ─complete─▶ done
+      ▲              │  ├─transient error─▶ ready (later, with backoff)
+      └──released────┘  └─permanent error, attempts exhausted─▶ failed ─retry─▶ ready
+                  leased ─lease expired, reclaimed─▶ leased
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable, Sequence
+
+from imgq.database import DB
+from imgq.errors import InvalidTransition
+
+NEW = None  # the "from" state of a row being created
+
+FILE_TRANSITIONS: dict[str | None, set[str]] = {
+    NEW: {"seen", "duplicate", "failed"},
+    "seen": {"queued", "failed"},
+    "queued": {"processed", "failed", "queued"},
+    "processed": {"archived", "queued"},
+    "archived": {"collected", "queued", "processed"},
+    "duplicate": {"collected"},
+    "failed": {"queued"},
+    "collected": set(),
+}
+
+JOB_TRANSITIONS: dict[str | None, set[str]] = {
+    NEW: {"ready"},
+    "ready": {"leased"},
+    "leased": {"done", "ready", "failed", "leased"},
+    "failed": {"ready"},
+    "done": set(),
+}
+
+FILE_STATES = [s for s in FILE_TRANSITIONS if s is not None]
+JOB_STATES = [s for s in JOB_TRANSITIONS if s is not None]
+
+
+def check(kind: str, from_state: str | None, to_state: str) -> None:
+    """Raise InvalidTransition unless ``from_state -> to_state`` is on the diagram."""
+    table = FILE_TRANSITIONS if kind == "file" else JOB_TRANSITIONS
+    if from_state not in table or to_state not in table[from_state]:
+        raise InvalidTransition(f"{kind} state change {from_state or 'new'} -> {to_state} is not allowed")
+
+
+@dataclasses.dataclass(frozen=True)
+class Actor:
+    """Who makes a change: recorded with every event."""
+
+    host: str | None = None
+    name: str | None = None
+
+
+def _event(db: DB, *, now: float, entity: str, file_id, job_id, from_state, to_state, actor: Actor, detail) -> None:
+    db.execute(
+        "INSERT INTO events (at, entity, file_id, job_id, from_state, to_state, host, actor, detail)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (now, entity, file_id, job_id, from_state, to_state, actor.host, actor.name, _text(detail)),
+    )
+
+
+def _text(detail) -> str | None:
+    if detail is None or isinstance(detail, str):
+        return detail
+    return json.dumps(detail, sort_keys=True)
+
+
+def _require_tx(db: DB) -> None:
+    if not db.conn.in_transaction:
+        raise RuntimeError("journal changes must run inside db.transaction()")
+
+
+# --- files -----------------------------------------------------------------------------
+
+
+def add_file(db: DB, row: dict, *, state: str, now: float, actor: Actor = Actor(), detail=None) -> None:
+    """Record a newly found file in ``state`` (seen, duplicate or failed)."""
+    _require_tx(db)
+    check("file", NEW, state)
+    row = dict(row, state=state, created_at=now, updated_at=now)
+    cols = ", ".join(row)
+    db.execute(f"INSERT INTO files ({cols}) VALUES ({', '.join('?' * len(row))})", tuple(row.values()))
+    _event(db, now=now, entity="file", file_id=row["id"], job_id=None, from_state=None, to_state=state, actor=actor, detail=detail)
+
+
+def move_file(
+    db: DB,
+    file_id: str,
+    to_state: str,
+    *,
+    now: float,
+    actor: Actor = Actor(),
+    detail=None,
+    job_id: int | None = None,
+    error: str | None = None,
+    expect: Iterable[str] | None = None,
+    fields: dict | None = None,
+) -> str:
+    """Move one file to ``to_state``; returns the state it left.
+
+    ``expect`` narrows the states the caller is prepared to move from; a file in any other
+    state raises. ``error`` is stored (and cleared when None on a move out of failed).
+    """
+    _require_tx(db)
+    row = db.one("SELECT state FROM files WHERE id = ?", (file_id,))
+    if row is None:
+        raise InvalidTransition(f"file {file_id} does not exist")
+    from_state = row["state"]
+    if expect is not None and from_state not in set(expect):
+        raise InvalidTransition(f"file {file_id} is {from_state}, expected {'/'.join(expect)}")
+    check("file", from_state, to_state)
+    sets = dict(fields or {}, state=to_state, error=error, updated_at=now)
+    db.execute(
+        f"UPDATE files SET {', '.join(f'{k} = ?' for k in sets)} WHERE id = ? AND state = ?",
+        (*sets.values(), file_id, from_state),
+    )
+    _event(db, now=now, entity="file", file_id=file_id, job_id=job_id, from_state=from_state, to_state=to_state, actor=actor, detail=detail or error)
+    return from_state
+
+
+# --- jobs ------------------------------------------------------------------------------
+
+
+def add_job(db: DB, row: dict, *, now: float, actor: Actor = Actor()) -> int | None:
+    """Create a ready job; None if the same file, recipe and spec already has one."""
+    _require_tx(db)
+    check("job", NEW, "ready")
+    row = dict(row, state="ready", attempts=0, not_before=0, created_at=now, updated_at=now)
+    cols = ", ".join(row)
+    cur = db.execute(
+        f"INSERT INTO jobs ({cols}) VALUES ({', '.join('?' * len(row))})"
+        " ON CONFLICT (file_id, recipe, spec_hash) DO NOTHING",
+        tuple(row.values()),
+    )
+    if cur.rowcount == 0:
+        return None
+    job_id = cur.lastrowid
+    _event(db, now=now, entity="job", file_id=row["file_id"], job_id=job_id, from_state=None, to_state="ready", actor=actor, detail=row["recipe"])
+    return job_id
+
+
+@dataclasses.dataclass
+class JobChange:
+    """One job state change. ``token`` fences it: the change applies only while the job
+    still holds that lease token (None: no fence)."""
+
+    job_id: int
+    file_id: str
+    from_state: str
+    to_state: str
+    sets: dict = dataclasses.field(default_factory=dict)
+    token: str | None = None
+    detail: object = None
+
+
+def move_jobs(db: DB, changes: Sequence[JobChange], *, now: float, actor: Actor = Actor()) -> list[bool]:
+    """Apply job changes in the caller's transaction; one event per applied change.
+
+    Returns, per change, whether it applied: a fenced change whose job has moved on
+    (another worker reclaimed it) does not apply and writes nothing.
+    """
+    _require_tx(db)
+    applied: list[bool] = []
+    events = []
+    for c in changes:
+        check("job", c.from_state, c.to_state)
+        sets = dict(c.sets, state=c.to_state, updated_at=now)
+        sql = f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in sets)} WHERE id = ? AND state = ?"
+        params = [*sets.values(), c.job_id, c.from_state]
+        if c.token is not None:
+            sql += " AND lease_token = ?"
+            params.append(c.token)
+        ok = db.execute(sql, params).rowcount == 1
+        applied.append(ok)
+        if ok:
+            events.append((now, "job", c.file_id, c.job_id, c.from_state, c.to_state, actor.host, actor.name, _text(c.detail)))
+    if events:
+        db.conn.executemany(
+            "INSERT INTO events (at, entity, file_id, job_id, from_state, to_state, host, actor, detail)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            events,
+        )
+    return applied
+
+
+def history(db: DB, file_id: str) -> list[dict]:
+    """Every event of a file and of its jobs, oldest first."""
+    rows = db.all("SELECT * FROM events WHERE file_id = ? ORDER BY id", (file_id,))
+    return [dict(r) for r in rows]
