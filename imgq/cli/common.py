@@ -1,0 +1,126 @@
+"""What every command shares: options, the database opener, stdin ids, output, locks."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from imgq import runs
+from imgq.config import Settings, find_config, load_settings
+from imgq.database import DB
+from imgq.errors import Busy, Exit, UsageError
+
+DbOpt = Annotated[
+    Optional[str],
+    typer.Option("--db", help="Database file (default: $IMGQ_DB, else ./imgq.db).", metavar="PATH", show_default=False),
+]
+ConfigOpt = Annotated[
+    Optional[str],
+    typer.Option("--config", help="Settings file (default: $IMGQ_CONFIG, else ./imgq.toml if present).", metavar="PATH", show_default=False),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Write one JSON object per line to stdout instead of ids.")]
+WaitOpt = Annotated[
+    bool,
+    typer.Option("--wait/--no-wait", help="If another run of this step holds its lock: wait for it, or exit 0 quietly (default)."),
+]
+
+state = {"debug": False}
+
+
+def stderr() -> Console:
+    """The console for people: stderr, colour only on a terminal and never with NO_COLOR."""
+    return Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False)
+
+
+def settings_for(db: str | None, config: str | None) -> Settings:
+    return load_settings(find_config(config), db)
+
+
+def open_db(settings: Settings) -> DB:
+    return DB(settings.db)
+
+
+def out(line: str) -> None:
+    """One line of data on stdout, flushed so the next step in a pipe sees it at once."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def out_json(obj: dict) -> None:
+    out(json.dumps(obj, sort_keys=True, default=str, ensure_ascii=False))
+
+
+def read_ids(args: list[str] | None) -> list[str] | None:
+    """Ids from the arguments; ``-`` reads them from stdin, one per line.
+
+    None means "no argument: every eligible item"; an empty list (an empty pipe) means
+    nothing to do. NDJSON lines from ``--json`` output are accepted too (their "id").
+    """
+    if not args:
+        return None
+    ids: list[str] = []
+    for a in args:
+        if a == "-":
+            for line in sys.stdin:
+                line = line.strip()
+                if not line:
+                    continue
+                if line.startswith("{"):
+                    try:
+                        line = str(json.loads(line)["id"])
+                    except (ValueError, KeyError, TypeError):
+                        raise UsageError(f"cannot read an id from stdin line {line[:60]!r}")
+                ids.append(line)
+        else:
+            ids.append(a)
+    return ids
+
+
+@contextlib.contextmanager
+def step_lock(settings: Settings, step: str, wait: bool):
+    """An advisory lock so two overlapping runs of the same step (say, from cron) never
+    collide: the second waits (``--wait``) or exits 0 quietly."""
+    path = str(settings.db) + f"-{step}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise Busy(f"another `imgq {step}` is running on {settings.db}; nothing done (use --wait to wait for it)")
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def recorded_run(db: DB, command: str, args: dict):
+    """Record the invocation in ``runs``; the body fills ``counts`` and ``exit_code``."""
+    rec = {"counts": {}, "exit_code": int(Exit.OK)}
+    run_id = runs.start(db, command, args, now=time.time())
+    rec["id"] = run_id
+    try:
+        yield rec
+    except BaseException as e:
+        # typer.Exit carries the code the command chose; ImgqError its class's code.
+        code = getattr(e, "exit_code", None)
+        rec["exit_code"] = int(code) if isinstance(code, int) else int(Exit.SOME_FAILED)
+        raise
+    finally:
+        runs.finish(db, run_id, exit_code=rec["exit_code"], counts=rec["counts"], now=time.time())
+
+
+def is_tty() -> bool:
+    return sys.stderr.isatty()
+
+
+def fail_usage(message: str) -> None:
+    raise UsageError(message)

@@ -1,0 +1,73 @@
+"""imgq enqueue [IDS | -]"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Optional
+
+import typer
+
+from imgq import queue, recipes
+from imgq.cli import common
+from imgq.errors import Exit, UsageError
+from imgq.journal import Actor
+
+EPILOG = """\b
+Examples:
+  imgq scan inbox/ | imgq enqueue -
+  imgq enqueue                      # every photo not yet enqueued
+  imgq enqueue --recipe default alice_1700000000_IMG_0001.jpg
+  imgq enqueue --op thumb --op 'fit:1920x1080' -
+"""
+
+
+def enqueue(
+    ids: Annotated[Optional[list[str]], typer.Argument(help="File ids, or - to read them from stdin. None: every seen file.", metavar="[IDS | -]", show_default=False)] = None,
+    recipe: Annotated[Optional[list[str]], typer.Option("--recipe", "-r", help="Recipe to apply (repeatable; default: default). `imgq recipes` lists them.", metavar="NAME", show_default=False)] = None,
+    op: Annotated[Optional[list[str]], typer.Option("--op", help="An operation chain giving one artifact, e.g. 'web|sharpness=1.5' (repeatable).", metavar="CHAIN", show_default=False)] = None,
+    max_attempts: Annotated[Optional[int], typer.Option("--max-attempts", help="Attempts before a transiently failing job fails (default 5).", min=1, show_default=False)] = None,
+    db: common.DbOpt = None,
+    config: common.ConfigOpt = None,
+    json: common.JsonOpt = False,
+    wait: common.WaitOpt = False,
+) -> None:
+    """Create one job per file per recipe; files that already have that job get none.
+
+    A recipe's parameters are part of the job's identity: editing a recipe in imgq.toml
+    and enqueueing again creates jobs for exactly the files it affects. Prints the id of
+    each file that got a new job.
+    """
+    settings = common.settings_for(db, config)
+    wanted = common.read_ids(ids)
+    chains_by_recipe: dict[str, dict[str, str]] = {}
+    for name in recipe or ([] if op else ["default"]):
+        if name not in settings.recipes:
+            raise UsageError(f"unknown recipe {name!r}; known: {', '.join(sorted(settings.recipes))}")
+        chains_by_recipe[name] = settings.recipes[name]
+    if op:
+        chains = {recipes.artifact_name_for(c): c for c in op}
+        chains_by_recipe["ops:" + "+".join(chains)] = chains
+    for chains in chains_by_recipe.values():
+        for chain in chains.values():
+            recipes.parse_chain(chain)  # unknown operations are a usage error, before any job exists
+    if max_attempts is not None:
+        settings.max_attempts = max_attempts
+    database = common.open_db(settings)
+    with common.step_lock(settings, "enqueue", wait), common.recorded_run(database, "enqueue", {"ids": wanted, "recipes": chains_by_recipe}) as run:
+        if wanted is None:
+            wanted = [r[0] for r in database.all("SELECT id FROM files WHERE state IN ('seen', 'queued', 'processed', 'archived') ORDER BY created_at, id")]
+        results = queue.enqueue(database, wanted, chains_by_recipe, now=time.time(), max_attempts=settings.max_attempts, actor=Actor(name="enqueue"))
+        err = common.stderr()
+        unknown = 0
+        for r in results:
+            if json:
+                common.out_json({"id": r.file_id, "jobs": r.created, "skipped": r.skipped})
+            elif r.created:
+                common.out(r.file_id)
+            if r.skipped == "unknown file id":
+                unknown += 1
+                err.print(f"imgq: {r.file_id}: no such file id", markup=False)
+        run["counts"] = {"files": len(results), "jobs": sum(len(r.created) for r in results), "unknown": unknown}
+        if unknown:
+            run["exit_code"] = int(Exit.SOME_FAILED)
+            raise typer.Exit(int(Exit.SOME_FAILED))

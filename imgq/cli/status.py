@@ -1,0 +1,80 @@
+"""imgq status [--json] [--watch]"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from imgq import status as status_lib
+from imgq.cli import common
+
+EPILOG = """\b
+Examples:
+  imgq status
+  imgq status --json | jq .files
+  imgq status --watch 2
+"""
+
+
+def status(
+    watch: Annotated[Optional[float], typer.Option("--watch", help="Redraw every SECONDS until interrupted.", min=0.2, metavar="SECONDS", show_default=False)] = None,
+    failures: Annotated[int, typer.Option("--failures", help="How many recent failures to list.", min=0)] = 10,
+    db: common.DbOpt = None,
+    config: common.ConfigOpt = None,
+    json: common.JsonOpt = False,
+) -> None:
+    """Files and jobs per state, throughput over recent minutes, ETA, recent failures.
+
+    On a terminal it draws tables on stderr; otherwise (and with --json) it writes one
+    JSON object to stdout.
+    """
+    settings = common.settings_for(db, config)
+    database = common.open_db(settings)
+    err = common.stderr()
+    while True:
+        snap = status_lib.snapshot(database, now=time.time(), failures=failures)
+        if json or not common.is_tty():
+            common.out_json(snap)
+        else:
+            if watch:
+                err.clear()
+            render(err, snap)
+        if not watch:
+            break
+        try:
+            time.sleep(watch)
+        except KeyboardInterrupt:
+            break
+
+
+def render(console, snap: dict) -> None:
+    """Draw a snapshot as tables for a person."""
+    t = Table(title="files", show_edge=False)
+    for s in snap["files"]:
+        t.add_column(s, justify="right")
+    t.add_row(*(str(v) for v in snap["files"].values()))
+    console.print(t)
+    t = Table(title="jobs", show_edge=False)
+    for s in snap["jobs"]:
+        t.add_column(s, justify="right")
+    t.add_column("in backoff", justify="right")
+    t.add_row(*(str(v) for v in snap["jobs"].values()), str(snap["jobs_waiting_backoff"]))
+    console.print(t)
+    rate = snap["jobs_per_minute"]
+    eta = snap["eta_seconds"]
+    eta_text = "done" if eta == 0 else ("unknown" if eta is None else str(dt.timedelta(seconds=int(eta))))
+    console.print(f"throughput (jobs/min): 1m {rate['1m']}  5m {rate['5m']}  15m {rate['15m']}   ETA {eta_text}", markup=False)
+    for h in snap.get("hosts", []):
+        console.print(f"  host {h['host']}: {h['done']} done in 5m ({h['per_minute']}/min)", markup=False)
+    if snap["failures"]:
+        t = Table(title="recent failures", show_edge=False)
+        t.add_column("file")
+        t.add_column("kind")
+        t.add_column("reason")
+        for f in snap["failures"]:
+            t.add_row(f["file_id"], f["kind"] or "", f["error"] or "")
+        console.print(t)

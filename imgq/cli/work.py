@@ -1,0 +1,115 @@
+"""imgq work [-j N] [--drain | --follow]"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Annotated, Optional
+
+import typer
+
+from imgq import worker
+from imgq.cli import common
+from imgq.errors import Exit, UsageError
+
+EPILOG = """\b
+Examples:
+  imgq work --drain                 # all cores, exit when the queue is empty
+  imgq work -j 2 --follow           # keep polling for new jobs (a service)
+  imgq scan inbox/ | imgq enqueue - ; imgq work --drain
+"""
+
+
+def work(
+    processes: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Local worker processes (default: all cores).", min=1, show_default=False)] = None,
+    drain: Annotated[bool, typer.Option("--drain", help="Exit when no job is left (default).")] = False,
+    follow: Annotated[bool, typer.Option("--follow", help="Keep polling for new jobs until SIGINT/SIGTERM.")] = False,
+    batch: Annotated[Optional[int], typer.Option("--batch", help="Jobs per claim (default: adapts to about 0.5 s of work).", min=1, show_default=False)] = None,
+    lease: Annotated[Optional[float], typer.Option("--lease", help="Seconds a claim holds a job without a heartbeat (default 60).", min=0.5, metavar="SECONDS", show_default=False)] = None,
+    max_attempts: Annotated[Optional[int], typer.Option("--max-attempts", help="Attempts for jobs enqueued without one (see `imgq enqueue`); also caps retries of lost workers.", min=1, show_default=False)] = None,
+    poll: Annotated[float, typer.Option("--poll", help="Seconds between polls of an empty queue.", min=0.05, metavar="SECONDS")] = 1.0,
+    db: common.DbOpt = None,
+    config: common.ConfigOpt = None,
+    json: common.JsonOpt = False,
+) -> None:
+    """Claim jobs, process them, verify the artifacts, and complete them.
+
+    Each worker claims a batch of jobs with a lease, renders every artifact of a job
+    from one decode of the original, writes each under a temporary name, verifies it
+    decodes at the expected size, renames it into the store, and completes the job only
+    if it still holds the lease. Bad input fails at once with the reason; I/O trouble is
+    retried with backoff. SIGINT/SIGTERM finish the job in hand and hand back the rest;
+    after SIGKILL the lease expires and another worker takes the job. Prints the id of
+    each file that became processed.
+    """
+    if drain and follow:
+        raise UsageError("--drain and --follow cannot be used together")
+    settings = common.settings_for(db, config)
+    if lease is not None:
+        settings.lease_seconds = lease
+    if max_attempts is not None:
+        settings.max_attempts = max_attempts
+    opts = worker.WorkOptions(processes=processes or os.cpu_count() or 1, mode="follow" if follow else "drain", batch=batch, poll=poll)
+    database = common.open_db(settings)
+    err = common.stderr()
+    progress = None
+
+    def on_report(r: tuple) -> None:
+        nonlocal progress
+        if progress is None and common.is_tty():
+            progress = _Progress(err, database)  # started after the fork: no thread crosses it
+        if r[0] == "processed":
+            if json:
+                common.out_json({"id": r[1], "state": "processed"})
+            else:
+                common.out(r[1])
+        elif r[0] == "failed":
+            err.print(f"imgq: failed: {r[3]}", markup=False)
+        if progress:
+            progress.update(r)
+
+    with common.recorded_run(database, "work", {"jobs": opts.processes, "mode": opts.mode}) as run:
+        started = time.time()
+        try:
+            summary = worker.work(settings, opts, on_report=on_report)
+        finally:
+            if progress:
+                progress.stop()
+        wall = time.time() - started
+        run["counts"] = {
+            "done": summary.done,
+            "failed": len(summary.failed),
+            "retrying": summary.retrying,
+            "lost": summary.lost,
+            "processed": len(summary.processed),
+            "seconds": round(wall, 3),
+            "processes": opts.processes,
+        }
+        if common.is_tty():
+            rate = summary.done / wall if wall > 0 else 0
+            err.print(f"work: {summary.done} done, {len(summary.failed)} failed, {summary.retrying} to retry in {wall:.1f}s ({rate:.1f} jobs/s)", markup=False)
+        if summary.interrupted:
+            run["exit_code"] = 130
+            raise typer.Exit(130)
+        if summary.failed:
+            run["exit_code"] = int(Exit.SOME_FAILED)
+            raise typer.Exit(int(Exit.SOME_FAILED))
+
+
+class _Progress:
+    """A progress bar on the terminal (stderr) only."""
+
+    def __init__(self, console, database):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        total = database.one("SELECT count(*) FROM jobs WHERE state IN ('ready', 'leased')")[0]
+        self.bar = Progress(TextColumn("work"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console, transient=True)
+        self.task = self.bar.add_task("work", total=total or None)
+        self.bar.start()
+
+    def update(self, r: tuple) -> None:
+        if r[0] in ("done", "failed"):
+            self.bar.advance(self.task)
+
+    def stop(self) -> None:
+        self.bar.stop()

@@ -1,0 +1,325 @@
+"""The job queue: enqueue, claim with a lease, heartbeat, fenced completion, retry.
+
+Every statement here runs inside ``db.transaction()`` (``BEGIN IMMEDIATE`` behind a fair
+flock), and every state change goes through ``journal``. Claims are batched: one
+transaction hands a worker up to K jobs, so the database is touched once per batch, not
+once per job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import secrets
+from collections.abc import Iterable, Sequence
+
+from imgq import journal, recipes
+from imgq.database import DB
+from imgq.errors import InvalidTransition
+from imgq.journal import Actor, JobChange
+
+ENQUEUEABLE = {"seen", "queued", "processed", "archived"}
+
+
+@dataclasses.dataclass
+class Claim:
+    """A job a worker holds: the lease token fences everything it later reports."""
+
+    job_id: int
+    file_id: str
+    recipe: str
+    spec: dict[str, str]
+    spec_hash: str
+    token: str
+    attempts: int
+    max_attempts: int
+    inbox: str
+    path: str
+
+
+@dataclasses.dataclass
+class Artifact:
+    name: str
+    path: str  # relative to the store
+    sha256: str
+    bytes: int
+    width: int
+    height: int
+
+
+@dataclasses.dataclass
+class EnqueueResult:
+    file_id: str
+    created: list[int]
+    skipped: str | None = None  # why nothing was enqueued, for files that cannot be
+
+
+def enqueue(
+    db: DB,
+    file_ids: Iterable[str],
+    chains_by_recipe: dict[str, dict[str, str]],
+    *,
+    now: float,
+    max_attempts: int,
+    actor: Actor = Actor(),
+) -> list[EnqueueResult]:
+    """One job per file per recipe; a file that already has that job gets none.
+
+    A recipe's parameters are part of the job's identity (``spec_hash``), so a changed
+    recipe gives new jobs and an unchanged one gives nothing.
+    """
+    specs = {}
+    for name, chains in chains_by_recipe.items():
+        canonical = recipes.normalize_recipe(chains)
+        specs[name] = (json.dumps(canonical, sort_keys=True), recipes.spec_hash(canonical))
+    results = []
+    with db.transaction():
+        for file_id in file_ids:
+            row = db.one("SELECT state FROM files WHERE id = ?", (file_id,))
+            if row is None:
+                results.append(EnqueueResult(file_id, [], "unknown file id"))
+                continue
+            if row["state"] not in ENQUEUEABLE:
+                results.append(EnqueueResult(file_id, [], f"file is {row['state']}"))
+                continue
+            created = []
+            for name, (spec, digest) in specs.items():
+                job_id = journal.add_job(
+                    db,
+                    {"file_id": file_id, "recipe": name, "spec": spec, "spec_hash": digest, "max_attempts": max_attempts},
+                    now=now,
+                    actor=actor,
+                )
+                if job_id is not None:
+                    created.append(job_id)
+            if created and row["state"] != "queued":
+                journal.move_file(db, file_id, "queued", now=now, actor=actor, detail=f"{len(created)} job(s) enqueued")
+            results.append(EnqueueResult(file_id, created))
+    return results
+
+
+def claim(db: DB, *, owner: str, limit: int, lease_seconds: float, now: float, actor: Actor = Actor()) -> list[Claim]:
+    """Lease up to ``limit`` due jobs (ready and due, or leased with an expired lease).
+
+    A job whose lease expired has lost its worker (killed, hung, cut off). If that has
+    happened ``max_attempts`` times the job fails instead of being handed out again, so
+    an input that kills its worker cannot loop forever.
+    """
+    with db.transaction():
+        rows = db.all(
+            "SELECT * FROM (SELECT j.id, j.file_id, j.recipe, j.spec, j.spec_hash, j.state, j.attempts, j.max_attempts, j.lease_owner,"
+            " f.inbox, f.path FROM jobs j JOIN files f ON f.id = j.file_id"
+            " WHERE j.state = 'ready' AND j.not_before <= ? ORDER BY j.not_before, j.id LIMIT ?)"
+            " UNION ALL SELECT * FROM (SELECT j.id, j.file_id, j.recipe, j.spec, j.spec_hash, j.state, j.attempts, j.max_attempts,"
+            " j.lease_owner, f.inbox, f.path FROM jobs j JOIN files f ON f.id = j.file_id"
+            " WHERE j.state = 'leased' AND j.lease_until < ? ORDER BY j.lease_until LIMIT ?)",
+            (now, limit, now, limit),
+        )
+        changes, claims, exhausted = [], [], []
+        for r in rows:
+            if len(claims) >= limit:
+                break
+            if r["state"] == "leased" and r["attempts"] >= r["max_attempts"]:
+                exhausted.append(r)
+                continue
+            token = secrets.token_hex(8)
+            detail = None if r["state"] == "ready" else f"lease of {r['lease_owner']} expired; reclaimed"
+            changes.append(
+                JobChange(
+                    r["id"],
+                    r["file_id"],
+                    r["state"],
+                    "leased",
+                    sets={
+                        "attempts": r["attempts"] + 1,
+                        "lease_owner": owner,
+                        "lease_token": token,
+                        "lease_until": now + lease_seconds,
+                        "host": actor.host,
+                    },
+                    detail=detail,
+                )
+            )
+            claims.append(
+                Claim(r["id"], r["file_id"], r["recipe"], json.loads(r["spec"]), r["spec_hash"], token, r["attempts"] + 1, r["max_attempts"], r["inbox"], r["path"])
+            )
+        journal.move_jobs(db, changes, now=now, actor=actor)
+        for r in exhausted:
+            reason = f"worker {r['lease_owner']} was lost {r['attempts']} time(s) while running this job (killed, hung or cut off)"
+            _fail(db, r["id"], r["file_id"], r["recipe"], "leased", None, reason, "transient", now=now, actor=actor)
+    return claims
+
+
+def heartbeat(db: DB, held: Sequence[tuple[int, str]], *, lease_seconds: float, now: float) -> set[int]:
+    """Extend the leases still held; returns the ids of jobs whose lease was lost.
+
+    Extending a lease is not a state change, so it writes no event.
+    """
+    lost = set()
+    if not held:
+        return lost
+    with db.transaction():
+        for job_id, token in held:
+            cur = db.execute(
+                "UPDATE jobs SET lease_until = ? WHERE id = ? AND state = 'leased' AND lease_token = ?",
+                (now + lease_seconds, job_id, token),
+            )
+            if cur.rowcount != 1:
+                lost.add(job_id)
+    return lost
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What a worker reports for one claimed job."""
+
+    claim: Claim
+    artifacts: list[Artifact] | None = None  # set on success
+    result: dict | None = None  # extra facts (faces found, timings)
+    error: str | None = None  # set on failure
+    kind: str = "transient"  # 'permanent' or 'transient'
+
+
+@dataclasses.dataclass
+class Settled:
+    done: list[int] = dataclasses.field(default_factory=list)
+    retrying: list[int] = dataclasses.field(default_factory=list)
+    failed: list[tuple[int, str, str]] = dataclasses.field(default_factory=list)  # job, file, reason
+    lost: list[int] = dataclasses.field(default_factory=list)  # fenced out: another worker owns it now
+    processed: list[str] = dataclasses.field(default_factory=list)  # files now processed
+
+
+def settle(
+    db: DB,
+    outcomes: Sequence[Outcome],
+    *,
+    now: float,
+    actor: Actor = Actor(),
+    backoff: float = 5.0,
+    backoff_max: float = 3600.0,
+    rng: random.Random | None = None,
+) -> Settled:
+    """Record the outcomes of claimed jobs in one transaction, each fenced by its token.
+
+    Success makes the job ``done`` with its verified artifacts, and the file
+    ``processed`` once all its jobs are done. A transient error puts the job back with
+    exponential, jittered backoff until ``max_attempts``; a permanent one fails it and its
+    file at once, with the reason.
+    """
+    rng = rng or random.Random()
+    out = Settled()
+    with db.transaction():
+        for o in outcomes:
+            c = o.claim
+            if o.error is None:
+                ok = journal.move_jobs(
+                    db,
+                    [JobChange(c.job_id, c.file_id, "leased", "done", sets={"error": None, "error_kind": None, "lease_until": None, "result": json.dumps(o.result) if o.result else None}, token=c.token)],
+                    now=now,
+                    actor=actor,
+                )[0]
+                if not ok:
+                    out.lost.append(c.job_id)
+                    continue
+                db.conn.executemany(
+                    "INSERT INTO artifacts (job_id, file_id, name, path, sha256, bytes, width, height, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(c.job_id, c.file_id, a.name, a.path, a.sha256, a.bytes, a.width, a.height, now) for a in o.artifacts or []],
+                )
+                out.done.append(c.job_id)
+                left = db.one("SELECT count(*) FROM jobs WHERE file_id = ? AND state != 'done'", (c.file_id,))[0]
+                state = db.one("SELECT state FROM files WHERE id = ?", (c.file_id,))["state"]
+                if left == 0 and state == "queued":
+                    journal.move_file(db, c.file_id, "processed", now=now, actor=actor, job_id=c.job_id)
+                    out.processed.append(c.file_id)
+                continue
+            if o.kind == "transient" and c.attempts < c.max_attempts:
+                delay = min(backoff_max, backoff * 2 ** (c.attempts - 1)) * rng.uniform(0.5, 1.5)
+                ok = journal.move_jobs(
+                    db,
+                    [JobChange(c.job_id, c.file_id, "leased", "ready", sets={"not_before": now + delay, "error": o.error, "error_kind": o.kind, "lease_until": None}, token=c.token, detail=f"retry in {delay:.0f}s: {o.error}")],
+                    now=now,
+                    actor=actor,
+                )[0]
+                (out.retrying if ok else out.lost).append(c.job_id)
+                continue
+            reason = o.error if o.kind == "permanent" else f"gave up after {c.attempts} attempts: {o.error}"
+            if _fail(db, c.job_id, c.file_id, c.recipe, "leased", c.token, reason, o.kind, now=now, actor=actor):
+                out.failed.append((c.job_id, c.file_id, reason))
+            else:
+                out.lost.append(c.job_id)
+    return out
+
+
+def _fail(db, job_id, file_id, recipe, from_state, token, reason, kind, *, now, actor) -> bool:
+    ok = journal.move_jobs(
+        db,
+        [JobChange(job_id, file_id, from_state, "failed", sets={"error": reason, "error_kind": kind, "lease_until": None}, token=token, detail=reason)],
+        now=now,
+        actor=actor,
+    )[0]
+    if ok:
+        state = db.one("SELECT state FROM files WHERE id = ?", (file_id,))["state"]
+        if state == "queued":
+            journal.move_file(db, file_id, "failed", now=now, actor=actor, job_id=job_id, error=f"{recipe}: {reason}")
+    return ok
+
+
+def release(db: DB, held: Sequence[Claim], *, now: float, actor: Actor = Actor()) -> int:
+    """Hand back claimed jobs that were not started (a graceful stop); the attempt is not counted."""
+    if not held:
+        return 0
+    with db.transaction():
+        applied = journal.move_jobs(
+            db,
+            [JobChange(c.job_id, c.file_id, "leased", "ready", sets={"attempts": c.attempts - 1, "lease_until": None, "not_before": 0}, token=c.token, detail="released unstarted (worker stopping)") for c in held],
+            now=now,
+            actor=actor,
+        )
+    return sum(applied)
+
+
+def retry(db: DB, *, job_ids: Iterable[int] | None = None, file_ids: Iterable[str] | None = None, pattern: str | None = None, now: float, actor: Actor = Actor()) -> list[int]:
+    """Re-arm failed jobs (all of them, or those given, or whose error matches ``pattern``)."""
+    sql = "SELECT id, file_id FROM jobs WHERE state = 'failed'"
+    params: list = []
+    if job_ids is not None:
+        ids = list(job_ids)
+        sql += f" AND id IN ({','.join('?' * len(ids))})"
+        params += ids
+    if file_ids is not None:
+        fids = list(file_ids)
+        sql += f" AND file_id IN ({','.join('?' * len(fids))})"
+        params += fids
+    if pattern:
+        sql += " AND error LIKE ?"
+        params.append(f"%{pattern}%")
+    rearmed = []
+    with db.transaction():
+        rows = db.all(sql, params)
+        journal.move_jobs(
+            db,
+            [JobChange(r["id"], r["file_id"], "failed", "ready", sets={"attempts": 0, "not_before": 0, "error": None, "error_kind": None}, detail="retry requested") for r in rows],
+            now=now,
+            actor=actor,
+        )
+        for r in rows:
+            rearmed.append(r["id"])
+            state = db.one("SELECT state FROM files WHERE id = ?", (r["file_id"],))["state"]
+            if state == "failed":
+                journal.move_file(db, r["file_id"], "queued", now=now, actor=actor, detail="retry requested")
+    return rearmed
+
+
+def pending(db: DB, *, now: float) -> tuple[int, float | None]:
+    """(jobs not yet finished, seconds until the next one can be claimed or None if one can now)."""
+    row = db.one(
+        "SELECT count(*) AS n,"
+        " min(CASE WHEN state = 'ready' THEN not_before ELSE lease_until END) AS next"
+        " FROM jobs WHERE state IN ('ready', 'leased')"
+    )
+    if row["n"] == 0:
+        return 0, None
+    wait = (row["next"] or 0) - now
+    return row["n"], (wait if wait > 0 else None)

@@ -1,0 +1,57 @@
+"""The artifact store: where a job's outputs live, beside the database by default."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+TEMP_MARK = ".imgq-tmp"
+
+
+def artifact_path(file_id: str, name: str, spec_hash: str, ext: str = "jpg") -> str:
+    """Store-relative path of an artifact: one folder per file; the recipe's hash in the
+    name keeps outputs of a changed recipe apart from the old ones."""
+    return f"{file_id}/{name}-{spec_hash[:8]}.{ext}"
+
+
+def sweep_temp(store: Path, *, older_than: float = 0.0, now: float | None = None) -> int:
+    """Remove temporary files left by killed writers; returns how many.
+
+    A temp name carries its writer's pid; a file whose writer is gone (on this host) or
+    that is older than ``older_than`` seconds is removed. A live writer's file stays.
+    """
+    now = time.time() if now is None else now
+    removed = 0
+    if not store.is_dir():
+        return 0
+    for path in store.rglob(f"*{TEMP_MARK}*"):
+        pid = _pid_of(path.name)
+        alive = pid is not None and _alive(pid)
+        try:
+            old = older_than > 0 and now - path.stat().st_mtime > older_than
+            if not alive or old:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def _pid_of(name: str) -> int | None:
+    # temp names look like ".web-1a2b3c4d.jpg.<pid>.<random>.imgq-tmp"
+    parts = name.split(".")
+    for part in reversed(parts):
+        if part.isdigit():
+            return int(part)
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

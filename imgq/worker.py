@@ -1,0 +1,233 @@
+"""Local workers: N processes that claim, process, verify and complete jobs.
+
+Each worker process holds one database connection, claims a batch of jobs sized to
+about half a second of work, renders each job from a single decode of its original,
+writes and verifies the artifacts, and settles the job fenced by its lease token. A
+heartbeat thread extends the leases of everything it still holds. SIGINT/SIGTERM stop
+claiming: the job in hand finishes, unstarted ones are handed back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing as mp
+import os
+import queue as stdqueue
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from imgq import imaging, queue, store
+from imgq.config import Settings
+from imgq.database import DB
+from imgq.errors import ImgqError, classify
+from imgq.journal import Actor
+
+TARGET_BATCH_SECONDS = 0.5
+MAX_BATCH = 64
+
+
+@dataclasses.dataclass
+class WorkOptions:
+    processes: int = os.cpu_count() or 1
+    mode: str = "drain"  # 'drain': exit when no job is left; 'follow': keep polling
+    batch: int | None = None  # jobs per claim; None adapts to job duration
+    poll: float = 1.0
+    debug: bool = False
+
+
+@dataclasses.dataclass
+class WorkSummary:
+    done: int = 0
+    failed: list[tuple[int, str, str]] = dataclasses.field(default_factory=list)
+    retrying: int = 0
+    lost: int = 0
+    processed: list[str] = dataclasses.field(default_factory=list)
+    interrupted: bool = False
+
+
+def process(claim: queue.Claim, settings: Settings) -> queue.Outcome:
+    """Run one claimed job: one decode, every artifact written, verified, renamed in place."""
+    src = Path(claim.inbox) / claim.path
+    started = time.monotonic()
+    try:
+        rendered = imaging.render(src, claim.spec, max_pixels=settings.max_pixels)
+        artifacts = []
+        result: dict = {}
+        for name, r in rendered.items():
+            rel = store.artifact_path(claim.file_id, name, claim.spec_hash)
+            saved = imaging.save(r, settings.store_dir / rel, quality=settings.jpeg_quality)
+            artifacts.append(queue.Artifact(name, rel, saved.sha256, saved.bytes, saved.width, saved.height))
+            facts = getattr(r, "facts", None)
+            if facts:
+                result[name] = facts
+        result["seconds"] = round(time.monotonic() - started, 4)
+        return queue.Outcome(claim, artifacts=artifacts, result=result)
+    except ImgqError as e:
+        return queue.Outcome(claim, error=f"{src}: {e}", kind=classify(e))
+    except OSError as e:
+        return queue.Outcome(claim, error=f"{src}: {e.strerror or e}", kind="transient")
+    except MemoryError:
+        return queue.Outcome(claim, error=f"{src}: out of memory", kind="transient")
+    except Exception as e:  # a bug: retried up to max_attempts, then failed with the trace
+        return queue.Outcome(claim, error=f"{src}: internal error {type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}", kind="transient")
+
+
+class Heartbeat(threading.Thread):
+    """Extends the leases a worker holds every third of the lease period."""
+
+    def __init__(self, db_path: Path, lease_seconds: float):
+        super().__init__(daemon=True)
+        self.db_path, self.lease = db_path, lease_seconds
+        self.held: dict[int, str] = {}
+        self.lost: set[int] = set()
+        self.mutex = threading.Lock()
+        self.stopping = threading.Event()
+
+    def hold(self, claims) -> None:
+        with self.mutex:
+            self.held.update({c.job_id: c.token for c in claims})
+
+    def drop(self, job_id: int) -> None:
+        with self.mutex:
+            self.held.pop(job_id, None)
+
+    def run(self) -> None:
+        db = DB(self.db_path)
+        try:
+            while not self.stopping.wait(self.lease / 3):
+                with self.mutex:
+                    held = list(self.held.items())
+                try:
+                    lost = queue.heartbeat(db, held, lease_seconds=self.lease, now=time.time())
+                except Exception:
+                    continue  # the next beat tries again; the fence protects correctness
+                with self.mutex:
+                    self.lost |= lost
+        finally:
+            db.close()
+
+
+def worker_main(settings: Settings, opts: WorkOptions, name: str, stop: mp.Event, reports: mp.Queue) -> None:
+    """Body of one worker process; reports ('done'|'failed'|'processed', ...) tuples."""
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    db = DB(settings.db)
+    actor = Actor(host=socket.gethostname(), name=name)
+    beat = Heartbeat(settings.db, settings.lease_seconds)
+    beat.start()
+    per_job = None  # moving average of seconds per job, to size batches
+    try:
+        while not stop.is_set():
+            if opts.batch:
+                limit = opts.batch
+            elif per_job is None:
+                limit = 1
+            else:
+                limit = max(1, min(MAX_BATCH, int(TARGET_BATCH_SECONDS / max(per_job, 1e-4))))
+            claims = queue.claim(db, owner=name, limit=limit, lease_seconds=settings.lease_seconds, now=time.time(), actor=actor)
+            if not claims:
+                left, wait = queue.pending(db, now=time.time())
+                if opts.mode == "drain" and left == 0:
+                    break
+                stop.wait(min(opts.poll, wait) if wait else opts.poll)
+                continue
+            beat.hold(claims)
+            for i, c in enumerate(claims):
+                if stop.is_set():
+                    queue.release(db, claims[i:], now=time.time(), actor=actor)
+                    break
+                if c.job_id in beat.lost:
+                    continue
+                t0 = time.monotonic()
+                outcome = process(c, settings)
+                settled = queue.settle(db, [outcome], now=time.time(), actor=actor, backoff=settings.backoff_seconds, backoff_max=settings.backoff_max_seconds)
+                beat.drop(c.job_id)
+                elapsed = time.monotonic() - t0
+                per_job = elapsed if per_job is None else 0.8 * per_job + 0.2 * elapsed
+                for j in settled.done:
+                    reports.put(("done", j))
+                for j, f, reason in settled.failed:
+                    reports.put(("failed", j, f, reason))
+                for j in settled.retrying:
+                    reports.put(("retrying", j, outcome.error))
+                for j in settled.lost:
+                    reports.put(("lost", j))
+                for f in settled.processed:
+                    reports.put(("processed", f))
+    finally:
+        beat.stopping.set()
+        db.close()
+
+
+def _child(settings, opts, name, stop, reports) -> None:
+    code = 0
+    try:
+        worker_main(settings, opts, name, stop, reports)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    finally:
+        reports.put(("exit", name, code))
+        reports.close()
+        reports.join_thread()
+        sys.stderr.flush()
+        os._exit(code)  # skip finalizers of anything inherited from the parent
+
+
+def work(settings: Settings, opts: WorkOptions, *, on_report: Callable[[tuple], None] = lambda r: None) -> WorkSummary:
+    """Run ``opts.processes`` local worker processes until the queue drains (or forever
+    with mode 'follow', until SIGINT/SIGTERM). Reports are passed to ``on_report`` as
+    they arrive, in the parent process."""
+    store.sweep_temp(settings.store_dir, older_than=max(3600.0, 10 * settings.lease_seconds))
+    ctx = mp.get_context("fork")
+    stop = ctx.Event()
+    reports: mp.Queue = ctx.Queue()
+    host = socket.gethostname()
+    children = []
+    for n in range(opts.processes):
+        name = f"{host}:{os.getpid()}:w{n}"
+        p = ctx.Process(target=_child, args=(settings, opts, name, stop, reports), name=name, daemon=False)
+        p.start()
+        children.append(p)
+    summary = WorkSummary()
+
+    def on_signal(signum, frame):
+        summary.interrupted = True
+        stop.set()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        running = len(children)
+        while running:
+            try:
+                r = reports.get(timeout=0.5)
+            except stdqueue.Empty:
+                if not any(p.is_alive() for p in children):
+                    break
+                continue
+            kind = r[0]
+            if kind == "exit":
+                running -= 1
+            elif kind == "done":
+                summary.done += 1
+            elif kind == "failed":
+                summary.failed.append(r[1:])
+            elif kind == "retrying":
+                summary.retrying += 1
+            elif kind == "lost":
+                summary.lost += 1
+            elif kind == "processed":
+                summary.processed.append(r[1])
+            on_report(r)
+        for p in children:
+            p.join()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    return summary
