@@ -261,15 +261,16 @@ def test_small_images_are_never_enlarged(tmp_path):
 def test_draft_decodes_big_jpegs_at_reduced_scale(tmp_path):
     p = write_jpeg(tmp_path / "big.jpg", photo((4000, 3000)), quality=80)
     out = render(p, {"thumb": "thumb", "web": "web"}, max_pixels=LIMIT)
-    # the largest output is 640x480; with the 2x margin the decode is 1/2 scale at most
-    assert out["web"].source_size[0] <= 2000 and out["web"].source_size[0] >= 1280
+    # the largest output is 640x480: 1/4 scale (1000x750) is the smallest DCT scale covering it
+    assert out["web"].source_size == out["thumb"].source_size == (1000, 750)
     # a chain needing full resolution disables the reduced decode
     full = render(p, {"web": "web", "big": "fit:4000x3000"}, max_pixels=LIMIT)
     assert full["web"].source_size == (4000, 3000)
     # portrait orientation swaps the axes the decode must cover
     q = write_jpeg(tmp_path / "rot.jpg", photo((4000, 3000)), exif_with(orientation=8), quality=80)
     r = render(q, {"web": "web"}, max_pixels=LIMIT)["web"]
-    assert r.image.size == (360, 480) and r.source_size[1] >= 2 * 360
+    # upright 360x480 is 480x360 as stored: 1/8 scale (500x375) still covers it
+    assert r.image.size == (360, 480) and r.source_size == (500, 375)
 
 
 def test_reduced_decode_and_derived_thumb_look_the_same(tmp_path):
@@ -414,3 +415,65 @@ def test_verify_names_the_reason(tmp_path):
         verify(p, 200, 100)
     with pytest.raises(StorageError):
         verify(tmp_path / "missing.jpg", 1, 1)
+
+
+# ---- the shared sample files ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "maker, kwargs, upright",
+    [
+        ("make_photo", dict(orientation=6, progressive=True, icc=True), (480, 640)),
+        ("make_png16", dict(color=True), (640, 480)),
+        ("make_png16", dict(color=False), (640, 480)),
+        ("make_grayscale_jpeg", {}, (640, 480)),
+        ("make_palette_png", {}, (640, 480)),
+        ("make_rgba_png", {}, (640, 480)),
+        ("make_tiff", {}, (640, 480)),
+        ("make_webp", {}, (640, 480)),
+        ("make_bmp", {}, (640, 480)),
+        ("make_gif", {}, (320, 240)),
+        ("make_cmyk_jpeg", {}, (640, 480)),
+    ],
+)
+def test_every_sample_format_renders_and_saves(tmp_path, maker, kwargs, upright):
+    from imgq import samples
+
+    if maker == "make_photo":
+        kwargs = dict(kwargs, width=640, height=480)
+    p = getattr(samples, maker)(tmp_path / "in", **kwargs)
+    assert probe(p, max_pixels=LIMIT).upright_size == upright
+    out = render(p, {"thumb": "thumb", "web": "web"}, max_pixels=LIMIT)
+    assert out["web"].image.size == fit_size_of(upright, (640, 480))
+    assert out["thumb"].image.size == fit_size_of(upright, (120, 90))
+    if maker == "make_photo":
+        assert samples.is_upright(out["web"].image)
+    for name, r in out.items():
+        s = save(r, tmp_path / "out" / f"{name}.jpg")
+        assert verify(tmp_path / "out" / f"{name}.jpg", s.width, s.height)
+
+
+def fit_size_of(size, box):
+    from imgq.ops import fit_size
+
+    return fit_size(size, box)
+
+
+@pytest.mark.parametrize(
+    "maker, kwargs, error, words",
+    [
+        ("make_truncated_jpeg", {}, BadImage, "truncated JPEG"),
+        ("make_zero_byte", {}, BadImage, "empty file"),
+        ("make_text_as_jpg", {}, BadImage, "not an image"),
+        ("make_random_png", {}, BadImage, "PNG"),
+        ("make_decompression_bomb", dict(kind="png"), TooLarge, "40000x40000 = 1.6e+03 MP exceeds the limit of 250 MP"),
+        ("make_decompression_bomb", dict(kind="jpeg", width=30000, height=30000), TooLarge, "30000x30000 = 900 MP"),
+    ],
+)
+def test_every_broken_sample_is_refused_with_a_reason(tmp_path, maker, kwargs, error, words):
+    from imgq import samples
+
+    p = getattr(samples, maker)(tmp_path / "bad.jpg", **kwargs)
+    with pytest.raises(error) as e:
+        render(p, {"thumb": "thumb", "web": "web"}, max_pixels=LIMIT)
+    assert words in str(e.value) and "bad.jpg" in str(e.value)
