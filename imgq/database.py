@@ -14,12 +14,11 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
-import sqlite_utils
 
 BUSY_TIMEOUT_MS = 30_000
 
 
-def _m1_core(db: sqlite_utils.Database) -> None:
+def _m1_core(db: "sqlite_utils.Database") -> None:
     db["files"].create(
         {
             "id": str,  # OWNER_EPOCH_BASENAME, unique, human-readable
@@ -153,7 +152,7 @@ def _m1_core(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_core]
+MIGRATIONS: list[Callable[["sqlite_utils.Database"], None]] = [_m1_core]
 
 
 def schema_version(conn: sqlite3.Connection) -> int:
@@ -183,6 +182,8 @@ def migrate(conn: sqlite3.Connection) -> int:
     """Bring the schema to the newest version; safe to call from many processes at once."""
     if schema_version(conn) >= len(MIGRATIONS):
         return schema_version(conn)
+    import sqlite_utils  # only needed to migrate; it is slow to import
+
     conn.execute("BEGIN IMMEDIATE")
     try:
         version = schema_version(conn)  # re-read under the write lock

@@ -165,15 +165,17 @@ def worker_main(settings: Settings, opts: WorkOptions, name: str, stop: mp.Event
         db.close()
 
 
-def _child(settings, opts, name, stop, reports) -> None:
+def _child(settings, opts, index, stop, reports) -> None:
     code = 0
+    # host:pid:slot names the process that holds a lease (`imgq status`, kill -9 in tests)
+    name = f"{socket.gethostname()}:{os.getpid()}:w{index}"
     try:
         worker_main(settings, opts, name, stop, reports)
     except BaseException:
         traceback.print_exc()
         code = 1
     finally:
-        reports.put(("exit", name, code))
+        reports.put(("exit", index, code))
         reports.close()
         reports.join_thread()
         sys.stderr.flush()
@@ -188,11 +190,9 @@ def work(settings: Settings, opts: WorkOptions, *, on_report: Callable[[tuple], 
     ctx = mp.get_context("fork")
     stop = ctx.Event()
     reports: mp.Queue = ctx.Queue()
-    host = socket.gethostname()
     children = []
     for n in range(opts.processes):
-        name = f"{host}:{os.getpid()}:w{n}"
-        p = ctx.Process(target=_child, args=(settings, opts, name, stop, reports), name=name, daemon=False)
+        p = ctx.Process(target=_child, args=(settings, opts, n, stop, reports), name=f"imgq-worker-{n}", daemon=False)
         p.start()
         children.append(p)
     summary = WorkSummary()

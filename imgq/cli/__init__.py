@@ -11,7 +11,6 @@ import os
 import sys
 from typing import Annotated
 
-import click
 import typer
 
 from imgq import __version__
@@ -58,19 +57,15 @@ for module, name in [(scan, "scan"), (enqueue, "enqueue"), (work, "work"), (stat
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``imgq`` console script and ``python -m imgq``."""
+    """Entry point of the ``imgq`` console script and ``python -m imgq``.
+
+    Click handles its own usage errors (exit 2) and typer.Exit; everything imgq raises
+    on purpose is turned into one line on stderr and the error's exit code here.
+    """
     command = typer.main.get_command(app)
     try:
-        rv = command.main(args=argv, prog_name="imgq", standalone_mode=False)
-        code = rv if isinstance(rv, int) else 0
-    except click.exceptions.Exit as e:
-        code = e.exit_code
-    except click.ClickException as e:
-        e.show()
-        code = Exit.USAGE if isinstance(e, click.UsageError) else e.exit_code
-    except click.exceptions.Abort:
-        sys.stderr.write("imgq: interrupted\n")
-        code = 130
+        command.main(args=argv, prog_name="imgq", standalone_mode=True)
+        code = 0
     except ImgqError as e:
         if common.state["debug"]:
             import traceback

@@ -41,6 +41,12 @@ def stderr() -> Console:
     return Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False)
 
 
+def warn(message: str) -> None:
+    """One line for a person on stderr, never wrapped (it may be grepped from a log)."""
+    sys.stderr.write(f"imgq: {message}\n")
+    sys.stderr.flush()
+
+
 def settings_for(db: str | None, config: str | None) -> Settings:
     return load_settings(find_config(config), db)
 

@@ -66,7 +66,7 @@ def enqueue(
                 common.out(r.file_id)
             if r.skipped == "unknown file id":
                 unknown += 1
-                err.print(f"imgq: {r.file_id}: no such file id", markup=False)
+                common.warn(f"{r.file_id}: no such file id")
         run["counts"] = {"files": len(results), "jobs": sum(len(r.created) for r in results), "unknown": unknown}
         if unknown:
             run["exit_code"] = int(Exit.SOME_FAILED)

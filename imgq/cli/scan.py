@@ -62,9 +62,9 @@ def scan(
             elif f.state == "seen":
                 common.out(f.id)
         for f in report.failed:
-            err.print(f"imgq: {f.path}: {f.reason}", markup=False)
+            common.warn(f"{f.path}: {f.reason}")
         for path, why in report.skipped:
-            err.print(f"imgq: skipped {path}: {why}", markup=False)
+            common.warn(f"skipped {path}: {why}")
         run["counts"] = {
             "new": len(report.new_ids),
             "duplicates": sum(f.state == "duplicate" for f in report.found),
@@ -73,7 +73,7 @@ def scan(
             "settling": len(report.settling),
         }
         if report.settling:
-            err.print(f"imgq: {len(report.settling)} file(s) still being written; the next scan will take them", markup=False)
+            common.warn(f"{len(report.settling)} file(s) still being written; the next scan will take them")
         if common.is_tty():
             c = run["counts"]
             err.print(f"scan: {c['new']} new, {c['duplicates']} duplicate, {c['failed']} failed, {c['unchanged']} unchanged", markup=False)

@@ -64,7 +64,7 @@ def work(
             else:
                 common.out(r[1])
         elif r[0] == "failed":
-            err.print(f"imgq: failed: {r[3]}", markup=False)
+            common.warn(f"failed: {r[3]}")
         if progress:
             progress.update(r)
 
