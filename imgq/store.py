@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -39,12 +40,9 @@ def sweep_temp(store: Path, *, older_than: float = 0.0, now: float | None = None
 
 
 def _pid_of(name: str) -> int | None:
-    # temp names look like ".web-1a2b3c4d.jpg.<pid>.<random>.imgq-tmp"
-    parts = name.split(".")
-    for part in reversed(parts):
-        if part.isdigit():
-            return int(part)
-    return None
+    # temp names look like ".web-1a2b3c4d.jpg.<pid>-<random>.imgq-tmp"
+    m = re.search(r"\.(\d+)-[0-9a-f]+\.imgq-tmp", name)
+    return int(m.group(1)) if m else None
 
 
 def _alive(pid: int) -> bool:
