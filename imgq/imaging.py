@@ -510,7 +510,7 @@ def save(rendered: Rendered, dest: str | os.PathLike, *, quality: int = 85) -> S
     buf = io.BytesIO()
     image.save(buf, "JPEG", quality=quality, **extra)
     data = buf.getvalue()
-    tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.imgq-tmp")
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}-{secrets.token_hex(4)}.imgq-tmp")  # pid: see store.sweep_temp
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
