@@ -32,7 +32,7 @@ from pathlib import Path
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from imgq.errors import BadImage, StorageError, TooLarge
-from imgq.ops import apply_steps, fit_size, get, parse_chain
+from imgq.ops import fit_size, get, parse_chain, run_steps
 from imgq.ops.chain import Step
 from imgq.ops.size import resize_to
 
@@ -106,6 +106,8 @@ class Rendered:
     icc: bytes | None = None
     exif: bytes | None = None
     source_size: tuple[int, int] | None = None
+    # what operations found, e.g. {"faces": [(x, y, w, h), ...]} in this image's pixels
+    notes: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -380,7 +382,7 @@ def _to_uint16(im: Image.Image) -> Image.Image:
     if a.dtype.kind == "f":
         # float images are taken as 0..1 when they stay in that range, else 0..65535
         a = a * 65535.0 if a.size and float(np.nanmax(a)) <= 1.0 else a
-    return Image.fromarray(np.clip(np.nan_to_num(a), 0, 65535).astype(np.uint16), "I;16")
+    return Image.fromarray(np.clip(np.nan_to_num(a), 0, 65535).astype(np.uint16))
 
 
 def _upright(im: Image.Image, orientation: int) -> Image.Image:
@@ -454,10 +456,10 @@ def render(path: str | os.PathLike, chains: dict[str, str], *, max_pixels: int) 
     for name in order:
         steps = plans[name]
         if boxes[name]:
-            image = apply_steps(upright_copy(stored_fit(boxes[name])), steps[1:])
+            image, notes = run_steps(upright_copy(stored_fit(boxes[name])), steps[1:])
         else:
-            image = apply_steps(upright_copy(base), steps)
-        results[name] = Rendered(image=image, icc=icc, exif=exif, source_size=source_size)
+            image, notes = run_steps(upright_copy(base), steps)
+        results[name] = Rendered(image=image, icc=icc, exif=exif, source_size=source_size, notes=notes)
     return {name: results[name] for name in chains}
 
 

@@ -9,8 +9,14 @@ from __future__ import annotations
 
 from PIL import Image
 
-from imgq.ops.registry import OPS, Op, Param, get, register
-from imgq.ops import size as _size  # noqa: F401  (registers thumb, web, fit)
+from imgq.ops.registry import OPS, WHOLE_IMAGE, Op, Param, get, register
+
+# importing an operations module registers its operations
+from imgq.ops import size as _size  # noqa: F401,E402
+from imgq.ops import enhance as _enhance  # noqa: F401,E402
+from imgq.ops import filters as _filters  # noqa: F401,E402
+from imgq.ops import faces as _faces  # noqa: F401,E402
+from imgq.ops.faces import detect_faces  # noqa: E402
 from imgq.ops.chain import (
     Step,
     canonical_chain,
@@ -25,13 +31,25 @@ from imgq.ops.size import THUMB_BOX, WEB_BOX, fit_size
 
 def apply_steps(image: Image.Image, steps: tuple[Step, ...] | list[Step]) -> Image.Image:
     """``image`` after each step in turn; the input image is not modified."""
+    return run_steps(image, steps)[0]
+
+
+def run_steps(image: Image.Image, steps: tuple[Step, ...] | list[Step]) -> tuple[Image.Image, dict]:
+    """``image`` after each step in turn, and what the steps found along the way.
+
+    The findings are ``{"faces": [(x, y, w, h), ...]}`` when a ``faces`` step ran (in the
+    pixels of the image that step saw), else empty.
+    """
+    notes: dict = {}
     for step in steps:
         image = get(step.op).func(image, **step.params)
-    return image
+        if "faces" in image.info:
+            notes["faces"] = list(image.info["faces"])
+    return image, notes
 
 
 __all__ = [
-    "OPS", "Op", "Param", "Step", "THUMB_BOX", "WEB_BOX", "apply_steps", "canonical_chain",
+    "OPS", "WHOLE_IMAGE", "detect_faces", "run_steps", "Op", "Param", "Step", "THUMB_BOX", "WEB_BOX", "apply_steps", "canonical_chain",
     "canonical_step", "chain_reach", "fit_size", "format_step", "get", "parse_chain",
     "parse_step", "register",
 ]

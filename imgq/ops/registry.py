@@ -63,6 +63,10 @@ class Op:
 
 OPS: dict[str, Op] = {}
 
+# The reach of an operation that looks at the whole image (a global mean, histogram,
+# hysteresis, detection): a halo this large means "every stripe needs the whole image".
+WHOLE_IMAGE = 2**31 - 1
+
 
 def zero_reach(params: dict[str, Any]) -> int:
     """Reach of a point operation: each output pixel depends only on its own input pixel."""
@@ -136,6 +140,24 @@ def parse_size(text: str) -> tuple[int, int]:
     if not sep or not all(1 <= s <= 65535 for s in size):
         raise ValueError(f"{text!r} is not a size like 800x600 (each side 1..65535)")
     return size
+
+
+def parse_factor(text: str) -> float:
+    """A factor: '1.2', or a percentage on the 0-100 slider scale where 50% = 1.0.
+
+    The slider maps linearly: 0% = 0.0 (the degenerate image: black, flat grey or
+    smoothed), 50% = 1.0 (unchanged), 100% = 2.0; values up to 500% (10.0) are accepted.
+    """
+    text = text.strip()
+    if text.endswith("%"):
+        try:
+            pct = float(text[:-1])
+        except ValueError:
+            raise ValueError(f"{text!r} is not a percentage") from None
+        if not 0.0 <= pct <= 500.0:
+            raise ValueError(f"{text} is outside 0%..500% (50% = unchanged)")
+        return pct / 50.0
+    return parse_float(0.0, 10.0)(text)
 
 
 def format_size(size: tuple[int, int]) -> str:
