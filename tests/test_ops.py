@@ -285,3 +285,14 @@ def test_render_reports_faces_in_the_artifact(tmp_path):
     astronaut().resize((2048, 2048)).save(p, quality=90)
     out = render(p, {"web": "web|faces", "thumb": "thumb"}, max_pixels=10**8)
     assert len(out["web"].notes["faces"]) >= 1 and out["thumb"].notes == {}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_chain_converts_once_and_equals_step_by_step(mode):
+    img = textured(mode)
+    chain = "brightness=1.2|contrast=1.1|sharpness=1.5|gaussian=1|faces|invert|bw:90"
+    one_by_one = img
+    for step in parse_chain(chain):
+        one_by_one = ops.get(step.op)(one_by_one, **step.params)
+    assert apply_steps(img, parse_chain(chain)).tobytes() == one_by_one.tobytes()
+    assert img.tobytes() == textured(mode).tobytes()  # the input is untouched

@@ -16,6 +16,7 @@ from imgq.ops import size as _size  # noqa: F401,E402
 from imgq.ops import enhance as _enhance  # noqa: F401,E402
 from imgq.ops import filters as _filters  # noqa: F401,E402
 from imgq.ops import faces as _faces  # noqa: F401,E402
+from imgq.ops import cv  # noqa: E402
 from imgq.ops.faces import detect_faces  # noqa: E402
 from imgq.ops.chain import (
     Step,
@@ -41,11 +42,20 @@ def run_steps(image: Image.Image, steps: tuple[Step, ...] | list[Step]) -> tuple
     pixels of the image that step saw), else empty.
     """
     notes: dict = {}
+    arrays = None  # consecutive OpenCV operations hand arrays to each other
     for step in steps:
-        image = get(step.op).func(image, **step.params)
+        op = get(step.op)
+        if op.array_func is not None:
+            if arrays is None:
+                arrays = cv.to_arrays(image)
+            arrays = op.array_func(arrays, **step.params)
+            continue
+        if arrays is not None:
+            image, arrays = cv.from_arrays(arrays), None
+        image = op.func(image, **step.params)
         if "faces" in image.info:
             notes["faces"] = list(image.info["faces"])
-    return image, notes
+    return (cv.from_arrays(arrays) if arrays is not None else image), notes
 
 
 __all__ = [

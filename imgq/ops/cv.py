@@ -8,6 +8,8 @@ order explicitly). Alpha is split off so each operation decides what happens to 
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Callable
 
 import cv2
 import numpy as np
@@ -54,11 +56,10 @@ def array_mode(image: Image.Image) -> Image.Image:
 
 
 def to_arrays(image: Image.Image) -> Arrays:
-    """The pixels of ``image`` as fresh arrays the caller may modify."""
+    """The pixels of ``image`` as arrays. They may be read-only: operations make new
+    arrays rather than writing into their input."""
     image = array_mode(image)
-    if image.mode == "I;16":
-        return Arrays(np.array(image, dtype=np.uint16), None)
-    a = np.array(image)
+    a = np.asarray(image)
     if image.mode == "L":
         return Arrays(a, None)
     if image.mode == "LA":
@@ -110,3 +111,19 @@ def scale_add(a: np.ndarray, gain: float, offset: float) -> np.ndarray:
 def blend(a: np.ndarray, b: np.ndarray, weight_a: float) -> np.ndarray:
     """``a * w + b * (1 - w)`` rounded and saturated; w may be outside 0..1 (extrapolation)."""
     return cv2.addWeighted(a, weight_a, b, 1.0 - weight_a, 0.0)
+
+
+def image_op(array_func: Callable[..., Arrays]) -> Callable[..., Image.Image]:
+    """The Pillow-level operation ``op(image, **params) -> image`` for an array-level one.
+
+    The array form stays reachable as ``op.array_func``, so a chain of array operations
+    converts to arrays once and back once (each conversion of a 12 MP image costs
+    about as much as a brightness change itself).
+    """
+
+    @functools.wraps(array_func)
+    def op(image: Image.Image, **params) -> Image.Image:
+        return from_arrays(array_func(to_arrays(image), **params))
+
+    op.array_func = array_func  # type: ignore[attr-defined]
+    return op

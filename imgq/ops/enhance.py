@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-from PIL import Image
-
 from imgq.ops import cv
 from imgq.ops.registry import WHOLE_IMAGE, Param, format_float, parse_factor, register
 
@@ -25,21 +23,20 @@ _FACTOR = Param("factor", parse_factor, 1.0, format_float, "1.0 = unchanged; or 
 _SMOOTH = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], np.float32) / 13.0
 
 
-def _with_colour(image: Image.Image, fn) -> Image.Image:
-    a = cv.to_arrays(image)
-    a.colour = fn(a.colour, a)
-    return cv.from_arrays(a)
+def _colour(a: cv.Arrays, colour: np.ndarray) -> cv.Arrays:
+    return cv.Arrays(colour, a.alpha)
 
 
 @register("brightness", _FACTOR)
-def brightness(image: Image.Image, *, factor: float = 1.0) -> Image.Image:
+@cv.image_op
+def brightness(a: cv.Arrays, *, factor: float = 1.0) -> cv.Arrays:
     """Scale every channel by ``factor`` (0 = black, 1 = unchanged, 2 = twice as bright).
 
     Example chain: ``web|brightness=1.2``
     """
     if factor == 1.0:
-        return image.copy()
-    return _with_colour(image, lambda c, a: cv.scale_add(c, factor, 0.0))
+        return a
+    return _colour(a, cv.scale_add(a.colour, factor, 0.0))
 
 
 def _contrast_reach(params: dict) -> int:
@@ -48,36 +45,31 @@ def _contrast_reach(params: dict) -> int:
 
 
 @register("contrast", _FACTOR, reach=_contrast_reach)
-def contrast(image: Image.Image, *, factor: float = 1.0) -> Image.Image:
+@cv.image_op
+def contrast(a: cv.Arrays, *, factor: float = 1.0) -> cv.Arrays:
     """Spread values away from (above 1) or towards (below 1) the image's mean grey.
 
     0 gives a flat grey of the mean. The mean is of the whole image, so this is not
     a local operation. Example chain: ``web|contrast=1.3``
     """
     if factor == 1.0:
-        return image.copy()
-
-    def stretch(c: np.ndarray, a: cv.Arrays) -> np.ndarray:
-        mean = int(float(cv.luminance(a).mean()) + 0.5)
-        return cv.scale_add(c, factor, mean * (1.0 - factor))
-
-    return _with_colour(image, stretch)
+        return a
+    mean = int(float(cv.luminance(a).mean()) + 0.5)
+    return _colour(a, cv.scale_add(a.colour, factor, mean * (1.0 - factor)))
 
 
 @register("sharpness", _FACTOR, reach=lambda p: 1)
-def sharpness(image: Image.Image, *, factor: float = 1.0) -> Image.Image:
+@cv.image_op
+def sharpness(a: cv.Arrays, *, factor: float = 1.0) -> cv.Arrays:
     """Sharpen (above 1) or soften (below 1) against a 3x3 smoothing of the image.
 
     As in Pillow, the outermost row and column of pixels are left as they are.
     Example chain: ``web|sharpness=1.5``
     """
     if factor == 1.0:
-        return image.copy()
-
-    def sharpen(c: np.ndarray, a: cv.Arrays) -> np.ndarray:
-        smooth = cv2.filter2D(c, -1, _SMOOTH, borderType=cv2.BORDER_REPLICATE)
-        out = cv.blend(c, smooth, factor)
-        out[0], out[-1], out[:, 0], out[:, -1] = c[0], c[-1], c[:, 0], c[:, -1]
-        return out
-
-    return _with_colour(image, sharpen)
+        return a
+    c = a.colour
+    smooth = cv2.filter2D(c, -1, _SMOOTH, borderType=cv2.BORDER_REPLICATE)
+    out = cv.blend(c, smooth, factor)
+    out[0], out[-1], out[:, 0], out[:, -1] = c[0], c[-1], c[:, 0], c[:, -1]
+    return _colour(a, out)

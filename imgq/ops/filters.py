@@ -15,18 +15,14 @@ import math
 
 import cv2
 import numpy as np
-from PIL import Image
 
 from imgq.ops import cv
 from imgq.ops.registry import WHOLE_IMAGE, Param, format_float, parse_float, parse_int, register
 
 
-def _filtered(image: Image.Image, fn, *, alpha_too: bool) -> Image.Image:
-    a = cv.to_arrays(image)
-    a.colour = fn(a.colour)
-    if alpha_too and a.alpha is not None:
-        a.alpha = fn(a.alpha)
-    return cv.from_arrays(a)
+def _filtered(a: cv.Arrays, fn, *, alpha_too: bool) -> cv.Arrays:
+    alpha = fn(a.alpha) if alpha_too and a.alpha is not None else a.alpha
+    return cv.Arrays(fn(a.colour), alpha)
 
 
 # ---- neighbourhood filters -------------------------------------------------------------
@@ -35,12 +31,13 @@ _KSIZE = Param("size", parse_int(1, 255, odd=True), 5, str, "odd kernel size in 
 
 
 @register("blur", _KSIZE, reach=lambda p: p["size"] // 2)
-def blur(image: Image.Image, *, size: int = 5) -> Image.Image:
+@cv.image_op
+def blur(a: cv.Arrays, *, size: int = 5) -> cv.Arrays:
     """Box blur: each pixel becomes the mean of the size x size square around it.
 
     Example chain: ``blur:9``
     """
-    return _filtered(image, lambda c: cv2.blur(c, (size, size), borderType=cv2.BORDER_REFLECT_101), alpha_too=True)
+    return _filtered(a, lambda c: cv2.blur(c, (size, size), borderType=cv2.BORDER_REFLECT_101), alpha_too=True)
 
 
 def gaussian_ksize(sigma: float) -> int:
@@ -53,14 +50,15 @@ def gaussian_ksize(sigma: float) -> int:
     Param("sigma", parse_float(0.1, 100.0), 2.0, format_float, "standard deviation in pixels"),
     reach=lambda p: gaussian_ksize(p["sigma"]) // 2,
 )
-def gaussian(image: Image.Image, *, sigma: float = 2.0) -> Image.Image:
+@cv.image_op
+def gaussian(a: cv.Arrays, *, sigma: float = 2.0) -> cv.Arrays:
     """Gaussian blur with standard deviation ``sigma`` pixels (kernel cut at 3 sigma).
 
     Example chain: ``gaussian=2|canny``
     """
     k = gaussian_ksize(sigma)
     return _filtered(
-        image, lambda c: cv2.GaussianBlur(c, (k, k), sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT_101), alpha_too=True
+        a, lambda c: cv2.GaussianBlur(c, (k, k), sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT_101), alpha_too=True
     )
 
 
@@ -85,11 +83,12 @@ def _median(c: np.ndarray, size: int) -> np.ndarray:
 
 
 @register("median", Param("size", parse_int(3, 255, odd=True), 5, str, "odd window size in pixels"), reach=lambda p: p["size"] // 2)
-def median(image: Image.Image, *, size: int = 5) -> Image.Image:
+@cv.image_op
+def median(a: cv.Arrays, *, size: int = 5) -> cv.Arrays:
     """Median filter: each pixel becomes the median of the size x size square around it;
     removes speckle while keeping edges. Example chain: ``median:5``
     """
-    return _filtered(image, lambda c: _median(c, size), alpha_too=True)
+    return _filtered(a, lambda c: _median(c, size), alpha_too=True)
 
 
 def _bilateral_radius(p: dict) -> int:
@@ -104,7 +103,8 @@ def _bilateral_radius(p: dict) -> int:
     Param("sigma_space", parse_float(0.1, 100.0), 75.0, format_float, "how far (in pixels) values mix"),
     reach=_bilateral_radius,
 )
-def bilateral(image: Image.Image, *, diameter: int = 9, sigma_color: float = 75.0, sigma_space: float = 75.0) -> Image.Image:
+@cv.image_op
+def bilateral(a: cv.Arrays, *, diameter: int = 9, sigma_color: float = 75.0, sigma_space: float = 75.0) -> cv.Arrays:
     """Edge-preserving smoothing: neighbours mix only when close in both place and value.
 
     16-bit input is filtered in floating point with ``sigma_color`` scaled to 16 bits;
@@ -119,7 +119,7 @@ def bilateral(image: Image.Image, *, diameter: int = 9, sigma_color: float = 75.
         f = cv2.bilateralFilter(c.astype(np.float32), diameter, sigma_color * 257.0, sigma_space, borderType=cv2.BORDER_REFLECT_101)
         return np.clip(np.rint(f), 0, 65535).astype(np.uint16)
 
-    return _filtered(image, run, alpha_too=False)
+    return _filtered(a, run, alpha_too=False)
 
 
 @register(
@@ -128,7 +128,8 @@ def bilateral(image: Image.Image, *, diameter: int = 9, sigma_color: float = 75.
     Param("high", parse_float(0.0, 2000.0), 200.0, format_float, "upper hysteresis threshold"),
     reach=lambda p: WHOLE_IMAGE,
 )
-def canny(image: Image.Image, *, low: float = 100.0, high: float = 200.0) -> Image.Image:
+@cv.image_op
+def canny(a: cv.Arrays, *, low: float = 100.0, high: float = 200.0) -> cv.Arrays:
     """Canny edges of the grey image: an L image of 0 (no edge) and 255 (edge).
 
     The gradient (3x3 Sobel) and thinning need only 2 pixels around each pixel, but
@@ -137,44 +138,40 @@ def canny(image: Image.Image, *, low: float = 100.0, high: float = 200.0) -> Ima
     two-pass scheme that resolves edge chains across stripe borders.
     Example chain: ``gaussian=1.5|canny:50,150``
     """
-    a = cv.to_arrays(image)
     grey = cv.to_uint8(cv.luminance(a))
-    return Image.fromarray(cv2.Canny(grey, low, high, apertureSize=3, L2gradient=False), "L")
+    return cv.Arrays(cv2.Canny(grey, low, high, apertureSize=3, L2gradient=False), None)
 
 
 # ---- point operations ------------------------------------------------------------------
 
 
 @register("invert")
-def invert(image: Image.Image) -> Image.Image:
+@cv.image_op
+def invert(a: cv.Arrays) -> cv.Arrays:
     """A negative: each value v becomes max - v (alpha kept). Example chain: ``invert``"""
-    a = cv.to_arrays(image)
-    a.colour = a.max_value - a.colour
-    return cv.from_arrays(a)
+    return cv.Arrays(a.max_value - a.colour, a.alpha)
 
 
 @register("gray")
-def gray(image: Image.Image) -> Image.Image:
+@cv.image_op
+def gray(a: cv.Arrays) -> cv.Arrays:
     """Grey with Pillow's ITU-R 601 weights (L, LA with alpha, 16-bit grey unchanged).
 
     Example chain: ``web|gray``
     """
-    a = cv.to_arrays(image)
-    a.colour = cv.luminance(a)
-    return cv.from_arrays(a)
+    return cv.Arrays(cv.luminance(a), a.alpha)
 
 
 @register("bw", Param("threshold", parse_int(0, 255), 128, str, "grey level (0-255) from which a pixel is white"))
-def bw(image: Image.Image, *, threshold: int = 128) -> Image.Image:
+@cv.image_op
+def bw(a: cv.Arrays, *, threshold: int = 128) -> cv.Arrays:
     """Black and white: grey values at or above ``threshold`` become white, others black.
 
     The result is L (or LA with alpha) holding only 0 and 255. Example chain: ``bw:100``
     """
-    a = cv.to_arrays(image)
     grey = cv.luminance(a)
     limit = threshold * 257 if grey.dtype == np.uint16 else threshold
-    a.colour = np.where(grey >= limit, 255, 0).astype(np.uint8)
-    return cv.from_arrays(a)
+    return cv.Arrays(np.where(grey >= limit, 255, 0).astype(np.uint8), a.alpha)
 
 
 @register(
@@ -182,7 +179,8 @@ def bw(image: Image.Image, *, threshold: int = 128) -> Image.Image:
     Param("cutoff", parse_float(0.0, 49.0), 0.5, format_float, "percent of darkest and of brightest pixels clipped"),
     reach=lambda p: WHOLE_IMAGE,
 )
-def equalize(image: Image.Image, *, cutoff: float = 0.5) -> Image.Image:
+@cv.image_op
+def equalize(a: cv.Arrays, *, cutoff: float = 0.5) -> cv.Arrays:
     """Contrast stretching: the grey levels at the ``cutoff`` and 100 - ``cutoff``
     percentiles become black and white, everything between is spread linearly.
 
@@ -190,10 +188,8 @@ def equalize(image: Image.Image, *, cutoff: float = 0.5) -> Image.Image:
     The percentiles are of the whole image, so this is not local.
     Example chain: ``equalize:1``
     """
-    a = cv.to_arrays(image)
     lo, hi = np.percentile(cv.luminance(a), [cutoff, 100.0 - cutoff])
     if hi - lo < 1:
-        return cv.from_arrays(a)
+        return a
     gain = a.max_value / (hi - lo)
-    a.colour = cv.scale_add(a.colour, gain, -lo * gain)
-    return cv.from_arrays(a)
+    return cv.Arrays(cv.scale_add(a.colour, gain, -lo * gain), a.alpha)

@@ -47,6 +47,11 @@ class Op:
     alias_of: tuple[str, dict[str, Any]] | None = None
 
     @property
+    def array_func(self) -> Callable[..., Any] | None:
+        """The same operation on ``cv.Arrays`` when it is written with OpenCV, else None."""
+        return getattr(self.func, "array_func", None)
+
+    @property
     def doc(self) -> str:
         return (self.func.__doc__ or "").strip()
 
