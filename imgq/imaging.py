@@ -31,7 +31,7 @@ from pathlib import Path
 
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from imgq.errors import BadImage, StorageError, TooLarge
+from imgq.errors import BadImage, MissingExtra, StorageError, TooLarge
 from imgq.ops import fit_size, get, parse_chain, run_steps
 from imgq.ops.chain import Step
 from imgq.ops.size import resize_to
@@ -65,7 +65,14 @@ _UPRIGHT = {
     8: Image.Transpose.ROTATE_90,
 }
 
-FORMATS = ("JPEG", "PNG", "TIFF", "WEBP", "BMP", "GIF")
+FORMATS = ("JPEG", "PNG", "TIFF", "WEBP", "BMP", "GIF", "HEIF", "AVIF", "RAW")
+
+# ISO base media brands of HEIF stills and sequences (HEVC-coded or generic)
+_HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1"}
+_AVIF_BRANDS = {b"avif", b"avis"}
+
+# LibRaw's flip -> the EXIF orientation meaning the same turn
+_FLIP_ORIENTATION = {3: 3, 5: 8, 6: 6}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,11 +133,26 @@ class Saved:
 def sniff(head: bytes) -> str | None:
     """The image format named by the magic bytes at the start of a file, or None.
 
-    Recognises JPEG, PNG, TIFF (also BigTIFF), WEBP, BMP and GIF. ``head`` should be the
+    Recognises JPEG, PNG, TIFF (also BigTIFF), WEBP, BMP, GIF, HEIF (HEIC), AVIF and
+    camera RAW files with their own signature (Canon CR2/CR3, Fuji RAF, Olympus ORF,
+    Panasonic RW2). RAW formats built on plain TIFF (DNG, NEF, ARW, PEF) sniff as TIFF;
+    ``probe`` and ``render`` tell them apart from the TIFF tags. ``head`` should be the
     first 32 bytes or more; BMP needs 18 to tell it from text starting with "BM".
     """
     if head.startswith(b"\xff\xd8\xff"):
         return "JPEG"
+    if head.startswith(b"FUJIFILMCCD-RAW") or head[:4] in (b"IIRO", b"IIRS", b"MMOR", b"IIU\x00"):
+        return "RAW"
+    if head[:4] == b"II*\x00" and head[8:10] == b"CR":
+        return "RAW"  # Canon CR2
+    if head[4:8] == b"ftyp":
+        brands = {head[i : i + 4] for i in range(8, min(len(head), 64) - 3, 4)}
+        if head[8:12] == b"crx ":
+            return "RAW"  # Canon CR3
+        if head[8:12] in _AVIF_BRANDS or (head[8:12] in (b"mif1", b"msf1") and brands & _AVIF_BRANDS and not brands & {b"heic", b"heix"}):
+            return "AVIF"
+        if head[8:12] in _HEIF_BRANDS:
+            return "HEIF"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return "PNG"
     if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
@@ -203,19 +225,69 @@ def _header_size(path: Path, fmt: str) -> tuple[int, int]:
         return im.size
 
 
-@contextlib.contextmanager
-def _opened(path: Path, max_pixels: int) -> Iterator[tuple[Image.Image, str]]:
-    """The image at ``path`` with only its header read, and its format.
-
-    Raises BadImage for an empty or unrecognisable file and TooLarge when the header
-    declares more than ``max_pixels``. Decoding inside the block stays under the limits.
-    """
+def _format_of(path: Path) -> str:
+    """The format of the file at ``path`` by content; BadImage if it is empty or none."""
     head = _read_head(path)
     if not head:
         raise BadImage(f"empty file: {path}")
     fmt = sniff(head)
     if fmt is None:
         raise BadImage(f"not an image: {path} (content is not {', '.join(FORMATS)})")
+    if fmt == "TIFF" and _tiff_is_raw(path):
+        return "RAW"
+    return fmt
+
+
+def _tiff_tags(path: Path) -> Image.Exif:
+    """The tags of the first IFD of a TIFF-structured file (empty if unreadable).
+
+    Read directly: Pillow's TIFF reader refuses sensor data it cannot decode.
+    """
+    exif = Image.Exif()
+    try:
+        with open(path, "rb") as f, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            exif.load_from_fp(f)
+    except Exception:
+        return Image.Exif()
+    return exif
+
+
+def _tiff_is_raw(path: Path) -> bool:
+    # DNG says so; NEF, ARW and PEF put a small preview first (NewSubfileType 1, "reduced
+    # resolution") with the sensor data in sub-IFDs, which no ordinary TIFF writer does
+    tags = _tiff_tags(path)
+    return 0xC612 in tags or (tags.get(0x00FE) == 1 and 0x014A in tags)
+
+
+def _heif_support(path: Path) -> None:
+    try:
+        import pillow_heif
+    except ImportError:
+        raise MissingExtra(f"{path} is a HEIF/HEIC photo: reading it needs pillow-heif: pip install 'imgq[heic]'") from None
+    if "HEIF" not in Image.OPEN:
+        pillow_heif.register_heif_opener()
+
+
+def _rawpy(path: Path):
+    try:
+        import rawpy
+    except ImportError:
+        raise MissingExtra(f"{path} is a camera RAW file: reading it needs rawpy: pip install 'imgq[raw]'") from None
+    return rawpy
+
+
+@contextlib.contextmanager
+def _opened(path: Path, max_pixels: int, fmt: str | None = None) -> Iterator[tuple[Image.Image, str]]:
+    """The image at ``path`` with only its header read, and its format (not RAW).
+
+    Raises BadImage for an empty or unrecognisable file, TooLarge when the header
+    declares more than ``max_pixels``, MissingExtra for HEIF without pillow-heif.
+    Decoding inside the block stays under the limits.
+    """
+    fmt = fmt or _format_of(path)
+    if fmt == "HEIF":
+        _heif_support(path)
     with _pillow_limits(max_pixels):
         try:
             im = Image.open(path, formats=[fmt])
@@ -307,7 +379,10 @@ def probe(path: str | os.PathLike, *, max_pixels: int) -> Probe:
     the file; StorageError if the file cannot be read. Broken EXIF is ignored.
     """
     path = Path(path)
-    with _opened(path, max_pixels) as (im, fmt):
+    fmt = _format_of(path)
+    if fmt == "RAW":
+        return _raw_probe(path, max_pixels)
+    with _opened(path, max_pixels, fmt) as (im, fmt):
         meta = _metadata(_exif_of(im, fmt))
         return Probe(
             format=fmt,
@@ -395,26 +470,35 @@ def _leading_box(steps: tuple[Step, ...]) -> tuple[int, int] | None:
     return op.fit_box(steps[0].params) if op.fit_box else None
 
 
-def render(path: str | os.PathLike, chains: dict[str, str], *, max_pixels: int) -> dict[str, Rendered]:
-    """Every chain of a recipe run on one decode of the original at ``path``.
+@dataclasses.dataclass
+class _Decoded:
+    """An original decoded once: pixels in a working mode, still in stored orientation."""
 
-    ``chains`` maps artifact name -> chain text. The pixels are made upright from EXIF
-    orientation before any operation. A JPEG is decoded at reduced DCT scale when every
-    chain starts by shrinking to a box well below the stored size; smaller fits are made
-    from larger ones already computed. Raises UnknownOperation before touching the file,
-    BadImage/TooLarge for a bad original, StorageError when it cannot be read.
-    """
-    path = Path(path)
-    plans = {name: parse_chain(text) for name, text in chains.items()}
-    with _opened(path, max_pixels) as (im, fmt):
+    image: Image.Image
+    icc: bytes | None
+    meta: dict  # orientation (to apply), taken_at, make, model
+    upright: tuple[int, int]  # the original's full size once upright, which outputs refer to
+
+
+def _largest_output(upright: tuple[int, int], boxes: list[tuple[int, int] | None]) -> tuple[int, int] | None:
+    """The upright size that covers every output, or None if some chain needs full size."""
+    if not boxes or not all(boxes):
+        return None
+    outs = [fit_size(upright, box) for box in boxes]
+    return (max(o[0] for o in outs), max(o[1] for o in outs))
+
+
+def _decode(path: Path, boxes: list[tuple[int, int] | None], max_pixels: int) -> _Decoded:
+    """Decode the original once, no larger than the outputs need (JPEG DCT scaling)."""
+    fmt = _format_of(path)
+    if fmt == "RAW":
+        return _raw_decode(path, boxes, max_pixels)
+    with _opened(path, max_pixels, fmt) as (im, fmt):
         meta = _metadata(_exif_of(im, fmt))
-        orientation = meta["orientation"]
-        swap = orientation >= 5
+        swap = meta["orientation"] >= 5
         upright = (im.height, im.width) if swap else im.size
-        boxes = {name: _leading_box(steps) for name, steps in plans.items()}
-        if fmt == "JPEG" and boxes and all(boxes.values()):
-            outs = [fit_size(upright, box) for box in boxes.values()]
-            need = (max(o[0] for o in outs), max(o[1] for o in outs))
+        need = _largest_output(upright, boxes)
+        if fmt == "JPEG" and need is not None:
             need = (need[1], need[0]) if swap else need
             # draft() picks the smallest DCT scale (1/2, 1/4, 1/8) still >= the request
             im.draft(im.mode, (round(need[0] * DRAFT_MARGIN), round(need[1] * DRAFT_MARGIN)))
@@ -425,13 +509,33 @@ def render(path: str | os.PathLike, chains: dict[str, str], *, max_pixels: int) 
         except Exception as e:
             raise _decode_error(path, fmt, e) from None
         base, icc = working_image(im, im.info.get("icc_profile"))
-        source_size = im.size
-    exif = minimal_exif(meta["taken_at"], meta["make"], meta["model"])
+        return _Decoded(base, icc, meta, upright)
+
+
+def render(path: str | os.PathLike, chains: dict[str, str], *, max_pixels: int) -> dict[str, Rendered]:
+    """Every chain of a recipe run on one decode of the original at ``path``.
+
+    ``chains`` maps artifact name -> chain text. The pixels are made upright from EXIF
+    orientation before any operation. A JPEG is decoded at reduced DCT scale, and a RAW
+    file's embedded preview is used, when every chain starts by shrinking to a box
+    below the stored size; smaller fits are made from larger ones already computed.
+    Raises UnknownOperation before touching the file, BadImage/TooLarge for a bad
+    original, MissingExtra for HEIF/RAW without their extra, StorageError when the
+    file cannot be read.
+    """
+    path = Path(path)
+    plans = {name: parse_chain(text) for name, text in chains.items()}
+    boxes = {name: _leading_box(steps) for name, steps in plans.items()}
+    d = _decode(path, list(boxes.values()), max_pixels)
+    orientation, upright, base = d.meta["orientation"], d.upright, d.image
+    swap = orientation >= 5
+    exif = minimal_exif(d.meta["taken_at"], d.meta["make"], d.meta["model"])
+    source_size = base.size
 
     # Fits are made in stored orientation (cheaper: the transpose then moves few pixels),
     # largest first, each from the smallest earlier result at least DERIVE_RATIO bigger.
     made: list[Image.Image] = []
-    upright_of: dict[int, Image.Image] = {}
+    upright_of: dict[int, Image.Image] = {}  # id -> upright copy; `made` keeps ids alive
 
     def upright_copy(img: Image.Image) -> Image.Image:
         if id(img) not in upright_of:
@@ -442,25 +546,106 @@ def render(path: str | os.PathLike, chains: dict[str, str], *, max_pixels: int) 
         w, h = fit_size(upright, box)
         target = (h, w) if swap else (w, h)
         fits = [m for m in made if m.width >= target[0] * DERIVE_RATIO and m.height >= target[1] * DERIVE_RATIO]
-        src = min(fits, key=lambda m: m.width * m.height) if fits else base
-        out = resize_to(src, target)
+        out = resize_to(min(fits, key=lambda m: m.width * m.height) if fits else base, target)
         made.append(out)
         return out
 
-    results: dict[str, Rendered] = {}
     def area(name: str) -> int:
         box = boxes[name]
         return 0 if box is None else fit_size(upright, box)[0] * fit_size(upright, box)[1]
 
-    order = sorted(plans, key=area, reverse=True)
-    for name in order:
-        steps = plans[name]
-        if boxes[name]:
-            image, notes = run_steps(upright_copy(stored_fit(boxes[name])), steps[1:])
+    results: dict[str, Rendered] = {}
+    for name in sorted(plans, key=area, reverse=True):
+        steps, box = plans[name], boxes[name]
+        if box:
+            image, notes = run_steps(upright_copy(stored_fit(box)), steps[1:])
         else:
             image, notes = run_steps(upright_copy(base), steps)
-        results[name] = Rendered(image=image, icc=icc, exif=exif, source_size=source_size, notes=notes)
+        results[name] = Rendered(image=image, icc=d.icc, exif=exif, source_size=source_size, notes=notes)
     return {name: results[name] for name in chains}
+
+
+# ---- camera RAW (the raw extra: rawpy) -------------------------------------------------
+
+
+@contextlib.contextmanager
+def _raw_opened(path: Path, max_pixels: int):
+    """rawpy's reader on ``path`` (metadata parsed, nothing decoded), pixel limit checked."""
+    rawpy = _rawpy(path)
+    try:
+        raw = rawpy.imread(str(path))
+    except rawpy.LibRawIOError as e:
+        raise StorageError(f"cannot read {path}: {e}") from None
+    except (rawpy.LibRawError, ValueError) as e:
+        raise BadImage(f"corrupt RAW: {path} ({e})") from None
+    with raw:
+        w, h = raw.sizes.width, raw.sizes.height
+        if w < 1 or h < 1:
+            raise BadImage(f"corrupt RAW: {path} (declares {w}x{h} pixels)")
+        if w * h > max_pixels:
+            raise _too_large(path, (w, h), max_pixels)
+        try:
+            yield raw
+        except rawpy.LibRawIOError as e:
+            raise StorageError(f"cannot read {path}: {e}") from None
+        except rawpy.LibRawError as e:
+            raise BadImage(f"corrupt RAW: {path} ({e})") from None
+
+
+def _raw_meta(path: Path, flip: int) -> dict:
+    # TIFF-based RAW (CR2, NEF, ARW, DNG, ...) keeps ordinary EXIF in IFD0; the other
+    # containers yield nothing here (rawpy does not expose their capture metadata)
+    meta = _metadata(_tiff_tags(path))
+    meta["orientation"] = _FLIP_ORIENTATION.get(flip, 1)
+    return meta
+
+
+def _raw_probe(path: Path, max_pixels: int) -> Probe:
+    with _raw_opened(path, max_pixels) as raw:
+        s = raw.sizes
+        meta = _raw_meta(path, s.flip)
+    return Probe(format="RAW", width=s.width, height=s.height, mode="RGB", **meta)
+
+
+def _raw_preview(raw, path: Path, need: tuple[int, int], stored: tuple[int, int]) -> Image.Image | None:
+    """The embedded preview when it shows the whole frame at least ``need`` large."""
+    rawpy = _rawpy(path)
+    try:
+        thumb = raw.extract_thumb()
+    except (rawpy.LibRawError, ValueError):
+        return None  # no preview, or one LibRaw cannot unpack: demosaic instead
+    if thumb.format == rawpy.ThumbFormat.JPEG:
+        try:
+            im = Image.open(io.BytesIO(thumb.data), formats=["JPEG"])
+            im.draft("RGB", (round(need[0] * DRAFT_MARGIN), round(need[1] * DRAFT_MARGIN)))
+            im.load()
+        except Exception:
+            return None
+    else:
+        im = Image.fromarray(thumb.data)
+    w, h = stored
+    # a preview of another aspect is cropped or letterboxed: it would not match the RAW
+    if im.width < need[0] or im.height < need[1] or abs(im.width * h - im.height * w) > 0.01 * w * im.height:
+        return None
+    return im
+
+
+def _raw_decode(path: Path, boxes: list[tuple[int, int] | None], max_pixels: int) -> _Decoded:
+    with _raw_opened(path, max_pixels) as raw:
+        s = raw.sizes
+        meta = _raw_meta(path, s.flip)
+        swap = meta["orientation"] >= 5
+        upright = (s.height, s.width) if swap else (s.width, s.height)
+        need = _largest_output(upright, boxes)
+        if need is not None:
+            preview = _raw_preview(raw, path, (need[1], need[0]) if swap else need, (s.width, s.height))
+            if preview is not None:
+                base, _ = working_image(preview, None)
+                return _Decoded(base, None, meta, upright)
+        # LibRaw applies the flip itself when demosaicing: the result is already upright
+        rgb = raw.postprocess(use_camera_wb=True, output_bps=8)
+    meta["orientation"] = 1
+    return _Decoded(Image.fromarray(rgb), None, meta, (rgb.shape[1], rgb.shape[0]))
 
 
 # ---- encoding and verifying ------------------------------------------------------------
@@ -552,6 +737,11 @@ def verify(path: str | os.PathLike, width: int, height: int) -> bool:
     header before decoding, so a wrong or hostile file is never decoded in full.
     """
     path = Path(path)
+    if _format_of(path) == "RAW":
+        with _raw_opened(path, max(width * height, 1)) as raw:
+            if (raw.sizes.width, raw.sizes.height) != (width, height):
+                raise BadImage(f"wrong size: {path} is {raw.sizes.width}x{raw.sizes.height}, expected {width}x{height}")
+        return True
     try:
         with _opened(path, max(width * height, 1)) as (im, fmt):
             if im.size != (width, height):

@@ -84,6 +84,25 @@ def test_sniff_recognises_what_pillow_writes(tmp_path, fmt):
     assert sniff(p.read_bytes()[:64]) == fmt
 
 
+@pytest.mark.parametrize(
+    "head, fmt",
+    [
+        (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic", "HEIF"),
+        (b"\x00\x00\x00\x18ftypmif1\x00\x00\x00\x00mif1heic", "HEIF"),
+        (b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1miaf", "AVIF"),
+        (b"\x00\x00\x00\x1cftypmif1\x00\x00\x00\x00mif1avifmiaf", "AVIF"),
+        (b"\x00\x00\x00\x18ftypcrx \x00\x00\x00\x01crx isom", "RAW"),  # Canon CR3
+        (b"II*\x00\x10\x00\x00\x00CR\x02\x00" + b"\x00" * 20, "RAW"),  # Canon CR2
+        (b"FUJIFILMCCD-RAW 0201FF383501", "RAW"),
+        (b"IIRO\x08\x00\x00\x00" + b"\x00" * 20, "RAW"),  # Olympus ORF
+        (b"IIU\x00\x08\x00\x00\x00" + b"\x00" * 20, "RAW"),  # Panasonic RW2
+        (b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2", None),  # an MP4 video
+    ],
+)
+def test_sniff_recognises_heif_avif_and_raw_signatures(head, fmt):
+    assert sniff(head) == fmt
+
+
 def test_sniff_rejects_text_and_short_input():
     assert sniff(b"") is None
     assert sniff(b"BM is also how this text starts") is None
@@ -477,3 +496,120 @@ def test_every_broken_sample_is_refused_with_a_reason(tmp_path, maker, kwargs, e
     with pytest.raises(error) as e:
         render(p, {"thumb": "thumb", "web": "web"}, max_pixels=LIMIT)
     assert words in str(e.value) and "bad.jpg" in str(e.value)
+
+
+# ---- HEIF, AVIF and camera RAW -----------------------------------------------------------
+
+
+def quadrant_image(size=(600, 400)) -> Image.Image:
+    img = Image.new("RGB", size, (0, 0, 255))
+    img.paste((255, 0, 0), (0, 0, size[0] // 2, size[1] // 2))  # red top-left
+    return img
+
+
+def test_heic_is_read_upright_with_its_metadata(tmp_path):
+    pillow_heif = pytest.importorskip("pillow_heif")
+    pillow_heif.register_heif_opener()
+    p = tmp_path / "IMG_0001.HEIC"
+    # pillow-heif stores orientation 6 as a HEIF rotation and resets the EXIF tag to 1
+    quadrant_image().save(p, exif=exif_with(orientation=6, original="2022:03:04 05:06:07", make="Apple").tobytes(), quality=90)
+    assert sniff(p.read_bytes()[:64]) == "HEIF"
+    pr = probe(p, max_pixels=LIMIT)
+    assert pr.format == "HEIF" and pr.taken_at == "2022-03-04T05:06:07" and pr.make == "Apple"
+    out = render(p, {"w": "web", "t": "thumb"}, max_pixels=LIMIT)
+    assert out["w"].image.size == (320, 480) and out["t"].image.size == (60, 90)
+    assert out["w"].image.getpixel((300, 20))[0] > 200  # stored top-left shows top-right
+    saved = save(out["w"], tmp_path / "w.jpg")
+    assert verify(tmp_path / "w.jpg", saved.width, saved.height)
+
+
+def test_avif_is_read_natively(tmp_path):
+    from PIL import features
+
+    if not features.check("avif"):
+        pytest.skip("this Pillow has no AVIF support")
+    p = tmp_path / "a.avif"
+    quadrant_image().save(p, quality=90)
+    assert sniff(p.read_bytes()[:64]) == "AVIF"
+    assert render(p, {"w": "web"}, max_pixels=LIMIT)["w"].image.size == (600, 400)
+
+
+def write_dng(path: Path, raw_size=(600, 400), preview: Image.Image | None = None, orientation=6) -> Path:
+    """A small linear DNG (demosaiced sensor data), optionally with an RGB preview in
+    IFD0 as cameras write it, with real EXIF tags."""
+    tifffile = pytest.importorskip("tifffile")
+    w, h = raw_size
+    sensor = np.asarray(quadrant_image(raw_size), dtype=np.uint16) * 16  # 12-bit data
+    dng = [
+        (50706, "B", 4, (1, 4, 0, 0), True),  # DNGVersion
+        (50707, "B", 4, (1, 1, 0, 0), True),  # DNGBackwardVersion
+        (50708, "s", 0, "imgq Test", True),  # UniqueCameraModel
+        (50721, "2i", 9, (1, 1, 0, 1, 0, 1, 0, 1, 1, 1, 0, 1, 0, 1, 0, 1, 1, 1), True),  # ColorMatrix1
+        (50778, "H", 1, 21, True),  # CalibrationIlluminant1: D65
+        (271, "s", 0, "imgqCam", True),
+        (272, "s", 0, "Raw 1", True),
+        (274, "H", 1, orientation, True),
+        (306, "s", 0, "2021:07:04 12:30:00", True),
+    ]
+    white = [(50717, "H", 1, 4095, True)]  # WhiteLevel
+    with tifffile.TiffWriter(path) as tif:
+        if preview is None:
+            tif.write(sensor, photometric=34892, planarconfig="contig", extratags=dng + white)
+        else:
+            tif.write(np.asarray(preview), photometric="rgb", subfiletype=1, subifds=1, extratags=dng)
+            tif.write(sensor, photometric=34892, planarconfig="contig", extratags=white)
+    return path
+
+
+def test_raw_is_demosaiced_upright(tmp_path):
+    pytest.importorskip("rawpy")
+    p = write_dng(tmp_path / "a.dng")
+    assert sniff(p.read_bytes()[:64]) == "TIFF"  # DNG is told apart by its tags
+    pr = probe(p, max_pixels=LIMIT)
+    assert (pr.format, pr.width, pr.height, pr.orientation) == ("RAW", 600, 400, 6)
+    assert (pr.taken_at, pr.make, pr.model) == ("2021-07-04T12:30:00", "imgqCam", "Raw 1")
+    out = render(p, {"w": "web", "t": "thumb"}, max_pixels=LIMIT)
+    assert out["w"].image.size == (320, 480) and out["t"].image.size == (60, 90)
+    img = out["w"].image
+    assert img.getpixel((280, 40))[0] > img.getpixel((280, 40))[2]  # red is top-right once upright
+    with pytest.raises(TooLarge, match="600x400"):
+        render(p, {"w": "web"}, max_pixels=1000)
+
+
+def test_raw_uses_its_embedded_preview_when_large_enough(tmp_path):
+    pytest.importorskip("rawpy")
+    p = write_dng(tmp_path / "p.dng", preview=quadrant_image((300, 200)))
+    small = render(p, {"t": "thumb", "f": "fit:150x150"}, max_pixels=LIMIT)
+    assert small["f"].source_size == (300, 200)  # the preview, not the sensor data
+    assert small["f"].image.size == (100, 150) and small["f"].image.getpixel((90, 10))[0] > 200
+    big = render(p, {"w": "web"}, max_pixels=LIMIT)
+    assert big["w"].source_size == (400, 600) and big["w"].image.size == (320, 480)
+
+
+def _run_without(module: str, code: str) -> str:
+    """Run ``code`` in a fresh interpreter in which ``module`` cannot be imported."""
+    prelude = f"import sys; sys.path.insert(0, {str(Path(__file__).parents[1])!r}); sys.modules[{module!r}] = None\n"
+    out = subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_missing_extras_are_named(tmp_path):
+    pillow_heif = pytest.importorskip("pillow_heif")
+    pillow_heif.register_heif_opener()
+    heic = tmp_path / "a.heic"
+    quadrant_image().save(heic)
+    dng = write_dng(tmp_path / "a.dng")
+    check = """
+from imgq import imaging
+from imgq.errors import MissingExtra
+for fn in (imaging.probe, lambda p, max_pixels: imaging.render(p, {{"t": "thumb"}}, max_pixels=max_pixels)):
+    try:
+        fn({path!r}, max_pixels=10**8)
+    except MissingExtra as e:
+        print(e)
+"""
+    heic_out = _run_without("pillow_heif", check.format(path=str(heic)))
+    assert heic_out.count("pip install 'imgq[heic]'") == 2 and "a.heic" in heic_out
+    raw_out = _run_without("rawpy", check.format(path=str(dng)))
+    assert raw_out.count("pip install 'imgq[raw]'") == 2 and "a.dng" in raw_out
