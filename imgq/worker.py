@@ -69,7 +69,8 @@ def process(claim: queue.Claim, settings: Settings) -> queue.Outcome:
         result["seconds"] = round(time.monotonic() - started, 4)
         return queue.Outcome(claim, artifacts=artifacts, result=result)
     except ImgqError as e:
-        return queue.Outcome(claim, error=f"{src}: {e}", kind=classify(e))
+        text = str(e) if str(src) in str(e) else f"{src}: {e}"  # always name the file, once
+        return queue.Outcome(claim, error=text, kind=classify(e))
     except OSError as e:
         return queue.Outcome(claim, error=f"{src}: {e.strerror or e}", kind="transient")
     except MemoryError:

@@ -41,6 +41,14 @@ def stderr() -> Console:
     return Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False)
 
 
+def stdout() -> Console:
+    """A console for reports people read on stdout (status, report): plain when piped."""
+    console = Console(no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = 160  # a log or a mail: no terminal to fit, keep reasons on one line
+    return console
+
+
 def warn(message: str) -> None:
     """One line for a person on stderr, never wrapped (it may be grepped from a log)."""
     sys.stderr.write(f"imgq: {message}\n")

@@ -29,20 +29,20 @@ def status(
 ) -> None:
     """Files and jobs per state, throughput over recent minutes, ETA, recent failures.
 
-    On a terminal it draws tables on stderr; otherwise (and with --json) it writes one
-    JSON object to stdout.
+    The report is for people (plain tables, colour only on a terminal); --json writes
+    the same facts as one JSON object for scripts.
     """
     settings = common.settings_for(db, config)
     database = common.open_db(settings)
-    err = common.stderr()
+    console = common.stdout()
     while True:
         snap = status_lib.snapshot(database, now=time.time(), failures=failures)
-        if json or not common.is_tty():
+        if json:
             common.out_json(snap)
         else:
-            if watch:
-                err.clear()
-            render(err, snap)
+            if watch and console.is_terminal:
+                console.clear()
+            render(console, snap)
         if not watch:
             break
         try:
@@ -53,12 +53,12 @@ def status(
 
 def render(console, snap: dict) -> None:
     """Draw a snapshot as tables for a person."""
-    t = Table(title="files", show_edge=False)
+    t = Table(title="files", title_justify="left", show_edge=False)
     for s in snap["files"]:
         t.add_column(s, justify="right")
     t.add_row(*(str(v) for v in snap["files"].values()))
     console.print(t)
-    t = Table(title="jobs", show_edge=False)
+    t = Table(title="jobs", title_justify="left", show_edge=False)
     for s in snap["jobs"]:
         t.add_column(s, justify="right")
     t.add_column("in backoff", justify="right")
@@ -71,10 +71,10 @@ def render(console, snap: dict) -> None:
     for h in snap.get("hosts", []):
         console.print(f"  host {h['host']}: {h['done']} done in 5m ({h['per_minute']}/min)", markup=False)
     if snap["failures"]:
-        t = Table(title="recent failures", show_edge=False)
+        t = Table(title="recent failures", title_justify="left", show_edge=False)
         t.add_column("file")
         t.add_column("kind")
         t.add_column("reason")
         for f in snap["failures"]:
-            t.add_row(f["file_id"], f["kind"] or "", f["error"] or "")
+            t.add_row(f["file_id"], f["kind"] or "", (f["error"] or "").splitlines()[0] if f["error"] else "")
         console.print(t)
