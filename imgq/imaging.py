@@ -114,7 +114,7 @@ class Rendered:
     exif: bytes | None = None
     source_size: tuple[int, int] | None = None
     # what operations found, e.g. {"faces": [(x, y, w, h), ...]} in this image's pixels
-    notes: dict = dataclasses.field(default_factory=dict)
+    facts: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -558,10 +558,10 @@ def render(path: str | os.PathLike, chains: dict[str, str], *, max_pixels: int) 
     for name in sorted(plans, key=area, reverse=True):
         steps, box = plans[name], boxes[name]
         if box:
-            image, notes = run_steps(upright_copy(stored_fit(box)), steps[1:])
+            image, facts = run_steps(upright_copy(stored_fit(box)), steps[1:])
         else:
-            image, notes = run_steps(upright_copy(base), steps)
-        results[name] = Rendered(image=image, icc=d.icc, exif=exif, source_size=source_size, notes=notes)
+            image, facts = run_steps(upright_copy(base), steps)
+        results[name] = Rendered(image=image, icc=d.icc, exif=exif, source_size=source_size, facts=facts)
     return {name: results[name] for name in chains}
 
 

@@ -179,11 +179,13 @@ def test_missing_file_is_a_storage_error(tmp_path):
         probe(tmp_path / "gone.jpg", max_pixels=LIMIT)
 
 
+@pytest.mark.parametrize("progressive", [False, True])
+@pytest.mark.parametrize("keep", [0.6, 0.999])
 @pytest.mark.parametrize("chain", ["thumb", "fit:2000x1500"])  # with and without draft()
-def test_truncated_jpeg_raises(tmp_path, chain):
-    p = write_jpeg(tmp_path / "cut.jpg", photo((2000, 1500)))
+def test_truncated_jpeg_raises(tmp_path, chain, keep, progressive):
+    p = write_jpeg(tmp_path / "cut.jpg", photo((2000, 1500)), progressive=progressive)
     data = p.read_bytes()
-    p.write_bytes(data[: int(len(data) * 0.6)])
+    p.write_bytes(data[: int(len(data) * keep)])
     with pytest.raises(BadImage, match=r"truncated JPEG: .*cut\.jpg"):
         render(p, {"a": chain}, max_pixels=LIMIT)
 

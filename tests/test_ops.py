@@ -272,9 +272,9 @@ def test_no_faces_in_a_landscape():
 
 def test_faces_op_draws_boxes_and_reports_them():
     img = astronaut()
-    out, notes = ops.run_steps(img, parse_chain("faces"))
-    assert notes["faces"] == ops.detect_faces(img)
-    x, y, w, h = notes["faces"][0]
+    out, facts = ops.run_steps(img, parse_chain("faces"))
+    assert facts["faces"] == ops.detect_faces(img)
+    x, y, w, h = facts["faces"][0]
     assert out.getpixel((x, y + h // 2)) == (255, 64, 0)  # the box's left side
 
 
@@ -284,7 +284,7 @@ def test_render_reports_faces_in_the_artifact(tmp_path):
     p = tmp_path / "astronaut.jpg"
     astronaut().resize((2048, 2048)).save(p, quality=90)
     out = render(p, {"web": "web|faces", "thumb": "thumb"}, max_pixels=10**8)
-    assert len(out["web"].notes["faces"]) >= 1 and out["thumb"].notes == {}
+    assert len(out["web"].facts["faces"]) >= 1 and out["thumb"].facts == {}
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -41,7 +41,7 @@ def run_steps(image: Image.Image, steps: tuple[Step, ...] | list[Step]) -> tuple
     The findings are ``{"faces": [(x, y, w, h), ...]}`` when a ``faces`` step ran (in the
     pixels of the image that step saw), else empty.
     """
-    notes: dict = {}
+    facts: dict = {}
     arrays = None  # consecutive OpenCV operations hand arrays to each other
     for step in steps:
         op = get(step.op)
@@ -54,8 +54,8 @@ def run_steps(image: Image.Image, steps: tuple[Step, ...] | list[Step]) -> tuple
             image, arrays = cv.from_arrays(arrays), None
         image = op.func(image, **step.params)
         if "faces" in image.info:
-            notes["faces"] = list(image.info["faces"])
-    return (cv.from_arrays(arrays) if arrays is not None else image), notes
+            facts["faces"] = list(image.info["faces"])
+    return (cv.from_arrays(arrays) if arrays is not None else image), facts
 
 
 __all__ = [
