@@ -218,7 +218,7 @@ def _examine(root: Path, rel: Path, st: os.stat_result, known, default_owner: st
         return item
     fmt = imaging.sniff(head)
     if fmt is None:
-        item["error"] = f"not an image: content is not JPEG, PNG, TIFF, WebP, BMP or GIF (starts with {head[:8]!r})"
+        item["error"] = f"not an image: content is not a known image format (JPEG, PNG, TIFF, WebP, BMP, GIF, HEIF/AVIF, camera RAW); it starts with {head[:8]!r}"
         return item
     row["format"] = fmt
     try:

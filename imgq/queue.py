@@ -99,8 +99,20 @@ def enqueue(
     return results
 
 
-def claim(db: DB, *, owner: str, limit: int, lease_seconds: float, now: float, actor: Actor = Actor()) -> list[Claim]:
+def claim(
+    db: DB,
+    *,
+    owner: str,
+    limit: int,
+    lease_seconds: float,
+    now: float,
+    actor: Actor = Actor(),
+    max_attempts: int | None = None,
+) -> list[Claim]:
     """Lease up to ``limit`` due jobs (ready and due, or leased with an expired lease).
+
+    ``max_attempts``, when given, overrides the jobs' own limit for this worker (``imgq
+    work --max-attempts``).
 
     A job whose lease expired has lost its worker (killed, hung, cut off). If that has
     happened ``max_attempts`` times the job fails instead of being handed out again, so
@@ -120,7 +132,8 @@ def claim(db: DB, *, owner: str, limit: int, lease_seconds: float, now: float, a
         for r in rows:
             if len(claims) >= limit:
                 break
-            if r["state"] == "leased" and r["attempts"] >= r["max_attempts"]:
+            limit_attempts = max_attempts or r["max_attempts"]
+            if r["state"] == "leased" and r["attempts"] >= limit_attempts:
                 exhausted.append(r)
                 continue
             token = secrets.token_hex(8)
@@ -142,7 +155,7 @@ def claim(db: DB, *, owner: str, limit: int, lease_seconds: float, now: float, a
                 )
             )
             claims.append(
-                Claim(r["id"], r["file_id"], r["recipe"], json.loads(r["spec"]), r["spec_hash"], token, r["attempts"] + 1, r["max_attempts"], r["inbox"], r["path"])
+                Claim(r["id"], r["file_id"], r["recipe"], json.loads(r["spec"]), r["spec_hash"], token, r["attempts"] + 1, limit_attempts, r["inbox"], r["path"])
             )
         journal.move_jobs(db, changes, now=now, actor=actor)
         for r in exhausted:

@@ -37,6 +37,7 @@ class WorkOptions:
     processes: int = os.cpu_count() or 1
     mode: str = "drain"  # 'drain': exit when no job is left; 'follow': keep polling
     batch: int | None = None  # jobs per claim; None adapts to job duration
+    max_attempts: int | None = None  # overrides the jobs' own limit
     poll: float = 1.0
     debug: bool = False
 
@@ -114,10 +115,22 @@ class Heartbeat(threading.Thread):
             db.close()
 
 
+def _one_thread_per_worker() -> None:
+    """Parallelism comes from worker processes; OpenCV's own threads would oversubscribe
+    the cores (N workers x its default thread pool)."""
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except ImportError:
+        pass
+
+
 def worker_main(settings: Settings, opts: WorkOptions, name: str, stop: mp.Event, reports: mp.Queue) -> None:
     """Body of one worker process; reports ('done'|'failed'|'processed', ...) tuples."""
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    _one_thread_per_worker()
     db = DB(settings.db)
     actor = Actor(host=socket.gethostname(), name=name)
     beat = Heartbeat(settings.db, settings.lease_seconds)
@@ -131,7 +144,7 @@ def worker_main(settings: Settings, opts: WorkOptions, name: str, stop: mp.Event
                 limit = 1
             else:
                 limit = max(1, min(MAX_BATCH, int(TARGET_BATCH_SECONDS / max(per_job, 1e-4))))
-            claims = queue.claim(db, owner=name, limit=limit, lease_seconds=settings.lease_seconds, now=time.time(), actor=actor)
+            claims = queue.claim(db, owner=name, limit=limit, lease_seconds=settings.lease_seconds, now=time.time(), actor=actor, max_attempts=opts.max_attempts)
             if not claims:
                 left, wait = queue.pending(db, now=time.time())
                 if opts.mode == "drain" and left == 0:

@@ -197,3 +197,25 @@ def test_scan_skips_temporary_hidden_and_settling_files_and_symlinks(tmp_path, r
     assert r.returncode == 0, r.stderr
     assert [p for (p,) in q(db_path, "SELECT path FROM files")] == ["alice/ok.jpg"]
     assert run_imgq("scan", "--settle", "0", root).stdout.strip().endswith("fresh.jpg")
+
+
+def test_transient_errors_retry_with_backoff_then_fail_with_the_reason(tmp_path, run_imgq, db_path):
+    (tmp_path / "imgq.toml").write_text("backoff_seconds = 0.2\nmax_attempts = 3\n")
+    src = tmp_path / "inbox" / "dora" / "gone.jpg"
+    samples.make_photo(src, seed=4)
+    os.utime(src, (1e9, 1e9))
+    ids = run_imgq("scan", tmp_path / "inbox").stdout.split()
+    run_imgq("enqueue", *ids)
+    src.unlink()  # vanished from the inbox (a share went away): not the photo's fault
+    work = run_imgq("work", "-j1")
+    assert work.returncode == 1
+    [(state, attempts, error)] = q(db_path, "SELECT state, attempts, error FROM jobs")
+    assert state == "failed" and attempts == 3
+    assert "gave up after 3 attempts" in error and "gone.jpg" in error
+    retried = q(db_path, "SELECT count(*) FROM events WHERE to_state = 'ready' AND detail LIKE 'retry in%'")
+    assert retried == [(2,)]
+    # the person fixes it and re-arms the job
+    samples.make_photo(src, seed=4)
+    assert run_imgq("retry").stdout.split() == ["1"]
+    assert run_imgq("work", "-j1").returncode == 0
+    assert q(db_path, "SELECT state FROM files") == [("processed",)]

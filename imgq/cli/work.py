@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from imgq import report as report_lib
 from imgq import worker
 from imgq.cli import common
 from imgq.errors import Exit, UsageError
@@ -17,6 +20,7 @@ Examples:
   imgq work --drain                 # all cores, exit when the queue is empty
   imgq work -j 2 --follow           # keep polling for new jobs (a service)
   imgq scan inbox/ | imgq enqueue - ; imgq work --drain
+  imgq work --drain --report run.json   # the run's report (see `imgq report`)
 """
 
 
@@ -26,8 +30,9 @@ def work(
     follow: Annotated[bool, typer.Option("--follow", help="Keep polling for new jobs until SIGINT/SIGTERM.")] = False,
     batch: Annotated[Optional[int], typer.Option("--batch", help="Jobs per claim (default: adapts to about 0.5 s of work).", min=1, show_default=False)] = None,
     lease: Annotated[Optional[float], typer.Option("--lease", help="Seconds a claim holds a job without a heartbeat (default 60).", min=0.5, metavar="SECONDS", show_default=False)] = None,
-    max_attempts: Annotated[Optional[int], typer.Option("--max-attempts", help="Attempts for jobs enqueued without one (see `imgq enqueue`); also caps retries of lost workers.", min=1, show_default=False)] = None,
+    max_attempts: Annotated[Optional[int], typer.Option("--max-attempts", help="Attempts before a transiently failing job fails (default: the job's own, 5 unless enqueued with another).", min=1, show_default=False)] = None,
     poll: Annotated[float, typer.Option("--poll", help="Seconds between polls of an empty queue.", min=0.05, metavar="SECONDS")] = 1.0,
+    report: Annotated[Optional[Path], typer.Option("--report", help="When the run ends, write its report (`imgq report --run ID`) to FILE: JSON if FILE ends in .json, else text.", metavar="FILE", show_default=False)] = None,
     db: common.DbOpt = None,
     config: common.ConfigOpt = None,
     json: common.JsonOpt = False,
@@ -44,12 +49,12 @@ def work(
     """
     if drain and follow:
         raise UsageError("--drain and --follow cannot be used together")
+    if report is not None and not report.parent.is_dir():
+        raise UsageError(f"--report {report}: folder {report.parent} does not exist")
     settings = common.settings_for(db, config)
     if lease is not None:
         settings.lease_seconds = lease
-    if max_attempts is not None:
-        settings.max_attempts = max_attempts
-    opts = worker.WorkOptions(processes=processes or os.cpu_count() or 1, mode="follow" if follow else "drain", batch=batch, poll=poll)
+    opts = worker.WorkOptions(processes=processes or os.cpu_count() or 1, mode="follow" if follow else "drain", batch=batch, poll=poll, max_attempts=max_attempts)
     database = common.open_db(settings)
     err = common.stderr()
     progress = None
@@ -68,7 +73,9 @@ def work(
         if progress:
             progress.update(r)
 
-    with common.recorded_run(database, "work", {"jobs": opts.processes, "mode": opts.mode}) as run:
+    run_ids: list[int] = []
+    with _report_when_done(report, database, settings, run_ids), common.recorded_run(database, "work", {"jobs": opts.processes, "mode": opts.mode}) as run:
+        run_ids.append(run["id"])
         started = time.time()
         try:
             summary = worker.work(settings, opts, on_report=on_report)
@@ -94,6 +101,18 @@ def work(
         if summary.failed:
             run["exit_code"] = int(Exit.SOME_FAILED)
             raise typer.Exit(int(Exit.SOME_FAILED))
+
+
+@contextlib.contextmanager
+def _report_when_done(path, database, settings, run_ids: list[int]):
+    """Write the run's report after ``recorded_run`` has closed the run (so it has its
+    end time and exit code), however the run ended."""
+    try:
+        yield
+    finally:
+        if path is not None and run_ids:
+            rep = report_lib.build(database, now=time.time(), run_id=run_ids[0], store_dir=settings.store_dir.resolve())
+            report_lib.write(path, rep)
 
 
 class _Progress:
