@@ -4,7 +4,7 @@
 # _imgq_subcommands PATH: the subcommands of the command PATH, in REPLY.
 _imgq_subcommands() {
     case $1 in
-        'imgq') REPLY='scan enqueue work status log retry' ;;
+        'imgq') REPLY='scan enqueue work status log retry publish report archive collect run' ;;
         *) REPLY='' ;;
     esac
 }
@@ -15,10 +15,15 @@ _imgq_options() {
         'imgq') REPLY='--debug --version -h --help' ;;
         'imgq scan') REPLY='--settle --default-owner --db --config --json --wait --no-wait -h --help' ;;
         'imgq enqueue') REPLY='-r --recipe --op --max-attempts --db --config --json --wait --no-wait -h --help' ;;
-        'imgq work') REPLY='-j --jobs --drain --follow --batch --lease --max-attempts --poll --db --config --json -h --help' ;;
+        'imgq work') REPLY='-j --jobs --drain --follow --batch --lease --max-attempts --poll --report --db --config --json -h --help' ;;
         'imgq status') REPLY='--watch --failures --db --config --json -h --help' ;;
         'imgq log') REPLY='--db --config --json -h --help' ;;
         'imgq retry') REPLY='--error --db --config --json -h --help' ;;
+        'imgq publish') REPLY='--title --per-page --copy --force --originals-url --thumb --web --db --config --json --wait --no-wait -h --help' ;;
+        'imgq report') REPLY='--run --since --failures --db --config --json -h --help' ;;
+        'imgq archive') REPLY='--to --verify --retry-now --ssh-config --accept-new-host-keys --db --config --json --wait --no-wait -h --help' ;;
+        'imgq collect') REPLY='--min-copies --to -n --dry-run --ssh-config --accept-new-host-keys --db --config --json --wait --no-wait -h --help' ;;
+        'imgq run') REPLY='--to -j --jobs -r --recipe --min-copies --no-collect --settle --ssh-config --accept-new-host-keys --db --config --json --wait --no-wait -h --help' ;;
         *) REPLY='' ;;
     esac
 }
@@ -43,6 +48,7 @@ _imgq_value() {
         'imgq work|--lease') REPLY='value' ;;
         'imgq work|--max-attempts') REPLY='value' ;;
         'imgq work|--poll') REPLY='value' ;;
+        'imgq work|--report') REPLY='file' ;;
         'imgq work|--db') REPLY='file' ;;
         'imgq work|--config') REPLY='file' ;;
         'imgq status|--watch') REPLY='value' ;;
@@ -54,6 +60,37 @@ _imgq_value() {
         'imgq retry|--error') REPLY='value' ;;
         'imgq retry|--db') REPLY='file' ;;
         'imgq retry|--config') REPLY='file' ;;
+        'imgq publish|--title') REPLY='value' ;;
+        'imgq publish|--per-page') REPLY='value' ;;
+        'imgq publish|--originals-url') REPLY='value' ;;
+        'imgq publish|--thumb') REPLY='value' ;;
+        'imgq publish|--web') REPLY='value' ;;
+        'imgq publish|--db') REPLY='file' ;;
+        'imgq publish|--config') REPLY='file' ;;
+        'imgq report|--run') REPLY='value' ;;
+        'imgq report|--since') REPLY='value' ;;
+        'imgq report|--failures') REPLY='value' ;;
+        'imgq report|--db') REPLY='file' ;;
+        'imgq report|--config') REPLY='file' ;;
+        'imgq archive|--to') REPLY='value' ;;
+        'imgq archive|--ssh-config') REPLY='file' ;;
+        'imgq archive|--db') REPLY='file' ;;
+        'imgq archive|--config') REPLY='file' ;;
+        'imgq collect|--min-copies') REPLY='value' ;;
+        'imgq collect|--to') REPLY='value' ;;
+        'imgq collect|--ssh-config') REPLY='file' ;;
+        'imgq collect|--db') REPLY='file' ;;
+        'imgq collect|--config') REPLY='file' ;;
+        'imgq run|--to') REPLY='value' ;;
+        'imgq run|-j') REPLY='value' ;;
+        'imgq run|--jobs') REPLY='value' ;;
+        'imgq run|-r') REPLY='value' ;;
+        'imgq run|--recipe') REPLY='value' ;;
+        'imgq run|--min-copies') REPLY='value' ;;
+        'imgq run|--settle') REPLY='value' ;;
+        'imgq run|--ssh-config') REPLY='file' ;;
+        'imgq run|--db') REPLY='file' ;;
+        'imgq run|--config') REPLY='file' ;;
         *) REPLY='' ;;
     esac
 }
@@ -62,6 +99,8 @@ _imgq_value() {
 _imgq_arguments() {
     case $1 in
         'imgq scan') REPLY='file' ;;
+        'imgq publish') REPLY='file' ;;
+        'imgq run') REPLY='file' ;;
         *) REPLY='' ;;
     esac
 }
