@@ -1,0 +1,48 @@
+"""imgq report [--run ID | --since TIME] [--json]"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Optional
+
+import typer
+
+from imgq import report as report_lib
+from imgq.cli import common
+
+EPILOG = """\b
+Examples:
+  imgq report                       # the latest `imgq work` run
+  imgq report --run 42
+  imgq report --since 1d --json | jq .throughput
+  imgq report --since 2024-05-17T08:00
+  imgq work --drain --report last-run.txt
+"""
+
+
+def report(
+    run: Annotated[Optional[int], typer.Option("--run", help="Report on this run (an id from the runs table).", metavar="ID", show_default=False)] = None,
+    since: Annotated[Optional[str], typer.Option("--since", help="Report on everything from TIME until now: ISO time (local unless it has Z or an offset) or a duration such as 30m, 1h, 2d.", metavar="TIME", show_default=False)] = None,
+    failures: Annotated[int, typer.Option("--failures", help="How many failures the text lists (--json lists all).", min=0)] = 50,
+    db: common.DbOpt = None,
+    config: common.ConfigOpt = None,
+    json: Annotated[bool, typer.Option("--json", help="Write the report as one JSON object.")] = False,
+) -> None:
+    """What a run did: inputs and outputs, photos processed, hosts used, wall time,
+    throughput, bytes in and out, counts per host and per recipe, and every failure
+    with its reason.
+
+    By default the latest `imgq work` run; --run picks any run (scan, archive, run, …),
+    --since covers every run from a time until now.
+    """
+    if run is not None and since is not None:
+        common.fail_usage("--run and --since cannot be used together")
+    settings = common.settings_for(db, config)
+    now = time.time()
+    start = report_lib.parse_since(since, now=now) if since is not None else None
+    database = common.open_db(settings)
+    rep = report_lib.build(database, now=now, run_id=run, since=start, store_dir=settings.store_dir.resolve())
+    if json:
+        common.out_json(rep)
+    else:
+        common.out(report_lib.format_text(rep, max_failures=failures).rstrip("\n"))
