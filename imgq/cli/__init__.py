@@ -15,7 +15,7 @@ import typer
 
 from imgq import __version__
 from imgq.cli import common, enqueue, log, retry, scan, status, work
-from imgq.cli import report
+from imgq.cli import publish, report
 from imgq.errors import Exit, ImgqError
 
 app = typer.Typer(
@@ -53,7 +53,7 @@ def _root(
     common.state["debug"] = debug or os.environ.get("IMGQ_DEBUG") == "1"
 
 
-for module, name in [(scan, "scan"), (enqueue, "enqueue"), (work, "work"), (status, "status"), (log, "log"), (retry, "retry"), (report, "report")]:
+for module, name in [(scan, "scan"), (enqueue, "enqueue"), (work, "work"), (status, "status"), (log, "log"), (retry, "retry"), (publish, "publish"), (report, "report")]:
     app.command(name, epilog=module.EPILOG)(getattr(module, name))
 
 

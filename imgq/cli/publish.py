@@ -1,0 +1,81 @@
+"""imgq publish OUT"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from imgq import gallery
+from imgq.cli import common
+from imgq.errors import Exit, UsageError
+
+EPILOG = """\b
+Examples:
+  imgq publish /var/www/photos
+  imgq publish --title 'Dig 2024' --per-page 60 site/
+  imgq publish site/ --originals-url /mnt/archive=https://archive.example.org/photos
+  cd site && python3 -m http.server 8000     # then browse http://localhost:8000/
+"""
+
+
+def publish(
+    out: Annotated[Path, typer.Argument(help="Folder to write the gallery to (created if needed).", metavar="OUT", show_default=False)],
+    title: Annotated[str, typer.Option("--title", help="The gallery's name, shown on every page.", metavar="TEXT")] = "Photos",
+    per_page: Annotated[int, typer.Option("--per-page", help="Photos on one page of a day or a photographer.", min=1, metavar="N")] = 100,
+    copy: Annotated[bool, typer.Option("--copy", help="Copy images even when OUT is on the store's file system (default: hard-link them).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Rewrite every page and image, whatever the manifest says.")] = False,
+    originals_url: Annotated[Optional[list[str]], typer.Option("--originals-url", help="Link copies archived at DEST to URL/PATH (repeatable). Without it, local destinations get file:// links.", metavar="DEST=URL", show_default=False)] = None,
+    thumb: Annotated[str, typer.Option("--thumb", help="Artifact shown as the thumbnail.", metavar="NAME")] = "thumb",
+    web: Annotated[str, typer.Option("--web", help="Artifact shown as the web version.", metavar="NAME")] = "web",
+    db: common.DbOpt = None,
+    config: common.ConfigOpt = None,
+    json: common.JsonOpt = False,
+    wait: common.WaitOpt = False,
+) -> None:
+    """Write a static web gallery of the processed photos to OUT, incrementally.
+
+    An index of days and photographers, a page per day and per photographer (paginated),
+    and a page per photo with its web version, metadata (photographer, time taken,
+    camera, size, dimensions, faces found) and links to its archived originals.
+    Thumbnails and web versions are hard-linked or copied into OUT, so any web server
+    can serve it as it is; no JavaScript is used. Only pages and images that changed are
+    rewritten, each atomically. Prints the id of each photo whose page or images were
+    written; --json prints an object per such photo.
+    """
+    urls: dict[str, str] = {}
+    for item in originals_url or []:
+        dest, sep, url = item.partition("=")
+        if not sep or not dest or not url:
+            raise UsageError(f"--originals-url expects DEST=URL, got {item!r}")
+        urls[dest] = url
+    settings = common.settings_for(db, config)
+    options = gallery.PublishOptions(title=title, per_page=per_page, link=not copy, force=force, thumb=thumb, web=web, originals_urls=urls)
+    database = common.open_db(settings)
+    with common.step_lock(settings, "publish", wait), common.recorded_run(database, "publish", {"out": str(out), "title": title, "per_page": per_page}) as run:
+        report = gallery.publish(database, out, store_dir=settings.store_dir, options=options)
+        pages = {pid: f"photo/{gallery.slug(pid)}.html" for pid in report.changed}
+        for pid in report.changed:
+            common.out_json({"id": pid, "page": str(out / pages[pid])}) if json else common.out(pid)
+        for pid, why in report.skipped:
+            common.warn(f"{pid}: {why}")
+        run["counts"] = {
+            "photos": len(report.photos),
+            "changed": len(report.changed),
+            "written": len(report.written),
+            "unchanged": report.unchanged,
+            "removed": len(report.removed),
+            "linked": report.linked,
+            "copied": report.copied,
+            "skipped": len(report.skipped),
+        }
+        if common.is_tty():
+            c = run["counts"]
+            common.stderr().print(
+                f"publish: {c['photos']} photos; {c['written']} files written, {c['unchanged']} unchanged, {c['removed']} removed -> {out / 'index.html'}",
+                markup=False,
+            )
+        if report.skipped:
+            run["exit_code"] = int(Exit.SOME_FAILED)
+            raise typer.Exit(int(Exit.SOME_FAILED))
