@@ -1,0 +1,144 @@
+"""The driver of bin/bench: picks the parts, describes the machine, prints the tables,
+writes the JSON. See bin/bench for how to run it.
+
+A part is a module with ``add_arguments(parser)``, ``run(args, ctx) -> dict`` (JSON-able,
+with a ``targets`` list) and ``render(result) -> str``; adding one (fleet, ops, split)
+means one module and one line in ``PARTS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_util import REPO, fmt, load_average, machine_info, say, table, tool_versions  # noqa: E402
+
+# name -> (module, what it measures)
+PARTS = {
+    "local": ("bench_local", "imgq vs parallel+vipsthumbnail, parallel+ImageMagick, a bare Pillow loop"),
+    "queue": ("bench_queue", "no-op jobs through claim -> settle, bare SQLite baseline, fairness of two processes"),
+    "memory": ("bench_memory", "peak RSS of one imgq worker rendering a 24 MP photo"),
+}
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(
+        prog="bin/bench",
+        description="Measure imgq side by side with the tools it replaces, on this machine. A report, not a test.",
+        epilog="parts: " + "; ".join(f"{k}: {v[1]}" for k, v in PARTS.items()) + ". Default: all.",
+    )
+    ap.add_argument("parts", nargs="*", metavar="PART", help=f"{', '.join(PARTS)} or all (default: all)")
+    ap.add_argument("--repeat", "-r", type=int, default=3, metavar="R", help="runs of each measurement; the median is reported (default 3)")
+    ap.add_argument("--out", default=str(REPO / "bench-results.json"), metavar="PATH", help="JSON results file (default: bench-results.json in the repository)")
+    ap.add_argument("--work", default=str(REPO / "bench-work"), metavar="DIR", help="cache of generated photos and scratch space (default: bench-work/)")
+    mods = {}
+    for name, (module, _) in PARTS.items():
+        mods[name] = importlib.import_module(module)
+        mods[name].add_arguments(ap)
+    args = ap.parse_args(argv)
+    parts = args.parts or ["all"]
+    if "all" in parts:
+        parts = list(PARTS)
+    bad = [p for p in parts if p not in PARTS]
+    if bad:
+        ap.error(f"unknown part(s): {', '.join(bad)} (choose from {', '.join(PARTS)}, all)")
+    if args.repeat < 1:
+        ap.error("--repeat must be at least 1")
+    return args, parts, mods
+
+
+def header(machine: dict, tools: dict) -> str:
+    lines = [
+        "imgq bench  " + dt.datetime.now().isoformat(timespec="seconds"),
+        f"machine: {machine['nproc']} CPUs usable ({machine['cpu_count']} online), {machine['cpu_model']}, "
+        f"{fmt(machine['mem_total_mb'])} MB RAM, Linux {machine['kernel']}, load average {machine.get('load_average_at_start')}",
+        "tools:   " + ", ".join(f"{k} {v}" for k, v in tools.items() if k in ("python", "pillow", "libjpeg", "sqlite")),
+    ]
+    for k in ("vipsthumbnail", "imagemagick", "parallel", "imgq"):
+        lines.append(f"         {k}: {tools.get(k) or 'not installed'}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args, parts, mods = parse_args(sys.argv[1:] if argv is None else argv)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    machine, tools = machine_info(), tool_versions()
+    machine["load_average_at_start"] = load_average()
+    results = {
+        "started": dt.datetime.now().isoformat(timespec="seconds"),
+        "argv": sys.argv[1:] if argv is None else argv,
+        "machine": machine,
+        "tools": tools,
+        "parts": {},
+        "targets": [],
+    }
+    print(header(machine, tools), flush=True)
+    out_path = Path(args.out)
+    broken = False
+    for name in parts:
+        say(f"--- {name}")
+        t0 = time.time()
+        try:
+            res = mods[name].run(args, {"work": str(work), "machine": machine, "tools": tools})
+        except Exception as e:
+            traceback.print_exc()
+            res = {"error": f"{type(e).__name__}: {e}", "targets": []}
+        res["seconds"] = round(time.time() - t0, 1)
+        results["parts"][name] = res
+        results["targets"] += res.get("targets", [])
+        print(f"\n== {name} ({res['seconds']:.0f} s)")
+        if "error" in res:
+            print(f"FAILED: {res['error']}")
+            broken = True
+        else:
+            print(mods[name].render(res), flush=True)
+            broken |= _has_problems(res)
+        _write(out_path, results, started)
+
+    if results["targets"]:
+        rows = []
+        for t in results["targets"]:
+            lower = t.get("lower_is_better", False)
+            v = t["value"]
+            t["met"] = None if v is None else (v < t["target"] if lower else v >= t["target"])
+            rows.append([t["part"], t["name"], _amount(v, t["unit"]), ("< " if lower else ">= ") + _amount(t["target"], t["unit"]),
+                         "n/a" if t["met"] is None else ("met" if t["met"] else "MISSED")])
+        print("\n== targets")
+        print(table(["part", "figure", "measured", "target", ""], rows, right={2, 3}))
+    total = time.time() - started
+    print(f"\n{total:.0f} s in all; JSON: {out_path}")
+    _write(out_path, results, started)
+    return 1 if broken else 0
+
+
+def _amount(value, unit: str) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}x" if unit == "x" else f"{fmt(float(value), 0)} {unit}"
+
+
+def _has_problems(res: dict) -> bool:
+    """A method that produced wrong or missing outputs makes the bench itself fail."""
+    return any(m.get("problems") for m in res.get("methods", {}).values())
+
+
+def _write(path: Path, results: dict, started: float) -> None:
+    results["seconds"] = round(time.time() - started, 1)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(results, indent=2, sort_keys=False, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
