@@ -152,7 +152,67 @@ def _m1_core(db: "sqlite_utils.Database") -> None:
     )
 
 
-MIGRATIONS: list[Callable[["sqlite_utils.Database"], None]] = [_m1_core]
+def _m2_archive(db: "sqlite_utils.Database") -> None:
+    # One row per file per archive destination: how copying it there is going. A
+    # destination that is down or full fails only its own rows, which wait out a backoff.
+    db["archive_targets"].create(
+        {
+            "id": int,
+            "file_id": str,
+            "destination": str,  # canonical: absolute local path or ssh://[user@]host[:port]/path
+            "attempts": int,  # failed attempts in a row; 0 after a success
+            "not_before": float,  # backoff: not tried again before this time
+            "error": str,  # the last failure, for status
+            "error_kind": str,
+            "created_at": float,
+            "updated_at": float,
+        },
+        pk="id",
+        foreign_keys=[("file_id", "files", "id")],
+        not_null={"file_id", "destination", "attempts", "not_before", "created_at", "updated_at"},
+        defaults={"attempts": 0, "not_before": 0},
+    )
+    db["archive_targets"].create_index(["file_id", "destination"], unique=True)
+    db["archive_targets"].create_index(["destination", "not_before"])
+
+    # The names a file owns at a destination (its original and each artifact), reserved
+    # before anything is written, so two photos can never be given the same name.
+    db["archive_paths"].create(
+        {
+            "id": int,
+            "file_id": str,
+            "destination": str,
+            "role": str,  # 'original' or the artifact's name (thumb, web, ...)
+            "path": str,  # relative to the destination root
+            "created_at": float,
+        },
+        pk="id",
+        foreign_keys=[("file_id", "files", "id")],
+        not_null={"file_id", "destination", "role", "path", "created_at"},
+    )
+    db["archive_paths"].create_index(["destination", "path"], unique=True)
+    db["archive_paths"].create_index(["file_id", "destination", "role"], unique=True)
+
+    # A copy row is a verified copy; one file name at a destination holds one copy.
+    db["copies"].create_index(["destination", "path"], unique=True)
+
+    # The latest verdict of `imgq collect` on each original still in the inbox.
+    db["collect_checks"].create(
+        {
+            "file_id": str,
+            "checked_at": float,
+            "verdict": str,  # 'wait' (not archived yet) or 'keep' (a problem: see reason)
+            "reason": str,
+            "verified_copies": int,
+        },
+        pk="file_id",
+        foreign_keys=[("file_id", "files", "id")],
+        not_null={"checked_at", "verdict", "reason"},
+    )
+
+
+
+MIGRATIONS: list[Callable[["sqlite_utils.Database"], None]] = [_m1_core, _m2_archive]
 
 
 def schema_version(conn: sqlite3.Connection) -> int:

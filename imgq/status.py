@@ -63,4 +63,44 @@ def snapshot(db: DB, *, now: float, failures: int = 10) -> dict:
         "eta_seconds": eta,
         "failures": recent,
         "retrying": retrying,
+        **archive_and_collect(db, now=now, limit=failures),
+    }
+
+def archive_and_collect(db: DB, *, now: float, limit: int = 10) -> dict:
+    """Per destination: copies held and copy tasks failing or in backoff; the originals
+    ``collect`` keeps in the inbox and why."""
+    dests: dict[str, dict] = {}
+    for r in db.all("SELECT destination, count(*) AS n, coalesce(sum(bytes), 0) AS b, max(verified_at) AS v FROM copies GROUP BY destination"):
+        dests[r["destination"]] = {"destination": r["destination"], "copies": r["n"], "bytes": r["b"], "last_verified_at": r["v"], "failing": 0, "in_backoff": 0, "last_error": None}
+    for r in db.all(
+        "SELECT destination, count(*) AS n, sum(not_before > ?) AS waiting, max(updated_at) AS at,"
+        " (SELECT error FROM archive_targets t2 WHERE t2.destination = t.destination AND t2.error IS NOT NULL ORDER BY updated_at DESC LIMIT 1) AS last"
+        " FROM archive_targets t WHERE error IS NOT NULL GROUP BY destination",
+        (now,),
+    ):
+        d = dests.setdefault(r["destination"], {"destination": r["destination"], "copies": 0, "bytes": 0, "last_verified_at": None})
+        d.update(failing=r["n"], in_backoff=r["waiting"], last_error=r["last"])
+    failing = [
+        dict(r)
+        for r in db.all(
+            "SELECT t.file_id, t.destination, t.attempts, t.not_before, t.error FROM archive_targets t JOIN files f ON f.id = t.file_id"
+            " WHERE t.error IS NOT NULL AND f.state NOT IN ('collected') ORDER BY t.updated_at DESC LIMIT ?",
+            (limit,),
+        )
+    ]
+    verdicts = {r[0]: r[1] for r in db.all(
+        "SELECT c.verdict, count(*) FROM collect_checks c JOIN files f ON f.id = c.file_id WHERE f.state != 'collected' GROUP BY c.verdict"
+    )}
+    kept = [
+        dict(r)
+        for r in db.all(
+            "SELECT c.file_id, f.inbox || '/' || f.path AS path, c.verdict, c.reason, c.checked_at FROM collect_checks c"
+            " JOIN files f ON f.id = c.file_id WHERE f.state != 'collected'"
+            " ORDER BY c.verdict = 'keep' DESC, c.checked_at DESC LIMIT ?",
+            (limit,),
+        )
+    ]
+    return {
+        "archive": {"destinations": sorted(dests.values(), key=lambda d: d["destination"]), "failing": failing},
+        "collect": {"keep": verdicts.get("keep", 0), "wait": verdicts.get("wait", 0), "reasons": kept},
     }

@@ -1,0 +1,597 @@
+"""Archiving: copy each processed original and its artifacts to every destination.
+
+Layout at a destination::
+
+    DEST/YYYY/YYYY-MM-DD/OWNER/NAME.jpg          the original, under its own name
+    DEST/YYYY/YYYY-MM-DD/OWNER/NAME.thumb.jpg    its artifacts beside it
+    DEST/YYYY/YYYY-MM-DD/OWNER/NAME.web.jpg
+
+from the taken time. OWNER is made a safe single path component (``..``, slashes, a
+leading dash or dot, shell syntax cannot survive it), so nothing is ever written outside
+DEST. The names a file will use at a destination are reserved in ``archive_paths`` before
+anything is written: a second, different photo with the same name on the same day gets
+``NAME-<first 8 hex of its sha256>.jpg`` (then the full hash), so photos never overwrite
+each other and the choice does not depend on timing. A name already holding the same
+bytes is recorded without copying, so the same photo is never copied twice.
+
+Each copy goes through ``Destination.put`` (temporary name, fsync, read back, sha256
+compared, rename, folder fsynced) and is then recorded in ``copies``. A destination that
+is down or full fails its own copies only: their ``archive_targets`` rows wait out an
+exponential backoff while the other destinations proceed. A file becomes ``archived``
+only when every destination of the run holds a verified copy of the original and of all
+its artifacts.
+
+``verify`` re-reads every recorded copy and re-makes missing or corrupt ones from the
+original (if it is still in the inbox and unchanged), the artifact store, or another good
+copy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import random
+import secrets
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path, PurePosixPath
+
+from imgq import journal
+from imgq.database import DB
+from imgq.destinations import (
+    Destination,
+    DestinationUnavailable,
+    Found,
+    SourceUnavailable,
+    check_component,
+    hash_fd,
+)
+from imgq.errors import ImgqError, StorageError, classify
+from imgq.inbox import slug
+from imgq.journal import Actor
+
+ORIGINAL = "original"
+NAME_BYTES = 180  # leaves room for ".thumb.jpg" and a temporary name's suffix under NAME_MAX
+
+
+@dataclasses.dataclass
+class Item:
+    """One thing a file needs at every destination: its original or one artifact."""
+
+    role: str  # 'original' or the artifact's name
+    artifact_id: int | None
+    sha256: str
+    bytes: int
+    source: Path  # where it is on this machine
+    ext: str = ""  # the artifact's extension (".jpg")
+
+
+@dataclasses.dataclass
+class Failure:
+    file_id: str
+    destination: str
+    error: str
+    kind: str = "transient"
+    down: bool = False  # the whole destination was unavailable (unreachable, full, missing)
+
+
+@dataclasses.dataclass
+class ArchiveReport:
+    archived: list[str] = dataclasses.field(default_factory=list)  # files that became archived
+    copied: int = 0  # copies written
+    bytes: int = 0
+    found: int = 0  # copies already in place (same bytes): recorded, not copied
+    failed: list[Failure] = dataclasses.field(default_factory=list)
+    waiting: int = 0  # (file, destination) pairs still in backoff: not tried this time
+    down: dict[str, str] = dataclasses.field(default_factory=dict)  # destination -> why
+
+
+@dataclasses.dataclass
+class Problem:
+    file_id: str
+    destination: str
+    path: str
+    problem: str  # what was wrong
+    repaired: bool
+    detail: str = ""  # how it was repaired, or why it could not be
+
+
+@dataclasses.dataclass
+class VerifyReport:
+    checked: int = 0
+    good: int = 0
+    problems: list[Problem] = dataclasses.field(default_factory=list)
+    unreachable: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+# --- layout -------------------------------------------------------------------------------
+
+
+def safe_component(text: str) -> str:
+    """``text`` as one harmless path component: letters, digits, ``. _ -``; never ``.``,
+    ``..``, empty, hidden or option-like."""
+    out = slug(text or "")
+    return check_component(out)
+
+
+def folder_for(taken_at: str | None, owner: str) -> str:
+    """``YYYY/YYYY-MM-DD/OWNER`` for a photo taken at ``taken_at`` (ISO 8601)."""
+    try:
+        day = dt.datetime.fromisoformat(taken_at or "").date()
+        dated = f"{day:%Y}/{day:%Y-%m-%d}"
+    except ValueError:
+        dated = "undated/undated"
+    return f"{dated}/{safe_component(owner)}"
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    p = PurePosixPath(name)
+    ext = p.suffix if 1 < len(p.suffix) <= 10 else ""
+    return (name[: -len(ext)] if ext else name), ext
+
+
+def _fit(stem: str, tail: str) -> str:
+    """stem + tail, the stem cut so the whole stays under NAME_BYTES (UTF-8)."""
+    budget = NAME_BYTES - len(tail.encode())
+    encoded = stem.encode()
+    if len(encoded) > budget:
+        stem = encoded[:budget].decode(errors="ignore")
+    return stem + tail
+
+
+def name_candidates(original_name: str, sha256: str) -> list[str]:
+    """Names to try for an original, in order: its own, then with its hash."""
+    try:
+        name = check_component(original_name)
+        if name.startswith("."):
+            raise ValueError
+    except ValueError:
+        name = safe_component(original_name)
+    stem, ext = _split_name(name)
+    return [_fit(stem, ext), _fit(stem, f"-{sha256[:8]}{ext}"), _fit(stem, f"-{sha256}{ext}")]
+
+
+def artifact_rel(original_rel: str, role: str, ext: str, suffix: str = "") -> str:
+    """The artifact's name beside the original: ``NAME.thumb.jpg`` for ``NAME.jpg``."""
+    folder, name = original_rel.rsplit("/", 1)
+    stem, _ = _split_name(name)
+    return f"{folder}/{stem}.{safe_component(role)}{suffix}{ext or '.jpg'}"
+
+
+# --- what a file needs ----------------------------------------------------------------------
+
+
+def items_of(db: DB, f, store_dir: Path) -> list[Item]:
+    """The original and the newest artifact of each name from the file's finished jobs."""
+    items = [Item(ORIGINAL, None, f["sha256"], f["size"], Path(f["inbox"]) / f["path"])]
+    latest: dict[str, object] = {}
+    for a in db.all(
+        "SELECT a.* FROM artifacts a JOIN jobs j ON j.id = a.job_id WHERE a.file_id = ? AND j.state = 'done' ORDER BY a.id",
+        (f["id"],),
+    ):
+        latest[a["name"]] = a
+    for name, a in sorted(latest.items()):
+        items.append(Item(name, a["id"], a["sha256"], a["bytes"], store_dir / a["path"], PurePosixPath(a["path"]).suffix))
+    return items
+
+
+def _reserved(db: DB, destination: str, file_id: str) -> dict[str, str]:
+    return {r["role"]: r["path"] for r in db.all("SELECT role, path FROM archive_paths WHERE file_id = ? AND destination = ?", (file_id, destination))}
+
+
+def _taken_by_others(db: DB, destination: str, file_id: str, paths: Iterable[str]) -> bool:
+    paths = list(paths)
+    row = db.one(
+        f"SELECT 1 FROM archive_paths WHERE destination = ? AND file_id != ? AND path IN ({','.join('?' * len(paths))}) LIMIT 1",
+        (destination, file_id, *paths),
+    )
+    return row is not None
+
+
+def _foreign(found: dict[str, Found | None], want: dict[str, str]) -> bool:
+    """Does any of the names hold something other than what we would put there?"""
+    return any(found.get(path) is not None and found[path].sha256 != sha for path, sha in want.items())
+
+
+def plan(db: DB, dest: Destination, f, items: Sequence[Item], *, now: float) -> dict[str, str]:
+    """The destination-relative path of each item, reserved for this file.
+
+    The first plan of a file at a destination picks the first candidate name whose paths
+    are reserved by no other file and hold nothing different at the destination; later
+    plans reuse it (an artifact added since gets its name beside the original).
+    """
+    paths = _reserved(db, dest.url, f["id"])
+    new: dict[str, str] = {}
+    if ORIGINAL not in paths:
+        folder = folder_for(f["taken_at"], f["owner"])
+        for candidate in name_candidates(PurePosixPath(f["path"]).name, f["sha256"]):
+            base = f"{folder}/{candidate}"
+            names = {ORIGINAL: base, **{i.role: artifact_rel(base, i.role, i.ext) for i in items if i.role != ORIGINAL}}
+            if _taken_by_others(db, dest.url, f["id"], names.values()):
+                continue
+            want = {names[i.role]: i.sha256 for i in items}
+            if _foreign(dest.check(want), want):
+                continue
+            new = names
+            break
+        else:
+            raise StorageError(f"{dest.url}: no free name for {f['path']} in {folder}")
+    else:
+        for i in items:
+            if i.role in paths:
+                continue
+            for suffix in ("", f"-{f['sha256'][:8]}", f"-{f['sha256']}"):
+                rel = artifact_rel(paths[ORIGINAL], i.role, i.ext, suffix)
+                if not _taken_by_others(db, dest.url, f["id"], [rel]) and not _foreign(dest.check([rel]), {rel: i.sha256}):
+                    new[i.role] = rel
+                    break
+            else:
+                raise StorageError(f"{dest.url}: no free name for the {i.role} artifact of {f['path']}")
+    if new:
+        with db.transaction():
+            db.conn.executemany(
+                "INSERT INTO archive_paths (file_id, destination, role, path, created_at) VALUES (?, ?, ?, ?, ?)",
+                [(f["id"], dest.url, role, path, now) for role, path in new.items()],
+            )
+        paths.update(new)
+    return paths
+
+
+# --- copies ----------------------------------------------------------------------------------
+
+
+def record_copy(db: DB, file_id: str, item: Item, destination: str, path: str, *, now: float) -> None:
+    """Record a verified copy (one row per name at a destination)."""
+    with db.transaction():
+        db.execute(
+            "INSERT INTO copies (file_id, artifact_id, destination, path, sha256, bytes, verified_at, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (destination, path) DO UPDATE SET file_id = excluded.file_id, artifact_id = excluded.artifact_id,"
+            " sha256 = excluded.sha256, bytes = excluded.bytes, verified_at = excluded.verified_at, created_at = excluded.created_at",
+            (file_id, item.artifact_id, destination, path, item.sha256, item.bytes, now, now),
+        )
+
+
+def _copies_at(db: DB, file_id: str, destination: str) -> dict[str, str]:
+    return {r["path"]: r["sha256"] for r in db.all("SELECT path, sha256 FROM copies WHERE file_id = ? AND destination = ?", (file_id, destination))}
+
+
+def _missing(db: DB, f, dest_url: str, items: Sequence[Item]) -> list[Item]:
+    paths = _reserved(db, dest_url, f["id"])
+    have = _copies_at(db, f["id"], dest_url)
+    return [i for i in items if i.role not in paths or have.get(paths[i.role]) != i.sha256]
+
+
+class Sources:
+    """Where else the bytes of an item can be read from: good copies at other destinations."""
+
+    def __init__(self, db: DB, destinations: dict[str, Destination], scratch: Path):
+        self.db, self.destinations, self.scratch = db, destinations, scratch
+        self.bad: set[tuple[str, str]] = set()  # (destination, path) known not to be good
+
+    def put_from_elsewhere(self, dest: Destination, item: Item, file_id: str, rel: str) -> str:
+        """Copy ``item`` to ``dest`` from another destination's copy; returns where from.
+
+        Errors of the other destinations are reasons to try the next one; errors of
+        ``dest`` itself propagate.
+        """
+        rows = self.db.all(
+            "SELECT destination, path FROM copies WHERE file_id IN (?, (SELECT duplicate_of FROM files WHERE id = ?))"
+            " AND sha256 = ? AND destination != ? ORDER BY verified_at DESC",
+            (file_id, file_id, item.sha256, dest.url),
+        )
+        reasons = []
+        for r in rows:
+            other = self.destinations.get(r["destination"])
+            where = f"{r['destination']}/{r['path']}"
+            if other is None or (r["destination"], r["path"]) in self.bad:
+                continue
+            self.scratch.mkdir(parents=True, exist_ok=True)
+            tmp = self.scratch / f".repair.{os.getpid()}-{secrets.token_hex(4)}.imgq-tmp"
+            try:
+                try:
+                    other.fetch(r["path"], tmp)
+                    with open(tmp, "rb") as fh:
+                        got = hash_fd(fh.fileno())
+                except (ImgqError, OSError) as e:
+                    reasons.append(f"cannot read {where}: {e}")
+                    continue
+                if got != Found(item.bytes, item.sha256):
+                    self.bad.add((r["destination"], r["path"]))
+                    reasons.append(f"{where} does not match either")
+                    continue
+                dest.put(tmp, rel, sha256=item.sha256, size=item.bytes)
+                return where
+            finally:
+                tmp.unlink(missing_ok=True)
+        raise SourceUnavailable("; ".join(reasons) or "no other good copy to copy from")
+
+
+def copy_item(dest: Destination, file_id: str, item: Item, rel: str, sources: Sources) -> str:
+    """Make sure ``rel`` at ``dest`` holds ``item``; returns 'found', 'copied' or
+    'copied from WHERE' (another destination's copy, when the local source is gone)."""
+    found = dest.check([rel])[rel]
+    if found == Found(item.bytes, item.sha256):
+        return "found"
+    try:
+        dest.put(item.source, rel, sha256=item.sha256, size=item.bytes)
+        return "copied"
+    except SourceUnavailable as first:
+        try:
+            return "copied from " + sources.put_from_elsewhere(dest, item, file_id, rel)
+        except SourceUnavailable as e:
+            raise SourceUnavailable(f"{first}; {e}") from None
+
+
+# --- targets: per file and destination, with backoff ------------------------------------
+
+
+def _target(db: DB, file_id: str, destination: str, *, now: float):
+    row = db.one("SELECT * FROM archive_targets WHERE file_id = ? AND destination = ?", (file_id, destination))
+    if row is None:
+        with db.transaction():
+            db.execute(
+                "INSERT INTO archive_targets (file_id, destination, attempts, not_before, created_at, updated_at) VALUES (?, ?, 0, 0, ?, ?)"
+                " ON CONFLICT (file_id, destination) DO NOTHING",
+                (file_id, destination, now, now),
+            )
+        row = db.one("SELECT * FROM archive_targets WHERE file_id = ? AND destination = ?", (file_id, destination))
+    return row
+
+
+def _succeeded(db: DB, target, *, now: float) -> None:
+    if target["attempts"] or target["error"] or target["not_before"]:
+        with db.transaction():
+            db.execute(
+                "UPDATE archive_targets SET attempts = 0, not_before = 0, error = NULL, error_kind = NULL, updated_at = ? WHERE id = ?",
+                (now, target["id"]),
+            )
+
+
+def _failed(db: DB, target, error: str, kind: str, *, now: float, backoff: float, backoff_max: float, rng: random.Random) -> float:
+    attempts = target["attempts"] + 1
+    delay = min(backoff_max, backoff * 2 ** (attempts - 1)) * rng.uniform(0.5, 1.5)
+    with db.transaction():
+        db.execute(
+            "UPDATE archive_targets SET attempts = ?, not_before = ?, error = ?, error_kind = ?, updated_at = ? WHERE id = ?",
+            (attempts, now + delay, error, kind, now, target["id"]),
+        )
+    return delay
+
+
+# --- the step ----------------------------------------------------------------------------------
+
+
+def eligible(db: DB, destinations: Sequence[str], file_ids: Iterable[str] | None = None) -> list:
+    """Files to look at: processed ones, and archived ones lacking an original's copy at
+    one of ``destinations`` (a destination added later)."""
+    marks = ",".join("?" * len(destinations))
+    sql = (
+        "SELECT * FROM files f WHERE (f.state = 'processed' OR (f.state = 'archived' AND"
+        f" (SELECT count(DISTINCT c.destination) FROM copies c WHERE c.file_id = f.id AND c.artifact_id IS NULL AND c.destination IN ({marks})) < ?))"
+    )
+    params: list = [*destinations, len(set(destinations))]
+    if file_ids is not None:
+        ids = list(file_ids)
+        if not ids:
+            return []
+        rows = []
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            rows += db.all(sql + f" AND f.id IN ({','.join('?' * len(chunk))}) ORDER BY f.created_at, f.id", (*params, *chunk))
+        return rows
+    return db.all(sql + " ORDER BY f.created_at, f.id", params)
+
+
+def archive(
+    db: DB,
+    destinations: Sequence[Destination],
+    *,
+    store_dir: Path,
+    file_ids: Iterable[str] | None = None,
+    clock: Callable[[], float],
+    actor: Actor = Actor(),
+    backoff: float = 5.0,
+    backoff_max: float = 3600.0,
+    ignore_backoff: bool = False,
+    rng: random.Random | None = None,
+    on_file: Callable[[str, str, object], None] = lambda file_id, what, info: None,
+) -> ArchiveReport:
+    """Copy every eligible file (see ``eligible``) to every destination, verified.
+
+    ``on_file(file_id, what, info)`` is told 'archived', 'failed' (info: Failure) and
+    'copied' (info: (destination, path, how)) as they happen.
+    """
+    rng = rng or random.Random()
+    report = ArchiveReport()
+    by_url = {d.url: d for d in destinations}
+    sources = Sources(db, by_url, store_dir)
+    for f in eligible(db, list(by_url), file_ids):
+        items = items_of(db, f, store_dir)
+        complete = True
+        for dest in destinations:
+            missing = _missing(db, f, dest.url, items)
+            if not missing:
+                continue
+            complete = False
+            target = _target(db, f["id"], dest.url, now=clock())
+            if dest.url in report.down:
+                _failed(db, target, report.down[dest.url], "transient", now=clock(), backoff=backoff, backoff_max=backoff_max, rng=rng)
+                report.failed.append(Failure(f["id"], dest.url, report.down[dest.url], down=True))
+                continue
+            if target["not_before"] > clock() and not ignore_backoff:
+                report.waiting += 1
+                continue
+            try:
+                paths = plan(db, dest, f, items, now=clock())
+                for item in missing:
+                    how = copy_item(dest, f["id"], item, paths[item.role], sources)
+                    record_copy(db, f["id"], item, dest.url, paths[item.role], now=clock())
+                    if how == "found":
+                        report.found += 1
+                    else:
+                        report.copied += 1
+                        report.bytes += item.bytes
+                    on_file(f["id"], "copied", (dest.url, paths[item.role], how))
+                _succeeded(db, target, now=clock())
+            except (ImgqError, OSError) as e:
+                text = str(e) if isinstance(e, ImgqError) else f"{dest.url}: {e}"
+                if isinstance(e, DestinationUnavailable):
+                    report.down[dest.url] = text
+                kind = "permanent" if isinstance(e, ImgqError) and classify(e) == "permanent" else "transient"
+                _failed(db, target, text, kind, now=clock(), backoff=backoff, backoff_max=backoff_max, rng=rng)
+                failure = Failure(f["id"], dest.url, text, kind, down=isinstance(e, DestinationUnavailable))
+                report.failed.append(failure)
+                on_file(f["id"], "failed", failure)
+                continue
+        if not complete:
+            complete = all(not _missing(db, f, d.url, items) for d in destinations)
+        if complete and f["state"] == "processed":
+            with db.transaction():
+                journal.move_file(
+                    db, f["id"], "archived", now=clock(), actor=actor, expect=("processed",),
+                    detail=f"verified copies at {', '.join(d.url for d in destinations)}",
+                )
+            report.archived.append(f["id"])
+            on_file(f["id"], "archived", None)
+    return report
+
+
+# --- verify ----------------------------------------------------------------------------------
+
+
+def verify(
+    db: DB,
+    destinations: dict[str, Destination],
+    *,
+    store_dir: Path,
+    file_ids: Iterable[str] | None = None,
+    clock: Callable[[], float],
+    actor: Actor = Actor(),
+    backoff: float = 5.0,
+    backoff_max: float = 3600.0,
+    rng: random.Random | None = None,
+    on_problem: Callable[[Problem], None] = lambda p: None,
+) -> VerifyReport:
+    """Re-read every recorded copy at ``destinations``; re-make missing or corrupt ones.
+
+    A good copy gets a fresh ``verified_at``. A bad one is re-made from the original in
+    the inbox (if unchanged), the artifact store, or another good copy; if it cannot be,
+    its ``copies`` row is removed (it is no copy), the reason is kept on its archive
+    target, and an archived file goes back to processed so that ``collect`` keeps the
+    original and the next ``archive`` makes the copy again.
+    """
+    rng = rng or random.Random()
+    report = VerifyReport()
+    urls = list(destinations)
+    if not urls:
+        return report
+    sql = (
+        "SELECT c.*, f.inbox, f.path AS inbox_path, f.size AS file_size, f.state, a.path AS store_path, a.name AS artifact_name"
+        " FROM copies c JOIN files f ON f.id = c.file_id LEFT JOIN artifacts a ON a.id = c.artifact_id"
+        f" WHERE c.destination IN ({','.join('?' * len(urls))})"
+    )
+    params: list = list(urls)
+    if file_ids is not None:
+        ids = list(file_ids)
+        sql += f" AND c.file_id IN ({','.join('?' * len(ids))})"
+        params += ids
+    rows = db.all(sql + " ORDER BY c.destination, c.path", params)
+    sources = Sources(db, destinations, store_dir)
+    found: dict[tuple[str, str], Found | None] = {}
+    for url in urls:
+        mine = [r for r in rows if r["destination"] == url]
+        if not mine:
+            continue
+        try:
+            result = destinations[url].check([r["path"] for r in mine])
+        except ImgqError as e:
+            report.unreachable[url] = str(e)
+            continue
+        for r in mine:
+            found[(url, r["path"])] = result[r["path"]]
+    good_now = []
+    bad = []
+    for r in rows:
+        key = (r["destination"], r["path"])
+        if key not in found:
+            continue
+        report.checked += 1
+        got = found[key]
+        if got == Found(r["bytes"], r["sha256"]):
+            good_now.append(r["id"])
+        else:
+            sources.bad.add(key)
+            bad.append((r, "missing" if got is None else f"corrupt: {got.bytes} bytes, sha256 {got.sha256[:12]}…, expected {r['bytes']} bytes, {r['sha256'][:12]}…"))
+    report.good = len(good_now)
+    if good_now:
+        with db.transaction():
+            db.conn.executemany("UPDATE copies SET verified_at = ? WHERE id = ?", [(clock(), i) for i in good_now])
+    for r, problem in bad:
+        dest = destinations[r["destination"]]
+        item = Item(
+            r["artifact_name"] or ORIGINAL,
+            r["artifact_id"],
+            r["sha256"],
+            r["bytes"],
+            (store_dir / r["store_path"]) if r["artifact_id"] else Path(r["inbox"]) / r["inbox_path"],
+        )
+        try:
+            if dest.url in report.unreachable:
+                raise DestinationUnavailable(report.unreachable[dest.url])
+            how = _repair(dest, r, item, sources)
+            record_copy(db, r["file_id"], item, dest.url, r["path"], now=clock())
+            sources.bad.discard((dest.url, r["path"]))
+            if how == "copied":
+                how = "re-made from " + ("the artifact store" if item.artifact_id else "the original in the inbox")
+            elif how == "found":
+                how = "good on a second look"
+            else:
+                how = "re-" + how.replace("copied", "made", 1)
+            p = Problem(r["file_id"], dest.url, r["path"], problem, True, how)
+        except (ImgqError, OSError) as e:
+            if isinstance(e, DestinationUnavailable):
+                report.unreachable[dest.url] = str(e)
+            why = str(e)
+            p = Problem(r["file_id"], dest.url, r["path"], problem, False, why)
+            _unrecord(db, r, f"{r['path']} {problem}; not repaired: {why}", now=clock(), actor=actor, backoff=backoff, backoff_max=backoff_max, rng=rng)
+        report.problems.append(p)
+        on_problem(p)
+    return report
+
+
+def _repair(dest: Destination, r, item: Item, sources: Sources) -> str:
+    # The inbox original (or the stored artifact) is a source only while it has the
+    # recorded bytes: put() hashes as it reads and refuses a changed file, and then
+    # another destination's good copy is used instead.
+    if r["state"] == "collected" and item.artifact_id is None:
+        return "copied from " + sources.put_from_elsewhere(dest, item, r["file_id"], r["path"])
+    return copy_item(dest, r["file_id"], item, r["path"], sources)
+
+
+def _unrecord(db: DB, r, reason: str, *, now: float, actor: Actor, backoff: float, backoff_max: float, rng: random.Random) -> None:
+    target = _target(db, r["file_id"], r["destination"], now=now)
+    with db.transaction():
+        db.execute("DELETE FROM copies WHERE id = ?", (r["id"],))
+        state = db.one("SELECT state FROM files WHERE id = ?", (r["file_id"],))["state"]
+        if state == "archived":
+            journal.move_file(db, r["file_id"], "processed", now=now, actor=actor, expect=("archived",), detail=f"{r['destination']}: {reason}")
+    _failed(db, target, f"{r['destination']}: {reason}", "transient", now=now, backoff=backoff, backoff_max=backoff_max, rng=rng)
+
+
+def destination_urls(db: DB) -> list[str]:
+    """Every destination that holds a recorded copy."""
+    return [r[0] for r in db.all("SELECT DISTINCT destination FROM copies ORDER BY destination")]
+
+
+def summary(report: ArchiveReport) -> dict:
+    return {
+        "archived": len(report.archived),
+        "copied": report.copied,
+        "bytes": report.bytes,
+        "found": report.found,
+        "failed": len(report.failed),
+        "waiting": report.waiting,
+        "down": sorted(report.down),
+    }
+

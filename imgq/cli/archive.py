@@ -1,0 +1,190 @@
+"""imgq archive --to DEST… [IDS | -]   and   imgq archive --verify"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from imgq import archive as archive_lib
+from imgq import destinations as dest_lib
+from imgq.cli import common
+from imgq.config import Settings
+from imgq.errors import Exit, UsageError
+from imgq.journal import Actor
+
+EPILOG = """\b
+Examples:
+  imgq archive --to /mnt/backup --to ssh://nas/srv/photos
+  imgq work --drain | imgq archive --to /mnt/backup -
+  imgq archive --verify             # re-read every recorded copy, repair what is bad
+  imgq archive --to /mnt/usb --retry-now   # after freeing space: do not wait for the backoff
+"""
+
+ToOpt = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--to",
+        help="A destination: a local folder or ssh://[user@]host[:port]/path (repeatable). Default: `destinations` in imgq.toml.",
+        metavar="DEST",
+        show_default=False,
+    ),
+]
+SshConfigOpt = Annotated[
+    Optional[Path],
+    typer.Option("--ssh-config", help="OpenSSH client config for ssh:// destinations (default: ~/.ssh/config).", metavar="FILE", show_default=False, dir_okay=False),
+]
+AcceptNewOpt = Annotated[
+    bool,
+    typer.Option("--accept-new-host-keys", help="Trust and record the key of an ssh:// host seen for the first time (never a changed key)."),
+]
+
+
+def destination_texts(to: list[str] | None, settings: Settings) -> list[str]:
+    """The destinations in force, canonical: --to, else imgq.toml's (relative paths there
+    are relative to the file), deduplicated in order."""
+    if to:
+        texts = list(to)
+    else:
+        base = settings.config_path.parent if settings.config_path else Path(".")
+        texts = [t if t.startswith("ssh://") or os.path.isabs(os.path.expanduser(t)) else str(base / t) for t in settings.destinations]
+    out: list[str] = []
+    for t in texts:
+        url = dest_lib.canonical(t)
+        if url not in out:
+            out.append(url)
+    return out
+
+
+def ssh_options(ssh_config: Path | None, accept_new: bool) -> dest_lib.SshOptions:
+    return dest_lib.SshOptions(config=ssh_config, accept_new_host_keys=accept_new)
+
+
+def open_all(urls: list[str], ssh: dest_lib.SshOptions) -> dict[str, dest_lib.Destination]:
+    return {u: dest_lib.open_destination(u, ssh) for u in urls}
+
+
+def close_all(dests) -> None:
+    for d in dests.values():
+        d.close()
+
+
+def archive(
+    ids: Annotated[Optional[list[str]], typer.Argument(help="File ids, or - to read them from stdin. None: every processed file.", metavar="[IDS | -]", show_default=False)] = None,
+    to: ToOpt = None,
+    verify: Annotated[bool, typer.Option("--verify", help="Re-read every recorded copy (at --to, default all); re-make missing or corrupt ones.")] = False,
+    retry_now: Annotated[bool, typer.Option("--retry-now", help="Also try copies still waiting out the backoff after a failure.")] = False,
+    ssh_config: SshConfigOpt = None,
+    accept_new_host_keys: AcceptNewOpt = False,
+    db: common.DbOpt = None,
+    config: common.ConfigOpt = None,
+    json: common.JsonOpt = False,
+    wait: common.WaitOpt = False,
+) -> None:
+    """Copy processed originals and their artifacts to every destination, verified.
+
+    Layout: DEST/YYYY/YYYY-MM-DD/OWNER/NAME with the artifacts beside the original
+    (NAME.thumb.jpg, NAME.web.jpg). Each copy is written under a temporary name, fsynced,
+    read back and its sha256 compared, then renamed into place and recorded. A
+    destination that is down or full fails only its own copies, which are retried with
+    backoff on later runs. A file becomes archived when every destination holds a
+    verified copy of it and of all its artifacts; prints the id of each such file.
+
+    With --verify: re-reads every recorded copy, re-makes missing or corrupt ones from the
+    original, the artifact store or another good copy, and prints the id of each file
+    with a bad copy. Exits 1 if any copy failed, or (with --verify) any copy was bad.
+    """
+    settings = common.settings_for(db, config)
+    wanted = common.read_ids(ids)
+    ssh = ssh_options(ssh_config, accept_new_host_keys)
+    urls = destination_texts(to, settings)
+    database = common.open_db(settings)
+    if verify:
+        if not to:
+            urls = list(dict.fromkeys(urls + archive_lib.destination_urls(database)))
+    elif not urls:
+        raise UsageError("no destination: give --to DEST, or set destinations = [...] in imgq.toml")
+    dests = open_all(urls, ssh)
+    try:
+        with common.step_lock(settings, "archive", wait), common.recorded_run(database, "archive", {"ids": wanted, "to": urls, "verify": verify}) as run:
+            if verify:
+                code = _verify(database, settings, dests, wanted, json, run)
+            else:
+                code = _archive(database, settings, dests, wanted, json, retry_now, run)
+            if code:
+                run["exit_code"] = code
+                raise typer.Exit(code)
+    finally:
+        close_all(dests)
+
+
+def _archive(database, settings, dests, wanted, json, retry_now, run) -> int:
+    def on_file(file_id, what, info):
+        if what == "archived":
+            common.out_json({"id": file_id, "state": "archived"}) if json else common.out(file_id)
+        elif what == "failed" and not info.down:
+            common.warn(f"{file_id}: {info.error}")
+
+    started = time.time()
+    report = archive_lib.archive(
+        database,
+        list(dests.values()),
+        store_dir=settings.store_dir,
+        file_ids=wanted,
+        clock=time.time,
+        actor=Actor(name="archive"),
+        backoff=settings.backoff_seconds,
+        backoff_max=settings.backoff_max_seconds,
+        ignore_backoff=retry_now,
+        on_file=on_file,
+    )
+    for url, why in sorted(report.down.items()):
+        n = sum(f.destination == url for f in report.failed)
+        common.warn(f"destination unavailable: {why}; {n} file(s) will be retried there with backoff")
+    if report.waiting:
+        common.warn(f"{report.waiting} copy task(s) still in backoff after earlier failures (see imgq status; --retry-now to try now)")
+    run["counts"] = archive_lib.summary(report)
+    if common.is_tty():
+        common.stderr().print(
+            f"archive: {len(report.archived)} archived, {report.copied} copied ({report.bytes / 1e6:.1f} MB), "
+            f"{report.found} already there, {len(report.failed)} failed in {time.time() - started:.1f}s",
+            markup=False,
+        )
+    return int(Exit.SOME_FAILED) if report.failed else 0
+
+
+def _verify(database, settings, dests, wanted, json, run) -> int:
+    def on_problem(p: archive_lib.Problem):
+        if json:
+            common.out_json({"id": p.file_id, "destination": p.destination, "path": p.path, "problem": p.problem, "repaired": p.repaired, "detail": p.detail})
+        else:
+            common.out(p.file_id)
+        state = "repaired" if p.repaired else "NOT repaired"
+        common.warn(f"{p.destination}/{p.path}: {p.problem}; {state}: {p.detail}")
+
+    report = archive_lib.verify(
+        database,
+        dests,
+        store_dir=settings.store_dir,
+        file_ids=wanted,
+        clock=time.time,
+        actor=Actor(name="archive --verify"),
+        backoff=settings.backoff_seconds,
+        backoff_max=settings.backoff_max_seconds,
+        on_problem=on_problem,
+    )
+    for url, why in sorted(report.unreachable.items()):
+        common.warn(f"cannot verify the copies at {url}: {why}")
+    run["counts"] = {
+        "checked": report.checked,
+        "good": report.good,
+        "bad": len(report.problems),
+        "repaired": sum(p.repaired for p in report.problems),
+        "unreachable": sorted(report.unreachable),
+    }
+    if common.is_tty():
+        common.stderr().print(f"verify: {report.checked} checked, {report.good} good, {len(report.problems)} bad ({run['counts']['repaired']} repaired)", markup=False)
+    return int(Exit.SOME_FAILED) if report.problems or report.unreachable else 0

@@ -1,0 +1,95 @@
+"""imgq collect [--min-copies N] [--dry-run] [IDS | -]"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Optional
+
+import typer
+
+from imgq import archive as archive_lib
+from imgq import collect as collect_lib
+from imgq.cli import common
+from imgq.cli.archive import AcceptNewOpt, SshConfigOpt, ToOpt, close_all, destination_texts, open_all, ssh_options
+from imgq.errors import Exit, UsageError
+from imgq.journal import Actor
+
+EPILOG = """\b
+Examples:
+  imgq collect --dry-run            # what would be deleted, and why the rest stays
+  imgq collect                      # needs a good copy at every destination in imgq.toml
+  imgq collect --min-copies 2       # any two destinations will do
+  imgq archive --to /mnt/a --to ssh://nas/photos | imgq collect --to /mnt/a --to ssh://nas/photos -
+"""
+
+
+def collect(
+    ids: Annotated[Optional[list[str]], typer.Argument(help="File ids, or - to read them from stdin. None: every file in the inbox.", metavar="[IDS | -]", show_default=False)] = None,
+    min_copies: Annotated[Optional[int], typer.Option("--min-copies", help="Copies (at distinct destinations) that must verify now. Default: one at every destination.", min=1, metavar="N", show_default=False)] = None,
+    to: ToOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", "-n", help="Delete nothing; print what would be deleted and why the rest stays.")] = False,
+    ssh_config: SshConfigOpt = None,
+    accept_new_host_keys: AcceptNewOpt = False,
+    db: common.DbOpt = None,
+    config: common.ConfigOpt = None,
+    json: common.JsonOpt = False,
+    wait: common.WaitOpt = False,
+) -> None:
+    """Delete originals from the inbox once their copies are certain.
+
+    An original is deleted only if enough recorded copies of it are read again now and
+    match in size and sha256 (by default one at every destination: --to, else
+    `destinations` in imgq.toml), and the inbox file is still the one that was scanned
+    (same size, mtime and sha256). A duplicate goes once the photo it duplicates is
+    archived. Nothing outside the inbox is touched and no symlink is followed; folders
+    stay. Everything else stays with its reason, shown here and in `imgq status`.
+
+    Prints the id of each file deleted (with --dry-run: that would be). Exits 1 if a file
+    was kept because something is wrong (a bad copy, a changed file), not merely waiting.
+    """
+    settings = common.settings_for(db, config)
+    wanted = common.read_ids(ids)
+    required = destination_texts(to, settings)
+    if min_copies is None and not required:
+        raise UsageError("no destination to require copies at: give --to DEST or --min-copies N, or set destinations = [...] in imgq.toml")
+    database = common.open_db(settings)
+    urls = list(required)
+    if min_copies is not None and not to:
+        # any destination holding copies counts
+        urls = list(dict.fromkeys(urls + archive_lib.destination_urls(database)))
+        required = []
+    dests = open_all(urls, ssh_options(ssh_config, accept_new_host_keys))
+    verbose = dry_run or json
+
+    def on_verdict(v: collect_lib.Verdict) -> None:
+        if json:
+            common.out_json({"id": v.file_id, "path": v.path, "action": v.action, "reason": v.reason, "verified": v.verified})
+        elif v.action in (collect_lib.DELETED, collect_lib.WOULD_DELETE):
+            common.out(v.file_id)
+        if v.action == collect_lib.WOULD_DELETE:
+            common.warn(f"would delete {v.path}: {v.reason}")
+        elif v.action == collect_lib.KEEP or (dry_run and v.action == collect_lib.WAIT):
+            common.warn(f"keeping {v.path}: {v.reason}")
+
+    try:
+        with common.step_lock(settings, "collect", wait), common.recorded_run(database, "collect", {"ids": wanted, "required": required, "min_copies": min_copies, "dry_run": dry_run}) as run:
+            report = collect_lib.collect(
+                database,
+                dests,
+                required=required,
+                min_copies=min_copies,
+                file_ids=wanted,
+                dry_run=dry_run,
+                clock=time.time,
+                actor=Actor(name="collect"),
+                on_verdict=on_verdict,
+            )
+            run["counts"] = collect_lib.summary(report)
+            if common.is_tty() and not verbose:
+                c = run["counts"]
+                common.stderr().print(f"collect: {c['deleted']} deleted, {c['gone']} already gone, {c['keep']} kept (see above), {c['wait']} not archived yet", markup=False)
+            if report.problems:
+                run["exit_code"] = int(Exit.SOME_FAILED)
+                raise typer.Exit(int(Exit.SOME_FAILED))
+    finally:
+        close_all(dests)

@@ -1,0 +1,326 @@
+"""Collecting: delete originals from the inbox once their copies are certain.
+
+An original is deleted only if, now:
+
+- it is ``archived`` (or a ``duplicate`` whose twin is archived or already collected);
+- enough recorded copies of it are re-read at their destinations and match in size and
+  sha256: by default one at every required destination, or ``min_copies`` at distinct
+  destinations;
+- the inbox file is still the one that was scanned: same size, mtime and sha256;
+- it is reached from the inbox root without passing through a symlink, and is itself a
+  regular file (not a symlink).
+
+Otherwise it stays, and the reason is kept in ``collect_checks`` for ``imgq status``:
+verdict ``wait`` (nothing is wrong: the file is not archived yet) or ``keep`` (something
+is: a copy is missing or corrupt, a destination is unreachable, the file changed).
+
+The deletion and its journal event are one transaction at ``synchronous=FULL``; the file
+is unlinked inside it, so the journal never says ``collected`` for a file that is still
+there. Only files are removed, never folders: the photographers' folders stay.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+import stat
+from collections.abc import Callable, Iterable, Sequence
+
+from imgq import journal
+from imgq.database import DB
+from imgq.destinations import Destination, Found, check_component, hash_fd
+from imgq.errors import ImgqError
+from imgq.journal import Actor
+
+DELETED, WOULD_DELETE, GONE, KEEP, WAIT = "deleted", "would-delete", "gone", "keep", "wait"
+
+
+@dataclasses.dataclass
+class Verdict:
+    file_id: str
+    path: str  # absolute inbox path
+    action: str  # deleted, would-delete, gone (already not in the inbox), keep, wait
+    reason: str
+    verified: list[str] = dataclasses.field(default_factory=list)  # destinations with a good copy now
+
+
+@dataclasses.dataclass
+class CollectReport:
+    verdicts: list[Verdict] = dataclasses.field(default_factory=list)
+
+    def of(self, *actions: str) -> list[Verdict]:
+        return [v for v in self.verdicts if v.action in actions]
+
+    @property
+    def problems(self) -> list[Verdict]:
+        return self.of(KEEP)
+
+
+class Unsafe(ImgqError):
+    """The inbox path cannot be deleted safely (a symlink on the way, outside the root)."""
+
+
+class _InboxFile:
+    """An inbox file opened without following any symlink below the inbox root.
+
+    Holds the folder's fd and the file's fd, so the checks and the unlink all concern the
+    same folder, whatever is renamed meanwhile.
+    """
+
+    def __init__(self, inbox: str, rel: str):
+        self.inbox, self.rel = inbox, rel
+        self.dir_fd = self.fd = None
+        parts = rel.split("/")
+        try:
+            for p in parts:
+                check_component(p)
+        except ValueError:
+            raise Unsafe(f"{inbox}/{rel}: the recorded path leaves the inbox; refusing")
+        real_root = os.path.realpath(inbox)
+        if os.path.realpath(os.path.join(inbox, rel)) != os.path.join(real_root, *parts):
+            raise Unsafe(f"{inbox}/{rel}: the path goes through a symlink; imgq never deletes through one")
+        self.name = parts[-1]
+        self.dir_fd = os.open(inbox, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            walked = inbox
+            for p in parts[:-1]:
+                walked = f"{walked}/{p}"
+                try:
+                    fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.dir_fd)
+                except OSError as e:
+                    if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                        raise Unsafe(f"{walked} is a symlink or not a folder; imgq never deletes through one") from e
+                    raise
+                os.close(self.dir_fd)
+                self.dir_fd = fd
+            try:
+                self.fd = os.open(self.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.dir_fd)
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    raise Unsafe(f"{inbox}/{rel} is a symlink; imgq deletes only regular files") from e
+                raise
+            self.stat = os.fstat(self.fd)
+            if not stat.S_ISREG(self.stat.st_mode):
+                raise Unsafe(f"{inbox}/{rel} is not a regular file")
+        except BaseException:
+            self.close()
+            raise
+
+    def same_file_still_there(self) -> bool:
+        try:
+            now = os.stat(self.name, dir_fd=self.dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return (now.st_dev, now.st_ino) == (self.stat.st_dev, self.stat.st_ino)
+
+    def unlink(self) -> None:
+        os.unlink(self.name, dir_fd=self.dir_fd)
+        os.fsync(self.dir_fd)
+
+    def close(self) -> None:
+        for fd in (self.fd, self.dir_fd):
+            if fd is not None:
+                os.close(fd)
+        self.fd = self.dir_fd = None
+
+
+def _candidates(db: DB, file_ids: Iterable[str] | None) -> list:
+    sql = (
+        "SELECT f.*, t.state AS twin_state, t.id AS twin_id FROM files f LEFT JOIN files t ON t.id = f.duplicate_of"
+        " WHERE f.state IN ('processed', 'archived', 'duplicate')"
+    )
+    if file_ids is None:
+        return db.all(sql + " ORDER BY f.created_at, f.id")
+    rows = []
+    ids = list(file_ids)
+    for i in range(0, len(ids), 500):
+        chunk = ids[i : i + 500]
+        rows += db.all(sql + f" AND f.id IN ({','.join('?' * len(chunk))}) ORDER BY f.created_at, f.id", chunk)
+    return rows
+
+
+def collect(
+    db: DB,
+    destinations: dict[str, Destination],
+    *,
+    required: Sequence[str],
+    min_copies: int | None = None,
+    file_ids: Iterable[str] | None = None,
+    dry_run: bool = False,
+    clock: Callable[[], float],
+    actor: Actor = Actor(),
+    on_verdict: Callable[[Verdict], None] = lambda v: None,
+) -> CollectReport:
+    """Delete every original that is safely archived (see the module docstring).
+
+    ``required``: destinations (canonical) that must each hold a good copy when
+    ``min_copies`` is None; with ``min_copies``, any that many distinct destinations
+    count (only those in ``required`` if it is not empty). ``destinations`` opens them
+    (and the others holding copies, for ``min_copies``). Nothing is changed with
+    ``dry_run``; the verdicts say what would happen.
+    """
+    if min_copies is None and not required:
+        raise ValueError("collect needs the required destinations or a minimum number of copies")
+    report = CollectReport()
+    pending: list[tuple] = []  # (file row, copies rows) still to verify
+    for f in _candidates(db, file_ids):
+        path = os.path.join(f["inbox"], f["path"])
+        if f["state"] == "processed":
+            _decide(db, report, on_verdict, Verdict(f["id"], path, WAIT, "not archived yet"), dry_run, clock)
+            continue
+        source = f["id"]
+        if f["state"] == "duplicate":
+            if f["twin_state"] not in ("archived", "collected"):
+                _decide(db, report, on_verdict, Verdict(f["id"], path, WAIT, f"same content as {f['twin_id']}, which is not archived yet"), dry_run, clock)
+                continue
+            source = f["twin_id"]
+        copies = db.all("SELECT * FROM copies WHERE file_id = ? AND artifact_id IS NULL AND sha256 = ?", (source, f["sha256"]))
+        if min_copies is None or required:
+            copies = [c for c in copies if c["destination"] in set(required)]
+        pending.append((f, path, copies))
+
+    # Re-read every copy that matters, one batch per destination.
+    wanted: dict[str, set[str]] = {}
+    for _, _, copies in pending:
+        for c in copies:
+            wanted.setdefault(c["destination"], set()).add(c["path"])
+    found: dict[tuple[str, str], Found | None] = {}
+    unreachable: dict[str, str] = {}
+    for url, paths in sorted(wanted.items()):
+        dest = destinations.get(url)
+        if dest is None:
+            unreachable[url] = f"{url}: not a destination of this run"
+            continue
+        try:
+            for path, got in dest.check(sorted(paths)).items():
+                found[(url, path)] = got
+        except ImgqError as e:
+            unreachable[url] = str(e)
+    good_ids = []
+
+    for f, path, copies in pending:
+        verified, bad = [], []
+        for c in copies:
+            key = (c["destination"], c["path"])
+            if c["destination"] in unreachable:
+                bad.append(f"cannot check the copy at {unreachable[c['destination']]}")
+            elif found.get(key) == Found(c["bytes"], c["sha256"]):
+                verified.append(c["destination"])
+                good_ids.append(c["id"])
+            else:
+                got = found.get(key)
+                what = "is missing" if got is None else "is corrupt (sha256 differs)"
+                bad.append(f"the copy at {c['destination']}/{c['path']} {what}; run imgq archive --verify")
+        verified = sorted(set(verified))
+        if min_copies is None:
+            lacking = [d for d in required if d not in verified]
+            enough = not lacking
+            need_text = f"a verified copy at each of {len(required)} destination(s)"
+        else:
+            lacking = []
+            enough = len(verified) >= min_copies
+            need_text = f"{min_copies} verified copies"
+        if not enough:
+            recorded = {c["destination"] for c in copies}
+            no_copy = [d for d in lacking if d not in recorded]
+            if bad:
+                v = Verdict(f["id"], path, KEEP, "; ".join(bad) + f" (needs {need_text}, has {len(verified)})", verified)
+            elif no_copy or min_copies is not None:
+                where = ", ".join(no_copy) if no_copy else "enough destinations"
+                v = Verdict(f["id"], path, WAIT, f"no copy recorded at {where} yet (needs {need_text}, has {len(verified)})", verified)
+            else:
+                v = Verdict(f["id"], path, WAIT, f"needs {need_text}, has {len(verified)}", verified)
+            _decide(db, report, on_verdict, v, dry_run, clock)
+            continue
+        _decide(db, report, on_verdict, _delete(db, f, path, verified, dry_run=dry_run, clock=clock, actor=actor), dry_run, clock)
+
+    if not dry_run:
+        _remember(db, report.verdicts, now=clock())
+    if good_ids and not dry_run:
+        with db.transaction():
+            db.conn.executemany("UPDATE copies SET verified_at = ? WHERE id = ?", [(clock(), i) for i in good_ids])
+    return report
+
+
+def _delete(db: DB, f, path: str, verified: list[str], *, dry_run: bool, clock, actor: Actor) -> Verdict:
+    """Check the inbox file is still the scanned one, then delete it (or say we would)."""
+    copies_text = f"{len(verified)} verified cop{'y' if len(verified) == 1 else 'ies'}: {', '.join(verified)}"
+    if not os.path.isdir(f["inbox"]):
+        return Verdict(f["id"], path, KEEP, f"the inbox {f['inbox']} is not there (not mounted?)", verified)
+    try:
+        handle = _InboxFile(f["inbox"], f["path"])
+    except Unsafe as e:
+        return Verdict(f["id"], path, KEEP, str(e), verified)
+    except FileNotFoundError:
+        if dry_run:
+            return Verdict(f["id"], path, GONE, f"already gone from the inbox; {copies_text}", verified)
+        with db.transaction():
+            journal.move_file(db, f["id"], "collected", now=clock(), actor=actor, expect=(f["state"],), detail=f"already gone from the inbox ({path}); {copies_text}")
+        return Verdict(f["id"], path, GONE, f"already gone from the inbox; {copies_text}", verified)
+    except OSError as e:
+        return Verdict(f["id"], path, KEEP, f"cannot open it: {e.strerror or e}", verified)
+    try:
+        st = handle.stat
+        if (st.st_size, st.st_mtime_ns) != (f["size"], f["mtime_ns"]):
+            return Verdict(f["id"], path, KEEP, "changed in the inbox since it was scanned (size or mtime differ); scan again", verified)
+        try:
+            got = hash_fd(handle.fd)
+        except OSError as e:
+            return Verdict(f["id"], path, KEEP, f"cannot read it: {e.strerror or e}", verified)
+        if got != Found(f["size"], f["sha256"]):
+            return Verdict(f["id"], path, KEEP, "changed in the inbox since it was scanned (sha256 differs); scan again", verified)
+        if dry_run:
+            return Verdict(f["id"], path, WOULD_DELETE, copies_text, verified)
+        if not handle.same_file_still_there():
+            return Verdict(f["id"], path, KEEP, "replaced in the inbox while it was being checked", verified)
+        with _synchronous_full(db):
+            try:
+                with db.transaction():
+                    journal.move_file(db, f["id"], "collected", now=clock(), actor=actor, expect=(f["state"],), detail=f"deleted {path}; {copies_text}")
+                    handle.unlink()
+            except OSError as e:
+                return Verdict(f["id"], path, KEEP, f"cannot delete it: {e.strerror or e}", verified)
+        return Verdict(f["id"], path, DELETED, copies_text, verified)
+    finally:
+        handle.close()
+
+
+class _synchronous_full:
+    """``PRAGMA synchronous = FULL`` for the transactions inside: a deletion's record must
+    survive a power cut (DESIGN, section 1)."""
+
+    def __init__(self, db: DB):
+        self.db = db
+
+    def __enter__(self):
+        self.before = self.db.one("PRAGMA synchronous")[0]
+        self.db.execute("PRAGMA synchronous = FULL")
+
+    def __exit__(self, *exc):
+        self.db.execute(f"PRAGMA synchronous = {int(self.before)}")
+
+
+def _decide(db: DB, report: CollectReport, on_verdict, v: Verdict, dry_run: bool, clock) -> None:
+    report.verdicts.append(v)
+    on_verdict(v)
+
+
+def _remember(db: DB, verdicts: Sequence[Verdict], *, now: float) -> None:
+    """Keep each verdict on a file still in the inbox for ``imgq status``; a row changes
+    only when the verdict does, so an idle rerun writes nothing."""
+    keep = [v for v in verdicts if v.action in (KEEP, WAIT)]
+    done = [v for v in verdicts if v.action not in (KEEP, WAIT)]
+    with db.transaction():
+        db.conn.executemany(
+            "INSERT INTO collect_checks (file_id, checked_at, verdict, reason, verified_copies) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (file_id) DO UPDATE SET checked_at = excluded.checked_at, verdict = excluded.verdict,"
+            " reason = excluded.reason, verified_copies = excluded.verified_copies"
+            " WHERE verdict != excluded.verdict OR reason != excluded.reason OR verified_copies IS NOT excluded.verified_copies",
+            [(v.file_id, now, v.action, v.reason, len(v.verified)) for v in keep],
+        )
+        db.conn.executemany("DELETE FROM collect_checks WHERE file_id = ?", [(v.file_id,) for v in done])
+
+
+def summary(report: CollectReport) -> dict:
+    return {a.replace("-", "_"): len(report.of(a)) for a in (DELETED, WOULD_DELETE, GONE, KEEP, WAIT)}

@@ -1,0 +1,602 @@
+"""Archive destinations: a local folder, or a folder on a host over SSH, behind one interface.
+
+Every destination promises the same three things:
+
+- ``put``: a copy lands under a temporary name in the target folder, is flushed and
+  fsynced, read back and its sha256 compared with what was meant to be written, and only
+  then renamed into place (and the folder fsynced). A reader never sees a partial file
+  under its final name, whatever kills us and when.
+- ``check``: the size and sha256 of what is at a name now (read in full, not trusted
+  from any cache), or None if nothing is there.
+- ``free_bytes``: the space left.
+
+Paths are relative to the destination root and always made of plain components (no
+``..``, no ``/`` inside a component). Local folders are walked one component at a time
+with ``O_NOFOLLOW``, so a symlink planted inside the archive can never take a write
+outside of it. Over SSH the same walk is done with SFTP ``lstat``.
+
+Errors: ``DestinationUnavailable`` (transient) when the whole destination cannot take
+copies now: unreachable, not mounted, full. ``StorageError`` (transient) for a failure of
+one copy. ``SourceUnavailable`` when the file to copy from is missing or no longer has
+the content it should: the destination is not to blame.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import hashlib
+import os
+import re
+import secrets
+import stat
+from collections.abc import Iterable
+from pathlib import Path, PurePosixPath
+
+from imgq.errors import HostUnreachable, ImgqError, StorageError, UsageError
+
+CHUNK = 1 << 20
+TEMP_MARK = ".imgq-tmp"
+CHECK_BATCH = 200  # paths per remote check command (well under any ARG_MAX)
+
+
+class DestinationUnavailable(StorageError):
+    """The destination as a whole cannot take copies now (unreachable, missing, full)."""
+
+
+class SourceUnavailable(ImgqError):
+    """The file a copy is made from is missing or does not have the expected content."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Found:
+    """What is at a name now."""
+
+    bytes: int
+    sha256: str
+
+
+@dataclasses.dataclass(frozen=True)
+class SshOptions:
+    """How to reach ``ssh://`` destinations (see imgq.remote.connect)."""
+
+    config: Path | None = None
+    accept_new_host_keys: bool = False
+    connect_timeout: float | None = None
+
+
+def check_component(part: str) -> str:
+    """Raise ValueError unless ``part`` is one plain path component."""
+    if not part or part in (".", "..") or "/" in part or "\0" in part:
+        raise ValueError(f"not a plain path component: {part!r}")
+    return part
+
+
+def split_rel(rel: str) -> list[str]:
+    parts = rel.split("/")
+    for p in parts:
+        check_component(p)
+    return parts
+
+
+def temp_name(name: str) -> str:
+    # ".NAME.<pid>-<hex>.imgq-tmp": hidden, skipped by scan, and recognised by sweeps
+    return f".{name}.{os.getpid()}-{secrets.token_hex(4)}{TEMP_MARK}"
+
+
+def is_temp_of(entry: str, name: str) -> bool:
+    return entry.startswith(f".{name}.") and entry.endswith(TEMP_MARK)
+
+
+def _copy_hashing(src, out, source_name: str = "the source") -> tuple[int, str]:
+    """Copy src to out; (bytes, sha256) of what was read. A failure to read is the
+    source's (SourceUnavailable), a failure to write is the caller's to classify."""
+    h = hashlib.sha256()
+    n = 0
+    while True:
+        try:
+            chunk = src.read(CHUNK)
+        except OSError as e:
+            raise SourceUnavailable(f"cannot read {source_name}: {e.strerror or e}") from e
+        if not chunk:
+            break
+        h.update(chunk)
+        out.write(chunk)
+        n += len(chunk)
+    return n, h.hexdigest()
+
+
+def hash_fd(fd: int) -> Found:
+    """Size and sha256 of an open file, read from its start."""
+    h = hashlib.sha256()
+    n = 0
+    os.lseek(fd, 0, os.SEEK_SET)
+    while chunk := os.read(fd, CHUNK):
+        h.update(chunk)
+        n += len(chunk)
+    return Found(n, h.hexdigest())
+
+
+def _open_source(source: Path):
+    try:
+        return open(source, "rb")
+    except OSError as e:
+        raise SourceUnavailable(f"cannot read {source}: {e.strerror or e}") from e
+
+
+class Destination:
+    """The interface; see the module docstring."""
+
+    url: str  # the canonical text stored in the database
+
+    def put(self, source: Path, rel: str, *, sha256: str, size: int) -> None:
+        raise NotImplementedError
+
+    def check(self, rels: Iterable[str]) -> dict[str, Found | None]:
+        raise NotImplementedError
+
+    def fetch(self, rel: str, local: Path) -> None:
+        """Copy what is at ``rel`` to the local file ``local`` (created; caller verifies)."""
+        raise NotImplementedError
+
+    def free_bytes(self) -> int:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __str__(self) -> str:
+        return self.url
+
+
+# --- a local folder ---------------------------------------------------------------------
+
+
+def _storage_error(url: str, exc: OSError, doing: str) -> StorageError:
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DestinationUnavailable(f"{url}: no space left on the device while {doing}")
+    if exc.errno == errno.EROFS:
+        return DestinationUnavailable(f"{url}: read-only file system while {doing}")
+    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+        reason = "a folder on the way is a symlink or not a folder; imgq never writes through one"
+    return StorageError(f"{url}: {reason} while {doing}")
+
+
+class LocalDestination(Destination):
+    """A folder on this machine (a second disk, a NAS mount, a USB drive)."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(os.path.abspath(os.fspath(root)))
+        self.url = str(self.root)
+
+    def _root_fd(self) -> int:
+        try:
+            return os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as e:
+            raise DestinationUnavailable(
+                f"{self.url}: {e.strerror}; the destination folder must exist (is the disk mounted?)"
+            ) from e
+
+    def _dir_fd(self, parts: list[str], *, create: bool) -> int | None:
+        """An fd of root/parts, walked without following symlinks; None if missing."""
+        fd = self._root_fd()
+        try:
+            for part in parts:
+                check_component(part)
+                if create:
+                    try:
+                        os.mkdir(part, 0o755, dir_fd=fd)
+                        os.fsync(fd)  # the new folder survives a crash with what goes in it
+                    except FileExistsError:
+                        pass
+                try:
+                    nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                except FileNotFoundError:
+                    if create:
+                        raise
+                    os.close(fd)
+                    return None
+                os.close(fd)
+                fd = nfd
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def put(self, source: Path, rel: str, *, sha256: str, size: int) -> None:
+        parts = split_rel(rel)
+        name = parts[-1]
+        try:
+            dfd = self._dir_fd(parts[:-1], create=True)
+        except OSError as e:
+            raise _storage_error(self.url, e, f"creating the folder for {rel}") from e
+        tmp = temp_name(name)
+        try:
+            self._sweep(dfd, name)
+            vfs = os.fstatvfs(dfd)
+            if vfs.f_bavail * vfs.f_frsize < size:
+                raise DestinationUnavailable(f"{self.url}: no space left for {rel} ({size} bytes)")
+            with _open_source(source) as src:
+                try:
+                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dfd)
+                    with os.fdopen(fd, "wb") as out:
+                        written, digest = _copy_hashing(src, out, str(source))
+                        out.flush()
+                        os.fsync(out.fileno())
+                except OSError as e:
+                    raise _storage_error(self.url, e, f"writing {rel}") from e
+            if (written, digest) != (size, sha256):
+                raise SourceUnavailable(f"{source} changed: it has {written} bytes, sha256 {digest[:12]}…, expected {size} bytes, {sha256[:12]}…")
+            self._verify_and_rename(dfd, tmp, name, rel, Found(size, sha256))
+        except BaseException:
+            try:
+                os.unlink(tmp, dir_fd=dfd)
+            except OSError:
+                pass
+            raise
+        finally:
+            os.close(dfd)
+
+    def _verify_and_rename(self, dfd: int, tmp: str, name: str, rel: str, want: Found) -> None:
+        try:
+            fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+            try:
+                # drop the cached pages so the check reads what the device holds
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                got = hash_fd(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise _storage_error(self.url, e, f"reading back {rel}") from e
+        if got != want:
+            raise StorageError(f"{self.url}: {rel} did not verify after writing (read back {got.bytes} bytes, sha256 {got.sha256[:12]}…)")
+        try:
+            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            os.fsync(dfd)
+        except OSError as e:
+            raise _storage_error(self.url, e, f"renaming {rel} into place") from e
+
+    @staticmethod
+    def _sweep(dfd: int, name: str) -> None:
+        """Remove temporary files an earlier, killed copy of the same name left behind."""
+        for entry in os.listdir(dfd):
+            if is_temp_of(entry, name):
+                m = re.search(r"\.(\d+)-[0-9a-f]+\.imgq-tmp$", entry)
+                if m and int(m.group(1)) != os.getpid() and _alive(int(m.group(1))):
+                    continue  # a live writer (another process on this machine)
+                try:
+                    os.unlink(entry, dir_fd=dfd)
+                except FileNotFoundError:
+                    pass
+
+    def check(self, rels: Iterable[str]) -> dict[str, Found | None]:
+        out: dict[str, Found | None] = {}
+        for rel in rels:
+            out[rel] = self._check_one(rel)
+        return out
+
+    def _check_one(self, rel: str) -> Found | None:
+        parts = split_rel(rel)
+        try:
+            dfd = self._dir_fd(parts[:-1], create=False)
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                return None  # not a real folder of ours: no copy there
+            raise _storage_error(self.url, e, f"checking {rel}") from e
+        if dfd is None:
+            return None
+        try:
+            try:
+                fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+            except (FileNotFoundError, IsADirectoryError):
+                return None
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    return None
+                raise _storage_error(self.url, e, f"checking {rel}") from e
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    return None
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                return hash_fd(fd)
+            except OSError as e:
+                raise _storage_error(self.url, e, f"reading {rel}") from e
+            finally:
+                os.close(fd)
+        finally:
+            os.close(dfd)
+
+    def fetch(self, rel: str, local: Path) -> None:
+        parts = split_rel(rel)
+        try:
+            dfd = self._dir_fd(parts[:-1], create=False)
+            if dfd is None:
+                raise SourceUnavailable(f"{self.url}: {rel} is missing")
+            try:
+                fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+            finally:
+                os.close(dfd)
+            with os.fdopen(fd, "rb") as src, open(local, "xb") as out:
+                _copy_hashing(src, out)
+        except FileNotFoundError as e:
+            raise SourceUnavailable(f"{self.url}: {rel} is missing") from e
+        except OSError as e:
+            raise _storage_error(self.url, e, f"reading {rel}") from e
+
+    def free_bytes(self) -> int:
+        try:
+            st = os.statvfs(self.root)
+        except OSError as e:
+            raise DestinationUnavailable(f"{self.url}: {e.strerror}") from e
+        return st.f_bavail * st.f_frsize
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# --- a folder on a host over SSH -----------------------------------------------------------
+
+_SSH_URL = re.compile(r"^ssh://(?P<where>[^/]+)(?P<path>/.*)$")
+
+# Run by `sh -c SCRIPT sh PATH...`: one line per path, "SIZE SHA256" or "-" when there is
+# no regular file. Paths arrive as arguments, never inside the script.
+_CHECK_SCRIPT = r"""
+for f do
+  if [ -f "$f" ] && [ ! -h "$f" ]; then
+    s=$(wc -c < "$f") && h=$(sha256sum < "$f") && echo "$s ${h%% *}" || echo "!"
+  else
+    echo "-"
+  fi
+done
+"""
+# fsync one file (coreutils sync FILE; a plain `sync` where that is not understood), then
+# report its size and hash the way _CHECK_SCRIPT does.
+_SYNC_CHECK_SCRIPT = r"""
+sync -- "$1" 2>/dev/null || sync
+s=$(wc -c < "$1") && h=$(sha256sum < "$1") && echo "$s ${h%% *}"
+"""
+_SYNC_DIR_SCRIPT = r"""sync -- "$1" 2>/dev/null || sync"""
+_DF_SCRIPT = r"""df -Pk -- "$1" | tail -n 1"""
+
+
+def parse_ssh_url(text: str):
+    """(HostSpec, root) from ``ssh://[user@]host[:port]/path``; ``/~/x`` is x in the login folder."""
+    from imgq.remote import parse_host_spec
+
+    m = _SSH_URL.match(text)
+    if not m:
+        raise UsageError(f"bad destination {text!r}: expected ssh://[user@]host[:port]/path")
+    spec = parse_host_spec(m["where"])
+    if spec.slots:
+        raise UsageError(f"bad destination {text!r}: /SLOTS has no meaning for a destination")
+    path = m["path"]
+    root = path[3:] if path.startswith("/~/") else path
+    root = root.rstrip("/") or "/"
+    if not root or any(p in (".", "..") for p in PurePosixPath(root).parts):
+        raise UsageError(f"bad destination {text!r}: the path may not contain . or ..")
+    return spec, root
+
+
+class SshDestination(Destination):
+    """A folder on a host reached over SSH (Fabric): files travel over SFTP, checks run
+    ``sha256sum`` there. Needs a POSIX shell and coreutils on the host."""
+
+    def __init__(self, url: str, options: SshOptions = SshOptions()):
+        self.spec, self.root = parse_ssh_url(url)
+        self.url = url.rstrip("/") if url.rstrip("/") != "ssh:" else url
+        self.options = options
+        self._conn = None
+        self._sftp = None
+        self._dirs_ok: set[str] = set()
+
+    # connection -------------------------------------------------------------------------
+
+    def _connect(self):
+        from imgq import remote
+
+        if self._conn is not None and self._conn.transport is not None and self._conn.transport.is_active():
+            return self._conn, self._sftp
+        self.close()
+        try:
+            self._conn = remote.connect(
+                self.spec,
+                ssh_config=self.options.config,
+                accept_new_host_keys=self.options.accept_new_host_keys,
+                connect_timeout=self.options.connect_timeout,
+            )
+            self._sftp = remote.open_sftp(self._conn)
+        except HostUnreachable as e:
+            self.close()
+            raise DestinationUnavailable(f"{self.url}: {e}") from e
+        try:
+            st = self._sftp.stat(self.root)
+        except OSError as e:
+            raise DestinationUnavailable(f"{self.url}: {self.root} is not there ({e.strerror or e}); the destination folder must exist") from e
+        if not stat.S_ISDIR(st.st_mode):
+            raise DestinationUnavailable(f"{self.url}: {self.root} is not a folder")
+        return self._conn, self._sftp
+
+    def close(self) -> None:
+        for thing in (self._sftp, self._conn):
+            try:
+                if thing is not None:
+                    thing.close()
+            except Exception:
+                pass
+        self._sftp = self._conn = None
+        self._dirs_ok.clear()
+
+    def _error(self, exc: BaseException, doing: str) -> ImgqError:
+        """StorageError for what the remote file system refused; DestinationUnavailable
+        when the connection is the problem."""
+        import socket
+
+        if isinstance(exc, ImgqError):
+            return exc
+        conn = self._conn
+        alive = conn is not None and conn.transport is not None and conn.transport.is_active()
+        if alive and isinstance(exc, OSError) and not isinstance(exc, (socket.timeout, TimeoutError)):
+            return StorageError(f"{self.url}: {exc.strerror or exc or type(exc).__name__} while {doing}")
+        self.close()
+        return DestinationUnavailable(f"{self.url}: connection lost while {doing} ({type(exc).__name__}: {exc})")
+
+    def _sh(self, script: str, args: list[str], doing: str, timeout: float = 600.0):
+        from imgq import remote
+
+        conn, _ = self._connect()
+        try:
+            return remote.run(conn, ["sh", "-c", script, "sh", *args], timeout=timeout)
+        except HostUnreachable as e:
+            self.close()
+            raise DestinationUnavailable(f"{self.url}: {e} while {doing}") from e
+
+    def _abs(self, rel: str) -> str:
+        return str(PurePosixPath(self.root, *split_rel(rel)))
+
+    def _make_dir(self, parts: list[str]) -> str:
+        """root/parts, created as needed, every component checked not to be a symlink."""
+        _, sftp = self._connect()
+        path = PurePosixPath(self.root)
+        for part in parts:
+            path = path / check_component(part)
+            key = str(path)
+            if key in self._dirs_ok:
+                continue
+            try:
+                try:
+                    st = sftp.lstat(key)
+                except FileNotFoundError:
+                    try:
+                        sftp.mkdir(key, 0o755)
+                    except OSError:
+                        pass  # made meanwhile, or the lstat below says why not
+                    st = sftp.lstat(key)
+            except Exception as e:
+                raise self._error(e, f"creating folder {key}") from e
+            if not stat.S_ISDIR(st.st_mode):
+                raise StorageError(f"{self.url}: {key} is a symlink or not a folder; imgq never writes through one")
+            self._dirs_ok.add(key)
+        return str(path)
+
+    # the interface ----------------------------------------------------------------------
+
+    def put(self, source: Path, rel: str, *, sha256: str, size: int) -> None:
+        parts = split_rel(rel)
+        name = parts[-1]
+        folder = self._make_dir(parts[:-1])
+        _, sftp = self._connect()
+        final = f"{folder}/{name}"
+        tmp = f"{folder}/{temp_name(name)}"
+        try:
+            for entry in sftp.listdir(folder):
+                if is_temp_of(entry, name):
+                    sftp.remove(f"{folder}/{entry}")  # a killed copy's leftovers
+        except Exception as e:
+            raise self._error(e, f"listing {folder}") from e
+        try:
+            with _open_source(source) as src:
+                try:
+                    with sftp.open(tmp, "wbx") as out:
+                        out.set_pipelined(True)
+                        written, digest = _copy_hashing(src, out, str(source))
+                except Exception as e:
+                    err = self._error(e, f"writing {rel}")
+                    if type(err) is StorageError and self._full(size):
+                        err = DestinationUnavailable(f"{self.url}: no space left for {rel} ({size} bytes)")
+                    raise err from e
+            if (written, digest) != (size, sha256):
+                raise SourceUnavailable(f"{source} changed: it has {written} bytes, sha256 {digest[:12]}…, expected {size} bytes, {sha256[:12]}…")
+            r = self._sh(_SYNC_CHECK_SCRIPT, [tmp], f"verifying {rel}")
+            got = _parse_found(r.stdout.decode(errors="replace").strip())
+            if r.exit_status == 127 or got is None:
+                raise StorageError(f"{self.url}: cannot verify {rel}: {r.stderr.decode(errors='replace').strip() or 'no answer'} (the host needs sh, wc and sha256sum)")
+            if got != Found(size, sha256):
+                raise StorageError(f"{self.url}: {rel} did not verify after writing (read back {got.bytes} bytes, sha256 {got.sha256[:12]}…)")
+            try:
+                sftp.posix_rename(tmp, final)
+            except Exception as e:
+                raise self._error(e, f"renaming {rel} into place") from e
+            self._sh(_SYNC_DIR_SCRIPT, [folder], f"syncing {folder}")
+        except BaseException:
+            try:
+                if self._sftp is not None:
+                    self._sftp.remove(tmp)
+            except Exception:
+                pass
+            raise
+
+    def _full(self, size: int) -> bool:
+        try:
+            return self.free_bytes() < max(size, 1)
+        except ImgqError:
+            return False
+
+    def check(self, rels: Iterable[str]) -> dict[str, Found | None]:
+        rels = list(rels)
+        out: dict[str, Found | None] = {}
+        for i in range(0, len(rels), CHECK_BATCH):
+            batch = rels[i : i + CHECK_BATCH]
+            r = self._sh(_CHECK_SCRIPT, [self._abs(rel) for rel in batch], "checking copies")
+            lines = r.stdout.decode(errors="replace").splitlines()
+            if r.exit_status == 127 or len(lines) != len(batch):
+                raise StorageError(f"{self.url}: cannot check copies: {r.stderr.decode(errors='replace').strip() or 'unexpected answer'} (the host needs sh, wc and sha256sum)")
+            for rel, line in zip(batch, lines):
+                if line == "!":
+                    raise StorageError(f"{self.url}: cannot read {rel}")
+                out[rel] = None if line == "-" else _parse_found(line)
+        return out
+
+    def fetch(self, rel: str, local: Path) -> None:
+        _, sftp = self._connect()
+        try:
+            with sftp.open(self._abs(rel), "rb") as src, open(local, "xb") as out:
+                src.prefetch()
+                _copy_hashing(src, out)
+        except FileNotFoundError as e:
+            raise SourceUnavailable(f"{self.url}: {rel} is missing") from e
+        except Exception as e:
+            raise self._error(e, f"downloading {rel}") from e
+
+    def free_bytes(self) -> int:
+        r = self._sh(_DF_SCRIPT, [self.root], "asking for free space")
+        fields = r.stdout.decode(errors="replace").split()
+        try:
+            return int(fields[3]) * 1024
+        except (IndexError, ValueError):
+            raise StorageError(f"{self.url}: cannot read free space from df: {r.stdout!r} {r.stderr!r}")
+
+
+def _parse_found(line: str) -> Found | None:
+    m = re.fullmatch(r"(\d+) ([0-9a-f]{64})", line.strip())
+    return Found(int(m.group(1)), m.group(2)) if m else None
+
+
+# --- choosing one ---------------------------------------------------------------------------
+
+
+def canonical(text: str) -> str:
+    """The form a destination is recorded under: an absolute path, or the ssh:// URL."""
+    if text.startswith("ssh://"):
+        parse_ssh_url(text)
+        return text.rstrip("/")
+    if "://" in text:
+        raise UsageError(f"unsupported destination {text!r}: use a local folder or ssh://[user@]host[:port]/path")
+    if not text:
+        raise UsageError("empty destination")
+    return os.path.abspath(os.path.expanduser(text))
+
+
+def open_destination(text: str, ssh: SshOptions = SshOptions()) -> Destination:
+    """A destination for ``text`` (a local folder or ssh://...); connects lazily."""
+    url = canonical(text)
+    if url.startswith("ssh://"):
+        return SshDestination(url, ssh)
+    return LocalDestination(url)
