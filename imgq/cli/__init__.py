@@ -16,7 +16,7 @@ import typer
 from imgq import __version__
 from imgq.cli import common, enqueue, log, retry, scan, status, work
 from imgq.cli import publish, report
-from imgq.cli import archive, collect
+from imgq.cli import archive, collect, run
 from imgq.errors import Exit, ImgqError
 
 app = typer.Typer(
@@ -54,7 +54,7 @@ def _root(
     common.state["debug"] = debug or os.environ.get("IMGQ_DEBUG") == "1"
 
 
-for module, name in [(scan, "scan"), (enqueue, "enqueue"), (work, "work"), (status, "status"), (log, "log"), (retry, "retry"), (publish, "publish"), (report, "report"), (archive, "archive"), (collect, "collect")]:
+for module, name in [(scan, "scan"), (enqueue, "enqueue"), (work, "work"), (status, "status"), (log, "log"), (retry, "retry"), (publish, "publish"), (report, "report"), (archive, "archive"), (collect, "collect"), (run, "run")]:
     app.command(name, epilog=module.EPILOG)(getattr(module, name))
 
 

@@ -1,0 +1,119 @@
+"""imgq run INBOX… --to DEST…"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from imgq import pipeline
+from imgq.cli import common
+from imgq.cli.archive import AcceptNewOpt, SshConfigOpt, ToOpt, close_all, destination_texts, open_all, ssh_options
+from imgq.errors import UsageError
+
+EPILOG = """\b
+Examples:
+  imgq run ~/Dropbox/dig-photos --to /mnt/backup --to ssh://nas/srv/photos
+  imgq run --config /etc/imgq.toml /srv/inbox      # destinations from imgq.toml
+\b
+crontab (every 10 minutes; a run still busy makes the next one exit quietly):
+  */10 * * * * cd /srv/imgq && imgq run /srv/inbox --to /mnt/backup --to ssh://nas/photos
+"""
+
+STEPS = ("run", "scan", "enqueue", "archive", "collect")
+
+
+def run(
+    inboxes: Annotated[list[Path], typer.Argument(help="Inbox folders: one subfolder per photographer.", metavar="INBOX...", show_default=False)],
+    to: ToOpt = None,
+    processes: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Local worker processes (default: all cores).", min=1, show_default=False)] = None,
+    recipe: Annotated[Optional[list[str]], typer.Option("--recipe", "-r", help="Recipe for new photos (repeatable; default: default).", metavar="NAME", show_default=False)] = None,
+    min_copies: Annotated[Optional[int], typer.Option("--min-copies", help="Copies that must verify before an original is deleted (default: one at every destination).", min=1, metavar="N", show_default=False)] = None,
+    no_collect: Annotated[bool, typer.Option("--no-collect", help="Archive, but leave every original in the inbox.")] = False,
+    settle: Annotated[Optional[float], typer.Option(help="Skip files modified less than this many seconds ago (default 2, or `settle` in imgq.toml).", metavar="SECONDS", show_default=False)] = None,
+    ssh_config: SshConfigOpt = None,
+    accept_new_host_keys: AcceptNewOpt = False,
+    db: common.DbOpt = None,
+    config: common.ConfigOpt = None,
+    json: common.JsonOpt = False,
+    wait: common.WaitOpt = False,
+) -> None:
+    """Run the whole pipeline once: scan, enqueue, work, archive, collect.
+
+    The one-line cron job. Every step runs even if an earlier one failed for some files
+    (a bad photo never keeps the good ones in the inbox). Prints the id of each file
+    archived by this run (--json: one object per step with its counts). Exits 0 if
+    nothing failed in this run, 1 otherwise; a second run on an unchanged inbox changes
+    nothing and exits 0. Overlapping runs: the second exits quietly (or --wait).
+    """
+    settings = common.settings_for(db, config)
+    if settle is not None:
+        settings.settle = settle
+    urls = destination_texts(to, settings)
+    if not urls:
+        raise UsageError("no destination: give --to DEST, or set destinations = [...] in imgq.toml")
+    chains = {}
+    for name in recipe or ["default"]:
+        if name not in settings.recipes:
+            raise UsageError(f"unknown recipe {name!r}; known: {', '.join(sorted(settings.recipes))}")
+        chains[name] = settings.recipes[name]
+    database = common.open_db(settings)
+    dests = open_all(urls, ssh_options(ssh_config, accept_new_host_keys))
+    opts = pipeline.RunOptions(
+        inboxes=inboxes,
+        destinations=list(dests.values()),
+        processes=processes or os.cpu_count() or 1,
+        recipes=chains,
+        min_copies=min_copies,
+        collect=not no_collect,
+    )
+
+    def on_step(step: str, result) -> None:
+        if json:
+            partial = pipeline.RunReport(**({"enqueued": result} if step == "enqueue" else {step: result}))
+            common.out_json({"step": step, **partial.counts()[step]})
+        if step == "scan":
+            for f in result.failed:
+                common.warn(f"{f.path}: {f.reason}")
+        elif step == "archive":
+            if not json:
+                for file_id in result.archived:
+                    common.out(file_id)
+            for f in result.failed:
+                if not f.down:
+                    common.warn(f"archive: {f.file_id}: {f.error}")
+            for url, why in sorted(result.down.items()):
+                common.warn(f"archive: destination unavailable: {why}")
+        elif step == "collect":
+            for v in result.problems:
+                common.warn(f"collect: keeping {v.path}: {v.reason}")
+
+    def on_work(r: tuple) -> None:
+        if r[0] == "failed":
+            common.warn(f"work: failed: {r[3]}")
+
+    try:
+        with contextlib.ExitStack() as locks:
+            for step in STEPS:
+                locks.enter_context(common.step_lock(settings, step, wait))
+            with common.recorded_run(database, "run", {"inboxes": [str(p) for p in inboxes], "to": urls}) as rec:
+                started = time.time()
+                report = pipeline.run(database, settings, opts, on_step=on_step, on_work=on_work)
+                rec["counts"] = report.counts()
+                rec["counts"]["seconds"] = round(time.time() - started, 3)
+                if common.is_tty():
+                    c = report.counts()
+                    common.stderr().print(
+                        "run: " + "; ".join(f"{step} " + ", ".join(f"{k} {v}" for k, v in vals.items() if not isinstance(v, list)) for step, vals in c.items()),
+                        markup=False,
+                    )
+                code = report.exit_code
+                if code:
+                    rec["exit_code"] = code
+                    raise typer.Exit(code)
+    finally:
+        close_all(dests)

@@ -1,0 +1,128 @@
+"""The whole pipeline once: scan -> enqueue -> work -> archive -> collect.
+
+``imgq run`` is the one-line cron job. Each step is the same library call its own
+command makes, in order, on one database; a step that fails for some items does not stop
+the later steps (a bad photo must not keep good ones in the inbox), and the exit code
+summarises the run. Run twice on an unchanged inbox, the second run changes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from imgq import archive as archive_step
+from imgq import collect as collect_step
+from imgq import inbox, queue, worker
+from imgq.config import Settings
+from imgq.database import DB
+from imgq.destinations import Destination, LocalDestination
+from imgq.errors import Exit
+from imgq.journal import Actor
+
+
+@dataclasses.dataclass
+class RunOptions:
+    inboxes: Sequence[Path]
+    destinations: Sequence[Destination]
+    processes: int = 1
+    recipes: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
+    min_copies: int | None = None
+    collect: bool = True
+
+
+@dataclasses.dataclass
+class RunReport:
+    scan: inbox.ScanReport | None = None
+    enqueued: list[queue.EnqueueResult] = dataclasses.field(default_factory=list)
+    work: worker.WorkSummary | None = None
+    archive: archive_step.ArchiveReport | None = None
+    collect: collect_step.CollectReport | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """0 when nothing failed in this run; 130 if interrupted; 1 otherwise."""
+        if self.work is not None and self.work.interrupted:
+            return 130
+        failed = bool(
+            (self.scan and self.scan.failed)
+            or (self.work and self.work.failed)
+            or (self.archive and self.archive.failed)
+            or (self.collect and self.collect.problems)
+        )
+        return int(Exit.SOME_FAILED if failed else Exit.OK)
+
+    def counts(self) -> dict:
+        out: dict = {}
+        if self.scan is not None:
+            out["scan"] = {"new": len(self.scan.new_ids), "failed": len(self.scan.failed), "duplicates": sum(f.state == "duplicate" for f in self.scan.found)}
+        out["enqueue"] = {"files": sum(bool(r.created) for r in self.enqueued), "jobs": sum(len(r.created) for r in self.enqueued)}
+        if self.work is not None:
+            out["work"] = {"done": self.work.done, "failed": len(self.work.failed), "processed": len(self.work.processed)}
+        if self.archive is not None:
+            out["archive"] = archive_step.summary(self.archive)
+        if self.collect is not None:
+            out["collect"] = collect_step.summary(self.collect)
+        return out
+
+
+def run(
+    db: DB,
+    settings: Settings,
+    opts: RunOptions,
+    *,
+    clock: Callable[[], float] = time.time,
+    on_step: Callable[[str, object], None] = lambda step, result: None,
+    on_work: Callable[[tuple], None] = lambda r: None,
+) -> RunReport:
+    """Run every step once; ``on_step(name, result)`` after each."""
+    report = RunReport()
+    skip = [settings.store_dir] + [Path(d.url) for d in opts.destinations if isinstance(d, LocalDestination)]
+    report.scan = inbox.scan(
+        db,
+        opts.inboxes,
+        now=clock(),
+        settle=settings.settle,
+        default_owner=settings.default_owner,
+        max_pixels=settings.max_pixels,
+        skip_dirs=skip,
+        actor=Actor(name="run:scan"),
+    )
+    on_step("scan", report.scan)
+
+    fresh = [r[0] for r in db.all("SELECT id FROM files WHERE state = 'seen' ORDER BY created_at, id")]
+    if fresh:
+        report.enqueued = queue.enqueue(db, fresh, opts.recipes, now=clock(), max_attempts=settings.max_attempts, actor=Actor(name="run:enqueue"))
+    on_step("enqueue", report.enqueued)
+
+    if db.one("SELECT 1 FROM jobs WHERE state IN ('ready', 'leased') LIMIT 1"):
+        report.work = worker.work(settings, worker.WorkOptions(processes=opts.processes, mode="drain"), on_report=on_work)
+        on_step("work", report.work)
+        if report.work.interrupted:
+            return report
+
+    report.archive = archive_step.archive(
+        db,
+        opts.destinations,
+        store_dir=settings.store_dir,
+        clock=clock,
+        actor=Actor(name="run:archive"),
+        backoff=settings.backoff_seconds,
+        backoff_max=settings.backoff_max_seconds,
+    )
+    on_step("archive", report.archive)
+
+    if opts.collect:
+        by_url = {d.url: d for d in opts.destinations}
+        report.collect = collect_step.collect(
+            db,
+            by_url,
+            required=list(by_url),
+            min_copies=opts.min_copies,
+            clock=clock,
+            actor=Actor(name="run:collect"),
+        )
+        on_step("collect", report.collect)
+    return report

@@ -1,0 +1,89 @@
+"""imgq run: the whole pipeline once, from cron; twice changes nothing."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+from imgq import samples
+
+
+def q(db_path, sql, *params):
+    with sqlite3.connect(db_path) as c:
+        return c.execute(sql, params).fetchall()
+
+
+def tree(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in sorted(root.rglob("*"))}
+
+
+def test_run_twice_archives_collects_and_then_changes_nothing(tmp_path, inbox, run_imgq, db_path):
+    a, b = tmp_path / "A", tmp_path / "B"
+    a.mkdir(), b.mkdir()
+    first = run_imgq("run", inbox, "--to", a, "--to", b, "-j2")
+    assert first.returncode == 1  # the truncated JPEG failed; everything else went through
+    assert "truncated" in first.stderr
+    states = dict(q(db_path, "SELECT path, state FROM files"))
+    [broken] = [p for p in states if "truncated" in p]
+    assert states.pop(broken) == "failed"
+    assert set(states.values()) == {"collected"}, states
+    archived = first.stdout.split()
+    assert len(archived) == len(states) - 1  # the duplicate is collected, never archived
+    # what is left in the inbox: the failed file and the photographers' folders
+    left = [p for p in Path(inbox).rglob("*") if p.is_file()]
+    assert left == [Path(inbox) / broken]
+    assert {p.name for p in Path(inbox).iterdir()} == {"alice", "bob", "carol"}
+    for dest in (a, b):
+        originals = q(db_path, "SELECT count(*) FROM copies WHERE destination = ? AND artifact_id IS NULL", str(dest))[0][0]
+        assert originals == len(archived)
+    [counts] = [json.loads(c) for (c,) in q(db_path, "SELECT counts FROM runs WHERE command = 'run'")]
+    assert counts["archive"]["archived"] == len(archived) and counts["collect"]["deleted"] == len(states)
+
+    snapshot = tree(Path(inbox)), tree(a), tree(b), q(db_path, "SELECT count(*) FROM events"), q(db_path, "SELECT * FROM copies")
+    second = run_imgq("run", inbox, "--to", a, "--to", b, "-j2")
+    assert second.returncode == 0, second.stderr
+    assert second.stdout == "" and second.stderr == ""
+    assert (tree(Path(inbox)), tree(a), tree(b), q(db_path, "SELECT count(*) FROM events")) == snapshot[:4]
+    # copies were read again by collect? no: nothing was left to collect, nothing was touched
+    assert q(db_path, "SELECT * FROM copies") == snapshot[4]
+
+
+def test_run_from_a_config_file_with_json_steps(tmp_path, run_imgq, db_path):
+    root = samples.make_inbox(tmp_path / "inbox", photographers=("alice",), per_owner=2, size=(320, 240), with_broken=False, with_duplicate=False, with_rotated=False, with_loose=False)
+    conf = tmp_path / "etc" / "imgq.toml"
+    conf.parent.mkdir()
+    conf.write_text('destinations = ["../archive"]\n')
+    (tmp_path / "archive").mkdir()
+    r = run_imgq("run", "--config", conf, "--json", root, "-j1")
+    assert r.returncode == 0, r.stderr
+    steps = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [s["step"] for s in steps] == ["scan", "enqueue", "work", "archive", "collect"]
+    assert steps[0]["new"] == 2 and steps[3]["archived"] == 2 and steps[4]["deleted"] == 2
+    assert len(list((tmp_path / "archive").rglob("IMG_000?.jpg"))) == 2
+
+
+def test_run_keeps_originals_when_a_destination_is_missing(tmp_path, run_imgq, db_path):
+    root = samples.make_inbox(tmp_path / "inbox", photographers=("alice",), per_owner=1, size=(320, 240), with_broken=False, with_duplicate=False, with_rotated=False, with_loose=False)
+    (tmp_path / "A").mkdir()
+    r = run_imgq("run", root, "--to", tmp_path / "A", "--to", tmp_path / "unplugged-usb")
+    assert r.returncode == 1 and "unplugged-usb" in r.stderr
+    assert (Path(root) / "alice" / "IMG_0001.jpg").exists()
+    assert q(db_path, "SELECT state FROM files") == [("processed",)]
+
+
+def test_overlapping_runs_and_usage(tmp_path, inbox, run_imgq, db_path):
+    (tmp_path / "A").mkdir()
+    assert run_imgq("run", inbox).returncode == 2  # no destination anywhere
+    assert run_imgq("run", "--to", tmp_path / "A").returncode == 2  # no inbox
+    run_imgq("status")
+    fd = os.open(str(db_path) + "-run.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        r = run_imgq("run", inbox, "--to", tmp_path / "A")
+        assert r.returncode == 0 and r.stdout == "" and "another" in r.stderr
+        assert q(db_path, "SELECT count(*) FROM files") == [(0,)]
+    finally:
+        os.close(fd)
