@@ -156,7 +156,7 @@ def _collect(db: DB, store_dir: Path, options: PublishOptions, report: PublishRe
             if not sources:
                 report.skipped.append((f["id"], f"{role} artifact {a['path']} is missing from the store"))
                 continue
-            ext = (Path(a["path"]).suffix.lstrip(".").lower() or "img")[:5]
+            ext = (os.path.splitext(a["path"])[1].lstrip(".").lower() or "img")[:5]
             rel = f"img/{pslug}.{slug(role, dots=False)}-{a['sha256'][:10]}.{ext if ext.isalnum() else 'img'}"
             images[role] = H.Image(rel=rel, width=a["width"], height=a["height"], bytes=a["bytes"])
             outputs[rel] = _Output(sha256=a["sha256"], bytes=a["bytes"], sources=sources, file_id=f["id"])
@@ -173,7 +173,7 @@ def _collect(db: DB, store_dir: Path, options: PublishOptions, report: PublishRe
             H.Photo(
                 id=f["id"],
                 slug=pslug,
-                name=Path(f["path"]).name or f["id"],
+                name=os.path.basename(f["path"]) or f["id"],
                 owner=owner,
                 owner_slug=oslug,
                 day=taken[:10] if taken and DAY.fullmatch(taken[:10]) else "undated",
@@ -233,9 +233,9 @@ def _count_faces(value) -> int | None:
 def _artifact_sources(store_dir: Path, artifact: dict, copies: list[dict]) -> list[tuple[Path, bool]]:
     """Where an artifact's bytes can be taken from: the store, then local archived copies."""
     found = []
-    path = store_dir / artifact["path"]
-    if path.is_file():
-        found.append((path, True))
+    path = os.path.join(store_dir, artifact["path"])
+    if os.path.isfile(path):
+        found.append((Path(path), True))
     for c in copies:
         if c["sha256"] != artifact["sha256"] or "://" in c["destination"]:
             continue
@@ -325,11 +325,11 @@ def _apply(out: Path, outputs: dict[str, _Output], options: PublishOptions, repo
     changed: set[str] = set()
     failed: set[str] = set()
     for rel, o in sorted(outputs.items()):
-        target = out / rel
         known = old.get(rel)
-        if known and known.get("sha256") == o.sha256 and _size(target) == o.bytes:
+        if known and known.get("sha256") == o.sha256 and _size(os.path.join(out, rel)) == o.bytes:
             report.unchanged += 1
             continue
+        target = out / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         if o.data is not None:
             _write(target, o.data)
@@ -361,7 +361,7 @@ def _apply(out: Path, outputs: dict[str, _Output], options: PublishOptions, repo
     files = {rel: {"sha256": o.sha256, "bytes": o.bytes} for rel, o in outputs.items() if rel not in failed}
     files.update({rel: previous[rel] for rel in failed if rel in previous})
     manifest = {"version": MANIFEST_VERSION, "files": dict(sorted(files.items()))}
-    data = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
+    data = (json.dumps(manifest, separators=(",", ":"), sort_keys=True) + "\n").encode()
     if _read_bytes(out / MANIFEST) != data:
         _write(out / MANIFEST, data, sync=True)
     report.changed = sorted(changed)
@@ -381,7 +381,7 @@ def _read_bytes(path: Path) -> bytes | None:
         return None
 
 
-def _size(path: Path) -> int | None:
+def _size(path: str | Path) -> int | None:
     try:
         st = os.stat(path, follow_symlinks=False)
     except OSError:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import html
+import re
 import urllib.parse
 
 CSS = """\
@@ -47,14 +49,29 @@ CSP = "script-src 'none'; object-src 'none'; base-uri 'none'; form-action 'none'
 
 def esc(text) -> str:
     """Text made safe for HTML content and for quoted attribute values."""
-    return html.escape("" if text is None else str(text), quote=True)
+    return _esc(text) if isinstance(text, str) else html.escape("" if text is None else str(text), quote=True)
+
+
+@functools.lru_cache(maxsize=65536)
+def _esc(text: str) -> str:
+    # the same names, owners and days recur on many pages
+    return html.escape(text, quote=True)
+
+
+_PLAIN = re.compile(r"[A-Za-z0-9._~-]*")
+
+
+@functools.lru_cache(maxsize=65536)
+def _segment(s: str) -> str:
+    # most segments are our own plain names: skip the (slow) general path for them
+    return s if _PLAIN.fullmatch(s) else esc(urllib.parse.quote(s, safe=""))
 
 
 def href(*segments: str) -> str:
     """A relative URL from path segments, each percent-encoded, escaped for an attribute.
 
     ``..`` is kept as a segment (it only ever comes from the page's own depth)."""
-    return esc("/".join(s if s == ".." else urllib.parse.quote(s, safe="") for s in segments))
+    return "/".join(_segment(s) for s in segments)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +145,7 @@ def human_bytes(n: int | None) -> str:
     return f"{n} bytes"  # not reached
 
 
+@functools.lru_cache(maxsize=4096)
 def day_title(day: str) -> str:
     try:
         d = dt.date.fromisoformat(day)

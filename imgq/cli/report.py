@@ -23,7 +23,7 @@ Examples:
 def report(
     run: Annotated[Optional[int], typer.Option("--run", help="Report on this run (an id from the runs table).", metavar="ID", show_default=False)] = None,
     since: Annotated[Optional[str], typer.Option("--since", help="Report on everything from TIME until now: ISO time (local unless it has Z or an offset) or a duration such as 30m, 1h, 2d.", metavar="TIME", show_default=False)] = None,
-    failures: Annotated[int, typer.Option("--failures", help="How many failures the text lists (--json lists all).", min=0)] = 50,
+    failures: Annotated[int, typer.Option("--failures", help="How many failures the text lists (--json lists all).", min=0, metavar="N")] = 50,
     db: common.DbOpt = None,
     config: common.ConfigOpt = None,
     json: Annotated[bool, typer.Option("--json", help="Write the report as one JSON object.")] = False,
