@@ -474,3 +474,24 @@ def test_gallery_in_headless_chromium(site, run_imgq, db_path, serve):
         rgb = np.asarray(im.convert("RGB")).astype(int)
     colourful = int(((rgb.max(axis=2) - rgb.min(axis=2)) > 60).sum())
     assert colourful > 6 * 120 * 90 * 0.3, colourful  # six 120x90 thumbnails, mostly colour
+
+
+def test_publish_after_a_real_archive(site, run_imgq, db_path):
+    """`imgq archive` records the copies; the photo pages link to the originals there,
+    and archived files (state archived) stay in the gallery."""
+    dest = site / "archive"
+    dest.mkdir()
+    r = run_imgq("archive", "--to", dest)
+    assert r.returncode == 0, r.stderr
+    archived = set(r.stdout.split())
+    assert archived and {i for (i,) in q(db_path, "SELECT id FROM files WHERE state = 'archived'")} == archived
+    r = run_imgq("publish", "out", "--json")
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(line) for line in r.stdout.splitlines()]
+    assert {x["id"] for x in lines} == archived | {i for (i,) in q(db_path, "SELECT id FROM files WHERE state = 'processed'")}
+    assert all(Path(x["page"]).is_file() for x in lines)
+    page = (site / "out" / page_of(db_path, HOSTILE_NAME)).read_text()
+    [(copy_path,)] = q(db_path, "SELECT c.path FROM copies c JOIN files f ON f.id = c.file_id WHERE c.artifact_id IS NULL AND f.path LIKE ?", "%" + HOSTILE_NAME)
+    original = (dest / copy_path) if not Path(copy_path).is_absolute() else Path(copy_path)
+    assert original.is_file() and f'href="{html.escape(original.as_uri())}"' in page
+    check_links(site / "out")

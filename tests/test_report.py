@@ -203,3 +203,17 @@ def test_report_usage_errors(run_imgq, tmp_path):
     assert run_imgq("report", "--run", "1", "--since", "1h").returncode == 2
     r = run_imgq("work", "--drain", "--report", "no/such/folder/r.json")
     assert r.returncode == 2 and "does not exist" in r.stderr
+
+
+def test_report_on_an_archive_run(worked, run_imgq, db_path, tmp_path):
+    dest = tmp_path / "archive"
+    dest.mkdir()
+    assert run_imgq("archive", "--to", dest).returncode == 0
+    [(run_id,)] = q(db_path, "SELECT id FROM runs WHERE command = 'archive'")
+    rep = json.loads(run_imgq("report", "--run", str(run_id), "--json").stdout)
+    copies, size = q(db_path, "SELECT count(*), sum(bytes) FROM copies")[0]
+    assert rep["bytes"]["copies"] == copies > 0 and rep["bytes"]["archived"] == size
+    assert rep["outputs"]["destinations"] == [str(dest)]
+    assert rep["photos"]["files"]["archived"] == q(db_path, "SELECT count(*) FROM files WHERE state = 'archived'")[0][0]
+    assert rep["jobs"]["done"] == 0
+    assert f"archived ({copies} copies)" in run_imgq("report", "--run", str(run_id)).stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -57,7 +58,7 @@ def publish(
         report = gallery.publish(database, out, store_dir=settings.store_dir, options=options)
         pages = {pid: f"photo/{gallery.slug(pid)}.html" for pid in report.changed}
         for pid in report.changed:
-            common.out_json({"id": pid, "page": str(out / pages[pid])}) if json else common.out(pid)
+            common.out_json({"id": pid, "page": os.path.abspath(out / pages[pid])}) if json else common.out(pid)
         for pid, why in report.skipped:
             common.warn(f"{pid}: {why}")
         run["counts"] = {
