@@ -34,6 +34,8 @@ class Settings:
         default_factory=lambda: {k: dict(v) for k, v in DEFAULT_RECIPES.items()}
     )
     destinations: list[str] = dataclasses.field(default_factory=list)
+    # the recipes `imgq enqueue` applies when given no --recipe or --op
+    enqueue: list[str] = dataclasses.field(default_factory=lambda: ["default"])
     config_path: Path | None = None
 
     @property
@@ -71,7 +73,9 @@ def load_settings(config: Path | None = None, db: str | None = None) -> Settings
     """Settings from the defaults and an optional imgq.toml.
 
     The file has top-level keys matching ``Settings`` fields, a ``[recipes.NAME]`` table
-    per recipe (artifact = "chain") and ``destinations = [...]`` for archive/collect.
+    per recipe (artifact = "chain", plus options such as ``on_no_faces = "skip"``),
+    ``enqueue = [...]`` (the recipes ``imgq enqueue`` applies by default) and
+    ``destinations = [...]`` for archive/collect.
     """
     s = Settings()
     if config is not None:
@@ -97,10 +101,17 @@ def load_settings(config: Path | None = None, db: str | None = None) -> Settings
                     s.recipes[name] = dict(chains)
             elif key == "destinations":
                 s.destinations = [str(d) for d in value]
+            elif key == "enqueue":
+                if not isinstance(value, list) or not value or not all(isinstance(n, str) for n in value):
+                    raise UsageError(f'{config}: enqueue must be a list of recipe names, e.g. enqueue = ["default", "people"]')
+                s.enqueue = list(dict.fromkeys(value))
             elif key == "db":
                 s.db = Path(value)
             else:
                 raise UsageError(f"{config}: unknown setting {key!r}")
+        unknown = [n for n in s.enqueue if n not in s.recipes]
+        if unknown:
+            raise UsageError(f"{config}: enqueue names unknown recipe(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(s.recipes))}")
     if db is not None:
         s.db = Path(db)
     elif os.environ.get("IMGQ_DB"):

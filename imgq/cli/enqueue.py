@@ -9,7 +9,7 @@ import typer
 
 from imgq import queue, recipes
 from imgq.cli import common
-from imgq.errors import Exit, UsageError
+from imgq.errors import Exit, UnknownOperation, UsageError
 from imgq.journal import Actor
 
 EPILOG = """\b
@@ -18,12 +18,13 @@ Examples:
   imgq enqueue                      # every photo not yet enqueued
   imgq enqueue --recipe default alice_1700000000_IMG_0001.jpg
   imgq enqueue --op thumb --op 'fit:1920x1080' -
+  imgq enqueue --op 'web|brightness=1.2|sharpness=1.5' --op 'web|faces'
 """
 
 
 def enqueue(
     ids: Annotated[Optional[list[str]], typer.Argument(help="File ids, or - to read them from stdin. None: every seen file.", metavar="[IDS | -]", show_default=False)] = None,
-    recipe: Annotated[Optional[list[str]], typer.Option("--recipe", "-r", help="Recipe to apply (repeatable; default: default). `imgq recipes` lists them.", metavar="NAME", show_default=False)] = None,
+    recipe: Annotated[Optional[list[str]], typer.Option("--recipe", "-r", help="Recipe to apply (repeatable; default: the enqueue list of imgq.toml, else default). `imgq recipes` lists them.", metavar="NAME", show_default=False)] = None,
     op: Annotated[Optional[list[str]], typer.Option("--op", help="An operation chain giving one artifact, e.g. 'web|sharpness=1.5' (repeatable).", metavar="CHAIN", show_default=False)] = None,
     max_attempts: Annotated[Optional[int], typer.Option("--max-attempts", help="Attempts before a transiently failing job fails (default 5).", min=1, show_default=False)] = None,
     db: common.DbOpt = None,
@@ -34,22 +35,25 @@ def enqueue(
     """Create one job per file per recipe; files that already have that job get none.
 
     A recipe's parameters are part of the job's identity: editing a recipe in imgq.toml
-    and enqueueing again creates jobs for exactly the files it affects. Prints the id of
-    each file that got a new job.
+    and enqueueing again creates jobs for exactly the files it affects. Without --recipe
+    or --op, the recipes listed by `enqueue = [...]` in imgq.toml are applied (default:
+    just "default"). Prints the id of each file that got a new job.
     """
     settings = common.settings_for(db, config)
     wanted = common.read_ids(ids)
     chains_by_recipe: dict[str, dict[str, str]] = {}
-    for name in recipe or ([] if op else ["default"]):
+    for name in recipe or ([] if op else settings.enqueue):
         if name not in settings.recipes:
             raise UsageError(f"unknown recipe {name!r}; known: {', '.join(sorted(settings.recipes))}")
         chains_by_recipe[name] = settings.recipes[name]
     if op:
         chains = {recipes.artifact_name_for(c): c for c in op}
         chains_by_recipe["ops:" + "+".join(chains)] = chains
-    for chains in chains_by_recipe.values():
-        for chain in chains.values():
-            recipes.parse_chain(chain)  # unknown operations are a usage error, before any job exists
+    for name, chains in chains_by_recipe.items():
+        try:
+            recipes.normalize_recipe(chains)  # a bad chain or option is a usage error, before any job exists
+        except UnknownOperation as e:
+            raise UsageError(f"recipe {name!r}: {e}") from None
     if max_attempts is not None:
         settings.max_attempts = max_attempts
     database = common.open_db(settings)
