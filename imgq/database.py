@@ -211,8 +211,49 @@ def _m2_archive(db: "sqlite_utils.Database") -> None:
     )
 
 
+def _m3_faces(db: "sqlite_utils.Database") -> None:
+    # One row per artifact of a done job whose chain ran a `faces` step: how many faces
+    # it found, in a frame of width x height pixels (the image the boxes refer to). A
+    # scan with 0 faces is a fact too: "looked, nobody there".
+    db["face_scans"].create(
+        {
+            "id": int,
+            "file_id": str,
+            "job_id": int,
+            "artifact": str,
+            "faces": int,
+            "width": int,
+            "height": int,
+            "at": float,
+        },
+        pk="id",
+        foreign_keys=[("file_id", "files", "id"), ("job_id", "jobs", "id")],
+        not_null={"file_id", "job_id", "artifact", "faces", "at"},
+    )
+    db["face_scans"].create_index(["job_id", "artifact"], unique=True)
+    db["face_scans"].create_index(["file_id"])
+    # One row per face found: its box in the scan's frame.
+    db["faces"].create(
+        {"id": int, "scan_id": int, "file_id": str, "job_id": int, "x": int, "y": int, "w": int, "h": int},
+        pk="id",
+        foreign_keys=[("scan_id", "face_scans", "id"), ("file_id", "files", "id"), ("job_id", "jobs", "id")],
+        not_null={"scan_id", "file_id", "job_id", "x", "y", "w", "h"},
+    )
+    db["faces"].create_index(["file_id"])
+    db["faces"].create_index(["scan_id"])
+    # Labels on a file that are not states (its lifecycle is fixed): e.g. no_faces, set by
+    # a recipe with on_no_faces = "tag" or "skip". `source` names what set it (a recipe).
+    db["tags"].create(
+        {"id": int, "file_id": str, "tag": str, "source": str, "job_id": int, "detail": str, "at": float},
+        pk="id",
+        foreign_keys=[("file_id", "files", "id"), ("job_id", "jobs", "id")],
+        not_null={"file_id", "tag", "source", "at"},
+    )
+    db["tags"].create_index(["file_id", "tag", "source"], unique=True)
+    db["tags"].create_index(["tag"])
 
-MIGRATIONS: list[Callable[["sqlite_utils.Database"], None]] = [_m1_core, _m2_archive]
+
+MIGRATIONS: list[Callable[["sqlite_utils.Database"], None]] = [_m1_core, _m2_archive, _m3_faces]
 
 
 def schema_version(conn: sqlite3.Connection) -> int:

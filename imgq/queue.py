@@ -14,7 +14,7 @@ import random
 import secrets
 from collections.abc import Iterable, Sequence
 
-from imgq import journal, recipes
+from imgq import faces, journal, recipes
 from imgq.database import DB
 from imgq.errors import InvalidTransition
 from imgq.journal import Actor, JobChange
@@ -240,6 +240,7 @@ def settle(
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [(c.job_id, c.file_id, a.name, a.path, a.sha256, a.bytes, a.width, a.height, now) for a in o.artifacts or []],
                 )
+                faces.record(db, job_id=c.job_id, file_id=c.file_id, recipe=c.recipe, spec=c.spec, result=o.result, artifacts=o.artifacts or [], now=now)
                 out.done.append(c.job_id)
                 left = db.one("SELECT count(*) FROM jobs WHERE file_id = ? AND state != 'done'", (c.file_id,))[0]
                 state = db.one("SELECT state FROM files WHERE id = ?", (c.file_id,))["state"]

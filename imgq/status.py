@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from imgq import faces
 from imgq.database import DB
 from imgq.journal import FILE_STATES, JOB_STATES
 
@@ -63,8 +64,10 @@ def snapshot(db: DB, *, now: float, failures: int = 10) -> dict:
         "eta_seconds": eta,
         "failures": recent,
         "retrying": retrying,
+        "faces": faces.summary(db),
         **archive_and_collect(db, now=now, limit=failures),
     }
+
 
 def archive_and_collect(db: DB, *, now: float, limit: int = 10) -> dict:
     """Per destination: copies held and copy tasks failing or in backoff; the originals

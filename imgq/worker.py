@@ -22,7 +22,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from imgq import imaging, queue, store
+from imgq import faces, imaging, queue, recipes, store
 from imgq.config import Settings
 from imgq.database import DB
 from imgq.errors import ImgqError, classify
@@ -57,16 +57,22 @@ def process(claim: queue.Claim, settings: Settings) -> queue.Outcome:
     src = Path(claim.inbox) / claim.path
     started = time.monotonic()
     try:
-        rendered = imaging.render(src, claim.spec, max_pixels=settings.max_pixels)
-        artifacts = []
+        chains, options = recipes.split_spec(claim.spec)
+        rendered = imaging.render(src, chains, max_pixels=settings.max_pixels)
         result: dict = {}
         for name, r in rendered.items():
-            rel = store.artifact_path(claim.file_id, name, claim.spec_hash)
-            saved = imaging.save(r, settings.store_dir / rel, quality=settings.jpeg_quality)
-            artifacts.append(queue.Artifact(name, rel, saved.sha256, saved.bytes, saved.width, saved.height))
             facts = getattr(r, "facts", None)
             if facts:
-                result[name] = facts
+                # face boxes are in the rendered image's pixels: say which frame that is
+                result[name] = dict(facts, frame=list(r.image.size)) if "faces" in facts else facts
+        artifacts = []
+        if faces.skips(options, result):
+            result["skipped"] = "no faces found (on_no_faces = skip): no artifacts kept"
+        else:
+            for name, r in rendered.items():
+                rel = store.artifact_path(claim.file_id, name, claim.spec_hash)
+                saved = imaging.save(r, settings.store_dir / rel, quality=settings.jpeg_quality)
+                artifacts.append(queue.Artifact(name, rel, saved.sha256, saved.bytes, saved.width, saved.height))
         result["seconds"] = round(time.monotonic() - started, 4)
         return queue.Outcome(claim, artifacts=artifacts, result=result)
     except ImgqError as e:

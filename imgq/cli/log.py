@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from imgq import journal
+from imgq import faces, journal
 from imgq.cli import common
 from imgq.errors import NotFound
 
@@ -25,17 +25,31 @@ def log(
     config: common.ConfigOpt = None,
     json: common.JsonOpt = False,
 ) -> None:
-    """Show the whole history of one file and its jobs, from the journal."""
+    """Show the whole history of one file and its jobs, from the journal.
+
+    Includes the faces each faces step found (count and boxes) and tags such as
+    no_faces, at the time their job completed.
+    """
     settings = common.settings_for(db, config)
     database = common.open_db(settings)
     row = database.one("SELECT * FROM files WHERE id = ?", (file_id,))
     if row is None:
         raise NotFound(f"no file with id {file_id!r}")
-    for e in journal.history(database, file_id):
+    # the journal, with what faces steps found (recorded as their job completed) after
+    # the event of that completion: entries with entity "faces" and "tag" in --json
+    entries = [(e["at"], 0, e) for e in journal.history(database, file_id)]
+    entries += [(s["at"], 1, dict(s, entity="faces", file_id=file_id)) for s in faces.scans_of(database, file_id)]
+    entries += [(t["at"], 2, dict(t, entity="tag", file_id=file_id)) for t in faces.tags_of(database, file_id)]
+    for _, _, e in sorted(entries, key=lambda x: (x[0], x[1])):
         if json:
             common.out_json(e)
+            continue
+        when = dt.datetime.fromtimestamp(e["at"], dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+        if e["entity"] == "faces":
+            common.out(f"{when}Z  {'job ' + str(e['job_id']):<10} faces: {faces.describe(e)}")
+        elif e["entity"] == "tag":
+            common.out(f"{when}Z  {'job ' + str(e['job_id']):<10} tagged {e['tag']} by recipe {e['source']}: {e['detail']}")
         else:
-            when = dt.datetime.fromtimestamp(e["at"], dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
             what = "file" if e["entity"] == "file" else f"job {e['job_id']}"
             who = "/".join(x for x in (e["host"], e["actor"]) if x)
             detail = f"  {e['detail']}" if e["detail"] else ""

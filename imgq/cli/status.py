@@ -70,6 +70,13 @@ def render(console, snap: dict) -> None:
     console.print(f"throughput (jobs/min): 1m {rate['1m']}  5m {rate['5m']}  15m {rate['15m']}   ETA {eta_text}", markup=False)
     for h in snap.get("hosts", []):
         console.print(f"  host {h['host']}: {h['done']} done in 5m ({h['per_minute']}/min)", markup=False)
+    fc = snap.get("faces") or {}
+    if fc.get("photos_scanned"):
+        console.print(
+            f"faces: {fc['faces_found']} found in {fc['photos_with_faces']} of {fc['photos_scanned']} photos scanned"
+            f"; {fc['tagged_no_faces']} tagged no_faces ({fc['skipped_no_faces']} skipped)",
+            markup=False,
+        )
     if snap["failures"]:
         t = Table(title="recent failures", title_justify="left", show_edge=False)
         t.add_column("file")
