@@ -4,7 +4,7 @@
 # _imgq_subcommands PATH: the subcommands of the command PATH, in REPLY.
 _imgq_subcommands() {
     case $1 in
-        'imgq') REPLY='scan enqueue work status log retry publish report archive collect run' ;;
+        'imgq') REPLY='scan enqueue work status log retry publish report archive collect run recipes' ;;
         *) REPLY='' ;;
     esac
 }
@@ -24,6 +24,7 @@ _imgq_options() {
         'imgq archive') REPLY='--to --verify --retry-now --ssh-config --accept-new-host-keys --db --config --json --wait --no-wait -h --help' ;;
         'imgq collect') REPLY='--min-copies --to -n --dry-run --ssh-config --accept-new-host-keys --db --config --json --wait --no-wait -h --help' ;;
         'imgq run') REPLY='--to -j --jobs -r --recipe --min-copies --no-collect --settle --ssh-config --accept-new-host-keys --db --config --json --wait --no-wait -h --help' ;;
+        'imgq recipes') REPLY='--ops --config --json -h --help' ;;
         *) REPLY='' ;;
     esac
 }
@@ -91,6 +92,7 @@ _imgq_value() {
         'imgq run|--ssh-config') REPLY='file' ;;
         'imgq run|--db') REPLY='file' ;;
         'imgq run|--config') REPLY='file' ;;
+        'imgq recipes|--config') REPLY='file' ;;
         *) REPLY='' ;;
     esac
 }

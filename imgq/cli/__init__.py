@@ -17,6 +17,7 @@ from imgq import __version__
 from imgq.cli import common, enqueue, log, retry, scan, status, work
 from imgq.cli import publish, report
 from imgq.cli import archive, collect, run
+from imgq.cli import recipes
 from imgq.errors import Exit, ImgqError
 
 app = typer.Typer(
@@ -54,7 +55,7 @@ def _root(
     common.state["debug"] = debug or os.environ.get("IMGQ_DEBUG") == "1"
 
 
-for module, name in [(scan, "scan"), (enqueue, "enqueue"), (work, "work"), (status, "status"), (log, "log"), (retry, "retry"), (publish, "publish"), (report, "report"), (archive, "archive"), (collect, "collect"), (run, "run")]:
+for module, name in [(scan, "scan"), (enqueue, "enqueue"), (work, "work"), (status, "status"), (log, "log"), (retry, "retry"), (publish, "publish"), (report, "report"), (archive, "archive"), (collect, "collect"), (run, "run"), (recipes, "recipes")]:
     app.command(name, epilog=module.EPILOG)(getattr(module, name))
 
 
