@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import os
 import random
 import secrets
@@ -84,6 +85,7 @@ class ArchiveReport:
     failed: list[Failure] = dataclasses.field(default_factory=list)
     waiting: int = 0  # (file, destination) pairs still in backoff: not tried this time
     down: dict[str, str] = dataclasses.field(default_factory=dict)  # destination -> why
+    skipped: list[tuple[str, str | None]] = dataclasses.field(default_factory=list)  # asked-for ids not archivable: (id, state or None if unknown)
 
 
 @dataclasses.dataclass
@@ -372,14 +374,8 @@ def eligible(db: DB, destinations: Sequence[str], file_ids: Iterable[str] | None
     )
     params: list = [*destinations, len(set(destinations))]
     if file_ids is not None:
-        ids = list(file_ids)
-        if not ids:
-            return []
-        rows = []
-        for i in range(0, len(ids), 500):
-            chunk = ids[i : i + 500]
-            rows += db.all(sql + f" AND f.id IN ({','.join('?' * len(chunk))}) ORDER BY f.created_at, f.id", (*params, *chunk))
-        return rows
+        sql += " AND f.id IN (SELECT value FROM json_each(?))"
+        params.append(json.dumps(list(file_ids)))
     return db.all(sql + " ORDER BY f.created_at, f.id", params)
 
 
@@ -406,7 +402,14 @@ def archive(
     report = ArchiveReport()
     by_url = {d.url: d for d in destinations}
     sources = Sources(db, by_url, store_dir)
-    for f in eligible(db, list(by_url), file_ids):
+    if file_ids is not None:
+        file_ids = list(file_ids)
+    files = eligible(db, list(by_url), file_ids)
+    if file_ids is not None:
+        chosen = {f["id"] for f in files}
+        states = dict(db.all("SELECT id, state FROM files WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(file_ids),)))
+        report.skipped = [(i, states.get(i)) for i in dict.fromkeys(file_ids) if i not in chosen and states.get(i) != "archived"]
+    for f in files:
         items = items_of(db, f, store_dir)
         complete = True
         for dest in destinations:
@@ -494,8 +497,10 @@ def verify(
     params: list = list(urls)
     if file_ids is not None:
         ids = list(file_ids)
-        sql += f" AND c.file_id IN ({','.join('?' * len(ids))})"
-        params += ids
+        if not ids:
+            return report
+        sql += f" AND c.file_id IN (SELECT value FROM json_each(?))"
+        params.append(json.dumps(ids))
     rows = db.all(sql + " ORDER BY c.destination, c.path", params)
     sources = Sources(db, destinations, store_dir)
     found: dict[tuple[str, str], Found | None] = {}

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import json
 import os
 import stat
 from collections.abc import Callable, Iterable, Sequence
@@ -132,12 +133,7 @@ def _candidates(db: DB, file_ids: Iterable[str] | None) -> list:
     )
     if file_ids is None:
         return db.all(sql + " ORDER BY f.created_at, f.id")
-    rows = []
-    ids = list(file_ids)
-    for i in range(0, len(ids), 500):
-        chunk = ids[i : i + 500]
-        rows += db.all(sql + f" AND f.id IN ({','.join('?' * len(chunk))}) ORDER BY f.created_at, f.id", chunk)
-    return rows
+    return db.all(sql + " AND f.id IN (SELECT value FROM json_each(?)) ORDER BY f.created_at, f.id", (json.dumps(list(file_ids)),))
 
 
 def collect(

@@ -346,11 +346,24 @@ def _alive(pid: int) -> bool:
 
 _SSH_URL = re.compile(r"^ssh://(?P<where>[^/]+)(?P<path>/.*)$")
 
-# Run by `sh -c SCRIPT sh PATH...`: one line per path, "SIZE SHA256" or "-" when there is
-# no regular file. Paths arrive as arguments, never inside the script.
+# Run by `sh -c SCRIPT sh ROOT REL...`: one line per REL, "SIZE SHA256", or "-" when there
+# is no regular file there or a folder on the way is a symlink (never read through one, as
+# the local walk with O_NOFOLLOW). Paths arrive as arguments, never inside the script.
 _CHECK_SCRIPT = r"""
-for f do
-  if [ -f "$f" ] && [ ! -h "$f" ]; then
+root=$1
+shift
+for rel do
+  p=$root
+  rest=$rel
+  ok=1
+  while :; do
+    case $rest in */*) ;; *) break ;; esac
+    p="$p/${rest%%/*}"
+    rest=${rest#*/}
+    if [ -h "$p" ] || [ ! -d "$p" ]; then ok=0; break; fi
+  done
+  f="$p/$rest"
+  if [ $ok = 1 ] && [ -f "$f" ] && [ ! -h "$f" ]; then
     s=$(wc -c < "$f") && h=$(sha256sum < "$f") && echo "$s ${h%% *}" || echo "!"
   else
     echo "-"
@@ -391,7 +404,7 @@ class SshDestination(Destination):
 
     def __init__(self, url: str, options: SshOptions = SshOptions()):
         self.spec, self.root = parse_ssh_url(url)
-        self.url = url.rstrip("/") if url.rstrip("/") != "ssh:" else url
+        self.url = canonical(url)
         self.options = options
         self._conn = None
         self._sftp = None
@@ -544,7 +557,9 @@ class SshDestination(Destination):
         out: dict[str, Found | None] = {}
         for i in range(0, len(rels), CHECK_BATCH):
             batch = rels[i : i + CHECK_BATCH]
-            r = self._sh(_CHECK_SCRIPT, [self._abs(rel) for rel in batch], "checking copies")
+            for rel in batch:
+                split_rel(rel)
+            r = self._sh(_CHECK_SCRIPT, [self.root, *batch], "checking copies")
             lines = r.stdout.decode(errors="replace").splitlines()
             if r.exit_status == 127 or len(lines) != len(batch):
                 raise StorageError(f"{self.url}: cannot check copies: {r.stderr.decode(errors='replace').strip() or 'unexpected answer'} (the host needs sh, wc and sha256sum)")

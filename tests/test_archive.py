@@ -19,8 +19,8 @@ import pytest
 
 from conftest import imgq_env
 from imgq import archive, samples
-from imgq.destinations import LocalDestination, canonical, parse_ssh_url
-from imgq.errors import UsageError
+from imgq.destinations import Found, LocalDestination, SourceUnavailable, SshOptions, canonical, open_destination, parse_ssh_url
+from imgq.errors import StorageError, UsageError
 from sshhosts import ssh_hosts  # noqa: F401
 
 
@@ -86,6 +86,59 @@ def test_destination_texts():
     for bad in ("ftp://x/y", "ssh://nas", "ssh://-oProxyCommand=x/p", "ssh://nas/a/../b"):
         with pytest.raises(UsageError):
             canonical(bad)
+
+
+# --- the destination contract, for both backends ---------------------------------------------
+
+
+@pytest.fixture(params=["local", "ssh"])
+def destination(request, tmp_path):
+    """(Destination, its root on this machine): a local folder, or the same kind of folder
+    behind a real sshd on a loopback address."""
+    root = tmp_path / "dest"
+    root.mkdir()
+    if request.param == "local":
+        d = LocalDestination(root)
+    else:
+        [host] = request.getfixturevalue("ssh_hosts")(1)
+        d = open_destination(f"ssh://{host.alias}{root}", SshOptions(config=host.ssh_config))
+    yield d, root
+    d.close()
+
+
+def test_destination_contract(destination, tmp_path):
+    dest, root = destination
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom(300_000))
+    digest, size = sha(src), src.stat().st_size
+    rel = "2024/2024-01-02/-rf/$(touch PWNED) x.jpg"
+    assert dest.check([rel]) == {rel: None}
+    (root / "2024" / "2024-01-02" / "-rf").mkdir(parents=True)
+    leftover = root / "2024" / "2024-01-02" / "-rf" / ".$(touch PWNED) x.jpg.999999-deadbeef.imgq-tmp"
+    leftover.write_bytes(b"half a copy from a killed run")
+    dest.put(src, rel, sha256=digest, size=size)
+    assert (root / rel).read_bytes() == src.read_bytes()
+    assert not leftover.exists() and not list(root.rglob("*.imgq-tmp*")) and not list(tmp_path.rglob("PWNED"))
+    assert dest.check([rel, "2024/nothing.jpg"]) == {rel: Found(size, digest), "2024/nothing.jpg": None}
+    # the source no longer has the bytes we were told: nothing lands
+    with pytest.raises(SourceUnavailable):
+        dest.put(src, "2024/other.jpg", sha256="0" * 64, size=size)
+    assert not (root / "2024" / "other.jpg").exists() and not list(root.rglob("*.imgq-tmp*"))
+    with pytest.raises(SourceUnavailable):
+        dest.put(tmp_path / "missing.jpg", "2024/other.jpg", sha256=digest, size=size)
+    # a symlink inside the destination is neither written nor read through
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (root / "link").symlink_to(outside)
+    with pytest.raises(StorageError, match="symlink"):
+        dest.put(src, "link/x.jpg", sha256=digest, size=size)
+    assert list(outside.iterdir()) == []
+    (outside / "y.jpg").write_bytes(src.read_bytes())
+    assert dest.check(["link/y.jpg"]) == {"link/y.jpg": None}
+    back = tmp_path / "back.bin"
+    dest.fetch(rel, back)
+    assert back.read_bytes() == src.read_bytes()
+    assert dest.free_bytes() > size
 
 
 # --- archiving end to end --------------------------------------------------------------------

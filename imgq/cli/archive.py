@@ -141,6 +141,8 @@ def _archive(database, settings, dests, wanted, json, retry_now, run) -> int:
         ignore_backoff=retry_now,
         on_file=on_file,
     )
+    for file_id, state in report.skipped:
+        common.warn(f"{file_id}: no such file id" if state is None else f"{file_id}: is {state}; only processed files are archived")
     for url, why in sorted(report.down.items()):
         n = sum(f.destination == url for f in report.failed)
         common.warn(f"destination unavailable: {why}; {n} file(s) will be retried there with backoff")
@@ -153,7 +155,8 @@ def _archive(database, settings, dests, wanted, json, retry_now, run) -> int:
             f"{report.found} already there, {len(report.failed)} failed in {time.time() - started:.1f}s",
             markup=False,
         )
-    return int(Exit.SOME_FAILED) if report.failed else 0
+    unknown = any(state is None for _, state in report.skipped)
+    return int(Exit.SOME_FAILED) if report.failed or unknown else 0
 
 
 def _verify(database, settings, dests, wanted, json, run) -> int:
