@@ -78,6 +78,8 @@ def test_overlapping_runs_and_usage(tmp_path, inbox, run_imgq, db_path):
     (tmp_path / "A").mkdir()
     assert run_imgq("run", inbox).returncode == 2  # no destination anywhere
     assert run_imgq("run", "--to", tmp_path / "A").returncode == 2  # no inbox
+    r = run_imgq("run", tmp_path / "unmounted", "--to", tmp_path / "A")
+    assert r.returncode == 2 and "unmounted" in r.stderr
     run_imgq("status")
     fd = os.open(str(db_path) + "-run.lock", os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)

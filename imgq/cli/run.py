@@ -53,6 +53,9 @@ def run(
     settings = common.settings_for(db, config)
     if settle is not None:
         settings.settle = settle
+    missing = [str(p) for p in inboxes if not p.is_dir()]
+    if missing:
+        raise UsageError(f"not a folder: {', '.join(missing)} (is the inbox mounted?)")
     urls = destination_texts(to, settings)
     if not urls:
         raise UsageError("no destination: give --to DEST, or set destinations = [...] in imgq.toml")
@@ -79,6 +82,9 @@ def run(
         if step == "scan":
             for f in result.failed:
                 common.warn(f"{f.path}: {f.reason}")
+            for path, why in result.skipped:
+                if "symlink" not in why:  # a symlink is skipped on purpose; no need to mail it every run
+                    common.warn(f"skipped {path}: {why}")
         elif step == "archive":
             if not json:
                 for file_id in result.archived:
