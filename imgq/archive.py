@@ -426,16 +426,7 @@ def archive(
                 report.waiting += 1
                 continue
             try:
-                paths = plan(db, dest, f, items, now=clock())
-                for item in missing:
-                    how = copy_item(dest, f["id"], item, paths[item.role], sources)
-                    record_copy(db, f["id"], item, dest.url, paths[item.role], now=clock())
-                    if how == "found":
-                        report.found += 1
-                    else:
-                        report.copied += 1
-                        report.bytes += item.bytes
-                    on_file(f["id"], "copied", (dest.url, paths[item.role], how))
+                _copy_missing(db, dest, f, items, missing, sources, report, clock=clock, on_file=on_file)
                 _succeeded(db, target, now=clock())
             except (ImgqError, OSError) as e:
                 text = str(e) if isinstance(e, ImgqError) else f"{dest.url}: {e}"
@@ -458,6 +449,20 @@ def archive(
             report.archived.append(f["id"])
             on_file(f["id"], "archived", None)
     return report
+
+
+def _copy_missing(db: DB, dest: Destination, f, items, missing, sources: Sources, report: ArchiveReport, *, clock, on_file) -> None:
+    """Copy what ``dest`` lacks of one file, recording each copy as soon as it is verified."""
+    paths = plan(db, dest, f, items, now=clock())
+    for item in missing:
+        how = copy_item(dest, f["id"], item, paths[item.role], sources)
+        record_copy(db, f["id"], item, dest.url, paths[item.role], now=clock())
+        if how == "found":
+            report.found += 1
+        else:
+            report.copied += 1
+            report.bytes += item.bytes
+        on_file(f["id"], "copied", (dest.url, paths[item.role], how))
 
 
 # --- verify ----------------------------------------------------------------------------------
@@ -486,52 +491,13 @@ def verify(
     """
     rng = rng or random.Random()
     report = VerifyReport()
-    urls = list(destinations)
-    if not urls:
-        return report
-    sql = (
-        "SELECT c.*, f.inbox, f.path AS inbox_path, f.size AS file_size, f.state, a.path AS store_path, a.name AS artifact_name"
-        " FROM copies c JOIN files f ON f.id = c.file_id LEFT JOIN artifacts a ON a.id = c.artifact_id"
-        f" WHERE c.destination IN ({','.join('?' * len(urls))})"
-    )
-    params: list = list(urls)
-    if file_ids is not None:
-        ids = list(file_ids)
-        if not ids:
-            return report
-        sql += f" AND c.file_id IN (SELECT value FROM json_each(?))"
-        params.append(json.dumps(ids))
-    rows = db.all(sql + " ORDER BY c.destination, c.path", params)
+    rows = _recorded_copies(db, list(destinations), file_ids)
     sources = Sources(db, destinations, store_dir)
-    found: dict[tuple[str, str], Found | None] = {}
-    for url in urls:
-        mine = [r for r in rows if r["destination"] == url]
-        if not mine:
-            continue
-        try:
-            result = destinations[url].check([r["path"] for r in mine])
-        except ImgqError as e:
-            report.unreachable[url] = str(e)
-            continue
-        for r in mine:
-            found[(url, r["path"])] = result[r["path"]]
-    good_now = []
-    bad = []
-    for r in rows:
-        key = (r["destination"], r["path"])
-        if key not in found:
-            continue
-        report.checked += 1
-        got = found[key]
-        if got == Found(r["bytes"], r["sha256"]):
-            good_now.append(r["id"])
-        else:
-            sources.bad.add(key)
-            bad.append((r, "missing" if got is None else f"corrupt: {got.bytes} bytes, sha256 {got.sha256[:12]}…, expected {r['bytes']} bytes, {r['sha256'][:12]}…"))
-    report.good = len(good_now)
-    if good_now:
+    good, bad = _read_back(rows, destinations, report)
+    sources.bad.update((r["destination"], r["path"]) for r, _ in bad)
+    if good:
         with db.transaction():
-            db.conn.executemany("UPDATE copies SET verified_at = ? WHERE id = ?", [(clock(), i) for i in good_now])
+            db.conn.executemany("UPDATE copies SET verified_at = ? WHERE id = ?", [(clock(), i) for i in good])
     for r, problem in bad:
         dest = destinations[r["destination"]]
         item = Item(
@@ -547,22 +513,63 @@ def verify(
             how = _repair(dest, r, item, sources)
             record_copy(db, r["file_id"], item, dest.url, r["path"], now=clock())
             sources.bad.discard((dest.url, r["path"]))
-            if how == "copied":
-                how = "re-made from " + ("the artifact store" if item.artifact_id else "the original in the inbox")
-            elif how == "found":
-                how = "good on a second look"
-            else:
-                how = "re-" + how.replace("copied", "made", 1)
-            p = Problem(r["file_id"], dest.url, r["path"], problem, True, how)
+            p = Problem(r["file_id"], dest.url, r["path"], problem, True, _how_repaired(how, item))
         except (ImgqError, OSError) as e:
             if isinstance(e, DestinationUnavailable):
                 report.unreachable[dest.url] = str(e)
-            why = str(e)
-            p = Problem(r["file_id"], dest.url, r["path"], problem, False, why)
-            _unrecord(db, r, f"{r['path']} {problem}; not repaired: {why}", now=clock(), actor=actor, backoff=backoff, backoff_max=backoff_max, rng=rng)
+            p = Problem(r["file_id"], dest.url, r["path"], problem, False, str(e))
+            _unrecord(db, r, f"{r['path']} {problem}; not repaired: {e}", now=clock(), actor=actor, backoff=backoff, backoff_max=backoff_max, rng=rng)
         report.problems.append(p)
         on_problem(p)
     return report
+
+
+def _recorded_copies(db: DB, urls: list[str], file_ids: Iterable[str] | None) -> list:
+    if not urls:
+        return []
+    sql = (
+        "SELECT c.*, f.inbox, f.path AS inbox_path, f.state, a.path AS store_path, a.name AS artifact_name"
+        " FROM copies c JOIN files f ON f.id = c.file_id LEFT JOIN artifacts a ON a.id = c.artifact_id"
+        " WHERE c.destination IN (SELECT value FROM json_each(?))"
+    )
+    params = [json.dumps(urls)]
+    if file_ids is not None:
+        sql += " AND c.file_id IN (SELECT value FROM json_each(?))"
+        params.append(json.dumps(list(file_ids)))
+    return db.all(sql + " ORDER BY c.destination, c.path", params)
+
+
+def _read_back(rows, destinations: dict[str, Destination], report: VerifyReport) -> tuple[list[int], list[tuple]]:
+    """Check every row's copy, one batch per destination: (ids of good copies, [(row, problem)])."""
+    good, bad = [], []
+    for url, dest in destinations.items():
+        mine = [r for r in rows if r["destination"] == url]
+        if not mine:
+            continue
+        try:
+            found = dest.check([r["path"] for r in mine])
+        except ImgqError as e:
+            report.unreachable[url] = str(e)
+            continue
+        for r in mine:
+            report.checked += 1
+            got = found[r["path"]]
+            if got == Found(r["bytes"], r["sha256"]):
+                good.append(r["id"])
+            elif got is None:
+                bad.append((r, "missing"))
+            else:
+                bad.append((r, f"corrupt: {got.bytes} bytes, sha256 {got.sha256[:12]}…, expected {r['bytes']} bytes, {r['sha256'][:12]}…"))
+    report.good = len(good)
+    return good, bad
+
+
+def _how_repaired(how: str, item: Item) -> str:
+    if how == "copied":
+        return "re-made from " + ("the artifact store" if item.artifact_id else "the original in the inbox")
+    if how == "found":
+        return "good on a second look"
+    return "re-" + how.replace("copied", "made", 1)  # "re-made from DEST/PATH"
 
 
 def _repair(dest: Destination, r, item: Item, sources: Sources) -> str:
