@@ -10,10 +10,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from imgq import pipeline
+from imgq import pipeline, recipes
 from imgq.cli import common
 from imgq.cli.archive import AcceptNewOpt, SshConfigOpt, ToOpt, close_all, destination_texts, open_all, ssh_options
-from imgq.errors import UsageError
+from imgq.errors import UnknownOperation, UsageError
 
 EPILOG = """\b
 Examples:
@@ -31,7 +31,7 @@ def run(
     inboxes: Annotated[list[Path], typer.Argument(help="Inbox folders: one subfolder per photographer.", metavar="INBOX...", show_default=False)],
     to: ToOpt = None,
     processes: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Local worker processes (default: all cores).", min=1, show_default=False)] = None,
-    recipe: Annotated[Optional[list[str]], typer.Option("--recipe", "-r", help="Recipe for new photos (repeatable; default: default).", metavar="NAME", show_default=False)] = None,
+    recipe: Annotated[Optional[list[str]], typer.Option("--recipe", "-r", help="Recipe for new photos (repeatable; default: `enqueue` in imgq.toml, else default).", metavar="NAME", show_default=False)] = None,
     min_copies: Annotated[Optional[int], typer.Option("--min-copies", help="Copies that must verify before an original is deleted (default: one at every destination).", min=1, metavar="N", show_default=False)] = None,
     no_collect: Annotated[bool, typer.Option("--no-collect", help="Archive, but leave every original in the inbox.")] = False,
     settle: Annotated[Optional[float], typer.Option(help="Skip files modified less than this many seconds ago (default 2, or `settle` in imgq.toml).", metavar="SECONDS", show_default=False)] = None,
@@ -60,10 +60,14 @@ def run(
     if not urls:
         raise UsageError("no destination: give --to DEST, or set destinations = [...] in imgq.toml")
     chains = {}
-    for name in recipe or ["default"]:
+    for name in recipe or settings.enqueue:
         if name not in settings.recipes:
             raise UsageError(f"unknown recipe {name!r}; known: {', '.join(sorted(settings.recipes))}")
         chains[name] = settings.recipes[name]
+        try:
+            recipes.normalize_recipe(chains[name])  # a bad recipe is a usage error before anything runs
+        except UnknownOperation as e:
+            raise UsageError(f"recipe {name!r}: {e}") from None
     database = common.open_db(settings)
     dests = open_all(urls, ssh_options(ssh_config, accept_new_host_keys))
     opts = pipeline.RunOptions(
