@@ -159,7 +159,7 @@ complete -c imgq -n '__imgq_at "imgq collect"' -s 'h' -l 'help' -d 'Show this me
 # imgq run
 complete -c imgq -n '__imgq_at "imgq run"' -l 'to' -x -d 'A destination: a local folder or ssh://[user@]host[:port]/path (repeatable)'
 complete -c imgq -n '__imgq_at "imgq run"' -s 'j' -l 'jobs' -x -d 'Local worker processes (default: all cores)'
-complete -c imgq -n '__imgq_at "imgq run"' -s 'r' -l 'recipe' -x -d 'Recipe for new photos (repeatable; default: default)'
+complete -c imgq -n '__imgq_at "imgq run"' -s 'r' -l 'recipe' -x -d 'Recipe for new photos (repeatable; default: `enqueue` in imgq.toml, else default)'
 complete -c imgq -n '__imgq_at "imgq run"' -l 'min-copies' -x -d 'Copies that must verify before an original is deleted (default: one at every destination)'
 complete -c imgq -n '__imgq_at "imgq run"' -l 'no-collect' -d 'Archive, but leave every original in the inbox'
 complete -c imgq -n '__imgq_at "imgq run"' -l 'settle' -x -d 'Skip files modified less than this many seconds ago (default 2, or `settle` in imgq.toml)'
