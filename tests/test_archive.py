@@ -263,8 +263,14 @@ def test_archive_requires_a_destination_that_exists(tmp_path, run_imgq, db_path)
     assert not (tmp_path / "not-mounted").exists()
     (tmp_path / "imgq.toml").write_text('destinations = ["A"]\nbackoff_seconds = 0\n')
     (tmp_path / "A").mkdir()
-    r = run_imgq("archive", "--retry-now")
+    r = run_imgq("archive", "-", input="")  # an empty pipe means nothing, never everything
+    assert r.returncode == 0 and r.stdout == "" and q(db_path, "SELECT count(*) FROM copies") == [(0,)]
+    r = run_imgq("archive", "-", input="nope\n")
+    assert r.returncode == 1 and "nope: no such file id" in r.stderr
+    [file_id] = [i for (i,) in q(db_path, "SELECT id FROM files")]
+    r = run_imgq("archive", "--retry-now", "-", input=file_id + "\n")
     assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [file_id]
     assert q(db_path, "SELECT DISTINCT destination FROM copies") == [(str(tmp_path / "A"),)]
 
 
