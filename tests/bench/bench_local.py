@@ -58,24 +58,33 @@ def _make_one(args) -> str:
 
     from imgq import samples
 
-    path, p = args
-    samples.make_photo(
-        path,
-        width=p["stored"][0],
-        height=p["stored"][1],
-        seed=p["seed"],
-        orientation=p["orientation"],
-        taken=datetime(2024, 5, 17, 8, 0) + timedelta(minutes=p["seed"] - 7000),
-        quality=90,
-    )
+    path, p, kind = args
+    taken = datetime(2024, 5, 17, 8, 0) + timedelta(minutes=p["seed"] - 7000)
+    w, h = p["stored"]
+    if kind == "camera":
+        samples.make_photo(path, width=w, height=h, seed=p["seed"], orientation=p["orientation"], taken=taken, quality=90)
+        return path
+    # "smooth": the sample picture drawn at a quarter of the size and upscaled, like the
+    # upscaled wallpapers of DESIGN.md section 7: the same pixels count, little entropy.
+    from PIL import Image
+
+    uw, uh = p["upright"]
+    upright = samples.render(uw // 4, uh // 4, p["seed"]).resize((uw, uh), Image.Resampling.BICUBIC)
+    stored = upright.transpose(Image.Transpose.ROTATE_90) if p["orientation"] == 6 else upright
+    exif = Image.Exif()
+    exif[0x0112] = p["orientation"]
+    exif.get_ifd(0x8769)[0x9003] = taken.strftime("%Y:%m:%d %H:%M:%S")
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
+    stored.save(tmp, "JPEG", quality=90, exif=exif.tobytes())
+    os.replace(tmp, path)
     return path
 
 
-def photo_set(work: Path, count: int, procs: int) -> dict:
-    """The cached set of ``count`` photos under ``work`` (generated the first time)."""
+def photo_set(work: Path, count: int, procs: int, kind: str = "camera") -> dict:
+    """The cached set of ``count`` photos of ``kind`` under ``work`` (generated the first time)."""
     from bench_util import say
 
-    folder = work / f"photos-v{SET_VERSION}-n{count}"
+    folder = work / (f"photos-v{SET_VERSION}-n{count}" if kind == "camera" else f"photos-v{SET_VERSION}-{kind}-n{count}")
     manifest = folder / "manifest.json"
     if manifest.is_file():
         data = json.loads(manifest.read_text())
@@ -84,10 +93,10 @@ def photo_set(work: Path, count: int, procs: int) -> dict:
             return data
     plans = _plan(count)
     inbox = folder / "inbox"
-    todo = [(str(inbox / p["rel"]), p) for p in plans if not (inbox / p["rel"]).is_file()]
-    say(f"generating {len(todo)} camera-size photos (12-24 MP, once) in {folder} with {procs} processes...")
+    todo = [(str(inbox / p["rel"]), p, kind) for p in plans if not (inbox / p["rel"]).is_file()]
+    say(f"generating {len(todo)} {kind} photos (12-24 MP, once) in {folder} with {procs} processes...")
     t0 = time.perf_counter()
-    for path, _ in todo:
+    for path, _, _ in todo:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     with concurrent.futures.ProcessPoolExecutor(max_workers=procs) as pool:
         list(pool.map(_make_one, todo))
@@ -96,7 +105,7 @@ def photo_set(work: Path, count: int, procs: int) -> dict:
         os.utime(inbox / p["rel"], (past, past))
     for p in plans:
         p["bytes"] = (inbox / p["rel"]).stat().st_size
-    data = {"version": SET_VERSION, "photos": plans}
+    data = {"version": SET_VERSION, "kind": kind, "photos": plans}
     manifest.write_text(json.dumps(data, indent=1))
     say(f"generated in {time.perf_counter() - t0:.0f} s")
     data["inbox"] = str(inbox)
@@ -306,6 +315,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     g = ap.add_argument_group("local")
     g.add_argument("--photos", type=int, default=64, metavar="N", help="photos in the generated set (>= 24; default 64)")
     g.add_argument("--jobs", "-j", type=int, default=2, metavar="N", help="processes every local method uses (default 2)")
+    g.add_argument("--photo-set", choices=("camera", "smooth"), default="camera",
+                   help="camera: imgq.samples photos with sensor-like grain (default); smooth: drawn at 1/4 size and upscaled, "
+                        "cheap to decode like the upscaled wallpapers of DESIGN.md section 7")
     g.add_argument("--methods", default="imgq,vips,magick,bare,decode", help="comma-separated subset of imgq,vips,magick,bare,decode (default: all)")
 
 
@@ -326,7 +338,7 @@ def run(args, ctx) -> dict:
 
     work = Path(ctx["work"])
     procs = os.cpu_count() or 1
-    data = photo_set(work, max(24, args.photos), procs)
+    data = photo_set(work, max(24, args.photos), procs, args.photo_set)
     photos, inbox = data["photos"], Path(data["inbox"])
     _warm(inbox, photos)
     mp_total = sum(p["stored"][0] * p["stored"][1] for p in photos) / 1e6
@@ -417,6 +429,7 @@ def run(args, ctx) -> dict:
     ]
     return {
         "photos": n,
+        "photo_set": args.photo_set,
         "megapixels_total": round(mp_total, 1),
         "megapixels_mean": round(mp_total / n, 1),
         "rotated": sum(p["orientation"] != 1 for p in photos),
@@ -436,7 +449,7 @@ def render(res: dict) -> str:
     from bench_util import fmt, table
 
     n = res["photos"]
-    head = (f"local: {n} JPEGs, {res['megapixels_mean']} MP mean (12-24 MP), {res['rotated']} stored rotated "
+    head = (f"local: {n} {res.get('photo_set', 'camera')} JPEGs, {res['megapixels_mean']} MP mean (12-24 MP), {res['rotated']} stored rotated "
             f"(EXIF orientation 6), {res['bytes_total'] / 1e6:.0f} MB; each -> fit 120x90 + fit 640x480, q85; "
             f"{res['jobs']} processes; median of {res['repeat']} runs, methods interleaved")
     rows = []
