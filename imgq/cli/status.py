@@ -77,6 +77,7 @@ def render(console, snap: dict) -> None:
             f"; {fc['tagged_no_faces']} tagged no_faces ({fc['skipped_no_faces']} skipped)",
             markup=False,
         )
+    _render_archive(console, snap.get("archive") or {}, snap.get("collect") or {})
     if snap["failures"]:
         t = Table(title="recent failures", title_justify="left", show_edge=False)
         t.add_column("file")
@@ -85,3 +86,27 @@ def render(console, snap: dict) -> None:
         for f in snap["failures"]:
             t.add_row(f["file_id"], f["kind"] or "", (f["error"] or "").splitlines()[0] if f["error"] else "")
         console.print(t)
+
+
+def _render_archive(console, archive: dict, collect: dict) -> None:
+    """Archive destinations (copies, failing, last error) and why originals stay in the inbox."""
+    dests = archive.get("destinations") or []
+    if dests:
+        t = Table(title="archive", title_justify="left", show_edge=False)
+        for col in ("destination", "copies", "MB", "failing", "in backoff", "last error"):
+            t.add_column(col, justify="left" if col in ("destination", "last error") else "right")
+        for d in dests:
+            t.add_row(
+                d["destination"],
+                str(d["copies"]),
+                f"{d['bytes'] / 1e6:.1f}",
+                str(d["failing"]),
+                str(d["in_backoff"]),
+                (d.get("last_error") or "").splitlines()[0] if d.get("last_error") else "",
+            )
+        console.print(t)
+    if collect.get("keep") or collect.get("wait"):
+        console.print(f"collect: {collect.get('wait', 0)} original(s) waiting for copies, {collect.get('keep', 0)} kept because something is wrong", markup=False)
+        for r in (collect.get("reasons") or [])[:10]:
+            text = " ".join(f"{k}={v}" for k, v in r.items()) if isinstance(r, dict) else str(r)
+            console.print(f"  {text}", markup=False)
