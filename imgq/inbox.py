@@ -250,7 +250,8 @@ def _record(db: DB, batch: list[dict], report: ScanReport, *, now: float, actor:
             base = f"{slug(row['owner'])}_{_epoch(row['taken_at'])}_{slug(item['rel'].name)}"
             row["id"] = _unique_id(db, base, taken_ids)
             taken_ids.add(row["id"])
-            if known and known["state"] in ("seen", "queued"):
+            if known and known["state"] in ("seen", "queued", "processed"):
+                # the scanned bytes are gone: this record can never be archived as scanned
                 journal.move_file(db, known["id"], "failed", now=now, actor=actor, error=f"changed in the inbox after scanning; the new content is {row['id']}")
             if item["error"]:
                 row["error"] = item["error"]

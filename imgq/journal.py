@@ -10,7 +10,8 @@ File lifecycle::
     seen ─▶ queued ─▶ processed ─▶ archived ─▶ collected
       │        │          │
       ├─▶ duplicate ─▶ collected   (same sha256 as a known file)
-      └─▶ failed                   (not an image, corrupt, too large; with the reason)
+      └─▶ failed                   (not an image, corrupt, too large, or changed in the
+                                    inbox before it was archived; with the reason)
 
 Job lifecycle::
 
@@ -35,7 +36,7 @@ FILE_TRANSITIONS: dict[str | None, set[str]] = {
     NEW: {"seen", "duplicate", "failed"},
     "seen": {"queued", "failed"},
     "queued": {"processed", "failed", "queued"},
-    "processed": {"archived", "queued"},
+    "processed": {"archived", "queued", "failed"},
     "archived": {"collected", "queued", "processed"},
     "duplicate": {"collected"},
     "failed": {"queued"},

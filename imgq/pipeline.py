@@ -98,7 +98,7 @@ def run(
     on_step("enqueue", report.enqueued)
 
     if db.one("SELECT 1 FROM jobs WHERE state IN ('ready', 'leased') LIMIT 1"):
-        report.work = worker.work(settings, worker.WorkOptions(processes=opts.processes, mode="drain"), on_report=on_work)
+        report.work = worker.work(settings, worker.WorkOptions(processes=opts.processes, mode="once"), on_report=on_work)
         on_step("work", report.work)
         if report.work.interrupted:
             return report

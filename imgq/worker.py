@@ -35,7 +35,7 @@ MAX_BATCH = 64
 @dataclasses.dataclass
 class WorkOptions:
     processes: int = os.cpu_count() or 1
-    mode: str = "drain"  # 'drain': exit when no job is left; 'follow': keep polling
+    mode: str = "drain"  # 'drain': exit when no job is left; 'once': when none is due now; 'follow': keep polling
     batch: int | None = None  # jobs per claim; None adapts to job duration
     max_attempts: int | None = None  # overrides the jobs' own limit
     poll: float = 1.0
@@ -152,6 +152,8 @@ def worker_main(settings: Settings, opts: WorkOptions, name: str, stop: mp.Event
                 limit = max(1, min(MAX_BATCH, int(TARGET_BATCH_SECONDS / max(per_job, 1e-4))))
             claims = queue.claim(db, owner=name, limit=limit, lease_seconds=settings.lease_seconds, now=time.time(), actor=actor, max_attempts=opts.max_attempts)
             if not claims:
+                if opts.mode == "once":
+                    break  # jobs in backoff or held by live workers are left for a later run
                 left, wait = queue.pending(db, now=time.time())
                 if opts.mode == "drain" and left == 0:
                     break

@@ -219,3 +219,38 @@ def test_transient_errors_retry_with_backoff_then_fail_with_the_reason(tmp_path,
     assert run_imgq("retry").stdout.split() == ["1"]
     assert run_imgq("work", "-j1").returncode == 0
     assert q(db_path, "SELECT state FROM files") == [("processed",)]
+
+
+def test_work_once_leaves_jobs_in_backoff_for_a_later_run(tmp_path, run_imgq, db_path):
+    (tmp_path / "imgq.toml").write_text("backoff_seconds = 600\n")
+    src = tmp_path / "inbox" / "dora" / "later.jpg"
+    samples.make_photo(src, seed=5)
+    os.utime(src, (1e9, 1e9))
+    ids = run_imgq("scan", tmp_path / "inbox").stdout.split()
+    run_imgq("enqueue", *ids)
+    src.rename(src.with_suffix(".away"))  # the share is briefly gone
+    once = run_imgq("work", "--once", "-j1", timeout=60)
+    assert once.returncode == 0, once.stderr
+    [(state, not_before)] = q(db_path, "SELECT state, not_before FROM jobs")
+    assert state == "ready" and not_before > 0
+    src.with_suffix(".away").rename(src)
+    assert run_imgq("work", "--once", "-j1").stdout == ""  # still waiting out its backoff
+    run_imgq("retry")  # nothing failed: retry re-arms only failed jobs
+    assert q(db_path, "SELECT state FROM jobs") == [("ready",)]
+
+
+def test_a_photo_replaced_in_the_inbox_before_archiving_is_recorded_anew(tmp_path, run_imgq, db_path):
+    src = tmp_path / "inbox" / "erin" / "edit.jpg"
+    samples.make_photo(src, seed=8)
+    os.utime(src, (1e9, 1e9))
+    [old] = run_imgq("scan", tmp_path / "inbox").stdout.split()
+    run_imgq("enqueue", old)
+    run_imgq("work", "-j1")
+    samples.make_photo(src, seed=9)  # the photographer re-exported it under the same name
+    os.utime(src, (1e9 + 60, 1e9 + 60))
+    [new] = run_imgq("scan", tmp_path / "inbox").stdout.split()
+    assert new != old
+    states = dict(q(db_path, "SELECT id, state FROM files"))
+    assert states == {old: "failed", new: "seen"}
+    [(error,)] = q(db_path, "SELECT error FROM files WHERE id = ?", old)
+    assert "changed in the inbox" in error and new in error

@@ -19,6 +19,7 @@ EPILOG = """\b
 Examples:
   imgq work --drain                 # all cores, exit when the queue is empty
   imgq work -j 2 --follow           # keep polling for new jobs (a service)
+  imgq work --once                  # from cron: what is due now, then exit
   imgq scan inbox/ | imgq enqueue - ; imgq work --drain
   imgq work --drain --report run.json   # the run's report (see `imgq report`)
 """
@@ -28,6 +29,7 @@ def work(
     processes: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Local worker processes (default: all cores).", min=1, show_default=False)] = None,
     drain: Annotated[bool, typer.Option("--drain", help="Exit when no job is left (default).")] = False,
     follow: Annotated[bool, typer.Option("--follow", help="Keep polling for new jobs until SIGINT/SIGTERM.")] = False,
+    once: Annotated[bool, typer.Option("--once", help="Exit when no job is due now: jobs waiting out a retry backoff are left for the next run (for cron).")] = False,
     batch: Annotated[Optional[int], typer.Option("--batch", help="Jobs per claim (default: adapts to about 0.5 s of work).", min=1, show_default=False)] = None,
     lease: Annotated[Optional[float], typer.Option("--lease", help="Seconds a claim holds a job without a heartbeat (default 60).", min=0.5, metavar="SECONDS", show_default=False)] = None,
     max_attempts: Annotated[Optional[int], typer.Option("--max-attempts", help="Attempts before a transiently failing job fails (default: the job's own, 5 unless enqueued with another).", min=1, show_default=False)] = None,
@@ -47,14 +49,14 @@ def work(
     after SIGKILL the lease expires and another worker takes the job. Prints the id of
     each file that became processed.
     """
-    if drain and follow:
-        raise UsageError("--drain and --follow cannot be used together")
+    if sum((drain, follow, once)) > 1:
+        raise UsageError("--drain, --follow and --once cannot be used together")
     if report is not None and not report.parent.is_dir():
         raise UsageError(f"--report {report}: folder {report.parent} does not exist")
     settings = common.settings_for(db, config)
     if lease is not None:
         settings.lease_seconds = lease
-    opts = worker.WorkOptions(processes=processes or os.cpu_count() or 1, mode="follow" if follow else "drain", batch=batch, poll=poll, max_attempts=max_attempts)
+    opts = worker.WorkOptions(processes=processes or os.cpu_count() or 1, mode="follow" if follow else ("once" if once else "drain"), batch=batch, poll=poll, max_attempts=max_attempts)
     database = common.open_db(settings)
     err = common.stderr()
     progress = None
