@@ -15,7 +15,7 @@ _imgq_options() {
         'imgq') REPLY='--debug --version -h --help' ;;
         'imgq scan') REPLY='--settle --default-owner --db --config --json --wait --no-wait -h --help' ;;
         'imgq enqueue') REPLY='-r --recipe --op --max-attempts --db --config --json --wait --no-wait -h --help' ;;
-        'imgq work') REPLY='-j --jobs --drain --follow --batch --lease --max-attempts --poll --report --db --config --json -h --help' ;;
+        'imgq work') REPLY='-j --jobs --drain --follow --once --batch --lease --max-attempts --poll --report --db --config --json -h --help' ;;
         'imgq status') REPLY='--watch --failures --db --config --json -h --help' ;;
         'imgq log') REPLY='--db --config --json -h --help' ;;
         'imgq retry') REPLY='--error --db --config --json -h --help' ;;

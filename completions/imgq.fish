@@ -77,6 +77,7 @@ complete -c imgq -n '__imgq_at "imgq enqueue"' -s 'h' -l 'help' -d 'Show this me
 complete -c imgq -n '__imgq_at "imgq work"' -s 'j' -l 'jobs' -x -d 'Local worker processes (default: all cores)'
 complete -c imgq -n '__imgq_at "imgq work"' -l 'drain' -d 'Exit when no job is left (default)'
 complete -c imgq -n '__imgq_at "imgq work"' -l 'follow' -d 'Keep polling for new jobs until SIGINT/SIGTERM'
+complete -c imgq -n '__imgq_at "imgq work"' -l 'once' -d 'Exit when no job is due now: jobs waiting out a retry backoff are left for the next run (for cron)'
 complete -c imgq -n '__imgq_at "imgq work"' -l 'batch' -x -d 'Jobs per claim (default: adapts to about 0.5 s of work)'
 complete -c imgq -n '__imgq_at "imgq work"' -l 'lease' -x -d 'Seconds a claim holds a job without a heartbeat (default 60)'
 complete -c imgq -n '__imgq_at "imgq work"' -l 'max-attempts' -x -d 'Attempts before a transiently failing job fails (default: the job\'s own, 5 unless enqueued with another)'
