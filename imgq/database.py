@@ -253,7 +253,17 @@ def _m3_faces(db: "sqlite_utils.Database") -> None:
     db["tags"].create_index(["tag"])
 
 
-MIGRATIONS: list[Callable[["sqlite_utils.Database"], None]] = [_m1_core, _m2_archive, _m3_faces]
+def _m4_job_stages(db: "sqlite_utils.Database") -> None:
+    # A huge image can be split: its job becomes stripe jobs ('stripe:I/N') and, once they
+    # are all done, a 'join' job; '' is an ordinary job. The stage is part of the job's
+    # identity, so the unique index moves to include it ('' rather than NULL, because
+    # NULLs never collide in a unique index).
+    db.execute("ALTER TABLE jobs ADD COLUMN stage TEXT NOT NULL DEFAULT ''")
+    db.execute("DROP INDEX idx_jobs_file_id_recipe_spec_hash")
+    db["jobs"].create_index(["file_id", "recipe", "spec_hash", "stage"], unique=True)
+
+
+MIGRATIONS: list[Callable[["sqlite_utils.Database"], None]] = [_m1_core, _m2_archive, _m3_faces, _m4_job_stages]
 
 
 def schema_version(conn: sqlite3.Connection) -> int:

@@ -148,7 +148,7 @@ def add_job(db: DB, row: dict, *, now: float, actor: Actor = Actor()) -> int | N
     cols = ", ".join(row)
     cur = db.execute(
         f"INSERT INTO jobs ({cols}) VALUES ({', '.join('?' * len(row))})"
-        " ON CONFLICT (file_id, recipe, spec_hash) DO NOTHING",
+        " ON CONFLICT (file_id, recipe, spec_hash, stage) DO NOTHING",
         tuple(row.values()),
     )
     if cur.rowcount == 0:
