@@ -194,3 +194,12 @@ def test_missing_heic_extra_is_named_without_a_traceback(tmp_path, run_imgq, db_
     assert "Traceback" not in scan.stderr
     [(state, error)] = q(db_path, "SELECT state, error FROM files WHERE path = 'alice/IMG_2.HEIC'")
     assert state == "failed" and "pip install 'imgq[heic]'" in error
+
+
+def test_operations_reference_names_every_operation():
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "operations.md").read_text()
+    for name in ops.OPS:
+        assert f"| `{name}` |" in doc, f"docs/operations.md has no row for {name}"
+    for row in recipes.describe_operations():
+        example = row["example"].replace("|", "\\|")
+        assert f"`{example}`" in doc, f"docs/operations.md lacks the example of {row['name']}"
