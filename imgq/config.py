@@ -30,6 +30,8 @@ class Settings:
     backoff_seconds: float = 5.0
     backoff_max_seconds: float = 3600.0
     jpeg_quality: int = 85
+    split_pixels: int = 40_000_000  # with --split, larger images become stripe jobs
+    split_stripes: int = 4
     recipes: dict[str, dict[str, str]] = dataclasses.field(
         default_factory=lambda: {k: dict(v) for k, v in DEFAULT_RECIPES.items()}
     )
@@ -55,6 +57,8 @@ _SCALARS = {
     "backoff_seconds": float,
     "backoff_max_seconds": float,
     "jpeg_quality": int,
+    "split_pixels": int,
+    "split_stripes": int,
 }
 
 

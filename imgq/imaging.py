@@ -754,3 +754,90 @@ def verify(path: str | os.PathLike, width: int, height: int) -> bool:
         w, h = _header_size(path, sniff(_read_head(path)) or "JPEG")
         raise BadImage(f"wrong size: {path} is {w}x{h}, expected {width}x{height}") from None
     return True
+
+
+# ---- one huge image in stripes (see imgq/split.py) --------------------------------------
+
+
+def render_stripe(path: str | os.PathLike, prefixes: dict[str, str], index: int, count: int, halo: int, *, max_pixels: int) -> dict[str, Image.Image]:
+    """Stripe ``index`` of ``count`` of each chain prefix run on the upright original: its
+    own rows, computed from those rows widened by ``halo`` so every output pixel sees the
+    neighbours it has in the whole image (split.plan decides the rows)."""
+    from imgq.split import plan
+
+    d = _decode(Path(path), [None], max_pixels)
+    upright = _upright(d.image, d.meta["orientation"])
+    st = plan(upright.height, count, halo)[index]
+    y0, y1, top, bottom = st.y0, st.y1, st.top, st.bottom
+    band = upright.crop((0, top, upright.width, bottom))
+    del upright, d
+    out = {}
+    for name, prefix in prefixes.items():
+        image, _ = run_steps(band, parse_chain(prefix))
+        out[name] = image.crop((0, y0 - top, image.width, y1 - top))
+    return out
+
+
+def save_part(image: Image.Image, dest: str | os.PathLike) -> Saved:
+    """Write a stripe losslessly (a NumPy array: no compression to pay for) under a
+    temporary name, fsync, and rename into place."""
+    import numpy as np
+
+    dest = Path(dest)
+    arr = np.asarray(image)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}-{secrets.token_hex(4)}.imgq-tmp")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            np.save(f, arr, allow_pickle=False)
+            f.write(image.mode.encode().ljust(8))  # the mode, after the array
+            f.flush()
+            os.fsync(f.fileno())
+        size = tmp.stat().st_size
+        os.replace(tmp, dest)
+        _fsync_dir(dest.parent)
+    except OSError as e:
+        _remove_quietly(tmp)
+        raise _storage_error("write", dest, e) from None
+    return Saved(sha256="", bytes=size, width=image.width, height=image.height)
+
+
+def load_part(path: str | os.PathLike, width: int, height: int) -> Image.Image:
+    """A stripe written by save_part; StorageError when it is missing or not whole."""
+    import numpy as np
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            arr = np.load(f, allow_pickle=False)
+            mode = f.read(8).decode().strip()
+    except (OSError, ValueError) as e:
+        raise StorageError(f"stripe {path} is missing or damaged ({e}); the stripe job will run again") from None
+    if arr.shape[1] != width or arr.shape[0] != height or not mode:
+        raise StorageError(f"stripe {path} is {arr.shape[1]}x{arr.shape[0]}, expected {width}x{height}")
+    return Image.fromarray(arr, mode=mode) if mode in ("L", "RGB", "RGBA", "LA") else Image.fromarray(arr)
+
+
+def render_join(path: str | os.PathLike, load_parts, rests: dict[str, str], others: dict[str, str], *, max_pixels: int) -> dict[str, Rendered]:
+    """The outputs of a split job: each chain's stripes (``load_parts(upright_size)`` ->
+    {name: [stripe images]}) stacked and the rest of its chain run on the whole; chains
+    with nothing to split (``others``) are rendered from the original as usual.
+    Metadata (profile, capture date) comes from the original's header."""
+    path = Path(path)
+    results = render(path, others, max_pixels=max_pixels) if others else {}
+    fmt = _format_of(path)
+    with _opened(path, max_pixels, fmt) as (im, fmt):
+        icc = im.info.get("icc_profile")
+        meta = _metadata(_exif_of(im, fmt))
+        size = (im.height, im.width) if meta.get("orientation", 1) >= 5 else im.size
+    parts = load_parts(size)
+    exif = minimal_exif(meta.get("taken_at"), meta.get("make"), meta.get("model"))
+    for name, stripes in parts.items():
+        whole = Image.new(stripes[0].mode, (stripes[0].width, sum(s.height for s in stripes)))
+        y = 0
+        for s in stripes:
+            whole.paste(s, (0, y))
+            y += s.height
+        image, facts = run_steps(whole, parse_chain(rests[name])) if rests.get(name) else (whole, {})
+        results[name] = Rendered(image=image, icc=icc, exif=exif, source_size=whole.size, facts=facts)
+    return results

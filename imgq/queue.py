@@ -15,6 +15,7 @@ import secrets
 from collections.abc import Iterable, Sequence
 
 from imgq import faces, journal, recipes
+from imgq import split as splitting
 from imgq.database import DB
 from imgq.errors import InvalidTransition
 from imgq.journal import Actor, JobChange
@@ -36,6 +37,7 @@ class Claim:
     max_attempts: int
     inbox: str
     path: str
+    stage: str = ""  # '' for an ordinary job; 'stripe:I/N' or 'join' for a split image
 
 
 @dataclasses.dataclass
@@ -46,6 +48,19 @@ class Artifact:
     bytes: int
     width: int
     height: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitPolicy:
+    """Split files of more than ``min_pixels`` into ``stripes`` stripe jobs."""
+
+    min_pixels: int
+    stripes: int
+
+    def applies(self, db: DB, file_id: str, chains: dict[str, str]) -> bool:
+        row = db.one("SELECT width, height FROM files WHERE id = ?", (file_id,))
+        big = row is not None and (row["width"] or 0) * (row["height"] or 0) > self.min_pixels
+        return big and self.stripes > 1 and splitting.worth_splitting(chains)
 
 
 @dataclasses.dataclass
@@ -63,11 +78,14 @@ def enqueue(
     now: float,
     max_attempts: int,
     actor: Actor = Actor(),
+    split: SplitPolicy | None = None,
 ) -> list[EnqueueResult]:
     """One job per file per recipe; a file that already has that job gets none.
 
     A recipe's parameters are part of the job's identity (``spec_hash``), so a changed
-    recipe gives new jobs and an unchanged one gives nothing.
+    recipe gives new jobs and an unchanged one gives nothing. With ``split``, a file over
+    its pixel threshold whose recipe has neighbourhood work gets stripe jobs instead, and
+    a join job once they are all done (see imgq/split.py).
     """
     specs = {}
     for name, chains in chains_by_recipe.items():
@@ -85,14 +103,20 @@ def enqueue(
                 continue
             created = []
             for name, (spec, digest) in specs.items():
-                job_id = journal.add_job(
-                    db,
-                    {"file_id": file_id, "recipe": name, "spec": spec, "spec_hash": digest, "max_attempts": max_attempts},
-                    now=now,
-                    actor=actor,
-                )
-                if job_id is not None:
-                    created.append(job_id)
+                if db.one("SELECT 1 FROM jobs WHERE file_id = ? AND recipe = ? AND spec_hash = ?", (file_id, name, digest)):
+                    continue  # split or not, this file already has this recipe's work
+                stages = [""]
+                if split is not None and split.applies(db, file_id, chains_by_recipe[name]):
+                    stages = [splitting.stage(i, split.stripes) for i in range(split.stripes)]
+                for stage in stages:
+                    job_id = journal.add_job(
+                        db,
+                        {"file_id": file_id, "recipe": name, "spec": spec, "spec_hash": digest, "max_attempts": max_attempts, "stage": stage},
+                        now=now,
+                        actor=actor,
+                    )
+                    if job_id is not None:
+                        created.append(job_id)
             if created and row["state"] != "queued":
                 journal.move_file(db, file_id, "queued", now=now, actor=actor, detail=f"{len(created)} job(s) enqueued")
             results.append(EnqueueResult(file_id, created))
@@ -121,10 +145,10 @@ def claim(
     with db.transaction():
         rows = db.all(
             "SELECT * FROM (SELECT j.id, j.file_id, j.recipe, j.spec, j.spec_hash, j.state, j.attempts, j.max_attempts, j.lease_owner,"
-            " f.inbox, f.path FROM jobs j JOIN files f ON f.id = j.file_id"
+            " j.stage, f.inbox, f.path FROM jobs j JOIN files f ON f.id = j.file_id"
             " WHERE j.state = 'ready' AND j.not_before <= ? ORDER BY j.not_before, j.id LIMIT ?)"
             " UNION ALL SELECT * FROM (SELECT j.id, j.file_id, j.recipe, j.spec, j.spec_hash, j.state, j.attempts, j.max_attempts,"
-            " j.lease_owner, f.inbox, f.path FROM jobs j JOIN files f ON f.id = j.file_id"
+            " j.lease_owner, j.stage, f.inbox, f.path FROM jobs j JOIN files f ON f.id = j.file_id"
             " WHERE j.state = 'leased' AND j.lease_until < ? ORDER BY j.lease_until LIMIT ?)",
             (now, limit, now, limit),
         )
@@ -155,7 +179,7 @@ def claim(
                 )
             )
             claims.append(
-                Claim(r["id"], r["file_id"], r["recipe"], json.loads(r["spec"]), r["spec_hash"], token, r["attempts"] + 1, limit_attempts, r["inbox"], r["path"])
+                Claim(r["id"], r["file_id"], r["recipe"], json.loads(r["spec"]), r["spec_hash"], token, r["attempts"] + 1, limit_attempts, r["inbox"], r["path"], r["stage"])
             )
         journal.move_jobs(db, changes, now=now, actor=actor)
         for r in exhausted:
@@ -242,6 +266,8 @@ def settle(
                 )
                 faces.record(db, job_id=c.job_id, file_id=c.file_id, recipe=c.recipe, spec=c.spec, result=o.result, artifacts=o.artifacts or [], now=now)
                 out.done.append(c.job_id)
+                if c.stage.startswith("stripe:"):
+                    _join_when_striped(db, c, now=now, actor=actor)
                 left = db.one("SELECT count(*) FROM jobs WHERE file_id = ? AND state != 'done'", (c.file_id,))[0]
                 state = db.one("SELECT state FROM files WHERE id = ?", (c.file_id,))["state"]
                 if left == 0 and state == "queued":
@@ -264,6 +290,24 @@ def settle(
             else:
                 out.lost.append(c.job_id)
     return out
+
+
+def _join_when_striped(db: DB, c: Claim, *, now: float, actor: Actor) -> None:
+    """Create the join job of a split image once its last stripe is done (in the same
+    transaction, so the file cannot look processed in between)."""
+    row = db.one(
+        "SELECT count(*) AS n, sum(state = 'done') AS done, max(max_attempts) AS ma FROM jobs"
+        " WHERE file_id = ? AND recipe = ? AND spec_hash = ? AND stage LIKE 'stripe:%'",
+        (c.file_id, c.recipe, c.spec_hash),
+    )
+    if row["n"] and row["done"] == row["n"]:
+        spec = json.dumps(c.spec, sort_keys=True)
+        journal.add_job(
+            db,
+            {"file_id": c.file_id, "recipe": c.recipe, "spec": spec, "spec_hash": c.spec_hash, "max_attempts": row["ma"], "stage": splitting.join_stage(row["n"])},
+            now=now,
+            actor=actor,
+        )
 
 
 def _fail(db, job_id, file_id, recipe, from_state, token, reason, kind, *, now, actor) -> bool:

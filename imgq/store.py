@@ -53,3 +53,17 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def remove_parts(store: Path, file_id: str, spec_hash: str) -> int:
+    """Remove the stripes of a split image once its join is recorded; returns how many."""
+    folder = store / file_id / "parts"
+    removed = 0
+    for path in folder.glob(f"*-{spec_hash[:8]}.*of*.npy"):
+        path.unlink(missing_ok=True)
+        removed += 1
+    try:
+        folder.rmdir()
+    except OSError:
+        pass  # other recipes' stripes are still there
+    return removed

@@ -22,6 +22,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+from imgq import split as splitting
 from imgq import faces, imaging, queue, recipes, store
 from imgq.config import Settings
 from imgq.database import DB
@@ -58,7 +59,13 @@ def process(claim: queue.Claim, settings: Settings) -> queue.Outcome:
     started = time.monotonic()
     try:
         chains, options = recipes.split_spec(claim.spec)
-        rendered = imaging.render(src, chains, max_pixels=settings.max_pixels)
+        kind, index, count = splitting.parse_stage(claim.stage)
+        if kind == "stripe":
+            return _stripe(claim, settings, src, chains, index, count, started)
+        if kind == splitting.JOIN:
+            rendered = _join(claim, settings, src, chains, count)
+        else:
+            rendered = imaging.render(src, chains, max_pixels=settings.max_pixels)
         result: dict = {}
         for name, r in rendered.items():
             facts = getattr(r, "facts", None)
@@ -84,6 +91,34 @@ def process(claim: queue.Claim, settings: Settings) -> queue.Outcome:
         return queue.Outcome(claim, error=f"{src}: out of memory", kind="transient")
     except Exception as e:  # a bug: retried up to max_attempts, then failed with the trace
         return queue.Outcome(claim, error=f"{src}: internal error {type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}", kind="transient")
+
+
+def _stripe(claim, settings, src, chains, index, count, started) -> queue.Outcome:
+    """One stripe of a split image: the chains' neighbourhood prefixes on its rows, kept
+    losslessly in the store until the join job stacks them."""
+    halo = splitting.halo(chains)
+    prefixes = {name: p for name, p in ((n, splitting.divide(c)[0]) for n, c in chains.items()) if p}
+    parts = imaging.render_stripe(src, prefixes, index, count, halo, max_pixels=settings.max_pixels)
+    for name, image in parts.items():
+        imaging.save_part(image, settings.store_dir / splitting.part_path(claim.file_id, name, claim.spec_hash, index, count))
+    return queue.Outcome(claim, artifacts=[], result={"stripe": [index, count], "halo": halo, "seconds": round(time.monotonic() - started, 4)})
+
+
+def _join(claim, settings, src, chains, count) -> dict:
+    halo = splitting.halo(chains)
+    divided = {name: splitting.divide(c) for name, c in chains.items()}
+    rests = {name: rest for name, (prefix, rest) in divided.items() if prefix}
+    others = {name: chains[name] for name, (prefix, _) in divided.items() if not prefix}
+
+    def load(size):
+        width, height = size
+        rows = splitting.plan(height, count, halo)
+        return {
+            name: [imaging.load_part(settings.store_dir / splitting.part_path(claim.file_id, name, claim.spec_hash, st.index, count), width, st.y1 - st.y0) for st in rows]
+            for name in rests
+        }
+
+    return imaging.render_join(src, load, rests, others, max_pixels=settings.max_pixels)
 
 
 class Heartbeat(threading.Thread):
@@ -170,6 +205,8 @@ def worker_main(settings: Settings, opts: WorkOptions, name: str, stop: mp.Event
                 outcome = process(c, settings)
                 settled = queue.settle(db, [outcome], now=time.time(), actor=actor, backoff=settings.backoff_seconds, backoff_max=settings.backoff_max_seconds)
                 beat.drop(c.job_id)
+                if c.stage.startswith(splitting.JOIN) and c.job_id in settled.done:
+                    store.remove_parts(settings.store_dir, c.file_id, c.spec_hash)  # only once the join is recorded
                 elapsed = time.monotonic() - t0
                 per_job = elapsed if per_job is None else 0.8 * per_job + 0.2 * elapsed
                 for j in settled.done:

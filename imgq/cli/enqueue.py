@@ -18,6 +18,7 @@ Examples:
   imgq enqueue                      # every photo not yet enqueued
   imgq enqueue --recipe default alice_1700000000_IMG_0001.jpg
   imgq enqueue --op thumb --op 'fit:1920x1080' -
+  imgq enqueue --split --stripes 8 --op 'median=5|web' big_1700000000_pano.tif
   imgq enqueue --op 'web|brightness=1.2|sharpness=1.5' --op 'web|faces'
 """
 
@@ -27,6 +28,9 @@ def enqueue(
     recipe: Annotated[Optional[list[str]], typer.Option("--recipe", "-r", help="Recipe to apply (repeatable; default: the enqueue list of imgq.toml, else default). `imgq recipes` lists them.", metavar="NAME", show_default=False)] = None,
     op: Annotated[Optional[list[str]], typer.Option("--op", help="An operation chain giving one artifact, e.g. 'web|sharpness=1.5' (repeatable).", metavar="CHAIN", show_default=False)] = None,
     max_attempts: Annotated[Optional[int], typer.Option("--max-attempts", help="Attempts before a transiently failing job fails (default 5).", min=1, show_default=False)] = None,
+    split: Annotated[bool, typer.Option("--split", help="Split images over split_pixels (default 40 MP) into stripe jobs that any workers or hosts run in parallel, then join them; the result is pixel-identical.")] = False,
+    stripes: Annotated[Optional[int], typer.Option("--stripes", help="Stripes per split image (default 4, or split_stripes in imgq.toml).", min=2, show_default=False)] = None,
+    split_pixels: Annotated[Optional[int], typer.Option("--split-pixels", help="Split only images with more pixels than this (default 40000000).", min=1, show_default=False)] = None,
     db: common.DbOpt = None,
     config: common.ConfigOpt = None,
     json: common.JsonOpt = False,
@@ -60,7 +64,10 @@ def enqueue(
     with common.step_lock(settings, "enqueue", wait), common.recorded_run(database, "enqueue", {"ids": wanted, "recipes": chains_by_recipe}) as run:
         if wanted is None:
             wanted = [r[0] for r in database.all("SELECT id FROM files WHERE state IN ('seen', 'queued', 'processed', 'archived') ORDER BY created_at, id")]
-        results = queue.enqueue(database, wanted, chains_by_recipe, now=time.time(), max_attempts=settings.max_attempts, actor=Actor(name="enqueue"))
+        policy = None
+        if split:
+            policy = queue.SplitPolicy(min_pixels=split_pixels or settings.split_pixels, stripes=stripes or settings.split_stripes)
+        results = queue.enqueue(database, wanted, chains_by_recipe, now=time.time(), max_attempts=settings.max_attempts, actor=Actor(name="enqueue"), split=policy)
         err = common.stderr()
         unknown = 0
         for r in results:
