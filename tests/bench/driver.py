@@ -27,6 +27,7 @@ PARTS = {
     "local": ("bench_local", "imgq vs parallel+vipsthumbnail, parallel+ImageMagick, a bare Pillow loop"),
     "queue": ("bench_queue", "no-op jobs through claim -> settle, bare SQLite baseline, fairness of two processes"),
     "memory": ("bench_memory", "peak RSS of one imgq worker rendering a 24 MP photo"),
+    "split": ("bench_split", "one 100 MP image through bilateral: whole on 1 worker vs stripe jobs on 2 workers, peak memory per worker"),
     "ops": ("bench_ops", "brightness+contrast+sharpness on sets shaped like a published enhancer's (Tokyo, Crops), face detection"),
 }
 
