@@ -1,0 +1,331 @@
+"""``imgq agent``: the remote side of ``imgq work --hosts``.
+
+One agent runs on a host per coordinator, started over SSH with its stdin and stdout as
+the channel (``imgq.protocol``). It runs N slots (worker processes, default: the host's
+cores), each rendering jobs with exactly the code a local worker runs
+(``worker.process``), so a remote artifact is byte for byte the local one.
+
+What it promises:
+- Everything it writes is inside its own session folder (``<workdir>/s-<pid>-<random>``,
+  mode 700), under names made from job ids (``in/<job>``, ``out/job<job>/...``), never
+  from a user's file name: the coordinator does not even send those. In shared-root mode
+  it reads inputs under the shared root only (checked after resolving symlinks).
+- It says hello first (version, cores, free disk, whether Pillow and OpenCV import), then
+  a heartbeat every second, so the coordinator notices a dead or frozen host within
+  seconds.
+- It exits when its stdin closes (the coordinator went away, or closed the session), or
+  when the coordinator has been silent for ``idle_timeout`` seconds; its slots die with
+  it (PR_SET_PDEATHSIG), and its session folder is removed.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import ctypes
+import hashlib
+import multiprocessing as mp
+import os
+import queue as stdqueue
+import re
+import secrets
+import shutil
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from imgq import __version__, protocol
+
+BEAT_SECONDS = 1.0
+DEFAULT_IDLE_TIMEOUT = 60.0
+DEFAULT_WORKDIR = "~/.imgq/agent"
+_SESSION = re.compile(r"s-(\d+)-[0-9a-f]{8}$")
+_SPEC_HASH = re.compile(r"[0-9a-f]{8,64}$")
+
+
+def _die_with_parent() -> None:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:  # not Linux: the slot still exits when its task pipe closes
+        pass
+
+
+def _slot_init() -> None:
+    """In each slot process: never touch the protocol channel, die with the agent."""
+    _die_with_parent()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)  # a slot holding the channel open would hide the agent's death
+    os.dup2(2, 1)  # anything a library prints goes to stderr, not into the frames
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from imgq import worker
+
+    worker._one_thread_per_worker()
+
+
+def _slot_job(job_id: int, spec: dict, spec_hash: str, max_pixels: int, quality: int, src_root: str, src_rel: str, out_dir: str) -> dict:
+    """Run one job in a slot: the local worker's own ``process`` with the store in the
+    session folder and a file id made from the job id."""
+    import dataclasses
+
+    from imgq import queue, worker
+    from imgq.config import Settings
+
+    claim = queue.Claim(job_id, f"job{job_id}", "", spec, spec_hash, "", 1, 1, src_root, src_rel)
+    settings = Settings(store=Path(out_dir), max_pixels=max_pixels, jpeg_quality=quality)
+    o = worker.process(claim, settings)
+    return {"error": o.error, "kind": o.kind, "result": o.result, "artifacts": [dataclasses.asdict(a) for a in o.artifacts or []]}
+
+
+def _libraries() -> tuple[dict, dict]:
+    """Versions of the imaging libraries, and the import error of each that fails."""
+    libs, errors = {}, {}
+    for name, module in (("pillow", "PIL"), ("opencv", "cv2"), ("numpy", "numpy")):
+        try:
+            mod = __import__(module)
+            libs[name] = getattr(mod, "__version__", "?")
+        except Exception as e:  # ImportError, or a broken build raising anything at import
+            libs[name] = None
+            errors[name] = f"{type(e).__name__}: {e}".strip()[:300]
+    return libs, errors
+
+
+def _sweep_sessions(root: Path) -> None:
+    """Remove session folders of agents that are gone (killed with SIGKILL, host crashed)."""
+    for d in root.glob("s-*"):
+        m = _SESSION.match(d.name)
+        if not m or not d.is_dir() or d.is_symlink():
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except PermissionError:
+            pass
+
+
+class Agent:
+    def __init__(self, *, slots: int | None, workdir: str, shared_root: str | None, idle_timeout: float, stdin, stdout):
+        self.stdin, self.stdout = stdin, stdout
+        self.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        self.slots = slots or self.cores
+        self.idle_timeout = idle_timeout
+        self.shared_root = os.path.realpath(os.path.expanduser(shared_root)) if shared_root else None
+        root = Path(os.path.expanduser(workdir))
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _sweep_sessions(root)
+        self.session = root / f"s-{os.getpid()}-{secrets.token_hex(4)}"
+        self.session.mkdir(mode=0o700)
+        (self.session / "in").mkdir()
+        (self.session / "out").mkdir()
+        self.write_lock = threading.Lock()
+        self.jobs: dict[int, concurrent.futures.Future] = {}
+        self.jobs_lock = threading.Lock()
+        self.finished: stdqueue.Queue = stdqueue.Queue()
+        self.heard = time.monotonic()
+        self.stopping = threading.Event()
+        self.pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self.broken: str | None = None  # why this agent cannot render (a library missing)
+
+    # --- output ------------------------------------------------------------------------
+
+    def send(self, header: dict, blob: bytes | memoryview = b"") -> None:
+        try:
+            with self.write_lock:
+                protocol.write_message(self.stdout, header, blob)
+        except (OSError, ValueError):
+            self.quit()  # the coordinator is gone: nobody to work for
+
+    def free_disk(self) -> int:
+        try:
+            return shutil.disk_usage(self.session).free
+        except OSError:
+            return 0
+
+    def hello(self) -> None:
+        libs, errors = _libraries()
+        if errors:
+            self.broken = "; ".join(f"{k}: {v}" for k, v in errors.items())
+        self.send({
+            "type": "hello", "protocol": protocol.PROTOCOL, "version": __version__,
+            "python": sys.version.split()[0], "cores": self.cores, "slots": self.slots,
+            "free_disk": self.free_disk(), "libs": libs, "errors": errors,
+            "pid": os.getpid(), "workdir": str(self.session), "shared_root": self.shared_root,
+        })
+
+    # --- slots -------------------------------------------------------------------------
+
+    def start_pool(self) -> None:
+        self.pool = concurrent.futures.ProcessPoolExecutor(self.slots, mp_context=mp.get_context("fork"), initializer=_slot_init)
+        # start every slot now, before the heartbeat thread exists, rather than on demand
+        for f in [self.pool.submit(time.sleep, 0) for _ in range(self.slots)]:
+            f.result()
+
+    def _pool_broken(self) -> None:
+        """A slot died (killed, out of memory): its jobs fail transiently; fresh slots."""
+        old, self.pool = self.pool, None
+        old.shutdown(wait=False, cancel_futures=True)
+        self.start_pool()
+
+    # --- jobs --------------------------------------------------------------------------
+
+    def on_job(self, header: dict, blob: memoryview) -> None:
+        job_id = header.get("job")
+        if not isinstance(job_id, int) or job_id < 0:
+            self.send({"type": "fatal", "message": f"bad job id {job_id!r}"})
+            return
+        try:
+            src_root, src_rel = self._input(job_id, header, blob)
+            spec, spec_hash = header["spec"], str(header["spec_hash"])
+            if not _SPEC_HASH.match(spec_hash):
+                raise ValueError(f"bad spec hash {spec_hash!r}")
+            from imgq import recipes
+
+            recipes.normalize_recipe(spec)  # artifact names become file names: checked first
+        except OSError as e:  # the host's disk: full, read-only, gone
+            self._refuse(job_id, "transient", f"cannot stage the input on the host: {e.strerror or e}")
+            return
+        except (ValueError, KeyError, TypeError) as e:
+            self._refuse(job_id, "permanent", f"bad job message: {e}")
+            return
+        except Exception as e:  # UnknownOperation from the recipe check, ...
+            from imgq.errors import classify
+
+            self._refuse(job_id, classify(e), str(e))
+            return
+        if self.broken:
+            self._refuse(job_id, "transient", f"host cannot render: {self.broken}")
+            return
+        args = (job_id, spec, spec_hash, int(header["max_pixels"]), int(header["quality"]), src_root, src_rel, str(self.session / "out"))
+        try:
+            fut = self.pool.submit(_slot_job, *args)
+        except concurrent.futures.BrokenExecutor:
+            self._pool_broken()
+            fut = self.pool.submit(_slot_job, *args)
+        with self.jobs_lock:
+            self.jobs[job_id] = fut
+        fut.add_done_callback(lambda f, j=job_id: self.finished.put((j, f)))
+
+    def _refuse(self, job_id: int, kind: str, message: str) -> None:
+        self.send({"type": "error", "job": job_id, "kind": kind, "message": message})
+        self._cleanup(job_id)
+
+    def _input(self, job_id: int, header: dict, blob: memoryview) -> tuple[str, str]:
+        """(root, relative path) of the job's input: staged bytes written to in/<job>,
+        or a path under the shared root."""
+        path = header.get("path")
+        if path is None:
+            dest = self.session / "in" / str(job_id)
+            with open(dest, "wb") as f:
+                f.write(blob)
+            return str(self.session / "in"), str(job_id)
+        if not self.shared_root:
+            raise ValueError("a path was sent but this agent has no shared root")
+        full = os.path.realpath(os.path.join(self.shared_root, str(path)))
+        if not full.startswith(self.shared_root.rstrip("/") + "/") or not os.path.isfile(full):
+            raise ValueError("input path is not a file inside the shared root")
+        return self.shared_root, os.path.relpath(full, self.shared_root)
+
+    def _cleanup(self, job_id: int) -> None:
+        try:
+            (self.session / "in" / str(job_id)).unlink()
+        except FileNotFoundError:
+            pass
+        shutil.rmtree(self.session / "out" / f"job{job_id}", ignore_errors=True)
+
+    def reply_loop(self) -> None:
+        """Send each finished job's artifacts (or its error), then forget its files."""
+        while True:
+            job_id, fut = self.finished.get()
+            if job_id is None:
+                return
+            with self.jobs_lock:
+                self.jobs.pop(job_id, None)
+            try:
+                if fut.cancelled():
+                    self.send({"type": "error", "job": job_id, "kind": "transient", "message": "cancelled"})
+                    continue
+                exc = fut.exception()
+                if isinstance(exc, concurrent.futures.process.BrokenProcessPool):
+                    self.send({"type": "error", "job": job_id, "kind": "transient", "message": "a worker slot on the host died (killed or out of memory)"})
+                    continue
+                if exc is not None:
+                    self.send({"type": "error", "job": job_id, "kind": "transient", "message": f"internal error {type(exc).__name__}: {exc}"})
+                    continue
+                self._reply(job_id, fut.result())
+            finally:
+                self._cleanup(job_id)
+
+    def _reply(self, job_id: int, r: dict) -> None:
+        if r["error"] is not None:
+            self.send({"type": "error", "job": job_id, "kind": r["kind"], "message": r["error"], "input": str(self.session / "in" / str(job_id))})
+            return
+        out, blobs = [], []
+        for a in r["artifacts"]:
+            data = (self.session / "out" / a["path"]).read_bytes()
+            if len(data) != a["bytes"] or hashlib.sha256(data).hexdigest() != a["sha256"]:
+                self.send({"type": "error", "job": job_id, "kind": "transient", "message": f"artifact {a['name']} changed on the host's disk after it was written"})
+                return
+            out.append({k: a[k] for k in ("name", "sha256", "bytes", "width", "height")})
+            blobs.append(data)
+        self.send({"type": "done", "job": job_id, "artifacts": out, "result": r["result"]}, b"".join(blobs))
+
+    # --- liveness ----------------------------------------------------------------------
+
+    def beat_loop(self) -> None:
+        while not self.stopping.wait(BEAT_SECONDS):
+            if time.monotonic() - self.heard > self.idle_timeout:
+                sys.stderr.write(f"imgq agent: nothing from the coordinator for {self.idle_timeout:g} s; exiting\n")
+                self.quit()
+            with self.jobs_lock:
+                running = [j for j, f in self.jobs.items() if f.running()]
+                waiting = [j for j, f in self.jobs.items() if not f.done() and not f.running()]
+            self.send({"type": "beat", "running": running, "waiting": waiting, "free_disk": self.free_disk()})
+
+    def quit(self, code: int = 0) -> None:
+        """Stop now: slots killed, session folder removed, process gone."""
+        self.stopping.set()
+        if self.pool is not None:
+            for p in list(getattr(self.pool, "_processes", {}).values()):
+                try:
+                    p.kill()
+                except Exception:
+                    pass
+        shutil.rmtree(self.session, ignore_errors=True)
+        os._exit(code)
+
+    def serve(self) -> int:
+        self.hello()
+        self.start_pool()
+        threading.Thread(target=self.reply_loop, daemon=True, name="replies").start()
+        threading.Thread(target=self.beat_loop, daemon=True, name="beats").start()
+        while True:
+            try:
+                body = protocol.read_frame(self.stdin)
+            except (protocol.ProtocolError, OSError) as e:
+                sys.stderr.write(f"imgq agent: {e}\n")
+                self.quit(1)
+            if body is None:
+                self.quit(0)  # stdin closed: the coordinator is done with us (or dead)
+            self.heard = time.monotonic()
+            header, blob = protocol.decode(body)
+            kind = header["type"]
+            if kind == "job":
+                self.on_job(header, blob)
+            elif kind == "cancel":
+                with self.jobs_lock:
+                    fut = self.jobs.get(header.get("job"))
+                if fut is not None:
+                    fut.cancel()
+            # 'ping' only refreshes `heard`; unknown types are ignored (a newer coordinator)
+
+
+def main(*, slots: int | None = None, workdir: str = DEFAULT_WORKDIR, shared_root: str | None = None, idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> int:
+    """Serve the protocol on this process's stdin/stdout until stdin closes."""
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    # Nothing but frames may reach the real stdout: stray prints go to stderr instead.
+    sys.stdout = sys.stderr
+    agent = Agent(slots=slots, workdir=workdir, shared_root=shared_root, idle_timeout=idle_timeout, stdin=stdin, stdout=stdout)
+    signal.signal(signal.SIGTERM, lambda *_: agent.quit(143))
+    signal.signal(signal.SIGINT, lambda *_: agent.quit(130))
+    return agent.serve()
