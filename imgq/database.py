@@ -263,7 +263,35 @@ def _m4_job_stages(db: "sqlite_utils.Database") -> None:
     db["jobs"].create_index(["file_id", "recipe", "spec_hash", "stage"], unique=True)
 
 
-MIGRATIONS: list[Callable[["sqlite_utils.Database"], None]] = [_m1_core, _m2_archive, _m3_faces, _m4_job_stages]
+def _m5_hosts(db: "sqlite_utils.Database") -> None:
+    # One row per host a fleet coordinator (`imgq work --hosts`) has used: its state
+    # (connecting, up, benched, draining, removed, stopped), why it is benched and until
+    # when, and counters. Written by imgq.hosts only; `imgq status` reads it.
+    db["hosts"].create(
+        {
+            "name": str,  # [user@]host[:port] as written in --hosts or the hosts file
+            "slots": int,
+            "state": str,
+            "reason": str,  # why benched (or the last trouble), for status
+            "benched_until": float,  # not tried again before this time
+            "failures": int,  # connect, preflight or loss failures in a row
+            "done": int,  # jobs completed on the host, all runs
+            "failed": int,  # jobs that failed on it
+            "lost": int,  # times it was lost mid-run (died, hung, cut off)
+            "version": str,  # imgq version its agent reported
+            "cores": int,
+            "free_disk": int,  # bytes free in the agent's folder at its last hello/beat
+            "coordinator": str,  # hostname:pid of the coordinator that wrote the row
+            "seen_at": float,  # last heartbeat from its agent
+            "updated_at": float,
+        },
+        pk="name",
+        not_null={"state", "updated_at"},
+        defaults={"failures": 0, "done": 0, "failed": 0, "lost": 0},
+    )
+
+
+MIGRATIONS: list[Callable[["sqlite_utils.Database"], None]] = [_m1_core, _m2_archive, _m3_faces, _m4_job_stages, _m5_hosts]
 
 
 def schema_version(conn: sqlite3.Connection) -> int:

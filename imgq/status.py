@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from imgq import faces
+from imgq import faces, hosts
 from imgq.database import DB
 from imgq.journal import FILE_STATES, JOB_STATES
 
@@ -61,6 +61,7 @@ def snapshot(db: DB, *, now: float, failures: int = 10) -> dict:
         "jobs_waiting_backoff": waiting,
         "jobs_per_minute": rate,
         "hosts": by_host,
+        "fleet": hosts.summary(db, now=now),  # hosts of `imgq work --hosts`: state, slots, in flight, why benched
         "eta_seconds": eta,
         "failures": recent,
         "retrying": retrying,

@@ -68,8 +68,12 @@ def render(console, snap: dict) -> None:
     eta = snap["eta_seconds"]
     eta_text = "done" if eta == 0 else ("unknown" if eta is None else str(dt.timedelta(seconds=int(eta))))
     console.print(f"throughput (jobs/min): 1m {rate['1m']}  5m {rate['5m']}  15m {rate['15m']}   ETA {eta_text}", markup=False)
+    fleet = snap.get("fleet") or []
     for h in snap.get("hosts", []):
-        console.print(f"  host {h['host']}: {h['done']} done in 5m ({h['per_minute']}/min)", markup=False)
+        if not any(f["host"] == h["host"] for f in fleet):
+            console.print(f"  host {h['host']}: {h['done']} done in 5m ({h['per_minute']}/min)", markup=False)
+    if fleet:
+        _render_fleet(console, fleet)
     fc = snap.get("faces") or {}
     if fc.get("photos_scanned"):
         console.print(
@@ -86,6 +90,17 @@ def render(console, snap: dict) -> None:
         for f in snap["failures"]:
             t.add_row(f["file_id"], f["kind"] or "", (f["error"] or "").splitlines()[0] if f["error"] else "")
         console.print(t)
+
+
+def _render_fleet(console, fleet: list[dict]) -> None:
+    """The hosts of `imgq work --hosts`: state (benched, and why), slots, jobs, recent rate."""
+    t = Table(title="hosts", title_justify="left", show_edge=False)
+    for col in ("host", "state", "slots", "done", "in flight", "per min (5m)", "why"):
+        t.add_column(col, justify="left" if col in ("host", "state", "why") else "right")
+    for h in fleet:
+        t.add_row(h["host"], h["state"], str(h["slots"] or ""), str(h["done"]), str(h["in_flight"]), str(h["per_minute"]),
+                  (h["reason"] or "").splitlines()[0] if h["benched"] and h["reason"] else "")
+    console.print(t)
 
 
 def _render_archive(console, archive: dict, collect: dict) -> None:
