@@ -18,6 +18,7 @@ from imgq.cli import common, enqueue, log, retry, scan, status, work
 from imgq.cli import publish, report
 from imgq.cli import archive, collect, run
 from imgq.cli import recipes
+from imgq.cli import agent, hosts
 from imgq.errors import Exit, ImgqError
 
 app = typer.Typer(
@@ -57,6 +58,8 @@ def _root(
 
 for module, name in [(scan, "scan"), (enqueue, "enqueue"), (work, "work"), (status, "status"), (log, "log"), (retry, "retry"), (publish, "publish"), (report, "report"), (archive, "archive"), (collect, "collect"), (run, "run"), (recipes, "recipes")]:
     app.command(name, epilog=module.EPILOG)(getattr(module, name))
+app.command("agent", epilog=agent.EPILOG, hidden=True)(agent.agent)  # started by `work --hosts`
+app.add_typer(hosts.app, name="hosts")
 
 
 def main(argv: list[str] | None = None) -> None:

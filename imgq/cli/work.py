@@ -11,8 +11,9 @@ from typing import Annotated, Optional
 import typer
 
 from imgq import report as report_lib
-from imgq import worker
+from imgq import fleet, worker
 from imgq.cli import common
+from imgq.cli import hosts as hosts_cli
 from imgq.errors import Exit, UsageError
 
 EPILOG = """\b
@@ -22,11 +23,13 @@ Examples:
   imgq work --once                  # from cron: what is due now, then exit
   imgq scan inbox/ | imgq enqueue - ; imgq work --drain
   imgq work --drain --report run.json   # the run's report (see `imgq report`)
+  imgq work --hosts gpu1,gpu2/8,alice@render3:2222   # on hosts over SSH (docs/fleet.md)
+  imgq work --hosts-file hosts.txt --follow          # re-read: edit it to add/drain hosts
 """
 
 
 def work(
-    processes: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Local worker processes (default: all cores).", min=1, show_default=False)] = None,
+    processes: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Local worker processes (default: all cores; with --hosts, none unless given).", min=1, show_default=False)] = None,
     drain: Annotated[bool, typer.Option("--drain", help="Exit when no job is left (default).")] = False,
     follow: Annotated[bool, typer.Option("--follow", help="Keep polling for new jobs until SIGINT/SIGTERM.")] = False,
     once: Annotated[bool, typer.Option("--once", help="Exit when no job is due now: jobs waiting out a retry backoff are left for the next run (for cron).")] = False,
@@ -35,6 +38,17 @@ def work(
     max_attempts: Annotated[Optional[int], typer.Option("--max-attempts", help="Attempts before a transiently failing job fails (default: the job's own, 5 unless enqueued with another).", min=1, show_default=False)] = None,
     poll: Annotated[float, typer.Option("--poll", help="Seconds between polls of an empty queue.", min=0.05, metavar="SECONDS")] = 1.0,
     report: Annotated[Optional[Path], typer.Option("--report", help="When the run ends, write its report (`imgq report --run ID`) to FILE: JSON if FILE ends in .json, else text.", metavar="FILE", show_default=False)] = None,
+    hosts: Annotated[Optional[list[str]], typer.Option("--hosts", help="Work on these hosts over SSH: [user@]host[:port][/slots], comma-separated or repeated.", metavar="HOSTS", show_default=False)] = None,
+    hosts_file: Annotated[Optional[Path], typer.Option("--hosts-file", help="Work on the hosts listed in FILE, one per line with an optional remote imgq command; re-read while running (a new line joins, a removed one drains).", metavar="FILE", show_default=False)] = None,
+    slots: Annotated[Optional[int], typer.Option("--slots", help="Worker slots per host without /slots (default: its cores).", min=1, show_default=False)] = None,
+    prefetch: Annotated[Optional[int], typer.Option("--prefetch", help="Jobs sent to a host ahead of its free slots (default: as many as its slots).", min=0, show_default=False)] = None,
+    transfers: Annotated[int, typer.Option("--transfers", help="Inputs read and sent at once per host.", min=1)] = 2,
+    shared_root: Annotated[Optional[Path], typer.Option("--shared-root", help="The hosts see the inbox at the same path under PATH: send paths, not bytes.", metavar="PATH", show_default=False)] = None,
+    remote_imgq: hosts_cli.RemoteImgqOpt = "imgq",
+    ssh_config: hosts_cli.SshConfigOpt = None,
+    accept_new_host_keys: hosts_cli.AcceptKeysOpt = False,
+    connect_timeout: hosts_cli.ConnectTimeoutOpt = None,
+    host_timeout: Annotated[float, typer.Option("--host-timeout", help="Seconds of silence (agents beat every second) after which a host is lost and its jobs run elsewhere.", min=2.0, metavar="SECONDS")] = 5.0,
     db: common.DbOpt = None,
     config: common.ConfigOpt = None,
     json: common.JsonOpt = False,
@@ -48,6 +62,12 @@ def work(
     retried with backoff. SIGINT/SIGTERM finish the job in hand and hand back the rest;
     after SIGKILL the lease expires and another worker takes the job. Prints the id of
     each file that became processed.
+
+    With --hosts or --hosts-file, this machine coordinates and the hosts work: it keeps
+    the database, starts `imgq agent` on each host over SSH, sends inputs ahead of need,
+    checks and stores the artifacts that come back. A host that fails the preflight of
+    `imgq hosts check`, dies, hangs or keeps failing is benched (see `imgq status`) and
+    its jobs run elsewhere.
     """
     if sum((drain, follow, once)) > 1:
         raise UsageError("--drain, --follow and --once cannot be used together")
@@ -57,6 +77,13 @@ def work(
     if lease is not None:
         settings.lease_seconds = lease
     opts = worker.WorkOptions(processes=processes or os.cpu_count() or 1, mode="follow" if follow else ("once" if once else "drain"), batch=batch, poll=poll, max_attempts=max_attempts)
+    fleet_opts = None
+    if hosts or hosts_file:
+        fleet_opts = hosts_cli.fleet_options(
+            hosts=hosts or [], hosts_file=hosts_file, remote_imgq=remote_imgq, slots=slots, prefetch=prefetch, transfers=transfers,
+            shared_root=shared_root, ssh_config=ssh_config, accept_new_host_keys=accept_new_host_keys, connect_timeout=connect_timeout,
+            host_timeout=host_timeout, local_processes=processes or 0, mode=opts.mode, max_attempts=max_attempts, poll=poll,
+        )
     database = common.open_db(settings)
     err = common.stderr()
     progress = None
@@ -72,15 +99,22 @@ def work(
                 common.out(r[1])
         elif r[0] == "failed":
             common.warn(f"failed: {r[3]}")
+        elif r[0] == "host" and r[2] in ("benched", "draining", "removed"):
+            common.warn(f"host {r[1]} {r[2]}" + (f": {r[3]}" if r[3] else ""))
+        elif r[0] == "warning":
+            common.warn(r[1])
         if progress:
             progress.update(r)
 
     run_ids: list[int] = []
-    with _report_when_done(report, database, settings, run_ids), common.recorded_run(database, "work", {"jobs": opts.processes, "mode": opts.mode}) as run:
+    with _report_when_done(report, database, settings, run_ids), common.recorded_run(database, "work", {"jobs": opts.processes, "mode": opts.mode, **({"hosts": [e.name for e in fleet_opts.hosts], "hosts_file": str(hosts_file) if hosts_file else None} if fleet_opts else {})}) as run:
         run_ids.append(run["id"])
         started = time.time()
         try:
-            summary = worker.work(settings, opts, on_report=on_report)
+            if fleet_opts is not None:
+                summary = fleet.work(settings, fleet_opts, database, on_report=on_report)
+            else:
+                summary = worker.work(settings, opts, on_report=on_report)
         finally:
             if progress:
                 progress.stop()
@@ -94,6 +128,8 @@ def work(
             "seconds": round(wall, 3),
             "processes": opts.processes,
         }
+        if fleet_opts is not None:
+            run["counts"].update(processes=fleet_opts.local_processes, bytes_out=summary.bytes_out, bytes_in=summary.bytes_in, hosts=summary.hosts)
         if common.is_tty():
             rate = summary.done / wall if wall > 0 else 0
             err.print(f"work: {summary.done} done, {len(summary.failed)} failed, {summary.retrying} to retry in {wall:.1f}s ({rate:.1f} jobs/s)", markup=False)

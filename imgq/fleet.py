@@ -1,0 +1,648 @@
+"""The fleet coordinator: ``imgq work --hosts``.
+
+The database never leaves this machine. One thread (the caller's) owns it: it claims jobs
+on the agents' behalf, settles what comes back (fenced by each lease token), extends the
+leases of everything in flight, and keeps the ``hosts`` table. Everything that waits on
+a network runs in other threads and talks to it through one event queue:
+
+- a connect thread per host being (re)connected: SSH, ``imgq agent``, its hello, the
+  preflight verdict (``link.start_agent``);
+- per connected host, an ``AgentLink``: sender threads (``--transfers``) reading inputs
+  and writing them to the agent, and a reader thread;
+- a small pool that checks and stores the artifacts that arrive (sha256, decode at the
+  stated size, temporary name, fsync, rename), so the reader keeps reading.
+
+Each host gets ``slots + prefetch`` jobs in flight, so the next input is already on the
+host when a slot frees up. A host that goes silent (``host_timeout``: its agent beats
+every second) is lost: its jobs go back to the queue at once (their lease token still
+fences a late reply), and it is benched with the reason and retried later with backoff.
+A host that fails preflight, or on which jobs keep failing, is benched the same way, so
+a broken host fails no job.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import multiprocessing as mp
+import os
+import queue as stdqueue
+import secrets
+import signal
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+from imgq import hosts, imaging, link, queue, recipes, store, worker
+from imgq.config import Settings
+from imgq.database import DB
+from imgq.errors import BadImage, HostUnreachable, ImgqError, UsageError
+from imgq.hosts import HostEntry, PreflightFailed
+from imgq.journal import Actor
+
+RELOAD_SECONDS = 2.0  # how often the hosts file is re-read
+PING_SECONDS = 2.0  # the agent exits when it hears nothing for its idle timeout
+FLUSH_SECONDS = 2.0  # host counters and heartbeat times written to the hosts table
+
+
+@dataclasses.dataclass
+class FleetOptions:
+    hosts: list[HostEntry] = dataclasses.field(default_factory=list)
+    hosts_file: Path | None = None
+    remote_imgq: tuple[str, ...] = ("imgq",)
+    slots: int | None = None  # per host without /slots; None: the host's cores
+    prefetch: int | None = None  # jobs in flight per host beyond its slots; None: = slots
+    transfers: int = 2  # inputs read and sent at once, per host
+    shared_root: Path | None = None
+    ssh_config: Path | None = None
+    accept_new_host_keys: bool = False
+    connect_timeout: float | None = None
+    host_timeout: float = 5.0  # silence after which a host is lost
+    local_processes: int = 0  # local worker processes beside the hosts
+    mode: str = "drain"  # drain | once | follow
+    max_attempts: int | None = None
+    poll: float = 1.0
+
+
+@dataclasses.dataclass
+class Host:
+    """The coordinator's view of one host (touched by the coordinator thread only)."""
+
+    entry: HostEntry
+    state: str = "new"  # new, connecting, up, benched, draining, removed
+    link: link.AgentLink | None = None
+    inflight: dict = dataclasses.field(default_factory=dict)  # job id -> Claim
+    failures: int = 0  # connect/preflight/loss failures in a row
+    benched_until: float = 0.0
+    reason: str | None = None
+    tried: bool = False  # a connection has been attempted at least once
+    errors_in_row: int = 0  # transient job errors reported by its agent, none done between
+    draining: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+
+@dataclasses.dataclass
+class FleetSummary(worker.WorkSummary):
+    bytes_out: int = 0  # sent to agents: inputs, job headers, pings
+    bytes_in: int = 0  # received: artifacts, replies, heartbeats
+    hosts: dict = dataclasses.field(default_factory=dict)  # name -> state at the end
+
+
+class ArtifactRejected(ImgqError):
+    """What an agent sent does not check out (damaged in transit, wrong size, not a JPEG)."""
+
+
+def receive_artifacts(claim: queue.Claim, header: dict, blob: memoryview, store_dir: Path) -> list[queue.Artifact]:
+    """Check and store the artifacts of a ``done`` message: each is an artifact of the
+    job's recipe, has the sha256 and size stated, decodes at the stated width and height,
+    and lands in the store atomically (temporary name, fsync, rename, folder fsync)."""
+    chains, _ = recipes.split_spec(claim.spec)
+    out, offset = [], 0
+    for a in header.get("artifacts") or []:
+        name = a.get("name")
+        if name not in chains:
+            raise ArtifactRejected(f"the agent sent an artifact {name!r} the recipe does not make")
+        size = int(a["bytes"])
+        data = blob[offset : offset + size]
+        offset += size
+        if len(data) != size or hashlib.sha256(data).hexdigest() != a["sha256"]:
+            raise ArtifactRejected(f"artifact {name} arrived damaged (sha256 or size differs from what the host sent)")
+        rel = store.artifact_path(claim.file_id, name, claim.spec_hash)
+        _write_verified(store_dir / rel, data, int(a["width"]), int(a["height"]))
+        out.append(queue.Artifact(name, rel, a["sha256"], size, int(a["width"]), int(a["height"])))
+    if offset != len(blob):
+        raise ArtifactRejected(f"the agent sent {len(blob) - offset} bytes more than its artifacts")
+    return out
+
+
+def _write_verified(dest: Path, data, width: int, height: int) -> None:
+    # the temporary name carries our pid, like imaging.save's, for store.sweep_temp
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}-{secrets.token_hex(4)}{store.TEMP_MARK}")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            imaging.verify(tmp, width, height)
+        except BadImage as e:
+            raise ArtifactRejected(f"artifact from the host does not verify: {e}") from None
+        os.replace(tmp, dest)
+        dfd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    finally:
+        if tmp.exists():
+            tmp.unlink(missing_ok=True)
+
+
+class Fleet:
+    """One run of the coordinator; ``run()`` returns a ``FleetSummary``."""
+
+    def __init__(self, settings: Settings, opts: FleetOptions, db: DB, *, on_report: Callable[[tuple], None] = lambda r: None):
+        self.settings, self.opts, self.db, self.on_report = settings, opts, db, on_report
+        self.events: stdqueue.Queue = stdqueue.Queue()
+        self.hosts: dict[str, Host] = {}
+        self.summary = FleetSummary()
+        self.stopping = False
+        self.dry_until = 0.0  # the last claim found nothing: don't ask again before this
+        self.pending_outcomes: dict[str, list] = defaultdict(list)  # host -> [(Outcome, from_agent)]
+        self.counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.fenced: set[int] = set()  # jobs whose lease we lost (another worker has them)
+        self.bytes_out = self.bytes_in = 0
+        self.local = None  # the local workers' process, with -j N beside the hosts
+        self.here = None  # a process for stages of split images, which need this store
+        self.local_reports = None
+        self._timers = {"reload": 0.0, "beat": time.monotonic(), "ping": 0.0, "flush": 0.0}
+        self._hosts_file_sig = None
+        self._file_entries: list[HostEntry] = []
+        self.store_pool = concurrent.futures.ThreadPoolExecutor(max(2, opts.transfers), thread_name_prefix="imgq-store")
+
+    # --- the loop -----------------------------------------------------------------------
+
+    def run(self) -> FleetSummary:
+        """Work until the queue drains (mode drain), nothing is due (once), or a signal
+        (follow); raise HostUnreachable if no host can work and nothing else will."""
+        store.sweep_temp(self.settings.store_dir, older_than=max(3600.0, 10 * self.settings.lease_seconds))
+        self._start_local()  # forks: before any thread of ours exists
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self._set_hosts(self.opts.hosts + self._read_hosts_file(initial=True))
+            if not self.hosts and not self.local and self.opts.mode != "follow":
+                raise UsageError("no hosts to work on (--hosts, --hosts-file)")
+            while not self.stopping:
+                self._tick()
+                if self._finished():
+                    break
+        finally:
+            self._shutdown()
+            for s, h in old.items():
+                signal.signal(s, h)
+        return self.summary
+
+    def _on_signal(self, signum, frame) -> None:
+        self.summary.interrupted = True
+        self.stopping = True
+
+    def _tick(self) -> None:
+        mono = time.monotonic()
+        if mono - self._timers["reload"] >= RELOAD_SECONDS and self.opts.hosts_file:
+            self._timers["reload"] = mono
+            self._set_hosts(self.opts.hosts + self._read_hosts_file())
+        self._drive_hosts()
+        self._claim()
+        self._pump_events(0.05)
+        self._settle()
+        self._pump_local()
+        mono = time.monotonic()
+        if mono - self._timers["beat"] >= self.settings.lease_seconds / 3:
+            self._timers["beat"] = mono
+            self._extend_leases()
+        if mono - self._timers["ping"] >= PING_SECONDS:
+            self._timers["ping"] = mono
+            for h in self._up():
+                h.link.send({"type": "ping"})
+        if mono - self._timers["flush"] >= FLUSH_SECONDS:
+            self._timers["flush"] = mono
+            self._flush_counts()
+
+    def _up(self) -> list[Host]:
+        return [h for h in self.hosts.values() if h.state in ("up", "draining") and h.link is not None]
+
+    def _finished(self) -> bool:
+        if any(h.inflight for h in self.hosts.values()) or self.pending_outcomes or not self.events.empty():
+            return False
+        if self.local is not None and self.local.is_alive():
+            return False
+        if self.opts.mode == "follow":
+            return False
+        if self.opts.mode == "once":
+            done = time.time() < self.dry_until  # asked, and nothing was due
+        else:
+            done = queue.pending(self.db, now=time.time())[0] == 0
+        if done:
+            return True
+        usable = [h for h in self.hosts.values() if not h.draining]
+        if not self.local and usable and all(h.state == "benched" and h.tried for h in usable):
+            reasons = "; ".join(f"{h.name}: {h.reason}" for h in usable)
+            raise HostUnreachable(f"no host can work, jobs are left in the queue ({reasons})")
+        return False
+
+    # --- hosts --------------------------------------------------------------------------
+
+    def _read_hosts_file(self, initial: bool = False) -> list[HostEntry]:
+        """The hosts file's entries, re-parsed only when the file changed. A file that
+        cannot be read or parsed mid-run (being edited, a typo) keeps the last good list."""
+        path = self.opts.hosts_file
+        if path is None:
+            return []
+        try:
+            st = path.stat()
+            sig = (st.st_mtime_ns, st.st_size, st.st_ino)
+            if sig != self._hosts_file_sig:
+                self._file_entries = hosts.read_hosts_file(path, remote_imgq=self.opts.remote_imgq)
+                self._hosts_file_sig = sig
+        except (OSError, UsageError) as e:
+            if initial:
+                raise UsageError(f"cannot read hosts file {path}: {e.strerror or e}" if isinstance(e, OSError) else str(e)) from None
+            if self._hosts_file_sig != "bad":
+                self.on_report(("warning", f"hosts file {path} not re-read, keeping the last list: {e}"))
+                self._hosts_file_sig = "bad"
+        return list(self._file_entries)
+
+    def _set_hosts(self, entries: list[HostEntry]) -> None:
+        """New names join; names no longer listed drain (finish what they hold, claim no more)."""
+        now = time.time()
+        wanted = {}
+        for e in entries:
+            wanted.setdefault(e.name, e)
+        for name, e in wanted.items():
+            h = self.hosts.get(name)
+            if h is None or h.state == "removed":
+                self.hosts[name] = Host(e)
+                hosts.record(self.db, name, now=now, state="new", reason=None, slots=e.spec.slots or self.opts.slots)
+                self.on_report(("host", name, "joined", None))
+            elif h.draining:
+                h.draining = False  # listed again before it finished draining
+                h.entry = e
+                if h.state == "draining":
+                    h.state = "up"
+                hosts.record(self.db, name, now=now, state=h.state)
+            else:
+                h.entry = e  # a changed command or slot count applies from its next connection
+        for name, h in self.hosts.items():
+            if name not in wanted and not h.draining and h.state != "removed":
+                h.draining = True
+                self.on_report(("host", name, "draining", "removed from the hosts file"))
+                if h.state == "up":
+                    h.state = "draining"
+                    hosts.record(self.db, name, now=now, state="draining", reason="removed from the hosts file")
+
+    def _drive_hosts(self) -> None:
+        now = time.time()
+        for h in self.hosts.values():
+            if h.state in ("new", "benched") and not self.stopping:
+                if h.draining:
+                    self._remove(h, now)
+                elif now >= h.benched_until:
+                    h.state, h.tried = "connecting", True
+                    hosts.record(self.db, h.name, now=now, state="connecting")
+                    threading.Thread(target=self._connect, args=(h, h.entry), daemon=True, name=f"connect-{h.name}").start()
+            elif h.state in ("up", "draining") and h.link is not None:
+                silent = h.link.silent_for()
+                if silent > self.opts.host_timeout:
+                    h.link.lose(f"no heartbeat for {silent:.0f} s (the host is hung, down or cut off)")
+                elif h.draining and not h.inflight:
+                    self._remove(h, now)
+
+    def _connect(self, h: Host, entry: HostEntry) -> None:
+        """In a thread: connect, start the agent, check it; report to the coordinator."""
+        try:
+            conn, proc, hello = link.start_agent(
+                entry, ssh_config=self.opts.ssh_config, accept_new_host_keys=self.opts.accept_new_host_keys,
+                connect_timeout=self.opts.connect_timeout, slots=entry.spec.slots or self.opts.slots,
+                shared_root=str(self.opts.shared_root) if self.opts.shared_root else None,
+            )
+            agent = link.AgentLink(
+                entry, conn, proc, hello, host_timeout=self.opts.host_timeout, transfers=self.opts.transfers,
+                on_message=lambda lk, hd, blob: self._on_message(h, lk, hd, blob),
+                on_lost=lambda lk, reason: self.events.put(("lost", h, lk, reason)),
+                read_input=lambda lk, claim, path: self._read_input(h, lk, claim, path),
+            )
+            self.events.put(("up", h, agent))
+        except PreflightFailed as e:
+            self.events.put(("down", h, f"preflight: {e}"))
+        except (HostUnreachable, UsageError) as e:
+            self.events.put(("down", h, str(e)))
+        except Exception as e:  # a bug or an unexpected library error: bench, say what
+            self.events.put(("down", h, f"{type(e).__name__}: {e}"))
+
+    def _bench(self, h: Host, reason: str, *, lost: bool = False) -> None:
+        """Take a host out of service for a while: its link closed, its jobs requeued."""
+        now = time.time()
+        if h.link is not None:
+            h.link.lose(reason)  # no-op if it is already closed
+            h.link = None
+        self._requeue(h, f"host {h.name} lost: {reason}" if lost else f"host {h.name} benched: {reason}")
+        h.failures += 1
+        h.errors_in_row = 0
+        h.benched_until = now + hosts.bench_delay(h.failures)
+        h.reason = reason
+        if h.draining:
+            self._remove(h, now)
+            return
+        h.state = "benched"
+        hosts.record(self.db, h.name, now=now, state="benched", reason=reason, benched_until=h.benched_until, failures=h.failures, add={"lost": 1} if lost else None)
+        self.on_report(("host", h.name, "benched", reason))
+
+    def _remove(self, h: Host, now: float) -> None:
+        if h.link is not None:
+            h.link.close()
+            h.link = None
+        h.state = "removed"
+        hosts.record(self.db, h.name, now=now, state="removed", reason="removed from the hosts file")
+        self.on_report(("host", h.name, "removed", None))
+
+    def _requeue(self, h: Host, why: str) -> None:
+        """A lost host's jobs go back to the queue now, not when their leases expire; the
+        attempt counts (a photo that kills its host cannot loop forever)."""
+        if not h.inflight:
+            return
+        outcomes = [queue.Outcome(c, error=why, kind="transient") for c in h.inflight.values()]
+        h.inflight.clear()
+        settled = queue.settle(self.db, outcomes, now=time.time(), actor=self._actor(h), backoff=0.0, backoff_max=0.0)
+        self._report_settled(h, settled, [o.error for o in outcomes])
+        self.dry_until = 0.0
+
+    def _actor(self, h: Host) -> Actor:
+        pid = h.link.hello.get("pid") if h.link else None
+        return Actor(host=h.name, name=f"{h.name}:agent{pid}" if pid else h.name)
+
+    # --- claiming and sending -----------------------------------------------------------
+
+    def _claim(self) -> None:
+        if self.stopping or time.time() < self.dry_until:
+            return
+        for h in sorted(self._up(), key=lambda h: len(h.inflight) / max(1, h.link.slots)):
+            if h.draining:
+                continue
+            prefetch = self.opts.prefetch if self.opts.prefetch is not None else h.link.slots
+            want = h.link.slots + prefetch - len(h.inflight)
+            if want <= 0:
+                continue
+            claims = queue.claim(self.db, owner=self._actor(h).name, limit=want, lease_seconds=self.settings.lease_seconds,
+                                 now=time.time(), actor=self._actor(h), max_attempts=self.opts.max_attempts)
+            for c in claims:
+                h.inflight[c.job_id] = c
+                if c.stage:
+                    self._run_here(h, c)
+                else:
+                    self._send(h, c)
+            if len(claims) < want:
+                self.dry_until = time.time() + self.opts.poll
+                return
+
+    def _run_here(self, h: Host, c: queue.Claim) -> None:
+        """A stripe or join of a split image (imgq enqueue --split) reads and writes
+        intermediate stripes in this machine's store, so it runs here, in one local
+        process, still counted in flight on the host that claimed it."""
+        if self.here is None:
+            # spawn, not fork: this process has threads (paramiko's, ours)
+            self.here = concurrent.futures.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"))
+        fut = self.here.submit(worker.process, c, self.settings)
+
+        def done(f, c=c):
+            try:
+                outcome = f.result()
+            except Exception as e:
+                outcome = queue.Outcome(c, error=f"{Path(c.inbox) / c.path}: {type(e).__name__}: {e}", kind="transient")
+            self.events.put(("outcome", h, None, outcome, False))
+
+        fut.add_done_callback(done)
+
+    def _send(self, h: Host, c: queue.Claim) -> None:
+        header = {"type": "job", "job": c.job_id, "spec": c.spec, "spec_hash": c.spec_hash,
+                  "max_pixels": self.settings.max_pixels, "quality": self.settings.jpeg_quality}
+        src = Path(c.inbox) / c.path
+        root = self.opts.shared_root
+        if root is not None and os.path.commonpath([os.path.abspath(src), os.path.abspath(root)]) == os.path.abspath(root):
+            header["path"] = os.path.relpath(os.path.abspath(src), os.path.abspath(root))
+            h.link.send_job(c, header, None)
+        else:
+            h.link.send_job(c, header, src)
+
+    def _read_input(self, h: Host, lk: link.AgentLink, c: queue.Claim, path: Path):
+        """In a sender thread: the input's bytes, or None (and a transient outcome) when
+        it cannot be read here, as a local worker would report it."""
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError as e:
+            self.events.put(("outcome", h, lk, queue.Outcome(c, error=f"{path}: {e.strerror or e}", kind="transient"), False))
+            return None
+
+    # --- what comes back ----------------------------------------------------------------
+
+    def _on_message(self, h: Host, lk: link.AgentLink, header: dict, blob: memoryview) -> None:
+        """In the link's reader thread."""
+        c = h.inflight.get(header.get("job"))
+        if c is None:
+            return  # a job this host no longer holds (requeued after a loss)
+        if header["type"] == "done":
+            self.store_pool.submit(self._store, h, lk, c, header, blob)
+        elif header["type"] == "error":
+            src = str(Path(c.inbox) / c.path)
+            text = str(header.get("message") or "failed on the host")
+            staged = header.get("input")
+            if staged and staged in text:
+                text = text.replace(staged, src)
+            elif src not in text:
+                text = f"{src}: {text}"  # always name the file, once
+            kind = "permanent" if header.get("kind") == "permanent" else "transient"
+            self.events.put(("outcome", h, lk, queue.Outcome(c, error=f"{text} (on {h.name})" if kind == "transient" else text, kind=kind), True))
+
+    def _store(self, h: Host, lk: link.AgentLink, c: queue.Claim, header: dict, blob: memoryview) -> None:
+        try:
+            artifacts = receive_artifacts(c, header, blob, self.settings.store_dir)
+            outcome = queue.Outcome(c, artifacts=artifacts, result=header.get("result"))
+        except ArtifactRejected as e:
+            outcome = queue.Outcome(c, error=f"{Path(c.inbox) / c.path}: {e} (from {h.name})", kind="transient")
+        except OSError as e:  # our own store: full disk, I/O error
+            outcome = queue.Outcome(c, error=f"cannot write artifacts of {Path(c.inbox) / c.path} to the store: {e.strerror or e}", kind="transient")
+        except Exception as e:  # a malformed done message
+            outcome = queue.Outcome(c, error=f"{Path(c.inbox) / c.path}: bad reply from {h.name}: {type(e).__name__}: {e}", kind="transient")
+        self.events.put(("outcome", h, lk, outcome, True))
+
+    def _pump_events(self, timeout: float) -> None:
+        try:
+            ev = self.events.get(timeout=timeout)
+        except stdqueue.Empty:
+            return
+        while True:
+            self._handle(ev)
+            try:
+                ev = self.events.get_nowait()
+            except stdqueue.Empty:
+                return
+
+    def _handle(self, ev: tuple) -> None:
+        kind, h = ev[0], ev[1]
+        if kind == "up":
+            agent = ev[2]
+            if self.stopping or h.draining or h.state != "connecting":
+                agent.close()
+                if h.draining:
+                    self._remove(h, time.time())
+                return
+            h.link, h.state, h.reason = agent, ("up"), None
+            hello = agent.hello
+            hosts.record(self.db, h.name, now=time.time(), state="up", reason=None, benched_until=None, slots=agent.slots,
+                         version=hello.get("version"), cores=hello.get("cores"), free_disk=hello.get("free_disk"), seen_at=time.time())
+            self.on_report(("host", h.name, "up", f"{agent.slots} slots"))
+        elif kind == "down":
+            if h.state == "connecting":
+                self._bench(h, ev[2])
+        elif kind == "lost":
+            lk, reason = ev[2], ev[3]
+            self.bytes_out += lk.bytes_out
+            self.bytes_in += lk.bytes_in
+            if h.link is lk:
+                self._bench(h, reason, lost=True)
+        elif kind == "outcome":
+            lk, outcome, from_agent = ev[2], ev[3], ev[4]
+            if h.inflight.get(outcome.claim.job_id) is outcome.claim:
+                self.pending_outcomes[h.name].append((outcome, from_agent))
+
+    def _settle(self) -> None:
+        for name, items in list(self.pending_outcomes.items()):
+            h = self.hosts[name]
+            outcomes = [o for o, _ in items]
+            for o in outcomes:
+                h.inflight.pop(o.claim.job_id, None)
+            settled = queue.settle(self.db, outcomes, now=time.time(), actor=self._actor(h),
+                                   backoff=self.settings.backoff_seconds, backoff_max=self.settings.backoff_max_seconds)
+            self._report_settled(h, settled, [o.error for o in outcomes])
+            # a host on which jobs keep failing for reasons of its own is benched
+            agent_errors = [o for o, from_agent in items if from_agent and o.error and o.kind == "transient" and o.claim.job_id not in self.fenced]
+            if settled.done:
+                h.errors_in_row = 0
+                h.failures = 0
+            h.errors_in_row += len(agent_errors)
+            if agent_errors and h.errors_in_row >= hosts.FAILS_IN_A_ROW and h.state == "up":
+                self._bench(h, f"{h.errors_in_row} jobs in a row failed on it; the last: {agent_errors[-1].error}")
+        self.pending_outcomes.clear()
+
+    def _report_settled(self, h: Host, settled: queue.Settled, errors: list) -> None:
+        s = self.summary
+        s.done += len(settled.done)
+        s.failed += settled.failed
+        s.retrying += len(settled.retrying)
+        s.lost += len(settled.lost)
+        s.processed += settled.processed
+        self.counts[h.name]["done"] += len(settled.done)
+        self.counts[h.name]["failed"] += len(settled.failed)
+        for j in settled.done:
+            self.on_report(("done", j))
+        for j, f, reason in settled.failed:
+            self.on_report(("failed", j, f, reason))
+        for j in settled.retrying:
+            self.on_report(("retrying", j, None))
+        for j in settled.lost:
+            self.on_report(("lost", j))
+        for f in settled.processed:
+            self.on_report(("processed", f))
+
+    def _extend_leases(self) -> None:
+        held = [(j, c.token) for h in self.hosts.values() for j, c in h.inflight.items()]
+        if not held:
+            return
+        lost = queue.heartbeat(self.db, held, lease_seconds=self.settings.lease_seconds, now=time.time())
+        for h in self._up():
+            for j in lost & set(h.inflight):
+                if j not in self.fenced:
+                    self.fenced.add(j)
+                    h.link.send({"type": "cancel", "job": j})
+
+    def _flush_counts(self) -> None:
+        seen = {h.name: time.time() - h.link.silent_for() for h in self._up()}
+        if self.counts or seen:
+            hosts.add_counts(self.db, {k: dict(v) for k, v in self.counts.items()}, seen, now=time.time())
+        self.counts.clear()
+
+    # --- local workers beside the hosts (-j N) ------------------------------------------
+
+    def _start_local(self) -> None:
+        if not self.opts.local_processes:
+            return
+        ctx = mp.get_context("fork")
+        self.local_reports = ctx.Queue()
+        wopts = worker.WorkOptions(processes=self.opts.local_processes, mode=self.opts.mode, max_attempts=self.opts.max_attempts, poll=self.opts.poll)
+        self.local = ctx.Process(target=_local_main, args=(self.settings, wopts, self.local_reports), name="imgq-local-workers")
+        self.local.start()
+
+    def _pump_local(self) -> None:
+        if self.local is None:
+            return
+        while True:
+            try:
+                r = self.local_reports.get_nowait()
+            except (stdqueue.Empty, OSError, ValueError):
+                return
+            kind = r[0]
+            if kind == "done":
+                self.summary.done += 1
+            elif kind == "failed":
+                self.summary.failed.append(r[1:])
+            elif kind == "retrying":
+                self.summary.retrying += 1
+            elif kind == "lost":
+                self.summary.lost += 1
+            elif kind == "processed":
+                self.summary.processed.append(r[1])
+            if kind != "exit":
+                self.on_report(r)
+
+    # --- the end ------------------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        """Hand back what is still held, close every link, record how each host ended."""
+        now = time.time()
+        self.stopping = True
+        held = []
+        for h in self.hosts.values():
+            held += list(h.inflight.values())
+            h.inflight.clear()
+            if h.link is not None:
+                self.bytes_out += h.link.bytes_out
+                self.bytes_in += h.link.bytes_in
+                h.link.close()
+                h.link = None
+                hosts.record(self.db, h.name, now=now, state="stopped", reason=None)
+            elif h.state == "connecting":
+                # still trying: a host benched before stays benched, with its reason
+                hosts.record(self.db, h.name, now=now, state="benched" if h.failures else "stopped", reason=h.reason)
+        if held:
+            queue.release(self.db, held, now=now, actor=Actor(host=hosts.coordinator_name(), name="fleet"))
+        self._flush_counts()
+        if self.local is not None:
+            if self.local.is_alive() and self.summary.interrupted:
+                os.kill(self.local.pid, signal.SIGTERM)
+            while self.local.is_alive():
+                self._pump_local()
+                self.local.join(0.2)
+            self._pump_local()
+        self.store_pool.shutdown(wait=False, cancel_futures=True)
+        if self.here is not None:
+            self.here.shutdown(wait=True, cancel_futures=True)
+        self.summary.bytes_out, self.summary.bytes_in = self.bytes_out, self.bytes_in
+        self.summary.hosts = {h.name: {"state": h.state, "reason": h.reason} for h in self.hosts.values()}
+
+
+def _local_main(settings: Settings, wopts: worker.WorkOptions, reports) -> None:
+    code = 0
+    try:
+        worker.work(settings, wopts, on_report=reports.put)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    finally:
+        reports.close()
+        reports.join_thread()
+        os._exit(code)
+
+
+def work(settings: Settings, opts: FleetOptions, db: DB, *, on_report: Callable[[tuple], None] = lambda r: None) -> FleetSummary:
+    """Run the coordinator (see ``Fleet``) until its mode says stop."""
+    return Fleet(settings, opts, db, on_report=on_report).run()

@@ -1,0 +1,241 @@
+"""The coordinator's side of one agent: an SSH connection, ``imgq agent`` started over
+it, a reader thread for the agent's messages and sender threads for the jobs.
+
+The link never touches the database: it hands what arrives to a callback, and the fleet
+(one thread) decides. What it guarantees:
+
+- ``open`` connects through ``imgq.remote`` (ssh_config, keys, ProxyJump, host keys
+  refused unless opted in), starts the agent with every argument quoted, and waits for
+  its hello; a hello that shows the host unfit raises ``PreflightFailed``, so a host
+  missing a library is never given a job.
+- Jobs are sent by ``transfers`` sender threads, each reading an input from disk while
+  another is on the wire. The input goes as raw bytes after a small JSON header (no
+  name from the inbox in it) or, with a shared root, as a path under that root.
+- Every read from the agent waits at most ``host_timeout`` seconds; the agent beats
+  every second, so silence means the host is dead, hung or cut off, and the link reports
+  it lost.
+"""
+
+from __future__ import annotations
+
+import queue as stdqueue
+import re
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from imgq import hosts, protocol, remote
+from imgq.errors import HostUnreachable
+from imgq.hosts import HostEntry, PreflightFailed
+
+AGENT_START_TIMEOUT = 60.0  # a cold Python importing Pillow and OpenCV on a slow disk
+
+
+def agent_argv(entry: HostEntry, *, slots: int | None, shared_root: str | None, idle_timeout: float | None = None) -> list[str]:
+    """The remote command line that starts the agent (a list: every word gets quoted)."""
+    argv = [*entry.remote_imgq, "agent"]
+    if slots:
+        argv += ["--slots", str(slots)]
+    if shared_root:
+        argv += ["--shared-root", shared_root]
+    if idle_timeout:
+        argv += ["--idle-timeout", f"{idle_timeout:g}"]
+    return argv
+
+
+def start_agent(entry: HostEntry, *, ssh_config=None, accept_new_host_keys=False, connect_timeout=None, slots=None, shared_root=None) -> tuple[remote.Connection, remote.RemoteProcess, dict]:
+    """Connect, start the agent, read its hello: (connection, process, hello).
+
+    HostUnreachable when the host cannot be reached; PreflightFailed when the agent does
+    not start (imgq missing, a library failing at import) or its hello shows a problem.
+    """
+    conn = remote.connect(entry.spec, ssh_config=ssh_config, accept_new_host_keys=accept_new_host_keys, connect_timeout=connect_timeout)
+    try:
+        argv = agent_argv(entry, slots=slots, shared_root=shared_root)
+        proc = remote.start_process(conn, argv, io_timeout=AGENT_START_TIMEOUT)
+        try:
+            body = proc.recv_frame()
+        except HostUnreachable as e:
+            if proc.channel.eof_received:  # the command ran and ended: it is the host's setup
+                raise PreflightFailed(_start_failure(proc, e)) from None
+            raise
+        if body is None:
+            raise PreflightFailed(_start_failure(proc, None))
+        try:
+            hello, _ = protocol.decode(body)
+        except protocol.ProtocolError as e:
+            raise PreflightFailed(f"{' '.join(argv[:2])} does not speak the agent protocol ({e})") from None
+        problems = hosts.check_hello(hello)
+        if problems:
+            err = PreflightFailed("; ".join(problems))
+            err.hello = hello
+            raise err
+        return conn, proc, hello
+    except BaseException:
+        remote.close(conn)
+        raise
+
+
+_LIBRARIES = {"cv2": "OpenCV", "PIL": "Pillow", "numpy": "NumPy", "fabric": "Fabric", "imgq": "imgq itself"}
+_IMPORT_LINE = re.compile(r"^\s*(?:import|from)\s+([A-Za-z_][\w]*)")
+
+
+def _start_failure(proc: remote.RemoteProcess, exc) -> str:
+    """Why the agent did not start, in one line: which import failed (from its traceback),
+    the last line it printed, its exit status."""
+    proc.channel.status_event.wait(2.0)
+    status = proc.channel.recv_exit_status() if proc.channel.exit_status_ready() else None
+    lines = [line.rstrip() for line in proc.stderr_tail().splitlines() if line.strip()]
+    said = lines[-1].strip() if lines else (str(exc) if exc else "no output")
+    imports = [m.group(1) for m in map(_IMPORT_LINE.match, lines) if m]
+    what = ""
+    if imports and "Error" in said:
+        lib = imports[-1]
+        what = f"cannot import {lib}" + (f" ({_LIBRARIES[lib]})" if lib in _LIBRARIES else "") + ": "
+    hint = " (command not found: give the path with --remote-imgq or in the hosts file)" if status == 127 else ""
+    return f"agent did not start: `{' '.join(proc.argv)}` exited {status}{hint}: {what}{said[:400]}"
+
+
+class AgentLink:
+    """One running agent. ``on_message(link, header, blob)`` is called from the reader
+    thread for every message; ``on_lost(link, reason)`` once, when the link dies."""
+
+    def __init__(self, entry: HostEntry, conn, proc, hello: dict, *, host_timeout: float, transfers: int,
+                 on_message: Callable, on_lost: Callable, read_input: Callable):
+        self.entry, self.name = entry, entry.name
+        self.conn, self.proc, self.hello = conn, proc, hello
+        self.slots = int(hello["slots"])
+        self.host_timeout = host_timeout
+        self.on_message, self.on_lost, self.read_input = on_message, on_lost, read_input
+        self.outbox: stdqueue.Queue = stdqueue.Queue()
+        self.write_lock = threading.Lock()
+        self.closed = threading.Event()
+        self.last_heard = time.monotonic()
+        self.bytes_out = self.bytes_in = 0
+        self.beat: dict = {}
+        proc.set_timeout(host_timeout)
+        self.threads = [threading.Thread(target=self._reader, daemon=True, name=f"{self.name}-reader")]
+        self.threads += [threading.Thread(target=self._sender, daemon=True, name=f"{self.name}-send{i}") for i in range(max(1, transfers))]
+        for t in self.threads:
+            t.start()
+
+    # --- sending -----------------------------------------------------------------------
+
+    def send_job(self, claim, header: dict, input_path: Path | None) -> None:
+        """Queue a job: its input is read (if staged) and sent by a sender thread."""
+        self.outbox.put((claim, header, input_path))
+
+    def send(self, header: dict) -> None:
+        """Queue a control message (ping, cancel)."""
+        self.outbox.put((None, header, None))
+
+    def _sender(self) -> None:
+        while not self.closed.is_set():
+            try:
+                claim, header, path = self.outbox.get(timeout=0.5)
+            except stdqueue.Empty:
+                continue
+            blob = b""
+            if path is not None:
+                blob = self.read_input(self, claim, path)
+                if blob is None:
+                    continue  # unreadable here: the fleet has settled it already
+            try:
+                self._write(header, blob)
+            except HostUnreachable as e:
+                self.lose(str(e))
+                return
+
+    def _write(self, header: dict, blob) -> None:
+        pieces = protocol.encode(header, blob)
+        with self.write_lock:
+            for piece in pieces:
+                # a memoryview: paramiko's sendall slices what it has left to send after
+                # each packet, and slicing bytes copies, which made a 6 MB photo cost
+                # ~150 copies of its remainder (5x the CPU of the crypto itself)
+                self.proc.write(memoryview(piece))
+        self.bytes_out += len(pieces[0]) + len(pieces[1])
+
+    # --- receiving ---------------------------------------------------------------------
+
+    def _reader(self) -> None:
+        while not self.closed.is_set():
+            try:
+                body = self.proc.recv_frame()
+            except HostUnreachable as e:
+                self.lose(str(e))
+                return
+            if body is None:
+                self.lose(f"agent ended: {self.proc.stderr_tail().strip()[-300:] or 'no message'}")
+                return
+            self.last_heard = time.monotonic()
+            self.bytes_in += len(body) + protocol.FRAME.size
+            try:
+                header, blob = protocol.decode(body)
+            except protocol.ProtocolError as e:
+                self.lose(f"garbled message from the agent: {e}")
+                return
+            if header["type"] == "beat":
+                self.beat = header
+            elif header["type"] == "fatal":
+                self.lose(f"agent gave up: {header.get('message')}")
+                return
+            else:
+                self.on_message(self, header, blob)
+
+    # --- ending ------------------------------------------------------------------------
+
+    def silent_for(self) -> float:
+        return time.monotonic() - self.last_heard
+
+    def lose(self, reason: str) -> None:
+        """The link is dead: close it and tell the fleet (once)."""
+        if self.closed.is_set():
+            return
+        self.closed.set()
+        self._close_quietly()
+        self.on_lost(self, reason)
+
+    def close(self) -> None:
+        """End the session on purpose: the agent sees EOF, stops its slots and cleans up."""
+        if self.closed.is_set():
+            return
+        self.closed.set()
+        self.proc.close_stdin()
+        threading.Thread(target=self._close_quietly, kwargs={"grace": 2.0}, daemon=True).start()
+
+    def _close_quietly(self, grace: float = 0.0) -> None:
+        try:
+            if grace:
+                self.proc.channel.status_event.wait(grace)
+            self.proc.close()
+            remote.close(self.conn)
+        except Exception:
+            pass
+
+
+def check(entry: HostEntry, **kw) -> dict:
+    """``imgq hosts check`` for one host: its hello and verdict, never an exception."""
+    started = time.monotonic()
+    out = {"host": entry.name, "ok": False, "command": " ".join(agent_argv(entry, slots=kw.get("slots"), shared_root=None))}
+    try:
+        conn, proc, hello = start_agent(entry, **kw)
+    except (HostUnreachable, PreflightFailed) as e:
+        out["problem"] = str(e)
+        out["stage"] = "preflight" if isinstance(e, PreflightFailed) else "connect"
+        out.update(_facts(getattr(e, "hello", None) or {}))
+        out["seconds"] = round(time.monotonic() - started, 2)
+        return out
+    proc.close_stdin()
+    try:
+        proc.wait(10)
+    except HostUnreachable:
+        pass
+    remote.close(conn)
+    out.update(_facts(hello), ok=True, seconds=round(time.monotonic() - started, 2))
+    return out
+
+
+def _facts(hello: dict) -> dict:
+    return {k: hello[k] for k in ("version", "python", "cores", "slots", "free_disk", "libs") if k in hello}
