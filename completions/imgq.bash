@@ -4,7 +4,8 @@
 # _imgq_subcommands PATH: the subcommands of the command PATH, in REPLY.
 _imgq_subcommands() {
     case $1 in
-        'imgq') REPLY='scan enqueue work status log retry publish report archive collect run recipes' ;;
+        'imgq') REPLY='scan enqueue work status log retry publish report archive collect run recipes hosts' ;;
+        'imgq hosts') REPLY='check' ;;
         *) REPLY='' ;;
     esac
 }
@@ -14,8 +15,8 @@ _imgq_options() {
     case $1 in
         'imgq') REPLY='--debug --version -h --help' ;;
         'imgq scan') REPLY='--settle --default-owner --db --config --json --wait --no-wait -h --help' ;;
-        'imgq enqueue') REPLY='-r --recipe --op --max-attempts --db --config --json --wait --no-wait -h --help' ;;
-        'imgq work') REPLY='-j --jobs --drain --follow --once --batch --lease --max-attempts --poll --report --db --config --json -h --help' ;;
+        'imgq enqueue') REPLY='-r --recipe --op --max-attempts --split --stripes --split-pixels --db --config --json --wait --no-wait -h --help' ;;
+        'imgq work') REPLY='-j --jobs --drain --follow --once --batch --lease --max-attempts --poll --report --hosts --hosts-file --slots --prefetch --transfers --shared-root --remote-imgq --ssh-config --accept-new-host-keys --connect-timeout --host-timeout --db --config --json -h --help' ;;
         'imgq status') REPLY='--watch --failures --db --config --json -h --help' ;;
         'imgq log') REPLY='--db --config --json -h --help' ;;
         'imgq retry') REPLY='--error --db --config --json -h --help' ;;
@@ -25,6 +26,8 @@ _imgq_options() {
         'imgq collect') REPLY='--min-copies --to -n --dry-run --ssh-config --accept-new-host-keys --db --config --json --wait --no-wait -h --help' ;;
         'imgq run') REPLY='--to -j --jobs -r --recipe --min-copies --no-collect --settle --ssh-config --accept-new-host-keys --db --config --json --wait --no-wait -h --help' ;;
         'imgq recipes') REPLY='--ops --config --json -h --help' ;;
+        'imgq hosts') REPLY='-h --help' ;;
+        'imgq hosts check') REPLY='--hosts-file --remote-imgq --ssh-config --accept-new-host-keys --connect-timeout --json -h --help' ;;
         *) REPLY='' ;;
     esac
 }
@@ -41,6 +44,8 @@ _imgq_value() {
         'imgq enqueue|--recipe') REPLY='value' ;;
         'imgq enqueue|--op') REPLY='value' ;;
         'imgq enqueue|--max-attempts') REPLY='value' ;;
+        'imgq enqueue|--stripes') REPLY='value' ;;
+        'imgq enqueue|--split-pixels') REPLY='value' ;;
         'imgq enqueue|--db') REPLY='file' ;;
         'imgq enqueue|--config') REPLY='file' ;;
         'imgq work|-j') REPLY='value' ;;
@@ -50,6 +55,16 @@ _imgq_value() {
         'imgq work|--max-attempts') REPLY='value' ;;
         'imgq work|--poll') REPLY='value' ;;
         'imgq work|--report') REPLY='file' ;;
+        'imgq work|--hosts') REPLY='value' ;;
+        'imgq work|--hosts-file') REPLY='file' ;;
+        'imgq work|--slots') REPLY='value' ;;
+        'imgq work|--prefetch') REPLY='value' ;;
+        'imgq work|--transfers') REPLY='value' ;;
+        'imgq work|--shared-root') REPLY='file' ;;
+        'imgq work|--remote-imgq') REPLY='value' ;;
+        'imgq work|--ssh-config') REPLY='file' ;;
+        'imgq work|--connect-timeout') REPLY='value' ;;
+        'imgq work|--host-timeout') REPLY='value' ;;
         'imgq work|--db') REPLY='file' ;;
         'imgq work|--config') REPLY='file' ;;
         'imgq status|--watch') REPLY='value' ;;
@@ -93,6 +108,10 @@ _imgq_value() {
         'imgq run|--db') REPLY='file' ;;
         'imgq run|--config') REPLY='file' ;;
         'imgq recipes|--config') REPLY='file' ;;
+        'imgq hosts check|--hosts-file') REPLY='file' ;;
+        'imgq hosts check|--remote-imgq') REPLY='value' ;;
+        'imgq hosts check|--ssh-config') REPLY='file' ;;
+        'imgq hosts check|--connect-timeout') REPLY='value' ;;
         *) REPLY='' ;;
     esac
 }
