@@ -60,7 +60,8 @@ class SplitPolicy:
     def applies(self, db: DB, file_id: str, chains: dict[str, str]) -> bool:
         row = db.one("SELECT width, height FROM files WHERE id = ?", (file_id,))
         big = row is not None and (row["width"] or 0) * (row["height"] or 0) > self.min_pixels
-        return big and self.stripes > 1 and splitting.worth_splitting(chains)
+        # options (on_no_faces) are not chains
+        return big and self.stripes > 1 and splitting.worth_splitting(recipes.split_spec(chains)[0])
 
 
 @dataclasses.dataclass

@@ -11,7 +11,7 @@ import time
 import pytest
 from PIL import Image
 
-from imgq import faces, journal, queue, samples
+from imgq import faces, journal, queue, recipes, samples
 from imgq.database import DB
 
 skimage_data = pytest.importorskip("skimage.data")
@@ -171,3 +171,15 @@ def test_skip_needs_a_faces_step_and_only_skips_when_every_scan_is_empty():
     assert not faces.skips({"on_no_faces": "skip"}, {"a": {"faces": []}, "b": {"faces": [[1, 1, 2, 2]]}})
     assert not faces.skips({"on_no_faces": "tag"}, {"a": {"faces": []}})
     assert not faces.skips({"on_no_faces": "skip"}, {"seconds": 1})  # no faces step ran
+
+
+def test_a_recipe_option_is_not_taken_for_a_chain_when_splitting(tmp_path):
+    # --split looks at a recipe's chains to see whether stripes are worth it; its options
+    # (on_no_faces = "skip") must not be read as a chain
+    db = DB(tmp_path / "imgq.db")
+    (tmp_path / "in").mkdir()
+    with db.transaction():
+        journal.add_file(db, {"id": "big", "inbox": str(tmp_path / "in"), "path": "a.jpg", "owner": "a", "width": 8000, "height": 6000}, state="seen", now=0)
+    spec = {"web": "median:5|web|faces", "on_no_faces": "skip"}
+    [r] = queue.enqueue(db, ["big"], {"people": spec}, now=0, max_attempts=3, split=queue.SplitPolicy(min_pixels=10_000_000, stripes=2))
+    assert r.created and q(db.path, "SELECT DISTINCT spec FROM jobs") == [(json.dumps(recipes.normalize_recipe(spec), sort_keys=True),)]
