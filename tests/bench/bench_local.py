@@ -147,8 +147,10 @@ def run_imgq(photos, inbox: Path, out: Path, jobs: int) -> dict:
     t1 = time.perf_counter()
     if scan.returncode or enq.returncode:
         raise RuntimeError(f"imgq scan|enqueue exited {scan.returncode}|{enq.returncode}: {scan_err.decode()[-400:]} {enq_err.decode()[-400:]}")
+    work_started = time.time()  # wall clock, to compare with the journal's event times
     work = subprocess.run([IMGQ, "work", "--db", str(db), "-j", str(jobs), "--drain"], cwd=out, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     t2 = time.perf_counter()
+    work_ended = time.time()
     if work.returncode:
         raise RuntimeError(f"imgq work exited {work.returncode}: {work.stderr.decode()[-600:]}")
     outputs: dict[str, dict[str, str]] = {}
@@ -162,11 +164,14 @@ def run_imgq(photos, inbox: Path, out: Path, jobs: int) -> dict:
         per_worker = conn.execute(
             "SELECT actor, count(*), max(at) FROM events WHERE entity = 'job' AND to_state = 'done' GROUP BY actor"
         ).fetchall()
+        first_claim = conn.execute("SELECT min(at) FROM events WHERE entity = 'job' AND to_state = 'leased'").fetchone()[0]
     finally:
         conn.close()
     lasts = [r[2] for r in per_worker]
     return {"wall": t2 - t0, "scan_enqueue": t1 - t0, "work": t2 - t1, "outputs": outputs, "jobs": states,
-            "jobs_per_worker": sorted(r[1] for r in per_worker), "finish_spread": (max(lasts) - min(lasts)) if len(lasts) > 1 else 0.0}
+            "jobs_per_worker": sorted(r[1] for r in per_worker), "finish_spread": (max(lasts) - min(lasts)) if len(lasts) > 1 else 0.0,
+            # imgq work's three phases: start-up to the first claim, claiming and rendering, last job done to exit
+            "work_phases": [first_claim - work_started, max(lasts) - first_claim, work_ended - max(lasts)] if lasts and first_claim else None}
 
 
 def run_vips(photos, inbox: Path, out: Path, jobs: int) -> dict:
@@ -411,6 +416,8 @@ def run(args, ctx) -> dict:
             res["work_photos_per_s"] = n / res["median_work"]
             res["median_finish_spread"] = median([x["finish_spread"] for x in runs])
             res["jobs_per_worker"] = runs[-1]["jobs_per_worker"]
+            phases = [x["work_phases"] for x in runs if x.get("work_phases")]
+            res["median_work_phases"] = [median([ph[i] for ph in phases]) for i in range(3)] if phases else None
         if name in ("bare", "decode") and walls:
             res["median_loop"] = median([x["loop"] for x in runs])
 
@@ -479,6 +486,10 @@ def render(res: dict) -> str:
                    f"(imgq --version)")
         out.append(f"  imgq: jobs {imgq.get('jobs')}, per worker {imgq.get('jobs_per_worker')}; the workers finished their last jobs "
                    f"{imgq['median_finish_spread']:.2f} s apart (one core idle meanwhile)")
+        if imgq.get("median_work_phases"):
+            a, b, c = imgq["median_work_phases"]
+            out.append(f"  imgq work: {a:.2f} s from start to the first claim, {b:.2f} s claiming and rendering "
+                       f"({n / b:.1f} photos/s), {c:.2f} s from the last job done to exit")
     for name in ("bare", "decode"):
         m = res["methods"].get(name, {})
         if m.get("median_loop"):
