@@ -30,6 +30,7 @@ import os
 import queue as stdqueue
 import secrets
 import signal
+import socket
 import threading
 import time
 from collections import defaultdict
@@ -156,7 +157,8 @@ class Fleet:
         self.summary = FleetSummary()
         self.stopping = False
         self.dry_until = 0.0  # the last claim found nothing: don't ask again before this
-        self.pending_outcomes: dict[str, list] = defaultdict(list)  # host -> [(Outcome, from_agent)]
+        # (host, ran here) -> [(Outcome, from_agent)]; "here": a split stage run on this machine
+        self.pending_outcomes: dict[tuple[str, bool], list] = defaultdict(list)
         self.counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self.fenced: set[int] = set()  # jobs whose lease we lost (another worker has them)
         self.bytes_out = self.bytes_in = 0
@@ -361,7 +363,7 @@ class Fleet:
         outcomes = [queue.Outcome(c, error=why, kind="transient") for c in h.inflight.values()]
         h.inflight.clear()
         settled = queue.settle(self.db, outcomes, now=time.time(), actor=self._actor(h), backoff=0.0, backoff_max=0.0)
-        self._report_settled(h, settled, [o.error for o in outcomes])
+        self._report_settled(h, settled)
         self.dry_until = 0.0
 
     def _actor(self, h: Host) -> Actor:
@@ -404,6 +406,7 @@ class Fleet:
         def done(f, c=c):
             try:
                 outcome = f.result()
+                outcome.claim = c  # a copy came back from the other process: ours is in flight
             except Exception as e:
                 outcome = queue.Outcome(c, error=f"{Path(c.inbox) / c.path}: {type(e).__name__}: {e}", kind="transient")
             self.events.put(("outcome", h, None, outcome, False))
@@ -501,17 +504,20 @@ class Fleet:
         elif kind == "outcome":
             lk, outcome, from_agent = ev[2], ev[3], ev[4]
             if h.inflight.get(outcome.claim.job_id) is outcome.claim:
-                self.pending_outcomes[h.name].append((outcome, from_agent))
+                self.pending_outcomes[(h.name, lk is None)].append((outcome, from_agent))
 
     def _settle(self) -> None:
-        for name, items in list(self.pending_outcomes.items()):
+        for (name, here), items in list(self.pending_outcomes.items()):
             h = self.hosts[name]
             outcomes = [o for o, _ in items]
             for o in outcomes:
                 h.inflight.pop(o.claim.job_id, None)
-            settled = queue.settle(self.db, outcomes, now=time.time(), actor=self._actor(h),
+            actor = Actor(host=socket.gethostname(), name="fleet-coordinator") if here else self._actor(h)
+            settled = queue.settle(self.db, outcomes, now=time.time(), actor=actor,
                                    backoff=self.settings.backoff_seconds, backoff_max=self.settings.backoff_max_seconds)
-            self._report_settled(h, settled, [o.error for o in outcomes])
+            self._report_settled(None if here else h, settled)
+            if here:
+                continue
             # a host on which jobs keep failing for reasons of its own is benched
             agent_errors = [o for o, from_agent in items if from_agent and o.error and o.kind == "transient" and o.claim.job_id not in self.fenced]
             if settled.done:
@@ -522,15 +528,16 @@ class Fleet:
                 self._bench(h, f"{h.errors_in_row} jobs in a row failed on it; the last: {agent_errors[-1].error}")
         self.pending_outcomes.clear()
 
-    def _report_settled(self, h: Host, settled: queue.Settled, errors: list) -> None:
+    def _report_settled(self, h: Host | None, settled: queue.Settled) -> None:
         s = self.summary
         s.done += len(settled.done)
         s.failed += settled.failed
         s.retrying += len(settled.retrying)
         s.lost += len(settled.lost)
         s.processed += settled.processed
-        self.counts[h.name]["done"] += len(settled.done)
-        self.counts[h.name]["failed"] += len(settled.failed)
+        if h is not None:
+            self.counts[h.name]["done"] += len(settled.done)
+            self.counts[h.name]["failed"] += len(settled.failed)
         for j in settled.done:
             self.on_report(("done", j))
         for j, f, reason in settled.failed:
