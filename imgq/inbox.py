@@ -8,6 +8,7 @@ loops. An unchanged file (same path, size and mtime) is not read again.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import datetime as dt
 import fnmatch
@@ -166,7 +167,7 @@ def scan(
         if not root.is_dir():
             report.skipped.append((str(root), "not a folder"))
             continue
-        batch: list[dict] = []
+        pending: list[tuple] = []
         for path, st in walk(root, skip_dirs, report):
             rel = path.relative_to(root)
             if settle > 0 and now - st.st_mtime < settle:
@@ -180,13 +181,22 @@ def scan(
             if known is not None and known["size"] == st.st_size and known["mtime_ns"] == st.st_mtime_ns:
                 report.unchanged += 1
                 continue
-            batch.append(_examine(root, rel, st, known, default_owner, max_pixels))
-            if len(batch) >= BATCH:
-                _record(db, batch, report, now=now, actor=actor)
-                batch = []
-        if batch:
-            _record(db, batch, report, now=now, actor=actor)
+            pending.append((root, rel, st, known, default_owner, max_pixels))
+            if len(pending) >= BATCH:
+                _record(db, _examine_all(pending), report, now=now, actor=actor)
+                pending = []
+        if pending:
+            _record(db, _examine_all(pending), report, now=now, actor=actor)
     return report
+
+
+def _examine_all(items: list[tuple]) -> list[dict]:
+    """_examine over a batch, a few files at a time: hashing releases the GIL, so reading
+    and hashing overlap and use every core (in order, so ids are stable)."""
+    if len(items) == 1:
+        return [_examine(*items[0])]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1, len(items))) as pool:
+        return list(pool.map(lambda item: _examine(*item), items))
 
 
 def _examine(root: Path, rel: Path, st: os.stat_result, known, default_owner: str, max_pixels: int) -> dict:

@@ -20,6 +20,7 @@ from imgq.database import DB
 from imgq.errors import InvalidTransition
 from imgq.journal import Actor, JobChange
 
+_JITTER = random.Random()  # seeded once: seeding from the OS on every settle showed in profiles
 ENQUEUEABLE = {"seen", "queued", "processed", "archived"}
 
 
@@ -245,7 +246,7 @@ def settle(
     exponential, jittered backoff until ``max_attempts``; a permanent one fails it and its
     file at once, with the reason.
     """
-    rng = rng or random.Random()
+    rng = rng or _JITTER
     out = Settled()
     with db.transaction():
         for o in outcomes:

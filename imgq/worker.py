@@ -30,6 +30,7 @@ from imgq.errors import ImgqError, classify
 from imgq.journal import Actor
 
 TARGET_BATCH_SECONDS = 0.5
+DRAIN_POLL = 0.05
 MAX_BATCH = 64
 
 
@@ -192,7 +193,10 @@ def worker_main(settings: Settings, opts: WorkOptions, name: str, stop: mp.Event
                 left, wait = queue.pending(db, now=time.time())
                 if opts.mode == "drain" and left == 0:
                     break
-                stop.wait(min(opts.poll, wait) if wait else opts.poll)
+                # Draining, the last jobs are held by sibling workers: look again soon, so the
+                # run ends right after them instead of up to a whole poll later.
+                poll = min(opts.poll, DRAIN_POLL) if opts.mode == "drain" else opts.poll
+                stop.wait(min(poll, wait) if wait else poll)
                 continue
             beat.hold(claims)
             for i, c in enumerate(claims):
@@ -245,7 +249,6 @@ def work(settings: Settings, opts: WorkOptions, *, on_report: Callable[[tuple], 
     """Run ``opts.processes`` local worker processes until the queue drains (or forever
     with mode 'follow', until SIGINT/SIGTERM). Reports are passed to ``on_report`` as
     they arrive, in the parent process."""
-    store.sweep_temp(settings.store_dir, older_than=max(3600.0, 10 * settings.lease_seconds))
     ctx = mp.get_context("fork")
     stop = ctx.Event()
     reports: mp.Queue = ctx.Queue()
@@ -255,6 +258,8 @@ def work(settings: Settings, opts: WorkOptions, *, on_report: Callable[[tuple], 
         p.start()
         children.append(p)
     summary = WorkSummary()
+    # leftovers of killed writers: swept while the workers already work (a big store takes a while to walk)
+    store.sweep_temp(settings.store_dir, older_than=max(3600.0, 10 * settings.lease_seconds))
 
     def on_signal(signum, frame):
         summary.interrupted = True

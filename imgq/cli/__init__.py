@@ -13,33 +13,30 @@ from typing import Annotated
 
 import typer
 
+import importlib
+
 from imgq import __version__
-from imgq.cli import common, enqueue, log, retry, scan, status, work
-from imgq.cli import publish, report
-from imgq.cli import archive, collect, run
-from imgq.cli import recipes
-from imgq.cli import agent, hosts
+from imgq.cli import common
 from imgq.errors import Exit, ImgqError
 
-app = typer.Typer(
-    name="imgq",
-    help=(
-        "Turn a folder where photos arrive into a processed, replicated, browsable archive.\n\n"
-        "Steps share one SQLite database (./imgq.db, --db, $IMGQ_DB) that is both the job queue "
-        "and the journal. Each step prints ids on stdout, so steps compose in pipes and run from cron."
-    ),
-    epilog="""\b
-Examples:
-  imgq scan inbox/ | imgq enqueue - ; imgq work --drain
-  imgq status
-  imgq log alice_1700000000_IMG_0001.jpg
-""",
-    no_args_is_help=True,
-    add_completion=False,
-    rich_markup_mode=None,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+# name -> (module, hidden). Command modules are imported only when needed: `imgq scan`
+# should not pay for importing the SSH stack (fabric, paramiko) the fleet needs.
+COMMANDS: dict[str, tuple[str, bool]] = {
+    "scan": ("scan", False),
+    "enqueue": ("enqueue", False),
+    "work": ("work", False),
+    "status": ("status", False),
+    "log": ("log", False),
+    "retry": ("retry", False),
+    "publish": ("publish", False),
+    "report": ("report", False),
+    "archive": ("archive", False),
+    "collect": ("collect", False),
+    "run": ("run", False),
+    "recipes": ("recipes", False),
+    "agent": ("agent", True),  # started by `work --hosts` on each host
+}
+GROUPS = {"hosts": "hosts"}  # name -> module with a Typer `app`
 
 
 def _version(value: bool) -> None:
@@ -48,7 +45,6 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", callback=_version, is_eager=True)] = False,
@@ -56,10 +52,55 @@ def _root(
     common.state["debug"] = debug or os.environ.get("IMGQ_DEBUG") == "1"
 
 
-for module, name in [(scan, "scan"), (enqueue, "enqueue"), (work, "work"), (status, "status"), (log, "log"), (retry, "retry"), (publish, "publish"), (report, "report"), (archive, "archive"), (collect, "collect"), (run, "run"), (recipes, "recipes")]:
-    app.command(name, epilog=module.EPILOG)(getattr(module, name))
-app.command("agent", epilog=agent.EPILOG, hidden=True)(agent.agent)  # started by `work --hosts`
-app.add_typer(hosts.app, name="hosts")
+def build_app(only: str | None = None) -> typer.Typer:
+    """The Typer app with every command, or only the one named ``only`` (same options,
+    same help): what main() runs when the command is known from argv."""
+    app = typer.Typer(
+        name="imgq",
+        help=(
+            "Turn a folder where photos arrive into a processed, replicated, browsable archive.\n\n"
+            "Steps share one SQLite database (./imgq.db, --db, $IMGQ_DB) that is both the job queue "
+            "and the journal. Each step prints ids on stdout, so steps compose in pipes and run from cron."
+        ),
+        epilog="""\b
+Examples:
+  imgq scan inbox/ | imgq enqueue - ; imgq work --drain
+  imgq status
+  imgq log alice_1700000000_IMG_0001.jpg
+""",
+        no_args_is_help=True,
+        add_completion=False,
+        rich_markup_mode=None,
+        pretty_exceptions_enable=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+    app.callback()(_root)
+    for name, (module_name, hidden) in COMMANDS.items():
+        if only is None or only == name:
+            module = importlib.import_module(f"imgq.cli.{module_name}")
+            app.command(name, epilog=module.EPILOG, hidden=hidden)(getattr(module, name))
+    for name, module_name in GROUPS.items():
+        if only is None or only == name:
+            app.add_typer(importlib.import_module(f"imgq.cli.{module_name}").app, name=name)
+    return app
+
+
+def __getattr__(name: str):
+    if name == "app":  # the whole CLI, for bin/gen-docs and the docs test
+        return build_app()
+    raise AttributeError(name)
+
+
+def _command_in(argv: list[str]) -> str | None:
+    """The subcommand argv names when it is unambiguous: the first word that is not an
+    option of the root (--debug is the only root option that precedes it)."""
+    for word in argv:
+        if word == "--debug":
+            continue
+        if word in COMMANDS or word in GROUPS:
+            return word
+        return None
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -68,9 +109,10 @@ def main(argv: list[str] | None = None) -> None:
     Click handles its own usage errors (exit 2) and typer.Exit; everything imgq raises
     on purpose is turned into one line on stderr and the error's exit code here.
     """
-    command = typer.main.get_command(app)
+    args = sys.argv[1:] if argv is None else argv
+    command = typer.main.get_command(build_app(_command_in(args)))
     try:
-        command.main(args=argv, prog_name="imgq", standalone_mode=True)
+        command.main(args=args, prog_name="imgq", standalone_mode=True)
         code = 0
     except ImgqError as e:
         if common.state["debug"]:

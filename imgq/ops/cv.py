@@ -11,8 +11,7 @@ import dataclasses
 import functools
 from collections.abc import Callable
 
-import cv2
-import numpy as np
+from imgq.ops.lazy import cv2, np
 from PIL import Image
 
 # Modes the array operations work in; everything else is widened to one of these first.

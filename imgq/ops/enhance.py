@@ -12,15 +12,18 @@ strengthens. On the 0-100 slider scale of photo applications, write a percentage
 
 from __future__ import annotations
 
-import cv2
-import numpy as np
+import functools
+
+from imgq.ops.lazy import cv2, np
 from imgq.ops import cv
 from imgq.ops.registry import WHOLE_IMAGE, Param, format_float, parse_factor, register
 
 _FACTOR = Param("factor", parse_factor, 1.0, format_float, "1.0 = unchanged; or 0-100% with 50% = 1.0")
 
 # Pillow's ImageFilter.SMOOTH, the degenerate image of ImageEnhance.Sharpness
-_SMOOTH = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], np.float32) / 13.0
+@functools.cache
+def _smooth_kernel():
+    return np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], np.float32) / 13.0
 
 
 def _colour(a: cv.Arrays, colour: np.ndarray) -> cv.Arrays:
@@ -69,7 +72,7 @@ def sharpness(a: cv.Arrays, *, factor: float = 1.0) -> cv.Arrays:
     if factor == 1.0:
         return a
     c = a.colour
-    smooth = cv2.filter2D(c, -1, _SMOOTH, borderType=cv2.BORDER_REPLICATE)
+    smooth = cv2.filter2D(c, -1, _smooth_kernel(), borderType=cv2.BORDER_REPLICATE)
     out = cv.blend(c, smooth, factor)
     out[0], out[-1], out[:, 0], out[:, -1] = c[0], c[-1], c[:, 0], c[:, -1]
     return _colour(a, out)

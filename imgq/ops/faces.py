@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import functools
 
-import cv2
-import numpy as np
+from imgq.ops.lazy import cv2, np
 from PIL import Image, ImageDraw
 
 from imgq.ops import cv

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import math
 
-import cv2
-import numpy as np
+from imgq.ops.lazy import cv2, np
 
 from imgq.ops import cv
 from imgq.ops.registry import WHOLE_IMAGE, Param, format_float, parse_float, parse_int, register
