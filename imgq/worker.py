@@ -31,6 +31,7 @@ from imgq.journal import Actor
 
 TARGET_BATCH_SECONDS = 0.5
 DRAIN_POLL = 0.05
+SETTLE_EVERY = 0.1  # seconds of finished work recorded in one transaction
 MAX_BATCH = 64
 
 
@@ -199,33 +200,52 @@ def worker_main(settings: Settings, opts: WorkOptions, name: str, stop: mp.Event
                 stop.wait(min(poll, wait) if wait else poll)
                 continue
             beat.hold(claims)
+            outcomes: list[queue.Outcome] = []
+            last_settle = time.monotonic()
             for i, c in enumerate(claims):
                 if stop.is_set():
+                    _settle(db, outcomes, settings, actor, beat, reports)
+                    outcomes = []
                     queue.release(db, claims[i:], now=time.time(), actor=actor)
                     break
                 if c.job_id in beat.lost:
                     continue
                 t0 = time.monotonic()
-                outcome = process(c, settings)
-                settled = queue.settle(db, [outcome], now=time.time(), actor=actor, backoff=settings.backoff_seconds, backoff_max=settings.backoff_max_seconds)
-                beat.drop(c.job_id)
-                if c.stage.startswith(splitting.JOIN) and c.job_id in settled.done:
-                    store.remove_parts(settings.store_dir, c.file_id, c.spec_hash)  # only once the join is recorded
+                outcomes.append(process(c, settings))
                 elapsed = time.monotonic() - t0
                 per_job = elapsed if per_job is None else 0.8 * per_job + 0.2 * elapsed
-                for j in settled.done:
-                    reports.put(("done", j))
-                for j, f, reason in settled.failed:
-                    reports.put(("failed", j, f, reason))
-                for j in settled.retrying:
-                    reports.put(("retrying", j, outcome.error))
-                for j in settled.lost:
-                    reports.put(("lost", j))
-                for f in settled.processed:
-                    reports.put(("processed", f))
+                # Quick jobs are settled together (one transaction for many); a slow job is
+                # settled at once, so a finished photo never waits long to be recorded.
+                if time.monotonic() - last_settle >= SETTLE_EVERY:
+                    _settle(db, outcomes, settings, actor, beat, reports)
+                    outcomes, last_settle = [], time.monotonic()
+            _settle(db, outcomes, settings, actor, beat, reports)
     finally:
         beat.stopping.set()
         db.close()
+
+
+def _settle(db: DB, outcomes: list[queue.Outcome], settings: Settings, actor: Actor, beat: Heartbeat, reports) -> None:
+    """Record outcomes in one transaction and report them to the parent."""
+    if not outcomes:
+        return
+    settled = queue.settle(db, outcomes, now=time.time(), actor=actor, backoff=settings.backoff_seconds, backoff_max=settings.backoff_max_seconds)
+    errors = {o.claim.job_id: o.error for o in outcomes}
+    for o in outcomes:
+        c = o.claim
+        beat.drop(c.job_id)
+        if c.stage.startswith(splitting.JOIN) and c.job_id in settled.done:
+            store.remove_parts(settings.store_dir, c.file_id, c.spec_hash)  # only once the join is recorded
+    for j in settled.done:
+        reports.put(("done", j))
+    for j, f, reason in settled.failed:
+        reports.put(("failed", j, f, reason))
+    for j in settled.retrying:
+        reports.put(("retrying", j, errors.get(j)))
+    for j in settled.lost:
+        reports.put(("lost", j))
+    for f in settled.processed:
+        reports.put(("processed", f))
 
 
 def _child(settings, opts, index, stop, reports) -> None:
