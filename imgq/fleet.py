@@ -122,6 +122,12 @@ def receive_artifacts(claim: queue.Claim, header: dict, blob: memoryview, store_
     return out
 
 
+# imaging sets Pillow's pixel limit and warning filters process-wide while it decodes: two
+# threads verifying at once would see each other's limits (a 160x120 web version failed
+# against a 120x90 thumb's limit as "wrong size"). Verifications take turns.
+_VERIFY = threading.Lock()
+
+
 def _write_verified(dest: Path, data, width: int, height: int) -> None:
     # the temporary name carries our pid, like imaging.save's, for store.sweep_temp
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}-{secrets.token_hex(4)}{store.TEMP_MARK}")
@@ -133,7 +139,8 @@ def _write_verified(dest: Path, data, width: int, height: int) -> None:
             f.flush()
             os.fsync(f.fileno())
         try:
-            imaging.verify(tmp, width, height)
+            with _VERIFY:
+                imaging.verify(tmp, width, height)
         except BadImage as e:
             raise ArtifactRejected(f"artifact from the host does not verify: {e}") from None
         os.replace(tmp, dest)

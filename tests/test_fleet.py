@@ -86,6 +86,8 @@ def assert_each_job_done_exactly_once(db: Path) -> None:
     jobs = query(db, "SELECT count(*) FROM jobs WHERE stage NOT LIKE 'stripe:%'")[0][0]
     artifacts = query(db, "SELECT count(DISTINCT job_id) FROM artifacts")[0][0]
     assert artifacts == jobs
+    rejected = query(db, "SELECT detail FROM events WHERE detail LIKE '%from the host does not verify%' OR detail LIKE '%arrived damaged%'")
+    assert rejected == []
 
 
 def status(cwd) -> dict:
@@ -161,6 +163,32 @@ def test_preflight_verdict_names_each_problem():
     problems = " | ".join(hosts.check_hello(bad))
     assert "imgq 0.0.1 on the host" in problems and "opencv does not import: ImportError: no cv2" in problems
     assert "1 MB free" in problems
+
+
+def test_artifacts_arriving_together_verify_independently(tmp_path):
+    """The coordinator checks artifacts in several threads; Pillow's limits are process-wide,
+    so a check must never see another's (a 160x120 image once failed a 120x90 limit)."""
+    import concurrent.futures
+    import io
+
+    from PIL import Image
+
+    from imgq import fleet
+
+    blobs = {}
+    for w, h in [(120, 90), (160, 120), (640, 480), (64, 48)]:
+        buf = io.BytesIO()
+        samples.render(w, h, seed=w).save(buf, "JPEG", quality=85)
+        blobs[(w, h)] = buf.getvalue()
+    Image.open(io.BytesIO(blobs[(120, 90)])).verify()
+
+    def one(i):
+        (w, h), data = list(blobs.items())[i % len(blobs)]
+        fleet._write_verified(tmp_path / f"{i}.jpg", data, w, h)
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, range(400)))
+    assert len(list(tmp_path.glob("*.jpg"))) == 400 and not list(tmp_path.glob(".*"))
 
 
 # --- real hosts -------------------------------------------------------------------------------
