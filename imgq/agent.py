@@ -320,9 +320,21 @@ class Agent:
             # 'ping' only refreshes `heard`; unknown types are ignored (a newer coordinator)
 
 
+def _grow_pipe(fd: int) -> None:
+    """A 1 MB pipe buffer instead of 64 kB: sshd hands a photo to us in 16x fewer writes,
+    and both sides wake up 16x less often (Linux; elsewhere nothing changes)."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+    except (OSError, ValueError):
+        pass  # not a pipe, or over /proc/sys/fs/pipe-max-size
+
+
 def main(*, slots: int | None = None, workdir: str = DEFAULT_WORKDIR, shared_root: str | None = None, idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> int:
     """Serve the protocol on this process's stdin/stdout until stdin closes."""
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    _grow_pipe(0)
     # Nothing but frames may reach the real stdout: stray prints go to stderr instead.
     sys.stdout = sys.stderr
     agent = Agent(slots=slots, workdir=workdir, shared_root=shared_root, idle_timeout=idle_timeout, stdin=stdin, stdout=stdout)
