@@ -103,7 +103,8 @@ def check_hello(hello: dict, *, min_free_disk: int = MIN_FREE_DISK) -> list[str]
     if hello.get("version") != __version__:
         problems.append(f"imgq {hello.get('version')} on the host, {__version__} here: install the same version")
     for lib, error in sorted((hello.get("errors") or {}).items()):
-        problems.append(f"{lib} does not import: {error}")
+        module = {"pillow": "PIL", "opencv": "cv2"}.get(lib, lib)
+        problems.append(f"{lib} does not import (import {module}: {error})" if module != lib else f"{lib} does not import: {error}")
     free = hello.get("free_disk") or 0
     if free < min_free_disk:
         problems.append(f"only {free // 2**20} MB free in the agent's folder (need {min_free_disk // 2**20} MB)")

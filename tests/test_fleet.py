@@ -161,7 +161,7 @@ def test_preflight_verdict_names_each_problem():
     assert hosts.check_hello(good) == []
     bad = dict(good, version="0.0.1", errors={"opencv": "ImportError: no cv2"}, free_disk=2**20)
     problems = " | ".join(hosts.check_hello(bad))
-    assert "imgq 0.0.1 on the host" in problems and "opencv does not import: ImportError: no cv2" in problems
+    assert "imgq 0.0.1 on the host" in problems and "opencv does not import (import cv2: ImportError: no cv2)" in problems
     assert "1 MB free" in problems
 
 
@@ -289,7 +289,8 @@ def test_host_without_opencv_is_benched_by_preflight_and_fails_no_job(ssh_hosts,
     fleet = status(tmp_path)
     assert fleet["host12"]["state"] == "benched" and "cv2" in fleet["host12"]["reason"]
     assert fleet["host11"]["done"] == query(db, "SELECT count(*) FROM jobs")[0][0]
-    assert "host host12 benched: preflight: agent did not start" in r.stderr
+    # imgq itself may or may not import OpenCV at start-up: either way the host is named
+    assert "host host12 benched: preflight: " in r.stderr and "cv2" in r.stderr
 
 
 def test_hosts_file_edited_while_running(ssh_hosts, tmp_path, slow_inbox):
