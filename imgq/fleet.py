@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import hashlib
 import multiprocessing as mp
 import os
 import queue as stdqueue
-import secrets
 import signal
 import socket
 import threading
@@ -37,10 +35,10 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
-from imgq import hosts, imaging, link, queue, recipes, store, worker
+from imgq import arrival, hosts, link, queue, store, worker
 from imgq.config import Settings
 from imgq.database import DB
-from imgq.errors import BadImage, HostUnreachable, ImgqError, UsageError
+from imgq.errors import HostUnreachable, UsageError
 from imgq.hosts import HostEntry, PreflightFailed
 from imgq.journal import Actor
 
@@ -95,65 +93,6 @@ class FleetSummary(worker.WorkSummary):
     hosts: dict = dataclasses.field(default_factory=dict)  # name -> state at the end
 
 
-class ArtifactRejected(ImgqError):
-    """What an agent sent does not check out (damaged in transit, wrong size, not a JPEG)."""
-
-
-def receive_artifacts(claim: queue.Claim, header: dict, blob: memoryview, store_dir: Path) -> list[queue.Artifact]:
-    """Check and store the artifacts of a ``done`` message: each is an artifact of the
-    job's recipe, has the sha256 and size stated, decodes at the stated width and height,
-    and lands in the store atomically (temporary name, fsync, rename, folder fsync)."""
-    chains, _ = recipes.split_spec(claim.spec)
-    out, offset = [], 0
-    for a in header.get("artifacts") or []:
-        name = a.get("name")
-        if name not in chains:
-            raise ArtifactRejected(f"the agent sent an artifact {name!r} the recipe does not make")
-        size = int(a["bytes"])
-        data = blob[offset : offset + size]
-        offset += size
-        if len(data) != size or hashlib.sha256(data).hexdigest() != a["sha256"]:
-            raise ArtifactRejected(f"artifact {name} arrived damaged (sha256 or size differs from what the host sent)")
-        rel = store.artifact_path(claim.file_id, name, claim.spec_hash)
-        _write_verified(store_dir / rel, data, int(a["width"]), int(a["height"]))
-        out.append(queue.Artifact(name, rel, a["sha256"], size, int(a["width"]), int(a["height"])))
-    if offset != len(blob):
-        raise ArtifactRejected(f"the agent sent {len(blob) - offset} bytes more than its artifacts")
-    return out
-
-
-# imaging sets Pillow's pixel limit and warning filters process-wide while it decodes: two
-# threads verifying at once would see each other's limits (a 160x120 web version failed
-# against a 120x90 thumb's limit as "wrong size"). Verifications take turns.
-_VERIFY = threading.Lock()
-
-
-def _write_verified(dest: Path, data, width: int, height: int) -> None:
-    # the temporary name carries our pid, like imaging.save's, for store.sweep_temp
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}-{secrets.token_hex(4)}{store.TEMP_MARK}")
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            with _VERIFY:
-                imaging.verify(tmp, width, height)
-        except BadImage as e:
-            raise ArtifactRejected(f"artifact from the host does not verify: {e}") from None
-        os.replace(tmp, dest)
-        dfd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    finally:
-        if tmp.exists():
-            tmp.unlink(missing_ok=True)
-
-
 class Fleet:
     """One run of the coordinator; ``run()`` returns a ``FleetSummary``."""
 
@@ -173,8 +112,8 @@ class Fleet:
         self.here = None  # a process for stages of split images, which need this store
         self.local_reports = None
         self._timers = {"reload": 0.0, "beat": time.monotonic(), "ping": 0.0, "flush": 0.0}
-        self._hosts_file_sig = None
-        self._file_entries: list[HostEntry] = []
+        self.hosts_file = hosts.HostsFile(opts.hosts_file, remote_imgq=opts.remote_imgq) if opts.hosts_file else None
+        self._hosts_problem = None
         self.store_pool = concurrent.futures.ThreadPoolExecutor(max(2, opts.transfers), thread_name_prefix="imgq-store")
 
     # --- the loop -----------------------------------------------------------------------
@@ -186,7 +125,7 @@ class Fleet:
         self._start_local()  # forks: before any thread of ours exists
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            self._set_hosts(self.opts.hosts + self._read_hosts_file(initial=True))
+            self._set_hosts(self._hosts_listed(initial=True))
             if not self.hosts and not self.local and self.opts.mode != "follow":
                 raise UsageError("no hosts to work on (--hosts, --hosts-file)")
             while not self.stopping:
@@ -207,7 +146,7 @@ class Fleet:
         mono = time.monotonic()
         if mono - self._timers["reload"] >= RELOAD_SECONDS and self.opts.hosts_file:
             self._timers["reload"] = mono
-            self._set_hosts(self.opts.hosts + self._read_hosts_file())
+            self._set_hosts(self._hosts_listed())
         self._drive_hosts()
         self._claim()
         self._pump_events(0.05)
@@ -249,25 +188,17 @@ class Fleet:
 
     # --- hosts --------------------------------------------------------------------------
 
-    def _read_hosts_file(self, initial: bool = False) -> list[HostEntry]:
-        """The hosts file's entries, re-parsed only when the file changed. A file that
-        cannot be read or parsed mid-run (being edited, a typo) keeps the last good list."""
-        path = self.opts.hosts_file
-        if path is None:
-            return []
-        try:
-            st = path.stat()
-            sig = (st.st_mtime_ns, st.st_size, st.st_ino)
-            if sig != self._hosts_file_sig:
-                self._file_entries = hosts.read_hosts_file(path, remote_imgq=self.opts.remote_imgq)
-                self._hosts_file_sig = sig
-        except (OSError, UsageError) as e:
-            if initial:
-                raise UsageError(f"cannot read hosts file {path}: {e.strerror or e}" if isinstance(e, OSError) else str(e)) from None
-            if self._hosts_file_sig != "bad":
-                self.on_report(("warning", f"hosts file {path} not re-read, keeping the last list: {e}"))
-                self._hosts_file_sig = "bad"
-        return list(self._file_entries)
+    def _hosts_listed(self, initial: bool = False) -> list[HostEntry]:
+        """--hosts, and the hosts file as it is now (a bad file mid-run: the last good list)."""
+        if self.hosts_file is None:
+            return list(self.opts.hosts)
+        problem = self.hosts_file.refresh()
+        if problem and initial:
+            raise UsageError(problem)
+        if problem and problem != self._hosts_problem:
+            self.on_report(("warning", f"{problem}; keeping the hosts it listed before"))
+        self._hosts_problem = problem
+        return self.opts.hosts + self.hosts_file.entries
 
     def _set_hosts(self, entries: list[HostEntry]) -> None:
         """New names join; names no longer listed drain (finish what they hold, claim no more)."""
@@ -463,9 +394,9 @@ class Fleet:
 
     def _store(self, h: Host, lk: link.AgentLink, c: queue.Claim, header: dict, blob: memoryview) -> None:
         try:
-            artifacts = receive_artifacts(c, header, blob, self.settings.store_dir)
+            artifacts = arrival.receive(c, header, blob, self.settings.store_dir)
             outcome = queue.Outcome(c, artifacts=artifacts, result=header.get("result"))
-        except ArtifactRejected as e:
+        except arrival.ArtifactRejected as e:
             outcome = queue.Outcome(c, error=f"{Path(c.inbox) / c.path}: {e} (from {h.name})", kind="transient")
         except OSError as e:  # our own store: full disk, I/O error
             outcome = queue.Outcome(c, error=f"cannot write artifacts of {Path(c.inbox) / c.path} to the store: {e.strerror or e}", kind="transient")

@@ -95,6 +95,30 @@ def read_hosts_file(path: Path, *, remote_imgq: tuple[str, ...] = ("imgq",)) -> 
     return parse_hosts(text.splitlines(), remote_imgq=remote_imgq, where=f"{path}: ")
 
 
+class HostsFile:
+    """A hosts file watched while the fleet runs: parsed again only when it changed; a
+    file that cannot be read or parsed (being edited, a typo) keeps the last good list."""
+
+    def __init__(self, path: Path, *, remote_imgq: tuple[str, ...] = ("imgq",)):
+        self.path, self.remote_imgq = path, remote_imgq
+        self.entries: list[HostEntry] = []
+        self._seen = None
+
+    def refresh(self) -> str | None:
+        """Update ``entries`` if the file changed; what is wrong with it, or None."""
+        try:
+            text = self.path.read_text()  # a few lines: comparing them beats trusting mtimes
+        except OSError as e:
+            return f"cannot read hosts file {self.path}: {e.strerror or e}"
+        if text != self._seen:
+            try:
+                self.entries = parse_hosts(text.splitlines(), remote_imgq=self.remote_imgq, where=f"{self.path}: ")
+            except UsageError as e:
+                return str(e)
+            self._seen = text
+        return None
+
+
 def check_hello(hello: dict, *, min_free_disk: int = MIN_FREE_DISK) -> list[str]:
     """What makes a host unfit to work, from its agent's hello; empty when it is fit."""
     problems = []

@@ -156,6 +156,19 @@ def test_hosts_file_syntax(tmp_path):
         hosts.read_hosts_file(f)
 
 
+def test_a_hosts_file_being_edited_keeps_the_last_good_list(tmp_path):
+    f = tmp_path / "hosts.txt"
+    f.write_text("gpu1\ngpu2/4 /opt/venv/bin/imgq\n")
+    watched = hosts.HostsFile(f)
+    assert watched.refresh() is None and [e.name for e in watched.entries] == ["gpu1", "gpu2"]
+    f.write_text("gpu1\ngpu3:0\n")  # half-typed
+    assert "port 0" in watched.refresh() and [e.name for e in watched.entries] == ["gpu1", "gpu2"]
+    f.unlink()
+    assert "cannot read hosts file" in watched.refresh() and len(watched.entries) == 2
+    f.write_text("gpu3\n")
+    assert watched.refresh() is None and [e.name for e in watched.entries] == ["gpu3"]
+
+
 def test_preflight_verdict_names_each_problem():
     good = {"protocol": protocol.PROTOCOL, "version": hosts.__version__, "cores": 4, "free_disk": 10 * 2**30, "errors": {}}
     assert hosts.check_hello(good) == []
@@ -173,7 +186,7 @@ def test_artifacts_arriving_together_verify_independently(tmp_path):
 
     from PIL import Image
 
-    from imgq import fleet
+    from imgq import arrival
 
     blobs = {}
     for w, h in [(120, 90), (160, 120), (640, 480), (64, 48)]:
@@ -184,7 +197,7 @@ def test_artifacts_arriving_together_verify_independently(tmp_path):
 
     def one(i):
         (w, h), data = list(blobs.items())[i % len(blobs)]
-        fleet._write_verified(tmp_path / f"{i}.jpg", data, w, h)
+        arrival._write_verified(tmp_path / f"{i}.jpg", data, w, h)
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         list(pool.map(one, range(400)))
