@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import ctypes
+import errno
 import hashlib
 import multiprocessing as mp
 import os
@@ -182,8 +183,8 @@ class Agent:
             from imgq import recipes
 
             recipes.normalize_recipe(spec)  # artifact names become file names: checked first
-        except OSError as e:  # the host's disk: full, read-only, gone
-            self._refuse(job_id, "transient", f"cannot stage the input on the host: {e.strerror or e}")
+        except OSError as e:  # the host's disk (full, read-only) or its view of the shared root
+            self._refuse(job_id, "transient", f"input not available on the host: {e.strerror or e}")
             return
         except (ValueError, KeyError, TypeError) as e:
             self._refuse(job_id, "permanent", f"bad job message: {e}")
@@ -222,8 +223,11 @@ class Agent:
         if not self.shared_root:
             raise ValueError("a path was sent but this agent has no shared root")
         full = os.path.realpath(os.path.join(self.shared_root, str(path)))
-        if not full.startswith(self.shared_root.rstrip("/") + "/") or not os.path.isfile(full):
-            raise ValueError("input path is not a file inside the shared root")
+        if not full.startswith(self.shared_root.rstrip("/") + "/"):
+            raise ValueError("input path leads outside the shared root")
+        if not os.path.isfile(full):
+            # the coordinator has it: this host does not see the same files (not mounted?)
+            raise FileNotFoundError(errno.ENOENT, f"not under the shared root {self.shared_root} on this host (is it mounted at the same path?)")
         return self.shared_root, os.path.relpath(full, self.shared_root)
 
     def _cleanup(self, job_id: int) -> None:

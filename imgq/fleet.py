@@ -355,12 +355,22 @@ class Fleet:
         header = {"type": "job", "job": c.job_id, "spec": c.spec, "spec_hash": c.spec_hash,
                   "max_pixels": self.settings.max_pixels, "quality": self.settings.jpeg_quality}
         src = Path(c.inbox) / c.path
-        root = self.opts.shared_root
-        if root is not None and os.path.commonpath([os.path.abspath(src), os.path.abspath(root)]) == os.path.abspath(root):
-            header["path"] = os.path.relpath(os.path.abspath(src), os.path.abspath(root))
+        rel = self._under_shared_root(src)
+        if rel is not None:
+            header["path"] = rel
             h.link.send_job(c, header, None)
         else:
             h.link.send_job(c, header, src)
+
+    def _under_shared_root(self, src: Path) -> str | None:
+        """The input's path relative to --shared-root, symlinks resolved (as the agent
+        will resolve them), or None: then its bytes are sent instead."""
+        if self.opts.shared_root is None:
+            return None
+        root, real = os.path.realpath(self.opts.shared_root), os.path.realpath(src)
+        if os.path.commonpath([real, root]) != root or real == root:
+            return None
+        return os.path.relpath(real, root)
 
     def _read_input(self, h: Host, lk: link.AgentLink, c: queue.Claim, path: Path):
         """In a sender thread: the input's bytes, or None (and a transient outcome) when
@@ -393,16 +403,18 @@ class Fleet:
             self.events.put(("outcome", h, lk, queue.Outcome(c, error=f"{text} (on {h.name})" if kind == "transient" else text, kind=kind), True))
 
     def _store(self, h: Host, lk: link.AgentLink, c: queue.Claim, header: dict, blob: memoryview) -> None:
+        hosts_fault = True
         try:
             artifacts = arrival.receive(c, header, blob, self.settings.store_dir)
             outcome = queue.Outcome(c, artifacts=artifacts, result=header.get("result"))
         except arrival.ArtifactRejected as e:
             outcome = queue.Outcome(c, error=f"{Path(c.inbox) / c.path}: {e} (from {h.name})", kind="transient")
-        except OSError as e:  # our own store: full disk, I/O error
+        except OSError as e:  # our own store (full disk, I/O error): not the host's doing
             outcome = queue.Outcome(c, error=f"cannot write artifacts of {Path(c.inbox) / c.path} to the store: {e.strerror or e}", kind="transient")
+            hosts_fault = False
         except Exception as e:  # a malformed done message
             outcome = queue.Outcome(c, error=f"{Path(c.inbox) / c.path}: bad reply from {h.name}: {type(e).__name__}: {e}", kind="transient")
-        self.events.put(("outcome", h, lk, outcome, True))
+        self.events.put(("outcome", h, lk, outcome, hosts_fault))
 
     def _pump_events(self, timeout: float) -> None:
         try:
@@ -441,6 +453,8 @@ class Fleet:
                 self._bench(h, reason, lost=True)
         elif kind == "outcome":
             lk, outcome, from_agent = ev[2], ev[3], ev[4]
+            if lk is not None and lk is not h.link:
+                return  # from a link since lost: its jobs were requeued (a late reply)
             if h.inflight.get(outcome.claim.job_id) is outcome.claim:
                 self.pending_outcomes[(h.name, lk is None)].append((outcome, from_agent))
 
