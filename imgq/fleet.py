@@ -464,6 +464,8 @@ class Fleet:
             outcomes = [o for o, _ in items]
             for o in outcomes:
                 h.inflight.pop(o.claim.job_id, None)
+            fenced = {o.claim.job_id for o in outcomes} & self.fenced
+            self.fenced -= fenced
             actor = Actor(host=socket.gethostname(), name="fleet-coordinator") if here else self._actor(h)
             settled = queue.settle(self.db, outcomes, now=time.time(), actor=actor,
                                    backoff=self.settings.backoff_seconds, backoff_max=self.settings.backoff_max_seconds)
@@ -471,7 +473,7 @@ class Fleet:
             if here:
                 continue
             # a host on which jobs keep failing for reasons of its own is benched
-            agent_errors = [o for o, from_agent in items if from_agent and o.error and o.kind == "transient" and o.claim.job_id not in self.fenced]
+            agent_errors = [o for o, from_agent in items if from_agent and o.error and o.kind == "transient" and o.claim.job_id not in fenced]
             if settled.done:
                 h.errors_in_row = 0
                 h.failures = 0

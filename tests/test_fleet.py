@@ -425,3 +425,17 @@ def test_stages_of_a_split_image_run_on_the_coordinator(ssh_hosts, tmp_path):
     assert_each_job_done_exactly_once(db)
     where = dict(query(db, "SELECT DISTINCT j.stage = '', e.host FROM events e JOIN jobs j ON j.id = e.job_id WHERE e.to_state = 'done'"))
     assert where == {1: "host11", 0: socket.gethostname()}
+
+
+def test_local_workers_beside_the_hosts(ssh_hosts, tmp_path, slow_inbox):
+    (h,) = ssh_hosts(1)
+    queue_slow_jobs(tmp_path, slow_inbox, SLOW_OPS[:1])
+    r = imgq(tmp_path, "work", "-j", "1", "--hosts", "host11/1", *fleet_args([h]))
+    assert r.returncode == 0, r.stderr
+    db = tmp_path / "imgq.db"
+    assert_each_job_done_exactly_once(db)
+    workers = dict(query(db, "SELECT host, count(*) FROM events WHERE entity = 'job' AND to_state = 'done' GROUP BY host"))
+    assert workers.keys() == {"host11", socket.gethostname()}, workers
+    assert sorted(r.stdout.split()) == sorted(i for (i,) in query(db, "SELECT id FROM files WHERE state = 'processed'"))
+    counts = json.loads(query(db, "SELECT counts FROM runs WHERE command = 'work'")[0][0])
+    assert counts["done"] == sum(workers.values())  # the local workers' jobs are counted too
