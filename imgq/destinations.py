@@ -34,6 +34,7 @@ from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 from imgq.errors import HostUnreachable, ImgqError, StorageError, UsageError
+from imgq.store import pid_alive
 
 CHUNK = 1 << 20
 TEMP_MARK = ".imgq-tmp"
@@ -263,7 +264,7 @@ class LocalDestination(Destination):
         for entry in os.listdir(dfd):
             if is_temp_of(entry, name):
                 m = re.search(r"\.(\d+)-[0-9a-f]+\.imgq-tmp$", entry)
-                if m and int(m.group(1)) != os.getpid() and _alive(int(m.group(1))):
+                if m and int(m.group(1)) != os.getpid() and pid_alive(int(m.group(1))):
                     continue  # a live writer (another process on this machine)
                 try:
                     os.unlink(entry, dir_fd=dfd)
@@ -330,16 +331,6 @@ class LocalDestination(Destination):
         except OSError as e:
             raise DestinationUnavailable(f"{self.url}: {e.strerror}") from e
         return st.f_bavail * st.f_frsize
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # --- a folder on a host over SSH -----------------------------------------------------------

@@ -28,7 +28,7 @@ def sweep_temp(store: Path, *, older_than: float = 0.0, now: float | None = None
         return 0
     for path in store.rglob(f"*{TEMP_MARK}*"):
         pid = _pid_of(path.name)
-        alive = pid is not None and _alive(pid)
+        alive = pid is not None and pid_alive(pid)
         try:
             old = older_than > 0 and now - path.stat().st_mtime > older_than
             if not alive or old:
@@ -45,7 +45,8 @@ def _pid_of(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
