@@ -334,11 +334,12 @@ class Fleet:
 
     def _run_here(self, h: Host, c: queue.Claim) -> None:
         """A stripe or join of a split image (imgq enqueue --split) reads and writes
-        intermediate stripes in this machine's store, so it runs here, in one local
-        process, still counted in flight on the host that claimed it."""
+        intermediate stripes in this machine's store, so it runs here, in a pool of local
+        processes (one per core, so stripes still run in parallel), counted in flight on
+        the host that claimed it."""
         if self.here is None:
             # spawn, not fork: this process has threads (paramiko's, ours)
-            self.here = concurrent.futures.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"))
+            self.here = concurrent.futures.ProcessPoolExecutor(os.cpu_count() or 1, mp_context=mp.get_context("spawn"))
         fut = self.here.submit(worker.process, c, self.settings)
 
         def done(f, c=c):
