@@ -94,6 +94,8 @@ def __getattr__(name: str):
 def _command_in(argv: list[str]) -> str | None:
     """The subcommand argv names when it is unambiguous: the first word that is not an
     option of the root (--debug is the only root option that precedes it)."""
+    if argv == ["--version"]:
+        return "--version"  # no command needed to print the version: build none
     for word in argv:
         if word == "--debug":
             continue

@@ -9,8 +9,12 @@ from typing import Annotated, Optional
 
 import typer
 
+from typing import TYPE_CHECKING
+
 from imgq import hosts as hosts_lib
-from imgq import fleet, link
+
+if TYPE_CHECKING:
+    from imgq import fleet
 from imgq.cli import common
 from imgq.errors import Exit, UsageError
 
@@ -56,13 +60,15 @@ def entries(hosts: list[str], hosts_file: Optional[Path], remote_imgq: str) -> l
     return list(unique.values())
 
 
-def fleet_options(*, hosts: list[str], hosts_file: Optional[Path], remote_imgq: str, **kw) -> fleet.FleetOptions:
+def fleet_options(*, hosts: list[str], hosts_file: Optional[Path], remote_imgq: str, **kw) -> "fleet.FleetOptions":
     """``imgq work``'s host options as the fleet's; the hosts file is read again while it runs."""
     if hosts_file is not None and not hosts_file.is_file():
         raise UsageError(f"--hosts-file {hosts_file}: no such file")
     shared_root = kw.get("shared_root")
     if shared_root is not None and not shared_root.is_dir():
         raise UsageError(f"--shared-root {shared_root}: no such folder")
+    from imgq import fleet  # the SSH stack loads only when hosts are used
+
     return fleet.FleetOptions(hosts=entries(hosts, None, remote_imgq), hosts_file=hosts_file, remote_imgq=_command(remote_imgq), **kw)
 
 
@@ -88,6 +94,8 @@ def check(
         raise UsageError("no hosts to check: name some, or give --hosts-file")
     kw = dict(ssh_config=ssh_config, accept_new_host_keys=accept_new_host_keys, connect_timeout=connect_timeout)
     with concurrent.futures.ThreadPoolExecutor(min(16, len(found))) as pool:
+        from imgq import link
+
         results = list(pool.map(lambda e: link.check(e, slots=e.spec.slots, **kw), found))
     for r in results:
         if json:

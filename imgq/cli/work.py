@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from imgq import report as report_lib
-from imgq import fleet, worker
+from imgq import worker
 from imgq.cli import common
 from imgq.cli import hosts as hosts_cli
 from imgq.errors import Exit, UsageError
@@ -112,6 +112,8 @@ def work(
         started = time.time()
         try:
             if fleet_opts is not None:
+                from imgq import fleet  # the SSH stack loads only when hosts are used
+
                 summary = fleet.work(settings, fleet_opts, database, on_report=on_report)
             else:
                 summary = worker.work(settings, opts, on_report=on_report)
