@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import secrets
 import threading
 from pathlib import Path
 
@@ -53,7 +52,7 @@ _VERIFY = threading.Lock()
 
 def _write_verified(dest: Path, data, width: int, height: int) -> None:
     # the temporary name carries our pid, like imaging.save's, for store.sweep_temp
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}-{secrets.token_hex(4)}{store.TEMP_MARK}")
+    tmp = dest.with_name(store.temp_name(dest.name))
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)

@@ -28,16 +28,14 @@ import errno
 import hashlib
 import os
 import re
-import secrets
 import stat
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 from imgq.errors import HostUnreachable, ImgqError, StorageError, UsageError
-from imgq.store import pid_alive
+from imgq.store import TEMP_MARK, pid_alive, temp_name, temp_writer
 
 CHUNK = 1 << 20
-TEMP_MARK = ".imgq-tmp"
 CHECK_BATCH = 200  # paths per remote check command (well under any ARG_MAX)
 
 
@@ -78,11 +76,6 @@ def split_rel(rel: str) -> list[str]:
     for p in parts:
         check_component(p)
     return parts
-
-
-def temp_name(name: str) -> str:
-    # ".NAME.<pid>-<hex>.imgq-tmp": hidden, skipped by scan, and recognised by sweeps
-    return f".{name}.{os.getpid()}-{secrets.token_hex(4)}{TEMP_MARK}"
 
 
 def is_temp_of(entry: str, name: str) -> bool:
@@ -263,8 +256,8 @@ class LocalDestination(Destination):
         """Remove temporary files an earlier, killed copy of the same name left behind."""
         for entry in os.listdir(dfd):
             if is_temp_of(entry, name):
-                m = re.search(r"\.(\d+)-[0-9a-f]+\.imgq-tmp$", entry)
-                if m and int(m.group(1)) != os.getpid() and pid_alive(int(m.group(1))):
+                pid = temp_writer(entry)
+                if pid is not None and pid != os.getpid() and pid_alive(pid):
                     continue  # a live writer (another process on this machine)
                 try:
                     os.unlink(entry, dir_fd=dfd)

@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import shutil
 import unicodedata
 import urllib.parse
@@ -408,7 +407,7 @@ def _inside(out: Path, target: Path) -> bool:
 
 def _temp_name(target: Path) -> Path:
     # the pid in the name lets store.sweep_temp tell a killed writer's file from a live one's
-    return target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}{store.TEMP_MARK}")
+    return target.with_name(store.temp_name(target.name))
 
 
 def _write(target: Path, data: bytes, *, sync: bool = False) -> None:

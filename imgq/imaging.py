@@ -24,7 +24,6 @@ import errno as _errno
 import hashlib
 import io
 import os
-import secrets
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +31,7 @@ from pathlib import Path
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from imgq.errors import BadImage, MissingExtra, StorageError, TooLarge
+from imgq.store import temp_name
 from imgq.ops import fit_size, get, parse_chain, run_steps
 from imgq.ops.chain import Step
 from imgq.ops.size import resize_to
@@ -699,7 +699,7 @@ def save(rendered: Rendered, dest: str | os.PathLike, *, quality: int = 85) -> S
     buf = io.BytesIO()
     image.save(buf, "JPEG", quality=quality, **extra)
     data = buf.getvalue()
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}-{secrets.token_hex(4)}.imgq-tmp")  # pid: see store.sweep_temp
+    tmp = dest.with_name(temp_name(dest.name))
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
@@ -807,7 +807,7 @@ def save_part(image: Image.Image, dest: str | os.PathLike) -> Saved:
 
     dest = Path(dest)
     arr = np.asarray(image)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}-{secrets.token_hex(4)}.imgq-tmp")
+    tmp = dest.with_name(temp_name(dest.name))
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:

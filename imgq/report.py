@@ -15,11 +15,11 @@ import datetime as dt
 import json
 import os
 import re
-import secrets
 from collections import Counter, defaultdict
 from pathlib import Path
 
 from imgq.database import DB
+from imgq.store import temp_name
 from imgq.errors import NotFound, StorageError, UsageError
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -314,7 +314,7 @@ def write(path: Path, rep: dict) -> None:
     """Write the report to ``path`` atomically: JSON when the name ends in .json, else text."""
     path = Path(path)
     data = json.dumps(rep, indent=1, sort_keys=True, default=str, ensure_ascii=False) + "\n" if path.suffix.lower() == ".json" else format_text(rep)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.imgq-tmp")
+    tmp = path.with_name(temp_name(path.name))
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(data)

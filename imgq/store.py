@@ -4,10 +4,25 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import time
 from pathlib import Path
 
 TEMP_MARK = ".imgq-tmp"
+_TEMP_PID = re.compile(r"\.(\d+)-[0-9a-f]+\.imgq-tmp$")
+
+
+def temp_name(name: str) -> str:
+    """The temporary name every imgq writer uses for ``name`` in the same folder:
+    ".NAME.<pid>-<hex>.imgq-tmp" — hidden, skipped by scan, and its writer's pid lets a
+    sweep tell a killed writer's leftover from a live one's file."""
+    return f".{name}.{os.getpid()}-{secrets.token_hex(4)}{TEMP_MARK}"
+
+
+def temp_writer(name: str) -> int | None:
+    """The pid in a temporary name made by temp_name, or None."""
+    m = _TEMP_PID.search(name)
+    return int(m.group(1)) if m else None
 
 
 def artifact_path(file_id: str, name: str, spec_hash: str, ext: str = "jpg") -> str:
@@ -27,7 +42,7 @@ def sweep_temp(store: Path, *, older_than: float = 0.0, now: float | None = None
     if not store.is_dir():
         return 0
     for path in store.rglob(f"*{TEMP_MARK}*"):
-        pid = _pid_of(path.name)
+        pid = temp_writer(path.name)
         alive = pid is not None and pid_alive(pid)
         try:
             old = older_than > 0 and now - path.stat().st_mtime > older_than
@@ -37,12 +52,6 @@ def sweep_temp(store: Path, *, older_than: float = 0.0, now: float | None = None
         except FileNotFoundError:
             pass
     return removed
-
-
-def _pid_of(name: str) -> int | None:
-    # temp names look like ".web-1a2b3c4d.jpg.<pid>-<random>.imgq-tmp"
-    m = re.search(r"\.(\d+)-[0-9a-f]+\.imgq-tmp", name)
-    return int(m.group(1)) if m else None
 
 
 def pid_alive(pid: int) -> bool:

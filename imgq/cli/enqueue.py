@@ -68,7 +68,6 @@ def enqueue(
         if split:
             policy = queue.SplitPolicy(min_pixels=split_pixels or settings.split_pixels, stripes=stripes or settings.split_stripes)
         results = queue.enqueue(database, wanted, chains_by_recipe, now=time.time(), max_attempts=settings.max_attempts, actor=Actor(name="enqueue"), split=policy)
-        err = common.stderr()
         unknown = 0
         for r in results:
             if json:
