@@ -1,0 +1,225 @@
+"""An original in the inbox, opened once by identity: the one way imgq reads or deletes one.
+
+Every reader of an original (scan's hashing, the worker, fleet staging, archive) and the
+one deleter (collect) go through ``Original``. It walks from the inbox root down one
+component at a time with ``O_NOFOLLOW`` directory handles, opens the file itself with
+``O_NOFOLLOW | O_NONBLOCK`` (a FIFO or device swapped in after scan cannot block the
+open) and requires a regular file. From then on every check and every act concerns the
+object behind that handle, never the name:
+
+- ``read_verified`` reads the bytes once and compares their sha256 (and size) with what
+  the journal recorded: a mismatch is ``ChangedInInbox``; the caller uses exactly the bytes
+  that were checked;
+- ``still_named`` tells whether the name still points at the opened (device, inode);
+- ``unlink_if_same`` removes the name only if, at that moment, it is the opened object:
+  it first renames the name to a private quarantine name in the same folder (an atomic
+  act that takes whatever object is there out of reach of other writers), compares the
+  quarantined object's (device, inode) with the handle, and unlinks it only if they are
+  equal; otherwise it renames it back (without replacing anything) and keeps it.
+
+Linux (and other POSIX systems with ``O_NOFOLLOW`` and ``dir_fd``) only.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import secrets
+import stat
+
+from imgq.errors import Permanent, StorageError
+
+CHUNK = 1 << 20
+QUARANTINE_MARK = ".imgq-collect"
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+class Unsafe(Permanent):
+    """The recorded path cannot be used safely: it leaves the inbox, goes through a
+    symlink, or names something that is not a regular file (a symlink, FIFO, device)."""
+
+
+class ChangedInInbox(Permanent):
+    """The file at the recorded path is not the one that was scanned (size or sha256
+    differ): scan again to record the new content."""
+
+
+def split_rel(rel: str) -> list[str]:
+    """The components of an inbox-relative path; Unsafe unless each is a plain name."""
+    parts = rel.split("/")
+    for p in parts:
+        if not p or p in (".", "..") or "\0" in p:
+            raise Unsafe(f"{rel}: the recorded path leaves the inbox; refusing")
+    return parts
+
+
+def open_dir(root: str | os.PathLike, parts: list[str], *, shown: str) -> int:
+    """An fd on ``root/parts...`` reached without following a symlink below ``root``.
+
+    ``root`` itself may be a symlink (an inbox that is a link to a mounted share is
+    legitimate); nothing below it may be."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    walked = os.fspath(root)
+    try:
+        for p in parts:
+            walked = f"{walked}/{p}"
+            try:
+                nxt = os.open(p, _DIR_FLAGS, dir_fd=fd)
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise Unsafe(f"{walked} is a symlink or not a folder; imgq never reads or deletes through one ({shown})") from e
+                raise
+            os.close(fd)
+            fd = nxt
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+class Original:
+    """An inbox file opened by identity (see the module docstring). Use as a context
+    manager, or call ``close``."""
+
+    def __init__(self, inbox: str | os.PathLike, rel: str):
+        self.inbox, self.rel = os.fspath(inbox), rel
+        self.path = os.path.join(self.inbox, rel)
+        parts = split_rel(rel)
+        self.name = parts[-1]
+        self.dir_fd: int | None = None
+        self.fd: int | None = None
+        self.dir_fd = open_dir(self.inbox, parts[:-1], shown=self.path)
+        try:
+            try:
+                self.fd = os.open(self.name, _FILE_FLAGS, dir_fd=self.dir_fd)
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    raise Unsafe(f"{self.path} is a symlink; imgq reads and deletes only regular files") from e
+                if e.errno == errno.ENXIO:  # a FIFO with no writer, a socket
+                    raise Unsafe(f"{self.path} is not a regular file (a FIFO or socket)") from e
+                raise
+            self.stat = os.fstat(self.fd)
+            if not stat.S_ISREG(self.stat.st_mode):
+                raise Unsafe(f"{self.path} is not a regular file")
+            os.set_blocking(self.fd, True)
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def identity(self) -> tuple[int, int]:
+        return (self.stat.st_dev, self.stat.st_ino)
+
+    def read_all(self) -> bytes:
+        """Every byte of the opened file, read from its start."""
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        chunks = []
+        while chunk := os.read(self.fd, CHUNK):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def hash(self) -> tuple[int, str]:
+        """(size, sha256) of the opened file's bytes now, read in full."""
+        h = hashlib.sha256()
+        n = 0
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        while chunk := os.read(self.fd, CHUNK):
+            h.update(chunk)
+            n += len(chunk)
+        return n, h.hexdigest()
+
+    def read_verified(self, sha256: str, size: int | None = None) -> bytes:
+        """The file's bytes, if they are the ones the journal recorded; else ChangedInInbox.
+        The caller must use these bytes, not read the file again."""
+        if size is not None and self.stat.st_size != size:
+            raise ChangedInInbox(f"{self.path}: changed in the inbox since it was scanned (size {self.stat.st_size}, recorded {size}); scan again")
+        data = self.read_all()
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise ChangedInInbox(f"{self.path}: changed in the inbox since it was scanned (sha256 differs); scan again")
+        return data
+
+    # ------------------------------------------------------------------ deleting
+    def still_named(self) -> bool:
+        """Whether the name points at the opened object now."""
+        try:
+            now = os.stat(self.name, dir_fd=self.dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return (now.st_dev, now.st_ino) == self.identity
+
+    def unlink_if_same(self) -> bool:
+        """Remove the name if it is the opened object at this moment; True if removed.
+
+        The name is first renamed to a private quarantine name (so no one can swap the
+        object under it any more), the quarantined object compared by (device, inode) with
+        the handle, then unlinked; a different object is renamed back, never over anything,
+        and False returned. Raises OSError if the folder cannot be changed."""
+        quarantine = f".{self.name[:40]}.{os.getpid()}-{secrets.token_hex(6)}{QUARANTINE_MARK}"
+        os.rename(self.name, quarantine, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+        try:
+            now = os.stat(quarantine, dir_fd=self.dir_fd, follow_symlinks=False)
+            same = (now.st_dev, now.st_ino) == self.identity
+        except BaseException:
+            _put_back(self.dir_fd, quarantine, self.name)
+            raise
+        if not same:
+            _put_back(self.dir_fd, quarantine, self.name)
+            return False
+        os.unlink(quarantine, dir_fd=self.dir_fd)
+        os.fsync(self.dir_fd)
+        return True
+
+    def close(self) -> None:
+        for fd in (self.fd, self.dir_fd):
+            if fd is not None:
+                os.close(fd)
+        self.fd = self.dir_fd = None
+
+    def __enter__(self) -> "Original":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _put_back(dir_fd: int, quarantine: str, name: str) -> None:
+    """Give a quarantined object its name back without replacing whatever took the name
+    meanwhile: link (which refuses an existing name) then drop the quarantine name. A
+    non-regular object that cannot be hard-linked keeps its quarantine name if the name
+    was taken again; it is never deleted."""
+    try:
+        os.link(quarantine, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+    except FileExistsError:
+        return  # someone wrote a new file under the name: both are kept
+    except OSError:
+        try:
+            if not _exists(dir_fd, name):
+                os.rename(quarantine, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except OSError:
+            pass
+        return
+    os.unlink(quarantine, dir_fd=dir_fd)
+
+
+def _exists(dir_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def open_original(inbox: str | os.PathLike, rel: str) -> Original:
+    """``Original(inbox, rel)`` with OSErrors other than a missing file turned into
+    imgq errors naming the file: a full or failing disk is transient."""
+    try:
+        return Original(inbox, rel)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise StorageError(f"{os.path.join(os.fspath(inbox), rel)}: cannot open it: {e.strerror or e}") from e
+
+
