@@ -136,6 +136,16 @@ def test_man_pages_format_without_warnings(tiny_files, tmp_path):
             assert out.returncode == 0 and out.stderr == "", (rel, out.stderr)
 
 
+@pytest.mark.skipif(not shutil.which("mandoc"), reason="mandoc not installed (bin/test installs it)")
+def test_checked_in_man_pages_pass_mandoc_lint():
+    pages = sorted(str(p) for p in (REPO / "man").glob("*.1"))
+    assert pages
+    out = subprocess.run(["mandoc", "-Tlint", "-W", "warning", *pages], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout + out.stderr == "", out.stdout + out.stderr
+    for page in pages:
+        assert "\b" not in Path(page).read_text(), f"{page}: a literal backspace (a stray \\b in help text)"
+
+
 def test_completions_list_commands_and_options(tiny_files):
     for rel in ("completions/tiny.bash", "completions/_tiny", "completions/tiny.fish"):
         text = tiny_files[rel]

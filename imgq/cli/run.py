@@ -19,9 +19,11 @@ EPILOG = """\b
 Examples:
   imgq run ~/Dropbox/dig-photos --to /mnt/backup --to ssh://nas/srv/photos
   imgq run --config /etc/imgq.toml /srv/inbox      # destinations from imgq.toml
+
 \b
-crontab (every 10 minutes; a run still busy makes the next one exit quietly):
-  */10 * * * * cd /srv/imgq && imgq run /srv/inbox --to /mnt/backup --to ssh://nas/photos
+crontab (every 10 minutes; a run still busy makes the next one exit quietly; cron's PATH
+does not hold a virtualenv, so give imgq's full path, as `command -v imgq` prints it):
+  */10 * * * * cd /srv/imgq && /opt/imgq/bin/imgq run /srv/inbox --to /mnt/backup --to ssh://nas/photos
 """
 
 STEPS = ("run", "scan", "enqueue", "archive", "collect")
