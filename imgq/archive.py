@@ -724,8 +724,9 @@ def _owner_of(db: DB, dest: Destination, r, got: Found | None) -> str:
     ident = r["destination_id"] or ""
     other = db.one(
         "SELECT file_id FROM copies WHERE (destination = ? OR destination_id = ?) AND id != ? AND imgq_fold(path) = ?"
+        " AND NOT (file_id = ? AND sha256 = ?)"  # the same item recorded under another spelling of the destination
         " UNION ALL SELECT file_id FROM archive_paths WHERE (destination = ? OR destination_id = ?) AND file_id != ? AND folded = ? LIMIT 1",
-        (dest.url, ident, r["id"], r["path"].casefold(), dest.url, ident, r["file_id"], r["path"].casefold()),
+        (dest.url, ident, r["id"], r["path"].casefold(), r["file_id"], r["sha256"], dest.url, ident, r["file_id"], r["path"].casefold()),
     )
     if other:
         return f"its name is also the name of a copy of {other['file_id']} on this case-insensitive destination"

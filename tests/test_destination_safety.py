@@ -399,3 +399,36 @@ def test_a_name_fat_refuses_is_archived_under_a_safe_name(tmp_path, run_imgq, db
     assert orig.endswith(".jpg") and q(db_path, "SELECT sha256 FROM files")[0][0][:8] in orig
     c = run_imgq("collect", "--to", fat)
     assert c.returncode == 0 and c.stdout.split() == [file_id], c.stderr
+
+
+@pytest.fixture(params=["local", "ssh"])
+def fat_destination(request, fat):
+    """A Destination whose root is the FAT mount: directly, or through a real sshd (whose
+    SFTP server then meets FAT's refusals)."""
+    if request.param == "local":
+        d = dest_lib.LocalDestination(fat)
+    else:
+        [host] = request.getfixturevalue("ssh_hosts")(1)
+        d = dest_lib.open_destination(f"ssh://{host.alias}{fat}", dest_lib.SshOptions(config=host.ssh_config))
+    yield d
+    d.close()
+
+
+def test_a_fat_destination_never_replaces_a_case_twin_and_refuses_odd_names(fat_destination, fat, tmp_path):
+    dest = fat_destination
+    (fat / "2024").mkdir()
+    (fat / "2024" / "IMG_0001.JPG").write_bytes(b"photo A")
+    src = tmp_path / "b.jpg"
+    src.write_bytes(b"photo B")
+    with pytest.raises(dest_lib.NameTaken):
+        dest.put(src, "2024/img_0001.jpg", sha256=sha(b"photo B"), size=7)
+    assert (fat / "2024" / "IMG_0001.JPG").read_bytes() == b"photo A"
+    with pytest.raises(dest_lib.NameRefused):
+        dest.put(src, "2024/a:b?.jpg", sha256=sha(b"photo B"), size=7)
+    assert sorted(p.name for p in (fat / "2024").iterdir()) == ["IMG_0001.JPG"]  # no temporary file left
+    # a damaged copy proven to be ours is replaced, and only while it holds those bytes
+    (fat / "2024" / "c.jpg").write_bytes(b"photo B, rotten")
+    damaged = dest.check(["2024/c.jpg"])["2024/c.jpg"]
+    dest.put(src, "2024/c.jpg", sha256=sha(b"photo B"), size=7, replace=damaged)
+    assert (fat / "2024" / "c.jpg").read_bytes() == b"photo B"
+    assert dest.identity() == dest.identity()
