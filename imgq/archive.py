@@ -136,7 +136,7 @@ def folder_for(taken_at: str | None, owner: str) -> str:
         dated = f"{day:%Y}/{day:%Y-%m-%d}"
     except ValueError:
         dated = "undated/undated"
-    return f"{dated}/{safe_component(owner)}"
+    return f"{dated}/{cap(safe_component(owner))}"
 
 
 def _split_name(name: str) -> tuple[str, str]:

@@ -262,6 +262,9 @@ def test_every_generated_archive_name_fits_with_its_temporary_suffix():
     b = archive.artifact_rel("d/" + archive.name_candidates("x" * 250 + ".jpg", digest)[0], "thumb", ".jpg", "-2")
     assert a != b
     assert archive.name_candidates("IMG_0001.JPG", digest)[0] == "IMG_0001.JPG"  # short names unchanged
+    owner = archive.folder_for("2024-05-17T08:00:00", "o" * 300).rsplit("/", 1)[1]
+    assert len(owner.encode()) <= archive.NAME_BYTES
+    assert owner != archive.folder_for("2024-05-17T08:00:00", "o" * 301).rsplit("/", 1)[1]
 
 
 # --- items 11 and 15: a real case-insensitive FAT file system (FUSE) ---------------------------
