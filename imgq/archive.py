@@ -12,7 +12,13 @@ DEST. The names a file will use at a destination are reserved in ``archive_paths
 anything is written: a second, different photo with the same name on the same day gets
 ``NAME-<first 8 hex of its sha256>.jpg`` (then the full hash), so photos never overwrite
 each other and the choice does not depend on timing. A name already holding the same
-bytes is recorded without copying, so the same photo is never copied twice.
+bytes is recorded without copying, so the same photo is never copied twice. Reserved
+names are compared case-folded (FAT, SMB and macOS fold case), a final rename never
+replaces a file (a taken name is given up and the file planned again), a name the
+destination refuses is replaced by an ASCII-safe one, and every generated name is capped
+with a hash. Destinations are grouped by identity (``destinations.physical``): two
+spellings of one folder are archived to once and hold one copy. Originals are read by
+identity (``imgq.original``) and hashed as they are copied.
 
 Each copy goes through ``Destination.put`` (temporary name, fsync, read back, sha256
 compared, rename, folder fsynced) and is then recorded in ``copies``. A destination that
@@ -23,7 +29,7 @@ its artifacts.
 
 ``verify`` re-reads every recorded copy and re-makes missing or corrupt ones from the
 original (if it is still in the inbox and unchanged), the artifact store, or another good
-copy.
+copy; in place only when the damaged file is provably that copy's (``_owner_of``).
 """
 
 from __future__ import annotations

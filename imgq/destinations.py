@@ -9,6 +9,14 @@ Every destination promises the same three things:
 - ``check``: the size and sha256 of what is at a name now (read in full, not trusted
   from any cache), or None if nothing is there.
 - ``free_bytes``: the space left.
+- ``identity``: what the destination is, however it was spelled: the (device, inode) of a
+  local root, or the random id in the ``.imgq-destination`` marker of a remote root.
+- ``sweep_temps``: remove the temporary files of killed copies.
+
+The rename into place never replaces anything: a final name (on a case-insensitive file
+system, any case of it) holding another file raises ``NameTaken``; only a damaged copy
+the caller proved to be its own (``replace``) is written over. A name the file system
+refuses (FAT's ``:`` ``?``…, too long) raises ``NameRefused``.
 
 Paths are relative to the destination root and always made of plain components (no
 ``..``, no ``/`` inside a component). Local folders are walked one component at a time
