@@ -506,6 +506,7 @@ def archive(
     # One physical destination reached by two spellings is archived to once and counts once.
     phys = physical(destinations)
     report.aliases = phys.aliases
+    report.down.update(phys.down)  # unreachable now: its copies fail at once, with the reason
     destinations = phys.unique
     record_destinations(db, phys, now=clock())
     _sweep(destinations, phys, report, now=clock())
