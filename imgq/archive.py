@@ -12,7 +12,13 @@ DEST. The names a file will use at a destination are reserved in ``archive_paths
 anything is written: a second, different photo with the same name on the same day gets
 ``NAME-<first 8 hex of its sha256>.jpg`` (then the full hash), so photos never overwrite
 each other and the choice does not depend on timing. A name already holding the same
-bytes is recorded without copying, so the same photo is never copied twice.
+bytes is recorded without copying, so the same photo is never copied twice. Reserved
+names are compared case-folded (FAT, SMB and macOS fold case), a final rename never
+replaces a file (a taken name is given up and the file planned again), a name the
+destination refuses is replaced by an ASCII-safe one, and every generated name is capped
+with a hash. Destinations are grouped by identity (``destinations.physical``): two
+spellings of one folder are archived to once and hold one copy. Originals are read by
+identity (``imgq.original``) and hashed as they are copied.
 
 Each copy goes through ``Destination.put`` (temporary name, fsync, read back, sha256
 compared, rename, folder fsynced) and is then recorded in ``copies``. A destination that
@@ -23,13 +29,14 @@ its artifacts.
 
 ``verify`` re-reads every recorded copy and re-makes missing or corrupt ones from the
 original (if it is still in the inbox and unchanged), the artifact store, or another good
-copy.
+copy; in place only when the damaged file is provably that copy's (``_owner_of``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import os
 import random
@@ -43,16 +50,24 @@ from imgq.destinations import (
     Destination,
     DestinationUnavailable,
     Found,
+    NameRefused,
+    NameTaken,
+    Physical,
+    SourceChanged,
     SourceUnavailable,
     check_component,
     hash_fd,
+    is_safe_name,
+    physical,
 )
 from imgq.errors import ImgqError, StorageError, classify
 from imgq.inbox import slug
 from imgq.journal import Actor
+from imgq.original import ChangedInInbox, Original, Unsafe
 
 ORIGINAL = "original"
-NAME_BYTES = 180  # leaves room for ".thumb.jpg" and a temporary name's suffix under NAME_MAX
+NAME_BYTES = 180  # every generated name, suffixes included: leaves room for a temporary name's suffix under NAME_MAX
+SAFE_STEM = 60  # the ASCII stem of a safe name, before its hash
 
 
 @dataclasses.dataclass
@@ -65,6 +80,8 @@ class Item:
     bytes: int
     source: Path  # where it is on this machine
     ext: str = ""  # the artifact's extension (".jpg")
+    inbox: str | None = None  # for the original: read by identity from inbox/rel (imgq.original)
+    rel: str | None = None
 
 
 @dataclasses.dataclass
@@ -85,6 +102,8 @@ class ArchiveReport:
     failed: list[Failure] = dataclasses.field(default_factory=list)
     waiting: int = 0  # (file, destination) pairs still in backoff: not tried this time
     down: dict[str, str] = dataclasses.field(default_factory=dict)  # destination -> why
+    swept: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (destination, path) of killed copies' temporary files removed
+    aliases: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (destination, the same destination already in the run)
     skipped: list[tuple[str, str | None]] = dataclasses.field(default_factory=list)  # asked-for ids not archivable: (id, state or None if unknown)
 
 
@@ -123,7 +142,7 @@ def folder_for(taken_at: str | None, owner: str) -> str:
         dated = f"{day:%Y}/{day:%Y-%m-%d}"
     except ValueError:
         dated = "undated/undated"
-    return f"{dated}/{safe_component(owner)}"
+    return f"{dated}/{cap(safe_component(owner))}"
 
 
 def _split_name(name: str) -> tuple[str, str]:
@@ -132,17 +151,35 @@ def _split_name(name: str) -> tuple[str, str]:
     return (name[: -len(ext)] if ext else name), ext
 
 
-def _fit(stem: str, tail: str) -> str:
-    """stem + tail, the stem cut so the whole stays under NAME_BYTES (UTF-8)."""
-    budget = NAME_BYTES - len(tail.encode())
-    encoded = stem.encode()
-    if len(encoded) > budget:
-        stem = encoded[:budget].decode(errors="ignore")
-    return stem + tail
+def cap(name: str, limit: int = NAME_BYTES) -> str:
+    """``name`` if it fits in ``limit`` UTF-8 bytes; else its stem cut short plus ``~`` and
+    8 hex of the whole name's sha256, extension kept: distinct names stay distinct and no
+    generated name (a temporary name's suffix included) reaches NAME_MAX."""
+    if len(name.encode()) <= limit:
+        return name
+    stem, ext = _split_name(name)
+    tail = f"~{hashlib.sha256(name.encode()).hexdigest()[:8]}{ext}"
+    budget = limit - len(tail.encode())
+    return stem.encode()[:budget].decode(errors="ignore") + tail
 
 
-def name_candidates(original_name: str, sha256: str) -> list[str]:
-    """Names to try for an original, in order: its own, then with its hash."""
+def safe_name(name: str, sha256: str) -> str:
+    """A name every destination can hold (FAT, exFAT, SMB): ASCII letters, digits and
+    ``. _ -`` plus 8 hex of the photo's sha256, for a name the destination refused."""
+    stem, ext = _split_name(name)
+    ascii_stem = "".join(ch if ch.isascii() and (ch.isalnum() or ch in "._-") else "_" for ch in stem)
+    ascii_stem = ascii_stem.strip("_.-")[:SAFE_STEM] or "photo"
+    ascii_ext = ext if is_safe_name(ext.lstrip(".") or "x") else ".bin"
+    return f"{ascii_stem}-{sha256[:8]}{ascii_ext}"
+
+
+def name_candidates(original_name: str, sha256: str, *, safe: bool = False) -> list[str]:
+    """Names to try for an original, in order: its own, then with its hash; with ``safe``
+    (the destination refused the name) only ASCII-safe forms."""
+    if safe:
+        first = safe_name(original_name, sha256)
+        stem, ext = _split_name(first)
+        return [first, f"{stem[:-9]}-{sha256[:16]}{ext}", f"{stem[:-9]}-{sha256}{ext}"]
     try:
         name = check_component(original_name)
         if name.startswith("."):
@@ -150,14 +187,15 @@ def name_candidates(original_name: str, sha256: str) -> list[str]:
     except ValueError:
         name = safe_component(original_name)
     stem, ext = _split_name(name)
-    return [_fit(stem, ext), _fit(stem, f"-{sha256[:8]}{ext}"), _fit(stem, f"-{sha256}{ext}")]
+    return [cap(name), cap(f"{stem}-{sha256[:8]}{ext}"), cap(f"{stem}-{sha256}{ext}")]
 
 
 def artifact_rel(original_rel: str, role: str, ext: str, suffix: str = "") -> str:
     """The artifact's name beside the original: ``NAME.thumb.jpg`` for ``NAME.jpg``."""
     folder, name = original_rel.rsplit("/", 1)
     stem, _ = _split_name(name)
-    return f"{folder}/{stem}.{safe_component(role)}{suffix}{ext or '.jpg'}"
+    name = f"{stem}.{safe_component(role)}{suffix}{ext or '.jpg'}"
+    return f"{folder}/{cap(name)}"
 
 
 # --- what a file needs ----------------------------------------------------------------------
@@ -165,7 +203,7 @@ def artifact_rel(original_rel: str, role: str, ext: str, suffix: str = "") -> st
 
 def items_of(db: DB, f, store_dir: Path) -> list[Item]:
     """The original and the newest artifact of each name from the file's finished jobs."""
-    items = [Item(ORIGINAL, None, f["sha256"], f["size"], Path(f["inbox"]) / f["path"])]
+    items = [Item(ORIGINAL, None, f["sha256"], f["size"], Path(f["inbox"]) / f["path"], inbox=f["inbox"], rel=f["path"])]
     latest: dict[str, object] = {}
     for a in db.all(
         "SELECT a.* FROM artifacts a JOIN jobs j ON j.id = a.job_id WHERE a.file_id = ? AND j.state = 'done' ORDER BY a.id",
@@ -181,11 +219,14 @@ def _reserved(db: DB, destination: str, file_id: str) -> dict[str, str]:
     return {r["role"]: r["path"] for r in db.all("SELECT role, path FROM archive_paths WHERE file_id = ? AND destination = ?", (file_id, destination))}
 
 
-def _taken_by_others(db: DB, destination: str, file_id: str, paths: Iterable[str]) -> bool:
-    paths = list(paths)
+def _taken_by_others(db: DB, dest: Destination, ident: str | None, file_id: str, paths: Iterable[str]) -> bool:
+    """Is any of ``paths``, compared case-folded (FAT, SMB and macOS fold case), reserved
+    by another file at this destination, under whatever spelling it was reached by?"""
+    folded = [p.casefold() for p in paths]
+    marks = ",".join("?" * len(folded))
     row = db.one(
-        f"SELECT 1 FROM archive_paths WHERE destination = ? AND file_id != ? AND path IN ({','.join('?' * len(paths))}) LIMIT 1",
-        (destination, file_id, *paths),
+        f"SELECT 1 FROM archive_paths WHERE (destination = ? OR destination_id = ?) AND file_id != ? AND folded IN ({marks}) LIMIT 1",
+        (dest.url, ident or "", file_id, *folded),
     )
     return row is not None
 
@@ -195,23 +236,25 @@ def _foreign(found: dict[str, Found | None], want: dict[str, str]) -> bool:
     return any(found.get(path) is not None and found[path].sha256 != sha for path, sha in want.items())
 
 
-def plan(db: DB, dest: Destination, f, items: Sequence[Item], *, now: float) -> dict[str, str]:
+def plan(db: DB, dest: Destination, f, items: Sequence[Item], *, now: float, ident: str | None = None, safe: bool = False) -> dict[str, str]:
     """The destination-relative path of each item, reserved for this file.
 
     The first plan of a file at a destination picks the first candidate name whose paths
-    are reserved by no other file and hold nothing different at the destination; later
-    plans reuse it (an artifact added since gets its name beside the original).
+    are reserved by no other file (case-folded, at this destination by any spelling) and
+    hold nothing different at the destination; later plans reuse it (an artifact added
+    since gets its name beside the original). ``safe``: only ASCII-safe names (the
+    destination refused the photo's own name).
     """
     paths = _reserved(db, dest.url, f["id"])
     new: dict[str, str] = {}
     if ORIGINAL not in paths:
         folder = folder_for(f["taken_at"], f["owner"])
-        for candidate in name_candidates(PurePosixPath(f["path"]).name, f["sha256"]):
+        for candidate in name_candidates(PurePosixPath(f["path"]).name, f["sha256"], safe=safe):
             base = f"{folder}/{candidate}"
-            names = {ORIGINAL: base, **{i.role: artifact_rel(base, i.role, i.ext) for i in items if i.role != ORIGINAL}}
-            if _taken_by_others(db, dest.url, f["id"], names.values()):
+            names = {ORIGINAL: base, **{i.role: artifact_rel(base, i.role, i.ext) for i in items if i.role != ORIGINAL and i.role not in paths}}
+            if _taken_by_others(db, dest, ident, f["id"], names.values()):
                 continue
-            want = {names[i.role]: i.sha256 for i in items}
+            want = {names[i.role]: i.sha256 for i in items if i.role in names}
             if _foreign(dest.check(want), want):
                 continue
             new = names
@@ -224,7 +267,7 @@ def plan(db: DB, dest: Destination, f, items: Sequence[Item], *, now: float) -> 
                 continue
             for suffix in ("", f"-{f['sha256'][:8]}", f"-{f['sha256']}"):
                 rel = artifact_rel(paths[ORIGINAL], i.role, i.ext, suffix)
-                if not _taken_by_others(db, dest.url, f["id"], [rel]) and not _foreign(dest.check([rel]), {rel: i.sha256}):
+                if not _taken_by_others(db, dest, ident, f["id"], [rel]) and not _foreign(dest.check([rel]), {rel: i.sha256}):
                     new[i.role] = rel
                     break
             else:
@@ -232,26 +275,55 @@ def plan(db: DB, dest: Destination, f, items: Sequence[Item], *, now: float) -> 
     if new:
         with db.transaction():
             db.conn.executemany(
-                "INSERT INTO archive_paths (file_id, destination, role, path, created_at) VALUES (?, ?, ?, ?, ?)",
-                [(f["id"], dest.url, role, path, now) for role, path in new.items()],
+                "INSERT INTO archive_paths (file_id, destination, role, path, created_at, destination_id, folded) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(f["id"], dest.url, role, path, now, ident, path.casefold()) for role, path in new.items()],
             )
         paths.update(new)
     return paths
 
 
+def release(db: DB, destination: str, file_id: str) -> None:
+    """Give up this file's reserved names at a destination that hold no recorded copy of
+    it (the name turned out taken or refused), so the next plan chooses again."""
+    with db.transaction():
+        db.execute(
+            "DELETE FROM archive_paths WHERE file_id = ? AND destination = ? AND NOT EXISTS"
+            " (SELECT 1 FROM copies c WHERE c.destination = archive_paths.destination AND c.path = archive_paths.path AND c.file_id = archive_paths.file_id)",
+            (file_id, destination),
+        )
+
+
 # --- copies ----------------------------------------------------------------------------------
 
 
-def record_copy(db: DB, file_id: str, item: Item, destination: str, path: str, *, now: float) -> None:
-    """Record a verified copy (one row per name at a destination)."""
+def record_copy(db: DB, file_id: str, item: Item, destination: str, path: str, *, now: float, ident: str | None = None) -> None:
+    """Record a verified copy (one row per name at a destination), with the identity of
+    the destination it landed on (``ident``: what it is, not how it was spelled)."""
     with db.transaction():
         db.execute(
-            "INSERT INTO copies (file_id, artifact_id, destination, path, sha256, bytes, verified_at, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            "INSERT INTO copies (file_id, artifact_id, destination, path, sha256, bytes, verified_at, created_at, destination_id)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (destination, path) DO UPDATE SET file_id = excluded.file_id, artifact_id = excluded.artifact_id,"
-            " sha256 = excluded.sha256, bytes = excluded.bytes, verified_at = excluded.verified_at, created_at = excluded.created_at",
-            (file_id, item.artifact_id, destination, path, item.sha256, item.bytes, now, now),
+            " sha256 = excluded.sha256, bytes = excluded.bytes, verified_at = excluded.verified_at, created_at = excluded.created_at,"
+            " destination_id = coalesce(excluded.destination_id, copies.destination_id)",
+            (file_id, item.artifact_id, destination, path, item.sha256, item.bytes, now, now, ident),
         )
+
+
+def record_destinations(db: DB, phys: Physical, *, now: float) -> None:
+    """Remember what each destination url was found to be (imgq status, the audit)."""
+    rows = [(url, ident, _real(url), now) for url, ident in phys.identity.items()]
+    if rows:
+        with db.transaction():
+            db.conn.executemany(
+                "INSERT INTO destinations (url, identity, real, seen_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (url) DO UPDATE SET identity = excluded.identity, real = excluded.real, seen_at = excluded.seen_at",
+                rows,
+            )
+
+
+def _real(url: str) -> str:
+    return url if url.startswith("ssh://") else os.path.realpath(url)
 
 
 def _copies_at(db: DB, file_id: str, destination: str) -> dict[str, str]:
@@ -271,7 +343,7 @@ class Sources:
         self.db, self.destinations, self.scratch = db, destinations, scratch
         self.bad: set[tuple[str, str]] = set()  # (destination, path) known not to be good
 
-    def put_from_elsewhere(self, dest: Destination, item: Item, file_id: str, rel: str) -> str:
+    def put_from_elsewhere(self, dest: Destination, item: Item, file_id: str, rel: str, *, replace: Found | None = None) -> str:
         """Copy ``item`` to ``dest`` from another destination's copy; returns where from.
 
         Errors of the other destinations are reasons to try the next one; errors of
@@ -302,27 +374,58 @@ class Sources:
                     self.bad.add((r["destination"], r["path"]))
                     reasons.append(f"{where} does not match either")
                     continue
-                dest.put(tmp, rel, sha256=item.sha256, size=item.bytes)
+                dest.put(tmp, rel, sha256=item.sha256, size=item.bytes, replace=replace)
                 return where
             finally:
                 tmp.unlink(missing_ok=True)
         raise SourceUnavailable("; ".join(reasons) or "no other good copy to copy from")
 
 
-def copy_item(dest: Destination, file_id: str, item: Item, rel: str, sources: Sources) -> str:
+def _source_of(item: Item):
+    """What ``put`` reads: an artifact's path in the store, or, for the original, an opener
+    that opens it by identity in the inbox (no symlink followed, a regular file only);
+    the bytes are hashed as they are copied and checked against the journal."""
+    if item.role != ORIGINAL or item.inbox is None:
+        return item.source
+
+    def open_original():
+        try:
+            with Original(item.inbox, item.rel) as o:
+                if o.stat.st_size != item.bytes:
+                    raise ChangedInInbox(f"{o.path}: changed in the inbox since it was scanned (size {o.stat.st_size}, recorded {item.bytes}); scan again")
+                return os.fdopen(os.dup(o.fd), "rb")
+        except Unsafe as e:
+            raise ChangedInInbox(f"{item.source}: changed in the inbox since it was scanned: {e}") from e
+        except FileNotFoundError as e:
+            raise SourceUnavailable(f"{item.source} is missing from the inbox") from e
+        except OSError as e:
+            raise SourceUnavailable(f"cannot read {item.source}: {e.strerror or e}") from e
+
+    open_original.shown = str(item.source)
+    return open_original
+
+
+def copy_item(dest: Destination, file_id: str, item: Item, rel: str, sources: Sources, *, replace: Found | None = None) -> str:
     """Make sure ``rel`` at ``dest`` holds ``item``; returns 'found', 'copied' or
-    'copied from WHERE' (another destination's copy, when the local source is gone)."""
+    'copied from WHERE' (another destination's copy, when the local source is gone).
+
+    A name holding anything else is never written over (NameTaken), unless it holds
+    exactly ``replace``: a damaged copy proven to be this item's (verify)."""
     found = dest.check([rel])[rel]
     if found == Found(item.bytes, item.sha256):
         return "found"
+    if found is not None and found != replace:
+        raise NameTaken(f"{dest.url}: {rel} (or a name differing only in case) holds another file; imgq never replaces it")
     try:
-        dest.put(item.source, rel, sha256=item.sha256, size=item.bytes)
+        dest.put(_source_of(item), rel, sha256=item.sha256, size=item.bytes, replace=replace)
         return "copied"
-    except SourceUnavailable as first:
+    except (SourceUnavailable, ChangedInInbox) as first:
+        if item.role == ORIGINAL and isinstance(first, SourceChanged):
+            first = ChangedInInbox(f"{item.source}: changed in the inbox since it was scanned ({first}); scan again")
         try:
-            return "copied from " + sources.put_from_elsewhere(dest, item, file_id, rel)
+            return "copied from " + sources.put_from_elsewhere(dest, item, file_id, rel, replace=replace)
         except SourceUnavailable as e:
-            raise SourceUnavailable(f"{first}; {e}") from None
+            raise type(first)(f"{first}; {e}") from None
 
 
 # --- targets: per file and destination, with backoff ------------------------------------
@@ -400,6 +503,13 @@ def archive(
     """
     rng = rng or random.Random()
     report = ArchiveReport()
+    # One physical destination reached by two spellings is archived to once and counts once.
+    phys = physical(destinations)
+    report.aliases = phys.aliases
+    report.down.update(phys.down)  # unreachable now: its copies fail at once, with the reason
+    destinations = phys.unique
+    record_destinations(db, phys, now=clock())
+    _sweep(destinations, phys, report, now=clock())
     by_url = {d.url: d for d in destinations}
     sources = Sources(db, by_url, store_dir)
     if file_ids is not None:
@@ -426,7 +536,7 @@ def archive(
                 report.waiting += 1
                 continue
             try:
-                _copy_missing(db, dest, f, items, missing, sources, report, clock=clock, on_file=on_file)
+                _copy_missing(db, dest, phys.identity.get(dest.url), f, items, missing, sources, report, clock=clock, on_file=on_file)
                 _succeeded(db, target, now=clock())
             except (ImgqError, OSError) as e:
                 text = str(e) if isinstance(e, ImgqError) else f"{dest.url}: {e}"
@@ -451,18 +561,44 @@ def archive(
     return report
 
 
-def _copy_missing(db: DB, dest: Destination, f, items, missing, sources: Sources, report: ArchiveReport, *, clock, on_file) -> None:
-    """Copy what ``dest`` lacks of one file, recording each copy as soon as it is verified."""
-    paths = plan(db, dest, f, items, now=clock())
-    for item in missing:
-        how = copy_item(dest, f["id"], item, paths[item.role], sources)
-        record_copy(db, f["id"], item, dest.url, paths[item.role], now=clock())
-        if how == "found":
-            report.found += 1
-        else:
-            report.copied += 1
-            report.bytes += item.bytes
-        on_file(f["id"], "copied", (dest.url, paths[item.role], how))
+def _sweep(destinations: Sequence[Destination], phys: Physical, report: ArchiveReport, *, now: float) -> None:
+    """Remove the temporary files killed copies left at each reachable destination."""
+    for dest in destinations:
+        if dest.url in phys.down:
+            continue
+        try:
+            report.swept.extend((dest.url, rel) for rel in dest.sweep_temps(now=now))
+        except ImgqError:
+            pass  # the copies themselves will say what is wrong with this destination
+
+
+def _copy_missing(db: DB, dest: Destination, ident: str | None, f, items, missing, sources: Sources, report: ArchiveReport, *, clock, on_file) -> None:
+    """Copy what ``dest`` lacks of one file, recording each copy as soon as it is verified.
+
+    A reserved name found holding another file (NameTaken: on a case-insensitive
+    destination, another photo's name differing in case) or refused by the destination
+    (NameRefused: FAT's ``:`` ``?``…) is given up and the file planned again, with
+    ASCII-safe names after a refusal; the names used are the ones recorded."""
+    safe = False
+    for attempt in range(4):
+        paths = plan(db, dest, f, items, now=clock(), ident=ident, safe=safe)
+        try:
+            for item in missing:
+                how = copy_item(dest, f["id"], item, paths[item.role], sources)
+                record_copy(db, f["id"], item, dest.url, paths[item.role], now=clock(), ident=ident)
+                if how == "found":
+                    report.found += 1
+                else:
+                    report.copied += 1
+                    report.bytes += item.bytes
+                on_file(f["id"], "copied", (dest.url, paths[item.role], how))
+            return
+        except (NameTaken, NameRefused) as e:
+            if attempt == 3 or (isinstance(e, NameRefused) and safe):
+                raise
+            safe = safe or isinstance(e, NameRefused)
+            release(db, dest.url, f["id"])
+            missing = _missing(db, f, dest.url, items)
 
 
 # --- verify ----------------------------------------------------------------------------------
@@ -494,11 +630,11 @@ def verify(
     rows = _recorded_copies(db, list(destinations), file_ids)
     sources = Sources(db, destinations, store_dir)
     good, bad = _read_back(rows, destinations, report)
-    sources.bad.update((r["destination"], r["path"]) for r, _ in bad)
+    sources.bad.update((r["destination"], r["path"]) for r, _, _ in bad)
     if good:
         with db.transaction():
             db.conn.executemany("UPDATE copies SET verified_at = ? WHERE id = ?", [(clock(), i) for i in good])
-    for r, problem in bad:
+    for r, problem, got in bad:
         dest = destinations[r["destination"]]
         item = Item(
             r["artifact_name"] or ORIGINAL,
@@ -506,12 +642,25 @@ def verify(
             r["sha256"],
             r["bytes"],
             (store_dir / r["store_path"]) if r["artifact_id"] else Path(r["inbox"]) / r["inbox_path"],
+            inbox=None if r["artifact_id"] else r["inbox"],
+            rel=None if r["artifact_id"] else r["inbox_path"],
         )
         try:
             if dest.url in report.unreachable:
                 raise DestinationUnavailable(report.unreachable[dest.url])
-            how = _repair(dest, r, item, sources)
-            record_copy(db, r["file_id"], item, dest.url, r["path"], now=clock())
+            owner = _owner_of(db, dest, r, got)
+            if owner:
+                # Not provably this copy's file: repairing it in place could overwrite
+                # another photo's only copy. Drop the record and the name; the next
+                # archive copies the photo again under a name of its own.
+                _unrecord(db, r, f"{r['path']} {problem}; {owner}", now=clock(), actor=actor, backoff=backoff, backoff_max=backoff_max, rng=rng)
+                release(db, r["destination"], r["file_id"])
+                p = Problem(r["file_id"], dest.url, r["path"], problem, False, f"{owner}; not repaired in place: the next imgq archive copies it under another name")
+                report.problems.append(p)
+                on_problem(p)
+                continue
+            how = _repair(dest, r, item, sources, replace=got)
+            record_copy(db, r["file_id"], item, dest.url, r["path"], now=clock(), ident=r["destination_id"])
             sources.bad.discard((dest.url, r["path"]))
             p = Problem(r["file_id"], dest.url, r["path"], problem, True, _how_repaired(how, item))
         except (ImgqError, OSError) as e:
@@ -557,9 +706,9 @@ def _read_back(rows, destinations: dict[str, Destination], report: VerifyReport)
             if got == Found(r["bytes"], r["sha256"]):
                 good.append(r["id"])
             elif got is None:
-                bad.append((r, "missing"))
+                bad.append((r, "missing", None))
             else:
-                bad.append((r, f"corrupt: {got.bytes} bytes, sha256 {got.sha256[:12]}…, expected {r['bytes']} bytes, {r['sha256'][:12]}…"))
+                bad.append((r, f"corrupt: {got.bytes} bytes, sha256 {got.sha256[:12]}…, expected {r['bytes']} bytes, {r['sha256'][:12]}…", got))
     report.good = len(good)
     return good, bad
 
@@ -572,13 +721,35 @@ def _how_repaired(how: str, item: Item) -> str:
     return "re-" + how.replace("copied", "made", 1)  # "re-made from DEST/PATH"
 
 
-def _repair(dest: Destination, r, item: Item, sources: Sources) -> str:
+def _owner_of(db: DB, dest: Destination, r, got: Found | None) -> str:
+    """Why the damaged copy at ``r`` cannot be proven to be this copy's file, or "".
+
+    Proven means: its name, case-folded, is the name of no other recorded copy or
+    reservation at this destination (under any spelling of it), and what is there is not
+    the content of any known photo or artifact (it would be another file's copy)."""
+    db.conn.create_function("imgq_fold", 1, str.casefold, deterministic=True)
+    ident = r["destination_id"] or ""
+    other = db.one(
+        "SELECT file_id FROM copies WHERE (destination = ? OR destination_id = ?) AND id != ? AND imgq_fold(path) = ?"
+        " AND NOT (file_id = ? AND sha256 = ?)"  # the same item recorded under another spelling of the destination
+        " UNION ALL SELECT file_id FROM archive_paths WHERE (destination = ? OR destination_id = ?) AND file_id != ? AND folded = ? LIMIT 1",
+        (dest.url, ident, r["id"], r["path"].casefold(), r["file_id"], r["sha256"], dest.url, ident, r["file_id"], r["path"].casefold()),
+    )
+    if other:
+        return f"its name is also the name of a copy of {other['file_id']} on this case-insensitive destination"
+    if got is not None and db.one("SELECT 1 FROM files WHERE sha256 = ? UNION ALL SELECT 1 FROM artifacts WHERE sha256 = ? LIMIT 1", (got.sha256, got.sha256)):
+        return "what is there is another photo's or artifact's content"
+    return ""
+
+
+def _repair(dest: Destination, r, item: Item, sources: Sources, *, replace: Found | None = None) -> str:
     # The inbox original (or the stored artifact) is a source only while it has the
     # recorded bytes: put() hashes as it reads and refuses a changed file, and then
-    # another destination's good copy is used instead.
+    # another destination's good copy is used instead. Only ``replace`` (the damaged
+    # bytes just read, proven this copy's by _owner_of) may be written over.
     if r["state"] == "collected" and item.artifact_id is None:
-        return "copied from " + sources.put_from_elsewhere(dest, item, r["file_id"], r["path"])
-    return copy_item(dest, r["file_id"], item, r["path"], sources)
+        return "copied from " + sources.put_from_elsewhere(dest, item, r["file_id"], r["path"], replace=replace)
+    return copy_item(dest, r["file_id"], item, r["path"], sources, replace=replace)
 
 
 def _unrecord(db: DB, r, reason: str, *, now: float, actor: Actor, backoff: float, backoff_max: float, rng: random.Random) -> None:
@@ -605,5 +776,7 @@ def summary(report: ArchiveReport) -> dict:
         "failed": len(report.failed),
         "waiting": report.waiting,
         "down": sorted(report.down),
+        "swept": len(report.swept),
+        "aliases": [list(a) for a in report.aliases],
     }
 

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from imgq import journal
 from imgq.database import DB
-from imgq.destinations import Destination, Found, check_component, hash_fd
+from imgq.destinations import Destination, Found, check_component, hash_fd, physical
 from imgq.errors import ImgqError
 from imgq.journal import Actor
 
@@ -159,6 +159,12 @@ def collect(
     if min_copies is None and not required:
         raise ValueError("collect needs the required destinations or a minimum number of copies")
     report = CollectReport()
+    # Copies count per physical destination (identity read now), not per spelling: a
+    # symlink to a folder or ssh://u@nas:22/x for ssh://nas/x is the same place.
+    phys = physical(destinations.values())
+    ident_of = lambda url: phys.identity.get(url, url)  # noqa: E731 (unreachable: its own name)
+    place = {ident_of(u): phys.url_of(ident_of(u)) or u for u in destinations}
+    required_ids = list(dict.fromkeys(ident_of(u) for u in required))
     pending: list[tuple] = []  # (file row, copies rows) still to verify
     for f in _candidates(db, file_ids):
         path = os.path.join(f["inbox"], f["path"])
@@ -171,9 +177,9 @@ def collect(
                 _decide(db, report, on_verdict, Verdict(f["id"], path, WAIT, f"same content as {f['twin_id']}, which is not archived yet"), dry_run, clock)
                 continue
             source = f["twin_id"]
-        copies = db.all("SELECT * FROM copies WHERE file_id = ? AND artifact_id IS NULL AND sha256 = ?", (source, f["sha256"]))
+        copies = [_at_place(c, destinations, ident_of) for c in db.all("SELECT * FROM copies WHERE file_id = ? AND artifact_id IS NULL AND sha256 = ?", (source, f["sha256"]))]
         if min_copies is None or required:
-            copies = [c for c in copies if c["destination"] in set(required)]
+            copies = [c for c in copies if c["place"] in set(required_ids)]
         pending.append((f, path, copies))
 
     # Re-read every copy that matters, one batch per destination.
@@ -202,23 +208,23 @@ def collect(
             if c["destination"] in unreachable:
                 bad.append(f"cannot check the copy at {unreachable[c['destination']]}")
             elif found.get(key) == Found(c["bytes"], c["sha256"]):
-                verified.append(c["destination"])
+                verified.append(c["place"])
                 good_ids.append(c["id"])
             else:
                 got = found.get(key)
                 what = "is missing" if got is None else "is corrupt (sha256 differs)"
                 bad.append(f"the copy at {c['destination']}/{c['path']} {what}; run imgq archive --verify")
-        verified = sorted(set(verified))
+        verified = sorted({place.get(i, i) for i in verified})  # one url per physical destination
         if min_copies is None:
-            lacking = [d for d in required if d not in verified]
+            lacking = [place.get(i, i) for i in required_ids if place.get(i, i) not in verified]
             enough = not lacking
-            need_text = f"a verified copy at each of {len(required)} destination(s)"
+            need_text = f"a verified copy at each of {len(required_ids)} destination(s)"
         else:
             lacking = []
             enough = len(verified) >= min_copies
             need_text = f"{min_copies} verified copies"
         if not enough:
-            recorded = {c["destination"] for c in copies}
+            recorded = {place.get(c["place"], c["place"]) for c in copies}
             no_copy = [d for d in lacking if d not in recorded]
             if bad:
                 v = Verdict(f["id"], path, KEEP, "; ".join(bad) + f" (needs {need_text}, has {len(verified)})", verified)
@@ -237,6 +243,22 @@ def collect(
         with db.transaction():
             db.conn.executemany("UPDATE copies SET verified_at = ? WHERE id = ?", [(clock(), i) for i in good_ids])
     return report
+
+
+def _at_place(c, destinations: dict[str, Destination], ident_of) -> dict:
+    """A copy row plus ``place``: the identity of the destination it is checked at now, and
+    its ``destination`` switched to a url of this run reaching the same place when its own
+    spelling is not one of this run's (the identity recorded with it says where it is)."""
+    row = dict(c)
+    if row["destination"] in destinations:
+        row["place"] = ident_of(row["destination"])
+        return row
+    same = [u for u in destinations if row.get("destination_id") and ident_of(u) == row["destination_id"]]
+    if same:
+        row["destination"], row["place"] = same[0], row["destination_id"]
+    else:
+        row["place"] = row["destination"]
+    return row
 
 
 def _delete(db: DB, f, path: str, verified: list[str], *, dry_run: bool, clock, actor: Actor) -> Verdict:

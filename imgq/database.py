@@ -291,7 +291,35 @@ def _m5_hosts(db: "sqlite_utils.Database") -> None:
     )
 
 
-MIGRATIONS: list[Callable[["sqlite_utils.Database"], None]] = [_m1_core, _m2_archive, _m3_faces, _m4_job_stages, _m5_hosts]
+def _m6_destination_identity(db: "sqlite_utils.Database") -> None:
+    # A destination is identified by what it is, not how it was spelled: a local folder by
+    # the (device, inode) of its root, a remote one by the random id in the marker file
+    # imgq writes there at first use (imgq.destinations). Two spellings of one folder
+    # (a symlink, ssh://nas/x and ssh://u@nas:22/x) then count as one copy, not two.
+    db["destinations"].create(
+        {
+            "url": str,  # the canonical spelling used in --to / imgq.toml
+            "identity": str,  # 'local:DEV:INO' or 'marker:HEX'
+            "real": str,  # the real path (local) or the url, for people
+            "seen_at": float,
+        },
+        pk="url",
+        not_null={"identity", "seen_at"},
+    )
+    db["destinations"].create_index(["identity"])
+    db.execute("ALTER TABLE copies ADD COLUMN destination_id TEXT")
+    db.execute("ALTER TABLE archive_paths ADD COLUMN destination_id TEXT")
+    # Reserved names compared case-folded: on FAT/exFAT, SMB and macOS two names that
+    # differ only in case are one file.
+    db.execute("ALTER TABLE archive_paths ADD COLUMN folded TEXT")
+    rows = db.execute("SELECT id, path FROM archive_paths").fetchall()
+    db.conn.executemany("UPDATE archive_paths SET folded = ? WHERE id = ?", [(path.casefold(), i) for i, path in rows])
+    db["archive_paths"].create_index(["destination", "folded"])
+    db["archive_paths"].create_index(["destination_id", "folded"])
+    db["copies"].create_index(["destination_id"])
+
+
+MIGRATIONS: list[Callable[["sqlite_utils.Database"], None]] = [_m1_core, _m2_archive, _m3_faces, _m4_job_stages, _m5_hosts, _m6_destination_identity]
 
 
 def schema_version(conn: sqlite3.Connection) -> int:

@@ -9,6 +9,14 @@ Every destination promises the same three things:
 - ``check``: the size and sha256 of what is at a name now (read in full, not trusted
   from any cache), or None if nothing is there.
 - ``free_bytes``: the space left.
+- ``identity``: what the destination is, however it was spelled: the (device, inode) of a
+  local root, or the random id in the ``.imgq-destination`` marker of a remote root.
+- ``sweep_temps``: remove the temporary files of killed copies.
+
+The rename into place never replaces anything: a final name (on a case-insensitive file
+system, any case of it) holding another file raises ``NameTaken``; only a damaged copy
+the caller proved to be its own (``replace``) is written over. A name the file system
+refuses (FAT's ``:`` ``?``…, too long) raises ``NameRefused``.
 
 Paths are relative to the destination root and always made of plain components (no
 ``..``, no ``/`` inside a component). Local folders are walked one component at a time
@@ -28,6 +36,7 @@ import errno
 import hashlib
 import os
 import re
+import secrets
 import stat
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
@@ -45,6 +54,37 @@ class DestinationUnavailable(StorageError):
 
 class SourceUnavailable(ImgqError):
     """The file a copy is made from is missing or does not have the expected content."""
+
+
+class SourceChanged(SourceUnavailable):
+    """The bytes read from the source while copying are not the ones expected."""
+
+
+class NameTaken(StorageError):
+    """Something other than this copy is at the final name (on a case-insensitive
+    destination, possibly under a name differing only in case); nothing was replaced."""
+
+
+class NameRefused(StorageError):
+    """The destination cannot hold this name (characters FAT/exFAT/SMB refuse, or too
+    long for it): a safe name must be used instead."""
+
+
+MARKER = ".imgq-destination"  # the random id of a remote destination, written at first use
+_MARKER_TEXT = re.compile(r"imgq-destination ([0-9a-f]{32})")
+_SAFE_NAME = re.compile(r"[A-Za-z0-9._+-]{1,100}")
+SWEEP_DEPTH = 4  # YYYY/YYYY-MM-DD/OWNER/NAME: the deepest level imgq writes at
+REMOTE_TEMP_AGE = 3600.0  # a remote temporary file this old has no live writer
+
+
+def is_safe_name(name: str) -> bool:
+    """Whether every file system imgq writes to can hold ``name``: short ASCII letters,
+    digits and ``. _ + -`` only."""
+    return bool(_SAFE_NAME.fullmatch(name))
+
+
+def is_temp_name(entry: str) -> bool:
+    return entry.startswith(".") and entry.endswith(TEMP_MARK)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +140,67 @@ def _copy_hashing(src, out, source_name: str = "the source") -> tuple[int, str]:
     return n, h.hexdigest()
 
 
+_NAME_REFUSALS = (errno.EINVAL, errno.ENAMETOOLONG, errno.EILSEQ, errno.EPERM)  # FAT says EINVAL or EPERM
+RENAME_NOREPLACE = 1
+_renameat2 = None
+
+
+def rename_noreplace(dir_fd: int, src: str, dst: str) -> None:
+    """Rename ``src`` to ``dst`` in one folder, never replacing anything: FileExistsError
+    if ``dst`` (on a case-insensitive file system: any case of it) exists.
+
+    renameat2(RENAME_NOREPLACE) where the file system has it; else link + unlink (link
+    refuses an existing name); on file systems with neither (FAT through FUSE), a check
+    right before a plain rename: the only window left is one no imgq writer enters, as
+    every imgq writer takes a name this way."""
+    global _renameat2
+    if _renameat2 is None:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        _renameat2 = getattr(libc, "renameat2", False)
+    if _renameat2:
+        import ctypes
+
+        if _renameat2(dir_fd, os.fsencode(src), dir_fd, os.fsencode(dst), RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err == errno.EEXIST:
+            raise FileExistsError(err, os.strerror(err), dst)
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+            raise OSError(err, os.strerror(err), dst)
+    try:
+        os.link(src, dst, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+    except FileExistsError:
+        raise
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS):
+            raise
+        try:
+            os.stat(dst, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            os.rename(src, dst, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            return
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dst) from None
+    os.unlink(src, dir_fd=dir_fd)
+
+
+def _hash_at(dfd: int, name: str) -> Found | None:
+    """Size and sha256 of the regular file ``name`` in folder ``dfd`` (from the device,
+    not the page cache), or None if there is none."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
+    except (FileNotFoundError, IsADirectoryError):
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        return hash_fd(fd)
+    finally:
+        os.close(fd)
+
+
 def hash_fd(fd: int) -> Found:
     """Size and sha256 of an open file, read from its start."""
     h = hashlib.sha256()
@@ -111,11 +212,19 @@ def hash_fd(fd: int) -> Found:
     return Found(n, h.hexdigest())
 
 
-def _open_source(source: Path):
+def _open_source(source):
+    """A binary file object for ``source``: a path, or a callable that opens one (so a
+    caller can open an inbox original by identity, imgq.original)."""
+    if callable(source):
+        return source()
     try:
         return open(source, "rb")
     except OSError as e:
         raise SourceUnavailable(f"cannot read {source}: {e.strerror or e}") from e
+
+
+def _changed(source, written: int, digest: str, size: int, sha256: str) -> SourceChanged:
+    return SourceChanged(f"{getattr(source, 'shown', source)} changed: it has {written} bytes, sha256 {digest[:12]}…, expected {size} bytes, {sha256[:12]}…")
 
 
 class Destination:
@@ -123,7 +232,22 @@ class Destination:
 
     url: str  # the canonical text stored in the database
 
-    def put(self, source: Path, rel: str, *, sha256: str, size: int) -> None:
+    def put(self, source, rel: str, *, sha256: str, size: int, replace: Found | None = None) -> None:
+        """Copy ``source`` (a path, or a callable returning an open binary file) to ``rel``.
+
+        The final name is never replaced unless ``replace`` is given and the name holds
+        exactly those bytes at the moment of the rename (a damaged copy proven to be this
+        item's): otherwise an occupied name raises NameTaken and nothing is replaced."""
+        raise NotImplementedError
+
+    def identity(self) -> str:
+        """What this destination is, whatever it was called: 'local:DEV:INO' of the root
+        folder, or 'marker:HEX' from the marker file in a remote root. Read now."""
+        raise NotImplementedError
+
+    def sweep_temps(self, *, now: float) -> list[str]:
+        """Remove temporary files of killed copies (writer gone) anywhere imgq writes in
+        this destination; returns their destination-relative paths."""
         raise NotImplementedError
 
     def check(self, rels: Iterable[str]) -> dict[str, Found | None]:
@@ -198,7 +322,15 @@ class LocalDestination(Destination):
             os.close(fd)
             raise
 
-    def put(self, source: Path, rel: str, *, sha256: str, size: int) -> None:
+    def identity(self) -> str:
+        fd = self._root_fd()
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        return f"local:{st.st_dev}:{st.st_ino}"
+
+    def put(self, source, rel: str, *, sha256: str, size: int, replace: Found | None = None) -> None:
         parts = split_rel(rel)
         name = parts[-1]
         try:
@@ -214,15 +346,20 @@ class LocalDestination(Destination):
             with _open_source(source) as src:
                 try:
                     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dfd)
+                except OSError as e:
+                    if e.errno in _NAME_REFUSALS and not is_safe_name(name):
+                        raise NameRefused(f"{self.url}: the destination cannot hold the name {name!r} ({e.strerror})") from e
+                    raise _storage_error(self.url, e, f"writing {rel}") from e
+                try:
                     with os.fdopen(fd, "wb") as out:
-                        written, digest = _copy_hashing(src, out, str(source))
+                        written, digest = _copy_hashing(src, out, str(getattr(source, "shown", source)))
                         out.flush()
                         os.fsync(out.fileno())
                 except OSError as e:
                     raise _storage_error(self.url, e, f"writing {rel}") from e
             if (written, digest) != (size, sha256):
-                raise SourceUnavailable(f"{source} changed: it has {written} bytes, sha256 {digest[:12]}…, expected {size} bytes, {sha256[:12]}…")
-            self._verify_and_rename(dfd, tmp, name, rel, Found(size, sha256))
+                raise _changed(source, written, digest, size, sha256)
+            self._verify_and_rename(dfd, tmp, name, rel, Found(size, sha256), replace)
         except BaseException:
             try:
                 os.unlink(tmp, dir_fd=dfd)
@@ -232,24 +369,48 @@ class LocalDestination(Destination):
         finally:
             os.close(dfd)
 
-    def _verify_and_rename(self, dfd: int, tmp: str, name: str, rel: str, want: Found) -> None:
+    def _verify_and_rename(self, dfd: int, tmp: str, name: str, rel: str, want: Found, replace: Found | None) -> None:
         try:
-            fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
-            try:
-                # drop the cached pages so the check reads what the device holds
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-                got = hash_fd(fd)
-            finally:
-                os.close(fd)
+            got = _hash_at(dfd, tmp)
         except OSError as e:
             raise _storage_error(self.url, e, f"reading back {rel}") from e
         if got != want:
-            raise StorageError(f"{self.url}: {rel} did not verify after writing (read back {got.bytes} bytes, sha256 {got.sha256[:12]}…)")
+            raise StorageError(f"{self.url}: {rel} did not verify after writing (read back {got.bytes if got else 0} bytes, sha256 {got.sha256[:12] if got else '-'}…)")
         try:
-            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            if replace is not None and _hash_at(dfd, name) == replace:
+                os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)  # the proven damaged copy of this item
+            else:
+                rename_noreplace(dfd, tmp, name)
             os.fsync(dfd)
+        except FileExistsError as e:
+            raise NameTaken(f"{self.url}: {rel} (or a name differing only in case) holds another file; imgq never replaces it") from e
         except OSError as e:
             raise _storage_error(self.url, e, f"renaming {rel} into place") from e
+
+    def sweep_temps(self, *, now: float) -> list[str]:
+        """Local temporary names carry their writer's pid: one whose process is gone is a
+        killed copy's leftover (a live writer's file stays)."""
+        swept: list[str] = []
+        try:
+            walk = os.fwalk(self.root, follow_symlinks=False)
+            for folder, dirs, files, dfd in walk:
+                depth = 0 if folder == str(self.root) else len(PurePosixPath(folder).relative_to(self.root).parts)
+                if depth >= SWEEP_DEPTH - 1:
+                    dirs.clear()
+                for entry in files:
+                    if not is_temp_name(entry):
+                        continue
+                    pid = temp_writer(entry)
+                    if pid is not None and (pid == os.getpid() or pid_alive(pid)):
+                        continue
+                    try:
+                        os.unlink(entry, dir_fd=dfd)
+                    except FileNotFoundError:
+                        continue
+                    swept.append(str(PurePosixPath(folder).relative_to(self.root) / entry))
+        except OSError as e:
+            raise _storage_error(self.url, e, "removing temporary files of killed copies") from e
+        return swept
 
     @staticmethod
     def _sweep(dfd: int, name: str) -> None:
@@ -362,6 +523,26 @@ s=$(wc -c < "$1") && h=$(sha256sum < "$1") && echo "$s ${h%% *}"
 """
 _SYNC_DIR_SCRIPT = r"""sync -- "$1" 2>/dev/null || sync"""
 _DF_SCRIPT = r"""df -Pk -- "$1" | tail -n 1"""
+# The destination's identity: the marker file in its root, written at first use with a
+# random id ($3) under a temporary name ($2) and linked into place (ln refuses to replace,
+# so of two first uses at once one id wins and both read it back); mv -n where the file
+# system has no hard links (FAT). Read back on every connection.
+_MARKER_SCRIPT = r"""
+m="$1/.imgq-destination"
+if [ ! -e "$m" ] && [ ! -h "$m" ]; then
+  t="$1/$2"
+  printf 'imgq-destination %s\n' "$3" > "$t" && { sync -- "$t" 2>/dev/null || sync; } &&
+  { ln -- "$t" "$m" 2>/dev/null || { [ -e "$m" ] || mv -n -- "$t" "$m"; }; }
+  rm -f -- "$t"
+fi
+if [ -f "$m" ] && [ ! -h "$m" ]; then head -c 200 -- "$m"; fi
+"""
+# Temporary names of killed copies, up to the depth imgq writes at, never through a
+# symlink (find -P); the writer's pid is another machine's, so age tells ($2 minutes).
+_SWEEP_SCRIPT = r"""
+find "$1" -mindepth 1 -maxdepth "$3" -type f -name '.*.imgq-tmp' -mmin "+$2" -print -delete 2>/dev/null
+exit 0
+"""
 
 
 def parse_ssh_url(text: str):
@@ -393,6 +574,7 @@ class SshDestination(Destination):
         self._conn = None
         self._sftp = None
         self._dirs_ok: set[str] = set()
+        self._identity = ""
 
     # connection -------------------------------------------------------------------------
 
@@ -419,7 +601,37 @@ class SshDestination(Destination):
             raise DestinationUnavailable(f"{self.url}: {self.root} is not there ({e.strerror or e}); the destination folder must exist") from e
         if not stat.S_ISDIR(st.st_mode):
             raise DestinationUnavailable(f"{self.url}: {self.root} is not a folder")
+        self._identity = self._read_marker()
         return self._conn, self._sftp
+
+    def _read_marker(self) -> str:
+        from imgq import remote
+
+        try:
+            r = remote.run(self._conn, ["sh", "-c", _MARKER_SCRIPT, "sh", self.root, temp_name(MARKER), secrets.token_hex(16)], timeout=60)
+        except HostUnreachable as e:
+            self.close()
+            raise DestinationUnavailable(f"{self.url}: {e} while reading its {MARKER}") from e
+        m = _MARKER_TEXT.fullmatch(r.stdout.decode(errors="replace").strip())
+        if not m:
+            raise DestinationUnavailable(
+                f"{self.url}: cannot read or write {self.root}/{MARKER}, the file that tells this destination apart from others"
+                f" ({r.stderr.decode(errors='replace').strip() or 'unexpected content'}); imgq needs it to count copies"
+            )
+        return "marker:" + m.group(1)
+
+    def identity(self) -> str:
+        self._connect()
+        return self._identity
+
+    def sweep_temps(self, *, now: float) -> list[str]:
+        minutes = int(REMOTE_TEMP_AGE // 60)
+        r = self._sh(_SWEEP_SCRIPT, [self.root, str(minutes), str(SWEEP_DEPTH)], "removing temporary files of killed copies")
+        out = []
+        for line in r.stdout.decode(errors="surrogateescape").splitlines():
+            if line.startswith(self.root + "/"):
+                out.append(line[len(self.root) + 1 :])
+        return out
 
     def close(self) -> None:
         for thing in (self._sftp, self._conn):
@@ -485,7 +697,7 @@ class SshDestination(Destination):
 
     # the interface ----------------------------------------------------------------------
 
-    def put(self, source: Path, rel: str, *, sha256: str, size: int) -> None:
+    def put(self, source, rel: str, *, sha256: str, size: int, replace: Found | None = None) -> None:
         parts = split_rel(rel)
         name = parts[-1]
         folder = self._make_dir(parts[:-1])
@@ -501,26 +713,30 @@ class SshDestination(Destination):
         try:
             with _open_source(source) as src:
                 try:
-                    with sftp.open(tmp, "wbx") as out:
+                    out = sftp.open(tmp, "wbx")
+                except Exception as e:
+                    err = self._error(e, f"writing {rel}")
+                    if type(err) is StorageError and not is_safe_name(name):
+                        raise NameRefused(f"{self.url}: the destination cannot hold the name {name!r} ({err})") from e
+                    raise err from e
+                try:
+                    with out:
                         out.set_pipelined(True)
-                        written, digest = _copy_hashing(src, out, str(source))
+                        written, digest = _copy_hashing(src, out, str(getattr(source, "shown", source)))
                 except Exception as e:
                     err = self._error(e, f"writing {rel}")
                     if type(err) is StorageError and self._full(size):
                         err = DestinationUnavailable(f"{self.url}: no space left for {rel} ({size} bytes)")
                     raise err from e
             if (written, digest) != (size, sha256):
-                raise SourceUnavailable(f"{source} changed: it has {written} bytes, sha256 {digest[:12]}…, expected {size} bytes, {sha256[:12]}…")
+                raise _changed(source, written, digest, size, sha256)
             r = self._sh(_SYNC_CHECK_SCRIPT, [tmp], f"verifying {rel}")
             got = _parse_found(r.stdout.decode(errors="replace").strip())
             if r.exit_status == 127 or got is None:
                 raise StorageError(f"{self.url}: cannot verify {rel}: {r.stderr.decode(errors='replace').strip() or 'no answer'} (the host needs sh, wc and sha256sum)")
             if got != Found(size, sha256):
                 raise StorageError(f"{self.url}: {rel} did not verify after writing (read back {got.bytes} bytes, sha256 {got.sha256[:12]}…)")
-            try:
-                sftp.posix_rename(tmp, final)
-            except Exception as e:
-                raise self._error(e, f"renaming {rel} into place") from e
+            self._rename_into_place(sftp, tmp, final, rel, replace)
             self._sh(_SYNC_DIR_SCRIPT, [folder], f"syncing {folder}")
         except BaseException:
             try:
@@ -529,6 +745,30 @@ class SshDestination(Destination):
             except Exception:
                 pass
             raise
+
+    def _rename_into_place(self, sftp, tmp: str, final: str, rel: str, replace: Found | None) -> None:
+        """SFTP's plain rename (not posix-rename) never replaces: OpenSSH's server links
+        and unlinks, or where the file system has no links (FAT) renames only if the name
+        is free. A damaged copy proven to be this item's (``replace``) is replaced."""
+        try:
+            if replace is not None and self.check([rel])[rel] == replace:
+                sftp.posix_rename(tmp, final)
+            else:
+                sftp.rename(tmp, final)
+            return
+        except ImgqError:
+            raise
+        except Exception as e:
+            err = self._error(e, f"renaming {rel} into place")
+            if type(err) is not StorageError:
+                raise err from e
+            try:
+                sftp.lstat(final)
+            except FileNotFoundError:
+                raise err from e
+            except Exception as e2:
+                raise self._error(e2, f"renaming {rel} into place") from e
+            raise NameTaken(f"{self.url}: {rel} (or a name differing only in case) holds another file; imgq never replaces it") from e
 
     def _full(self, size: int) -> bool:
         try:
@@ -599,3 +839,42 @@ def open_destination(text: str, ssh: SshOptions = SshOptions()) -> Destination:
     if url.startswith("ssh://"):
         return SshDestination(url, ssh)
     return LocalDestination(url)
+
+
+@dataclasses.dataclass
+class Physical:
+    """The destinations of a run grouped by what they are (``identity``), read now."""
+
+    unique: list[Destination]  # one per physical destination, in the order given
+    identity: dict[str, str]  # url -> identity, for every reachable one
+    aliases: list[tuple[str, str]]  # (url, url of the same destination kept in unique)
+    down: dict[str, str]  # url -> why its identity could not be read
+
+    def url_of(self, identity: str) -> str | None:
+        """The url kept for a physical destination."""
+        for d in self.unique:
+            if self.identity.get(d.url) == identity:
+                return d.url
+        return None
+
+
+def physical(destinations: Iterable[Destination]) -> Physical:
+    """Group ``destinations`` by identity: a symlink to a folder, ``/srv/./x``,
+    ``ssh://nas/x`` and ``ssh://u@nas:22/x`` are each one destination, not two. One that
+    cannot be reached stays in ``unique`` (its copies fail as usual) with its reason."""
+    out = Physical([], {}, [], {})
+    first: dict[str, str] = {}
+    for d in destinations:
+        try:
+            ident = d.identity()
+        except ImgqError as e:
+            out.down[d.url] = str(e)
+            out.unique.append(d)
+            continue
+        out.identity[d.url] = ident
+        if ident in first:
+            out.aliases.append((d.url, first[ident]))
+            continue
+        first[ident] = d.url
+        out.unique.append(d)
+    return out

@@ -141,6 +141,12 @@ def _archive(database, settings, dests, wanted, json, retry_now, run) -> int:
         ignore_backoff=retry_now,
         on_file=on_file,
     )
+    for url, same in report.aliases:
+        common.warn(f"{url} is the same destination as {same} (one folder reached two ways): archived to once, counted as one copy")
+    # on stderr and in the run's counts (imgq run --json, imgq report): stdout stays one
+    # file per line, so `imgq archive --json | imgq collect -` keeps working
+    for url, rel in report.swept:
+        common.warn(f"{url}: removed {rel}, left by a copy that was killed")
     for file_id, state in report.skipped:
         common.warn(f"{file_id}: no such file id" if state is None else f"{file_id}: is {state}; only processed files are archived")
     for url, why in sorted(report.down.items()):

@@ -100,6 +100,10 @@ def run(
                     common.warn(f"archive: {f.file_id}: {f.error}")
             for url, why in sorted(result.down.items()):
                 common.warn(f"archive: destination unavailable: {why}")
+            for url, same in result.aliases:
+                common.warn(f"archive: {url} is the same destination as {same} (one folder reached two ways): archived to once, counted as one copy")
+            for url, rel in result.swept:
+                common.warn(f"archive: {url}: removed {rel}, left by a copy that was killed")
         elif step == "collect":
             for v in result.problems:
                 common.warn(f"collect: keeping {v.path}: {v.reason}")
