@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from imgq import split as splitting
-from imgq import faces, imaging, queue, recipes, store
+from imgq import faces, imaging, original, queue, recipes, store
 from imgq.config import Settings
 from imgq.database import DB
 from imgq.errors import ImgqError, classify
@@ -55,19 +55,29 @@ class WorkSummary:
     interrupted: bool = False
 
 
+def read_original(claim: queue.Claim) -> imaging.Source:
+    """The original's bytes, opened once by identity (no symlink, regular files only, a
+    FIFO cannot block) and, when the claim carries the journal's sha256, checked against
+    it (ChangedInInbox otherwise). Imaging decodes exactly these bytes, never the path."""
+    with original.open_original(claim.inbox, claim.path) as orig:
+        # an agent's staged copy comes without the journal's sha256: its coordinator checks it
+        data = orig.read_verified(claim.sha256, claim.size) if claim.sha256 else orig.read_all()
+        return imaging.Source(data, orig.shown)
+
+
 def process(claim: queue.Claim, settings: Settings) -> queue.Outcome:
     """Run one claimed job: one decode, every artifact written, verified, renamed in place."""
-    src = Path(claim.inbox) / claim.path
+    src = original.shown_path(os.path.join(original.fs_path(claim.inbox), original.fs_path(claim.path)))  # named in every error
     started = time.monotonic()
     try:
         chains, options = recipes.split_spec(claim.spec)
         kind, index, count = splitting.parse_stage(claim.stage)
         if kind == "stripe":
-            return _stripe(claim, settings, src, chains, index, count, started)
+            return _stripe(claim, settings, read_original(claim), chains, index, count, started)
         if kind == splitting.JOIN:
-            rendered = _join(claim, settings, src, chains, count)
+            rendered = _join(claim, settings, read_original(claim), chains, count)
         else:
-            rendered = imaging.render(src, chains, max_pixels=settings.max_pixels)
+            rendered = imaging.render(read_original(claim), chains, max_pixels=settings.max_pixels)
         result: dict = {}
         for name, r in rendered.items():
             facts = getattr(r, "facts", None)
