@@ -34,7 +34,7 @@ from pathlib import Path
 
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from imgq.errors import BadImage, MissingExtra, StorageError, TooLarge
+from imgq.errors import BadImage, MissingExtra, NameTooLong, StorageError, TooLarge
 from imgq.store import temp_name
 from imgq.ops import fit_size, get, parse_chain, run_steps
 from imgq.ops.chain import Step
@@ -241,8 +241,10 @@ def sniff(head: bytes) -> str | None:
     return None
 
 
-def _storage_error(action: str, path: Path, e: OSError) -> StorageError:
+def _storage_error(action: str, path: Path, e: OSError) -> StorageError | NameTooLong:
     code = _errno.errorcode.get(e.errno or 0, "")
+    if e.errno == _errno.ENAMETOOLONG:
+        return NameTooLong(f"cannot {action} {path}: the name is too long for the file system ({code})")
     return StorageError(f"cannot {action} {path}: {e.strerror or e}" + (f" ({code})" if code else ""))
 
 

@@ -26,7 +26,6 @@ import concurrent.futures
 import dataclasses
 import datetime as dt
 import fnmatch
-import hashlib
 import json
 import os
 import re
@@ -35,7 +34,7 @@ import unicodedata
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from imgq import imaging, journal, original
+from imgq import imaging, journal, original, store
 from imgq.database import DB
 from imgq.errors import ImgqError, Permanent
 from imgq.journal import Actor
@@ -49,8 +48,8 @@ TEMP_PATTERNS = [
 # imgq's own outputs when an archive sits inside an inbox: NAME.thumb.jpg, NAME.web.jpg.
 OWN_OUTPUT = re.compile(r"\.(thumb|web)\.jpe?g$", re.IGNORECASE)
 BATCH = 64
-# Ids name store folders and gallery pages: with room for a "-N" suffix they stay far
-# below the 255-byte limit of a file name on every file system.
+# Ids name store folders and gallery pages: with room for a "-N" suffix they stay below
+# store.NAME_MAX.
 ID_MAX = 110
 
 
@@ -178,18 +177,6 @@ def slug(text: str) -> str:
     return out or "x"
 
 
-def capped(name: str, limit: int = ID_MAX) -> str:
-    """``name`` if it is at most ``limit`` bytes in UTF-8; else a prefix of it and a short
-    hash of the whole name, together at most ``limit`` bytes (the hash keeps two long
-    names that share a prefix apart)."""
-    data = name.encode("utf-8")
-    if len(data) <= limit:
-        return name
-    tail = "~" + hashlib.sha256(data).hexdigest()[:12]
-    head = data[: limit - len(tail)].decode("utf-8", "ignore").rstrip("._-")
-    return head + tail
-
-
 class _Ids:
     """The ids in use, case-folded: loaded once per scan, only when a new id is needed
     (one scan runs at a time: the step lock), then kept up to date as ids are given."""
@@ -201,7 +188,7 @@ class _Ids:
     def unique(self, base: str) -> str:
         if self.folded is None:
             self.folded = {r[0].casefold() for r in self.db.all("SELECT id FROM files")}
-        base = capped(base)
+        base = store.short_name(base, ID_MAX)
         candidate, n = base, 1
         while candidate.casefold() in self.folded:
             n += 1

@@ -10,6 +10,7 @@ claiming: the job in hand finishes, unstarted ones are handed back.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import multiprocessing as mp
 import os
 import queue as stdqueue
@@ -98,7 +99,9 @@ def process(claim: queue.Claim, settings: Settings) -> queue.Outcome:
         text = str(e) if str(src) in str(e) else f"{src}: {e}"  # always name the file, once
         return queue.Outcome(claim, error=text, kind=classify(e))
     except OSError as e:
-        return queue.Outcome(claim, error=f"{src}: {e.strerror or e}", kind="transient")
+        # a name too long stays too long: failing for good beats five useless retries
+        kind = "permanent" if e.errno == errno.ENAMETOOLONG else "transient"
+        return queue.Outcome(claim, error=f"{src}: {e.strerror or e}", kind=kind)
     except MemoryError:
         return queue.Outcome(claim, error=f"{src}: out of memory", kind="transient")
     except Exception as e:  # a bug: retried up to max_attempts, then failed with the trace

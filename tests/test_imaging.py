@@ -666,3 +666,12 @@ def test_raw_and_split_render_from_checked_bytes(tmp_path):
     assert render(src, {"w": "web"}, max_pixels=LIMIT)["w"].image.size == (320, 480)
     [(name, part)] = imaging.render_stripe(src, {"s": "blur"}, 0, 2, 4, max_pixels=LIMIT).items()
     assert part.width == 400
+
+
+def test_a_name_too_long_for_the_file_system_is_permanent(tmp_path):
+    from imgq.errors import NameTooLong, Permanent
+
+    r = render(write_jpeg(tmp_path / "a.jpg", photo((64, 48))), {"t": "thumb"}, max_pixels=LIMIT)["t"]
+    with pytest.raises(NameTooLong, match="too long") as e:
+        save(r, tmp_path / ("x" * 300 + ".jpg"))
+    assert isinstance(e.value, Permanent)  # retrying cannot make it shorter

@@ -22,12 +22,15 @@ OLD = time.time() - 600  # mtimes well past any settle time
 
 
 def make(path: Path, seed: int, **kw) -> Path:
-    """A real camera-like JPEG at ``path`` with an old mtime."""
+    """A real camera-like JPEG at ``path`` with an old mtime (made under a short name
+    beside it and renamed, so names up to the file system's limit work)."""
     kw.setdefault("width", 320)
     kw.setdefault("height", 240)
-    p = samples.make_photo(path, seed=seed, **kw)
-    os.utime(p, (OLD, OLD))
-    return p
+    path.parent.mkdir(parents=True, exist_ok=True)
+    short = samples.make_photo(path.parent / f"made-{seed}.jpg", seed=seed, **kw)
+    os.utime(short, (OLD, OLD))
+    os.rename(short, path)
+    return path
 
 
 def rows(db: Path, sql: str, args=()) -> list[tuple]:
@@ -122,10 +125,169 @@ def test_scan_does_not_hang_on_a_fifo_swapped_in_after_the_walk(tmp_path):
         "import os, sys; from pathlib import Path; from imgq import inbox\n"
         f"st = os.stat({str(photo)!r})\n"
         f"item = inbox.examine(Path({str(inbox)!r}), Path('alice/IMG_0005.jpg'), st, None, 'unknown', 10**9)\n"
-        "print(item['skip'] or item['error'])\n"
+        "print(item.get('skip') or item['error'])\n"
     )
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    # (before: the open blocked for ever, waiting for a writer)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, env=env)
     assert out.returncode == 0, out.stderr
     assert "not a regular file" in out.stdout
     assert st.st_size > 0
+
+
+# ---- item 9: names that are not UTF-8 -------------------------------------------------------
+
+
+def test_names_that_are_not_utf8_are_recorded_losslessly_and_processed(tmp_path, run_imgq, db_path):
+    inbox = tmp_path / "inbox"
+    latin = os.fsdecode(b"caf\xe9.jpg")  # a Latin-1 name: not valid UTF-8
+    folder = os.fsdecode(b"d\xe9j\xe0")
+    make(inbox / "alice" / latin, seed=11)
+    make(inbox / folder / "IMG_0001.jpg", seed=12)
+    make(inbox / "alice" / "plain.jpg", seed=13)
+
+    scan = run_imgq("scan", "--settle", "0", "--json", inbox)
+    assert scan.returncode == 0, scan.stderr
+    found = [__import__("json").loads(line) for line in scan.stdout.splitlines()]
+    assert sorted(f["path"] for f in found) == sorted(
+        [f"{inbox}/alice/caf\\xe9.jpg", f"{inbox}/d\\xe9j\\xe0/IMG_0001.jpg", f"{inbox}/alice/plain.jpg"]
+    )
+    assert {f["state"] for f in found} == {"seen"}
+    # stored readably, and the owner is the folder as people read it
+    stored = dict(rows(db_path, "SELECT path, owner FROM files"))
+    assert stored == {"./alice/caf\\xe9.jpg": "alice", "./d\\xe9j\\xe0/IMG_0001.jpg": "d\\xe9j\\xe0", "alice/plain.jpg": "alice"}
+
+    assert run_imgq("enqueue", "-", input=scan.stdout).returncode == 0
+    work = run_imgq("work", "--drain", "-j", "1")
+    assert work.returncode == 0, work.stderr
+    assert {s for (s,) in rows(db_path, "SELECT state FROM files")} == {"processed"}
+    for cmd in (("status",), ("status", "--json"), ("log", found[0]["id"])):
+        r = run_imgq(*cmd)
+        assert r.returncode == 0 and "Traceback" not in r.stderr, (cmd, r.stderr)
+    assert run_imgq("scan", "--settle", "0", inbox).stdout == ""  # unchanged: nothing new
+
+
+def test_run_goes_on_past_a_name_that_is_not_utf8(tmp_path, run_imgq, db_path):
+    inbox = tmp_path / "inbox"
+    make(inbox / "bob" / os.fsdecode(b"\xff\xfe.jpg"), seed=14)
+    make(inbox / "bob" / "good.jpg", seed=15)
+    (tmp_path / "dest").mkdir()
+    r = run_imgq("run", inbox, "--to", tmp_path / "dest", "-j", "1")
+    assert "Traceback" not in r.stderr and "UnicodeEncodeError" not in r.stderr, r.stderr
+    state = dict(rows(db_path, "SELECT path, state FROM files"))
+    assert state["bob/good.jpg"] == "collected"
+    assert state["./bob/\\xff\\xfe.jpg"] in ("processed", "archived", "collected")
+
+
+# ---- item 8b and 18b: what cannot be read now is tried again, and the exit says so ------------
+
+
+def as_without_dac(*cmd) -> list[str]:
+    """Run ``cmd`` without the capabilities that let root read any file, so a chmod 000
+    file or folder is unreadable to it as to anyone (the tests run as root in CI)."""
+    if os.geteuid() != 0:
+        return list(cmd)
+    if not shutil.which("setpriv"):
+        pytest.skip("running as root without setpriv: cannot make a file unreadable to root")
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-all", *cmd]
+
+
+def imgq_cmd(tmp_path, *args) -> subprocess.CompletedProcess:
+    from conftest import imgq_env
+
+    return subprocess.run(
+        as_without_dac(sys.executable, "-m", "imgq", *map(str, args)),
+        cwd=tmp_path, env=imgq_env(), capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )
+
+
+def test_a_file_unreadable_at_scan_time_is_examined_again_next_scan(tmp_path, run_imgq, db_path):
+    inbox = tmp_path / "inbox"
+    locked = make(inbox / "carol" / "IMG_0007.jpg", seed=16)
+    make(inbox / "carol" / "IMG_0008.jpg", seed=17)
+    locked.chmod(0)
+    first = imgq_cmd(tmp_path, "scan", "--settle", "0", inbox)
+    assert first.returncode == 1
+    assert str(locked) in first.stderr and "Permission denied" in first.stderr
+    assert [p for (p,) in rows(db_path, "SELECT path FROM files")] == ["carol/IMG_0008.jpg"]
+
+    locked.chmod(0o644)  # the sync client finished, or the owner fixed the permissions
+    second = run_imgq("scan", "--settle", "0", inbox)
+    assert second.returncode == 0, second.stderr
+    assert len(second.stdout.split()) == 1
+    assert dict(rows(db_path, "SELECT path, state FROM files")) == {"carol/IMG_0007.jpg": "seen", "carol/IMG_0008.jpg": "seen"}
+
+
+def test_scan_exits_1_and_names_a_folder_it_cannot_list(tmp_path, db_path):
+    inbox = tmp_path / "inbox"
+    make(inbox / "alice" / "a.jpg", seed=18)
+    make(inbox / "dave" / "d.jpg", seed=19)
+    (inbox / "dave").chmod(0)
+    try:
+        r = imgq_cmd(tmp_path, "scan", "--settle", "0", inbox)
+    finally:
+        (inbox / "dave").chmod(0o755)
+    assert r.returncode == 1
+    assert f"{inbox}/dave: cannot list folder" in r.stderr
+    assert len(r.stdout.split()) == 1  # the rest of the inbox was scanned
+
+
+# ---- item 13 and 14: ids a case-insensitive or length-limited store can hold ----------------
+
+
+def test_ids_differing_only_in_case_are_made_unique_case_folded(tmp_path, run_imgq):
+    inbox = tmp_path / "inbox"
+    make(inbox / "alice" / "IMG_1.JPG", seed=20)
+    make(inbox / "alice" / "img_1.jpg", seed=21)
+    make(inbox / "Alice" / "img_1.jpg", seed=22)
+    r = run_imgq("scan", "--settle", "0", inbox)
+    assert r.returncode == 0, r.stderr
+    ids = r.stdout.split()
+    assert len(ids) == 3 and len({i.casefold() for i in ids}) == 3
+    make(inbox / "alice" / "Img_1.jpg", seed=23)  # a later scan checks the recorded ids too
+    [later] = run_imgq("scan", "--settle", "0", inbox).stdout.split()
+    assert later.casefold() not in {i.casefold() for i in ids}
+
+
+def test_a_250_byte_name_is_processed(tmp_path, run_imgq, db_path):
+    inbox = tmp_path / "inbox"
+    long_name = "P" * 246 + ".jpg"
+    make(inbox / "erin" / long_name, seed=24)
+    make(inbox / "erin" / ("P" * 245 + "Q.jpg"), seed=25)  # same first 110 bytes of id
+    [a, b] = scan_and_enqueue(run_imgq, inbox)
+    assert a != b and max(len(a.encode()), len(b.encode())) <= 120
+    r = run_imgq("work", "--drain", "-j", "1", "--max-attempts", "1")
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.split()) == sorted([a, b])
+    for path, in rows(db_path, "SELECT path FROM artifacts"):
+        assert all(len(part.encode()) <= 120 for part in path.split("/"))
+        assert (tmp_path / "imgq-store" / path).is_file()
+
+
+# ---- item 1: the store and destinations inside an inbox are never scanned ------------------------
+
+
+def test_scan_skips_a_destination_recorded_in_the_database_inside_the_inbox(tmp_path, run_imgq, db_path):
+    inbox = tmp_path / "inbox"
+    photo = make(inbox / "alice" / "IMG_0009.jpg", seed=26)
+    [file_id] = run_imgq("scan", "--settle", "0", inbox).stdout.split()
+    # an older imgq archived into inbox/backup and recorded it
+    backup = inbox / "backup"
+    copy = backup / "2024" / "2024-05-01" / "alice" / "IMG_0009.jpg"
+    copy.parent.mkdir(parents=True)
+    shutil.copy2(photo, copy)
+    with sqlite3.connect(db_path) as c:
+        c.execute(
+            "INSERT INTO archive_targets (file_id, destination, attempts, not_before, created_at, updated_at) VALUES (?, ?, 0, 0, 0, 0)",
+            (file_id, str(backup)),
+        )
+    # and a configured destination, spelled through a symlink to a folder in the inbox
+    other = inbox / "mirror"
+    shutil.copy2(photo, (other / "x").mkdir(parents=True) or other / "x" / "copy.jpg")
+    (tmp_path / "link").symlink_to(inbox)
+    (tmp_path / "imgq.toml").write_text(f'destinations = ["{tmp_path}/link/mirror"]\n')
+
+    r = run_imgq("scan", "--settle", "0", "--json", inbox)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == ""  # neither a new photo nor a duplicate
+    assert [p for (p,) in rows(db_path, "SELECT path FROM files")] == ["alice/IMG_0009.jpg"]
