@@ -226,6 +226,12 @@ def scan(
         if not root.is_dir():
             report.skipped.append((original.shown_path(str(root)), "not a folder"))
             continue
+        st = root.stat()
+        if (st.st_dev, st.st_ino) in skip:
+            # an older imgq archived into the inbox itself: its copies would come back as
+            # duplicates, and skipping it silently would hide every new photo
+            report.problems.append((original.shown_path(str(root)), "this inbox is also imgq's store or an archive destination; not scanned (archive elsewhere)"))
+            continue
         stored_root = original.stored_path(str(root))
         pending: list[tuple] = []
         for path, st in walk(root, skip, report):

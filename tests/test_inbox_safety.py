@@ -291,3 +291,19 @@ def test_scan_skips_a_destination_recorded_in_the_database_inside_the_inbox(tmp_
     assert r.returncode == 0, r.stderr
     assert r.stdout == ""  # neither a new photo nor a duplicate
     assert [p for (p,) in rows(db_path, "SELECT path FROM files")] == ["alice/IMG_0009.jpg"]
+
+
+def test_an_inbox_that_is_itself_a_recorded_destination_is_not_scanned_and_says_so(tmp_path, run_imgq, db_path):
+    inbox = tmp_path / "inbox"
+    make(inbox / "alice" / "IMG_0010.jpg", seed=27)
+    [file_id] = run_imgq("scan", "--settle", "0", inbox).stdout.split()
+    with sqlite3.connect(db_path) as c:  # `imgq run inbox --to inbox`, by an older imgq
+        c.execute(
+            "INSERT INTO archive_targets (file_id, destination, attempts, not_before, created_at, updated_at) VALUES (?, ?, 0, 0, 0, 0)",
+            (file_id, str(inbox)),
+        )
+    shutil.copy2(inbox / "alice" / "IMG_0010.jpg", (inbox / "2024").mkdir() or inbox / "2024" / "IMG_0010.jpg")
+    r = run_imgq("scan", "--settle", "0", inbox)
+    assert r.returncode == 1 and r.stdout == ""
+    assert "also imgq's store or an archive destination" in r.stderr
+    assert rows(db_path, "SELECT count(*) FROM files") == [(1,)]
