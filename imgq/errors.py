@@ -46,6 +46,10 @@ class MissingExtra(Permanent):
     """An optional extra (imgq[heic], imgq[raw]) is needed and not installed."""
 
 
+class NameTooLong(Permanent):
+    """A path the file system refuses as too long (ENAMETOOLONG): retrying cannot help."""
+
+
 class StorageError(Transient):
     """Writing or reading an artifact or a copy failed (disk full, I/O error)."""
 

@@ -2,6 +2,10 @@
 
 - ``sniff`` names a format from the first bytes of a file;
 - ``probe`` reads the header and EXIF of an original without decoding pixels;
+- an original is given as a ``Source``: bytes its caller read once through
+  ``imgq.original.Original`` and checked against the journal's sha256 (or an open file
+  descriptor read with pread), so what is decoded is exactly what was verified and no path
+  is ever reopened; a plain path is accepted for imgq's own files (artifacts, tests);
 - ``render`` decodes an original once (DCT-scaled for JPEG when every output is much
   smaller), applies EXIF orientation and runs every chain of a recipe on the result;
 - ``save`` encodes a rendered artifact as JPEG atomically and verifies it;
@@ -30,7 +34,7 @@ from pathlib import Path
 
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from imgq.errors import BadImage, MissingExtra, StorageError, TooLarge
+from imgq.errors import BadImage, MissingExtra, NameTooLong, StorageError, TooLarge
 from imgq.store import temp_name
 from imgq.ops import fit_size, get, parse_chain, run_steps
 from imgq.ops.chain import Step
@@ -130,6 +134,76 @@ class Saved:
 # ---- recognising and opening -----------------------------------------------------------
 
 
+class Source:
+    """An original's content for imaging, with the name messages show for it.
+
+    ``Source(data, name)``: bytes already read (and checked) by the caller; every decode
+    reads them from memory (a BytesIO shares the buffer, nothing is copied).
+    ``Source.from_fd(fd, name)``: an open file descriptor, read with pread from offset 0
+    each time (scan: the file is hashed as a stream, then only its header is probed; the
+    descriptor's own offset is never moved). Neither reopens a path."""
+
+    __slots__ = ("data", "fd", "name")
+
+    def __init__(self, data: bytes, name: str):
+        self.data, self.fd, self.name = data, None, name
+
+    @classmethod
+    def from_fd(cls, fd: int, name: str) -> "Source":
+        src = cls(b"", name)
+        src.fd = fd
+        return src
+
+    def open(self) -> io.BufferedIOBase:
+        if self.fd is not None:
+            return io.BufferedReader(_PreadFile(self.fd), buffer_size=1 << 16)
+        return io.BytesIO(self.data)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class _PreadFile(io.RawIOBase):
+    """A read-only, seekable view of an open fd with its own position (pread)."""
+
+    def __init__(self, fd: int):
+        self._fd, self._pos = fd, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        data = os.pread(self._fd, len(buf), self._pos)
+        buf[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: os.fstat(self._fd).st_size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+
+def _source(original: "str | os.PathLike | bytes | Source") -> "Path | Source":
+    """A Source as given, bytes as a nameless Source, anything else as a Path."""
+    if isinstance(original, Source):
+        return original
+    if isinstance(original, (bytes, bytearray, memoryview)):
+        return Source(bytes(original), "<bytes>")
+    return Path(original)
+
+
+def _open_binary(src: "Path | Source"):
+    return src.open() if isinstance(src, Source) else open(src, "rb")
+
+
+
 def sniff(head: bytes) -> str | None:
     """The image format named by the magic bytes at the start of a file, or None.
 
@@ -167,14 +241,16 @@ def sniff(head: bytes) -> str | None:
     return None
 
 
-def _storage_error(action: str, path: Path, e: OSError) -> StorageError:
+def _storage_error(action: str, path: Path, e: OSError) -> StorageError | NameTooLong:
     code = _errno.errorcode.get(e.errno or 0, "")
+    if e.errno == _errno.ENAMETOOLONG:
+        return NameTooLong(f"cannot {action} {path}: the name is too long for the file system ({code})")
     return StorageError(f"cannot {action} {path}: {e.strerror or e}" + (f" ({code})" if code else ""))
 
 
-def _read_head(path: Path) -> bytes:
+def _read_head(path: Path | Source) -> bytes:
     try:
-        with open(path, "rb") as f:
+        with _open_binary(path) as f:
             return f.read(64)
     except OSError as e:
         raise _storage_error("read", path, e) from None
@@ -220,12 +296,12 @@ def _pillow_limits(max_pixels: int | None) -> Iterator[None]:
         Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = old
 
 
-def _header_size(path: Path, fmt: str) -> tuple[int, int]:
-    with _pillow_limits(None), Image.open(path, formats=[fmt]) as im:
+def _header_size(path: Path | Source, fmt: str) -> tuple[int, int]:
+    with _pillow_limits(None), _open_binary(path) as f, Image.open(f, formats=[fmt]) as im:
         return im.size
 
 
-def _format_of(path: Path) -> str:
+def _format_of(path: Path | Source) -> str:
     """The format of the file at ``path`` by content; BadImage if it is empty or none."""
     head = _read_head(path)
     if not head:
@@ -238,14 +314,14 @@ def _format_of(path: Path) -> str:
     return fmt
 
 
-def _tiff_tags(path: Path) -> Image.Exif:
+def _tiff_tags(path: Path | Source) -> Image.Exif:
     """The tags of the first IFD of a TIFF-structured file (empty if unreadable).
 
     Read directly: Pillow's TIFF reader refuses sensor data it cannot decode.
     """
     exif = Image.Exif()
     try:
-        with open(path, "rb") as f, warnings.catch_warnings():
+        with _open_binary(path) as f, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             exif.load_from_fp(f)
     except Exception:
@@ -253,14 +329,14 @@ def _tiff_tags(path: Path) -> Image.Exif:
     return exif
 
 
-def _tiff_is_raw(path: Path) -> bool:
+def _tiff_is_raw(path: Path | Source) -> bool:
     # DNG says so; NEF, ARW and PEF put a small preview first (NewSubfileType 1, "reduced
     # resolution") with the sensor data in sub-IFDs, which no ordinary TIFF writer does
     tags = _tiff_tags(path)
     return 0xC612 in tags or (tags.get(0x00FE) == 1 and 0x014A in tags)
 
 
-def _heif_support(path: Path) -> None:
+def _heif_support(path: Path | Source) -> None:
     try:
         import pillow_heif
     except ImportError:
@@ -269,7 +345,7 @@ def _heif_support(path: Path) -> None:
         pillow_heif.register_heif_opener()
 
 
-def _rawpy(path: Path):
+def _rawpy(path: Path | Source):
     try:
         import rawpy
     except ImportError:
@@ -278,7 +354,7 @@ def _rawpy(path: Path):
 
 
 @contextlib.contextmanager
-def _opened(path: Path, max_pixels: int, fmt: str | None = None) -> Iterator[tuple[Image.Image, str]]:
+def _opened(path: Path | Source, max_pixels: int, fmt: str | None = None) -> Iterator[tuple[Image.Image, str]]:
     """The image at ``path`` with only its header read, and its format (not RAW).
 
     Raises BadImage for an empty or unrecognisable file, TooLarge when the header
@@ -288,9 +364,9 @@ def _opened(path: Path, max_pixels: int, fmt: str | None = None) -> Iterator[tup
     fmt = fmt or _format_of(path)
     if fmt == "HEIF":
         _heif_support(path)
-    with _pillow_limits(max_pixels):
+    with _pillow_limits(max_pixels), _open_binary(path) as fp:
         try:
-            im = Image.open(path, formats=[fmt])
+            im = Image.open(fp, formats=[fmt])
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise _too_large(path, _header_size(path, fmt), max_pixels) from None
         except Exception as e:  # Pillow raises many types for damaged headers
@@ -371,14 +447,14 @@ def _read_metadata(exif: Image.Exif, out: dict) -> None:
         pass
 
 
-def probe(path: str | os.PathLike, *, max_pixels: int) -> Probe:
+def probe(path: str | os.PathLike | Source, *, max_pixels: int) -> Probe:
     """Format, stored size, orientation and capture metadata of an original.
 
     Reads only the header (no pixel decoding). Raises BadImage ("empty file", "not an
     image", "cannot identify image", ...) or TooLarge ("decompression bomb: ...") naming
     the file; StorageError if the file cannot be read. Broken EXIF is ignored.
     """
-    path = Path(path)
+    path = _source(path)
     fmt = _format_of(path)
     if fmt == "RAW":
         return _raw_probe(path, max_pixels)
@@ -488,7 +564,7 @@ def _largest_output(upright: tuple[int, int], boxes: list[tuple[int, int] | None
     return (max(o[0] for o in outs), max(o[1] for o in outs))
 
 
-def _decode(path: Path, boxes: list[tuple[int, int] | None], max_pixels: int) -> _Decoded:
+def _decode(path: Path | Source, boxes: list[tuple[int, int] | None], max_pixels: int) -> _Decoded:
     """Decode the original once, no larger than the outputs need (JPEG DCT scaling)."""
     fmt = _format_of(path)
     if fmt == "RAW":
@@ -512,7 +588,7 @@ def _decode(path: Path, boxes: list[tuple[int, int] | None], max_pixels: int) ->
         return _Decoded(base, icc, meta, upright)
 
 
-def render(path: str | os.PathLike, chains: dict[str, str], *, max_pixels: int) -> dict[str, Rendered]:
+def render(path: str | os.PathLike | Source, chains: dict[str, str], *, max_pixels: int) -> dict[str, Rendered]:
     """Every chain of a recipe run on one decode of the original at ``path``.
 
     ``chains`` maps artifact name -> chain text. The pixels are made upright from EXIF
@@ -521,9 +597,9 @@ def render(path: str | os.PathLike, chains: dict[str, str], *, max_pixels: int) 
     below the stored size; smaller fits are made from larger ones already computed.
     Raises UnknownOperation before touching the file, BadImage/TooLarge for a bad
     original, MissingExtra for HEIF/RAW without their extra, StorageError when the
-    file cannot be read.
+    file cannot be read. Give the original as a ``Source`` of checked bytes.
     """
-    path = Path(path)
+    path = _source(path)
     plans = {name: parse_chain(text) for name, text in chains.items()}
     boxes = {name: _leading_box(steps) for name, steps in plans.items()}
     d = _decode(path, list(boxes.values()), max_pixels)
@@ -569,11 +645,11 @@ def render(path: str | os.PathLike, chains: dict[str, str], *, max_pixels: int) 
 
 
 @contextlib.contextmanager
-def _raw_opened(path: Path, max_pixels: int):
+def _raw_opened(path: Path | Source, max_pixels: int):
     """rawpy's reader on ``path`` (metadata parsed, nothing decoded), pixel limit checked."""
     rawpy = _rawpy(path)
     try:
-        raw = rawpy.imread(str(path))
+        raw = rawpy.imread(path.open() if isinstance(path, Source) else str(path))
     except rawpy.LibRawIOError as e:
         raise StorageError(f"cannot read {path}: {e}") from None
     except (rawpy.LibRawError, ValueError) as e:
@@ -592,7 +668,7 @@ def _raw_opened(path: Path, max_pixels: int):
             raise BadImage(f"corrupt RAW: {path} ({e})") from None
 
 
-def _raw_meta(path: Path, flip: int) -> dict:
+def _raw_meta(path: Path | Source, flip: int) -> dict:
     # TIFF-based RAW (CR2, NEF, ARW, DNG, ...) keeps ordinary EXIF in IFD0; the other
     # containers yield nothing here (rawpy does not expose their capture metadata)
     meta = _metadata(_tiff_tags(path))
@@ -600,14 +676,14 @@ def _raw_meta(path: Path, flip: int) -> dict:
     return meta
 
 
-def _raw_probe(path: Path, max_pixels: int) -> Probe:
+def _raw_probe(path: Path | Source, max_pixels: int) -> Probe:
     with _raw_opened(path, max_pixels) as raw:
         s = raw.sizes
         meta = _raw_meta(path, s.flip)
     return Probe(format="RAW", width=s.width, height=s.height, mode="RGB", **meta)
 
 
-def _raw_preview(raw, path: Path, need: tuple[int, int], stored: tuple[int, int]) -> Image.Image | None:
+def _raw_preview(raw, path: Path | Source, need: tuple[int, int], stored: tuple[int, int]) -> Image.Image | None:
     """The embedded preview when it shows the whole frame at least ``need`` large."""
     rawpy = _rawpy(path)
     try:
@@ -630,7 +706,7 @@ def _raw_preview(raw, path: Path, need: tuple[int, int], stored: tuple[int, int]
     return im
 
 
-def _raw_decode(path: Path, boxes: list[tuple[int, int] | None], max_pixels: int) -> _Decoded:
+def _raw_decode(path: Path | Source, boxes: list[tuple[int, int] | None], max_pixels: int) -> _Decoded:
     with _raw_opened(path, max_pixels) as raw:
         s = raw.sizes
         meta = _raw_meta(path, s.flip)
@@ -781,13 +857,13 @@ def verify(path: str | os.PathLike, width: int, height: int) -> bool:
 # ---- one huge image in stripes (see imgq/split.py) --------------------------------------
 
 
-def render_stripe(path: str | os.PathLike, prefixes: dict[str, str], index: int, count: int, halo: int, *, max_pixels: int) -> dict[str, Image.Image]:
+def render_stripe(path: str | os.PathLike | Source, prefixes: dict[str, str], index: int, count: int, halo: int, *, max_pixels: int) -> dict[str, Image.Image]:
     """Stripe ``index`` of ``count`` of each chain prefix run on the upright original: its
     own rows, computed from those rows widened by ``halo`` so every output pixel sees the
     neighbours it has in the whole image (split.plan decides the rows)."""
     from imgq.split import plan
 
-    d = _decode(Path(path), [None], max_pixels)
+    d = _decode(_source(path), [None], max_pixels)
     upright = _upright(d.image, d.meta["orientation"])
     st = plan(upright.height, count, halo)[index]
     y0, y1, top, bottom = st.y0, st.y1, st.top, st.bottom
@@ -840,12 +916,12 @@ def load_part(path: str | os.PathLike, width: int, height: int) -> Image.Image:
     return Image.fromarray(arr, mode=mode) if mode in ("L", "RGB", "RGBA", "LA") else Image.fromarray(arr)
 
 
-def render_join(path: str | os.PathLike, load_parts, rests: dict[str, str], others: dict[str, str], *, max_pixels: int) -> dict[str, Rendered]:
+def render_join(path: str | os.PathLike | Source, load_parts, rests: dict[str, str], others: dict[str, str], *, max_pixels: int) -> dict[str, Rendered]:
     """The outputs of a split job: each chain's stripes (``load_parts(upright_size)`` ->
     {name: [stripe images]}) stacked and the rest of its chain run on the whole; chains
     with nothing to split (``others``) are rendered from the original as usual.
     Metadata (profile, capture date) comes from the original's header."""
-    path = Path(path)
+    path = _source(path)
     results = render(path, others, max_pixels=max_pixels) if others else {}
     fmt = _format_of(path)
     with _opened(path, max_pixels, fmt) as (im, fmt):

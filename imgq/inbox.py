@@ -4,6 +4,20 @@ The owner of a photo is the first folder below the inbox root (a synced Dropbox
 folder with one subfolder per photographer); files at the root get the default owner.
 Nothing is followed through a symlink, so a scan never leaves the inbox and never
 loops. An unchanged file (same path, size and mtime) is not read again.
+
+Identities, not names (docs/safety.md):
+- folders are skipped by (device, inode): imgq's store and every local archive
+  destination (configured, or recorded in the database by any earlier archive) that lies
+  inside an inbox is never scanned, however its path was spelled;
+- a file is read once through ``imgq.original.Original`` (no symlink anywhere below the
+  inbox root, regular files only, a FIFO cannot block the open): its sha256 and its
+  header come from that one open file, so what is recorded is what was read;
+- a file or folder that cannot be read or listed now (permissions, I/O) is a problem of
+  this scan, reported (exit 1) and tried again by the next scan: it is never recorded as
+  a verdict on the photo;
+- names that are not UTF-8 are recorded losslessly (``original.stored_path``);
+- ids are unique case-folded (a case-insensitive store or gallery cannot mix two photos)
+  and at most ID_MAX bytes long (a short hash keeps a capped id unique).
 """
 
 from __future__ import annotations
@@ -12,15 +26,15 @@ import concurrent.futures
 import dataclasses
 import datetime as dt
 import fnmatch
-import hashlib
 import json
 import os
 import re
+import stat
 import unicodedata
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from imgq import imaging, journal
+from imgq import imaging, journal, original, store
 from imgq.database import DB
 from imgq.errors import ImgqError, Permanent
 from imgq.journal import Actor
@@ -34,6 +48,9 @@ TEMP_PATTERNS = [
 # imgq's own outputs when an archive sits inside an inbox: NAME.thumb.jpg, NAME.web.jpg.
 OWN_OUTPUT = re.compile(r"\.(thumb|web)\.jpe?g$", re.IGNORECASE)
 BATCH = 64
+# Ids name store folders and gallery pages: with room for a "-N" suffix they stay below
+# store.NAME_MAX.
+ID_MAX = 110
 
 
 @dataclasses.dataclass
@@ -41,7 +58,7 @@ class Found:
     """One file recorded (or re-recorded) by a scan."""
 
     id: str
-    path: str
+    path: str  # as people read it: bytes that are not UTF-8 shown as \\xNN
     state: str  # seen, duplicate or failed
     reason: str | None = None
     duplicate_of: str | None = None
@@ -52,7 +69,10 @@ class ScanReport:
     found: list[Found] = dataclasses.field(default_factory=list)
     unchanged: int = 0
     settling: list[str] = dataclasses.field(default_factory=list)
-    skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (path, why)
+    skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (path, why): not photos to take
+    # (path, why): folders that could not be listed, files that could not be read now;
+    # nothing is recorded for them and the next scan tries again; the scan exits 1
+    problems: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
     @property
     def new_ids(self) -> list[str]:
@@ -67,38 +87,71 @@ def is_temporary(name: str) -> bool:
     return name.startswith(".") or any(fnmatch.fnmatchcase(name, p) for p in TEMP_PATTERNS)
 
 
-def walk(root: Path, skip_dirs: Iterable[Path] = (), report: ScanReport | None = None) -> Iterator[tuple[Path, os.stat_result]]:
+def folder_identities(paths: Iterable[str | os.PathLike]) -> set[tuple[int, int]]:
+    """(device, inode) of each existing folder in ``paths`` (symlinks followed: the folder
+    a path leads to is the one to skip, whatever its spelling)."""
+    out = set()
+    for p in paths:
+        try:
+            st = os.stat(original.fs_path(os.fspath(p)))
+        except (OSError, ValueError):
+            continue  # not there (yet): nothing of it can be in the inbox
+        if stat.S_ISDIR(st.st_mode):
+            out.add((st.st_dev, st.st_ino))
+    return out
+
+
+def recorded_destinations(db: DB) -> list[str]:
+    """Every local folder an archive ever wrote to or planned to, from the database."""
+    urls: set[str] = set()
+    for table in ("archive_targets", "copies", "archive_paths"):
+        try:
+            urls.update(r[0] for r in db.all(f"SELECT DISTINCT destination FROM {table}"))
+        except Exception:  # an older schema without the table
+            continue
+    local = []
+    for url in urls:
+        if not url:
+            continue
+        if url.startswith("file://"):
+            url = url[len("file://"):]
+        if "://" not in url:
+            local.append(url)
+    return local
+
+
+def walk(root: Path, skip: set[tuple[int, int]] = frozenset(), report: ScanReport | None = None) -> Iterator[tuple[Path, os.stat_result]]:
     """Regular files below ``root`` (never through a symlink), with their stat.
 
-    Hidden and temporary names, imgq's own outputs, and the folders in ``skip_dirs``
-    (the artifact store, an archive inside the inbox) are left out.
+    Hidden and temporary names, imgq's own outputs, and the folders whose (device, inode)
+    is in ``skip`` (the artifact store, archive destinations inside the inbox) are left
+    out. A folder that cannot be listed is a problem of the report.
     """
-    skip = {os.path.realpath(p) for p in skip_dirs}
     seen_dirs: set[tuple[int, int]] = set()
     stack = [root]
     while stack:
         folder = stack.pop()
         try:
             st = folder.stat(follow_symlinks=False)
-            if (st.st_dev, st.st_ino) in seen_dirs:
-                continue  # a bind mount looping back: visit each folder once
-            seen_dirs.add((st.st_dev, st.st_ino))
+            ident = (st.st_dev, st.st_ino)
+            if ident in seen_dirs or ident in skip:
+                continue  # a bind mount looping back, or imgq's own store/destination
+            seen_dirs.add(ident)
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError as e:
             if report is not None:
-                report.skipped.append((str(folder), f"cannot list folder: {e.strerror}"))
+                report.problems.append((original.shown_path(str(folder)), f"cannot list folder: {e.strerror}; the next scan tries again"))
             continue
         for entry in entries:
             path = Path(entry.path)
             if entry.is_symlink():
                 if report is not None:
-                    report.skipped.append((str(path), "symlink (never followed)"))
+                    report.skipped.append((original.shown_path(str(path)), "symlink (never followed)"))
                 continue
             if is_temporary(entry.name):
                 continue
             if entry.is_dir(follow_symlinks=False):
-                if os.path.realpath(path) not in skip:
-                    stack.append(path)
+                stack.append(path)
                 continue
             if not entry.is_file(follow_symlinks=False) or OWN_OUTPUT.search(entry.name):
                 continue
@@ -106,12 +159,13 @@ def walk(root: Path, skip_dirs: Iterable[Path] = (), report: ScanReport | None =
                 yield path, entry.stat(follow_symlinks=False)
             except OSError as e:
                 if report is not None:
-                    report.skipped.append((str(path), f"cannot stat: {e.strerror}"))
+                    report.problems.append((original.shown_path(str(path)), f"cannot stat: {e.strerror}; the next scan tries again"))
         stack.sort(reverse=True)  # visit folders in name order
 
 
 def owner_of(rel: Path, default_owner: str) -> str:
-    return rel.parts[0] if len(rel.parts) > 1 else default_owner
+    """The owner label: the first folder below the inbox root, as people read it."""
+    return original.shown_path(rel.parts[0]) if len(rel.parts) > 1 else default_owner
 
 
 def slug(text: str) -> str:
@@ -123,24 +177,24 @@ def slug(text: str) -> str:
     return out or "x"
 
 
-def hash_file(path: Path) -> tuple[str, bytes]:
-    """(sha256 hex, first 64 bytes) of a file, read once."""
-    h = hashlib.sha256()
-    head = b""
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            if not head:
-                head = chunk[:64]
-            h.update(chunk)
-    return h.hexdigest(), head
+class _Ids:
+    """The ids in use, case-folded: loaded once per scan, only when a new id is needed
+    (one scan runs at a time: the step lock), then kept up to date as ids are given."""
 
+    def __init__(self, db: DB):
+        self.db = db
+        self.folded: set[str] | None = None
 
-def _unique_id(db: DB, base: str, taken: set[str]) -> str:
-    candidate, n = base, 1
-    while db.one("SELECT 1 FROM files WHERE id = ?", (candidate,)) or candidate in taken:
-        n += 1
-        candidate = f"{base}-{n}"
-    return candidate
+    def unique(self, base: str) -> str:
+        if self.folded is None:
+            self.folded = {r[0].casefold() for r in self.db.all("SELECT id FROM files")}
+        base = store.short_name(base, ID_MAX)
+        candidate, n = base, 1
+        while candidate.casefold() in self.folded:
+            n += 1
+            candidate = f"{base}-{n}"
+        self.folded.add(candidate.casefold())
+        return candidate
 
 
 def _epoch(iso: str) -> int:
@@ -158,115 +212,155 @@ def scan(
     skip_dirs: Iterable[Path] = (),
     actor: Actor = Actor(),
 ) -> ScanReport:
-    """Record every new or changed photo under ``roots``; unreadable files are recorded
-    as failed with the reason and the scan goes on."""
+    """Record every new or changed photo under ``roots``; files that are not good photos
+    are recorded as failed with the reason, files that cannot be read now are reported as
+    problems (and tried again next time), and the scan goes on.
+
+    ``skip_dirs`` (the store, configured destinations) and every local destination
+    recorded in the database are skipped by identity wherever they lie."""
     report = ScanReport()
-    skip_dirs = list(skip_dirs)
+    skip = folder_identities([*skip_dirs, *recorded_destinations(db)])
+    ids = _Ids(db)
     for root in roots:
         root = Path(os.path.abspath(root))
         if not root.is_dir():
-            report.skipped.append((str(root), "not a folder"))
+            report.skipped.append((original.shown_path(str(root)), "not a folder"))
             continue
+        st = root.stat()
+        if (st.st_dev, st.st_ino) in skip:
+            # an older imgq archived into the inbox itself: its copies would come back as
+            # duplicates, and skipping it silently would hide every new photo
+            report.problems.append((original.shown_path(str(root)), "this inbox is also imgq's store or an archive destination; not scanned (archive elsewhere)"))
+            continue
+        stored_root = original.stored_path(str(root))
         pending: list[tuple] = []
-        for path, st in walk(root, skip_dirs, report):
+        for path, st in walk(root, skip, report):
             rel = path.relative_to(root)
             if settle > 0 and now - st.st_mtime < settle:
-                report.settling.append(str(path))
+                report.settling.append(original.shown_path(str(path)))
                 continue
             known = db.one(
                 "SELECT id, size, mtime_ns, sha256, state FROM files WHERE inbox = ? AND path = ? AND state != 'collected'"
                 " ORDER BY created_at DESC LIMIT 1",
-                (str(root), str(rel)),
+                (stored_root, original.stored_path(str(rel))),
             )
-            if known is not None and known["size"] == st.st_size and known["mtime_ns"] == st.st_mtime_ns:
+            # a row without a sha256 is an old "cannot read" verdict: look again
+            if known is not None and known["size"] == st.st_size and known["mtime_ns"] == st.st_mtime_ns and known["sha256"]:
                 report.unchanged += 1
                 continue
             pending.append((root, rel, st, known, default_owner, max_pixels))
             if len(pending) >= BATCH:
-                _record(db, _examine_all(pending), report, now=now, actor=actor)
+                _record(db, _examine_all(pending), report, ids, now=now, actor=actor)
                 pending = []
         if pending:
-            _record(db, _examine_all(pending), report, now=now, actor=actor)
+            _record(db, _examine_all(pending), report, ids, now=now, actor=actor)
     return report
 
 
 def _examine_all(items: list[tuple]) -> list[dict]:
-    """_examine over a batch, a few files at a time: hashing releases the GIL, so reading
+    """examine over a batch, a few files at a time: hashing releases the GIL, so reading
     and hashing overlap and use every core (in order, so ids are stable)."""
     if len(items) == 1:
-        return [_examine(*items[0])]
+        return [examine(*items[0])]
     with concurrent.futures.ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1, len(items))) as pool:
-        return list(pool.map(lambda item: _examine(*item), items))
+        return list(pool.map(lambda item: examine(*item), items))
 
 
-def _examine(root: Path, rel: Path, st: os.stat_result, known, default_owner: str, max_pixels: int) -> dict:
-    """Read one file (outside any transaction): hash, format, size, EXIF."""
-    path = root / rel
+def _read(orig: original.Original) -> tuple[int, str, bytes]:
+    """(bytes read, sha256, first 64 bytes) of the opened file, read once as a stream."""
+    size, digest = orig.hash()
+    return size, digest, os.pread(orig.fd, 64, 0)
+
+
+def examine(root: Path, rel: Path, st: os.stat_result, known, default_owner: str, max_pixels: int) -> dict:
+    """Read one file (outside any transaction) through one open handle: hash, format,
+    size, EXIF. The result says what to record (``row``, ``error`` for a photo that is
+    not good), or why nothing is recorded: ``skip`` (no longer a regular file in the
+    inbox: swapped for a symlink, a FIFO, gone) or ``problem`` (cannot be read now)."""
+    shown = original.shown_path(str(root / rel))
     item = {
         "root": root,
         "rel": rel,
+        "shown": shown,
         "known": dict(known) if known else None,
         "row": {
-            "inbox": str(root),
-            "path": str(rel),
+            "inbox": original.stored_path(str(root)),
+            "path": original.stored_path(str(rel)),
             "owner": owner_of(rel, default_owner),
             "size": st.st_size,
             "mtime_ns": st.st_mtime_ns,
         },
         "error": None,
+        "skip": None,
+        "problem": None,
     }
-    row = item["row"]
-    mtime_iso = dt.datetime.fromtimestamp(st.st_mtime, dt.timezone.utc).replace(tzinfo=None).isoformat(timespec="seconds")
-    row["taken_at"], row["taken_source"] = mtime_iso, "mtime"
     try:
-        row["sha256"], head = hash_file(path)
+        with original.Original(root, str(rel)) as orig:
+            _examine_open(orig, item, max_pixels)
+    except original.Unsafe as e:
+        item["skip"] = str(e)
+    except FileNotFoundError:
+        item["skip"] = "gone before it could be read"
     except OSError as e:
-        item["error"] = f"cannot read {path}: {e.strerror}"
-        return item
-    if st.st_size == 0:
+        item["problem"] = f"cannot read it: {e.strerror or e}; the next scan tries again"
+    return item
+
+
+def _examine_open(orig: original.Original, item: dict, max_pixels: int) -> None:
+    row, shown = item["row"], item["shown"]
+    # the record describes the object that was read, not the earlier listing
+    row["mtime_ns"] = orig.stat.st_mtime_ns
+    mtime_iso = dt.datetime.fromtimestamp(orig.stat.st_mtime, dt.timezone.utc).replace(tzinfo=None).isoformat(timespec="seconds")
+    row["taken_at"], row["taken_source"] = mtime_iso, "mtime"
+    row["size"], row["sha256"], head = _read(orig)
+    if row["size"] == 0:
         item["error"] = "empty file (0 bytes)"
-        return item
+        return
     fmt = imaging.sniff(head)
     if fmt is None:
         item["error"] = f"not an image: content is not a known image format (JPEG, PNG, TIFF, WebP, BMP, GIF, HEIF/AVIF, camera RAW); it starts with {head[:8]!r}"
-        return item
+        return
     row["format"] = fmt
     try:
-        probe = imaging.probe(path, max_pixels=max_pixels)
+        # the header is read from the same open file that was hashed (pread: no reopening)
+        probe = imaging.probe(imaging.Source.from_fd(orig.fd, shown), max_pixels=max_pixels)
     except Permanent as e:
         item["error"] = str(e)
-        return item
+        return
     except (ImgqError, OSError) as e:
-        item["error"] = f"cannot read {path}: {e}"
-        return item
+        item["problem"] = f"cannot read it: {e}; the next scan tries again"
+        return
     row["width"], row["height"] = probe.width, probe.height
     if probe.taken_at:
         row["taken_at"], row["taken_source"] = probe.taken_at, "exif"
     meta = {k: v for k, v in {"make": probe.make, "model": probe.model, "orientation": probe.orientation}.items() if v}
     row["meta"] = json.dumps(meta, sort_keys=True) if meta else None
-    return item
 
 
-def _record(db: DB, batch: list[dict], report: ScanReport, *, now: float, actor: Actor) -> None:
-    taken_ids: set[str] = set()
+def _record(db: DB, batch: list[dict], report: ScanReport, ids: _Ids, *, now: float, actor: Actor) -> None:
     with db.transaction():
         for item in batch:
             row, known = item["row"], item["known"]
+            if item["skip"]:
+                report.skipped.append((item["shown"], item["skip"]))
+                continue
+            if item["problem"]:
+                report.problems.append((item["shown"], item["problem"]))
+                continue
             if known and row.get("sha256") == known["sha256"] and not item["error"]:
                 # Touched but not changed (a sync client re-wrote it): remember the new stat.
                 db.execute("UPDATE files SET size = ?, mtime_ns = ? WHERE id = ?", (row["size"], row["mtime_ns"], known["id"]))
                 report.unchanged += 1
                 continue
-            base = f"{slug(row['owner'])}_{_epoch(row['taken_at'])}_{slug(item['rel'].name)}"
-            row["id"] = _unique_id(db, base, taken_ids)
-            taken_ids.add(row["id"])
+            base = f"{slug(row['owner'])}_{_epoch(row['taken_at'])}_{slug(original.shown_path(item['rel'].name))}"
+            row["id"] = ids.unique(base)
             if known and known["state"] in ("seen", "queued", "processed"):
                 # the scanned bytes are gone: this record can never be archived as scanned
                 journal.move_file(db, known["id"], "failed", now=now, actor=actor, error=f"changed in the inbox after scanning; the new content is {row['id']}")
             if item["error"]:
                 row["error"] = item["error"]
                 journal.add_file(db, row, state="failed", now=now, actor=actor, detail=item["error"])
-                report.found.append(Found(row["id"], str(item["root"] / item["rel"]), "failed", item["error"]))
+                report.found.append(Found(row["id"], item["shown"], "failed", item["error"]))
                 continue
             twin = db.one(
                 "SELECT id FROM files WHERE sha256 = ? AND state NOT IN ('failed', 'duplicate') AND id != ? ORDER BY created_at LIMIT 1",
@@ -275,7 +369,7 @@ def _record(db: DB, batch: list[dict], report: ScanReport, *, now: float, actor:
             if twin:
                 row["duplicate_of"] = twin["id"]
                 journal.add_file(db, row, state="duplicate", now=now, actor=actor, detail=f"same content as {twin['id']}")
-                report.found.append(Found(row["id"], str(item["root"] / item["rel"]), "duplicate", duplicate_of=twin["id"]))
+                report.found.append(Found(row["id"], item["shown"], "duplicate", duplicate_of=twin["id"]))
             else:
                 journal.add_file(db, row, state="seen", now=now, actor=actor)
-                report.found.append(Found(row["id"], str(item["root"] / item["rel"]), "seen"))
+                report.found.append(Found(row["id"], item["shown"], "seen"))

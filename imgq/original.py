@@ -17,6 +17,13 @@ object behind that handle, never the name:
   quarantined object's (device, inode) with the handle, and unlinks it only if they are
   equal; otherwise it renames it back (without replacing anything) and keeps it.
 
+Names that are not valid UTF-8 (a Latin-1 ``caf\\xe9.jpg`` from an old camera or a
+Windows zip) cannot go into SQLite as they are. ``stored_path`` writes them losslessly and
+readably (``./caf\\xe9.jpg``: each non-UTF-8 byte as ``\\xNN``, a backslash as two backslashes,
+behind a ``./`` (or ``/./``) prefix that no path imgq records otherwise has);
+``fs_path`` turns that back into the name the file system holds, and ``Original`` accepts
+either form, so every reader going through it opens such files.
+
 Linux (and other POSIX systems with ``O_NOFOLLOW`` and ``dir_fd``) only.
 """
 
@@ -25,6 +32,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import secrets
 import stat
 
@@ -34,6 +42,42 @@ CHUNK = 1 << 20
 QUARANTINE_MARK = ".imgq-collect"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+_ESCAPE = re.compile(rb"\\(\\|x([0-9a-fA-F]{2}))")
+
+
+def stored_path(path: str) -> str:
+    """How a file-system path (a str, with surrogate escapes for undecodable bytes) is
+    written in the journal: unchanged if it is valid UTF-8; otherwise escaped as the module
+    docstring says, behind a ``./`` (relative) or ``/./`` (absolute) prefix. A naive
+    reader joining it to the inbox finds no file (never a different one outside it)."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        pass
+    text = os.fsencode(path).replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
+    return "/." + text if text.startswith("/") else "./" + text
+
+
+def fs_path(text: str) -> str:
+    """The file-system path (surrogate-escaped str, as os functions take it) for a path
+    as ``stored_path`` wrote it; any other text is returned unchanged."""
+    if text.startswith("./"):
+        body = text[2:]
+    elif text.startswith("/./"):
+        body = text[2:]
+    else:
+        return text
+    raw = _ESCAPE.sub(lambda m: b"\\" if m.group(2) is None else bytes([int(m.group(2), 16)]), body.encode("utf-8"))
+    return os.fsdecode(raw)
+
+
+def shown_path(path: str) -> str:
+    """A path as messages, logs and JSON show it: undecodable bytes as ``\\xNN``, never a
+    lone surrogate (which could not be printed or stored)."""
+    return os.fsencode(fs_path(path)).decode("utf-8", "backslashreplace")
 
 
 class Unsafe(Permanent):
@@ -51,7 +95,7 @@ def split_rel(rel: str) -> list[str]:
     parts = rel.split("/")
     for p in parts:
         if not p or p in (".", "..") or "\0" in p:
-            raise Unsafe(f"{rel}: the recorded path leaves the inbox; refusing")
+            raise Unsafe(f"{shown_path(rel)}: the recorded path leaves the inbox; refusing")
     return parts
 
 
@@ -69,7 +113,7 @@ def open_dir(root: str | os.PathLike, parts: list[str], *, shown: str) -> int:
                 nxt = os.open(p, _DIR_FLAGS, dir_fd=fd)
             except OSError as e:
                 if e.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise Unsafe(f"{walked} is a symlink or not a folder; imgq never reads or deletes through one ({shown})") from e
+                    raise Unsafe(f"{shown_path(walked)} is a symlink or not a folder; imgq never reads or deletes through one ({shown})") from e
                 raise
             os.close(fd)
             fd = nxt
@@ -84,25 +128,26 @@ class Original:
     manager, or call ``close``."""
 
     def __init__(self, inbox: str | os.PathLike, rel: str):
-        self.inbox, self.rel = os.fspath(inbox), rel
-        self.path = os.path.join(self.inbox, rel)
-        parts = split_rel(rel)
+        self.inbox, self.rel = fs_path(os.fspath(inbox)), fs_path(rel)
+        self.path = os.path.join(self.inbox, self.rel)
+        self.shown = shown_path(self.path)  # for messages: printable and storable
+        parts = split_rel(self.rel)
         self.name = parts[-1]
         self.dir_fd: int | None = None
         self.fd: int | None = None
-        self.dir_fd = open_dir(self.inbox, parts[:-1], shown=self.path)
+        self.dir_fd = open_dir(self.inbox, parts[:-1], shown=self.shown)
         try:
             try:
                 self.fd = os.open(self.name, _FILE_FLAGS, dir_fd=self.dir_fd)
             except OSError as e:
                 if e.errno == errno.ELOOP:
-                    raise Unsafe(f"{self.path} is a symlink; imgq reads and deletes only regular files") from e
+                    raise Unsafe(f"{self.shown} is a symlink; imgq reads and deletes only regular files") from e
                 if e.errno == errno.ENXIO:  # a FIFO with no writer, a socket
-                    raise Unsafe(f"{self.path} is not a regular file (a FIFO or socket)") from e
+                    raise Unsafe(f"{self.shown} is not a regular file (a FIFO or socket)") from e
                 raise
             self.stat = os.fstat(self.fd)
             if not stat.S_ISREG(self.stat.st_mode):
-                raise Unsafe(f"{self.path} is not a regular file")
+                raise Unsafe(f"{self.shown} is not a regular file")
             os.set_blocking(self.fd, True)
         except BaseException:
             self.close()
@@ -135,10 +180,10 @@ class Original:
         """The file's bytes, if they are the ones the journal recorded; else ChangedInInbox.
         The caller must use these bytes, not read the file again."""
         if size is not None and self.stat.st_size != size:
-            raise ChangedInInbox(f"{self.path}: changed in the inbox since it was scanned (size {self.stat.st_size}, recorded {size}); scan again")
+            raise ChangedInInbox(f"{self.shown}: changed in the inbox since it was scanned (size {self.stat.st_size}, recorded {size}); scan again")
         data = self.read_all()
         if hashlib.sha256(data).hexdigest() != sha256:
-            raise ChangedInInbox(f"{self.path}: changed in the inbox since it was scanned (sha256 differs); scan again")
+            raise ChangedInInbox(f"{self.shown}: changed in the inbox since it was scanned (sha256 differs); scan again")
         return data
 
     # ------------------------------------------------------------------ deleting
@@ -220,6 +265,6 @@ def open_original(inbox: str | os.PathLike, rel: str) -> Original:
     except FileNotFoundError:
         raise
     except OSError as e:
-        raise StorageError(f"{os.path.join(os.fspath(inbox), rel)}: cannot open it: {e.strerror or e}") from e
+        raise StorageError(f"{shown_path(os.path.join(fs_path(os.fspath(inbox)), fs_path(rel)))}: cannot open it: {e.strerror or e}") from e
 
 

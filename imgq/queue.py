@@ -39,6 +39,9 @@ class Claim:
     inbox: str
     path: str
     stage: str = ""  # '' for an ordinary job; 'stripe:I/N' or 'join' for a split image
+    # what scan recorded of the original: the worker decodes only bytes that match them
+    sha256: str | None = None
+    size: int | None = None
 
 
 @dataclasses.dataclass
@@ -147,10 +150,10 @@ def claim(
     with db.transaction():
         rows = db.all(
             "SELECT * FROM (SELECT j.id, j.file_id, j.recipe, j.spec, j.spec_hash, j.state, j.attempts, j.max_attempts, j.lease_owner,"
-            " j.stage, f.inbox, f.path FROM jobs j JOIN files f ON f.id = j.file_id"
+            " j.stage, f.inbox, f.path, f.sha256, f.size FROM jobs j JOIN files f ON f.id = j.file_id"
             " WHERE j.state = 'ready' AND j.not_before <= ? ORDER BY j.not_before, j.id LIMIT ?)"
             " UNION ALL SELECT * FROM (SELECT j.id, j.file_id, j.recipe, j.spec, j.spec_hash, j.state, j.attempts, j.max_attempts,"
-            " j.lease_owner, j.stage, f.inbox, f.path FROM jobs j JOIN files f ON f.id = j.file_id"
+            " j.lease_owner, j.stage, f.inbox, f.path, f.sha256, f.size FROM jobs j JOIN files f ON f.id = j.file_id"
             " WHERE j.state = 'leased' AND j.lease_until < ? ORDER BY j.lease_until LIMIT ?)",
             (now, limit, now, limit),
         )
@@ -181,7 +184,7 @@ def claim(
                 )
             )
             claims.append(
-                Claim(r["id"], r["file_id"], r["recipe"], json.loads(r["spec"]), r["spec_hash"], token, r["attempts"] + 1, limit_attempts, r["inbox"], r["path"], r["stage"])
+                Claim(r["id"], r["file_id"], r["recipe"], json.loads(r["spec"]), r["spec_hash"], token, r["attempts"] + 1, limit_attempts, r["inbox"], r["path"], r["stage"], r["sha256"], r["size"])
             )
         journal.move_jobs(db, changes, now=now, actor=actor)
         for r in exhausted:

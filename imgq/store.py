@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import secrets
@@ -9,6 +10,9 @@ import time
 from pathlib import Path
 
 TEMP_MARK = ".imgq-tmp"
+# Longest name component imgq makes (ids, store folders, artifact names): far below the
+# 255-byte limit of every file system, with room for suffixes (temporary names, "-N").
+NAME_MAX = 120
 _TEMP_PID = re.compile(r"\.(\d+)-[0-9a-f]+\.imgq-tmp$")
 
 
@@ -25,10 +29,23 @@ def temp_writer(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def short_name(name: str, limit: int = NAME_MAX) -> str:
+    """``name`` if it is at most ``limit`` bytes in UTF-8; else a prefix of it and a short
+    hash of the whole name, together at most ``limit`` bytes (the hash keeps two long
+    names that share a prefix apart)."""
+    data = name.encode("utf-8", "surrogateescape")
+    if len(data) <= limit:
+        return name
+    tail = "~" + hashlib.sha256(data).hexdigest()[:12]
+    head = data[: limit - len(tail)].decode("utf-8", "ignore").rstrip("._-")
+    return head + tail
+
+
 def artifact_path(file_id: str, name: str, spec_hash: str, ext: str = "jpg") -> str:
     """Store-relative path of an artifact: one folder per file; the recipe's hash in the
-    name keeps outputs of a changed recipe apart from the old ones."""
-    return f"{file_id}/{name}-{spec_hash[:8]}.{ext}"
+    name keeps outputs of a changed recipe apart from the old ones. Each component is at
+    most NAME_MAX bytes (a long id from an older version, a long artifact name)."""
+    return f"{short_name(file_id)}/{short_name(name, NAME_MAX - 14 - len(ext))}-{spec_hash[:8]}.{ext}"
 
 
 def sweep_temp(store: Path, *, older_than: float = 0.0, now: float | None = None) -> int:

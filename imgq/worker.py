@@ -10,6 +10,7 @@ claiming: the job in hand finishes, unstarted ones are handed back.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import multiprocessing as mp
 import os
 import queue as stdqueue
@@ -23,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from imgq import split as splitting
-from imgq import faces, imaging, queue, recipes, store
+from imgq import faces, imaging, original, queue, recipes, store
 from imgq.config import Settings
 from imgq.database import DB
 from imgq.errors import ImgqError, classify
@@ -55,19 +56,29 @@ class WorkSummary:
     interrupted: bool = False
 
 
+def read_original(claim: queue.Claim) -> imaging.Source:
+    """The original's bytes, opened once by identity (no symlink, regular files only, a
+    FIFO cannot block) and, when the claim carries the journal's sha256, checked against
+    it (ChangedInInbox otherwise). Imaging decodes exactly these bytes, never the path."""
+    with original.open_original(claim.inbox, claim.path) as orig:
+        # an agent's staged copy comes without the journal's sha256: its coordinator checks it
+        data = orig.read_verified(claim.sha256, claim.size) if claim.sha256 else orig.read_all()
+        return imaging.Source(data, orig.shown)
+
+
 def process(claim: queue.Claim, settings: Settings) -> queue.Outcome:
     """Run one claimed job: one decode, every artifact written, verified, renamed in place."""
-    src = Path(claim.inbox) / claim.path
+    src = original.shown_path(os.path.join(original.fs_path(claim.inbox), original.fs_path(claim.path)))  # named in every error
     started = time.monotonic()
     try:
         chains, options = recipes.split_spec(claim.spec)
         kind, index, count = splitting.parse_stage(claim.stage)
         if kind == "stripe":
-            return _stripe(claim, settings, src, chains, index, count, started)
+            return _stripe(claim, settings, read_original(claim), chains, index, count, started)
         if kind == splitting.JOIN:
-            rendered = _join(claim, settings, src, chains, count)
+            rendered = _join(claim, settings, read_original(claim), chains, count)
         else:
-            rendered = imaging.render(src, chains, max_pixels=settings.max_pixels)
+            rendered = imaging.render(read_original(claim), chains, max_pixels=settings.max_pixels)
         result: dict = {}
         for name, r in rendered.items():
             facts = getattr(r, "facts", None)
@@ -88,7 +99,9 @@ def process(claim: queue.Claim, settings: Settings) -> queue.Outcome:
         text = str(e) if str(src) in str(e) else f"{src}: {e}"  # always name the file, once
         return queue.Outcome(claim, error=text, kind=classify(e))
     except OSError as e:
-        return queue.Outcome(claim, error=f"{src}: {e.strerror or e}", kind="transient")
+        # a name too long stays too long: failing for good beats five useless retries
+        kind = "permanent" if e.errno == errno.ENAMETOOLONG else "transient"
+        return queue.Outcome(claim, error=f"{src}: {e.strerror or e}", kind=kind)
     except MemoryError:
         return queue.Outcome(claim, error=f"{src}: out of memory", kind="transient")
     except Exception as e:  # a bug: retried up to max_attempts, then failed with the trace

@@ -615,3 +615,63 @@ for fn in (imaging.probe, lambda p, max_pixels: imaging.render(p, {{"t": "thumb"
     assert heic_out.count("pip install 'imgq[heic]'") == 2 and "a.heic" in heic_out
     raw_out = _run_without("rawpy", check.format(path=str(dng)))
     assert raw_out.count("pip install 'imgq[raw]'") == 2 and "a.dng" in raw_out
+
+
+# ---- decoding checked bytes (imaging.Source): never a path reopened ----------------------
+
+
+def test_render_from_checked_bytes_is_the_render_from_the_file_with_draft(tmp_path):
+    p = write_jpeg(tmp_path / "big.jpg", photo((4000, 3000)), exif_with(orientation=6), quality=80)
+    data = p.read_bytes()
+    p.unlink()  # nothing to reopen: every byte decoded comes from `data`
+    src = imaging.Source(data, "inbox/alice/big.jpg")
+    out = render(src, {"thumb": "thumb", "web": "web"}, max_pixels=LIMIT)
+    assert out["web"].source_size == (500, 375)  # DCT-scaled decode (1/8) still used
+    assert out["web"].image.size == (360, 480)
+    write_jpeg(p, photo((4000, 3000)), exif_with(orientation=6), quality=80)
+    from_file = render(p, {"web": "web"}, max_pixels=LIMIT)["web"].image
+    assert psnr(out["web"].image, from_file) == float("inf")
+    pr = probe(src, max_pixels=LIMIT)
+    assert (pr.format, pr.width, pr.orientation) == ("JPEG", 4000, 6)
+
+
+def test_errors_on_checked_bytes_name_the_source(tmp_path):
+    from imgq import samples
+
+    data = samples.make_truncated_jpeg(tmp_path / "t.jpg").read_bytes()
+    with pytest.raises(BadImage, match="truncated JPEG: inbox/bob/t.jpg"):
+        render(imaging.Source(data, "inbox/bob/t.jpg"), {"w": "web"}, max_pixels=LIMIT)
+    with pytest.raises(TooLarge, match="inbox/bob/t.jpg"):
+        probe(imaging.Source(data, "inbox/bob/t.jpg"), max_pixels=1000)
+
+
+def test_source_from_fd_reads_with_pread_and_leaves_the_offset(tmp_path):
+    p = write_jpeg(tmp_path / "a.jpg", photo((800, 600)), exif_with(original="2020:01:02 03:04:05"))
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        os.lseek(fd, 5, os.SEEK_SET)
+        pr = probe(imaging.Source.from_fd(fd, "a.jpg"), max_pixels=LIMIT)
+        assert (pr.width, pr.height, pr.taken_at) == (800, 600, "2020-01-02T03:04:05")
+        assert os.lseek(fd, 0, os.SEEK_CUR) == 5
+    finally:
+        os.close(fd)
+
+
+def test_raw_and_split_render_from_checked_bytes(tmp_path):
+    pytest.importorskip("rawpy")
+    p = write_dng(tmp_path / "a.dng")
+    src = imaging.Source(p.read_bytes(), "a.dng")
+    p.unlink()
+    assert probe(src, max_pixels=LIMIT).format == "RAW"
+    assert render(src, {"w": "web"}, max_pixels=LIMIT)["w"].image.size == (320, 480)
+    [(name, part)] = imaging.render_stripe(src, {"s": "blur"}, 0, 2, 4, max_pixels=LIMIT).items()
+    assert part.width == 400
+
+
+def test_a_name_too_long_for_the_file_system_is_permanent(tmp_path):
+    from imgq.errors import NameTooLong, Permanent
+
+    r = render(write_jpeg(tmp_path / "a.jpg", photo((64, 48))), {"t": "thumb"}, max_pixels=LIMIT)["t"]
+    with pytest.raises(NameTooLong, match="too long") as e:
+        save(r, tmp_path / ("x" * 300 + ".jpg"))
+    assert isinstance(e.value, Permanent)  # retrying cannot make it shorter

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -19,6 +20,12 @@ Examples:
   imgq scan --settle 30 /srv/inbox | imgq enqueue -
   imgq scan --json /mnt/sdcard | jq -r 'select(.state=="failed") | .reason'
 """
+
+
+def configured_folders(settings) -> list[Path]:
+    """The local destinations of imgq.toml, as archive reads them (relative to the file)."""
+    base = settings.config_path.parent if settings.config_path else Path(".")
+    return [base / os.path.expanduser(t) for t in settings.destinations if "://" not in t]
 
 
 def scan(
@@ -53,7 +60,8 @@ def scan(
             settle=settings.settle,
             default_owner=settings.default_owner,
             max_pixels=settings.max_pixels,
-            skip_dirs=[settings.store_dir],
+            # the store and configured destinations; recorded ones are found in the database
+            skip_dirs=[settings.store_dir, *configured_folders(settings)],
             actor=Actor(name="scan"),
         )
         for f in report.found:
@@ -65,12 +73,15 @@ def scan(
             common.warn(f"{f.path}: {f.reason}")
         for path, why in report.skipped:
             common.warn(f"skipped {path}: {why}")
+        for path, why in report.problems:
+            common.warn(f"{path}: {why}")
         run["counts"] = {
             "new": len(report.new_ids),
             "duplicates": sum(f.state == "duplicate" for f in report.found),
             "failed": len(report.failed),
             "unchanged": report.unchanged,
             "settling": len(report.settling),
+            "problems": len(report.problems),
         }
         if report.settling:
             common.warn(f"{len(report.settling)} file(s) still being written; the next scan will take them")
@@ -81,6 +92,6 @@ def scan(
         if missing:
             run["exit_code"] = int(Exit.USAGE)
             raise typer.Exit(int(Exit.USAGE))
-        if report.failed:
+        if report.failed or report.problems:
             run["exit_code"] = int(Exit.SOME_FAILED)
             raise typer.Exit(int(Exit.SOME_FAILED))
