@@ -47,7 +47,7 @@ class RunReport:
         if self.work is not None and self.work.interrupted:
             return 130
         failed = bool(
-            (self.scan and self.scan.failed)
+            (self.scan and (self.scan.failed or self.scan.problems))
             or (self.work and self.work.failed)
             or (self.archive and self.archive.failed)
             or (self.collect and self.collect.problems)

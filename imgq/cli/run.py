@@ -91,6 +91,8 @@ def run(
             for path, why in result.skipped:
                 if "symlink" not in why:  # a symlink is skipped on purpose; no need to mail it every run
                     common.warn(f"skipped {path}: {why}")
+            for path, why in result.problems:  # unreadable now: tried again by the next run
+                common.warn(f"scan: {path}: {why}")
         elif step == "archive":
             if not json:
                 for file_id in result.archived:
