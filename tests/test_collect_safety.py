@@ -397,23 +397,32 @@ def test_a_duplicate_whose_twin_job_fails_for_good_is_finished_by_imgq_run(tmp_p
 # ------------------------------------------------------------- item 18a: a full disk
 
 
+def fill(disk: Path, leave: int) -> Path:
+    """Fill the file system of ``disk`` until only about ``leave`` bytes are free."""
+    filler = disk / "filler"
+    vfs = os.statvfs(disk)
+    room = max(0, vfs.f_bavail * vfs.f_frsize - leave)
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while room > 0:
+            room -= os.write(fd, b"\0" * min(room, 1 << 16))
+    except OSError:
+        pass  # full already
+    finally:
+        os.close(fd)
+    return filler
+
+
 @pytest.mark.skipif(not can_mount(), reason="a tiny tmpfs needs root and mount(8)")
-def test_a_full_disk_under_the_database_is_one_line_and_loses_nothing(tmp_path, run_imgq):
-    inbox = small_inbox(tmp_path / "inbox", per_owner=20)
+@pytest.mark.parametrize("free", [0, 100 * 1024], ids=["full-before-the-step", "fills-during-the-step"])
+def test_a_full_disk_under_the_database_is_one_line_and_loses_nothing(tmp_path, run_imgq, free):
+    inbox = small_inbox(tmp_path / "inbox", photographers=("alice", "bob", "carol", "dave"), per_owner=60, size=(64, 48))
     disk = tmp_path / "disk"
     disk.mkdir()
     with mounted(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)]):
         db = disk / "imgq.db"
         assert run_imgq("status", "--db", db).returncode == 0  # the database exists
-        filler = disk / "filler"
-        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-        try:  # fill the disk to the last block
-            while True:
-                os.write(fd, b"\0" * 4096)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+        filler = fill(disk, free)
         before = tree(inbox.root)
         r = run_imgq("scan", "--db", db, inbox)
         assert r.returncode == 1, (r.stdout, r.stderr)
@@ -421,10 +430,13 @@ def test_a_full_disk_under_the_database_is_one_line_and_loses_nothing(tmp_path, 
         assert str(db) in line and "full" in line
         assert tree(inbox.root) == before
         filler.unlink()
+        recorded = set(r.stdout.split())  # what it printed, it recorded
+        assert recorded <= {i for (i,) in q(db, "SELECT id FROM files")}
         again = run_imgq("scan", "--db", db, inbox)
         assert again.returncode == 0, again.stderr
         assert q(db, "PRAGMA integrity_check") == [("ok",)]
         assert q(db, "SELECT count(*) FROM files")[0][0] == len(inbox["photos"])
+        assert not recorded & set(again.stdout.split())
 
 
 # ------------------------------------------------- kept: a read-only inbox
