@@ -5,8 +5,8 @@ An original is deleted only if, now:
 - it is ``archived`` (or a ``duplicate`` whose twin is archived or already collected);
 - enough recorded copies of it are re-read at their destinations and match in size and
   sha256: by default one at every required destination, or ``min_copies`` at distinct
-  destinations; a copy that is the inbox file itself (same device and inode: a hard link,
-  or a copy that lies inside the inbox) is not a copy and does not count;
+  destinations; and none of them is the inbox file itself (same device and inode: a
+  hard link, or a copy that lies inside the inbox), which is no copy at all;
 - the inbox file is still the one that was scanned: opened once by identity
   (``imgq.original.Original``: no symlink followed from the inbox root down, a regular
   file), same size, mtime and sha256;
@@ -241,12 +241,11 @@ def _delete(db: DB, f, path: str, good: list, destinations: dict[str, Destinatio
             return Verdict(f["id"], path, KEEP, "changed in the inbox since it was scanned (sha256 differs); scan again", verified)
         itself = [c for c in good if (d := destinations.get(c["destination"])) is not None and d.identity(c["path"]) == handle.identity]
         if itself:
-            # A hard link of the inbox file, or a copy that lies in the inbox: deleting
-            # the inbox name leaves one object fewer than counted (or none at all).
+            # A hard link of the inbox file, or a copy that lies in the inbox: it is no
+            # copy at all, and deleting the inbox name may delete it. Never delete then.
             verified = sorted({c["destination"] for c in good if c not in itself})
-            if not need.met(verified):
-                where = ", ".join(f"{c['destination']}/{c['path']}" for c in itself)
-                return Verdict(f["id"], path, KEEP, f"the copy at {where} is the same file as the inbox original (a hard link or a copy inside the inbox), not an independent copy (needs {need.text}, has {len(verified)})", verified)
+            where = ", ".join(f"{c['destination']}/{c['path']}" for c in itself)
+            return Verdict(f["id"], path, KEEP, f"the copy at {where} is the same file as the inbox original (a hard link or a copy inside the inbox), not an independent copy; remove it and run imgq archive --verify to make a real one (needs {need.text}, has {len(verified)})", verified)
         copies_text = _copies_text(verified)
         if dry_run:
             return Verdict(f["id"], path, WOULD_DELETE, copies_text, verified)

@@ -404,7 +404,7 @@ class DB:
 
         return DatabaseBusy(
             f"the database {self.path} stayed locked by another process (its write lock was not free in time);"
-            " nothing was changed by this step: run it again, or find the process holding it (fuser)"
+            f" the change this step was about to make was not made: run it again, or find the process holding it (fuser {self.path})"
         )
 
     def _unlock(self) -> None:
