@@ -30,8 +30,6 @@ import pytest
 from conftest import imgq_env
 from imgq import samples
 
-REPO = Path(__file__).resolve().parent.parent
-
 
 def q(db_path, sql, *params):
     with contextlib.closing(sqlite3.connect(db_path)) as c:
