@@ -5,10 +5,14 @@ An original is deleted only if, now:
 - it is ``archived`` (or a ``duplicate`` whose twin is archived or already collected);
 - enough recorded copies of it are re-read at their destinations and match in size and
   sha256: by default one at every required destination, or ``min_copies`` at distinct
-  destinations;
-- the inbox file is still the one that was scanned: same size, mtime and sha256;
-- it is reached from the inbox root without passing through a symlink, and is itself a
-  regular file (not a symlink).
+  destinations; and none of them is the inbox file itself (same device and inode: a
+  hard link, or a copy that lies inside the inbox), which is no copy at all;
+- the inbox file is still the one that was scanned: opened once by identity
+  (``imgq.original.Original``: no symlink followed from the inbox root down, a regular
+  file), same size, mtime and sha256;
+- at the moment of the deletion, inside the transaction that records it, the name still
+  is that opened object, unchanged (``Original.unlink_if_same``); otherwise the
+  transaction is rolled back and the file stays (it was replaced while collect waited).
 
 Otherwise it stays, and the reason is kept in ``collect_checks`` for ``imgq status``:
 verdict ``wait`` (nothing is wrong: the file is not archived yet) or ``keep`` (something
@@ -16,23 +20,28 @@ is: a copy is missing or corrupt, a destination is unreachable, the file changed
 
 The deletion and its journal event are one transaction at ``synchronous=FULL``; the file
 is unlinked inside it, so the journal never says ``collected`` for a file that is still
-there. Only files are removed, never folders: the photographers' folders stay.
+there (if the commit itself fails, the file is gone with its copies verified, and the next
+run records it as already gone). The wait for the write lock is bounded
+(``lock_timeout``). Only files are removed, never folders: the photographers' folders stay.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
 import os
-import stat
 from collections.abc import Callable, Iterable, Sequence
 
 from imgq import journal
 from imgq.database import DB
-from imgq.destinations import Destination, Found, check_component, hash_fd, physical
+from imgq.destinations import Destination, Found, physical
 from imgq.errors import ImgqError
 from imgq.journal import Actor
+from imgq.original import Original, Unsafe
+
+# How long collect waits for the database's write lock to record a deletion before it
+# stops with DatabaseBusy (a hung process or an open sqlite3 shell must not hang cron).
+LOCK_TIMEOUT = 30.0
 
 DELETED, WOULD_DELETE, GONE, KEEP, WAIT = "deleted", "would-delete", "gone", "keep", "wait"
 
@@ -58,74 +67,6 @@ class CollectReport:
         return self.of(KEEP)
 
 
-class Unsafe(ImgqError):
-    """The inbox path cannot be deleted safely (a symlink on the way, outside the root)."""
-
-
-class _InboxFile:
-    """An inbox file opened without following any symlink below the inbox root.
-
-    Holds the folder's fd and the file's fd, so the checks and the unlink all concern the
-    same folder, whatever is renamed meanwhile.
-    """
-
-    def __init__(self, inbox: str, rel: str):
-        self.inbox, self.rel = inbox, rel
-        self.dir_fd = self.fd = None
-        parts = rel.split("/")
-        try:
-            for p in parts:
-                check_component(p)
-        except ValueError:
-            raise Unsafe(f"{inbox}/{rel}: the recorded path leaves the inbox; refusing")
-        real_root = os.path.realpath(inbox)
-        if os.path.realpath(os.path.join(inbox, rel)) != os.path.join(real_root, *parts):
-            raise Unsafe(f"{inbox}/{rel}: the path goes through a symlink; imgq never deletes through one")
-        self.name = parts[-1]
-        self.dir_fd = os.open(inbox, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            walked = inbox
-            for p in parts[:-1]:
-                walked = f"{walked}/{p}"
-                try:
-                    fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.dir_fd)
-                except OSError as e:
-                    if e.errno in (errno.ELOOP, errno.ENOTDIR):
-                        raise Unsafe(f"{walked} is a symlink or not a folder; imgq never deletes through one") from e
-                    raise
-                os.close(self.dir_fd)
-                self.dir_fd = fd
-            try:
-                self.fd = os.open(self.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.dir_fd)
-            except OSError as e:
-                if e.errno == errno.ELOOP:
-                    raise Unsafe(f"{inbox}/{rel} is a symlink; imgq deletes only regular files") from e
-                raise
-            self.stat = os.fstat(self.fd)
-            if not stat.S_ISREG(self.stat.st_mode):
-                raise Unsafe(f"{inbox}/{rel} is not a regular file")
-        except BaseException:
-            self.close()
-            raise
-
-    def same_file_still_there(self) -> bool:
-        try:
-            now = os.stat(self.name, dir_fd=self.dir_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            return False
-        return (now.st_dev, now.st_ino) == (self.stat.st_dev, self.stat.st_ino)
-
-    def unlink(self) -> None:
-        os.unlink(self.name, dir_fd=self.dir_fd)
-        os.fsync(self.dir_fd)
-
-    def close(self) -> None:
-        for fd in (self.fd, self.dir_fd):
-            if fd is not None:
-                os.close(fd)
-        self.fd = self.dir_fd = None
-
-
 def _candidates(db: DB, file_ids: Iterable[str] | None) -> list:
     sql = (
         "SELECT f.*, t.state AS twin_state, t.id AS twin_id FROM files f LEFT JOIN files t ON t.id = f.duplicate_of"
@@ -147,6 +88,7 @@ def collect(
     clock: Callable[[], float],
     actor: Actor = Actor(),
     on_verdict: Callable[[Verdict], None] = lambda v: None,
+    lock_timeout: float = LOCK_TIMEOUT,
 ) -> CollectReport:
     """Delete every original that is safely archived (see the module docstring).
 
@@ -154,10 +96,19 @@ def collect(
     ``min_copies`` is None; with ``min_copies``, any that many distinct destinations
     count (only those in ``required`` if it is not empty). ``destinations`` opens them
     (and the others holding copies, for ``min_copies``). Nothing is changed with
-    ``dry_run``; the verdicts say what would happen.
+    ``dry_run``; the verdicts say what would happen. Raises DatabaseBusy if the
+    database's write lock is not free within ``lock_timeout`` seconds for a deletion.
     """
     if min_copies is None and not required:
         raise ValueError("collect needs the required destinations or a minimum number of copies")
+    # Copies count per physical destination (identity read now), not per spelling: a
+    # symlink to a folder or ssh://u@nas:22/x for ssh://nas/x is the same place. Each copy
+    # row gets ``place`` (that identity) and ``shown`` (one url per place).
+    phys = physical(destinations.values())
+    ident_of = lambda url: phys.identity.get(url, url)  # noqa: E731 (unreachable: its own name)
+    place = {ident_of(u): phys.url_of(ident_of(u)) or u for u in destinations}
+    required_ids = list(dict.fromkeys(ident_of(u) for u in required))
+    need = _Need([place.get(i, i) for i in required_ids], min_copies)
     report = CollectReport()
     # Copies count per physical destination (identity read now), not per spelling: a
     # symlink to a folder or ssh://u@nas:22/x for ssh://nas/x is the same place.
@@ -182,7 +133,70 @@ def collect(
             copies = [c for c in copies if c["place"] in set(required_ids)]
         pending.append((f, path, copies))
 
-    # Re-read every copy that matters, one batch per destination.
+    found, unreachable = _check_copies(destinations, pending)
+    good_ids = []
+    for f, path, copies in pending:
+        good, bad = [], []
+        for c in copies:
+            key = (c["destination"], c["path"])
+            if c["destination"] in unreachable:
+                bad.append(f"cannot check the copy at {unreachable[c['destination']]}")
+            elif found.get(key) == Found(c["bytes"], c["sha256"]):
+                good.append(c)
+                good_ids.append(c["id"])
+            else:
+                got = found.get(key)
+                what = "is missing" if got is None else "is corrupt (sha256 differs)"
+                bad.append(f"the copy at {c['destination']}/{c['path']} {what}; run imgq archive --verify")
+        verified = sorted({c["shown"] for c in good})  # one url per physical destination
+        if not need.met(verified):
+            recorded = {c["shown"] for c in copies}
+            no_copy = [d for d in need.lacking(verified) if d not in recorded]
+            if bad:
+                v = Verdict(f["id"], path, KEEP, "; ".join(bad) + f" (needs {need.text}, has {len(verified)})", verified)
+            elif no_copy or min_copies is not None:
+                where = ", ".join(no_copy) if no_copy else "enough destinations"
+                v = Verdict(f["id"], path, WAIT, f"no copy recorded at {where} yet (needs {need.text}, has {len(verified)})", verified)
+            else:
+                v = Verdict(f["id"], path, WAIT, f"needs {need.text}, has {len(verified)}", verified)
+            _decide(db, report, on_verdict, v, dry_run, clock)
+            continue
+        v = _delete(db, f, path, good, destinations, need, dry_run=dry_run, clock=clock, actor=actor, lock_timeout=lock_timeout)
+        _decide(db, report, on_verdict, v, dry_run, clock)
+
+    if not dry_run:
+        _remember(db, report.verdicts, now=clock())
+    if good_ids and not dry_run:
+        with db.transaction():
+            db.conn.executemany("UPDATE copies SET verified_at = ? WHERE id = ?", [(clock(), i) for i in good_ids])
+    return report
+
+
+@dataclasses.dataclass
+class _Need:
+    """What makes enough copies: one at each required destination, or ``min_copies``."""
+
+    required: list[str]
+    min_copies: int | None
+
+    @property
+    def text(self) -> str:
+        if self.min_copies is None:
+            return f"a verified copy at each of {len(self.required)} destination(s)"
+        return f"{self.min_copies} verified copies"
+
+    def lacking(self, verified: Sequence[str]) -> list[str]:
+        return [d for d in self.required if d not in verified] if self.min_copies is None else []
+
+    def met(self, verified: Sequence[str]) -> bool:
+        if self.min_copies is None:
+            return not self.lacking(verified)
+        return len(set(verified)) >= self.min_copies
+
+
+def _check_copies(destinations: dict[str, Destination], pending) -> tuple[dict, dict]:
+    """Re-read every copy that matters, one batch per destination: ({(url, path): Found
+    or None}, {url: why it could not be checked})."""
     wanted: dict[str, set[str]] = {}
     for _, _, copies in pending:
         for c in copies:
@@ -199,50 +213,7 @@ def collect(
                 found[(url, path)] = got
         except ImgqError as e:
             unreachable[url] = str(e)
-    good_ids = []
-
-    for f, path, copies in pending:
-        verified, bad = [], []
-        for c in copies:
-            key = (c["destination"], c["path"])
-            if c["destination"] in unreachable:
-                bad.append(f"cannot check the copy at {unreachable[c['destination']]}")
-            elif found.get(key) == Found(c["bytes"], c["sha256"]):
-                verified.append(c["place"])
-                good_ids.append(c["id"])
-            else:
-                got = found.get(key)
-                what = "is missing" if got is None else "is corrupt (sha256 differs)"
-                bad.append(f"the copy at {c['destination']}/{c['path']} {what}; run imgq archive --verify")
-        verified = sorted({place.get(i, i) for i in verified})  # one url per physical destination
-        if min_copies is None:
-            lacking = [place.get(i, i) for i in required_ids if place.get(i, i) not in verified]
-            enough = not lacking
-            need_text = f"a verified copy at each of {len(required_ids)} destination(s)"
-        else:
-            lacking = []
-            enough = len(verified) >= min_copies
-            need_text = f"{min_copies} verified copies"
-        if not enough:
-            recorded = {place.get(c["place"], c["place"]) for c in copies}
-            no_copy = [d for d in lacking if d not in recorded]
-            if bad:
-                v = Verdict(f["id"], path, KEEP, "; ".join(bad) + f" (needs {need_text}, has {len(verified)})", verified)
-            elif no_copy or min_copies is not None:
-                where = ", ".join(no_copy) if no_copy else "enough destinations"
-                v = Verdict(f["id"], path, WAIT, f"no copy recorded at {where} yet (needs {need_text}, has {len(verified)})", verified)
-            else:
-                v = Verdict(f["id"], path, WAIT, f"needs {need_text}, has {len(verified)}", verified)
-            _decide(db, report, on_verdict, v, dry_run, clock)
-            continue
-        _decide(db, report, on_verdict, _delete(db, f, path, verified, dry_run=dry_run, clock=clock, actor=actor), dry_run, clock)
-
-    if not dry_run:
-        _remember(db, report.verdicts, now=clock())
-    if good_ids and not dry_run:
-        with db.transaction():
-            db.conn.executemany("UPDATE copies SET verified_at = ? WHERE id = ?", [(clock(), i) for i in good_ids])
-    return report
+    return found, unreachable
 
 
 def _at_place(c, destinations: dict[str, Destination], ident_of) -> dict:
@@ -261,47 +232,66 @@ def _at_place(c, destinations: dict[str, Destination], ident_of) -> dict:
     return row
 
 
-def _delete(db: DB, f, path: str, verified: list[str], *, dry_run: bool, clock, actor: Actor) -> Verdict:
+class _Replaced(Exception):
+    """The inbox name no longer holds the verified object at the moment of deletion."""
+
+
+def _copies_text(verified: Sequence[str]) -> str:
+    return f"{len(verified)} verified cop{'y' if len(verified) == 1 else 'ies'}: {', '.join(verified)}"
+
+
+def _delete(db: DB, f, path: str, good: list, destinations: dict[str, Destination], need: _Need, *, dry_run: bool, clock, actor: Actor, lock_timeout: float) -> Verdict:
     """Check the inbox file is still the scanned one, then delete it (or say we would)."""
-    copies_text = f"{len(verified)} verified cop{'y' if len(verified) == 1 else 'ies'}: {', '.join(verified)}"
+    verified = sorted({c["shown"] for c in good})
     if not os.path.isdir(f["inbox"]):
         return Verdict(f["id"], path, KEEP, f"the inbox {f['inbox']} is not there (not mounted?)", verified)
     try:
-        handle = _InboxFile(f["inbox"], f["path"])
+        handle = Original(f["inbox"], f["path"])
     except Unsafe as e:
         return Verdict(f["id"], path, KEEP, str(e), verified)
     except FileNotFoundError:
+        text = f"already gone from the inbox; {_copies_text(verified)}"
         if dry_run:
-            return Verdict(f["id"], path, GONE, f"already gone from the inbox; {copies_text}", verified)
+            return Verdict(f["id"], path, GONE, text, verified)
         with db.transaction():
-            journal.move_file(db, f["id"], "collected", now=clock(), actor=actor, expect=(f["state"],), detail=f"already gone from the inbox ({path}); {copies_text}")
-        return Verdict(f["id"], path, GONE, f"already gone from the inbox; {copies_text}", verified)
+            journal.move_file(db, f["id"], "collected", now=clock(), actor=actor, expect=(f["state"],), detail=f"already gone from the inbox ({path}); {_copies_text(verified)}")
+        return Verdict(f["id"], path, GONE, text, verified)
     except OSError as e:
         return Verdict(f["id"], path, KEEP, f"cannot open it: {e.strerror or e}", verified)
-    try:
+    with handle:
         st = handle.stat
         if (st.st_size, st.st_mtime_ns) != (f["size"], f["mtime_ns"]):
             return Verdict(f["id"], path, KEEP, "changed in the inbox since it was scanned (size or mtime differ); scan again", verified)
         try:
-            got = hash_fd(handle.fd)
+            got = handle.hash()
         except OSError as e:
             return Verdict(f["id"], path, KEEP, f"cannot read it: {e.strerror or e}", verified)
-        if got != Found(f["size"], f["sha256"]):
+        if got != (f["size"], f["sha256"]):
             return Verdict(f["id"], path, KEEP, "changed in the inbox since it was scanned (sha256 differs); scan again", verified)
+        itself = [c for c in good if (d := destinations.get(c["destination"])) is not None and d.file_identity(c["path"]) == handle.identity]
+        if itself:
+            # A hard link of the inbox file, or a copy that lies in the inbox: it is no
+            # copy at all, and deleting the inbox name may delete it. Never delete then.
+            verified = sorted({c["shown"] for c in good if c not in itself})
+            where = ", ".join(f"{c['destination']}/{c['path']}" for c in itself)
+            return Verdict(f["id"], path, KEEP, f"the copy at {where} is the same file as the inbox original (a hard link or a copy inside the inbox), not an independent copy; remove it and run imgq archive --verify to make a real one (needs {need.text}, has {len(verified)})", verified)
+        copies_text = _copies_text(verified)
         if dry_run:
             return Verdict(f["id"], path, WOULD_DELETE, copies_text, verified)
-        if not handle.same_file_still_there():
-            return Verdict(f["id"], path, KEEP, "replaced in the inbox while it was being checked", verified)
         with _synchronous_full(db):
             try:
-                with db.transaction():
+                with db.transaction(timeout=lock_timeout):
                     journal.move_file(db, f["id"], "collected", now=clock(), actor=actor, expect=(f["state"],), detail=f"deleted {path}; {copies_text}")
-                    handle.unlink()
+                    # Checked now, not before the wait for the lock: the name must still be
+                    # the object whose bytes were verified, unchanged since.
+                    now = os.fstat(handle.fd)
+                    if (now.st_size, now.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or not handle.unlink_if_same():
+                        raise _Replaced()
+            except _Replaced:
+                return Verdict(f["id"], path, KEEP, "replaced in the inbox while being collected; it stays (scan again to record it)", verified)
             except OSError as e:
                 return Verdict(f["id"], path, KEEP, f"cannot delete it: {e.strerror or e}", verified)
         return Verdict(f["id"], path, DELETED, copies_text, verified)
-    finally:
-        handle.close()
 
 
 class _synchronous_full:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -394,8 +395,12 @@ class DB:
     def all(self, sql: str, params=()) -> list[sqlite3.Row]:
         return self.conn.execute(sql, params).fetchall()
 
-    def transaction(self):
-        return _Transaction(self)
+    def transaction(self, *, timeout: float | None = None):
+        """A write transaction (``BEGIN IMMEDIATE`` under the flock). With ``timeout``,
+        waiting for the write lock (the flock, then SQLite's) gives up after that many
+        seconds with ``DatabaseBusy``; without, the flock is waited for as long as it takes
+        (fair between workers) and SQLite's lock for the busy timeout."""
+        return _Transaction(self, timeout)
 
     def close(self) -> None:
         self.conn.close()
@@ -403,31 +408,73 @@ class DB:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def _lock(self) -> None:
+    def _lock(self, deadline: float | None = None) -> None:
         if self._lock_fd is None:
             self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        if deadline is None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            return
+        # No timed flock exists: poll. Only bounded transactions (rare ones, such as
+        # collect's deletions) do this; the queue keeps the fair blocking wait.
+        pause = 0.001
+        while True:
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise self._busy() from None
+                time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+                pause = min(pause * 2, 0.05)
+
+    def _busy(self):
+        from imgq.errors import DatabaseBusy
+
+        return DatabaseBusy(
+            f"the database {self.path} stayed locked by another process (its write lock was not free in time);"
+            f" the change this step was about to make was not made: run it again, or find the process holding it (fuser {self.path})"
+        )
 
     def _unlock(self) -> None:
         fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
 
 class _Transaction:
-    def __init__(self, db: DB):
+    def __init__(self, db: DB, timeout: float | None = None):
         self.db = db
+        self.timeout = timeout
         self.nested = False
 
     def __enter__(self) -> sqlite3.Connection:
         if self.db.conn.in_transaction:
             self.nested = True  # the caller's transaction already covers us
             return self.db.conn
-        self.db._lock()
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        self.db._lock(deadline)
         try:
-            self.db.conn.execute("BEGIN IMMEDIATE")
+            if deadline is None:
+                self.db.conn.execute("BEGIN IMMEDIATE")
+            else:
+                self._begin_by(deadline)
+        except sqlite3.OperationalError as e:
+            self.db._unlock()
+            if e.sqlite_errorcode == sqlite3.SQLITE_BUSY:
+                raise self.db._busy() from e
+            raise
         except BaseException:
             self.db._unlock()
             raise
         return self.db.conn
+
+    def _begin_by(self, deadline: float) -> None:
+        """BEGIN IMMEDIATE with SQLite's busy wait cut to what is left until ``deadline``
+        (a process outside imgq's flock, such as a sqlite3 shell, may hold the lock)."""
+        left_ms = max(1, int((deadline - time.monotonic()) * 1000))
+        self.db.conn.execute(f"PRAGMA busy_timeout = {min(left_ms, BUSY_TIMEOUT_MS)}")
+        try:
+            self.db.conn.execute("BEGIN IMMEDIATE")
+        finally:
+            self.db.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if self.nested:

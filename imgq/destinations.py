@@ -260,6 +260,12 @@ class Destination:
     def free_bytes(self) -> int:
         raise NotImplementedError
 
+    def file_identity(self, rel: str) -> tuple[int, int] | None:
+        """(device, inode) of the file at ``rel`` when it is on this machine, else None:
+        collect compares it with the inbox file's, so that the inbox file itself (a hard
+        link, a copy inside the inbox) never counts as a copy of itself."""
+        return None
+
     def close(self) -> None:
         pass
 
@@ -478,6 +484,22 @@ class LocalDestination(Destination):
             raise SourceUnavailable(f"{self.url}: {rel} is missing") from e
         except OSError as e:
             raise _storage_error(self.url, e, f"reading {rel}") from e
+
+    def file_identity(self, rel: str) -> tuple[int, int] | None:
+        parts = split_rel(rel)
+        try:
+            dfd = self._dir_fd(parts[:-1], create=False)
+        except (OSError, ImgqError):
+            return None
+        if dfd is None:
+            return None
+        try:
+            st = os.stat(parts[-1], dir_fd=dfd, follow_symlinks=False)
+        except OSError:
+            return None
+        finally:
+            os.close(dfd)
+        return (st.st_dev, st.st_ino)
 
     def free_bytes(self) -> int:
         try:

@@ -76,6 +76,11 @@ class NotFound(UsageError):
     """A file or job id that is not in the database."""
 
 
+class DatabaseBusy(Transient):
+    """The database's write lock was not free within the time allowed (another process
+    holds it: a stuck run, a sqlite3 shell with an open transaction)."""
+
+
 class Busy(ImgqError):
     """Another run of the same step holds its lock."""
 

@@ -10,8 +10,13 @@ File lifecycle::
     seen ─▶ queued ─▶ processed ─▶ archived ─▶ collected
       │        │          │
       ├─▶ duplicate ─▶ collected   (same sha256 as a known file)
+      │      └──▶ seen             (promoted: its twin failed, so it is processed itself)
       └─▶ failed                   (not an image, corrupt, too large, or changed in the
                                     inbox before it was archived; with the reason)
+
+When a file fails, its content may exist only in its duplicates, which wait for it for
+ever: in the same transaction the oldest is promoted to ``seen`` (an ordinary file the
+next enqueue picks up) and the others become its duplicates.
 
 Job lifecycle::
 
@@ -38,7 +43,7 @@ FILE_TRANSITIONS: dict[str | None, set[str]] = {
     "queued": {"processed", "failed", "queued"},
     "processed": {"archived", "queued", "failed"},
     "archived": {"collected", "queued", "processed"},
-    "duplicate": {"collected"},
+    "duplicate": {"collected", "seen", "duplicate"},  # seen: promoted; duplicate: of another twin
     "failed": {"queued"},
     "collected": set(),
 }
@@ -134,7 +139,22 @@ def move_file(
         (*sets.values(), file_id, from_state),
     )
     _event(db, now=now, entity="file", file_id=file_id, job_id=job_id, from_state=from_state, to_state=to_state, actor=actor, detail=detail or error)
+    if to_state == "failed":
+        _promote_duplicates(db, file_id, now=now, actor=actor)
     return from_state
+
+
+def _promote_duplicates(db: DB, twin_id: str, *, now: float, actor: Actor) -> None:
+    """The twin of some duplicates failed: promote the oldest (``seen``, no longer a
+    duplicate) and make the others its duplicates, so the content is processed, archived
+    and collected without anyone re-arming anything."""
+    dups = [r["id"] for r in db.all("SELECT id FROM files WHERE duplicate_of = ? AND state = 'duplicate' ORDER BY created_at, id", (twin_id,))]
+    if not dups:
+        return
+    heir, others = dups[0], dups[1:]
+    move_file(db, heir, "seen", now=now, actor=actor, fields={"duplicate_of": None}, detail=f"promoted: {twin_id}, which has the same content, failed; processed on its own")
+    for other in others:
+        move_file(db, other, "duplicate", now=now, actor=actor, fields={"duplicate_of": heir}, detail=f"same content as {heir} (promoted after {twin_id} failed)")
 
 
 # --- jobs ------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ only with --debug or IMGQ_DEBUG=1.
 from __future__ import annotations
 
 import os
+import sqlite3
 import sys
 from typing import Annotated
 
@@ -123,6 +124,15 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
         sys.stderr.write(f"imgq: {'' if e.exit_code == Exit.OK else 'error: '}{e}\n")
         code = int(e.exit_code)
+    except sqlite3.Error as e:
+        # the database or the disk under it failed (full, locked, damaged): one line
+        # naming the file, never a traceback (unless --debug)
+        if common.state["debug"]:
+            import traceback
+
+            traceback.print_exc()
+        sys.stderr.write(f"imgq: error: {common.database_error(e)}\n")
+        code = int(Exit.SOME_FAILED)
     except KeyboardInterrupt:
         sys.stderr.write("imgq: interrupted\n")
         code = 130

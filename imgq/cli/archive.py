@@ -11,6 +11,7 @@ import typer
 
 from imgq import archive as archive_lib
 from imgq import destinations as dest_lib
+from imgq import overlap
 from imgq.cli import common
 from imgq.config import Settings
 from imgq.errors import Exit, UsageError
@@ -107,6 +108,7 @@ def archive(
             urls = list(dict.fromkeys(urls + archive_lib.destination_urls(database)))
     elif not urls:
         raise UsageError("no destination: give --to DEST, or set destinations = [...] in imgq.toml")
+    overlap.check_destinations(database, urls)  # a copy inside an inbox would be collected
     dests = open_all(urls, ssh)
     try:
         with common.step_lock(settings, "archive", wait), common.recorded_run(database, "archive", {"ids": wanted, "to": urls, "verify": verify}) as run:

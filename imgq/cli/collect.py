@@ -9,6 +9,7 @@ import typer
 
 from imgq import archive as archive_lib
 from imgq import collect as collect_lib
+from imgq import overlap
 from imgq.cli import common
 from imgq.cli.archive import AcceptNewOpt, SshConfigOpt, ToOpt, close_all, destination_texts, open_all, ssh_options
 from imgq.errors import Exit, UsageError
@@ -58,6 +59,7 @@ def collect(
         # any destination holding copies counts
         urls = list(dict.fromkeys(urls + archive_lib.destination_urls(database)))
         required = []
+    overlap.check_destinations(database, urls)  # a copy inside an inbox is no copy to count
     dests = open_all(urls, ssh_options(ssh_config, accept_new_host_keys))
     verbose = dry_run or json
 

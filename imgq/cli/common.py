@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -17,7 +19,7 @@ from rich.console import Console
 from imgq import runs
 from imgq.config import Settings, find_config, load_settings
 from imgq.database import DB
-from imgq.errors import Busy, Exit, UsageError
+from imgq.errors import Busy, Exit, ImgqError, UsageError
 
 DbOpt = Annotated[
     Optional[str],
@@ -33,7 +35,7 @@ WaitOpt = Annotated[
     typer.Option("--wait/--no-wait", help="If another run of this step holds its lock: wait for it, or exit 0 quietly (default)."),
 ]
 
-state = {"debug": False}
+state: dict = {"debug": False, "db": None}
 
 
 def stderr() -> Console:
@@ -56,7 +58,39 @@ def warn(message: str) -> None:
 
 
 def settings_for(db: str | None, config: str | None) -> Settings:
-    return load_settings(find_config(config), db)
+    settings = load_settings(find_config(config), db)
+    state["db"] = settings.db  # for database_error: name the file whatever fails
+    return settings
+
+
+def database_error(exc: sqlite3.Error | OSError) -> str:
+    """One line for a person about an error from the database (or the disk under it),
+    naming the database file, the cause, and what to do. A failed write is rolled back
+    whole, so the line can say that nothing half-done was kept."""
+    db = state.get("db")
+    where = f"the database {db}" if db else "the database"
+    cause = (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc)
+    code = getattr(exc, "sqlite_errorcode", None)
+    full = code == sqlite3.SQLITE_FULL or getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or _disk_full(db)
+    if full:
+        return f"{where}: the disk holding it is full ({cause}); any change in progress was rolled back, nothing else is lost: free some space and run the step again"
+    if code == sqlite3.SQLITE_BUSY:
+        return f"{where} is locked by another process ({cause}); nothing was changed by this step: run it again"
+    if isinstance(exc, sqlite3.DatabaseError) and code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        return f"{where} is damaged or not an imgq database ({cause}); check it with: sqlite3 {db} 'PRAGMA integrity_check'"
+    return f"{where}: {cause}; any change in progress was rolled back"
+
+
+def _disk_full(db) -> bool:
+    """SQLite often reports a full disk as a 'disk I/O error' (it could not grow its
+    shared-memory or WAL file): ask the file system."""
+    if not db:
+        return False
+    try:
+        st = os.statvfs(os.path.dirname(os.path.abspath(db)) or ".")
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 64 * 1024
 
 
 def open_db(settings: Settings) -> DB:
@@ -127,9 +161,12 @@ def recorded_run(db: DB, command: str, args: dict):
         # typer.Exit carries the code the command chose; ImgqError its class's code.
         code = getattr(e, "exit_code", None)
         rec["exit_code"] = int(code) if isinstance(code, int) else int(Exit.SOME_FAILED)
+        try:
+            runs.finish(db, run_id, exit_code=rec["exit_code"], counts=rec["counts"], now=time.time())
+        except (sqlite3.Error, ImgqError):
+            pass  # the database failed (full, locked): report the error that stopped the step, not this one
         raise
-    finally:
-        runs.finish(db, run_id, exit_code=rec["exit_code"], counts=rec["counts"], now=time.time())
+    runs.finish(db, run_id, exit_code=rec["exit_code"], counts=rec["counts"], now=time.time())
 
 
 def is_tty() -> bool:

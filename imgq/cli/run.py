@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from imgq import pipeline, recipes
+from imgq import overlap, pipeline, recipes
 from imgq.cli import common
 from imgq.cli.archive import AcceptNewOpt, SshConfigOpt, ToOpt, close_all, destination_texts, open_all, ssh_options
 from imgq.errors import UnknownOperation, UsageError
@@ -71,6 +71,7 @@ def run(
         except UnknownOperation as e:
             raise UsageError(f"recipe {name!r}: {e}") from None
     database = common.open_db(settings)
+    overlap.check_destinations(database, urls, inboxes)  # before anything is scanned or written
     dests = open_all(urls, ssh_options(ssh_config, accept_new_host_keys))
     opts = pipeline.RunOptions(
         inboxes=inboxes,
