@@ -129,6 +129,8 @@ def collect(
                 continue
             source = f["twin_id"]
         copies = [_at_place(c, destinations, ident_of) for c in db.all("SELECT * FROM copies WHERE file_id = ? AND artifact_id IS NULL AND sha256 = ?", (source, f["sha256"]))]
+        for c in copies:
+            c["shown"] = place.get(c["place"], c["place"])
         if min_copies is None or required:
             copies = [c for c in copies if c["place"] in set(required_ids)]
         pending.append((f, path, copies))

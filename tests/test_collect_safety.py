@@ -161,7 +161,15 @@ def test_collect_refuses_a_destination_that_was_scanned_as_an_inbox(archived, ru
     # The reported sequence: copies at A, then A scanned (its copies become duplicates of
     # the originals); one collect used to delete the originals and then the copies.
     inbox, ids, a, b = archived
-    assert run_imgq("scan", "--settle", "0", a).returncode == 0
+    # Today's scan refuses to scan a recorded destination; a database made by an older
+    # imgq has such rows. Make them the way it did: scan A under another name, then give
+    # the rows A's name back.
+    aside = tmp_path / "A-scanned"
+    a.rename(aside)
+    assert run_imgq("scan", "--settle", "0", aside).returncode == 0
+    aside.rename(a)
+    with sqlite3.connect(db_path) as c:
+        c.execute("UPDATE files SET inbox = ? WHERE inbox = ?", (str(a), str(aside)))
     assert q(db_path, "SELECT count(*) FROM files WHERE state = 'duplicate' AND inbox = ?", str(a))[0][0] >= len(ids) - 1
     before_a, before_inbox = tree(a), tree(inbox.root)
     for args in (["--to", a], ["--to", b, "--to", a], ["--min-copies", "1"]):
@@ -181,7 +189,15 @@ def test_collect_never_deletes_a_file_that_is_the_copy_it_verified(archived, run
     from imgq.destinations import LocalDestination
 
     inbox, ids, a, b = archived
-    assert run_imgq("scan", "--settle", "0", a).returncode == 0
+    # Today's scan refuses to scan a recorded destination; a database made by an older
+    # imgq has such rows. Make them the way it did: scan A under another name, then give
+    # the rows A's name back.
+    aside = tmp_path / "A-scanned"
+    a.rename(aside)
+    assert run_imgq("scan", "--settle", "0", aside).returncode == 0
+    aside.rename(a)
+    with sqlite3.connect(db_path) as c:
+        c.execute("UPDATE files SET inbox = ? WHERE inbox = ?", (str(a), str(aside)))
     copies = {p: p.read_bytes() for p in a.rglob("*.jpg") if ".thumb." not in p.name and ".web." not in p.name}
     assert copies
     db = DB(db_path)
