@@ -12,6 +12,8 @@ import shutil
 import sqlite3
 import stat
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -201,3 +203,46 @@ def test_temporary_files_of_writers_that_are_gone_are_swept_and_reported(site, r
         assert f"swept {p.relative_to(site)}" in r.stderr
     counts = json.loads(q(site / "imgq.db", "SELECT counts FROM runs WHERE command = 'publish' ORDER BY id DESC LIMIT 1")[0][0])
     assert counts["swept"] == 2
+
+
+def test_folders_and_pages_swapped_for_symlinks_while_publish_runs(site, run_imgq):
+    """The check on a name is not what keeps writes inside OUT, the handles are: a thread
+    swaps folders and a page for symlinks to an outside folder, and back, while publish
+    rewrites everything again and again; nothing outside changes."""
+    outside = outside_tree(site)
+    out = site / "out"
+    assert run_imgq("publish", "out").returncode == 0
+    before = fingerprint(outside)
+    stop = threading.Event()
+    swaps = [0]
+
+    def swap(name: str, target: Path) -> None:
+        real, away = out / name, out / f".{name}-away"
+        try:
+            os.rename(real, away)  # the gallery's own, taken aside (still inside OUT)
+            try:
+                os.symlink(target, real)
+                swaps[0] += 1
+                time.sleep(0.005)
+                os.unlink(real)
+            finally:
+                os.rename(away, real) if not os.path.lexists(real) else None
+        except OSError:
+            pass  # publish made the name again meanwhile: try again
+
+    def swapper() -> None:
+        while not stop.is_set():
+            for name, target in (("img", outside / "img"), ("photo", outside / "photo"), ("index.html", outside / "index.html"), ("owner", outside / "owner")):
+                swap(name, target)
+
+    thread = threading.Thread(target=swapper, daemon=True)
+    thread.start()
+    try:
+        runs = [run_imgq("publish", "out", "--force") for _ in range(6)]
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert swaps[0] > 50, swaps
+    for r in runs:  # done, or a link in the way refused and named; never a crash
+        assert r.returncode in (0, 1) and "Traceback" not in r.stderr, r.stderr
+    assert fingerprint(outside) == before, "publish wrote through a symlink swapped in while it ran"
