@@ -80,7 +80,6 @@ class Source:
         return h.hexdigest()
 
 
-
 class Folder:
     """The gallery folder, reached only through directory handles.
 
@@ -127,6 +126,8 @@ class Folder:
                 os.mkdir(name, 0o755, dir_fd=root)
             except FileExistsError:
                 pass  # ours from an earlier run, or something else: the open below tells
+            except OSError as e:
+                raise StorageError(f"cannot create {self.out / name}: {e.strerror or e}") from None
         try:
             fd = os.open(name, _DIR, dir_fd=root)
         except FileNotFoundError:
