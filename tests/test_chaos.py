@@ -191,16 +191,17 @@ def test_whole_pipeline_sigkill_soak(tmp_path):
     manifest = {str(p.relative_to(inbox)): sha(p) for p in regular_files(inbox)}
 
     for n in range(rounds):
-        # photos keep arriving (as from a sync client), so every round has work to cut short
+        names = rng.sample(sorted(COMMANDS), 2 if rng.random() < 0.5 else 1)
+        t0 = time.monotonic()
+        steps = [Step(name, COMMANDS[name], tmp_path, log) for name in names]
+        kills = sorted(((rng.uniform(0.3, 2.0), s) for s in steps), key=lambda k: k[0])
+        # photos keep arriving while the steps run (each written to a hidden name and
+        # renamed, as sync clients do), so every round has work to cut short
         owner = rng.choice(["alice", "bob", "carol", "dora"])
         for i in range(rng.randint(4, 12)):
             w, h = rng.choice([(160, 120), (640, 480), (1600, 1200)])  # bigger ones take long enough to copy to be cut
             p = samples.make_photo(inbox / owner / f"R{n:02d}_{i:02d}.jpg", width=w, height=h, seed=10_000 + 100 * n + i)
             manifest[str(p.relative_to(inbox))] = sha(p)
-        names = rng.sample(sorted(COMMANDS), 2 if rng.random() < 0.5 else 1)
-        steps = [Step(name, COMMANDS[name], tmp_path, log) for name in names]
-        kills = sorted(((rng.uniform(0.3, 2.0), s) for s in steps), key=lambda k: k[0])
-        t0 = time.monotonic()
         for at, step in kills:
             time.sleep(max(0.0, at - (time.monotonic() - t0)))
             step.kill()
