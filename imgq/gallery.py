@@ -17,7 +17,13 @@ carry their content hash in their name, so a changed artifact is a new name and 
 one is removed. Only files the manifest lists are ever removed: whatever else is in OUT
 stays. Each file is written under a temporary name and renamed into place, so a web
 server never serves half a page, and a killed publish leaves a gallery the next run
-repairs.
+repairs; the temporary files of a killed publish are swept by the next one (and listed).
+
+Nothing is written outside OUT: every write goes through a handle on a folder opened
+without following symlinks, and a symlink (or a file) where the gallery wants a folder
+or a file is refused and named, never written through or replaced (see ``imgq.gallery_files``).
+Image bytes are taken only from a regular file opened without following a symlink and
+hashed on that handle: what is hard-linked or copied is the file whose sha256 matched.
 """
 
 from __future__ import annotations
@@ -28,16 +34,17 @@ import hashlib
 import json
 import os
 import re
-import shutil
+import stat
 import unicodedata
 import urllib.parse
 from collections import defaultdict
 from pathlib import Path
 
+from imgq import gallery_files as gf
 from imgq import gallery_html as H
-from imgq import store
 from imgq.database import DB
 from imgq.errors import StorageError, UsageError
+from imgq.original import Unsafe
 
 MANIFEST = ".imgq-gallery.json"
 MANIFEST_VERSION = 1
@@ -68,6 +75,8 @@ class PublishReport:
     linked: int = 0
     copied: int = 0
     skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (id, why not shown)
+    refused: list[str] = dataclasses.field(default_factory=list)  # links or files in the way, each named
+    swept: list[tuple[str, int]] = dataclasses.field(default_factory=list)  # (OUT-relative path, dead writer's pid)
 
 
 @dataclasses.dataclass
@@ -77,9 +86,9 @@ class _Output:
     sha256: str
     bytes: int
     data: bytes | None = None
-    # where an image's bytes may come from, best first: (path, may be hard-linked);
-    # only store files are hard-linked, archive copies are copied
-    sources: list[tuple[Path, bool]] = dataclasses.field(default_factory=list)
+    # where an image's bytes may come from, best first: (root, path below it, may be
+    # hard-linked); only store files are hard-linked, archive copies are copied
+    sources: list[tuple[Path, str, bool]] = dataclasses.field(default_factory=list)
     file_id: str | None = None
 
 
@@ -99,8 +108,9 @@ def slug(text: str, *, dots: bool = True) -> str:
 def publish(db: DB, out: Path, *, store_dir: Path, options: PublishOptions = PublishOptions()) -> PublishReport:
     """Bring the gallery at ``out`` up to date with the database; see the module doc.
 
-    Returns what was written and removed; a second call with nothing changed writes
-    nothing at all.
+    Returns what was written, removed, swept and refused; a second call with nothing
+    changed writes nothing at all. Something in the way (a symlink where a folder or file
+    belongs) is refused and listed in ``report.refused``; the rest is still written.
     """
     if options.per_page < 1:
         raise UsageError("--per-page must be at least 1")
@@ -109,7 +119,6 @@ def publish(db: DB, out: Path, *, store_dir: Path, options: PublishOptions = Pub
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise StorageError(f"cannot create {out}: {e.strerror or e}")
-    store.sweep_temp(out)
     report = PublishReport()
     photos, outputs = _collect(db, store_dir, options, report)
     outputs.update(_pages(photos, options))
@@ -229,19 +238,24 @@ def _count_faces(value) -> int | None:
     return None
 
 
-def _artifact_sources(store_dir: Path, artifact: dict, copies: list[dict]) -> list[tuple[Path, bool]]:
-    """Where an artifact's bytes can be taken from: the store, then local archived copies."""
+def _artifact_sources(store_dir: Path, artifact: dict, copies: list[dict]) -> list[tuple[Path, str, bool]]:
+    """Where an artifact's bytes can be taken from: the store, then local archived copies,
+    as (root, path below it, may be hard-linked). Only names are looked at here; what is
+    behind them is opened and checked when the bytes are taken (see gf.Source)."""
     found = []
-    path = os.path.join(store_dir, artifact["path"])
-    if os.path.isfile(path):
-        found.append((Path(path), True))
+    if os.path.lexists(os.path.join(store_dir, artifact["path"])):
+        found.append((Path(store_dir), artifact["path"], True))
     for c in copies:
         if c["sha256"] != artifact["sha256"] or "://" in c["destination"]:
             continue
-        p = Path(c["path"])
-        p = p if p.is_absolute() else Path(c["destination"]) / p
-        if p.is_file():
-            found.append((p, False))  # never hard-link an archive copy into a served folder
+        root, rel = Path(c["destination"]), Path(c["path"])
+        if rel.is_absolute():
+            try:
+                rel = rel.relative_to(root)
+            except ValueError:
+                root, rel = rel.parent, Path(rel.name)
+        if os.path.lexists(root / rel):
+            found.append((root, rel.as_posix(), False))  # never hard-link an archive copy into a served folder
     return found
 
 
@@ -319,150 +333,79 @@ def _pages(photos: list[H.Photo], options: PublishOptions) -> dict[str, _Output]
 
 
 def _apply(out: Path, outputs: dict[str, _Output], options: PublishOptions, report: PublishReport) -> None:
-    previous = _read_manifest(out)
-    old = {} if options.force else previous
-    changed: set[str] = set()
-    failed: set[str] = set()
-    for rel, o in sorted(outputs.items()):
-        known = old.get(rel)
-        if known and known.get("sha256") == o.sha256 and _size(os.path.join(out, rel)) == o.bytes:
-            report.unchanged += 1
-            continue
-        target = out / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if o.data is not None:
-            _write(target, o.data)
-        else:
-            # bytes are checked against the sha256 recorded with the artifact before they
-            # are published: a damaged store file falls back to an archived copy, or fails
-            source = next((p for p in o.sources if _sha256(p[0]) == o.sha256), None)
-            if source is None:
-                report.skipped.append((o.file_id, f"{rel}: no copy of the artifact matches its recorded sha256 {o.sha256[:12]}… (damaged store?)"))
+    with gf.Folder(out) as g:
+        report.swept = g.sweep()
+        previous = _manifest_files(g.read(MANIFEST))
+        old = {} if options.force else previous
+        changed: set[str] = set()
+        failed: set[str] = set()
+        for rel, o in sorted(outputs.items()):
+            known = old.get(rel)
+            if known and known.get("sha256") == o.sha256 and g.size(rel) == o.bytes:
+                report.unchanged += 1
+                continue
+            try:
+                if o.data is not None:
+                    g.write(rel, o.data)
+                elif not _place_image(g, rel, o, options, report):
+                    failed.add(rel)
+                    continue
+            except gf.UnsafeOutput as e:
+                g.refuse(str(e))
                 failed.add(rel)
                 continue
-            linked = _place(source[0], target, link=options.link and source[1] and _world_readable(source[0]))
-            if linked:
-                report.linked += 1
-            else:
-                report.copied += 1
-        report.written.append(rel)
-        if o.file_id:
-            changed.add(o.file_id)
-    for rel in sorted(set(previous) - set(outputs)):
-        target = out / rel
-        if _inside(out, target):
-            try:
-                target.unlink()
+            report.written.append(rel)
+            if o.file_id:
+                changed.add(o.file_id)
+        for rel in sorted(set(previous) - set(outputs)):
+            if g.remove(rel):
                 report.removed.append(rel)
-            except FileNotFoundError:
-                pass
-    # a file that could not be written keeps its old entry, if any, so the next run retries it
-    files = {rel: {"sha256": o.sha256, "bytes": o.bytes} for rel, o in outputs.items() if rel not in failed}
-    files.update({rel: previous[rel] for rel in failed if rel in previous})
-    manifest = {"version": MANIFEST_VERSION, "files": dict(sorted(files.items()))}
-    data = (json.dumps(manifest, separators=(",", ":"), sort_keys=True) + "\n").encode()
-    if _read_bytes(out / MANIFEST) != data:
-        _write(out / MANIFEST, data, sync=True)
+        # a file that could not be written keeps its old entry, if any, so the next run retries it
+        files = {rel: {"sha256": o.sha256, "bytes": o.bytes} for rel, o in outputs.items() if rel not in failed}
+        files.update({rel: previous[rel] for rel in failed if rel in previous})
+        manifest = {"version": MANIFEST_VERSION, "files": dict(sorted(files.items()))}
+        data = (json.dumps(manifest, separators=(",", ":"), sort_keys=True) + "\n").encode()
+        if g.read(MANIFEST) != data:
+            try:
+                g.write(MANIFEST, data, sync=True)
+            except gf.UnsafeOutput as e:
+                g.refuse(str(e))
+        report.refused = list(g.refused)
     report.changed = sorted(changed)
 
 
-def _read_manifest(out: Path) -> dict[str, dict]:
-    data = _json(_read_bytes(out / MANIFEST))
+def _manifest_files(text: bytes | None) -> dict[str, dict]:
+    data = _json(text)
     if not isinstance(data, dict) or data.get("version") != MANIFEST_VERSION or not isinstance(data.get("files"), dict):
         return {}  # none or unreadable: every file is rewritten, nothing is removed
     return data["files"]
 
 
-def _read_bytes(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except OSError:
-        return None
-
-
-def _size(path: str | Path) -> int | None:
-    try:
-        st = os.stat(path, follow_symlinks=False)
-    except OSError:
-        return None
-    return st.st_size if os.path.stat.S_ISREG(st.st_mode) else None
-
-
-def _world_readable(path: Path) -> bool:
-    # a hard link shares the store file's mode: a web server running as another user
-    # must be able to read it, else the image is copied with a readable mode
-    try:
-        return bool(os.stat(path).st_mode & 0o004)
-    except OSError:
-        return False
-
-
-def _inside(out: Path, target: Path) -> bool:
-    # manifest entries are our own names, but the manifest is a file anyone could edit
-    try:
-        return os.path.commonpath([os.path.realpath(out), os.path.realpath(target.parent)]) == os.path.realpath(out)
-    except ValueError:
-        return False
-
-
-def _temp_name(target: Path) -> Path:
-    # the pid in the name lets store.sweep_temp tell a killed writer's file from a live one's
-    return target.with_name(store.temp_name(target.name))
-
-
-def _write(target: Path, data: bytes, *, sync: bool = False) -> None:
-    tmp = _temp_name(target)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            if sync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except OSError as e:
-        _discard(tmp)
-        raise StorageError(f"cannot write {target}: {e.strerror or e}")
-
-
-def _place(source: Path, target: Path, *, link: bool) -> bool:
-    """Put ``source``'s bytes at ``target`` atomically; True if by a hard link."""
-    tmp = _temp_name(target)
-    try:
-        if link:
-            try:
-                os.link(source, tmp)
-                os.replace(tmp, target)
-                # rename() between two links of one file does nothing: the target already
-                # was this very file, and the temporary name is left over
-                _discard(tmp)
-                return True
-            except OSError as e:
-                _discard(tmp)
-                if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
-                    raise
-        shutil.copyfile(source, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-        return False
-    except OSError as e:
-        _discard(tmp)
-        raise StorageError(f"cannot place {source} at {target}: {e.strerror or e}")
-
-
-def _sha256(path: Path) -> str | None:
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-    except OSError:
-        return None
-    return h.hexdigest()
-
-
-def _discard(path: Path) -> None:
-    try:
-        path.unlink()
-    except OSError:
-        pass
+def _place_image(g: gf.Folder, rel: str, o: _Output, options: PublishOptions, report: PublishReport) -> bool:
+    """Publish an artifact's bytes at ``rel`` from the first source that is a regular
+    file holding exactly the bytes recorded with the artifact (a damaged store file falls
+    back to an archived copy); False, with the reason in the report, if none does."""
+    why = []
+    for root, path, linkable in o.sources:
+        try:
+            src = gf.Source(root, path)
+        except FileNotFoundError:
+            why.append(f"{root}/{path} is gone")
+            continue
+        except Unsafe as e:
+            why.append(str(e))
+            continue
+        except OSError as e:
+            why.append(f"cannot read {root}/{path}: {e.strerror or e}")
+            continue
+        with src:
+            how = g.place(rel, src, o.sha256, link=options.link and linkable and bool(src.stat.st_mode & 0o004))
+        if how == "linked":
+            report.linked += 1
+            return True
+        if how == "copied":
+            report.copied += 1
+            return True
+        why.append(f"{root}/{path} holds other bytes")
+    report.skipped.append((o.file_id, f"{rel}: no regular file holding the artifact matches its recorded sha256 {o.sha256[:12]}… (damaged store?): {'; '.join(why)}"))
+    return False

@@ -43,7 +43,9 @@ def publish(
     Thumbnails and web versions are hard-linked or copied into OUT, so any web server
     can serve it as it is; no JavaScript is used. Only pages and images that changed are
     rewritten, each atomically. Prints the id of each photo whose page or images were
-    written; --json prints an object per such photo.
+    written; --json prints an object per such photo (and one per temporary file of a
+    killed publish that was swept). Nothing is written outside OUT: a symlink where the
+    gallery wants a folder or a file is named and left alone, and the exit status is 1.
     """
     urls: dict[str, str] = {}
     for item in originals_url or []:
@@ -56,11 +58,17 @@ def publish(
     database = common.open_db(settings)
     with common.step_lock(settings, "publish", wait), common.recorded_run(database, "publish", {"out": str(out), "title": title, "per_page": per_page}) as run:
         report = gallery.publish(database, out, store_dir=settings.store_dir, options=options)
+        for rel, pid in report.swept:
+            common.warn(f"publish: swept {out / rel}: a temporary file its writer (pid {pid}) left when it was killed")
+            if json:
+                common.out_json({"swept": rel, "pid": pid})
         pages = {pid: f"photo/{gallery.slug(pid)}.html" for pid in report.changed}
         for pid in report.changed:
             common.out_json({"id": pid, "page": os.path.abspath(out / pages[pid])}) if json else common.out(pid)
         for pid, why in report.skipped:
             common.warn(f"{pid}: {why}")
+        for why in report.refused:
+            common.warn(f"publish: {why}")
         run["counts"] = {
             "photos": len(report.photos),
             "changed": len(report.changed),
@@ -70,6 +78,8 @@ def publish(
             "linked": report.linked,
             "copied": report.copied,
             "skipped": len(report.skipped),
+            "refused": len(report.refused),
+            "swept": len(report.swept),
         }
         if common.is_tty():
             c = run["counts"]
@@ -77,6 +87,6 @@ def publish(
                 f"publish: {c['photos']} photos; {c['written']} files written, {c['unchanged']} unchanged, {c['removed']} removed -> {out / 'index.html'}",
                 markup=False,
             )
-        if report.skipped:
+        if report.skipped or report.refused:
             run["exit_code"] = int(Exit.SOME_FAILED)
             raise typer.Exit(int(Exit.SOME_FAILED))
