@@ -15,7 +15,10 @@ object behind that handle, never the name:
   it first renames the name to a private quarantine name in the same folder (an atomic
   act that takes whatever object is there out of reach of other writers), compares the
   quarantined object's (device, inode) with the handle, and unlinks it only if they are
-  equal; otherwise it renames it back (without replacing anything) and keeps it.
+  equal; otherwise it renames it back (without replacing anything) and keeps it. A
+  process killed between the rename and the unlink leaves the object under its quarantine
+  name; the next ``Original`` of that name gives it its name back (its writer's pid is
+  gone), so a crash there costs a retry, never a hidden original.
 
 Names that are not valid UTF-8 (a Latin-1 ``caf\\xe9.jpg`` from an old camera or a
 Windows zip) cannot go into SQLite as they are. ``stored_path`` writes them losslessly and
@@ -37,6 +40,7 @@ import secrets
 import stat
 
 from imgq.errors import Permanent, StorageError
+from imgq.store import pid_alive
 
 CHUNK = 1 << 20
 QUARANTINE_MARK = ".imgq-collect"
@@ -138,7 +142,12 @@ class Original:
         self.dir_fd = open_dir(self.inbox, parts[:-1], shown=self.shown)
         try:
             try:
-                self.fd = os.open(self.name, _FILE_FLAGS, dir_fd=self.dir_fd)
+                try:
+                    self.fd = os.open(self.name, _FILE_FLAGS, dir_fd=self.dir_fd)
+                except FileNotFoundError:
+                    if not restore_quarantined(self.dir_fd, self.name):
+                        raise
+                    self.fd = os.open(self.name, _FILE_FLAGS, dir_fd=self.dir_fd)
             except OSError as e:
                 if e.errno == errno.ELOOP:
                     raise Unsafe(f"{self.shown} is a symlink; imgq reads and deletes only regular files") from e
@@ -202,7 +211,7 @@ class Original:
         object under it any more), the quarantined object compared by (device, inode) with
         the handle, then unlinked; a different object is renamed back, never over anything,
         and False returned. Raises OSError if the folder cannot be changed."""
-        quarantine = f".{self.name[:40]}.{os.getpid()}-{secrets.token_hex(6)}{QUARANTINE_MARK}"
+        quarantine = f"{quarantine_prefix(self.name)}{os.getpid()}-{secrets.token_hex(6)}{QUARANTINE_MARK}"
         os.rename(self.name, quarantine, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
         try:
             now = os.stat(quarantine, dir_fd=self.dir_fd, follow_symlinks=False)
@@ -228,6 +237,32 @@ class Original:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def quarantine_prefix(name: str) -> str:
+    """The start of every quarantine name of ``name``: short whatever the name's length,
+    and telling apart names that share their first 40 characters."""
+    tag = hashlib.sha256(os.fsencode(name)).hexdigest()[:8]
+    return f".{name[:40]}~{tag}."
+
+
+def restore_quarantined(dir_fd: int, name: str) -> bool:
+    """Give ``name`` back its object if a collect that was killed between its quarantine
+    rename and its unlink left it under a quarantine name (the journal did not record the
+    deletion, so the original must be in the inbox again). True if one was restored."""
+    prefix = quarantine_prefix(name)
+    restored = False
+    for entry in os.listdir(dir_fd):
+        if not (entry.startswith(prefix) and entry.endswith(QUARANTINE_MARK)):
+            continue
+        pid_text = entry[len(prefix):].split("-", 1)[0]
+        if pid_text.isdigit() and pid_alive(int(pid_text)) and int(pid_text) != os.getpid():
+            continue  # a live collect is between its rename and its check: not ours to touch
+        if _exists(dir_fd, name):
+            continue  # the name was taken again meanwhile: both are kept
+        _put_back(dir_fd, entry, name)
+        restored = _exists(dir_fd, name)
+    return restored
 
 
 def _put_back(dir_fd: int, quarantine: str, name: str) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import hashlib
 import os
 import shutil
 import sqlite3
@@ -28,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from conftest import imgq_env
-from imgq import samples
+from imgq import original, samples
 
 
 def q(db_path, sql, *params):
@@ -64,6 +65,10 @@ def archived(tmp_path, run_imgq, db_path):
 def copy_path(db_path, file_id, dest) -> Path:
     [(path,)] = q(db_path, "SELECT path FROM copies WHERE file_id = ? AND destination = ? AND artifact_id IS NULL", file_id, str(dest))
     return Path(dest) / path
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def one_error_line(stderr: str) -> str:
@@ -469,3 +474,37 @@ def test_a_read_only_inbox_keeps_its_files_and_a_consistent_state(archived, run_
     r = run_imgq("collect", "--to", a, "--to", b)  # writable again: all go
     assert r.returncode == 0, r.stderr
     assert sorted(r.stdout.split()) == sorted(ids.values())
+
+
+def test_a_collect_killed_between_quarantine_and_unlink_costs_a_retry_not_a_hidden_original(archived, run_imgq, db_path):
+    # collect renames the original to a quarantine name, checks it is the verified object,
+    # then unlinks it inside the transaction that records 'collected'. A SIGKILL between
+    # the rename and the commit leaves the original under that hidden name with the
+    # journal still saying 'archived': the next collect must give it its name back and
+    # then collect it as usual, and never report it 'already gone'.
+    inbox, ids, a, b = archived
+    target = next(p for p in ids if p.parent.name == "alice")
+    want = sha(target)
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid whose process is gone, as a killed collect's is
+    hidden = target.parent / f"{original.quarantine_prefix(target.name)}{dead.pid}-0123456789ab{original.QUARANTINE_MARK}"
+    target.rename(hidden)
+    r = run_imgq("collect", "--to", a, "--to", b)
+    assert r.returncode == 0, r.stderr
+    assert ids[target] in r.stdout.split()
+    [(detail,)] = q(db_path, "SELECT detail FROM events WHERE file_id = ? AND to_state = 'collected'", ids[target])
+    assert "already gone" not in detail and "deleted" in detail
+    assert not hidden.exists() and not target.exists()
+    assert sha(copy_path(db_path, ids[target], a)) == want
+
+
+def test_a_live_collects_quarantine_name_is_left_alone(tmp_path):
+    # Another collect that is alive may be between its rename and its check: its
+    # quarantine file is not ours to move back.
+    folder = tmp_path / "inbox" / "alice"
+    folder.mkdir(parents=True)
+    hidden = folder / f"{original.quarantine_prefix('p.jpg')}{os.getppid()}-0123456789ab{original.QUARANTINE_MARK}"
+    hidden.write_bytes(b"x")
+    with pytest.raises(FileNotFoundError):
+        original.Original(tmp_path / "inbox", "alice/p.jpg")
+    assert hidden.exists() and not (folder / "p.jpg").exists()
