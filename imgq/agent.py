@@ -298,7 +298,8 @@ class Agent:
             return
         out, blobs = [], []
         for a in r["artifacts"]:
-            data = (self.session / "out" / a["path"]).read_bytes()
+            # where the slot wrote it: a per-attempt name when the worker stages its outputs
+            data = (self.session / "out" / (a.get("staged") or a["path"])).read_bytes()
             if len(data) != a["bytes"] or hashlib.sha256(data).hexdigest() != a["sha256"]:
                 self.send({"type": "error", "job": job_id, "kind": "transient", "message": f"artifact {a['name']} changed on the host's disk after it was written"})
                 return

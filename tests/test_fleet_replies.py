@@ -209,3 +209,31 @@ def test_inputs_are_read_by_identity_and_must_be_what_was_scanned(ssh_hosts, tmp
 
 def rel_id_of(db: Path, photo: Path) -> str:
     return query(db, "SELECT id FROM files WHERE path LIKE ?", (f"%{photo.name}",))[0][0]
+
+
+def test_a_reply_bigger_than_memory_is_spilled_and_lands_intact(ssh_hosts, tmp_path):
+    """An artifact over protocol.SPILL_BYTES travels through a temporary file in the store
+    (never held whole), and is byte for byte what local processing makes."""
+    import numpy as np
+    from PIL import Image
+
+    (h,) = ssh_hosts(1)
+    inbox = tmp_path / "inbox" / "alice"
+    inbox.mkdir(parents=True)
+    noise = np.random.default_rng(7).integers(0, 256, (2600, 3200, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(inbox / "noise.jpg", quality=95, subsampling=0)
+    os.utime(inbox / "noise.jpg", (time.time() - 600,) * 2)
+    made = {}
+    for name, args in [("local", ["-j", "1"]), ("hosts", ["--hosts", f"{h.alias}/1", "--ssh-config", h.ssh_config, "--remote-imgq", REMOTE_IMGQ])]:
+        cwd = tmp_path / name
+        cwd.mkdir()
+        (cwd / "imgq.toml").write_text("jpeg_quality = 98\n")
+        assert imgq(cwd, "scan", tmp_path / "inbox").returncode == 0
+        assert imgq(cwd, "enqueue", "--op", "invert").returncode == 0
+        r = imgq(cwd, "work", *args)
+        assert r.returncode == 0, r.stderr
+        (path,) = [p for (p,) in query(cwd / "imgq.db", "SELECT path FROM artifacts")]
+        made[name] = (cwd / "imgq-store" / path).read_bytes()
+        assert [p for p in (cwd / "imgq-store").rglob("*") if p.name.startswith(".")] == []
+    assert len(made["hosts"]) > protocol.SPILL_BYTES
+    assert made["hosts"] == made["local"]
