@@ -454,6 +454,7 @@ class Fleet:
         self.events.put(("outcome", h, lk, queue.Outcome(c, error=f"{text} (on {h.name})" if kind == "transient" else text, kind=kind), True))
 
     def _store(self, h: Host, lk: link.AgentLink, c: queue.Claim, header: dict, blob: protocol.Blob) -> None:
+        hosts_fault = True
         try:
             artifacts = arrival.receive(c, header, blob, self.settings.store_dir, max_pixels=self.settings.max_pixels)
             outcome = queue.Outcome(c, artifacts=artifacts, result=header.get("result"))
@@ -463,13 +464,13 @@ class Fleet:
             return
         except OSError as e:  # our own store (full disk, I/O error): not the host's doing
             outcome = queue.Outcome(c, error=f"cannot write artifacts of {Path(c.inbox) / c.path} to the store: {e.strerror or e}", kind="transient")
-            self.events.put(("outcome", h, lk, outcome, False))
-            return
+            hosts_fault = False
         except Exception as e:  # a bug of ours: retried, and counted against no host
             outcome = queue.Outcome(c, error=f"{Path(c.inbox) / c.path}: internal error storing the reply from {h.name}: {type(e).__name__}: {e}", kind="transient")
+            hosts_fault = False
         finally:
             blob.close()
-        self.events.put(("outcome", h, lk, outcome, True))
+        self.events.put(("outcome", h, lk, outcome, hosts_fault))
 
     def _pump_events(self, timeout: float) -> None:
         try:
@@ -509,9 +510,7 @@ class Fleet:
         elif kind == "bad":
             lk, reason = ev[2], ev[3]
             if h.link is lk:
-                self.bytes_out += lk.bytes_out
-                self.bytes_in += lk.bytes_in
-                self._bench(h, reason)
+                self._bench(h, reason)  # its link's bytes are counted by the "lost" that follows
         elif kind == "outcome":
             lk, outcome, from_agent = ev[2], ev[3], ev[4]
             if lk is not None and lk is not h.link:

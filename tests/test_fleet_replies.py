@@ -109,7 +109,9 @@ def test_a_bad_reply_benches_the_host_and_its_jobs_run_elsewhere_once(ssh_hosts,
     assert_each_job_done_once(db)
     # the fake host held a job, did none, and is benched with the reason
     assert query(db, "SELECT count(*) FROM events WHERE entity = 'job' AND to_state = 'leased' AND host = ?", (fake.alias,))[0][0] >= 1
-    assert query(db, "SELECT count(*) FROM events WHERE entity = 'job' AND to_state = 'done' AND host = ?", (fake.alias,))[0][0] == 0
+    # (a reply sent twice: the first, a good one, may be settled before the second arrives)
+    done_by_fake = query(db, "SELECT count(*) FROM events WHERE entity = 'job' AND to_state = 'done' AND host = ?", (fake.alias,))[0][0]
+    assert done_by_fake <= (1 if mode == "twice" else 0)
     st = imgq(cwd, "status", "--json")
     fleet = {h["host"]: h for h in json.loads(st.stdout)["fleet"]}
     assert fleet[fake.alias]["state"] == "benched", fleet
