@@ -239,3 +239,25 @@ def test_a_reply_bigger_than_memory_is_spilled_and_lands_intact(ssh_hosts, tmp_p
         assert [p for p in (cwd / "imgq-store").rglob("*") if p.name.startswith(".")] == []
     assert len(made["hosts"]) > protocol.SPILL_BYTES
     assert made["hosts"] == made["local"]
+
+
+def test_a_recipe_that_skips_photos_without_faces_is_a_valid_empty_reply(ssh_hosts, tmp_path):
+    """The check follows the recipe's own option: on_no_faces = "skip" with a result that
+    found no face is the one reply with no artifacts, and it is not held against the host."""
+    from test_faces import CONFIG, make_face_inbox
+
+    (h,) = ssh_hosts(1)
+    ids = make_face_inbox(tmp_path / "inbox")
+    cwd = tmp_path / "run"
+    cwd.mkdir()
+    (cwd / "imgq.toml").write_text(CONFIG)
+    assert imgq(cwd, "scan", tmp_path / "inbox").returncode == 0
+    assert imgq(cwd, "enqueue").returncode == 0
+    r = imgq(cwd, "work", "--hosts", f"{h.alias}/1", "--ssh-config", h.ssh_config, "--remote-imgq", REMOTE_IMGQ)
+    assert r.returncode == 0, r.stderr
+    db = cwd / "imgq.db"
+    assert query(db, "SELECT DISTINCT state FROM jobs") == [("done",)]
+    made = dict(query(db, "SELECT j.recipe, count(a.id) FROM jobs j LEFT JOIN artifacts a ON a.job_id = j.id WHERE j.file_id = ? GROUP BY j.recipe", (ids["land"],)))
+    assert made == {"default": 2, "people": 0, "marked": 1}
+    fleet = {x["host"]: x for x in json.loads(imgq(cwd, "status", "--json").stdout)["fleet"]}
+    assert fleet[h.alias]["state"] == "stopped" and fleet[h.alias]["done"] == 6
