@@ -9,7 +9,13 @@ What it promises:
 - Everything it writes is inside its own session folder (``<workdir>/s-<pid>-<random>``,
   mode 700), under names made from job ids (``in/<job>``, ``out/job<job>/...``), never
   from a user's file name: the coordinator does not even send those. In shared-root mode
-  it reads inputs under the shared root only (checked after resolving symlinks).
+  it reads inputs under the shared root only, opened the way the coordinator opens an
+  original (``imgq.original``: no symlink followed below the root, a regular file) and
+  used only if their sha256 and size are the ones the job header carries (the journal's);
+  the verified bytes are what its slot renders.
+- A job frame may carry exactly the input's recorded size; its bytes are streamed to
+  ``in/<job>`` as they arrive, never held whole in memory, and checked against the
+  header's sha256 before a slot sees them.
 - It says hello first (version, cores, free disk, whether Pillow and OpenCV import), then
   a heartbeat every second, so the coordinator notices a dead or frozen host within
   seconds.
@@ -170,13 +176,29 @@ class Agent:
 
     # --- jobs --------------------------------------------------------------------------
 
-    def on_job(self, header: dict, blob: memoryview) -> None:
+    def job_limit(self, header: dict, blob_size: int) -> int:
+        """How many bytes a message from the coordinator may carry: a staged job, its
+        input's recorded size exactly; anything else, nothing."""
+        if header["type"] != "job" or "path" in header:
+            return 0
+        size = header.get("size")
+        if type(size) is not int or size < 0:
+            raise protocol.ProtocolError(f"job {header.get('job')!r}: no input size in the job header")
+        if blob_size != size:
+            raise protocol.ProtocolError(f"job {header.get('job')!r}: {blob_size} input bytes sent, {size} recorded")
+        return size
+
+    def on_job(self, header: dict, blob: protocol.Blob) -> None:
         job_id = header.get("job")
         if not isinstance(job_id, int) or job_id < 0:
+            blob.close()
             self.send({"type": "fatal", "message": f"bad job id {job_id!r}"})
             return
         try:
-            src_root, src_rel = self._input(job_id, header, blob)
+            try:
+                src_root, src_rel = self._input(job_id, header, blob)
+            finally:
+                blob.close()  # a staged input not moved to in/<job> (refused) is removed
             spec, spec_hash = header["spec"], str(header["spec_hash"])
             if not _SPEC_HASH.match(spec_hash):
                 raise ValueError(f"bad spec hash {spec_hash!r}")
@@ -211,24 +233,34 @@ class Agent:
         self.send({"type": "error", "job": job_id, "kind": kind, "message": message})
         self._cleanup(job_id)
 
-    def _input(self, job_id: int, header: dict, blob: memoryview) -> tuple[str, str]:
-        """(root, relative path) of the job's input: staged bytes written to in/<job>,
-        or a path under the shared root."""
-        path = header.get("path")
+    def _input(self, job_id: int, header: dict, blob: protocol.Blob) -> tuple[str, str]:
+        """(root, relative path) of the job's input, always ``in/<job>`` in the session:
+        the staged bytes, or the bytes of the file under the shared root, opened by
+        identity; either way checked against the header's sha256 and size."""
+        sha256, size, path = header.get("sha256"), header.get("size"), header.get("path")
+        if not isinstance(sha256, str) or type(size) is not int:
+            raise ValueError("the job header has no sha256 and size of its input")
+        dest = self.session / "in" / str(job_id)
         if path is None:
-            dest = self.session / "in" / str(job_id)
-            with open(dest, "wb") as f:
-                f.write(blob)
+            if isinstance(blob, protocol.FileBlob):
+                os.replace(blob.path, dest)
+            else:
+                dest.write_bytes(bytes(blob))
+            if protocol.sha256_of(protocol.FileBlob(dest, size)) != sha256:
+                raise OSError(errno.EIO, f"the input of job {job_id} arrived damaged (sha256 differs from the header's)")
             return str(self.session / "in"), str(job_id)
         if not self.shared_root:
             raise ValueError("a path was sent but this agent has no shared root")
-        full = os.path.realpath(os.path.join(self.shared_root, str(path)))
-        if not full.startswith(self.shared_root.rstrip("/") + "/"):
-            raise ValueError("input path leads outside the shared root")
-        if not os.path.isfile(full):
+        from imgq import original
+
+        try:
+            with original.Original(self.shared_root, str(path)) as o:
+                data = o.read_verified(sha256, size)
+        except FileNotFoundError:
             # the coordinator has it: this host does not see the same files (not mounted?)
-            raise FileNotFoundError(errno.ENOENT, f"not under the shared root {self.shared_root} on this host (is it mounted at the same path?)")
-        return self.shared_root, os.path.relpath(full, self.shared_root)
+            raise FileNotFoundError(errno.ENOENT, f"{os.path.join(self.shared_root, str(path))} is not under the shared root {self.shared_root} on this host (is it mounted at the same path?)") from None
+        dest.write_bytes(data)
+        return str(self.session / "in"), str(job_id)
 
     def _cleanup(self, job_id: int) -> None:
         try:
@@ -266,7 +298,8 @@ class Agent:
             return
         out, blobs = [], []
         for a in r["artifacts"]:
-            data = (self.session / "out" / a["path"]).read_bytes()
+            # where the slot wrote it: a per-attempt name when the worker stages its outputs
+            data = (self.session / "out" / (a.get("staged") or a["path"])).read_bytes()
             if len(data) != a["bytes"] or hashlib.sha256(data).hexdigest() != a["sha256"]:
                 self.send({"type": "error", "job": job_id, "kind": "transient", "message": f"artifact {a['name']} changed on the host's disk after it was written"})
                 return
@@ -298,6 +331,11 @@ class Agent:
         shutil.rmtree(self.session, ignore_errors=True)
         os._exit(code)
 
+    def _read(self, n: int) -> bytes:
+        data = self.stdin.read(n)
+        self.heard = time.monotonic()  # a big input arriving slowly is not silence
+        return data
+
     def serve(self) -> int:
         self.hello()
         self.start_pool()
@@ -305,14 +343,15 @@ class Agent:
         threading.Thread(target=self.beat_loop, daemon=True, name="beats").start()
         while True:
             try:
-                body = protocol.read_frame(self.stdin)
+                msg = protocol.read_message(self._read, limit=self.job_limit, spill_dir=self.session / "in", spill_over=0,
+                                            spill_name=lambda: f".staged-{secrets.token_hex(6)}")
             except (protocol.ProtocolError, OSError) as e:
                 sys.stderr.write(f"imgq agent: {e}\n")
                 self.quit(1)
-            if body is None:
+            if msg is None:
                 self.quit(0)  # stdin closed: the coordinator is done with us (or dead)
             self.heard = time.monotonic()
-            header, blob = protocol.decode(body)
+            header, blob = msg
             kind = header["type"]
             if kind == "job":
                 self.on_job(header, blob)

@@ -1,46 +1,142 @@
 """Artifacts arriving from a host: checked and written into the coordinator's store.
 
 An agent's ``done`` message carries each artifact's name, sha256, size, width and height,
-then the bytes end to end. Nothing it says is trusted: each artifact must be one the job's
-recipe makes, hash and measure as stated, and decode at the stated size before it is
-renamed into the store, under the name the coordinator computes (never one sent to it).
+then the bytes end to end. Nothing it says is trusted, and it is checked in two steps:
+
+- the header, before a byte of the blob is read (``check_reply``): the reply is for a
+  job the host holds, lists every artifact the job's recipe makes exactly once and no
+  other (or none at all, when the recipe's own ``on_no_faces = "skip"`` option applies
+  and the result says so), each with a well-formed sha256 and a width, height and size a
+  JPEG of that chain can have at the settings' pixel limit, and the sizes add up to the
+  blob. A header that fails is a ``BadReply``: the host is benched, never the coordinator
+  crashed (an artifact listed twice used to end in an IntegrityError; an empty list in a
+  job done with nothing made);
+- the bytes (``receive``): each artifact is streamed to a temporary name in the store,
+  hashed as it is written, must hash and measure as stated and decode at the stated size,
+  and lands under the name the coordinator computes (never one sent to it).
+
+``reply_limit`` is the most a ``done`` frame of a job may carry, derived from the recipe
+and ``max_pixels``; the link refuses a bigger frame before reading it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import threading
 from pathlib import Path
 
-from imgq import imaging, queue, recipes, store
+from imgq import faces, imaging, protocol, queue, recipes, store
 from imgq.errors import BadImage, ImgqError
+from imgq.ops import get, parse_chain
+
+# What one JPEG artifact may weigh: random noise at quality 100 without chroma
+# subsampling measured 4.1 bytes a pixel; 8 leaves room. Metadata: an ICC profile may fill
+# up to 255 APP2 segments of 64 kB (16.3 MB), EXIF one APP1 segment.
+JPEG_BYTES_PER_PIXEL = 8
+METADATA_BYTES = 17 << 20
+_SHA256 = re.compile(r"[0-9a-f]{64}$")
+_FIELDS = {"name", "sha256", "bytes", "width", "height"}
 
 
 class ArtifactRejected(ImgqError):
     """What an agent sent does not check out (damaged in transit, wrong size, not a JPEG)."""
 
 
-def receive(claim: queue.Claim, header: dict, blob: memoryview, store_dir: Path) -> list[queue.Artifact]:
-    """Check and store the artifacts of a ``done`` message: each is an artifact of the
-    job's recipe, has the sha256 and size stated, decodes at the stated width and height,
-    and lands in the store atomically (temporary name, fsync, rename, folder fsync)."""
-    chains, _ = recipes.split_spec(claim.spec)
+class BadReply(protocol.ProtocolError):
+    """An agent's reply breaks the protocol: artifacts missing, repeated, unknown, or
+    sizes that do not add up. The host is at fault, not the photo."""
+
+
+def fit_bounds(chain: str, max_pixels: int) -> tuple[int | None, int | None, int]:
+    """(max width, max height, max pixels) of what ``chain`` can make from an input of at
+    most ``max_pixels``: the smallest box of its fit steps (no operation enlarges)."""
+    bw = bh = None
+    for step in parse_chain(chain):
+        op = get(step.op)
+        if op.fit_box:
+            w, h = op.fit_box(step.params)
+            bw, bh = (w if bw is None else min(bw, w)), (h if bh is None else min(bh, h))
+    pixels = max_pixels if bw is None else min(max_pixels, bw * bh)
+    return bw, bh, pixels
+
+
+def artifact_limit(chain: str, max_pixels: int) -> int:
+    """The most bytes one artifact of ``chain`` can legitimately have."""
+    return fit_bounds(chain, max_pixels)[2] * JPEG_BYTES_PER_PIXEL + METADATA_BYTES
+
+
+def reply_limit(spec: dict, max_pixels: int) -> int:
+    """The most blob bytes a ``done`` reply for a job of this recipe can carry."""
+    chains, _ = recipes.split_spec(spec)
+    return sum(artifact_limit(c, max_pixels) for c in chains.values())
+
+
+def check_reply(claim: queue.Claim, header: dict, blob_size: int, *, max_pixels: int) -> list[dict]:
+    """The artifacts a ``done`` header lists, checked against the job's recipe (see the
+    module docstring); BadReply naming what is wrong."""
+    job = f"job {claim.job_id}"
+    chains, options = recipes.split_spec(claim.spec)
+    listed, result = header.get("artifacts"), header.get("result")
+    if not isinstance(listed, list):
+        raise BadReply(f"{job}: the reply's artifacts are not a list ({type(listed).__name__})")
+    if result is not None and not isinstance(result, dict):
+        raise BadReply(f"{job}: the reply's result is not an object")
+    if faces.skips(options, result) and isinstance(result, dict) and result.get("skipped"):
+        if listed or blob_size:
+            raise BadReply(f"{job}: the reply says the photo was skipped (on_no_faces = skip) but sends artifacts")
+        return []
+    seen: dict[str, int] = {}
+    for a in listed:
+        _check_entry(job, a, chains, max_pixels)
+        seen[a["name"]] = seen.get(a["name"], 0) + 1
+    twice = sorted(n for n, k in seen.items() if k > 1)
+    missing = sorted(set(chains) - set(seen))
+    if twice:
+        raise BadReply(f"{job}: the reply lists artifact {', '.join(twice)} more than once")
+    if missing:
+        raise BadReply(f"{job}: the reply lacks artifact {', '.join(missing)} of the recipe ({len(listed)} of {len(chains)} sent)")
+    total = sum(a["bytes"] for a in listed)
+    if total != blob_size:
+        raise BadReply(f"{job}: the reply's artifacts add up to {total} bytes but {blob_size} bytes follow")
+    return [{k: a[k] for k in _FIELDS} for a in listed]
+
+
+def _check_entry(job: str, a, chains: dict, max_pixels: int) -> None:
+    if not isinstance(a, dict) or not _FIELDS <= set(a):
+        raise BadReply(f"{job}: an artifact entry is not an object with {', '.join(sorted(_FIELDS))}")
+    name = a["name"]
+    if not isinstance(name, str) or name not in chains:
+        raise BadReply(f"{job}: the reply sends an artifact {str(name)[:100]!r} the recipe does not make")
+    for k in ("bytes", "width", "height"):
+        if type(a[k]) is not int or a[k] < 1:
+            raise BadReply(f"{job}: artifact {name}: {k} = {str(a[k])[:40]!r} is not a positive whole number")
+    if not isinstance(a["sha256"], str) or not _SHA256.match(a["sha256"]):
+        raise BadReply(f"{job}: artifact {name}: {str(a['sha256'])[:80]!r} is not a sha256")
+    bw, bh, pixels = fit_bounds(chains[name], max_pixels)
+    if a["width"] * a["height"] > pixels or (bw is not None and (a["width"] > bw or a["height"] > bh)):
+        raise BadReply(f"{job}: artifact {name}: {a['width']}x{a['height']} is larger than its chain can make")
+    cap = artifact_limit(chains[name], max_pixels)
+    if a["bytes"] > cap:
+        raise BadReply(f"{job}: artifact {name}: {a['bytes']} bytes is more than its chain can make ({cap})")
+
+
+def receive(claim: queue.Claim, header: dict, blob: protocol.Blob | bytes | memoryview, store_dir: Path, *, max_pixels: int) -> list[queue.Artifact]:
+    """Check and store the artifacts of a ``done`` message: the header as ``check_reply``
+    says (BadReply), then each artifact's bytes: the sha256 and size stated, a JPEG that
+    decodes at the stated width and height (ArtifactRejected), landing in the store
+    atomically (temporary name, fsync, rename, folder fsync)."""
+    if not isinstance(blob, protocol.Blob):
+        blob = protocol.MemoryBlob(blob)
+    listed = check_reply(claim, header, blob.size, max_pixels=max_pixels)
     out, offset = [], 0
-    for a in header.get("artifacts") or []:
-        name = a.get("name")
-        if name not in chains:
-            raise ArtifactRejected(f"the agent sent an artifact {name!r} the recipe does not make")
-        size = int(a["bytes"])
-        data = blob[offset : offset + size]
-        offset += size
-        if len(data) != size or hashlib.sha256(data).hexdigest() != a["sha256"]:
-            raise ArtifactRejected(f"artifact {name} arrived damaged (sha256 or size differs from what the host sent)")
+    for a in listed:
+        name, size = a["name"], a["bytes"]
         rel = store.artifact_path(claim.file_id, name, claim.spec_hash)
-        _write_verified(store_dir / rel, data, int(a["width"]), int(a["height"]))
-        out.append(queue.Artifact(name, rel, a["sha256"], size, int(a["width"]), int(a["height"])))
-    if offset != len(blob):
-        raise ArtifactRejected(f"the agent sent {len(blob) - offset} bytes more than its artifacts")
+        _write_verified(store_dir / rel, blob.chunks(offset, size), a["width"], a["height"], sha256=a["sha256"], name=name)
+        offset += size
+        out.append(queue.Artifact(name, rel, a["sha256"], size, a["width"], a["height"]))
     return out
 
 
@@ -50,16 +146,30 @@ def receive(claim: queue.Claim, header: dict, blob: memoryview, store_dir: Path)
 _VERIFY = threading.Lock()
 
 
-def _write_verified(dest: Path, data, width: int, height: int) -> None:
+def _write_verified(dest: Path, data, width: int, height: int, *, sha256: str | None = None, name: str = "") -> None:
+    """``data`` (bytes, or an iterable of chunks) written under a temporary name beside
+    ``dest``, hashed as written, checked (sha256, a JPEG decoding at width x height),
+    then renamed to ``dest``."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        data = [data]
     # the temporary name carries our pid, like imaging.save's, for store.sweep_temp
     tmp = dest.with_name(store.temp_name(dest.name))
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        h, first = hashlib.sha256(), b""
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            for chunk in data:
+                h.update(chunk)
+                if len(first) < 3:
+                    first += bytes(chunk[: 3 - len(first)])
+                f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
+        if sha256 is not None and h.hexdigest() != sha256:
+            raise ArtifactRejected(f"artifact {name} arrived damaged (its sha256 differs from what the host sent)")
+        if first != b"\xff\xd8\xff":
+            raise ArtifactRejected(f"artifact {name} from the host is not a JPEG")
         try:
             with _VERIFY:
                 imaging.verify(tmp, width, height)

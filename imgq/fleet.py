@@ -18,6 +18,12 @@ every second) is lost: its jobs go back to the queue at once (their lease token 
 fences a late reply), and it is benched with the reason and retried later with backoff.
 A host that fails preflight, or on which jobs keep failing, is benched the same way, so
 a broken host fails no job.
+
+Nothing an agent says is trusted. A reply is checked against the job's recipe before its
+bytes are read (``arrival.check_reply``: every artifact exactly once, sizes that add up,
+no bigger than the recipe can make at ``max_pixels``); a reply that breaks the protocol
+benches its host with the reason, and the jobs it held run elsewhere. Inputs are read
+by identity (``imgq.original``) and sent only if their sha256 is the journal's.
 """
 
 from __future__ import annotations
@@ -35,10 +41,10 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
-from imgq import arrival, hosts, link, queue, store, worker
+from imgq import arrival, hosts, link, protocol, queue, store, worker
 from imgq.config import Settings
 from imgq.database import DB
-from imgq.errors import HostUnreachable, UsageError
+from imgq.errors import HostUnreachable, ImgqError, UsageError, classify
 from imgq.hosts import HostEntry, PreflightFailed
 from imgq.journal import Actor
 
@@ -79,6 +85,7 @@ class Host:
     reason: str | None = None
     tried: bool = False  # a connection has been attempted at least once
     errors_in_row: int = 0  # transient job errors reported by its agent, none done between
+    answered: dict = dataclasses.field(default_factory=dict)  # job id -> the Claim its agent replied to (reader thread only)
     draining: bool = False
 
     @property
@@ -121,6 +128,7 @@ class Fleet:
     def run(self) -> FleetSummary:
         """Work until the queue drains (mode drain), nothing is due (once), or a signal
         (follow); raise HostUnreachable if no host can work and nothing else will."""
+        self.settings.store_dir.mkdir(parents=True, exist_ok=True)  # big replies are spilled there
         store.sweep_temp(self.settings.store_dir, older_than=max(3600.0, 10 * self.settings.lease_seconds))
         self._start_local()  # forks: before any thread of ours exists
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -256,8 +264,9 @@ class Fleet:
             agent = link.AgentLink(
                 entry, conn, proc, hello, host_timeout=self.opts.host_timeout, transfers=self.opts.transfers,
                 on_message=lambda lk, hd, blob: self._on_message(h, lk, hd, blob),
-                on_lost=lambda lk, reason: self.events.put(("lost", h, lk, reason)),
-                read_input=lambda lk, claim, path: self._read_input(h, lk, claim, path),
+                on_lost=lambda lk, reason, misbehaved: self.events.put(("lost", h, lk, reason, misbehaved)),
+                read_input=lambda lk, claim, header, path: self._read_input(h, lk, claim, header, path),
+                reply_limit=lambda hd, size: self._reply_limit(h, hd, size), spill_dir=self.settings.store_dir,
             )
             self.events.put(("up", h, agent))
         except PreflightFailed as e:
@@ -353,68 +362,114 @@ class Fleet:
         fut.add_done_callback(done)
 
     def _send(self, h: Host, c: queue.Claim) -> None:
+        """Queue a job for the host; its header carries the sha256 and size the journal
+        recorded for the input, which the bytes sent (or, with --shared-root, the bytes
+        the agent opens) must have."""
+        row = self.db.one("SELECT sha256, size FROM files WHERE id = ?", (c.file_id,))
         header = {"type": "job", "job": c.job_id, "spec": c.spec, "spec_hash": c.spec_hash,
-                  "max_pixels": self.settings.max_pixels, "quality": self.settings.jpeg_quality}
-        src = Path(c.inbox) / c.path
-        rel = self._under_shared_root(src)
+                  "max_pixels": self.settings.max_pixels, "quality": self.settings.jpeg_quality,
+                  "sha256": row["sha256"], "size": row["size"]}
+        rel = self._under_shared_root(c)
         if rel is not None:
             header["path"] = rel
             h.link.send_job(c, header, None)
         else:
-            h.link.send_job(c, header, src)
+            h.link.send_job(c, header, Path(c.inbox) / c.path)
 
-    def _under_shared_root(self, src: Path) -> str | None:
-        """The input's path relative to --shared-root, symlinks resolved (as the agent
-        will resolve them), or None: then its bytes are sent instead."""
+    def _under_shared_root(self, c: queue.Claim) -> str | None:
+        """The input's path relative to --shared-root, or None: then its bytes are sent.
+        Only the inbox root is resolved (it may be a link to a share, as for
+        ``Original``); the path below it is sent as recorded, and the agent opens it
+        without following a symlink."""
         if self.opts.shared_root is None:
             return None
-        root, real = os.path.realpath(self.opts.shared_root), os.path.realpath(src)
-        if os.path.commonpath([real, root]) != root or real == root:
+        root, inbox = os.path.realpath(self.opts.shared_root), os.path.realpath(c.inbox)
+        if os.path.commonpath([inbox, root]) != root:
             return None
-        return os.path.relpath(real, root)
+        rel = os.path.relpath(inbox, root)
+        return c.path if rel == "." else f"{rel}/{c.path}"
 
-    def _read_input(self, h: Host, lk: link.AgentLink, c: queue.Claim, path: Path):
-        """In a sender thread: the input's bytes, or None (and a transient outcome) when
-        it cannot be read here, as a local worker would report it."""
+    def _read_input(self, h: Host, lk: link.AgentLink, c: queue.Claim, header: dict, path: Path):
+        """In a sender thread: the input's bytes, read by identity (no symlink followed,
+        a regular file) and sent only if their sha256 and size are the journal's; else
+        None, with the outcome a local worker would report (changed in the inbox, a
+        symlink or FIFO swapped in: permanent, naming the file; an I/O error: transient)."""
+        from imgq import original
+
         try:
-            with open(path, "rb") as f:
-                return f.read()
+            with original.open_original(c.inbox, c.path) as o:
+                return o.read_verified(header["sha256"], header["size"])
+        except ImgqError as e:
+            text = str(e) if str(path) in str(e) else f"{path}: {e}"
+            outcome = queue.Outcome(c, error=text, kind=classify(e))
         except OSError as e:
-            self.events.put(("outcome", h, lk, queue.Outcome(c, error=f"{path}: {e.strerror or e}", kind="transient"), False))
-            return None
+            outcome = queue.Outcome(c, error=f"{path}: {e.strerror or e}", kind="transient")
+        self.events.put(("outcome", h, lk, outcome, False))
+        return None
 
     # --- what comes back ----------------------------------------------------------------
 
-    def _on_message(self, h: Host, lk: link.AgentLink, header: dict, blob: memoryview) -> None:
-        """In the link's reader thread."""
-        c = h.inflight.get(header.get("job"))
-        if c is None:
-            return  # a job this host no longer holds (requeued after a loss)
+    def _held(self, h: Host, header: dict) -> queue.Claim:
+        """The claim a reply is about; BadReply unless it is a job sent to this host and
+        not yet answered (a reply for any other job, or a second one, breaks the protocol)."""
+        job = header.get("job")
+        c = h.inflight.get(job) if type(job) is int else None
+        if c is None or c.stage or h.answered.get(job) is c:
+            raise arrival.BadReply(f"a {header['type']!r} reply for job {str(job)[:40]}, which was not sent to this host or was answered already")
+        return c
+
+    def _reply_limit(self, h: Host, header: dict, blob_size: int) -> int:
+        """In the reader thread, before a reply's blob is read: how big it may be. A
+        ``done`` is checked against the job's recipe now (BadReply), so a wrong reply
+        costs no read; an ``error`` carries no blob."""
+        c = self._held(h, header)
+        if header["type"] != "done":
+            return 0
+        cap = arrival.reply_limit(c.spec, self.settings.max_pixels)
+        if blob_size <= cap:  # (over it, the frame is refused as too big before anything else)
+            arrival.check_reply(c, header, blob_size, max_pixels=self.settings.max_pixels)
+        return cap
+
+    def _on_message(self, h: Host, lk: link.AgentLink, header: dict, blob: protocol.Blob) -> None:
+        """In the link's reader thread (BadReply: the link is lost and the host benched)."""
+        if header["type"] not in ("done", "error"):
+            blob.close()
+            return  # a message type of a newer agent: ignored
+        c = self._held(h, header)
+        if len(h.answered) > 2 * len(h.inflight) + 64:  # forget replies to jobs settled since
+            h.answered = {j: x for j, x in h.answered.items() if h.inflight.get(j) is x}
+        h.answered[c.job_id] = c
         if header["type"] == "done":
             self.store_pool.submit(self._store, h, lk, c, header, blob)
-        elif header["type"] == "error":
-            src = str(Path(c.inbox) / c.path)
-            text = str(header.get("message") or "failed on the host")
-            staged = header.get("input")
-            if staged and staged in text:
-                text = text.replace(staged, src)
-            elif src not in text:
-                text = f"{src}: {text}"  # always name the file, once
-            kind = "permanent" if header.get("kind") == "permanent" else "transient"
-            self.events.put(("outcome", h, lk, queue.Outcome(c, error=f"{text} (on {h.name})" if kind == "transient" else text, kind=kind), True))
+            return
+        message, kind, staged = header.get("message"), header.get("kind"), header.get("input")
+        if not isinstance(message, str) or kind not in ("permanent", "transient") or not isinstance(staged, (str, type(None))):
+            raise arrival.BadReply(f"job {c.job_id}: an error reply needs a message and a kind of permanent or transient")
+        src = str(Path(c.inbox) / c.path)
+        text = message[:4000] or "failed on the host"
+        if staged and staged in text:
+            text = text.replace(staged, src)
+        elif src not in text:
+            text = f"{src}: {text}"  # always name the file, once
+        self.events.put(("outcome", h, lk, queue.Outcome(c, error=f"{text} (on {h.name})" if kind == "transient" else text, kind=kind), True))
 
-    def _store(self, h: Host, lk: link.AgentLink, c: queue.Claim, header: dict, blob: memoryview) -> None:
+    def _store(self, h: Host, lk: link.AgentLink, c: queue.Claim, header: dict, blob: protocol.Blob) -> None:
         hosts_fault = True
         try:
-            artifacts = arrival.receive(c, header, blob, self.settings.store_dir)
+            artifacts = arrival.receive(c, header, blob, self.settings.store_dir, max_pixels=self.settings.max_pixels)
             outcome = queue.Outcome(c, artifacts=artifacts, result=header.get("result"))
-        except arrival.ArtifactRejected as e:
-            outcome = queue.Outcome(c, error=f"{Path(c.inbox) / c.path}: {e} (from {h.name})", kind="transient")
+        except (arrival.BadReply, arrival.ArtifactRejected) as e:
+            # the host sent something it should not have: bench it, its jobs run elsewhere
+            self.events.put(("bad", h, lk, f"bad reply: {e} ({Path(c.inbox) / c.path})"))
+            return
         except OSError as e:  # our own store (full disk, I/O error): not the host's doing
             outcome = queue.Outcome(c, error=f"cannot write artifacts of {Path(c.inbox) / c.path} to the store: {e.strerror or e}", kind="transient")
             hosts_fault = False
-        except Exception as e:  # a malformed done message
-            outcome = queue.Outcome(c, error=f"{Path(c.inbox) / c.path}: bad reply from {h.name}: {type(e).__name__}: {e}", kind="transient")
+        except Exception as e:  # a bug of ours: retried, and counted against no host
+            outcome = queue.Outcome(c, error=f"{Path(c.inbox) / c.path}: internal error storing the reply from {h.name}: {type(e).__name__}: {e}", kind="transient")
+            hosts_fault = False
+        finally:
+            blob.close()
         self.events.put(("outcome", h, lk, outcome, hosts_fault))
 
     def _pump_events(self, timeout: float) -> None:
@@ -447,11 +502,15 @@ class Fleet:
             if h.state == "connecting":
                 self._bench(h, ev[2])
         elif kind == "lost":
-            lk, reason = ev[2], ev[3]
+            lk, reason, misbehaved = ev[2], ev[3], ev[4]
             self.bytes_out += lk.bytes_out
             self.bytes_in += lk.bytes_in
             if h.link is lk:
-                self._bench(h, reason, lost=True)
+                self._bench(h, reason, lost=not misbehaved)
+        elif kind == "bad":
+            lk, reason = ev[2], ev[3]
+            if h.link is lk:
+                self._bench(h, reason)  # its link's bytes are counted by the "lost" that follows
         elif kind == "outcome":
             lk, outcome, from_agent = ev[2], ev[3], ev[4]
             if lk is not None and lk is not h.link:

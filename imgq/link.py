@@ -14,6 +14,11 @@ The link never touches the database: it hands what arrives to a callback, and th
 - Every read from the agent waits at most ``host_timeout`` seconds; the agent beats
   every second, so silence means the host is dead, hung or cut off, and the link reports
   it lost.
+- Every frame from the agent is checked before its blob is read: its header at most
+  ``protocol.REPLY_HEADER`` bytes, its blob at most what ``reply_limit(header, size)``
+  allows (the fleet derives it from the job's recipe and the settings, and refuses a
+  reply that breaks the protocol); big blobs are streamed into ``spill_dir``. A frame
+  that fails is the agent misbehaving: the link is lost with the reason, marked as such.
 """
 
 from __future__ import annotations
@@ -55,17 +60,18 @@ def start_agent(entry: HostEntry, *, ssh_config=None, accept_new_host_keys=False
         argv = agent_argv(entry, slots=slots, shared_root=shared_root)
         proc = remote.start_process(conn, argv, io_timeout=AGENT_START_TIMEOUT)
         try:
-            body = proc.recv_frame()
+            msg = protocol.read_message(proc.read, max_header=protocol.REPLY_HEADER)
         except HostUnreachable as e:
             if proc.channel.eof_received:  # the command ran and ended: it is the host's setup
                 raise PreflightFailed(_start_failure(proc, e)) from None
             raise
-        if body is None:
-            raise PreflightFailed(_start_failure(proc, None))
-        try:
-            hello, _ = protocol.decode(body)
         except protocol.ProtocolError as e:
             raise PreflightFailed(f"{' '.join(argv[:2])} does not speak the agent protocol ({e})") from None
+        if msg is None:
+            raise PreflightFailed(_start_failure(proc, None))
+        hello = msg[0]
+        if hello.get("type") != "hello" or type(hello.get("slots")) is not int or hello["slots"] < 1:
+            raise PreflightFailed(f"{' '.join(argv[:2])} does not speak the agent protocol (its first message is not a hello with slots)")
         problems = hosts.check_hello(hello)
         if problems:
             err = PreflightFailed("; ".join(problems))
@@ -99,15 +105,22 @@ def _start_failure(proc: remote.RemoteProcess, exc) -> str:
 
 class AgentLink:
     """One running agent. ``on_message(link, header, blob)`` is called from the reader
-    thread for every message; ``on_lost(link, reason)`` once, when the link dies."""
+    thread for every message (it owns ``blob``, a ``protocol.Blob``, and may raise
+    ``protocol.ProtocolError`` to refuse it); ``on_lost(link, reason, misbehaved)`` once,
+    when the link dies (``misbehaved``: the agent broke the protocol, not the network).
+    ``reply_limit(header, blob_size)`` says how many blob bytes a message may carry (or
+    raises ProtocolError); ``read_input(link, claim, header, path)`` returns the bytes to
+    send for a job, or None."""
 
     def __init__(self, entry: HostEntry, conn, proc, hello: dict, *, host_timeout: float, transfers: int,
-                 on_message: Callable, on_lost: Callable, read_input: Callable):
+                 on_message: Callable, on_lost: Callable, read_input: Callable,
+                 reply_limit: Callable[[dict, int], int] = lambda header, size: 0, spill_dir: Path | None = None):
         self.entry, self.name = entry, entry.name
         self.conn, self.proc, self.hello = conn, proc, hello
         self.slots = int(hello["slots"])
         self.host_timeout = host_timeout
         self.on_message, self.on_lost, self.read_input = on_message, on_lost, read_input
+        self.reply_limit, self.spill_dir = reply_limit, spill_dir
         self.outbox: stdqueue.Queue = stdqueue.Queue()
         self.write_lock = threading.Lock()
         self.closed = threading.Event()
@@ -138,7 +151,7 @@ class AgentLink:
                 continue
             blob = b""
             if path is not None:
-                blob = self.read_input(self, claim, path)
+                blob = self.read_input(self, claim, header, path)
                 if blob is None:
                     continue  # unreadable here: the fleet has settled it already
             try:
@@ -159,43 +172,62 @@ class AgentLink:
 
     # --- receiving ---------------------------------------------------------------------
 
+    def _read(self, n: int):
+        data = self.proc.read(n)
+        self.bytes_in += len(data)
+        self.last_heard = time.monotonic()  # a big frame arriving slowly is not silence
+        return data
+
+    def _limit(self, header: dict, blob_size: int) -> int:
+        if header["type"] in ("done", "error"):
+            return self.reply_limit(header, blob_size)
+        return 0  # hello, beat, fatal and types a newer agent may send carry no blob
+
     def _reader(self) -> None:
+        from imgq import store
+
         while not self.closed.is_set():
             try:
-                body = self.proc.recv_frame()
+                msg = protocol.read_message(self._read, limit=self._limit, max_header=protocol.REPLY_HEADER,
+                                            spill_dir=self.spill_dir, spill_name=lambda: store.temp_name("reply"))
             except HostUnreachable as e:
                 self.lose(str(e))
                 return
-            if body is None:
+            except protocol.ProtocolError as e:
+                self.lose(f"bad message from the agent: {e}", misbehaved=True)
+                return
+            except OSError as e:  # spilling a big reply into our own store failed
+                self.lose(f"cannot take a reply into {self.spill_dir}: {e.strerror or e}")
+                return
+            if msg is None:
                 self.lose(f"agent ended: {self.proc.stderr_tail().strip()[-300:] or 'no message'}")
                 return
-            self.last_heard = time.monotonic()
-            self.bytes_in += len(body) + protocol.FRAME.size
-            try:
-                header, blob = protocol.decode(body)
-            except protocol.ProtocolError as e:
-                self.lose(f"garbled message from the agent: {e}")
-                return
+            header, blob = msg
             if header["type"] == "beat":
                 self.beat = header
             elif header["type"] == "fatal":
-                self.lose(f"agent gave up: {header.get('message')}")
+                self.lose(f"agent gave up: {str(header.get('message'))[:300]}", misbehaved=True)
                 return
             else:
-                self.on_message(self, header, blob)
+                try:
+                    self.on_message(self, header, blob)
+                except protocol.ProtocolError as e:
+                    blob.close()
+                    self.lose(f"bad message from the agent: {e}", misbehaved=True)
+                    return
 
     # --- ending ------------------------------------------------------------------------
 
     def silent_for(self) -> float:
         return time.monotonic() - self.last_heard
 
-    def lose(self, reason: str) -> None:
+    def lose(self, reason: str, *, misbehaved: bool = False) -> None:
         """The link is dead: close it and tell the fleet (once)."""
         if self.closed.is_set():
             return
         self.closed.set()
         self._close_quietly()
-        self.on_lost(self, reason)
+        self.on_lost(self, reason, misbehaved)
 
     def close(self) -> None:
         """End the session on purpose: the agent sees EOF, stops its slots and cleans up."""

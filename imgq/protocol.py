@@ -24,6 +24,14 @@ Agent to coordinator:
   ``error``   {job, kind: permanent|transient, message}
   ``fatal``   {message}: the agent cannot go on (it exits after sending it)
 
+Every frame is checked against what its message may carry before its body is read: the
+header is at most ``max_header`` bytes, and the blob at most what the reader's ``limit``
+allows for that header (a ``done`` reply: what the job's recipe can make at the
+settings' pixel limit; a ``job``: the input's recorded size; anything else: nothing).
+A frame over its limit is a protocol error from the sender, refused before a byte of
+its blob is held. Large blobs are streamed into a temporary file (``spill_dir``) rather
+than held in memory.
+
 Job ids are the only names that cross: no file or owner name is ever sent, except the
 path under the shared root in ``--shared-root`` mode, and that travels in JSON, never
 through a shell.
@@ -31,18 +39,154 @@ through a shell.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import struct
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import BinaryIO
 
 PROTOCOL = 1
 FRAME = struct.Struct("!Q")  # the same 8-byte length as imgq.remote.FRAME_HEADER
 HEAD = struct.Struct("!I")
 MAX_HEADER = 1 << 24  # a JSON header over 16 MB is a corrupt stream, not a message
+REPLY_HEADER = 1 << 20  # an agent's header (hello, beat, done with a few artifacts) is a few kB
+SPILL_BYTES = 8 << 20  # blobs larger than this go to a temporary file, not memory
+CHUNK = 1 << 20
 
 
 class ProtocolError(Exception):
     """The other side sent something that is not a message of this protocol."""
+
+
+class Blob:
+    """The bytes after a message's header: in memory, or spilled to a temporary file."""
+
+    size: int = 0
+
+    def chunks(self, offset: int = 0, size: int | None = None) -> Iterator[memoryview]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Forget the bytes (a spilled blob's file is removed)."""
+
+
+class MemoryBlob(Blob):
+    def __init__(self, data: bytes | bytearray | memoryview = b""):
+        self.view = memoryview(data)
+        self.size = len(self.view)
+
+    def chunks(self, offset: int = 0, size: int | None = None) -> Iterator[memoryview]:
+        end = self.size if size is None else min(self.size, offset + size)
+        for i in range(offset, end, CHUNK):
+            yield self.view[i : min(end, i + CHUNK)]
+
+    def __bytes__(self) -> bytes:
+        return bytes(self.view)
+
+
+class FileBlob(Blob):
+    """A blob written to ``path`` as it arrived (the file is this blob's: close removes it)."""
+
+    def __init__(self, path: Path, size: int):
+        self.path, self.size = path, size
+
+    def chunks(self, offset: int = 0, size: int | None = None) -> Iterator[memoryview]:
+        left = self.size - offset if size is None else min(size, self.size - offset)
+        with open(self.path, "rb") as f:
+            f.seek(offset)
+            while left > 0:
+                data = f.read(min(CHUNK, left))
+                if not data:
+                    return
+                left -= len(data)
+                yield memoryview(data)
+
+    def __bytes__(self) -> bytes:
+        return b"".join(bytes(c) for c in self.chunks())
+
+    def close(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def sha256_of(blob: Blob, offset: int = 0, size: int | None = None) -> str:
+    h = hashlib.sha256()
+    for c in blob.chunks(offset, size):
+        h.update(c)
+    return h.hexdigest()
+
+
+def no_blob(header: dict, blob_size: int) -> int:
+    """The default limit: control messages carry no blob."""
+    return 0
+
+
+def read_message(
+    read: Callable[[int], bytes], *, limit: Callable[[dict, int], int] = no_blob, max_header: int = MAX_HEADER,
+    spill_dir: Path | None = None, spill_over: int = SPILL_BYTES, spill_name: Callable[[], str] | None = None,
+) -> tuple[dict, Blob] | None:
+    """The next message, or None at a clean end of the stream (between frames).
+
+    ``read(n)`` returns exactly n bytes, or fewer only when the stream ended. The header
+    is read first (at most ``max_header`` bytes), then ``limit(header, blob_size)`` says
+    how many blob bytes that message may carry (it may raise ProtocolError for a header
+    it refuses); a bigger blob is a ProtocolError before any of it is read. A blob over
+    ``spill_over`` bytes is streamed into a new file in ``spill_dir`` (named by
+    ``spill_name()``), never held whole in memory.
+    """
+    first = read(FRAME.size)
+    if not first:
+        return None
+    if len(first) < FRAME.size:
+        raise ProtocolError("stream ended inside a frame header")
+    (size,) = FRAME.unpack(first)
+    if size < HEAD.size:
+        raise ProtocolError(f"a frame of {size} bytes is too short for a message")
+    (n,) = HEAD.unpack(_exactly(read, HEAD.size))
+    if n > max_header or HEAD.size + n > size:
+        raise ProtocolError(f"bad header length {n} in a frame of {size} bytes (at most {max_header})")
+    header = _parse_header(_exactly(read, n))
+    blob_size = size - HEAD.size - n
+    cap = limit(header, blob_size)
+    if blob_size > cap:
+        raise ProtocolError(f"a {header['type']!r} message of {blob_size} bytes is more than it can carry ({cap} bytes at most)")
+    if spill_dir is not None and blob_size > spill_over:
+        return header, _spill(read, blob_size, Path(spill_dir), spill_name)
+    return header, MemoryBlob(_exactly(read, blob_size))
+
+
+def _exactly(read: Callable[[int], bytes], n: int) -> bytes:
+    data = read(n) if n else b""
+    if len(data) < n:
+        raise ProtocolError(f"stream ended inside a frame ({len(data)} of {n} bytes)")
+    return data
+
+
+def _spill(read, size: int, folder: Path, name: Callable[[], str] | None) -> FileBlob:
+    path = folder / (name() if name else f".blob.{os.getpid()}-{os.urandom(4).hex()}.imgq-tmp")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            left = size
+            while left:
+                data = _exactly(read, min(CHUNK, left))
+                f.write(data)
+                left -= len(data)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return FileBlob(path, size)
+
+
+def _parse_header(raw: bytes) -> dict:
+    try:
+        header = json.loads(raw)
+    except ValueError as e:
+        raise ProtocolError(f"header is not JSON: {e}") from None
+    if not isinstance(header, dict) or not isinstance(header.get("type"), str):
+        raise ProtocolError("header is not an object with a type")
+    return header
 
 
 def encode(header: dict, blob: bytes | memoryview = b"") -> list[bytes | memoryview]:
@@ -59,13 +203,7 @@ def decode(body: bytes) -> tuple[dict, memoryview]:
     (n,) = HEAD.unpack_from(view)
     if n > MAX_HEADER or HEAD.size + n > len(view):
         raise ProtocolError(f"bad header length {n} in a frame of {len(view)} bytes")
-    try:
-        header = json.loads(bytes(view[HEAD.size : HEAD.size + n]))
-    except ValueError as e:
-        raise ProtocolError(f"header is not JSON: {e}") from None
-    if not isinstance(header, dict) or not isinstance(header.get("type"), str):
-        raise ProtocolError("header is not an object with a type")
-    return header, view[HEAD.size + n :]
+    return _parse_header(bytes(view[HEAD.size : HEAD.size + n])), view[HEAD.size + n :]
 
 
 def read_frame(stream: BinaryIO, max_frame: int = 1 << 34) -> bytes | None:

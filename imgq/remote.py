@@ -746,19 +746,43 @@ class RemoteProcess:
         except _NETWORK_ERRORS as exc:
             raise self._lost(exc, f"sending to {self.argv[0]}") from exc
 
-    def read_exact(self, n: int) -> bytes:
-        """Exactly ``n`` bytes of stdout; HostUnreachable on EOF or timeout."""
-        chunks, left = [], n
+    def read_exact(self, n: int, first: bytes = b"") -> bytes | bytearray:
+        """Exactly ``n`` bytes of stdout; HostUnreachable on EOF or timeout.
+
+        The bytes land in one buffer of size ``n`` as they arrive (not a list of chunks
+        joined at the end, which held every payload twice); ``first``: bytes of them
+        already received."""
+        buf, got = bytearray(n), len(first)
+        view = memoryview(buf)
+        view[:got] = first
         try:
-            while left:
-                chunk = self.channel.recv(min(left, 1 << 20))
+            while got < n:
+                chunk = self.channel.recv(min(n - got, 1 << 20))
                 if not chunk:
                     raise EOFError("end of output")
-                chunks.append(chunk)
-                left -= len(chunk)
+                view[got : got + len(chunk)] = chunk
+                got += len(chunk)
         except _NETWORK_ERRORS as exc:
             raise self._lost(exc, f"reading from {self.argv[0]}") from exc
-        return b"".join(chunks)
+        finally:
+            view.release()
+        return buf
+
+    def read(self, n: int) -> bytes | bytearray:
+        """For ``protocol.read_message``: exactly ``n`` bytes; b"" if the process closed
+        its output before the first of them (a clean end between frames); HostUnreachable
+        if the connection ended, the process ended mid-frame, or nothing came in time."""
+        try:
+            first = self.channel.recv(n)
+        except _NETWORK_ERRORS as exc:
+            raise self._lost(exc, f"reading from {self.argv[0]}") from exc
+        if not first:
+            if not self.channel.eof_received:
+                raise self._lost(EOFError(), f"reading from {self.argv[0]}")
+            return b""
+        if len(first) == n:
+            return first
+        return self.read_exact(n, first)
 
     def send_frame(self, payload: bytes) -> None:
         header = FRAME_HEADER.pack(len(payload))
@@ -768,8 +792,9 @@ class RemoteProcess:
             self.write(header)
             self.write(payload)
 
-    def recv_frame(self) -> bytes | None:
-        """The next frame, or None if the process closed its output between frames."""
+    def recv_frame(self, max_frame: int = MAX_FRAME) -> bytes | None:
+        """The next frame, or None if the process closed its output between frames; a
+        frame over ``max_frame`` bytes is refused (HostUnreachable) before it is read."""
         try:
             first = self.channel.recv(FRAME_HEADER.size)
         except _NETWORK_ERRORS as exc:
@@ -781,8 +806,8 @@ class RemoteProcess:
             return None
         header = first + self.read_exact(FRAME_HEADER.size - len(first))
         (size,) = FRAME_HEADER.unpack(header)
-        if size > MAX_FRAME:
-            raise self._lost(EOFError(f"corrupt frame header ({size} bytes)"), "reading")
+        if size > max_frame:
+            raise self._lost(EOFError(f"corrupt frame header ({size} bytes, at most {max_frame})"), "reading")
         return self.read_exact(size)
 
     def close_stdin(self) -> None:
