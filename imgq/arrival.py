@@ -37,8 +37,11 @@ def receive(claim: queue.Claim, header: dict, blob: memoryview, store_dir: Path)
         if len(data) != size or hashlib.sha256(data).hexdigest() != a["sha256"]:
             raise ArtifactRejected(f"artifact {name} arrived damaged (sha256 or size differs from what the host sent)")
         rel = store.artifact_path(claim.file_id, name, claim.spec_hash)
-        _write_verified(store_dir / rel, data, int(a["width"]), int(a["height"]))
-        out.append(queue.Artifact(name, rel, a["sha256"], size, int(a["width"]), int(a["height"])))
+        # written under this attempt's staged name: queue.settle moves it onto ``rel``
+        # only if the lease still holds (a late reply never replaces a recorded result)
+        staged = store.staged_path(rel, claim.token)
+        _write_verified(store_dir / staged, data, int(a["width"]), int(a["height"]))
+        out.append(queue.Artifact(name, rel, a["sha256"], size, int(a["width"]), int(a["height"]), staged=staged))
     if offset != len(blob):
         raise ArtifactRejected(f"the agent sent {len(blob) - offset} bytes more than its artifacts")
     return out
