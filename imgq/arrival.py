@@ -134,9 +134,12 @@ def receive(claim: queue.Claim, header: dict, blob: protocol.Blob | bytes | memo
     for a in listed:
         name, size = a["name"], a["bytes"]
         rel = store.artifact_path(claim.file_id, name, claim.spec_hash)
-        _write_verified(store_dir / rel, blob.chunks(offset, size), a["width"], a["height"], sha256=a["sha256"], name=name)
+        # written under this attempt's staged name: queue.settle moves it onto ``rel``
+        # only if the lease still holds (a late reply never replaces a recorded result)
+        staged = store.staged_path(rel, claim.token)
+        _write_verified(store_dir / staged, blob.chunks(offset, size), a["width"], a["height"], sha256=a["sha256"], name=name)
         offset += size
-        out.append(queue.Artifact(name, rel, a["sha256"], size, a["width"], a["height"]))
+        out.append(queue.Artifact(name, rel, a["sha256"], size, a["width"], a["height"], staged=staged))
     return out
 
 

@@ -320,7 +320,17 @@ def _m6_destination_identity(db: "sqlite_utils.Database") -> None:
     db["copies"].create_index(["destination_id"])
 
 
-MIGRATIONS: list[Callable[["sqlite_utils.Database"], None]] = [_m1_core, _m2_archive, _m3_faces, _m4_job_stages, _m5_hosts, _m6_destination_identity]
+def _m7_meta(db: "sqlite_utils.Database") -> None:
+    # Facts about the database itself. 'database_id' is a random id made once, here: the
+    # artifact store carries it in a marker, so a second database pointed at the same
+    # store is refused instead of overwriting the first one's artifacts (store.own).
+    import secrets
+
+    db["meta"].create({"key": str, "value": str}, pk="key", not_null={"value"})
+    db["meta"].insert({"key": "database_id", "value": secrets.token_hex(16)})
+
+
+MIGRATIONS: list[Callable[["sqlite_utils.Database"], None]] = [_m1_core, _m2_archive, _m3_faces, _m4_job_stages, _m5_hosts, _m6_destination_identity, _m7_meta]
 
 
 def schema_version(conn: sqlite3.Connection) -> int:
@@ -402,24 +412,48 @@ class DB:
         (fair between workers) and SQLite's lock for the busy timeout."""
         return _Transaction(self, timeout)
 
+    def now(self) -> float:
+        """The database's clock, in seconds since the epoch: the time the filesystem
+        holding the database stamps on a one-byte write to its lock file.
+
+        Leases are compared between processes, so they must come from one clock, not
+        from each process's own: a process whose clock runs an hour ahead would see every
+        fresh lease as expired, and its own leases would last an hour. Every process
+        that opens the database runs on the machine that holds it (SQLite is never used
+        over a network filesystem), and that machine's kernel stamps the write whatever
+        a process believes the time is. Resolution is the filesystem's (a few ms here).
+        """
+        fd = self._lock_file()
+        os.pwrite(fd, b"\0", 0)
+        return os.fstat(fd).st_mtime_ns / 1e9
+
+    @property
+    def id(self) -> str:
+        """The random id this database was given when it was created (or migrated)."""
+        return self.one("SELECT value FROM meta WHERE key = 'database_id'")["value"]
+
     def close(self) -> None:
         self.conn.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def _lock(self, deadline: float | None = None) -> None:
+    def _lock_file(self) -> int:
         if self._lock_fd is None:
-            self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        return self._lock_fd
+
+    def _lock(self, deadline: float | None = None) -> None:
+        fd = self._lock_file()
         if deadline is None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            fcntl.flock(fd, fcntl.LOCK_EX)
             return
         # No timed flock exists: poll. Only bounded transactions (rare ones, such as
         # collect's deletions) do this; the queue keeps the fair blocking wait.
         pause = 0.001
         while True:
             try:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return
             except BlockingIOError:
                 if time.monotonic() >= deadline:

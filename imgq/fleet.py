@@ -129,7 +129,8 @@ class Fleet:
         """Work until the queue drains (mode drain), nothing is due (once), or a signal
         (follow); raise HostUnreachable if no host can work and nothing else will."""
         self.settings.store_dir.mkdir(parents=True, exist_ok=True)  # big replies are spilled there
-        store.sweep_temp(self.settings.store_dir, older_than=max(3600.0, 10 * self.settings.lease_seconds))
+        store.own(self.settings.store_dir, self.db.id, self.settings.db)
+        worker.sweep_store(self.settings)
         self._start_local()  # forks: before any thread of ours exists
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -185,7 +186,7 @@ class Fleet:
         if self.opts.mode == "once":
             done = time.time() < self.dry_until  # asked, and nothing was due
         else:
-            done = queue.pending(self.db, now=time.time())[0] == 0
+            done = queue.pending(self.db)[0] == 0
         if done:
             return True
         usable = [h for h in self.hosts.values() if not h.draining]
@@ -309,7 +310,7 @@ class Fleet:
             return
         outcomes = [queue.Outcome(c, error=why, kind="transient") for c in h.inflight.values()]
         h.inflight.clear()
-        settled = queue.settle(self.db, outcomes, now=time.time(), actor=self._actor(h), backoff=0.0, backoff_max=0.0)
+        settled = queue.settle(self.db, outcomes, actor=self._actor(h), backoff=0.0, backoff_max=0.0, store_dir=self.settings.store_dir)
         self._report_settled(h, settled)
         self.dry_until = 0.0
 
@@ -330,7 +331,7 @@ class Fleet:
             if want <= 0:
                 continue
             claims = queue.claim(self.db, owner=self._actor(h).name, limit=want, lease_seconds=self.settings.lease_seconds,
-                                 now=time.time(), actor=self._actor(h), max_attempts=self.opts.max_attempts)
+                                 actor=self._actor(h), max_attempts=self.opts.max_attempts)
             for c in claims:
                 h.inflight[c.job_id] = c
                 if c.stage:
@@ -527,7 +528,9 @@ class Fleet:
             fenced = {o.claim.job_id for o in outcomes} & self.fenced
             self.fenced -= fenced
             actor = Actor(host=socket.gethostname(), name="fleet-coordinator") if here else self._actor(h)
-            settled = queue.settle(self.db, outcomes, now=time.time(), actor=actor,
+            # fenced: an arrival for a job whose lease is gone never reaches a final name
+            # (settle moves staged files only after the token check, else removes them)
+            settled = queue.settle(self.db, outcomes, actor=actor, store_dir=self.settings.store_dir,
                                    backoff=self.settings.backoff_seconds, backoff_max=self.settings.backoff_max_seconds)
             self._report_settled(None if here else h, settled)
             if here:
@@ -567,7 +570,7 @@ class Fleet:
         held = [(j, c.token) for h in self.hosts.values() for j, c in h.inflight.items()]
         if not held:
             return
-        lost = queue.heartbeat(self.db, held, lease_seconds=self.settings.lease_seconds, now=time.time())
+        lost = queue.heartbeat(self.db, held, lease_seconds=self.settings.lease_seconds)
         for h in self._up():
             for j in lost & set(h.inflight):
                 if j not in self.fenced:
@@ -633,7 +636,7 @@ class Fleet:
                 # still trying: a host benched before stays benched, with its reason
                 hosts.record(self.db, h.name, now=now, state="benched" if h.failures else "stopped", reason=h.reason)
         if held:
-            queue.release(self.db, held, now=now, actor=Actor(host=hosts.coordinator_name(), name="fleet"))
+            queue.release(self.db, held, actor=Actor(host=hosts.coordinator_name(), name="fleet"))
         self._flush_counts()
         if self.local is not None:
             if self.local.is_alive() and self.summary.interrupted:

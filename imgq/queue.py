@@ -4,6 +4,14 @@ Every statement here runs inside ``db.transaction()`` (``BEGIN IMMEDIATE`` behin
 flock), and every state change goes through ``journal``. Claims are batched: one
 transaction hands a worker up to K jobs, so the database is touched once per batch, not
 once per job.
+
+Lease times come from one clock, the database's (``DB.now``), read inside the
+transaction: ``now`` left as None means that clock. Only tests pass a time of their own.
+A process whose clock is off cannot see fresh leases as expired, nor make long ones.
+
+Completion moves the job's outputs into place: each artifact (and stripe part) is written
+by its attempt under a per-attempt name (``store.staged_path`` with the lease token), and
+``settle`` renames it onto its final name after the token check, before the commit.
 """
 
 from __future__ import annotations
@@ -13,8 +21,9 @@ import json
 import random
 import secrets
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
-from imgq import faces, journal, recipes
+from imgq import faces, journal, recipes, store
 from imgq import split as splitting
 from imgq.database import DB
 from imgq.errors import InvalidTransition
@@ -46,12 +55,22 @@ class Claim:
 
 @dataclasses.dataclass
 class Artifact:
+    """One output of a job, as its attempt made it.
+
+    ``path`` is the final store-relative name recorded in ``artifacts``. ``staged`` is the
+    store-relative per-attempt name (``store.staged_path(path, claim.token)``) where the
+    verified bytes wait: ``settle`` moves them onto ``path`` only if the attempt still holds
+    its lease, and removes them if it does not. None only for an artifact with no file to
+    move (tests recording facts); every writer of artifacts stages them.
+    """
+
     name: str
     path: str  # relative to the store
     sha256: str
     bytes: int
     width: int
     height: int
+    staged: str | None = None  # relative to the store; see above
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +153,7 @@ def claim(
     owner: str,
     limit: int,
     lease_seconds: float,
-    now: float,
+    now: float | None = None,
     actor: Actor = Actor(),
     max_attempts: int | None = None,
 ) -> list[Claim]:
@@ -148,6 +167,7 @@ def claim(
     an input that kills its worker cannot loop forever.
     """
     with db.transaction():
+        now = db.now() if now is None else now
         rows = db.all(
             "SELECT * FROM (SELECT j.id, j.file_id, j.recipe, j.spec, j.spec_hash, j.state, j.attempts, j.max_attempts, j.lease_owner,"
             " j.stage, f.inbox, f.path, f.sha256, f.size FROM jobs j JOIN files f ON f.id = j.file_id"
@@ -193,7 +213,7 @@ def claim(
     return claims
 
 
-def heartbeat(db: DB, held: Sequence[tuple[int, str]], *, lease_seconds: float, now: float) -> set[int]:
+def heartbeat(db: DB, held: Sequence[tuple[int, str]], *, lease_seconds: float, now: float | None = None) -> set[int]:
     """Extend the leases still held; returns the ids of jobs whose lease was lost.
 
     Extending a lease is not a state change, so it writes no event.
@@ -202,6 +222,7 @@ def heartbeat(db: DB, held: Sequence[tuple[int, str]], *, lease_seconds: float, 
     if not held:
         return lost
     with db.transaction():
+        now = db.now() if now is None else now
         for job_id, token in held:
             cur = db.execute(
                 "UPDATE jobs SET lease_until = ? WHERE id = ? AND state = 'leased' AND lease_token = ?",
@@ -221,6 +242,14 @@ class Outcome:
     result: dict | None = None  # extra facts (faces found, timings)
     error: str | None = None  # set on failure
     kind: str = "transient"  # 'permanent' or 'transient'
+    parts: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (staged, final) stripe files, store-relative
+
+    def moves(self) -> list[tuple[str, str]]:
+        """(staged, final) store-relative names to move into place on completion."""
+        return [(a.staged, a.path) for a in self.artifacts or [] if a.staged] + list(self.parts)
+
+    def staged(self) -> list[str]:
+        return [staged for staged, _ in self.moves()]
 
 
 @dataclasses.dataclass
@@ -236,11 +265,12 @@ def settle(
     db: DB,
     outcomes: Sequence[Outcome],
     *,
-    now: float,
+    now: float | None = None,
     actor: Actor = Actor(),
     backoff: float = 5.0,
     backoff_max: float = 3600.0,
     rng: random.Random | None = None,
+    store_dir: Path | None = None,
 ) -> Settled:
     """Record the outcomes of claimed jobs in one transaction, each fenced by its token.
 
@@ -248,37 +278,34 @@ def settle(
     ``processed`` once all its jobs are done. A transient error puts the job back with
     exponential, jittered backoff until ``max_attempts``; a permanent one fails it and its
     file at once, with the reason.
+
+    A success's staged files (``Outcome.moves``) are renamed onto their final names in
+    ``store_dir`` after its token check and before the commit, so a final name changes
+    only together with the record of what it holds. If a rename fails, that job's
+    completion is rolled back (a savepoint) and it is retried as a transient error. The
+    staged files of every outcome not completed (fenced out, failed, not placed) are
+    removed after the commit; for those, no final name is ever touched.
     """
     rng = rng or _JITTER
     out = Settled()
+    leftovers: list[str] = []
     with db.transaction():
+        now = db.now() if now is None else now
         for o in outcomes:
             c = o.claim
             if o.error is None:
-                ok = journal.move_jobs(
-                    db,
-                    [JobChange(c.job_id, c.file_id, "leased", "done", sets={"error": None, "error_kind": None, "lease_until": None, "result": json.dumps(o.result) if o.result else None}, token=c.token)],
-                    now=now,
-                    actor=actor,
-                )[0]
-                if not ok:
+                status = _complete(db, o, store_dir, now=now, actor=actor)
+                if status == "done":
+                    out.done.append(c.job_id)
+                    if processed := _file_done(db, c, now=now, actor=actor):
+                        out.processed.append(processed)
+                    continue
+                if status == "lost":
+                    leftovers += o.staged()
                     out.lost.append(c.job_id)
                     continue
-                db.conn.executemany(
-                    "INSERT INTO artifacts (job_id, file_id, name, path, sha256, bytes, width, height, created_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(c.job_id, c.file_id, a.name, a.path, a.sha256, a.bytes, a.width, a.height, now) for a in o.artifacts or []],
-                )
-                faces.record(db, job_id=c.job_id, file_id=c.file_id, recipe=c.recipe, spec=c.spec, result=o.result, artifacts=o.artifacts or [], now=now)
-                out.done.append(c.job_id)
-                if c.stage.startswith("stripe:"):
-                    _join_when_striped(db, c, now=now, actor=actor)
-                left = db.one("SELECT count(*) FROM jobs WHERE file_id = ? AND state != 'done'", (c.file_id,))[0]
-                state = db.one("SELECT state FROM files WHERE id = ?", (c.file_id,))["state"]
-                if left == 0 and state == "queued":
-                    journal.move_file(db, c.file_id, "processed", now=now, actor=actor, job_id=c.job_id)
-                    out.processed.append(c.file_id)
-                continue
+                o = dataclasses.replace(o, error=status, kind="transient")
+            leftovers += o.staged()
             if o.kind == "transient" and c.attempts < c.max_attempts:
                 delay = min(backoff_max, backoff * 2 ** (c.attempts - 1)) * rng.uniform(0.5, 1.5)
                 ok = journal.move_jobs(
@@ -294,7 +321,60 @@ def settle(
                 out.failed.append((c.job_id, c.file_id, reason))
             else:
                 out.lost.append(c.job_id)
+    if leftovers and store_dir is not None:
+        store.discard(store_dir, leftovers)
     return out
+
+
+def _complete(db: DB, o: Outcome, store_dir: Path | None, *, now: float, actor: Actor) -> str:
+    """Make one successful job done: 'done', 'lost' (fenced out: nothing written, no
+    file moved), or the reason its staged files could not be moved into place (then its
+    completion is rolled back and the job is still leased by this attempt)."""
+    c = o.claim
+    moves = o.moves()
+    if moves and store_dir is None:
+        raise ValueError("settle needs store_dir to move staged artifacts into place")
+    db.execute("SAVEPOINT complete")
+    try:
+        ok = journal.move_jobs(
+            db,
+            [JobChange(c.job_id, c.file_id, "leased", "done", sets={"error": None, "error_kind": None, "lease_until": None, "result": json.dumps(o.result) if o.result else None}, token=c.token)],
+            now=now,
+            actor=actor,
+        )[0]
+        if not ok:
+            return "lost"
+        try:
+            # the token matched and this transaction holds the write lock until COMMIT:
+            # no other attempt can complete the job in between
+            store.place(store_dir, moves)
+        except OSError as e:
+            db.execute("ROLLBACK TO complete")
+            return f"{Path(c.inbox) / c.path}: cannot move its artifacts into place in the store {store_dir}: {e.strerror or e}"
+        db.conn.executemany(
+            "INSERT INTO artifacts (job_id, file_id, name, path, sha256, bytes, width, height, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(c.job_id, c.file_id, a.name, a.path, a.sha256, a.bytes, a.width, a.height, now) for a in o.artifacts or []],
+        )
+        faces.record(db, job_id=c.job_id, file_id=c.file_id, recipe=c.recipe, spec=c.spec, result=o.result, artifacts=o.artifacts or [], now=now)
+        if c.stage.startswith("stripe:"):
+            _join_when_striped(db, c, now=now, actor=actor)
+        return "done"
+    except BaseException:
+        db.execute("ROLLBACK TO complete")
+        raise
+    finally:
+        db.execute("RELEASE complete")
+
+
+def _file_done(db: DB, c: Claim, *, now: float, actor: Actor) -> str | None:
+    """Move the file to processed once all its jobs are done; returns its id if it moved."""
+    left = db.one("SELECT count(*) FROM jobs WHERE file_id = ? AND state != 'done'", (c.file_id,))[0]
+    state = db.one("SELECT state FROM files WHERE id = ?", (c.file_id,))["state"]
+    if left == 0 and state == "queued":
+        journal.move_file(db, c.file_id, "processed", now=now, actor=actor, job_id=c.job_id)
+        return c.file_id
+    return None
 
 
 def _join_when_striped(db: DB, c: Claim, *, now: float, actor: Actor) -> None:
@@ -329,11 +409,12 @@ def _fail(db, job_id, file_id, recipe, from_state, token, reason, kind, *, now, 
     return ok
 
 
-def release(db: DB, held: Sequence[Claim], *, now: float, actor: Actor = Actor()) -> int:
+def release(db: DB, held: Sequence[Claim], *, now: float | None = None, actor: Actor = Actor()) -> int:
     """Hand back claimed jobs that were not started (a graceful stop); the attempt is not counted."""
     if not held:
         return 0
     with db.transaction():
+        now = db.now() if now is None else now
         applied = journal.move_jobs(
             db,
             [JobChange(c.job_id, c.file_id, "leased", "ready", sets={"attempts": c.attempts - 1, "lease_until": None, "not_before": 0}, token=c.token, detail="released unstarted (worker stopping)") for c in held],
@@ -375,8 +456,9 @@ def retry(db: DB, *, job_ids: Iterable[int] | None = None, file_ids: Iterable[st
     return rearmed
 
 
-def pending(db: DB, *, now: float) -> tuple[int, float | None]:
+def pending(db: DB, *, now: float | None = None) -> tuple[int, float | None]:
     """(jobs not yet finished, seconds until the next one can be claimed or None if one can now)."""
+    now = db.now() if now is None else now
     row = db.one(
         "SELECT count(*) AS n,"
         " min(CASE WHEN state = 'ready' THEN not_before ELSE lease_until END) AS next"

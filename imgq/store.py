@@ -1,19 +1,37 @@
-"""The artifact store: where a job's outputs live, beside the database by default."""
+"""The artifact store: where a job's outputs live, beside the database by default.
+
+An attempt at a job never writes a final artifact name. It writes under a per-attempt
+name carrying its lease token (``staged_path``), and the fenced transaction that
+completes the job moves those files into place (``place``) after the token check and
+before the commit. A worker that lost its lease (paused, cut off) therefore cannot
+replace what the new lease holder completed and recorded; its staged files are removed
+by itself (fenced) or by ``sweep_temp`` (killed).
+
+A store belongs to one database: ``own`` writes the database's id into a marker at first
+use and refuses a store another database owns.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import secrets
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
+
+from imgq.errors import UsageError
 
 TEMP_MARK = ".imgq-tmp"
 # Longest name component imgq makes (ids, store folders, artifact names): far below the
 # 255-byte limit of every file system, with room for suffixes (temporary names, "-N").
 NAME_MAX = 120
 _TEMP_PID = re.compile(r"\.(\d+)-[0-9a-f]+\.imgq-tmp$")
+STAGED_MARK = ".imgq-staged"
+_STAGED_TOKEN = re.compile(r"\.([0-9a-f]+)\.imgq-staged$")
+OWNER_MARK = ".imgq-store"
 
 
 def temp_name(name: str) -> str:
@@ -48,27 +66,123 @@ def artifact_path(file_id: str, name: str, spec_hash: str, ext: str = "jpg") -> 
     return f"{short_name(file_id)}/{short_name(name, NAME_MAX - 14 - len(ext))}-{spec_hash[:8]}.{ext}"
 
 
-def sweep_temp(store: Path, *, older_than: float = 0.0, now: float | None = None) -> int:
+def staged_path(rel: str, token: str) -> str:
+    """The per-attempt name of the store-relative artifact ``rel`` for the attempt holding
+    lease ``token``: ".NAME.<token>.imgq-staged" in the same folder (hidden, so scan skips
+    it; on the same filesystem, so moving it into place is one rename)."""
+    folder, _, name = rel.rpartition("/")
+    staged = f".{name}.{token}{STAGED_MARK}"
+    return f"{folder}/{staged}" if folder else staged
+
+
+def staged_token(name: str) -> str | None:
+    """The lease token in a name made by staged_path, or None."""
+    m = _STAGED_TOKEN.search(name)
+    return m.group(1) if m else None
+
+
+def place(store: Path, moves: Iterable[tuple[str, str]]) -> None:
+    """Move staged files onto their final names (store-relative ``(staged, final)``
+    pairs), then fsync each folder once. Called only inside the fenced transaction that
+    completes their job; an OSError leaves that transaction to roll the job back."""
+    folders = set()
+    for staged, final in moves:
+        os.replace(store / staged, store / final)
+        folders.add((store / final).parent)
+    for folder in folders:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def discard(store: Path, names: Iterable[str]) -> None:
+    """Remove staged files of an attempt that will not complete (fenced out, failed)."""
+    for name in names:
+        try:
+            (store / name).unlink()
+        except FileNotFoundError:
+            pass
+
+
+def sweep_temp(store: Path, *, older_than: float = 0.0, now: float | None = None, live: Callable[[str], bool] | None = None) -> int:
     """Remove temporary files left by killed writers; returns how many.
 
     A temp name carries its writer's pid; a file whose writer is gone (on this host) or
     that is older than ``older_than`` seconds is removed. A live writer's file stays.
+
+    With ``live`` (a lease token -> is it still the token of a leased job), staged files
+    of attempts that no longer hold their lease are removed too. The question is asked
+    per file, when it is found: a staged file exists only once its claim is committed,
+    and a token that is not live now never will be again, so no live attempt loses one.
     """
     now = time.time() if now is None else now
     removed = 0
     if not store.is_dir():
         return 0
-    for path in store.rglob(f"*{TEMP_MARK}*"):
-        pid = temp_writer(path.name)
-        alive = pid is not None and pid_alive(pid)
-        try:
-            old = older_than > 0 and now - path.stat().st_mtime > older_than
-            if not alive or old:
+    for folder, _, names in os.walk(store):
+        for name in names:
+            path = Path(folder) / name
+            if TEMP_MARK in name:
+                pid = temp_writer(name)
+                alive = pid is not None and pid_alive(pid)
+                try:
+                    old = older_than > 0 and now - path.stat().st_mtime > older_than
+                    if alive and not old:
+                        continue
+                except FileNotFoundError:
+                    continue
+            elif live is not None and name.endswith(STAGED_MARK):
+                token = staged_token(name)
+                if token is not None and live(token):
+                    continue
+            else:
+                continue
+            try:
                 path.unlink()
                 removed += 1
-        except FileNotFoundError:
-            pass
+            except FileNotFoundError:
+                pass
     return removed
+
+
+def own(store: Path, database_id: str, database: Path) -> None:
+    """Make ``store`` this database's, or refuse it: UsageError if another database owns it.
+
+    The first use writes the marker ``STORE/.imgq-store`` holding the database's id (and,
+    for people, its path) without replacing one that exists (link of a complete
+    temporary file), so of two databases starting at once exactly one wins. Two databases
+    sharing a store would write the same artifact names and replace each other's results.
+    """
+    marker = store / OWNER_MARK
+    mine = {"database_id": database_id, "database": str(Path(database).absolute())}
+    try:
+        store.mkdir(parents=True, exist_ok=True)
+        try:
+            text = marker.read_text()
+        except FileNotFoundError:
+            tmp = store / temp_name(OWNER_MARK)
+            tmp.write_text(json.dumps(mine) + "\n")
+            try:
+                os.link(tmp, marker)
+            except FileExistsError:
+                pass  # another process made it first: read whose it is
+            finally:
+                tmp.unlink(missing_ok=True)
+            text = marker.read_text()
+    except OSError as e:
+        raise UsageError(f"cannot use store {store}: {e.strerror or e}") from None
+    try:
+        theirs = json.loads(text)
+        owner_id = theirs["database_id"]
+    except (ValueError, KeyError, TypeError):
+        raise UsageError(f"store {store}: {marker} is not an imgq store marker; move it away if this store is yours") from None
+    if owner_id != database_id:
+        raise UsageError(
+            f"store {store} belongs to database {theirs.get('database', '?')} (id {owner_id[:12]}), not to {mine['database']} (id {database_id[:12]}):"
+            f" give each database its own store (store = in imgq.toml), or remove {marker} if that database is gone"
+        )
 
 
 def pid_alive(pid: int) -> bool:

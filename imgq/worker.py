@@ -5,6 +5,12 @@ about half a second of work, renders each job from a single decode of its origin
 writes and verifies the artifacts, and settles the job fenced by its lease token. A
 heartbeat thread extends the leases of everything it still holds. SIGINT/SIGTERM stop
 claiming: the job in hand finishes, unstarted ones are handed back.
+
+Signals only set flags. Ctrl-C, `timeout` and systemd signal the whole process group, so
+every process gets the signal wherever it is, possibly inside a lock: a handler that
+waited for a lock (a multiprocessing Event's) could wait for the very code it interrupted,
+for ever. So each handler sets a plain flag; the loops poll it, and the parent tells the
+workers through a shared byte that needs no lock (``Stop``).
 """
 
 from __future__ import annotations
@@ -46,6 +52,38 @@ class WorkOptions:
     debug: bool = False
 
 
+class Stop:
+    """When a worker should stop: polled by its loops, never waited on under a lock.
+
+    ``shared`` is one byte in shared memory (no lock: a signal can never leave it held),
+    set by the parent; ``here`` is set by this process's own signal handler. A worker
+    whose parent is gone (killed) stops too, rather than work on unsupervised.
+    """
+
+    def __init__(self, ctx):
+        self.shared = ctx.RawValue("b", 0)
+        self.parent = os.getpid()
+        self.here = False
+
+    def tell_workers(self) -> None:
+        self.shared.value = 1
+
+    def is_set(self) -> bool:
+        if self.here or self.shared.value:
+            return True
+        return os.getpid() != self.parent and os.getppid() != self.parent
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``, waking early (within 50 ms) once stopped."""
+        deadline = time.monotonic() + seconds
+        while not self.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(left, 0.05))
+        return True
+
+
 @dataclasses.dataclass
 class WorkSummary:
     done: int = 0
@@ -67,14 +105,17 @@ def read_original(claim: queue.Claim) -> imaging.Source:
 
 
 def process(claim: queue.Claim, settings: Settings) -> queue.Outcome:
-    """Run one claimed job: one decode, every artifact written, verified, renamed in place."""
+    """Run one claimed job: one decode, every artifact written and verified under its
+    per-attempt name (store.staged_path with the lease token). Nothing is renamed onto a
+    final name here: queue.settle does that if this attempt still holds its lease."""
     src = original.shown_path(os.path.join(original.fs_path(claim.inbox), original.fs_path(claim.path)))  # named in every error
     started = time.monotonic()
+    staged: list[str] = []  # written so far, removed if the job fails
     try:
         chains, options = recipes.split_spec(claim.spec)
         kind, index, count = splitting.parse_stage(claim.stage)
         if kind == "stripe":
-            return _stripe(claim, settings, read_original(claim), chains, index, count, started)
+            return _stripe(claim, settings, read_original(claim), chains, index, count, started, staged)
         if kind == splitting.JOIN:
             rendered = _join(claim, settings, read_original(claim), chains, count)
         else:
@@ -91,32 +132,42 @@ def process(claim: queue.Claim, settings: Settings) -> queue.Outcome:
         else:
             for name, r in rendered.items():
                 rel = store.artifact_path(claim.file_id, name, claim.spec_hash)
-                saved = imaging.save(r, settings.store_dir / rel, quality=settings.jpeg_quality)
-                artifacts.append(queue.Artifact(name, rel, saved.sha256, saved.bytes, saved.width, saved.height))
+                staged.append(store.staged_path(rel, claim.token))
+                saved = imaging.save(r, settings.store_dir / staged[-1], quality=settings.jpeg_quality)
+                artifacts.append(queue.Artifact(name, rel, saved.sha256, saved.bytes, saved.width, saved.height, staged=staged[-1]))
         result["seconds"] = round(time.monotonic() - started, 4)
         return queue.Outcome(claim, artifacts=artifacts, result=result)
     except ImgqError as e:
         text = str(e) if str(src) in str(e) else f"{src}: {e}"  # always name the file, once
-        return queue.Outcome(claim, error=text, kind=classify(e))
+        return _failed(claim, settings, staged, text, classify(e))
     except OSError as e:
         # a name too long stays too long: failing for good beats five useless retries
         kind = "permanent" if e.errno == errno.ENAMETOOLONG else "transient"
-        return queue.Outcome(claim, error=f"{src}: {e.strerror or e}", kind=kind)
+        return _failed(claim, settings, staged, f"{src}: {e.strerror or e}", kind)
     except MemoryError:
-        return queue.Outcome(claim, error=f"{src}: out of memory", kind="transient")
+        return _failed(claim, settings, staged, f"{src}: out of memory", "transient")
     except Exception as e:  # a bug: retried up to max_attempts, then failed with the trace
-        return queue.Outcome(claim, error=f"{src}: internal error {type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}", kind="transient")
+        return _failed(claim, settings, staged, f"{src}: internal error {type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}", "transient")
 
 
-def _stripe(claim, settings, src, chains, index, count, started) -> queue.Outcome:
+def _failed(claim: queue.Claim, settings: Settings, staged: list[str], error: str, kind: str) -> queue.Outcome:
+    store.discard(settings.store_dir, staged)
+    return queue.Outcome(claim, error=error, kind=kind)
+
+
+def _stripe(claim, settings, src, chains, index, count, started, staged) -> queue.Outcome:
     """One stripe of a split image: the chains' neighbourhood prefixes on its rows, kept
-    losslessly in the store until the join job stacks them."""
+    losslessly in the store until the join job stacks them (staged like artifacts)."""
     halo = splitting.halo(chains)
     prefixes = {name: p for name, p in ((n, splitting.divide(c)[0]) for n, c in chains.items()) if p}
     parts = imaging.render_stripe(src, prefixes, index, count, halo, max_pixels=settings.max_pixels)
+    moves = []
     for name, image in parts.items():
-        imaging.save_part(image, settings.store_dir / splitting.part_path(claim.file_id, name, claim.spec_hash, index, count))
-    return queue.Outcome(claim, artifacts=[], result={"stripe": [index, count], "halo": halo, "seconds": round(time.monotonic() - started, 4)})
+        final = splitting.part_path(claim.file_id, name, claim.spec_hash, index, count)
+        staged.append(store.staged_path(final, claim.token))
+        imaging.save_part(image, settings.store_dir / staged[-1])
+        moves.append((staged[-1], final))
+    return queue.Outcome(claim, artifacts=[], result={"stripe": [index, count], "halo": halo, "seconds": round(time.monotonic() - started, 4)}, parts=moves)
 
 
 def _join(claim, settings, src, chains, count) -> dict:
@@ -162,7 +213,7 @@ class Heartbeat(threading.Thread):
                 with self.mutex:
                     held = list(self.held.items())
                 try:
-                    lost = queue.heartbeat(db, held, lease_seconds=self.lease, now=time.time())
+                    lost = queue.heartbeat(db, held, lease_seconds=self.lease)
                 except Exception:
                     continue  # the next beat tries again; the fence protects correctness
                 with self.mutex:
@@ -182,10 +233,8 @@ def _one_thread_per_worker() -> None:
         pass
 
 
-def worker_main(settings: Settings, opts: WorkOptions, name: str, stop: mp.Event, reports: mp.Queue) -> None:
+def worker_main(settings: Settings, opts: WorkOptions, name: str, stop: Stop, reports: mp.Queue) -> None:
     """Body of one worker process; reports ('done'|'failed'|'processed', ...) tuples."""
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     _one_thread_per_worker()
     db = DB(settings.db)
     actor = Actor(host=socket.gethostname(), name=name)
@@ -200,11 +249,11 @@ def worker_main(settings: Settings, opts: WorkOptions, name: str, stop: mp.Event
                 limit = 1
             else:
                 limit = max(1, min(MAX_BATCH, int(TARGET_BATCH_SECONDS / max(per_job, 1e-4))))
-            claims = queue.claim(db, owner=name, limit=limit, lease_seconds=settings.lease_seconds, now=time.time(), actor=actor, max_attempts=opts.max_attempts)
+            claims = queue.claim(db, owner=name, limit=limit, lease_seconds=settings.lease_seconds, actor=actor, max_attempts=opts.max_attempts)
             if not claims:
                 if opts.mode == "once":
                     break  # jobs in backoff or held by live workers are left for a later run
-                left, wait = queue.pending(db, now=time.time())
+                left, wait = queue.pending(db)
                 if opts.mode == "drain" and left == 0:
                     break
                 # Draining, the last jobs are held by sibling workers: look again soon, so the
@@ -219,7 +268,7 @@ def worker_main(settings: Settings, opts: WorkOptions, name: str, stop: mp.Event
                 if stop.is_set():
                     _settle(db, outcomes, settings, actor, beat, reports)
                     outcomes = []
-                    queue.release(db, claims[i:], now=time.time(), actor=actor)
+                    queue.release(db, claims[i:], actor=actor)
                     break
                 if c.job_id in beat.lost:
                     continue
@@ -242,7 +291,7 @@ def _settle(db: DB, outcomes: list[queue.Outcome], settings: Settings, actor: Ac
     """Record outcomes in one transaction and report them to the parent."""
     if not outcomes:
         return
-    settled = queue.settle(db, outcomes, now=time.time(), actor=actor, backoff=settings.backoff_seconds, backoff_max=settings.backoff_max_seconds)
+    settled = queue.settle(db, outcomes, actor=actor, backoff=settings.backoff_seconds, backoff_max=settings.backoff_max_seconds, store_dir=settings.store_dir)
     errors = {o.claim.job_id: o.error for o in outcomes}
     for o in outcomes:
         c = o.claim
@@ -261,7 +310,12 @@ def _settle(db: DB, outcomes: list[queue.Outcome], settings: Settings, actor: Ac
         reports.put(("processed", f))
 
 
-def _child(settings, opts, index, stop, reports) -> None:
+def _child(settings, opts, index, stop: Stop, reports) -> None:
+    def on_signal(signum, frame):
+        stop.here = True  # a flag only; the loops poll it (see the module's docstring)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     code = 0
     # host:pid:slot names the process that holds a lease (`imgq status`, kill -9 in tests)
     name = f"{socket.gethostname()}:{os.getpid()}:w{index}"
@@ -281,29 +335,39 @@ def _child(settings, opts, index, stop, reports) -> None:
 def work(settings: Settings, opts: WorkOptions, *, on_report: Callable[[tuple], None] = lambda r: None) -> WorkSummary:
     """Run ``opts.processes`` local worker processes until the queue drains (or forever
     with mode 'follow', until SIGINT/SIGTERM). Reports are passed to ``on_report`` as
-    they arrive, in the parent process."""
+    they arrive, in the parent process.
+
+    Raises UsageError before any work if the store belongs to another database."""
+    db = DB(settings.db)
+    try:
+        store.own(settings.store_dir, db.id, settings.db)
+    finally:
+        db.close()  # not carried across the fork
     ctx = mp.get_context("fork")
-    stop = ctx.Event()
+    stop = Stop(ctx)
     reports: mp.Queue = ctx.Queue()
-    children = []
-    for n in range(opts.processes):
-        p = ctx.Process(target=_child, args=(settings, opts, n, stop, reports), name=f"imgq-worker-{n}", daemon=False)
-        p.start()
-        children.append(p)
-    summary = WorkSummary()
-    # leftovers of killed writers: swept while the workers already work (a big store takes a while to walk)
-    store.sweep_temp(settings.store_dir, older_than=max(3600.0, 10 * settings.lease_seconds))
+    signalled: list[int] = []
 
     def on_signal(signum, frame):
-        summary.interrupted = True
-        stop.set()
+        signalled.append(signum)  # a flag only: the loop below tells the workers
 
+    # before forking, so no moment is left where a signal kills the parent outright
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    summary = WorkSummary()
     try:
+        children = []
+        for n in range(opts.processes):
+            p = ctx.Process(target=_child, args=(settings, opts, n, stop, reports), name=f"imgq-worker-{n}", daemon=False)
+            p.start()
+            children.append(p)
+        sweep_store(settings)  # while the workers already work: a big store takes a while to walk
         running = len(children)
         while running:
+            if signalled and not summary.interrupted:
+                summary.interrupted = True
+                stop.tell_workers()
             try:
-                r = reports.get(timeout=0.5)
+                r = reports.get(timeout=0.2)
             except stdqueue.Empty:
                 if not any(p.is_alive() for p in children):
                     break
@@ -324,7 +388,22 @@ def work(settings: Settings, opts: WorkOptions, *, on_report: Callable[[tuple], 
             on_report(r)
         for p in children:
             p.join()
+        summary.interrupted = summary.interrupted or bool(signalled)
     finally:
         for s, h in old.items():
             signal.signal(s, h)
     return summary
+
+
+def sweep_store(settings: Settings) -> None:
+    """Remove what killed workers left in the store: temporary files of writers that are
+    gone, and staged files of attempts that no longer hold their lease (asked of the
+    database per file; times on the database's clock)."""
+    db = DB(settings.db)
+    try:
+        def live(token: str) -> bool:
+            return db.one("SELECT 1 FROM jobs WHERE state = 'leased' AND lease_token = ?", (token,)) is not None
+
+        store.sweep_temp(settings.store_dir, older_than=max(3600.0, 10 * settings.lease_seconds), now=db.now(), live=live)
+    finally:
+        db.close()

@@ -58,7 +58,7 @@ def test_a_fleet_run_counted_per_host_and_recipe(tmp_path):
         return queue.claim(db, owner=f"{host}:1:w0", limit=n, lease_seconds=60, now=now, actor=Actor(host=host, name=f"{host}:1:w0"))
 
     def settle(host, outcomes, now):
-        return queue.settle(db, outcomes, now=now, actor=Actor(host=host, name=f"{host}:1:w0"), backoff=1, backoff_max=1)
+        return queue.settle(db, outcomes, now=now, actor=Actor(host=host, name=f"{host}:1:w0"), backoff=1, backoff_max=1, store_dir=settings.store_dir)
 
     h1 = take("h1", 3, t0 + 11)
     settle("h1", [worker.process(c, settings) for c in h1], t0 + 12)

@@ -108,7 +108,7 @@ def child_main(argv) -> int:
     outcome = worker.process(claims[0], settings)
     seconds = time.perf_counter() - t0
     after = proc_status_kb(os.getpid(), "VmHWM")
-    queue.settle(db, [outcome], now=time.time())
+    queue.settle(db, [outcome], now=time.time(), store_dir=settings.store_dir)
     db.close()
     print(json.dumps({
         "photo": claims[0].path,
