@@ -56,9 +56,11 @@ def work(
     """Claim jobs, process them, verify the artifacts, and complete them.
 
     Each worker claims a batch of jobs with a lease, renders every artifact of a job
-    from one decode of the original, writes each under a temporary name, verifies it
-    decodes at the expected size, renames it into the store, and completes the job only
-    if it still holds the lease. Bad input fails at once with the reason; I/O trouble is
+    from one decode of the original (opened without following symlinks and checked
+    against its recorded sha256), writes each under a name of its own attempt, verifies
+    it decodes at the expected size, and completes the job only if it still holds the
+    lease: the outputs are renamed onto their final names inside that same transaction,
+    so a worker that lost its lease never replaces a newer result. Bad input fails at once with the reason; I/O trouble is
     retried with backoff. SIGINT/SIGTERM finish the job in hand and hand back the rest;
     after SIGKILL the lease expires and another worker takes the job. Prints the id of
     each file that became processed.
