@@ -105,6 +105,18 @@ def slug(text: str, *, dots: bool = True) -> str:
     return f"{base or 'x'}~{hashlib.sha256(text.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
 
 
+def fold_unique(slugs: dict[str, str]) -> dict[str, str]:
+    """``slugs`` (text -> slug) with every slug unique case-folded: on a case-insensitive
+    web root (macOS, SMB, FAT) owner/Ann.html and owner/ann.html are one file. Slugs
+    that clash case-folded get a hash of their own text; the others stay as they were,
+    so adding a photographer never moves anyone else's pages."""
+    by_fold: dict[str, set[str]] = {}
+    for text, s in slugs.items():
+        by_fold.setdefault(s.casefold(), set()).add(text)
+    clashing = {t for texts in by_fold.values() if len(texts) > 1 for t in texts}
+    return {t: f"{s}~{hashlib.sha256(t.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}" if t in clashing else s for t, s in slugs.items()}
+
+
 def publish(db: DB, out: Path, *, store_dir: Path, options: PublishOptions = PublishOptions()) -> PublishReport:
     """Bring the gallery at ``out`` up to date with the database; see the module doc.
 
@@ -148,13 +160,14 @@ def _collect(db: DB, store_dir: Path, options: PublishOptions, report: PublishRe
 
     photos: list[H.Photo] = []
     outputs: dict[str, _Output] = {}
-    owner_slugs: dict[str, str] = {}
     rows = db.all(f"SELECT * FROM files WHERE state IN ({','.join('?' * len(SHOWN_STATES))}) ORDER BY taken_at, id", SHOWN_STATES)
+    photo_slugs = fold_unique({f["id"]: slug(f["id"]) for f in rows})
+    owner_slugs = fold_unique({f["owner"]: slug(f["owner"], dots=False) for f in rows})
     for f in rows:
         mine = arts.get(f["id"])
         if not mine:
             continue
-        pslug = slug(f["id"])
+        pslug = photo_slugs[f["id"]]
         images: dict[str, H.Image] = {}
         for role in names:
             a = mine.get(role)
@@ -173,7 +186,7 @@ def _collect(db: DB, store_dir: Path, options: PublishOptions, report: PublishRe
         thumb = images.get(options.thumb) or images[options.web]
         web = images.get(options.web) or thumb
         owner = f["owner"]
-        oslug = owner_slugs.setdefault(owner, slug(owner, dots=False))
+        oslug = owner_slugs[owner]
         taken = f["taken_at"]
         meta = _json(f["meta"]) or {}
         camera = " ".join(str(meta[k]).strip() for k in ("make", "model") if meta.get(k)) or None

@@ -246,3 +246,30 @@ def test_folders_and_pages_swapped_for_symlinks_while_publish_runs(site, run_img
     for r in runs:  # done, or a link in the way refused and named; never a crash
         assert r.returncode in (0, 1) and "Traceback" not in r.stderr, r.stderr
     assert fingerprint(outside) == before, "publish wrote through a symlink swapped in while it ran"
+
+
+def test_page_names_are_unique_case_folded(tmp_path, run_imgq):
+    # Photographers "Ann" and "ann" are two folders on a case-sensitive inbox; a gallery
+    # served from a case-insensitive disk (macOS, SMB, FAT) must not merge their pages.
+    inbox = tmp_path / "inbox"
+    for i, owner in enumerate(("Ann", "ann", "bob")):
+        p = samples.make_photo(inbox / owner / "IMG_0001.JPG", width=320, height=240, seed=40 + i)
+        t = os.stat(p).st_mtime - 600
+        os.utime(p, (t, t))
+    scan = run_imgq("scan", inbox)
+    assert run_imgq("enqueue", "-", input=scan.stdout).returncode == 0
+    assert run_imgq("work", "-j1").returncode == 0
+    out = tmp_path / "site"
+    r = run_imgq("publish", out)
+    assert r.returncode == 0, r.stderr
+    for folder in ("owner", "photo", "img"):
+        names = [p.name for p in (out / folder).iterdir()]
+        assert len({n.casefold() for n in names}) == len(names), (folder, sorted(names))
+    assert (out / "owner" / "bob.html").exists()  # names that do not clash stay as they were
+
+
+def test_fold_unique_changes_only_clashing_slugs():
+    got = gallery.fold_unique({"Ann": "Ann", "ann": "ann", "bob": "bob"})
+    assert got["bob"] == "bob"
+    assert got["Ann"].startswith("Ann~") and got["ann"].startswith("ann~")
+    assert got["Ann"].casefold() != got["ann"].casefold()
