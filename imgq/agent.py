@@ -75,17 +75,15 @@ def _slot_job(job_id: int, spec: dict, spec_hash: str, max_pixels: int, quality:
     session folder and a file id made from the job id."""
     import dataclasses
 
-    from imgq import queue, store, worker
+    from imgq import queue, worker
     from imgq.config import Settings
 
     claim = queue.Claim(job_id, f"job{job_id}", "", spec, spec_hash, "", 1, 1, src_root, src_rel)
     settings = Settings(store=Path(out_dir), max_pixels=max_pixels, jpeg_quality=quality)
+    # The outputs stay under their staged names in the agent's private session folder:
+    # the reply is read from there, and the coordinator stages what arrives and moves it
+    # into place only in the fenced completion.
     o = worker.process(claim, settings)
-    if o.error is None:
-        # the lease is the coordinator's to check: here the session folder is the agent's
-        # own, so the staged outputs take their names at once (the coordinator stages
-        # what arrives and completes it fenced)
-        store.place(Path(out_dir), o.moves())
     return {"error": o.error, "kind": o.kind, "result": o.result, "artifacts": [dataclasses.asdict(a) for a in o.artifacts or []]}
 
 
@@ -293,7 +291,10 @@ class Agent:
                 if exc is not None:
                     self.send({"type": "error", "job": job_id, "kind": "transient", "message": f"internal error {type(exc).__name__}: {exc}"})
                     continue
-                self._reply(job_id, fut.result())
+                try:
+                    self._reply(job_id, fut.result())
+                except Exception as e:  # a bug of ours must cost this job a retry, not every later reply
+                    self.send({"type": "error", "job": job_id, "kind": "transient", "message": f"internal error replying: {type(e).__name__}: {e}"})
             finally:
                 self._cleanup(job_id)
 
