@@ -44,8 +44,8 @@ import secrets
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path, PurePosixPath
 
-from imgq import journal
-from imgq.database import DB
+from imgq.ledger import journal
+from imgq.ledger.database import DB
 from imgq.destinations import (
     Destination,
     DestinationUnavailable,
@@ -61,8 +61,8 @@ from imgq.destinations import (
     physical,
 )
 from imgq.errors import ImgqError, StorageError, classify
-from imgq.inbox import slug
-from imgq.journal import Actor
+from imgq.scan import slug
+from imgq.ledger.journal import Actor
 from imgq.original import ChangedInInbox, Original, Unsafe
 
 ORIGINAL = "original"

@@ -32,11 +32,11 @@ import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 
-from imgq import journal
-from imgq.database import DB
+from imgq.ledger import journal
+from imgq.ledger.database import DB
 from imgq.destinations import Destination, Found, physical
 from imgq.errors import ImgqError
-from imgq.journal import Actor
+from imgq.ledger.journal import Actor
 from imgq.original import Original, Unsafe
 
 # How long collect waits for the database's write lock to record a deletion before it

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from imgq import recipes
-from imgq.database import DB
+from imgq.ledger.database import DB
 
 NO_FACES = "no_faces"
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-from imgq.database import DB
+from imgq.ledger.database import DB
 from imgq.errors import UsageError
 
 

@@ -18,7 +18,7 @@ import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from imgq.database import DB
+from imgq.ledger.database import DB
 from imgq.store import temp_name
 from imgq.errors import NotFound, StorageError, UsageError
 

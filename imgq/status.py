@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from imgq import faces, hosts
-from imgq.database import DB
-from imgq.journal import FILE_STATES, JOB_STATES
+from imgq import faces
+from imgq.fleet import hosts
+from imgq.ledger.database import DB
+from imgq.ledger.journal import FILE_STATES, JOB_STATES
 
 WINDOWS = (60, 300, 900)
 

@@ -34,7 +34,8 @@ import threading
 import time
 from pathlib import Path
 
-from imgq import __version__, protocol
+from imgq import __version__
+from imgq.fleet import protocol
 
 MODE = sys.argv[1]
 OUT = sys.stdout.buffer
@@ -64,7 +65,8 @@ def beats() -> None:
 
 def render(header: dict, blob: bytes) -> tuple[list[dict], list[bytes], dict]:
     """The reply the real agent would send: the real worker's artifacts."""
-    from imgq import queue, worker
+    from imgq.ledger import queue
+    from imgq import work as worker
     from imgq.config import Settings
 
     work = Path(tempfile.mkdtemp(prefix="fake-agent-"))

@@ -190,7 +190,7 @@ def test_collect_never_deletes_a_file_that_is_the_copy_it_verified(archived, run
     # The same state, reached through the library (no CLI check in front): the copies in
     # A are inbox files now, duplicates of the originals whose copies they are.
     from imgq import collect as collect_lib
-    from imgq.database import DB
+    from imgq.ledger.database import DB
     from imgq.destinations import LocalDestination
 
     inbox, ids, a, b = archived
@@ -266,7 +266,7 @@ SLEEPING = {"35", "230", "73"}  # nanosleep, clock_nanosleep, flock (x86-64 numb
 COLLECT = """
 import json, sys, time
 from imgq import collect
-from imgq.database import DB
+from imgq.ledger.database import DB
 from imgq.destinations import LocalDestination
 db, file_id, *dests = sys.argv[1:]
 report = collect.collect(DB(db), {d: LocalDestination(d) for d in dests}, required=dests, file_ids=[file_id], clock=time.time)
@@ -329,7 +329,7 @@ def test_a_file_replaced_while_collect_waits_for_the_write_lock_survives(archive
 
 def test_the_wait_for_the_write_lock_is_bounded(archived, db_path):
     from imgq import collect as collect_lib
-    from imgq.database import DB
+    from imgq.ledger.database import DB
     from imgq.destinations import LocalDestination
     from imgq.errors import DatabaseBusy
 

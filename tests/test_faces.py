@@ -11,8 +11,9 @@ import time
 import pytest
 from PIL import Image
 
-from imgq import faces, journal, queue, recipes, samples
-from imgq.database import DB
+from imgq import faces, recipes, samples
+from imgq.ledger import journal, queue
+from imgq.ledger.database import DB
 
 skimage_data = pytest.importorskip("skimage.data")
 

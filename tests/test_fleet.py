@@ -21,9 +21,10 @@ from pathlib import Path
 import pytest
 
 from conftest import imgq_env, imgq_subprocess
-from imgq import hosts, protocol, samples
+from imgq import samples
+from imgq.fleet import hosts, protocol
 from imgq.errors import UsageError
-from imgq.fleet import RELOAD_SECONDS
+from imgq.fleet.coordinator import RELOAD_SECONDS
 from sshhosts import process_tree, ssh_hosts  # noqa: F401
 
 pytestmark = pytest.mark.timeout(150)
@@ -186,7 +187,7 @@ def test_artifacts_arriving_together_verify_independently(tmp_path):
 
     from PIL import Image
 
-    from imgq import arrival
+    from imgq.fleet import arrival
 
     blobs = {}
     for w, h in [(120, 90), (160, 120), (640, 480), (64, 48)]:

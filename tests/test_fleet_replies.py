@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 
 from conftest import imgq_subprocess
-from imgq import protocol, samples
+from imgq import samples
+from imgq.fleet import protocol
 from sshhosts import ssh_hosts  # noqa: F401
 
 pytestmark = pytest.mark.timeout(120)

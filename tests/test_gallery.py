@@ -24,8 +24,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgq import gallery, samples
-from imgq.database import DB
+from imgq import samples
+from imgq import publish as gallery
+from imgq.ledger.database import DB
 
 from conftest import imgq_subprocess
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from imgq import gallery, samples
+from imgq import samples
+from imgq import publish as gallery
 
 from conftest import imgq_subprocess
 

@@ -5,10 +5,10 @@ import time
 
 import pytest
 
-from imgq import journal
-from imgq.database import DB
+from imgq.ledger import journal
+from imgq.ledger.database import DB
 from imgq.errors import InvalidTransition
-from imgq.journal import FILE_TRANSITIONS, JOB_TRANSITIONS, JobChange
+from imgq.ledger.journal import FILE_TRANSITIONS, JOB_TRANSITIONS, JobChange
 
 
 @pytest.fixture
@@ -124,7 +124,7 @@ def test_rollback_takes_the_event_with_it(db):
 
 
 def test_schema_is_migrated_once_and_versioned(tmp_path):
-    from imgq.database import MIGRATIONS, schema_version
+    from imgq.ledger.database import MIGRATIONS, schema_version
 
     a = DB(tmp_path / "x.db")
     b = DB(tmp_path / "x.db")

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from imgq import journal, queue
-from imgq.database import DB
-from imgq.journal import Actor
+from imgq.ledger import journal, queue
+from imgq.ledger.database import DB
+from imgq.ledger.journal import Actor
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from imgq import remote
+from imgq.fleet import ssh as remote
 from imgq.errors import HostUnreachable, StorageError, UsageError
-from imgq.remote import HostSpec, parse_host_spec, remote_command
+from imgq.fleet.ssh import HostSpec, parse_host_spec, remote_command
 from sshhosts import SshHost, ssh_fleet, ssh_hosts  # noqa: F401
 
 pytestmark = pytest.mark.timeout(60)

@@ -10,12 +10,14 @@ import time
 
 import pytest
 
-from imgq import inbox as inbox_lib
-from imgq import queue, report, runs, samples, worker
+from imgq import scan as inbox_lib
+from imgq import report, samples
+from imgq.ledger import queue, runs
+from imgq import work as worker
 from imgq.config import Settings
-from imgq.database import DB
+from imgq.ledger.database import DB
 from imgq.errors import NotFound, UsageError
-from imgq.journal import Actor
+from imgq.ledger.journal import Actor
 
 
 def q(db_path, sql, *params):

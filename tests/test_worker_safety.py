@@ -19,8 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from imgq import arrival, journal, queue, samples, store
-from imgq.database import DB
+from imgq import samples, store
+from imgq.fleet import arrival
+from imgq.ledger import journal, queue
+from imgq.ledger.database import DB
 from tests.conftest import imgq_env
 
 

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from imgq import agent as agent_lib
+from imgq.fleet import agent as agent_lib
 
 EPILOG = """\b
 Not for people: `imgq work --hosts` starts it on each host over SSH and talks to it in

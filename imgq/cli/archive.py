@@ -15,7 +15,7 @@ from imgq import overlap
 from imgq.cli import common
 from imgq.config import Settings
 from imgq.errors import Exit, UsageError
-from imgq.journal import Actor
+from imgq.ledger.journal import Actor
 
 EPILOG = """\b
 Examples:

@@ -13,7 +13,7 @@ from imgq import overlap
 from imgq.cli import common
 from imgq.cli.archive import AcceptNewOpt, SshConfigOpt, ToOpt, close_all, destination_texts, open_all, ssh_options
 from imgq.errors import Exit, UsageError
-from imgq.journal import Actor
+from imgq.ledger.journal import Actor
 
 EPILOG = """\b
 Examples:

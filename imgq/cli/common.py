@@ -16,9 +16,9 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from imgq import runs
+from imgq.ledger import runs
 from imgq.config import Settings, find_config, load_settings
-from imgq.database import DB
+from imgq.ledger.database import DB
 from imgq.errors import Busy, Exit, ImgqError, UsageError
 
 DbOpt = Annotated[

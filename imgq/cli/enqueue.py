@@ -7,10 +7,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from imgq import queue, recipes
+from imgq import recipes
+from imgq.ledger import queue
 from imgq.cli import common
 from imgq.errors import Exit, UnknownOperation, UsageError
-from imgq.journal import Actor
+from imgq.ledger.journal import Actor
 
 EPILOG = """\b
 Examples:

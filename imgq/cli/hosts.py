@@ -11,10 +11,10 @@ import typer
 
 from typing import TYPE_CHECKING
 
-from imgq import hosts as hosts_lib
+from imgq.fleet import hosts as hosts_lib
 
 if TYPE_CHECKING:
-    from imgq import fleet
+    from imgq.fleet import coordinator as fleet
 from imgq.cli import common
 from imgq.errors import Exit, UsageError
 
@@ -94,7 +94,7 @@ def check(
         raise UsageError("no hosts to check: name some, or give --hosts-file")
     kw = dict(ssh_config=ssh_config, accept_new_host_keys=accept_new_host_keys, connect_timeout=connect_timeout)
     with concurrent.futures.ThreadPoolExecutor(min(16, len(found))) as pool:
-        from imgq import link
+        from imgq.fleet import link
 
         results = list(pool.map(lambda e: link.check(e, slots=e.spec.slots, **kw), found))
     for r in results:

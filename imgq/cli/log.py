@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from imgq import faces, journal
+from imgq import faces
+from imgq.ledger import journal
 from imgq.cli import common
 from imgq.errors import NotFound
 

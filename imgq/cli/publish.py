@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from imgq import gallery
+from imgq import publish as gallery
 from imgq.cli import common
 from imgq.errors import Exit, UsageError
 

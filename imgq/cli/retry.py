@@ -7,9 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from imgq import queue
+from imgq.ledger import queue
 from imgq.cli import common
-from imgq.journal import Actor
+from imgq.ledger.journal import Actor
 
 EPILOG = """\b
 Examples:

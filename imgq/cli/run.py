@@ -10,7 +10,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from imgq import overlap, pipeline, recipes
+from imgq import overlap, recipes
+from imgq import run as pipeline
 from imgq.cli import common
 from imgq.cli.archive import AcceptNewOpt, SshConfigOpt, ToOpt, close_all, destination_texts, open_all, ssh_options
 from imgq.errors import UnknownOperation, UsageError

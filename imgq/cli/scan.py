@@ -9,10 +9,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from imgq import inbox
+from imgq import scan as inbox
 from imgq.cli import common
 from imgq.errors import Exit
-from imgq.journal import Actor
+from imgq.ledger.journal import Actor
 
 EPILOG = """\b
 Examples:

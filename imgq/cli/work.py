@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from imgq import report as report_lib
-from imgq import worker
+from imgq import work as worker
 from imgq.cli import common
 from imgq.cli import hosts as hosts_cli
 from imgq.errors import Exit, UsageError

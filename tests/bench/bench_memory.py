@@ -93,9 +93,10 @@ def child_main(argv) -> int:
     from bench_util import proc_status_kb
 
     db_path = Path(argv[0])
-    from imgq import queue, worker
+    from imgq.ledger import queue
+    from imgq import work as worker
     from imgq.config import Settings
-    from imgq.database import DB
+    from imgq.ledger.database import DB
 
     settings = Settings(db=db_path)
     db = DB(db_path)

@@ -37,9 +37,9 @@ RECIPE = {"default": {"thumb": "thumb"}}
 
 def seed_imgq(path: Path, n: int) -> float:
     """A fresh imgq database at ``path`` holding ``n`` ready jobs; returns seconds spent."""
-    from imgq import journal, queue
-    from imgq.database import DB
-    from imgq.journal import Actor
+    from imgq.ledger import journal, queue
+    from imgq.ledger.database import DB
+    from imgq.ledger.journal import Actor
 
     for suffix in ("", "-wal", "-shm", "-writelock"):
         Path(str(path) + suffix).unlink(missing_ok=True)
@@ -151,7 +151,7 @@ class BareQueue:
 
 
 def _imgq_db(path: Path, *, flock: bool, synchronous: str = "NORMAL"):
-    from imgq.database import DB
+    from imgq.ledger.database import DB
 
     if flock:
         return DB(path, synchronous=synchronous)
@@ -170,19 +170,19 @@ def _imgq_db(path: Path, *, flock: bool, synchronous: str = "NORMAL"):
 
 class ImgqQueue:
     def __init__(self, path: Path, owner: str, *, flock: bool, synchronous: str = "NORMAL"):
-        from imgq.journal import Actor
+        from imgq.ledger.journal import Actor
 
         self.db = _imgq_db(path, flock=flock, synchronous=synchronous)
         self.owner = owner
         self.actor = Actor(host="bench", name=owner)
 
     def claim(self, k: int):
-        from imgq import queue
+        from imgq.ledger import queue
 
         return queue.claim(self.db, owner=self.owner, limit=k, lease_seconds=60, now=time.time(), actor=self.actor)
 
     def complete(self, held) -> int:
-        from imgq import queue
+        from imgq.ledger import queue
 
         settled = queue.settle(self.db, [queue.Outcome(c, artifacts=[]) for c in held], now=time.time(), actor=self.actor)
         return len(settled.done)

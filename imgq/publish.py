@@ -40,9 +40,9 @@ import urllib.parse
 from collections import defaultdict
 from pathlib import Path
 
-from imgq import gallery_files as gf
-from imgq import gallery_html as H
-from imgq.database import DB
+from imgq.gallery import files as gf
+from imgq.gallery import pages as H
+from imgq.ledger.database import DB
 from imgq.errors import StorageError, UsageError
 from imgq.original import Unsafe
 

@@ -23,11 +23,12 @@ import secrets
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from imgq import faces, journal, recipes, store
+from imgq import faces, recipes, store
+from imgq.ledger import journal
 from imgq import split as splitting
-from imgq.database import DB
+from imgq.ledger.database import DB
 from imgq.errors import InvalidTransition
-from imgq.journal import Actor, JobChange
+from imgq.ledger.journal import Actor, JobChange
 
 _JITTER = random.Random()  # seeded once: seeding from the OS on every settle showed in profiles
 ENQUEUEABLE = {"seen", "queued", "processed", "archived"}

@@ -42,7 +42,8 @@ import threading
 import time
 from pathlib import Path
 
-from imgq import __version__, protocol
+from imgq import __version__
+from imgq.fleet import protocol
 
 BEAT_SECONDS = 1.0
 DEFAULT_IDLE_TIMEOUT = 60.0
@@ -65,7 +66,7 @@ def _slot_init() -> None:
     os.dup2(devnull, 0)  # a slot holding the channel open would hide the agent's death
     os.dup2(2, 1)  # anything a library prints goes to stderr, not into the frames
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from imgq import worker
+    from imgq import work as worker
 
     worker._one_thread_per_worker()
 
@@ -75,7 +76,8 @@ def _slot_job(job_id: int, spec: dict, spec_hash: str, max_pixels: int, quality:
     session folder and a file id made from the job id."""
     import dataclasses
 
-    from imgq import queue, worker
+    from imgq.ledger import queue
+    from imgq import work as worker
     from imgq.config import Settings
 
     claim = queue.Claim(job_id, f"job{job_id}", "", spec, spec_hash, "", 1, 1, src_root, src_rel)

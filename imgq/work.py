@@ -30,11 +30,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from imgq import split as splitting
-from imgq import faces, imaging, original, queue, recipes, store
+from imgq import faces, imaging, original, recipes, store
+from imgq.ledger import queue
 from imgq.config import Settings
-from imgq.database import DB
+from imgq.ledger.database import DB
 from imgq.errors import ImgqError, classify
-from imgq.journal import Actor
+from imgq.ledger.journal import Actor
 
 TARGET_BATCH_SECONDS = 0.5
 DRAIN_POLL = 0.05

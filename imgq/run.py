@@ -15,12 +15,13 @@ from pathlib import Path
 
 from imgq import archive as archive_step
 from imgq import collect as collect_step
-from imgq import inbox, queue, worker
+from imgq import scan as inbox, work as worker
+from imgq.ledger import queue
 from imgq.config import Settings
-from imgq.database import DB
+from imgq.ledger.database import DB
 from imgq.destinations import Destination, LocalDestination
 from imgq.errors import Exit
-from imgq.journal import Actor
+from imgq.ledger.journal import Actor
 
 
 @dataclasses.dataclass

@@ -27,7 +27,9 @@ import re
 import threading
 from pathlib import Path
 
-from imgq import faces, imaging, protocol, queue, recipes, store
+from imgq import faces, imaging, recipes, store
+from imgq.fleet import protocol
+from imgq.ledger import queue
 from imgq.errors import BadImage, ImgqError
 from imgq.ops import get, parse_chain
 

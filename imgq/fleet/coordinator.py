@@ -41,12 +41,15 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
-from imgq import arrival, hosts, link, protocol, queue, store, worker
+from imgq import store
+from imgq.fleet import arrival, hosts, link, protocol
+from imgq.ledger import queue
+from imgq import work as worker
 from imgq.config import Settings
-from imgq.database import DB
+from imgq.ledger.database import DB
 from imgq.errors import HostUnreachable, ImgqError, UsageError, classify
-from imgq.hosts import HostEntry, PreflightFailed
-from imgq.journal import Actor
+from imgq.fleet.hosts import HostEntry, PreflightFailed
+from imgq.ledger.journal import Actor
 
 RELOAD_SECONDS = 2.0  # how often the hosts file is re-read
 PING_SECONDS = 2.0  # the agent exits when it hears nothing for its idle timeout

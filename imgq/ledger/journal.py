@@ -32,7 +32,7 @@ import dataclasses
 import json
 from collections.abc import Iterable, Sequence
 
-from imgq.database import DB
+from imgq.ledger.database import DB
 from imgq.errors import InvalidTransition
 
 NEW = None  # the "from" state of a row being created

@@ -34,10 +34,11 @@ import unicodedata
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from imgq import imaging, journal, original, store
-from imgq.database import DB
+from imgq import imaging, original, store
+from imgq.ledger import journal
+from imgq.ledger.database import DB
 from imgq.errors import ImgqError, Permanent
-from imgq.journal import Actor
+from imgq.ledger.journal import Actor
 
 # Names that sync clients, browsers, editors and imgq itself leave while writing.
 TEMP_PATTERNS = [

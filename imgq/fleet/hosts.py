@@ -24,12 +24,13 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
-from imgq import __version__, protocol
-from imgq.database import DB
+from imgq import __version__
+from imgq.fleet import protocol
+from imgq.ledger.database import DB
 from imgq.errors import UsageError
 
 if TYPE_CHECKING:  # imgq.remote brings paramiko: not for `imgq status`, which reads the table
-    from imgq.remote import HostSpec
+    from imgq.fleet.ssh import HostSpec
 
 MIN_FREE_DISK = 256 * 2**20  # the agent stages inputs and outputs of a few jobs at a time
 BENCH_BASE = 5.0  # seconds benched after a first failure; doubles with each one in a row
@@ -62,7 +63,7 @@ def parse_line(line: str, *, remote_imgq: tuple[str, ...] = ("imgq",), where: st
         raise UsageError(f"{where}cannot read {line.strip()!r}: {e}") from None
     if not words:
         return None
-    from imgq.remote import parse_host_spec
+    from imgq.fleet.ssh import parse_host_spec
 
     try:
         spec = parse_host_spec(words[0])

@@ -30,9 +30,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from imgq import hosts, protocol, remote
+from imgq.fleet import hosts, protocol, ssh as remote
 from imgq.errors import HostUnreachable
-from imgq.hosts import HostEntry, PreflightFailed
+from imgq.fleet.hosts import HostEntry, PreflightFailed
 
 AGENT_START_TIMEOUT = 60.0  # a cold Python importing Pillow and OpenCV on a slow disk
 

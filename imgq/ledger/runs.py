@@ -6,7 +6,7 @@ import json
 import os
 import socket
 
-from imgq.database import DB
+from imgq.ledger.database import DB
 
 
 def start(db: DB, command: str, args: dict, *, now: float) -> int:
