@@ -82,7 +82,7 @@ def render(header: dict, blob: bytes) -> tuple[list[dict], list[bytes], dict]:
     o = worker.process(claim, Settings(store=work / "out", max_pixels=header["max_pixels"], jpeg_quality=header["quality"]))
     assert o.error is None, o.error
     listed = [{"name": a.name, "sha256": a.sha256, "bytes": a.bytes, "width": a.width, "height": a.height} for a in o.artifacts]
-    blobs = [(work / "out" / a.path).read_bytes() for a in o.artifacts]
+    blobs = [(work / "out" / (a.staged or a.path)).read_bytes() for a in o.artifacts]  # outputs stay staged, as in imgq agent
     return listed, blobs, o.result or {}
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from imgq import store as store_lib
 from imgq import samples
 
 OLD = time.time() - 600  # mtimes well past any settle time
@@ -40,7 +41,8 @@ def rows(db: Path, sql: str, args=()) -> list[tuple]:
 
 def store_images(tmp_path: Path) -> list[Path]:
     store = tmp_path / "imgq-store"
-    return sorted(p for p in store.rglob("*") if p.is_file()) if store.exists() else []
+    # the owner marker (store.OWNER_MARK) is not an image
+    return sorted(p for p in store.rglob("*") if p.is_file() and p.name != store_lib.OWNER_MARK) if store.exists() else []
 
 
 def scan_and_enqueue(run_imgq, inbox: Path) -> list[str]:

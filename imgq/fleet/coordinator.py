@@ -517,10 +517,12 @@ class Fleet:
                 self._bench(h, reason)  # its link's bytes are counted by the "lost" that follows
         elif kind == "outcome":
             lk, outcome, from_agent = ev[2], ev[3], ev[4]
-            if lk is not None and lk is not h.link:
-                return  # from a link since lost: its jobs were requeued (a late reply)
-            if h.inflight.get(outcome.claim.job_id) is outcome.claim:
-                self.pending_outcomes[(h.name, lk is None)].append((outcome, from_agent))
+            if (lk is not None and lk is not h.link) or h.inflight.get(outcome.claim.job_id) is not outcome.claim:
+                # from a link since lost, or for a job no longer held here: its jobs were
+                # requeued (a late reply); what it staged in the store goes with it
+                store.discard(self.settings.store_dir, outcome.staged())
+                return
+            self.pending_outcomes[(h.name, lk is None)].append((outcome, from_agent))
 
     def _settle(self) -> None:
         for (name, here), items in list(self.pending_outcomes.items()):
