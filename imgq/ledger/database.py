@@ -427,6 +427,11 @@ class DB:
         os.pwrite(fd, b"\0", 0)
         return os.fstat(fd).st_mtime_ns / 1e9
 
+    def when(self, now: float | None) -> float:
+        """``now`` if given, else the database's clock (``now()``): how every ledger
+        function turns its ``now`` keyword into the time it writes."""
+        return self.now() if now is None else now
+
     @property
     def id(self) -> str:
         """The random id this database was given when it was created (or migrated)."""
