@@ -3,7 +3,8 @@ writes to it.
 
 Lives here: the database opener and its migrations (``database``), every state transition
 of files and jobs with its event (``journal``), the queue's claims, leases and fenced
-completion with the artifacts it records (``queue``) and the run records (``runs``). Code
+completion with the artifacts it records (``queue``), the faces a completed job found
+(``faces``), what collect checked (``checks``) and the run records (``runs``). Code
 outside this package reads the database but never executes INSERT, UPDATE or DELETE on
 it (tests/test_house.py checks). It may import ``imgq.errors``, ``imgq.store``,
 ``imgq.config``, ``imgq.recipes`` and the pure planning of ``imgq.split`` (stripe and join

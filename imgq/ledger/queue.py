@@ -24,8 +24,8 @@ import secrets
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from imgq import faces, recipes, store
-from imgq.ledger import journal
+from imgq import recipes, store
+from imgq.ledger import faces, journal
 from imgq import split as splitting
 from imgq.ledger.database import DB
 from imgq.errors import InvalidTransition
