@@ -147,6 +147,13 @@ def move_file(
     return from_state
 
 
+def refresh_stat(db: DB, file_id: str, *, size: int, mtime_ns: int) -> None:
+    """Remember a new size and mtime for a file whose content did not change (a sync
+    client re-wrote it): no state change, so no event."""
+    _require_tx(db)
+    db.execute("UPDATE files SET size = ?, mtime_ns = ? WHERE id = ?", (size, mtime_ns, file_id))
+
+
 def _promote_duplicates(db: DB, twin_id: str, *, now: float, actor: Actor) -> None:
     """The twin of some duplicates failed: promote the oldest (``seen``, no longer a
     duplicate) and make the others its duplicates, so the content is processed, archived
