@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from imgq import samples
+from imgq.store import OWNER_MARK
 
 OLD = time.time() - 600  # mtimes well past any settle time
 
@@ -40,7 +41,8 @@ def rows(db: Path, sql: str, args=()) -> list[tuple]:
 
 def store_images(tmp_path: Path) -> list[Path]:
     store = tmp_path / "imgq-store"
-    return sorted(p for p in store.rglob("*") if p.is_file()) if store.exists() else []
+    # the store's owner mark is no image: every other file is
+    return sorted(p for p in store.rglob("*") if p.is_file() and p.name != OWNER_MARK) if store.exists() else []
 
 
 def scan_and_enqueue(run_imgq, inbox: Path) -> list[str]:
@@ -122,9 +124,9 @@ def test_scan_does_not_hang_on_a_fifo_swapped_in_after_the_walk(tmp_path):
     photo.unlink()
     os.mkfifo(photo)
     code = (
-        "import os, sys; from pathlib import Path; from imgq import inbox\n"
+        "import os, sys; from pathlib import Path; from imgq import scan\n"
         f"st = os.stat({str(photo)!r})\n"
-        f"item = inbox.examine(Path({str(inbox)!r}), Path('alice/IMG_0005.jpg'), st, None, 'unknown', 10**9)\n"
+        f"item = scan.examine(Path({str(inbox)!r}), Path('alice/IMG_0005.jpg'), st, None, 'unknown', 10**9)\n"
         "print(item.get('skip') or item['error'])\n"
     )
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
