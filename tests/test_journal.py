@@ -182,7 +182,7 @@ def test_rollback_takes_the_event_with_it(db):
 
 
 def test_schema_is_migrated_once_and_versioned(tmp_path):
-    from imgq.ledger.database import MIGRATIONS, schema_version
+    from imgq.ledger.migrations import MIGRATIONS, schema_version
 
     a = DB(tmp_path / "x.db")
     b = DB(tmp_path / "x.db")
