@@ -32,7 +32,7 @@ import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 
-from imgq.ledger import journal
+from imgq.ledger import checks, journal
 from imgq.ledger.database import DB
 from imgq.destinations import Destination, Found, physical
 from imgq.errors import ImgqError
@@ -110,12 +110,6 @@ def collect(
     required_ids = list(dict.fromkeys(ident_of(u) for u in required))
     need = _Need([place.get(i, i) for i in required_ids], min_copies)
     report = CollectReport()
-    # Copies count per physical destination (identity read now), not per spelling: a
-    # symlink to a folder or ssh://u@nas:22/x for ssh://nas/x is the same place.
-    phys = physical(destinations.values())
-    ident_of = lambda url: phys.identity.get(url, url)  # noqa: E731 (unreachable: its own name)
-    place = {ident_of(u): phys.url_of(ident_of(u)) or u for u in destinations}
-    required_ids = list(dict.fromkeys(ident_of(u) for u in required))
     pending: list[tuple] = []  # (file row, copies rows) still to verify
     for f in _candidates(db, file_ids):
         path = os.path.join(f["inbox"], f["path"])
@@ -168,9 +162,7 @@ def collect(
 
     if not dry_run:
         _remember(db, report.verdicts, now=clock())
-    if good_ids and not dry_run:
-        with db.transaction():
-            db.conn.executemany("UPDATE copies SET verified_at = ? WHERE id = ?", [(clock(), i) for i in good_ids])
+        checks.copies_verified(db, good_ids, now=clock())
     return report
 
 
@@ -319,17 +311,9 @@ def _decide(db: DB, report: CollectReport, on_verdict, v: Verdict, dry_run: bool
 def _remember(db: DB, verdicts: Sequence[Verdict], *, now: float) -> None:
     """Keep each verdict on a file still in the inbox for ``imgq status``; a row changes
     only when the verdict does, so an idle rerun writes nothing."""
-    keep = [v for v in verdicts if v.action in (KEEP, WAIT)]
-    done = [v for v in verdicts if v.action not in (KEEP, WAIT)]
-    with db.transaction():
-        db.conn.executemany(
-            "INSERT INTO collect_checks (file_id, checked_at, verdict, reason, verified_copies) VALUES (?, ?, ?, ?, ?)"
-            " ON CONFLICT (file_id) DO UPDATE SET checked_at = excluded.checked_at, verdict = excluded.verdict,"
-            " reason = excluded.reason, verified_copies = excluded.verified_copies"
-            " WHERE verdict != excluded.verdict OR reason != excluded.reason OR verified_copies IS NOT excluded.verified_copies",
-            [(v.file_id, now, v.action, v.reason, len(v.verified)) for v in keep],
-        )
-        db.conn.executemany("DELETE FROM collect_checks WHERE file_id = ?", [(v.file_id,) for v in done])
+    kept = [(v.file_id, v.action, v.reason, len(v.verified)) for v in verdicts if v.action in (KEEP, WAIT)]
+    done = [v.file_id for v in verdicts if v.action not in (KEEP, WAIT)]
+    checks.remember(db, kept, done, now=now)
 
 
 def summary(report: CollectReport) -> dict:

@@ -350,7 +350,7 @@ def _record(db: DB, batch: list[dict], report: ScanReport, ids: _Ids, *, now: fl
                 continue
             if known and row.get("sha256") == known["sha256"] and not item["error"]:
                 # Touched but not changed (a sync client re-wrote it): remember the new stat.
-                db.execute("UPDATE files SET size = ?, mtime_ns = ? WHERE id = ?", (row["size"], row["mtime_ns"], known["id"]))
+                journal.refresh_stat(db, known["id"], size=row["size"], mtime_ns=row["mtime_ns"])
                 report.unchanged += 1
                 continue
             base = f"{slug(row['owner'])}_{_epoch(row['taken_at'])}_{slug(original.shown_path(item['rel'].name))}"

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from imgq import faces, recipes, samples
-from imgq.ledger import journal, queue
+from imgq.ledger import faces as ledger_faces, journal, queue
 from imgq.ledger.database import DB
 
 skimage_data = pytest.importorskip("skimage.data")
@@ -164,7 +164,7 @@ def test_faces_are_recorded_with_completion_and_a_newer_job_speaks_for_the_file(
 def test_record_refuses_to_run_outside_the_completing_transaction(tmp_path):
     db = DB(tmp_path / "imgq.db")
     with pytest.raises(RuntimeError, match="transaction"):
-        faces.record(db, job_id=1, file_id="f", recipe="r", spec={}, result={"w": {"faces": []}}, now=0)
+        ledger_faces.record(db, job_id=1, file_id="f", recipe="r", spec={}, result={"w": {"faces": []}}, now=0)
 
 
 def test_skip_needs_a_faces_step_and_only_skips_when_every_scan_is_empty():

@@ -124,9 +124,9 @@ def test_scan_does_not_hang_on_a_fifo_swapped_in_after_the_walk(tmp_path):
     photo.unlink()
     os.mkfifo(photo)
     code = (
-        "import os, sys; from pathlib import Path; from imgq import inbox\n"
+        "import os, sys; from pathlib import Path; from imgq import scan\n"
         f"st = os.stat({str(photo)!r})\n"
-        f"item = inbox.examine(Path({str(inbox)!r}), Path('alice/IMG_0005.jpg'), st, None, 'unknown', 10**9)\n"
+        f"item = scan.examine(Path({str(inbox)!r}), Path('alice/IMG_0005.jpg'), st, None, 'unknown', 10**9)\n"
         "print(item.get('skip') or item['error'])\n"
     )
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))

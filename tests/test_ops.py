@@ -74,7 +74,10 @@ def test_registry_lists_valid_names_and_every_op_is_documented():
         steps = parse_chain(m.group(1))  # the example is valid
         assert op.name in [s.op for s in steps]
         for s in steps:
-            assert ops.get(s.op).reach(s.params) >= 0
+            # a halo in rows: a whole number, at most "the whole image" (a float or a
+            # negative would cut stripes wrong)
+            reach = ops.get(s.op).reach(s.params)
+            assert type(reach) is int and 0 <= reach <= ops.WHOLE_IMAGE, (s, reach)
 
 
 # ---- enhancement and filters -------------------------------------------------------------

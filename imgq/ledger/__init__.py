@@ -1,8 +1,20 @@
-"""The ledger: the one SQLite file that is both queue and journal.
+"""The ledger: the one SQLite file that is both queue and journal, and the only code that
+writes to it.
 
-Lives here: the database opener and its migrations (``database``), every state transition
-of files and jobs with its event (``journal``), the queue's claims, leases and fenced
-completion (``queue``) and the run records (``runs``). This is the only code that writes
-state. It may import ``imgq.errors``, ``imgq.store`` and ``imgq.config``, never a step,
-the fleet, imaging or the CLI.
+Lives here: the database opener, its write lock and clock (``database``), the schema's
+versioned steps (``migrations``), every state transition of files and jobs with its event
+(``journal``), the queue's claims, leases and fenced completion with the artifacts it
+records (``queue``), the faces a completed job found (``faces``), what collect checked
+(``checks``) and the run records (``runs``). Code outside this package reads the database
+but never executes INSERT, UPDATE or DELETE on it (tests/test_house.py checks). It may
+import ``imgq.errors``, ``imgq.store``, ``imgq.config``, ``imgq.recipes`` and the pure
+planning of ``imgq.split`` (stripe and join stage names), never a step, the fleet,
+imaging or the CLI.
+
+The clock: every ledger function that writes or compares a time takes it as the keyword
+``now``. Left as None (the default everywhere) it is the database's clock, ``DB.now()``,
+read inside the function's transaction (``DB.when(now)``): one clock for every process,
+read after the write lock is held, so a lease is never measured from a time read before
+a wait. A caller passes a number only to give several changes one time or, in tests, to
+replay a moment. No ledger function takes a clock callable or reads the process's clock.
 """

@@ -3,7 +3,8 @@
 Every change of a file's or a job's state goes through this module: it is checked
 against the lifecycle below and written together with its ``events`` row, inside the
 caller's transaction (``db.transaction()``). A change that is not on the diagram raises
-``InvalidTransition``: that is always a bug, never bad input.
+``InvalidTransition``: that is always a bug, never bad input. Times: the ``now`` given,
+or the database's clock when it is None (see ``imgq.ledger``).
 
 File lifecycle::
 
@@ -97,9 +98,10 @@ def _require_tx(db: DB) -> None:
 # --- files -----------------------------------------------------------------------------
 
 
-def add_file(db: DB, row: dict, *, state: str, now: float, actor: Actor = Actor(), detail=None) -> None:
+def add_file(db: DB, row: dict, *, state: str, now: float | None = None, actor: Actor = Actor(), detail=None) -> None:
     """Record a newly found file in ``state`` (seen, duplicate or failed)."""
     _require_tx(db)
+    now = db.when(now)
     check("file", NEW, state)
     row = dict(row, state=state, created_at=now, updated_at=now)
     cols = ", ".join(row)
@@ -112,7 +114,7 @@ def move_file(
     file_id: str,
     to_state: str,
     *,
-    now: float,
+    now: float | None = None,
     actor: Actor = Actor(),
     detail=None,
     job_id: int | None = None,
@@ -126,6 +128,7 @@ def move_file(
     state raises. ``error`` is stored (and cleared when None on a move out of failed).
     """
     _require_tx(db)
+    now = db.when(now)
     row = db.one("SELECT state FROM files WHERE id = ?", (file_id,))
     if row is None:
         raise InvalidTransition(f"file {file_id} does not exist")
@@ -144,6 +147,13 @@ def move_file(
     return from_state
 
 
+def refresh_stat(db: DB, file_id: str, *, size: int, mtime_ns: int) -> None:
+    """Remember a new size and mtime for a file whose content did not change (a sync
+    client re-wrote it): no state change, so no event."""
+    _require_tx(db)
+    db.execute("UPDATE files SET size = ?, mtime_ns = ? WHERE id = ?", (size, mtime_ns, file_id))
+
+
 def _promote_duplicates(db: DB, twin_id: str, *, now: float, actor: Actor) -> None:
     """The twin of some duplicates failed: promote the oldest (``seen``, no longer a
     duplicate) and make the others its duplicates, so the content is processed, archived
@@ -160,9 +170,10 @@ def _promote_duplicates(db: DB, twin_id: str, *, now: float, actor: Actor) -> No
 # --- jobs ------------------------------------------------------------------------------
 
 
-def add_job(db: DB, row: dict, *, now: float, actor: Actor = Actor()) -> int | None:
+def add_job(db: DB, row: dict, *, now: float | None = None, actor: Actor = Actor()) -> int | None:
     """Create a ready job; None if the same file, recipe and spec already has one."""
     _require_tx(db)
+    now = db.when(now)
     check("job", NEW, "ready")
     row = dict(row, state="ready", attempts=0, not_before=0, created_at=now, updated_at=now)
     cols = ", ".join(row)
@@ -192,13 +203,14 @@ class JobChange:
     detail: object = None
 
 
-def move_jobs(db: DB, changes: Sequence[JobChange], *, now: float, actor: Actor = Actor()) -> list[bool]:
+def move_jobs(db: DB, changes: Sequence[JobChange], *, now: float | None = None, actor: Actor = Actor()) -> list[bool]:
     """Apply job changes in the caller's transaction; one event per applied change.
 
     Returns, per change, whether it applied: a fenced change whose job has moved on
     (another worker reclaimed it) does not apply and writes nothing.
     """
     _require_tx(db)
+    now = db.when(now)
     applied: list[bool] = []
     events = []
     for c in changes:

@@ -6,8 +6,9 @@ transaction hands a worker up to K jobs, so the database is touched once per bat
 once per job.
 
 Lease times come from one clock, the database's (``DB.now``), read inside the
-transaction: ``now`` left as None means that clock. Only tests pass a time of their own.
-A process whose clock is off cannot see fresh leases as expired, nor make long ones.
+transaction: ``now`` left as None means that clock (the ledger's convention, see
+``imgq.ledger``). Only tests pass a time of their own to the lease functions. A process
+whose clock is off cannot see fresh leases as expired, nor make long ones.
 
 Completion moves the job's outputs into place: each artifact (and stripe part) is written
 by its attempt under a per-attempt name (``store.staged_path`` with the lease token), and
@@ -23,8 +24,8 @@ import secrets
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from imgq import faces, recipes, store
-from imgq.ledger import journal
+from imgq import recipes, store
+from imgq.ledger import faces, journal
 from imgq import split as splitting
 from imgq.ledger.database import DB
 from imgq.errors import InvalidTransition
@@ -100,7 +101,7 @@ def enqueue(
     file_ids: Iterable[str],
     chains_by_recipe: dict[str, dict[str, str]],
     *,
-    now: float,
+    now: float | None = None,
     max_attempts: int,
     actor: Actor = Actor(),
     split: SplitPolicy | None = None,
@@ -118,6 +119,7 @@ def enqueue(
         specs[name] = (json.dumps(canonical, sort_keys=True), recipes.spec_hash(canonical))
     results = []
     with db.transaction():
+        now = db.when(now)
         for file_id in file_ids:
             row = db.one("SELECT state FROM files WHERE id = ?", (file_id,))
             if row is None:
@@ -168,7 +170,7 @@ def claim(
     an input that kills its worker cannot loop forever.
     """
     with db.transaction():
-        now = db.now() if now is None else now
+        now = db.when(now)
         rows = db.all(
             "SELECT * FROM (SELECT j.id, j.file_id, j.recipe, j.spec, j.spec_hash, j.state, j.attempts, j.max_attempts, j.lease_owner,"
             " j.stage, f.inbox, f.path, f.sha256, f.size FROM jobs j JOIN files f ON f.id = j.file_id"
@@ -223,7 +225,7 @@ def heartbeat(db: DB, held: Sequence[tuple[int, str]], *, lease_seconds: float, 
     if not held:
         return lost
     with db.transaction():
-        now = db.now() if now is None else now
+        now = db.when(now)
         for job_id, token in held:
             cur = db.execute(
                 "UPDATE jobs SET lease_until = ? WHERE id = ? AND state = 'leased' AND lease_token = ?",
@@ -291,7 +293,7 @@ def settle(
     out = Settled()
     leftovers: list[str] = []
     with db.transaction():
-        now = db.now() if now is None else now
+        now = db.when(now)
         for o in outcomes:
             c = o.claim
             if o.error is None:
@@ -415,7 +417,7 @@ def release(db: DB, held: Sequence[Claim], *, now: float | None = None, actor: A
     if not held:
         return 0
     with db.transaction():
-        now = db.now() if now is None else now
+        now = db.when(now)
         applied = journal.move_jobs(
             db,
             [JobChange(c.job_id, c.file_id, "leased", "ready", sets={"attempts": c.attempts - 1, "lease_until": None, "not_before": 0}, token=c.token, detail="released unstarted (worker stopping)") for c in held],
@@ -425,7 +427,7 @@ def release(db: DB, held: Sequence[Claim], *, now: float | None = None, actor: A
     return sum(applied)
 
 
-def retry(db: DB, *, job_ids: Iterable[int] | None = None, file_ids: Iterable[str] | None = None, pattern: str | None = None, now: float, actor: Actor = Actor()) -> list[int]:
+def retry(db: DB, *, job_ids: Iterable[int] | None = None, file_ids: Iterable[str] | None = None, pattern: str | None = None, now: float | None = None, actor: Actor = Actor()) -> list[int]:
     """Re-arm failed jobs (all of them, or those given, or whose error matches ``pattern``)."""
     sql = "SELECT id, file_id FROM jobs WHERE state = 'failed'"
     params: list = []
@@ -442,6 +444,7 @@ def retry(db: DB, *, job_ids: Iterable[int] | None = None, file_ids: Iterable[st
         params.append(f"%{pattern}%")
     rearmed = []
     with db.transaction():
+        now = db.when(now)
         rows = db.all(sql, params)
         journal.move_jobs(
             db,
@@ -459,7 +462,7 @@ def retry(db: DB, *, job_ids: Iterable[int] | None = None, file_ids: Iterable[st
 
 def pending(db: DB, *, now: float | None = None) -> tuple[int, float | None]:
     """(jobs not yet finished, seconds until the next one can be claimed or None if one can now)."""
-    now = db.now() if now is None else now
+    now = db.when(now)
     row = db.one(
         "SELECT count(*) AS n,"
         " min(CASE WHEN state = 'ready' THEN not_before ELSE lease_until END) AS next"
