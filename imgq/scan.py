@@ -319,7 +319,7 @@ def _examine_open(orig: original.Original, item: dict, max_pixels: int) -> None:
         return
     fmt = imaging.sniff(head)
     if fmt is None:
-        item["error"] = f"not an image: content is not a known image format (JPEG, PNG, TIFF, WebP, BMP, GIF, HEIF/AVIF, camera RAW); it starts with {head[:8]!r}"
+        item["error"] = f"not an image: content is not a known image format ({imaging.FORMAT_NAMES}); it starts with {head[:8]!r}"
         return
     row["format"] = fmt
     try:

@@ -36,6 +36,7 @@ from imgq.config import Settings
 from imgq.ledger.database import DB
 from imgq.errors import ImgqError, classify
 from imgq.ledger.journal import Actor
+from imgq.split.run import join_job, stripe_job
 
 TARGET_BATCH_SECONDS = 0.5
 DRAIN_POLL = 0.05
@@ -116,9 +117,10 @@ def process(claim: queue.Claim, settings: Settings) -> queue.Outcome:
         chains, options = recipes.split_spec(claim.spec)
         kind, index, count = splitting.parse_stage(claim.stage)
         if kind == "stripe":
-            return _stripe(claim, settings, read_original(claim), chains, index, count, started, staged)
+            result, parts = stripe_job(claim, settings, read_original(claim), chains, index, count, started, staged)
+            return queue.Outcome(claim, artifacts=[], result=result, parts=parts)
         if kind == splitting.JOIN:
-            rendered = _join(claim, settings, read_original(claim), chains, count)
+            rendered = join_job(claim, settings, read_original(claim), chains, count)
         else:
             rendered = imaging.render(read_original(claim), chains, max_pixels=settings.max_pixels)
         result: dict = {}
@@ -154,38 +156,6 @@ def process(claim: queue.Claim, settings: Settings) -> queue.Outcome:
 def _failed(claim: queue.Claim, settings: Settings, staged: list[str], error: str, kind: str) -> queue.Outcome:
     store.discard(settings.store_dir, staged)
     return queue.Outcome(claim, error=error, kind=kind)
-
-
-def _stripe(claim, settings, src, chains, index, count, started, staged) -> queue.Outcome:
-    """One stripe of a split image: the chains' neighbourhood prefixes on its rows, kept
-    losslessly in the store until the join job stacks them (staged like artifacts)."""
-    halo = splitting.halo(chains)
-    prefixes = {name: p for name, p in ((n, splitting.divide(c)[0]) for n, c in chains.items()) if p}
-    parts = imaging.render_stripe(src, prefixes, index, count, halo, max_pixels=settings.max_pixels)
-    moves = []
-    for name, image in parts.items():
-        final = splitting.part_path(claim.file_id, name, claim.spec_hash, index, count)
-        staged.append(store.staged_path(final, claim.token))
-        imaging.save_part(image, settings.store_dir / staged[-1])
-        moves.append((staged[-1], final))
-    return queue.Outcome(claim, artifacts=[], result={"stripe": [index, count], "halo": halo, "seconds": round(time.monotonic() - started, 4)}, parts=moves)
-
-
-def _join(claim, settings, src, chains, count) -> dict:
-    halo = splitting.halo(chains)
-    divided = {name: splitting.divide(c) for name, c in chains.items()}
-    rests = {name: rest for name, (prefix, rest) in divided.items() if prefix}
-    others = {name: chains[name] for name, (prefix, _) in divided.items() if not prefix}
-
-    def load(size):
-        width, height = size
-        rows = splitting.plan(height, count, halo)
-        return {
-            name: [imaging.load_part(settings.store_dir / splitting.part_path(claim.file_id, name, claim.spec_hash, st.index, count), width, st.y1 - st.y0) for st in rows]
-            for name in rests
-        }
-
-    return imaging.render_join(src, load, rests, others, max_pixels=settings.max_pixels)
 
 
 class Heartbeat(threading.Thread):

@@ -291,3 +291,17 @@ def test_real_completions_parse():
         assert subprocess.run(["zsh", "-n", str(REPO / "completions" / "_imgq")]).returncode == 0
     if shutil.which("fish"):
         assert subprocess.run(["fish", "--no-execute", str(REPO / "completions" / "imgq.fish")]).returncode == 0
+
+
+def test_readme_lists_the_supported_formats():
+    # one list of formats (imgq.imaging.formats.SUPPORTED): `imgq scan --help` and the man
+    # page are built from it; the README is written by hand, so it is checked against it
+    import re
+
+    from imgq.imaging.formats import FORMAT_NAMES, SUPPORTED
+
+    readme = " ".join((REPO / "README.md").read_text().split())
+    listed = re.search(r"recognised by content \(([^)]*)\)", readme)
+    assert listed, "README.md no longer says which formats `imgq scan` recognises"
+    assert listed.group(1) == FORMAT_NAMES == ", ".join(SUPPORTED.values())
+    assert f"({FORMAT_NAMES})" in (REPO / "man" / "imgq-scan.1").read_text().replace("\\-", "-")

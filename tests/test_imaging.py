@@ -15,6 +15,8 @@ from PIL import Image, ImageCms
 
 from imgq import imaging
 from imgq.errors import BadImage, StorageError, TooLarge, UnknownOperation
+from imgq.imaging import encode, pixels
+from imgq.split import run as split_run
 from imgq.imaging import Rendered, probe, render, save, sniff, verify
 
 LIMIT = 250_000_000
@@ -255,7 +257,7 @@ def test_every_orientation_lands_the_same_way_up(tmp_path, orientation):
     # store the pixels as a camera would: undo the transpose that makes them upright
     # (rotations by 90 and 270 undo each other; every other transpose undoes itself)
     undo = {6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}
-    t = undo.get(orientation, imaging._UPRIGHT.get(orientation))
+    t = undo.get(orientation, pixels._UPRIGHT.get(orientation))
     stored = upright.transpose(t) if t is not None else upright
     p = write_jpeg(tmp_path / "o.jpg", stored, exif_with(orientation=orientation))
     img = render(p, {"w": "web"}, max_pixels=LIMIT)["w"].image
@@ -395,7 +397,7 @@ def test_save_is_atomic_when_verification_fails(tmp_path, monkeypatch):
     def fails(path, width, height):
         raise BadImage(f"truncated JPEG: {path}")
 
-    monkeypatch.setattr(imaging, "verify", fails)
+    monkeypatch.setattr(encode, "verify", fails)  # save verifies through encode.verify
     dest = tmp_path / "web.jpg"
     with pytest.raises(StorageError, match="did not verify"):
         save(Rendered(photo((64, 48))), dest)
@@ -664,7 +666,7 @@ def test_raw_and_split_render_from_checked_bytes(tmp_path):
     p.unlink()
     assert probe(src, max_pixels=LIMIT).format == "RAW"
     assert render(src, {"w": "web"}, max_pixels=LIMIT)["w"].image.size == (320, 480)
-    [(name, part)] = imaging.render_stripe(src, {"s": "blur"}, 0, 2, 4, max_pixels=LIMIT).items()
+    [(name, part)] = split_run.render_stripe(src, {"s": "blur"}, 0, 2, 4, max_pixels=LIMIT).items()
     assert part.width == 400
 
 

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from imgq import imaging, samples, split
+from imgq.split import run as split_run
 
 
 def q(db_path, sql, *params):
@@ -29,14 +30,14 @@ def test_stripes_joined_equal_the_whole(tmp_path, chain):
     count = 3
     for i in range(count):
         if prefix:
-            [(name, part)] = imaging.render_stripe(src, {"out": prefix}, i, count, halo, max_pixels=10**9).items()
-            imaging.save_part(part, tmp_path / f"p{i}.npy")
+            [(name, part)] = split_run.render_stripe(src, {"out": prefix}, i, count, halo, max_pixels=10**9).items()
+            split_run.save_part(part, tmp_path / f"p{i}.npy")
 
     def load(size):
         w, h = size
-        return {"out": [imaging.load_part(tmp_path / f"p{s.index}.npy", w, s.y1 - s.y0) for s in split.plan(h, count, halo)]} if prefix else {}
+        return {"out": [split_run.load_part(tmp_path / f"p{s.index}.npy", w, s.y1 - s.y0) for s in split.plan(h, count, halo)]} if prefix else {}
 
-    joined = imaging.render_join(src, load, {"out": rest} if prefix else {}, {} if prefix else chains, max_pixels=10**9)["out"].image
+    joined = split_run.render_join(src, load, {"out": rest} if prefix else {}, {} if prefix else chains, max_pixels=10**9)["out"].image
     assert joined.size == whole.size and joined.mode == whole.mode
     assert np.array_equal(np.asarray(joined), np.asarray(whole)), chain
 

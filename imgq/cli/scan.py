@@ -12,6 +12,7 @@ import typer
 from imgq import scan as inbox
 from imgq.cli import common
 from imgq.errors import Exit
+from imgq.imaging.formats import FORMAT_NAMES
 from imgq.ledger.journal import Actor
 
 EPILOG = """\b
@@ -39,7 +40,7 @@ def scan(
 ) -> None:
     """Find new photos in the inboxes and record them in the journal.
 
-    Photos are recognised by content (JPEG, PNG, TIFF, WebP, BMP, GIF), hashed once,
+    Photos are recognised by content ({formats}), hashed once,
     and recorded as seen, duplicate (same bytes as a known photo) or failed (with the
     reason). Hidden, temporary and half-synced files are skipped, symlinks are never
     followed, and unchanged files are not read again. Prints the id of each new photo
@@ -95,3 +96,7 @@ def scan(
         if report.failed or report.problems:
             run["exit_code"] = int(Exit.SOME_FAILED)
             raise typer.Exit(int(Exit.SOME_FAILED))
+
+
+# the formats come from the one list (imgq.imaging.formats.SUPPORTED): help and man page follow it
+scan.__doc__ = scan.__doc__.format(formats=FORMAT_NAMES)

@@ -1,4 +1,5 @@
-"""One huge image across many workers: horizontal stripes with a halo, then a join.
+"""The plan of a split image (pure: no I/O): which part of each chain runs in stripes,
+the halo, the stripes' rows, the jobs' stages and the parts' paths.
 
 A chain's *splittable prefix* is its longest leading run of operations that keep the
 image size and look only at a bounded neighbourhood (blur, gaussian, median, bilateral,
@@ -7,7 +8,7 @@ halo as wide as the prefix's reach, runs the prefix, and keeps only its own rows
 output pixel then saw exactly the neighbours it sees in the whole image, so the joined
 result is pixel-identical to processing the image at once (no seams). The join job
 stacks the stripes and runs the rest of the chain (a fit, canny, equalize, faces: steps
-that need the whole image).
+that need the whole image). The I/O is in imgq.split.run.
 """
 
 from __future__ import annotations
