@@ -106,7 +106,9 @@ def test_run_after_a_recipe_is_edited_makes_the_new_outputs(tmp_path, run_imgq, 
     assert len(ids) == 2
     assert q(db_path, "SELECT recipe, count(*) FROM jobs GROUP BY recipe ORDER BY recipe") == [("default", 2), ("soft", 2)]
 
-    conf.write_text(recipe.replace("gaussian=1.5", "gaussian=2.5"))
+    # the edit renames the artifact too: an archived NAME.soft.jpg is never replaced by
+    # different bytes (archive refuses; see imgq/archive.py), a new name is archived beside it
+    conf.write_text(recipe.replace('soft = "web|gaussian=1.5"', 'softer = "web|gaussian=2.5"'))
     jobs_before = q(db_path, "SELECT max(id) FROM jobs")[0][0]
     second = run_imgq("run", root, "--to", tmp_path / "A", "--no-collect", "-j1")
     assert second.returncode == 0, second.stderr
