@@ -61,7 +61,8 @@ from imgq.destinations import (
     physical,
 )
 from imgq.errors import ImgqError, StorageError, classify
-from imgq.scan import slug
+from imgq.names import slug
+from imgq.backoff import delay as backoff_delay
 from imgq.ledger.journal import Actor
 from imgq.original import ChangedInInbox, Original, Unsafe
 
@@ -163,6 +164,8 @@ def cap(name: str, limit: int = NAME_BYTES) -> str:
     return stem.encode()[:budget].decode(errors="ignore") + tail
 
 
+# Not names.slug on purpose: only for a name a destination refused, so it must be plain
+# ASCII (FAT, exFAT, SMB) and carry the photo's sha256, where a slug keeps letters.
 def safe_name(name: str, sha256: str) -> str:
     """A name every destination can hold (FAT, exFAT, SMB): ASCII letters, digits and
     ``. _ -`` plus 8 hex of the photo's sha256, for a name the destination refused."""
@@ -455,7 +458,7 @@ def _succeeded(db: DB, target, *, now: float) -> None:
 
 def _failed(db: DB, target, error: str, kind: str, *, now: float, backoff: float, backoff_max: float, rng: random.Random) -> float:
     attempts = target["attempts"] + 1
-    delay = min(backoff_max, backoff * 2 ** (attempts - 1)) * rng.uniform(0.5, 1.5)
+    delay = backoff_delay(attempts, backoff, backoff_max, rng)
     with db.transaction():
         db.execute(
             "UPDATE archive_targets SET attempts = ?, not_before = ?, error = ?, error_kind = ?, updated_at = ? WHERE id = ?",

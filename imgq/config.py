@@ -47,6 +47,8 @@ class Settings:
         return self.db.parent / (self.db.stem + "-store")
 
 
+DEFAULTS = Settings()  # the embedded defaults, read (never changed) where help texts name them
+
 _SCALARS = {
     "store": Path,
     "max_pixels": int,

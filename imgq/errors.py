@@ -11,9 +11,13 @@ import enum
 
 
 class Exit(enum.IntEnum):
+    """Every exit status imgq gives, from one place (httpie's habit)."""
+
     OK = 0
     SOME_FAILED = 1
     USAGE = 2
+    INTERRUPTED = 130  # stopped by SIGINT (or asked to stop): 128 + SIGINT, as shells say
+    TERMINATED = 143  # an agent stopped by SIGTERM: 128 + SIGTERM
 
 
 class ImgqError(Exception):
@@ -56,10 +60,6 @@ class StorageError(Transient):
 
 class HostUnreachable(Transient):
     """A host could not be reached or was lost."""
-
-
-class LeaseLost(ImgqError):
-    """The job's lease expired or was taken by another worker; the result is discarded."""
 
 
 class InvalidTransition(ImgqError):

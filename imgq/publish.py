@@ -92,6 +92,9 @@ class _Output:
     file_id: str | None = None
 
 
+# Not names.slug on purpose: a gallery name must be plain ASCII (any web root, any URL)
+# and must never be shared by two texts, so non-plain texts get a hash; ids keep the
+# letters people wrote and are made unique by the scan.
 def slug(text: str, *, dots: bool = True) -> str:
     """A file and URL name for ``text``: itself when already plain ASCII, else a plain
     form plus ``~`` and a hash, so different texts never share a slug (``~`` never

@@ -92,6 +92,8 @@ def artifact_name_for(chain_text: str) -> str:
             parts.append(op.name + changed[0].format(step.params[changed[0].name]))
         else:
             parts.append("_".join([op.name] + [p.name + p.format(step.params[p.name]) for p in changed]))
+    # not names.slug: an artifact name must match _ARTIFACT_NAME (ASCII only), since it
+    # ends up in store, archive and gallery file names on any file system
     name = re.sub(r"[^A-Za-z0-9._-]", "_", "-".join(parts))
     if len(name) > _MAX_NAME:
         digest = hashlib.sha256(canonical_chain(chain_text).encode()).hexdigest()[:10]

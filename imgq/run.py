@@ -15,7 +15,8 @@ from pathlib import Path
 
 from imgq import archive as archive_step
 from imgq import collect as collect_step
-from imgq import scan as inbox, work as worker
+from imgq import enqueue as enqueue_step
+from imgq import scan, work
 from imgq.ledger import queue
 from imgq.config import Settings
 from imgq.ledger.database import DB
@@ -36,9 +37,9 @@ class RunOptions:
 
 @dataclasses.dataclass
 class RunReport:
-    scan: inbox.ScanReport | None = None
+    scan: scan.ScanReport | None = None
     enqueued: list[queue.EnqueueResult] = dataclasses.field(default_factory=list)
-    work: worker.WorkSummary | None = None
+    work: work.WorkSummary | None = None
     archive: archive_step.ArchiveReport | None = None
     collect: collect_step.CollectReport | None = None
 
@@ -46,7 +47,7 @@ class RunReport:
     def exit_code(self) -> int:
         """0 when nothing failed in this run; 130 if interrupted; 1 otherwise."""
         if self.work is not None and self.work.interrupted:
-            return 130
+            return int(Exit.INTERRUPTED)
         failed = bool(
             (self.scan and (self.scan.failed or self.scan.problems))
             or (self.work and self.work.failed)
@@ -81,7 +82,7 @@ def run(
     """Run every step once; ``on_step(name, result)`` after each."""
     report = RunReport()
     skip = [settings.store_dir] + [Path(d.url) for d in opts.destinations if isinstance(d, LocalDestination)]
-    report.scan = inbox.scan(
+    report.scan = scan.scan(
         db,
         opts.inboxes,
         now=clock(),
@@ -93,13 +94,13 @@ def run(
     )
     on_step("scan", report.scan)
 
-    fresh = [r[0] for r in db.all("SELECT id FROM files WHERE state = 'seen' ORDER BY created_at, id")]
-    if fresh:
-        report.enqueued = queue.enqueue(db, fresh, opts.recipes, now=clock(), max_attempts=settings.max_attempts, actor=Actor(name="run:enqueue"))
+    # the rule of `imgq enqueue`: new photos get their jobs, and so do the files a
+    # recipe edited in imgq.toml affects
+    report.enqueued = enqueue_step.enqueue(db, settings, opts.recipes, now=clock(), actor=Actor(name="run:enqueue"))
     on_step("enqueue", report.enqueued)
 
     if db.one("SELECT 1 FROM jobs WHERE state IN ('ready', 'leased') LIMIT 1"):
-        report.work = worker.work(settings, worker.WorkOptions(processes=opts.processes, mode="once"), on_report=on_work)
+        report.work = work.work(settings, work.WorkOptions(processes=opts.processes, mode="once"), on_report=on_work)
         on_step("work", report.work)
         if report.work.interrupted:
             return report

@@ -30,7 +30,6 @@ import json
 import os
 import re
 import stat
-import unicodedata
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from imgq.ledger import journal
 from imgq.ledger.database import DB
 from imgq.errors import ImgqError, Permanent
 from imgq.ledger.journal import Actor
+from imgq.names import slug
 
 # Names that sync clients, browsers, editors and imgq itself leave while writing.
 TEMP_PATTERNS = [
@@ -167,15 +167,6 @@ def walk(root: Path, skip: set[tuple[int, int]] = frozenset(), report: ScanRepor
 def owner_of(rel: Path, default_owner: str) -> str:
     """The owner label: the first folder below the inbox root, as people read it."""
     return original.shown_path(rel.parts[0]) if len(rel.parts) > 1 else default_owner
-
-
-def slug(text: str) -> str:
-    """A form of ``text`` safe in ids, file names and shell words: letters, digits, . _ -."""
-    text = unicodedata.normalize("NFC", text)
-    out = "".join(ch if (ch.isalnum() or ch in "._-") else "_" for ch in text)
-    out = re.sub(r"_+", "_", out).strip("_")
-    out = out.lstrip("-.")  # never looks like an option or a hidden/relative name
-    return out or "x"
 
 
 class _Ids:

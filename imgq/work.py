@@ -51,7 +51,6 @@ class WorkOptions:
     batch: int | None = None  # jobs per claim; None adapts to job duration
     max_attempts: int | None = None  # overrides the jobs' own limit
     poll: float = 1.0
-    debug: bool = False
 
 
 class Stop:

@@ -1,20 +1,24 @@
 """The imgq command line: one thin module per command around one library call.
 
 ``main()`` is the one place that turns errors into exit codes: ``imgq: error: …`` on
-stderr and a code from ``errors.Exit`` (0 ok, 1 some items failed, 2 usage). Tracebacks
-only with --debug or IMGQ_DEBUG=1.
+stderr and a code from ``errors.Exit`` (0 ok, 1 some items failed, 2 usage, 130
+interrupted). Tracebacks only with --debug or IMGQ_DEBUG=1.
+
+Each command module parses its options (declared once in ``options``), goes through the
+one ritual of ``common.Invocation`` (settings, database, step lock, run record, exit
+code) around one library call, and renders what it returns. Command modules import
+``common`` and ``options`` and the library, never each other; nothing imports the CLI.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sqlite3
 import sys
 from typing import Annotated
 
 import typer
-
-import importlib
 
 from imgq import __version__
 from imgq.cli import common
@@ -135,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
         code = int(Exit.SOME_FAILED)
     except KeyboardInterrupt:
         sys.stderr.write("imgq: interrupted\n")
-        code = 130
+        code = int(Exit.INTERRUPTED)
     except BrokenPipeError:
         # the reader went away (imgq scan … | head): not an error of ours
         devnull = os.open(os.devnull, os.O_WRONLY)

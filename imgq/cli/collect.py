@@ -11,7 +11,8 @@ from imgq import archive as archive_lib
 from imgq import collect as collect_lib
 from imgq import overlap
 from imgq.cli import common
-from imgq.cli.archive import AcceptNewOpt, SshConfigOpt, ToOpt, close_all, destination_texts, open_all, ssh_options
+from imgq.cli.archive import close_all, destination_texts, open_all, ssh_options
+from imgq.cli.options import AcceptNewOpt, ConfigOpt, DbOpt, IdsArg, JsonOpt, SshConfigOpt, ToOpt, WaitOpt
 from imgq.errors import Exit, UsageError
 from imgq.ledger.journal import Actor
 
@@ -25,16 +26,16 @@ Examples:
 
 
 def collect(
-    ids: Annotated[Optional[list[str]], typer.Argument(help="File ids, or - to read them from stdin. None: every file in the inbox.", metavar="[IDS | -]", show_default=False)] = None,
+    ids: Annotated[Optional[list[str]], typer.Argument(help="File ids, or - to read them from stdin. None: every file in the inbox.", metavar=IdsArg, show_default=False)] = None,
     min_copies: Annotated[Optional[int], typer.Option("--min-copies", help="Copies (at distinct destinations) that must verify now. Default: one at every destination.", min=1, metavar="N", show_default=False)] = None,
     to: ToOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", "-n", help="Delete nothing; print what would be deleted and why the rest stays.")] = False,
     ssh_config: SshConfigOpt = None,
     accept_new_host_keys: AcceptNewOpt = False,
-    db: common.DbOpt = None,
-    config: common.ConfigOpt = None,
-    json: common.JsonOpt = False,
-    wait: common.WaitOpt = False,
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+    json: JsonOpt = False,
+    wait: WaitOpt = False,
 ) -> None:
     """Delete originals from the inbox once their copies are certain.
 
@@ -48,12 +49,12 @@ def collect(
     Prints the id of each file deleted (with --dry-run: that would be). Exits 1 if a file
     was kept because something is wrong (a bad copy, a changed file), not merely waiting.
     """
-    settings = common.settings_for(db, config)
+    inv = common.Invocation("collect", db, config)
     wanted = common.read_ids(ids)
-    required = destination_texts(to, settings)
+    required = destination_texts(to, inv.settings)
     if min_copies is None and not required:
         raise UsageError("no destination to require copies at: give --to DEST or --min-copies N, or set destinations = [...] in imgq.toml")
-    database = common.open_db(settings)
+    database = inv.database
     urls = list(required)
     if min_copies is not None and not to:
         # any destination holding copies counts
@@ -74,7 +75,7 @@ def collect(
             common.warn(f"keeping {v.path}: {v.reason}")
 
     try:
-        with common.step_lock(settings, "collect", wait), common.recorded_run(database, "collect", {"ids": wanted, "required": required, "min_copies": min_copies, "dry_run": dry_run}) as run:
+        with inv.recorded({"ids": wanted, "required": required, "min_copies": min_copies, "dry_run": dry_run}, wait=wait) as run:
             report = collect_lib.collect(
                 database,
                 dests,
@@ -92,6 +93,5 @@ def collect(
                 common.stderr().print(f"collect: {c['deleted']} deleted, {c['gone']} already gone, {c['keep']} kept (see above), {c['wait']} not archived yet", markup=False)
             if report.problems:
                 run["exit_code"] = int(Exit.SOME_FAILED)
-                raise typer.Exit(int(Exit.SOME_FAILED))
     finally:
         close_all(dests)

@@ -1,4 +1,6 @@
-"""What every command shares: options, the database opener, stdin ids, output, locks."""
+"""What every command shares: the ritual around its one library call (``Invocation``:
+settings, database, step lock, run record, exit code), stdin ids, output for people
+and for pipes. The shared options are declared in ``imgq.cli.options``."""
 
 from __future__ import annotations
 
@@ -10,8 +12,6 @@ import os
 import sqlite3
 import sys
 import time
-from pathlib import Path
-from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -20,20 +20,7 @@ from imgq.ledger import runs
 from imgq.config import Settings, find_config, load_settings
 from imgq.ledger.database import DB
 from imgq.errors import Busy, Exit, ImgqError, UsageError
-
-DbOpt = Annotated[
-    Optional[str],
-    typer.Option("--db", help="Database file (default: $IMGQ_DB, else ./imgq.db).", metavar="PATH", show_default=False),
-]
-ConfigOpt = Annotated[
-    Optional[str],
-    typer.Option("--config", help="Settings file (default: $IMGQ_CONFIG, else ./imgq.toml if present).", metavar="PATH", show_default=False),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Write one JSON object per line to stdout instead of ids.")]
-WaitOpt = Annotated[
-    bool,
-    typer.Option("--wait/--no-wait", help="If another run of this step holds its lock: wait for it, or exit 0 quietly (default)."),
-]
+from imgq.cli.options import ConfigOpt, DbOpt, JsonOpt, WaitOpt  # noqa: F401  (cli/archive.py reads them here)
 
 state: dict = {"debug": False, "db": None}
 
@@ -169,9 +156,46 @@ def recorded_run(db: DB, command: str, args: dict):
     runs.finish(db, run_id, exit_code=rec["exit_code"], counts=rec["counts"], now=time.time())
 
 
+class Invocation:
+    """One command's ritual, the same for every command: the settings (--db, --config),
+    the database (opened when first used), the step lock(s), the record in ``runs``, and
+    the exit code.
+
+        inv = Invocation("scan", db, config)        # settings now; adjust them here
+        with inv.recorded({"inboxes": ...}, wait=wait) as run:
+            ...one library call, rendered...
+            run["counts"] = {...}
+            run["exit_code"] = code                   # recorded, then the process exits with it
+    """
+
+    def __init__(self, command: str, db: str | None = None, config: str | None = None):
+        self.command = command
+        self.settings = settings_for(db, config)
+        self._database: DB | None = None
+
+    @property
+    def database(self) -> DB:
+        if self._database is None:
+            self._database = open_db(self.settings)
+        return self._database
+
+    @contextlib.contextmanager
+    def recorded(self, args: dict, *, wait: bool = False, locks: tuple[str, ...] | None = None):
+        """Hold the step locks (default: the command's own; ``()`` for none), record the
+        run, and exit with ``run["exit_code"]`` once it is recorded."""
+        with contextlib.ExitStack() as stack:
+            for step in (self.command,) if locks is None else locks:
+                stack.enter_context(step_lock(self.settings, step, wait))
+            run = stack.enter_context(recorded_run(self.database, self.command, args))
+            yield run
+            exit_with(run["exit_code"])
+
+
+def exit_with(code: int) -> None:
+    """Leave the command with ``code`` unless it is 0 (Exit.OK)."""
+    if code:
+        raise typer.Exit(int(code))
+
+
 def is_tty() -> bool:
     return sys.stderr.isatty()
-
-
-def fail_usage(message: str) -> None:
-    raise UsageError(message)

@@ -7,10 +7,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from imgq import recipes
-from imgq.ledger import queue
+from imgq import enqueue as enqueue_step
 from imgq.cli import common
-from imgq.errors import Exit, UnknownOperation, UsageError
+from imgq.cli.options import ConfigOpt, DbOpt, IdsArg, JsonOpt, WaitOpt
+from imgq.config import DEFAULTS
+from imgq.errors import Exit
 from imgq.ledger.journal import Actor
 
 EPILOG = """\b
@@ -25,17 +26,17 @@ Examples:
 
 
 def enqueue(
-    ids: Annotated[Optional[list[str]], typer.Argument(help="File ids, or - to read them from stdin. None: every seen file.", metavar="[IDS | -]", show_default=False)] = None,
+    ids: Annotated[Optional[list[str]], typer.Argument(help="File ids, or - to read them from stdin. None: every seen file.", metavar=IdsArg, show_default=False)] = None,
     recipe: Annotated[Optional[list[str]], typer.Option("--recipe", "-r", help="Recipe to apply (repeatable; default: the enqueue list of imgq.toml, else default). `imgq recipes` lists them.", metavar="NAME", show_default=False)] = None,
     op: Annotated[Optional[list[str]], typer.Option("--op", help="An operation chain giving one artifact, e.g. 'web|sharpness=1.5' (repeatable).", metavar="CHAIN", show_default=False)] = None,
-    max_attempts: Annotated[Optional[int], typer.Option("--max-attempts", help="Attempts before a transiently failing job fails (default 5).", min=1, show_default=False)] = None,
-    split: Annotated[bool, typer.Option("--split", help="Split images over split_pixels (default 40 MP) into stripe jobs that any workers or hosts run in parallel, then join them; the result is pixel-identical.")] = False,
-    stripes: Annotated[Optional[int], typer.Option("--stripes", help="Stripes per split image (default 4, or split_stripes in imgq.toml).", min=2, show_default=False)] = None,
-    split_pixels: Annotated[Optional[int], typer.Option("--split-pixels", help="Split only images with more pixels than this (default 40000000).", min=1, show_default=False)] = None,
-    db: common.DbOpt = None,
-    config: common.ConfigOpt = None,
-    json: common.JsonOpt = False,
-    wait: common.WaitOpt = False,
+    max_attempts: Annotated[Optional[int], typer.Option("--max-attempts", help=f"Attempts before a transiently failing job fails (default {DEFAULTS.max_attempts}).", min=1, show_default=False)] = None,
+    split: Annotated[bool, typer.Option("--split", help=f"Split images over split_pixels (default {DEFAULTS.split_pixels // 1_000_000} MP) into stripe jobs that any workers or hosts run in parallel, then join them; the result is pixel-identical.")] = False,
+    stripes: Annotated[Optional[int], typer.Option("--stripes", help=f"Stripes per split image (default {DEFAULTS.split_stripes}, or split_stripes in imgq.toml).", min=2, show_default=False)] = None,
+    split_pixels: Annotated[Optional[int], typer.Option("--split-pixels", help=f"Split only images with more pixels than this (default {DEFAULTS.split_pixels}).", min=1, show_default=False)] = None,
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+    json: JsonOpt = False,
+    wait: WaitOpt = False,
 ) -> None:
     """Create one job per file per recipe; files that already have that job get none.
 
@@ -44,31 +45,16 @@ def enqueue(
     or --op, the recipes listed by `enqueue = [...]` in imgq.toml are applied (default:
     just "default"). Prints the id of each file that got a new job.
     """
-    settings = common.settings_for(db, config)
+    inv = common.Invocation("enqueue", db, config)
     wanted = common.read_ids(ids)
-    chains_by_recipe: dict[str, dict[str, str]] = {}
-    for name in recipe or ([] if op else settings.enqueue):
-        if name not in settings.recipes:
-            raise UsageError(f"unknown recipe {name!r}; known: {', '.join(sorted(settings.recipes))}")
-        chains_by_recipe[name] = settings.recipes[name]
-    if op:
-        chains = {recipes.artifact_name_for(c): c for c in op}
-        chains_by_recipe["ops:" + "+".join(chains)] = chains
-    for name, chains in chains_by_recipe.items():
-        try:
-            recipes.normalize_recipe(chains)  # a bad chain or option is a usage error, before any job exists
-        except UnknownOperation as e:
-            raise UsageError(f"recipe {name!r}: {e}") from None
+    chains_by_recipe = enqueue_step.resolve_recipes(inv.settings, recipe, op)
     if max_attempts is not None:
-        settings.max_attempts = max_attempts
-    database = common.open_db(settings)
-    with common.step_lock(settings, "enqueue", wait), common.recorded_run(database, "enqueue", {"ids": wanted, "recipes": chains_by_recipe}) as run:
-        if wanted is None:
-            wanted = [r[0] for r in database.all("SELECT id FROM files WHERE state IN ('seen', 'queued', 'processed', 'archived') ORDER BY created_at, id")]
-        policy = None
-        if split:
-            policy = queue.SplitPolicy(min_pixels=split_pixels or settings.split_pixels, stripes=stripes or settings.split_stripes)
-        results = queue.enqueue(database, wanted, chains_by_recipe, now=time.time(), max_attempts=settings.max_attempts, actor=Actor(name="enqueue"), split=policy)
+        inv.settings.max_attempts = max_attempts
+    with inv.recorded({"ids": wanted, "recipes": chains_by_recipe}, wait=wait) as run:
+        results = enqueue_step.enqueue(
+            inv.database, inv.settings, chains_by_recipe, now=time.time(), actor=Actor(name="enqueue"),
+            file_ids=wanted, split=split, stripes=stripes, split_pixels=split_pixels,
+        )
         unknown = 0
         for r in results:
             if json:
@@ -81,4 +67,3 @@ def enqueue(
         run["counts"] = {"files": len(results), "jobs": sum(len(r.created) for r in results), "unknown": unknown}
         if unknown:
             run["exit_code"] = int(Exit.SOME_FAILED)
-            raise typer.Exit(int(Exit.SOME_FAILED))

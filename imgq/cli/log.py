@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import time
 from typing import Annotated
 
 import typer
@@ -11,6 +10,7 @@ import typer
 from imgq import faces
 from imgq.ledger import journal
 from imgq.cli import common
+from imgq.cli.options import ConfigOpt, DbOpt, JsonOpt
 from imgq.errors import NotFound
 
 EPILOG = """\b
@@ -22,17 +22,16 @@ Examples:
 
 def log(
     file_id: Annotated[str, typer.Argument(help="A file id (as printed by scan).", metavar="ID", show_default=False)],
-    db: common.DbOpt = None,
-    config: common.ConfigOpt = None,
-    json: common.JsonOpt = False,
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+    json: JsonOpt = False,
 ) -> None:
     """Show the whole history of one file and its jobs, from the journal.
 
     Includes the faces each faces step found (count and boxes) and tags such as
     no_faces, at the time their job completed.
     """
-    settings = common.settings_for(db, config)
-    database = common.open_db(settings)
+    database = common.Invocation("log", db, config).database
     row = database.one("SELECT * FROM files WHERE id = ?", (file_id,))
     if row is None:
         raise NotFound(f"no file with id {file_id!r}")

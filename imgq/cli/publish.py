@@ -8,8 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from imgq import publish as gallery
+from imgq import publish as publish_step
 from imgq.cli import common
+from imgq.cli.options import ConfigOpt, DbOpt, JsonOpt, WaitOpt
 from imgq.errors import Exit, UsageError
 
 EPILOG = """\b
@@ -30,10 +31,10 @@ def publish(
     originals_url: Annotated[Optional[list[str]], typer.Option("--originals-url", help="Link copies archived at DEST to URL/PATH (repeatable). Without it, local destinations get file:// links.", metavar="DEST=URL", show_default=False)] = None,
     thumb: Annotated[str, typer.Option("--thumb", help="Artifact shown as the thumbnail.", metavar="NAME")] = "thumb",
     web: Annotated[str, typer.Option("--web", help="Artifact shown as the web version.", metavar="NAME")] = "web",
-    db: common.DbOpt = None,
-    config: common.ConfigOpt = None,
-    json: common.JsonOpt = False,
-    wait: common.WaitOpt = False,
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+    json: JsonOpt = False,
+    wait: WaitOpt = False,
 ) -> None:
     """Write a static web gallery of the processed photos to OUT, incrementally.
 
@@ -53,16 +54,15 @@ def publish(
         if not sep or not dest or not url:
             raise UsageError(f"--originals-url expects DEST=URL, got {item!r}")
         urls[dest] = url
-    settings = common.settings_for(db, config)
-    options = gallery.PublishOptions(title=title, per_page=per_page, link=not copy, force=force, thumb=thumb, web=web, originals_urls=urls)
-    database = common.open_db(settings)
-    with common.step_lock(settings, "publish", wait), common.recorded_run(database, "publish", {"out": str(out), "title": title, "per_page": per_page}) as run:
-        report = gallery.publish(database, out, store_dir=settings.store_dir, options=options)
+    inv = common.Invocation("publish", db, config)
+    options = publish_step.PublishOptions(title=title, per_page=per_page, link=not copy, force=force, thumb=thumb, web=web, originals_urls=urls)
+    with inv.recorded({"out": str(out), "title": title, "per_page": per_page}, wait=wait) as run:
+        report = publish_step.publish(inv.database, out, store_dir=inv.settings.store_dir, options=options)
         for rel, pid in report.swept:
             common.warn(f"publish: swept {out / rel}: a temporary file its writer (pid {pid}) left when it was killed")
             if json:
                 common.out_json({"swept": rel, "pid": pid})
-        pages = {pid: f"photo/{gallery.slug(pid)}.html" for pid in report.changed}
+        pages = {pid: f"photo/{publish_step.slug(pid)}.html" for pid in report.changed}
         for pid in report.changed:
             common.out_json({"id": pid, "page": os.path.abspath(out / pages[pid])}) if json else common.out(pid)
         for pid, why in report.skipped:
@@ -89,4 +89,3 @@ def publish(
             )
         if report.skipped or report.refused:
             run["exit_code"] = int(Exit.SOME_FAILED)
-            raise typer.Exit(int(Exit.SOME_FAILED))

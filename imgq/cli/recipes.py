@@ -8,6 +8,7 @@ import typer
 
 from imgq import recipes as recipes_lib
 from imgq.cli import common
+from imgq.cli.options import ConfigOpt, JsonOpt
 from imgq.config import DEFAULT_RECIPES
 from imgq.errors import Exit, UsageError
 
@@ -32,8 +33,8 @@ written on the 0-100 slider scale, where 50% is unchanged: brightness=60% = brig
 def recipes(
     names: Annotated[Optional[list[str]], typer.Argument(help="Only these recipes (or operations, with --ops).", metavar="[NAME...]", show_default=False)] = None,
     ops: Annotated[bool, typer.Option("--ops", help="List the operations a chain can use instead of the recipes.")] = False,
-    config: common.ConfigOpt = None,
-    json: common.JsonOpt = False,
+    config: ConfigOpt = None,
+    json: JsonOpt = False,
 ) -> None:
     """List the recipes (built in and from imgq.toml) or the operations they are made of.
 
@@ -44,7 +45,7 @@ def recipes(
     if ops:
         _list_ops(names, json)
         return
-    settings = common.settings_for(None, config)
+    settings = common.Invocation("recipes", None, config).settings
     wanted = names or list(settings.recipes)
     unknown = [n for n in wanted if n not in settings.recipes]
     if unknown:
@@ -72,8 +73,7 @@ def recipes(
             width = max((len(k) for k in lines), default=0)
             for k, v in lines.items():
                 common.out(f"  {k:<{width}}  {v}")
-    if broken:
-        raise typer.Exit(int(Exit.SOME_FAILED))
+    common.exit_with(Exit.SOME_FAILED if broken else Exit.OK)
 
 
 def _list_ops(names: list[str] | None, json: bool) -> None:

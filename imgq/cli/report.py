@@ -9,6 +9,8 @@ import typer
 
 from imgq import report as report_lib
 from imgq.cli import common
+from imgq.cli.options import ConfigOpt, DbOpt
+from imgq.errors import UsageError
 
 EPILOG = """\b
 Examples:
@@ -24,8 +26,8 @@ def report(
     run: Annotated[Optional[int], typer.Option("--run", help="Report on this run (an id from the runs table).", metavar="ID", show_default=False)] = None,
     since: Annotated[Optional[str], typer.Option("--since", help="Report on everything from TIME until now: ISO time (local unless it has Z or an offset) or a duration such as 30m, 1h, 2d.", metavar="TIME", show_default=False)] = None,
     failures: Annotated[int, typer.Option("--failures", help="How many failures the text lists (--json lists all).", min=0, metavar="N")] = 50,
-    db: common.DbOpt = None,
-    config: common.ConfigOpt = None,
+    db: DbOpt = None,
+    config: ConfigOpt = None,
     json: Annotated[bool, typer.Option("--json", help="Write the report as one JSON object.")] = False,
 ) -> None:
     """What a run did: inputs and outputs, photos processed, hosts used, wall time,
@@ -36,12 +38,11 @@ def report(
     --since covers every run from a time until now.
     """
     if run is not None and since is not None:
-        common.fail_usage("--run and --since cannot be used together")
-    settings = common.settings_for(db, config)
+        raise UsageError("--run and --since cannot be used together")
+    inv = common.Invocation("report", db, config)
     now = time.time()
     start = report_lib.parse_since(since, now=now) if since is not None else None
-    database = common.open_db(settings)
-    rep = report_lib.build(database, now=now, run_id=run, since=start, store_dir=settings.store_dir.resolve())
+    rep = report_lib.build(inv.database, now=now, run_id=run, since=start, store_dir=inv.settings.store_dir.resolve())
     if json:
         common.out_json(rep)
     else:

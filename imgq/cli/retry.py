@@ -9,6 +9,7 @@ import typer
 
 from imgq.ledger import queue
 from imgq.cli import common
+from imgq.cli.options import ConfigOpt, DbOpt, IdsArg, JsonOpt
 from imgq.ledger.journal import Actor
 
 EPILOG = """\b
@@ -20,25 +21,25 @@ Examples:
 
 
 def retry(
-    ids: Annotated[Optional[list[str]], typer.Argument(help="File ids (or job numbers), or - for stdin. None: every failed job.", metavar="[IDS | -]", show_default=False)] = None,
+    ids: Annotated[Optional[list[str]], typer.Argument(help="File ids (or job numbers), or - for stdin. None: every failed job.", metavar=IdsArg, show_default=False)] = None,
     error: Annotated[Optional[str], typer.Option("--error", help="Only jobs whose error contains TEXT.", metavar="TEXT", show_default=False)] = None,
-    db: common.DbOpt = None,
-    config: common.ConfigOpt = None,
-    json: common.JsonOpt = False,
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+    json: JsonOpt = False,
 ) -> None:
     """Re-arm failed jobs so workers try them again (attempts start over).
 
     Prints the number of each job re-armed.
     """
-    settings = common.settings_for(db, config)
+    inv = common.Invocation("retry", db, config)
     wanted = common.read_ids(ids)
-    database = common.open_db(settings)
+    database = inv.database
     job_ids = file_ids = None
     if wanted is not None:
         job_ids = [int(x) for x in wanted if x.isdigit()]
         file_ids = [x for x in wanted if not x.isdigit()]
     rearmed: list[int] = []
-    with common.recorded_run(database, "retry", {"ids": wanted, "error": error}) as run:
+    with inv.recorded({"ids": wanted, "error": error}, locks=()) as run:
         if wanted is None:
             rearmed = queue.retry(database, pattern=error, now=time.time(), actor=Actor(name="retry"))
         else:

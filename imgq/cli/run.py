@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from pathlib import Path
@@ -10,11 +9,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from imgq import overlap, recipes
-from imgq import run as pipeline
+from imgq import enqueue as enqueue_step
+from imgq import overlap
+from imgq import run as run_step
 from imgq.cli import common
-from imgq.cli.archive import AcceptNewOpt, SshConfigOpt, ToOpt, close_all, destination_texts, open_all, ssh_options
-from imgq.errors import UnknownOperation, UsageError
+from imgq.cli.archive import close_all, destination_texts, open_all, ssh_options
+from imgq.cli.options import AcceptNewOpt, ConfigOpt, DbOpt, JsonOpt, SshConfigOpt, ToOpt, WaitOpt, settle_help
+from imgq.errors import UsageError
 
 EPILOG = """\b
 Examples:
@@ -37,13 +38,13 @@ def run(
     recipe: Annotated[Optional[list[str]], typer.Option("--recipe", "-r", help="Recipe for new photos (repeatable; default: `enqueue` in imgq.toml, else default).", metavar="NAME", show_default=False)] = None,
     min_copies: Annotated[Optional[int], typer.Option("--min-copies", help="Copies that must verify before an original is deleted (default: one at every destination).", min=1, metavar="N", show_default=False)] = None,
     no_collect: Annotated[bool, typer.Option("--no-collect", help="Archive, but leave every original in the inbox.")] = False,
-    settle: Annotated[Optional[float], typer.Option(help="Skip files modified less than this many seconds ago (default 2, or `settle` in imgq.toml).", metavar="SECONDS", show_default=False)] = None,
+    settle: Annotated[Optional[float], typer.Option(help=settle_help(""), metavar="SECONDS", show_default=False)] = None,
     ssh_config: SshConfigOpt = None,
     accept_new_host_keys: AcceptNewOpt = False,
-    db: common.DbOpt = None,
-    config: common.ConfigOpt = None,
-    json: common.JsonOpt = False,
-    wait: common.WaitOpt = False,
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+    json: JsonOpt = False,
+    wait: WaitOpt = False,
 ) -> None:
     """Run the whole pipeline once: scan, enqueue, work, archive, collect.
 
@@ -53,7 +54,8 @@ def run(
     nothing failed in this run, 1 otherwise; a second run on an unchanged inbox changes
     nothing and exits 0. Overlapping runs: the second exits quietly (or --wait).
     """
-    settings = common.settings_for(db, config)
+    inv = common.Invocation("run", db, config)
+    settings = inv.settings
     if settle is not None:
         settings.settle = settle
     missing = [str(p) for p in inboxes if not p.is_dir()]
@@ -62,19 +64,11 @@ def run(
     urls = destination_texts(to, settings)
     if not urls:
         raise UsageError("no destination: give --to DEST, or set destinations = [...] in imgq.toml")
-    chains = {}
-    for name in recipe or settings.enqueue:
-        if name not in settings.recipes:
-            raise UsageError(f"unknown recipe {name!r}; known: {', '.join(sorted(settings.recipes))}")
-        chains[name] = settings.recipes[name]
-        try:
-            recipes.normalize_recipe(chains[name])  # a bad recipe is a usage error before anything runs
-        except UnknownOperation as e:
-            raise UsageError(f"recipe {name!r}: {e}") from None
-    database = common.open_db(settings)
+    chains = enqueue_step.resolve_recipes(settings, recipe)  # a bad recipe is a usage error before anything runs
+    database = inv.database
     overlap.check_destinations(database, urls, inboxes)  # before anything is scanned or written
     dests = open_all(urls, ssh_options(ssh_config, accept_new_host_keys))
-    opts = pipeline.RunOptions(
+    opts = run_step.RunOptions(
         inboxes=inboxes,
         destinations=list(dests.values()),
         processes=processes or os.cpu_count() or 1,
@@ -85,7 +79,7 @@ def run(
 
     def on_step(step: str, result) -> None:
         if json:
-            partial = pipeline.RunReport(**({"enqueued": result} if step == "enqueue" else {step: result}))
+            partial = run_step.RunReport(**({"enqueued": result} if step == "enqueue" else {step: result}))
             common.out_json({"step": step, **partial.counts()[step]})
         if step == "scan":
             for f in result.failed:
@@ -117,23 +111,17 @@ def run(
             common.warn(f"work: failed: {r[3]}")
 
     try:
-        with contextlib.ExitStack() as locks:
-            for step in STEPS:
-                locks.enter_context(common.step_lock(settings, step, wait))
-            with common.recorded_run(database, "run", {"inboxes": [str(p) for p in inboxes], "to": urls}) as rec:
-                started = time.time()
-                report = pipeline.run(database, settings, opts, on_step=on_step, on_work=on_work)
-                rec["counts"] = report.counts()
-                rec["counts"]["seconds"] = round(time.time() - started, 3)
-                if common.is_tty():
-                    c = report.counts()
-                    common.stderr().print(
-                        "run: " + "; ".join(f"{step} " + ", ".join(f"{k} {v}" for k, v in vals.items() if not isinstance(v, list)) for step, vals in c.items()),
-                        markup=False,
-                    )
-                code = report.exit_code
-                if code:
-                    rec["exit_code"] = code
-                    raise typer.Exit(code)
+        with inv.recorded({"inboxes": [str(p) for p in inboxes], "to": urls}, wait=wait, locks=STEPS) as rec:
+            started = time.time()
+            report = run_step.run(database, settings, opts, on_step=on_step, on_work=on_work)
+            rec["counts"] = report.counts()
+            rec["counts"]["seconds"] = round(time.time() - started, 3)
+            if common.is_tty():
+                c = report.counts()
+                common.stderr().print(
+                    "run: " + "; ".join(f"{step} " + ", ".join(f"{k} {v}" for k, v in vals.items() if not isinstance(v, list)) for step, vals in c.items()),
+                    markup=False,
+                )
+            rec["exit_code"] = report.exit_code
     finally:
         close_all(dests)

@@ -9,8 +9,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from imgq import scan as inbox
+from imgq import scan as scan_step
 from imgq.cli import common
+from imgq.cli.options import ConfigOpt, DbOpt, JsonOpt, WaitOpt, settle_help
+from imgq.config import DEFAULTS
+from imgq.imaging.formats import FORMAT_NAMES
 from imgq.errors import Exit
 from imgq.imaging.formats import FORMAT_NAMES
 from imgq.ledger.journal import Actor
@@ -31,12 +34,12 @@ def configured_folders(settings) -> list[Path]:
 
 def scan(
     inboxes: Annotated[list[Path], typer.Argument(help="Inbox folders: one subfolder per photographer.", metavar="INBOX...", show_default=False)],
-    settle: Annotated[Optional[float], typer.Option(help="Skip files modified less than this many seconds ago (still being written). Default 2, or `settle` in imgq.toml.", metavar="SECONDS", show_default=False)] = None,
-    default_owner: Annotated[Optional[str], typer.Option("--default-owner", help="Owner of files at the inbox root (default: unknown).", metavar="NAME", show_default=False)] = None,
-    db: common.DbOpt = None,
-    config: common.ConfigOpt = None,
-    json: common.JsonOpt = False,
-    wait: common.WaitOpt = False,
+    settle: Annotated[Optional[float], typer.Option(help=settle_help(" (still being written)"), metavar="SECONDS", show_default=False)] = None,
+    default_owner: Annotated[Optional[str], typer.Option("--default-owner", help=f"Owner of files at the inbox root (default: {DEFAULTS.default_owner}).", metavar="NAME", show_default=False)] = None,
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+    json: JsonOpt = False,
+    wait: WaitOpt = False,
 ) -> None:
     """Find new photos in the inboxes and record them in the journal.
 
@@ -46,16 +49,16 @@ def scan(
     followed, and unchanged files are not read again. Prints the id of each new photo
     ready to enqueue; --json prints every recorded file with its state.
     """
-    settings = common.settings_for(db, config)
+    inv = common.Invocation("scan", db, config)
+    settings = inv.settings
     if settle is not None:
         settings.settle = settle
     if default_owner is not None:
         settings.default_owner = default_owner
-    database = common.open_db(settings)
     err = common.stderr()
-    with common.step_lock(settings, "scan", wait), common.recorded_run(database, "scan", {"inboxes": [str(p) for p in inboxes]}) as run:
-        report = inbox.scan(
-            database,
+    with inv.recorded({"inboxes": [str(p) for p in inboxes]}, wait=wait) as run:
+        report = scan_step.scan(
+            inv.database,
             inboxes,
             now=time.time(),
             settle=settings.settle,
@@ -92,10 +95,8 @@ def scan(
         missing = [p for p in inboxes if not p.is_dir()]
         if missing:
             run["exit_code"] = int(Exit.USAGE)
-            raise typer.Exit(int(Exit.USAGE))
-        if report.failed or report.problems:
+        elif report.failed or report.problems:
             run["exit_code"] = int(Exit.SOME_FAILED)
-            raise typer.Exit(int(Exit.SOME_FAILED))
 
 
 # the formats come from the one list (imgq.imaging.formats.SUPPORTED): help and man page follow it

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from imgq import status as status_lib
 from imgq.cli import common
+from imgq.cli.options import ConfigOpt, DbOpt, JsonOpt
 
 EPILOG = """\b
 Examples:
@@ -23,17 +24,16 @@ Examples:
 def status(
     watch: Annotated[Optional[float], typer.Option("--watch", help="Redraw every SECONDS until interrupted.", min=0.2, metavar="SECONDS", show_default=False)] = None,
     failures: Annotated[int, typer.Option("--failures", help="How many recent failures to list.", min=0)] = 10,
-    db: common.DbOpt = None,
-    config: common.ConfigOpt = None,
-    json: common.JsonOpt = False,
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+    json: JsonOpt = False,
 ) -> None:
     """Files and jobs per state, throughput over recent minutes, ETA, recent failures.
 
     The report is for people (plain tables, colour only on a terminal); --json writes
     the same facts as one JSON object for scripts.
     """
-    settings = common.settings_for(db, config)
-    database = common.open_db(settings)
+    database = common.Invocation("status", db, config).database
     console = common.stdout()
     while True:
         snap = status_lib.snapshot(database, now=time.time(), failures=failures)

@@ -11,9 +11,10 @@ from typing import Annotated, Optional
 import typer
 
 from imgq import report as report_lib
-from imgq import work as worker
+from imgq import work as work_step
 from imgq.cli import common
-from imgq.cli import hosts as hosts_cli
+from imgq.cli.options import AcceptNewOpt, ConfigOpt, ConnectTimeoutOpt, DbOpt, JsonOpt, RemoteImgqOpt, SshConfigOpt, fleet_options
+from imgq.config import DEFAULTS
 from imgq.errors import Exit, UsageError
 
 EPILOG = """\b
@@ -34,8 +35,8 @@ def work(
     follow: Annotated[bool, typer.Option("--follow", help="Keep polling for new jobs until SIGINT/SIGTERM.")] = False,
     once: Annotated[bool, typer.Option("--once", help="Exit when no job is due now: jobs waiting out a retry backoff are left for the next run (for cron).")] = False,
     batch: Annotated[Optional[int], typer.Option("--batch", help="Jobs per claim (default: adapts to about 0.5 s of work).", min=1, show_default=False)] = None,
-    lease: Annotated[Optional[float], typer.Option("--lease", help="Seconds a claim holds a job without a heartbeat (default 60).", min=0.5, metavar="SECONDS", show_default=False)] = None,
-    max_attempts: Annotated[Optional[int], typer.Option("--max-attempts", help="Attempts before a transiently failing job fails (default: the job's own, 5 unless enqueued with another).", min=1, show_default=False)] = None,
+    lease: Annotated[Optional[float], typer.Option("--lease", help=f"Seconds a claim holds a job without a heartbeat (default {DEFAULTS.lease_seconds:g}).", min=0.5, metavar="SECONDS", show_default=False)] = None,
+    max_attempts: Annotated[Optional[int], typer.Option("--max-attempts", help=f"Attempts before a transiently failing job fails (default: the job's own, {DEFAULTS.max_attempts} unless enqueued with another).", min=1, show_default=False)] = None,
     poll: Annotated[float, typer.Option("--poll", help="Seconds between polls of an empty queue.", min=0.05, metavar="SECONDS")] = 1.0,
     report: Annotated[Optional[Path], typer.Option("--report", help="When the run ends, write its report (`imgq report --run ID`) to FILE: JSON if FILE ends in .json, else text.", metavar="FILE", show_default=False)] = None,
     hosts: Annotated[Optional[list[str]], typer.Option("--hosts", help="Work on these hosts over SSH: [user@]host[:port][/slots], comma-separated or repeated.", metavar="HOSTS", show_default=False)] = None,
@@ -44,14 +45,14 @@ def work(
     prefetch: Annotated[Optional[int], typer.Option("--prefetch", help="Jobs sent to a host ahead of its free slots (default: as many as its slots).", min=0, show_default=False)] = None,
     transfers: Annotated[int, typer.Option("--transfers", help="Inputs read and sent at once per host.", min=1)] = 2,
     shared_root: Annotated[Optional[Path], typer.Option("--shared-root", help="The hosts see the inbox at the same path under PATH: send paths, not bytes.", metavar="PATH", show_default=False)] = None,
-    remote_imgq: hosts_cli.RemoteImgqOpt = "imgq",
-    ssh_config: hosts_cli.SshConfigOpt = None,
-    accept_new_host_keys: hosts_cli.AcceptKeysOpt = False,
-    connect_timeout: hosts_cli.ConnectTimeoutOpt = None,
+    remote_imgq: RemoteImgqOpt = "imgq",
+    ssh_config: SshConfigOpt = None,
+    accept_new_host_keys: AcceptNewOpt = False,
+    connect_timeout: ConnectTimeoutOpt = None,
     host_timeout: Annotated[float, typer.Option("--host-timeout", help="Seconds of silence (agents beat every second) after which a host is lost and its jobs run elsewhere.", min=2.0, metavar="SECONDS")] = 5.0,
-    db: common.DbOpt = None,
-    config: common.ConfigOpt = None,
-    json: common.JsonOpt = False,
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+    json: JsonOpt = False,
 ) -> None:
     """Claim jobs, process them, verify the artifacts, and complete them.
 
@@ -75,18 +76,19 @@ def work(
         raise UsageError("--drain, --follow and --once cannot be used together")
     if report is not None and not report.parent.is_dir():
         raise UsageError(f"--report {report}: folder {report.parent} does not exist")
-    settings = common.settings_for(db, config)
+    inv = common.Invocation("work", db, config)
+    settings = inv.settings
     if lease is not None:
         settings.lease_seconds = lease
-    opts = worker.WorkOptions(processes=processes or os.cpu_count() or 1, mode="follow" if follow else ("once" if once else "drain"), batch=batch, poll=poll, max_attempts=max_attempts)
+    opts = work_step.WorkOptions(processes=processes or os.cpu_count() or 1, mode="follow" if follow else ("once" if once else "drain"), batch=batch, poll=poll, max_attempts=max_attempts)
     fleet_opts = None
     if hosts or hosts_file:
-        fleet_opts = hosts_cli.fleet_options(
+        fleet_opts = fleet_options(
             hosts=hosts or [], hosts_file=hosts_file, remote_imgq=remote_imgq, slots=slots, prefetch=prefetch, transfers=transfers,
             shared_root=shared_root, ssh_config=ssh_config, accept_new_host_keys=accept_new_host_keys, connect_timeout=connect_timeout,
             host_timeout=host_timeout, local_processes=processes or 0, mode=opts.mode, max_attempts=max_attempts, poll=poll,
         )
-    database = common.open_db(settings)
+    database = inv.database
     err = common.stderr()
     progress = None
 
@@ -109,16 +111,18 @@ def work(
             progress.update(r)
 
     run_ids: list[int] = []
-    with _report_when_done(report, database, settings, run_ids), common.recorded_run(database, "work", {"jobs": opts.processes, "mode": opts.mode, **({"hosts": [e.name for e in fleet_opts.hosts], "hosts_file": str(hosts_file) if hosts_file else None} if fleet_opts else {})}) as run:
+    hosts_args = {"hosts": [e.name for e in fleet_opts.hosts], "hosts_file": str(hosts_file) if hosts_file else None} if fleet_opts else {}
+    # no step lock: any number of workers share the queue
+    with _report_when_done(report, database, settings, run_ids), inv.recorded({"jobs": opts.processes, "mode": opts.mode, **hosts_args}, locks=()) as run:
         run_ids.append(run["id"])
         started = time.time()
         try:
             if fleet_opts is not None:
-                from imgq import fleet  # the SSH stack loads only when hosts are used
+                from imgq.fleet import coordinator  # the SSH stack loads only when hosts are used
 
-                summary = fleet.work(settings, fleet_opts, database, on_report=on_report)
+                summary = coordinator.work(settings, fleet_opts, database, on_report=on_report)
             else:
-                summary = worker.work(settings, opts, on_report=on_report)
+                summary = work_step.work(settings, opts, on_report=on_report)
         finally:
             if progress:
                 progress.stop()
@@ -138,11 +142,9 @@ def work(
             rate = summary.done / wall if wall > 0 else 0
             err.print(f"work: {summary.done} done, {len(summary.failed)} failed, {summary.retrying} to retry in {wall:.1f}s ({rate:.1f} jobs/s)", markup=False)
         if summary.interrupted:
-            run["exit_code"] = 130
-            raise typer.Exit(130)
-        if summary.failed:
+            run["exit_code"] = int(Exit.INTERRUPTED)
+        elif summary.failed:
             run["exit_code"] = int(Exit.SOME_FAILED)
-            raise typer.Exit(int(Exit.SOME_FAILED))
 
 
 @contextlib.contextmanager

@@ -43,6 +43,7 @@ import time
 from pathlib import Path
 
 from imgq import __version__
+from imgq.errors import Exit
 from imgq.fleet import protocol
 
 BEAT_SECONDS = 1.0
@@ -389,6 +390,6 @@ def main(*, slots: int | None = None, workdir: str = DEFAULT_WORKDIR, shared_roo
     # Nothing but frames may reach the real stdout: stray prints go to stderr instead.
     sys.stdout = sys.stderr
     agent = Agent(slots=slots, workdir=workdir, shared_root=shared_root, idle_timeout=idle_timeout, stdin=stdin, stdout=stdout)
-    signal.signal(signal.SIGTERM, lambda *_: agent.quit(143))
-    signal.signal(signal.SIGINT, lambda *_: agent.quit(130))
+    signal.signal(signal.SIGTERM, lambda *_: agent.quit(int(Exit.TERMINATED)))
+    signal.signal(signal.SIGINT, lambda *_: agent.quit(int(Exit.INTERRUPTED)))
     return agent.serve()

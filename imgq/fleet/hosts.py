@@ -24,7 +24,7 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
-from imgq import __version__
+from imgq import __version__, backoff
 from imgq.fleet import protocol
 from imgq.ledger.database import DB
 from imgq.errors import UsageError
@@ -140,7 +140,7 @@ def check_hello(hello: dict, *, min_free_disk: int = MIN_FREE_DISK) -> list[str]
 
 def bench_delay(failures: int) -> float:
     """Seconds to wait before trying a host again after ``failures`` failures in a row."""
-    return min(BENCH_MAX, BENCH_BASE * 2 ** max(0, failures - 1))
+    return backoff.delay(failures, BENCH_BASE, BENCH_MAX)
 
 
 # --- the hosts table -----------------------------------------------------------------------

@@ -28,6 +28,7 @@ from imgq import recipes, store
 from imgq.ledger import faces, journal
 from imgq import split as splitting
 from imgq.ledger.database import DB
+from imgq.backoff import delay as backoff_delay
 from imgq.errors import InvalidTransition
 from imgq.ledger.journal import Actor, JobChange
 
@@ -310,7 +311,7 @@ def settle(
                 o = dataclasses.replace(o, error=status, kind="transient")
             leftovers += o.staged()
             if o.kind == "transient" and c.attempts < c.max_attempts:
-                delay = min(backoff_max, backoff * 2 ** (c.attempts - 1)) * rng.uniform(0.5, 1.5)
+                delay = backoff_delay(c.attempts, backoff, backoff_max, rng)
                 ok = journal.move_jobs(
                     db,
                     [JobChange(c.job_id, c.file_id, "leased", "ready", sets={"not_before": now + delay, "error": o.error, "error_kind": o.kind, "lease_until": None}, token=c.token, detail=f"retry in {delay:.0f}s: {o.error}")],

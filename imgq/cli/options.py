@@ -1,0 +1,111 @@
+"""The options several commands share, declared once: database and settings, output,
+the step lock, destinations, SSH (config file, host keys) and the hosts of the fleet.
+
+A default that is a setting is shown from ``config.DEFAULTS``, never written out again.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+from imgq.config import DEFAULTS
+from imgq.errors import UsageError
+
+if TYPE_CHECKING:
+    from imgq.fleet import coordinator
+    from imgq.fleet.hosts import HostEntry
+
+DbOpt = Annotated[
+    Optional[str],
+    typer.Option("--db", help="Database file (default: $IMGQ_DB, else ./imgq.db).", metavar="PATH", show_default=False),
+]
+ConfigOpt = Annotated[
+    Optional[str],
+    typer.Option("--config", help="Settings file (default: $IMGQ_CONFIG, else ./imgq.toml if present).", metavar="PATH", show_default=False),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Write one JSON object per line to stdout instead of ids.")]
+WaitOpt = Annotated[
+    bool,
+    typer.Option("--wait/--no-wait", help="If another run of this step holds its lock: wait for it, or exit 0 quietly (default)."),
+]
+IdsArg = "[IDS | -]"  # the metavar of every ids argument (`-` reads them from stdin)
+
+# -- destinations (archive, collect, run) ---------------------------------------------------
+ToOpt = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--to",
+        help="A destination: a local folder or ssh://[user@]host[:port]/path (repeatable). Default: `destinations` in imgq.toml.",
+        metavar="DEST",
+        show_default=False,
+    ),
+]
+
+# -- SSH (destinations and hosts alike) -----------------------------------------------------
+SshConfigOpt = Annotated[
+    Optional[Path],
+    typer.Option("--ssh-config", help="OpenSSH client config to use instead of ~/.ssh/config (like ssh -F).", metavar="FILE", show_default=False, dir_okay=False),
+]
+AcceptNewOpt = Annotated[
+    bool,
+    typer.Option(
+        "--accept-new-host-keys",
+        help="Trust and record the key of a host not yet in known_hosts (like StrictHostKeyChecking=accept-new). A changed key is always refused.",
+    ),
+]
+ConnectTimeoutOpt = Annotated[
+    Optional[float],
+    typer.Option("--connect-timeout", help="Seconds to wait for a host to answer (default: ConnectTimeout from ssh_config, else 10).", min=0.5, metavar="SECONDS", show_default=False),
+]
+
+# -- hosts (work --hosts, hosts check) ------------------------------------------------------
+RemoteImgqOpt = Annotated[
+    str,
+    typer.Option("--remote-imgq", help="The command that runs imgq on the hosts (a hosts-file line may give its own).", metavar="COMMAND"),
+]
+
+
+def settle_help(what: str) -> str:
+    """The help of --settle, with the default from the settings."""
+    return f"Skip files modified less than this many seconds ago{what}. Default {DEFAULTS.settle:g}, or `settle` in imgq.toml."
+
+
+def remote_command(remote_imgq: str) -> tuple[str, ...]:
+    """--remote-imgq split as a shell would."""
+    try:
+        command = tuple(shlex.split(remote_imgq))
+    except ValueError as e:
+        raise UsageError(f"--remote-imgq {remote_imgq!r}: {e}") from None
+    if not command:
+        raise UsageError("--remote-imgq cannot be empty")
+    return command
+
+
+def host_entries(hosts: list[str], hosts_file: Optional[Path], remote_imgq: str) -> list["HostEntry"]:
+    """The hosts named on the command line and in the file (the first of a name wins)."""
+    from imgq.fleet import hosts as hosts_lib  # only commands that use hosts load the fleet
+
+    command = remote_command(remote_imgq)
+    found = hosts_lib.parse_hosts(hosts_lib.split_hosts_option(hosts), remote_imgq=command)
+    if hosts_file is not None:
+        found += hosts_lib.read_hosts_file(hosts_file, remote_imgq=command)
+    unique: dict[str, HostEntry] = {}
+    for e in found:
+        unique.setdefault(e.name, e)
+    return list(unique.values())
+
+
+def fleet_options(*, hosts: list[str], hosts_file: Optional[Path], remote_imgq: str, **kw) -> "coordinator.FleetOptions":
+    """``imgq work``'s host options as the fleet's; the hosts file is read again while it runs."""
+    if hosts_file is not None and not hosts_file.is_file():
+        raise UsageError(f"--hosts-file {hosts_file}: no such file")
+    shared_root = kw.get("shared_root")
+    if shared_root is not None and not shared_root.is_dir():
+        raise UsageError(f"--shared-root {shared_root}: no such folder")
+    from imgq.fleet import coordinator  # the SSH stack loads only when hosts are used
+
+    return coordinator.FleetOptions(hosts=host_entries(hosts, None, remote_imgq), hosts_file=hosts_file, remote_imgq=remote_command(remote_imgq), **kw)
