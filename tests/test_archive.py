@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import imgq_env
-from imgq import archive, samples
+from imgq import archive_names, samples
 from imgq.destinations import Found, LocalDestination, SourceUnavailable, SshOptions, canonical, open_destination, parse_ssh_url
 from imgq.errors import StorageError, UsageError
 from sshhosts import ssh_hosts  # noqa: F401
@@ -62,21 +62,21 @@ def small_inbox(tmp_path, **kw):
 
 @pytest.mark.parametrize("owner", ["..", ".", "../../etc", "a/b", "-rf", "$(touch PWNED)", "", " ", ".hidden", "`id`", "a\nb", "..."])
 def test_hostile_owner_names_become_one_safe_component(owner):
-    name = archive.safe_component(owner)
+    name = archive_names.safe_component(owner)
     assert name and "/" not in name and name not in (".", "..")
     assert not name.startswith(("-", ".")) and "$" not in name and "`" not in name and "\n" not in name
-    folder = archive.folder_for("2024-05-17T08:00:00", owner)
+    folder = archive_names.folder_for("2024-05-17T08:00:00", owner)
     assert folder.startswith("2024/2024-05-17/") and folder.count("/") == 2
 
 
 def test_folder_and_names():
-    assert archive.folder_for("2024-05-17T23:59:59", "alice") == "2024/2024-05-17/alice"
-    assert archive.folder_for("not a date", "alice") == "undated/undated/alice"
+    assert archive_names.folder_for("2024-05-17T23:59:59", "alice") == "2024/2024-05-17/alice"
+    assert archive_names.folder_for("not a date", "alice") == "undated/undated/alice"
     digest = "ab" * 32
-    assert archive.name_candidates("IMG_0001.JPG", digest) == ["IMG_0001.JPG", f"IMG_0001-{digest[:8]}.JPG", f"IMG_0001-{digest}.JPG"]
-    long = archive.name_candidates("x" * 250 + ".jpg", digest)
-    assert all(len(n.encode()) <= archive.NAME_BYTES and n.endswith(".jpg") for n in long) and len(set(long)) == 3
-    assert archive.artifact_rel("2024/2024-05-17/alice/IMG_0001.jpg", "thumb", ".jpg") == "2024/2024-05-17/alice/IMG_0001.thumb.jpg"
+    assert archive_names.name_candidates("IMG_0001.JPG", digest) == ["IMG_0001.JPG", f"IMG_0001-{digest[:8]}.JPG", f"IMG_0001-{digest}.JPG"]
+    long = archive_names.name_candidates("x" * 250 + ".jpg", digest)
+    assert all(len(n.encode()) <= archive_names.NAME_BYTES and n.endswith(".jpg") for n in long) and len(set(long)) == 3
+    assert archive_names.artifact_rel("2024/2024-05-17/alice/IMG_0001.jpg", "thumb", ".jpg") == "2024/2024-05-17/alice/IMG_0001.thumb.jpg"
 
 
 def test_destination_texts():
