@@ -10,10 +10,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from imgq import overlap, recipes
+from imgq import archive, destinations, recipes
 from imgq import run as pipeline
 from imgq.cli import common
-from imgq.cli.archive import AcceptNewOpt, SshConfigOpt, ToOpt, close_all, destination_texts, open_all, ssh_options
+from imgq.cli.options import AcceptNewOpt, SshConfigOpt, ToOpt
 from imgq.errors import UnknownOperation, UsageError
 
 EPILOG = """\b
@@ -59,7 +59,7 @@ def run(
     missing = [str(p) for p in inboxes if not p.is_dir()]
     if missing:
         raise UsageError(f"not a folder: {', '.join(missing)} (is the inbox mounted?)")
-    urls = destination_texts(to, settings)
+    urls = destinations.in_force(to, settings)
     if not urls:
         raise UsageError("no destination: give --to DEST, or set destinations = [...] in imgq.toml")
     chains = {}
@@ -72,8 +72,8 @@ def run(
         except UnknownOperation as e:
             raise UsageError(f"recipe {name!r}: {e}") from None
     database = common.open_db(settings)
-    overlap.check_destinations(database, urls, inboxes)  # before anything is scanned or written
-    dests = open_all(urls, ssh_options(ssh_config, accept_new_host_keys))
+    ssh = destinations.SshOptions(config=ssh_config, accept_new_host_keys=accept_new_host_keys)
+    dests = archive.open_destinations(database, urls, ssh, inboxes=inboxes)  # overlap refused before anything is scanned or written
     opts = pipeline.RunOptions(
         inboxes=inboxes,
         destinations=list(dests.values()),
@@ -136,4 +136,4 @@ def run(
                     rec["exit_code"] = code
                     raise typer.Exit(code)
     finally:
-        close_all(dests)
+        destinations.close_all(dests)
