@@ -123,9 +123,10 @@ def parse_ssh_url(text: str):
     return spec, root
 
 
-class SshDestination(Destination):
-    """A folder on a host reached over SSH (Fabric): files travel over SFTP, checks run
-    ``sha256sum`` there. Needs a POSIX shell and coreutils on the host."""
+class SshFolder:
+    """The connection to a folder on a host: one SSH connection (Fabric) and SFTP session,
+    opened on first use and again after a loss, the folder's marker read on every
+    connection; shell scripts run there with paths as arguments, never inside the script."""
 
     def __init__(self, url: str, options: SshOptions = SshOptions()):
         self.spec, self.root = parse_ssh_url(url)
@@ -135,8 +136,6 @@ class SshDestination(Destination):
         self._sftp = None
         self._dirs_ok: set[str] = set()
         self._identity = ""
-
-    # connection -------------------------------------------------------------------------
 
     def _connect(self):
         from imgq.fleet import ssh as remote
@@ -179,19 +178,6 @@ class SshDestination(Destination):
                 f" ({r.stderr.decode(errors='replace').strip() or 'unexpected content'}); imgq needs it to count copies"
             )
         return "marker:" + m.group(1)
-
-    def identity(self) -> str:
-        self._connect()
-        return self._identity
-
-    def sweep_temps(self, *, now: float) -> list[str]:
-        minutes = int(REMOTE_TEMP_AGE // 60)
-        r = self._sh(_SWEEP_SCRIPT, [self.root, str(minutes), str(SWEEP_DEPTH)], "removing temporary files of killed copies")
-        out = []
-        for line in r.stdout.decode(errors="surrogateescape").splitlines():
-            if line.startswith(self.root + "/"):
-                out.append(line[len(self.root) + 1 :])
-        return out
 
     def close(self) -> None:
         for thing in (self._sftp, self._conn):
@@ -255,7 +241,23 @@ class SshDestination(Destination):
             self._dirs_ok.add(key)
         return str(path)
 
-    # the interface ----------------------------------------------------------------------
+
+class SshDestination(SshFolder, Destination):
+    """A folder on a host reached over SSH (Fabric): files travel over SFTP, checks run
+    ``sha256sum`` there. Needs a POSIX shell and coreutils on the host."""
+
+    def identity(self) -> str:
+        self._connect()
+        return self._identity
+
+    def sweep_temps(self, *, now: float) -> list[str]:
+        minutes = int(REMOTE_TEMP_AGE // 60)
+        r = self._sh(_SWEEP_SCRIPT, [self.root, str(minutes), str(SWEEP_DEPTH)], "removing temporary files of killed copies")
+        out = []
+        for line in r.stdout.decode(errors="surrogateescape").splitlines():
+            if line.startswith(self.root + "/"):
+                out.append(line[len(self.root) + 1 :])
+        return out
 
     def put(self, source, rel: str, *, sha256: str, size: int, replace: Found | None = None) -> None:
         parts = split_rel(rel)
