@@ -18,9 +18,11 @@ from pathlib import Path
 import pytest
 
 from conftest import imgq_env
-from imgq import archive, samples
+from imgq import archive_names, samples
 from imgq.destinations import Found, LocalDestination, SourceUnavailable, SshOptions, canonical, open_destination, parse_ssh_url
-from imgq.errors import StorageError, UsageError
+from imgq.errors import InvalidTransition, StorageError, UsageError
+from imgq.ledger import archive_targets
+from imgq.ledger.database import DB
 from sshhosts import ssh_hosts  # noqa: F401
 
 
@@ -62,21 +64,21 @@ def small_inbox(tmp_path, **kw):
 
 @pytest.mark.parametrize("owner", ["..", ".", "../../etc", "a/b", "-rf", "$(touch PWNED)", "", " ", ".hidden", "`id`", "a\nb", "..."])
 def test_hostile_owner_names_become_one_safe_component(owner):
-    name = archive.safe_component(owner)
+    name = archive_names.safe_component(owner)
     assert name and "/" not in name and name not in (".", "..")
     assert not name.startswith(("-", ".")) and "$" not in name and "`" not in name and "\n" not in name
-    folder = archive.folder_for("2024-05-17T08:00:00", owner)
+    folder = archive_names.folder_for("2024-05-17T08:00:00", owner)
     assert folder.startswith("2024/2024-05-17/") and folder.count("/") == 2
 
 
 def test_folder_and_names():
-    assert archive.folder_for("2024-05-17T23:59:59", "alice") == "2024/2024-05-17/alice"
-    assert archive.folder_for("not a date", "alice") == "undated/undated/alice"
+    assert archive_names.folder_for("2024-05-17T23:59:59", "alice") == "2024/2024-05-17/alice"
+    assert archive_names.folder_for("not a date", "alice") == "undated/undated/alice"
     digest = "ab" * 32
-    assert archive.name_candidates("IMG_0001.JPG", digest) == ["IMG_0001.JPG", f"IMG_0001-{digest[:8]}.JPG", f"IMG_0001-{digest}.JPG"]
-    long = archive.name_candidates("x" * 250 + ".jpg", digest)
-    assert all(len(n.encode()) <= archive.NAME_BYTES and n.endswith(".jpg") for n in long) and len(set(long)) == 3
-    assert archive.artifact_rel("2024/2024-05-17/alice/IMG_0001.jpg", "thumb", ".jpg") == "2024/2024-05-17/alice/IMG_0001.thumb.jpg"
+    assert archive_names.name_candidates("IMG_0001.JPG", digest) == ["IMG_0001.JPG", f"IMG_0001-{digest[:8]}.JPG", f"IMG_0001-{digest}.JPG"]
+    long = archive_names.name_candidates("x" * 250 + ".jpg", digest)
+    assert all(len(n.encode()) <= archive_names.NAME_BYTES and n.endswith(".jpg") for n in long) and len(set(long)) == 3
+    assert archive_names.artifact_rel("2024/2024-05-17/alice/IMG_0001.jpg", "thumb", ".jpg") == "2024/2024-05-17/alice/IMG_0001.thumb.jpg"
 
 
 def test_destination_texts():
@@ -438,6 +440,51 @@ def test_verify_finds_and_repairs_corrupt_and_missing_copies(tmp_path, run_imgq,
     assert corrupt.read_bytes() == b"x"
     status = json.loads(run_imgq("status", "--json").stdout)
     assert any(d["failing"] for d in status["archive"]["destinations"])
+
+
+# --- archive targets: a checked retry machine with events, like jobs --------------------------
+
+
+def test_an_archive_target_keeps_its_history_and_refuses_illegal_changes(tmp_path, run_imgq, db_path):
+    inbox = small_inbox(tmp_path, with_broken=False, photographers=("alice",), per_owner=1, with_rotated=False, with_loose=False, with_duplicate=False)
+    [file_id] = process(run_imgq, inbox)
+    (tmp_path / "imgq.toml").write_text("backoff_seconds = 0\n")
+    dest = tmp_path / "A"
+    assert run_imgq("archive", "--to", dest).returncode == 1  # not mounted yet
+    assert run_imgq("archive", "--to", dest).returncode == 1  # still not
+    dest.mkdir()
+    r = run_imgq("archive", "--to", dest)
+    assert r.returncode == 0 and r.stdout.split() == [file_id]
+    db = DB(db_path)
+    events = archive_targets.history(db, file_id, str(dest))
+    assert [(e["from_state"], e["to_state"]) for e in events] == [(None, "pending"), ("pending", "waiting"), ("waiting", "waiting"), ("waiting", "done")]
+    assert "must exist" in json.loads(events[1]["detail"])["detail"] and {e["actor"] for e in events} == {"archive"}
+    assert "pending -> waiting" in run_imgq("log", file_id).stdout  # in the file's history too
+
+    # done -> done and done -> waiting are not on the diagram: refused, nothing written
+    [target] = db.all("SELECT * FROM archive_targets")
+    before = q(db_path, "SELECT count(*) FROM events"), q(db_path, "SELECT * FROM archive_targets")
+    with pytest.raises(InvalidTransition):
+        archive_targets.succeeded(db, target, now=time.time())
+    with pytest.raises(InvalidTransition):
+        archive_targets.failed(db, target, "x", "transient", attempts=1, not_before=0, now=time.time())
+    with pytest.raises(InvalidTransition):
+        archive_targets.check(None, "done")
+    assert (q(db_path, "SELECT count(*) FROM events"), q(db_path, "SELECT * FROM archive_targets")) == before
+
+    # a copy that goes missing and cannot be re-made: its record is withdrawn with an
+    # event, and the target opens again and waits
+    [(thumb, store_path)] = q(db_path, "SELECT c.path, a.path FROM copies c JOIN artifacts a ON a.id = c.artifact_id WHERE a.name = 'thumb'")
+    (dest / thumb).unlink()
+    (tmp_path / "imgq-store" / store_path).unlink()
+    assert run_imgq("archive", "--verify").returncode == 1
+    events = archive_targets.history(db, file_id, str(dest))
+    assert [(e["from_state"], e["to_state"]) for e in events][-2:] == [("done", "pending"), ("pending", "waiting")]
+    [(copy_detail, actor)] = q(db_path, "SELECT detail, actor FROM events WHERE entity = 'copy' AND from_state = 'recorded' AND to_state = 'unrecorded'")
+    assert json.loads(copy_detail)["path"] == thumb and "missing" in json.loads(copy_detail)["reason"] and actor == "archive --verify"
+    assert q(db_path, "SELECT count(*) FROM copies WHERE path = ?", thumb) == [(0,)]
+    assert q(db_path, "SELECT state FROM files") == [("processed",)]
+    db.close()
 
 
 # --- ssh:// ----------------------------------------------------------------------------------

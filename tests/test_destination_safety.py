@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import imgq_env
-from imgq import archive, samples
+from imgq import archive_names, samples
 from imgq import destinations as dest_lib
 from sshhosts import ssh_hosts  # noqa: F401
 
@@ -250,21 +250,21 @@ def test_a_killed_ssh_copy_leaves_nothing_behind_after_the_next_archive(tmp_path
 def test_every_generated_archive_name_fits_with_its_temporary_suffix():
     digest = "ab" * 32
     for name in ["x" * 250 + ".jpg", "é" * 120 + ".jpeg", "y" * 300]:
-        for candidate in archive.name_candidates(name, digest):
+        for candidate in archive_names.name_candidates(name, digest):
             base = f"2024/2024-05-17/alice/{candidate}"
             for role in ("thumb", "web", "a-rather-long-recipe-output-name" * 3):
                 for suffix in ("", f"-{digest[:8]}", f"-{digest}"):
-                    last = archive.artifact_rel(base, role, ".jpg", suffix).rsplit("/", 1)[1]
-                    assert len(last.encode()) <= archive.NAME_BYTES, (role, suffix)
+                    last = archive_names.artifact_rel(base, role, ".jpg", suffix).rsplit("/", 1)[1]
+                    assert len(last.encode()) <= archive_names.NAME_BYTES, (role, suffix)
                     assert len(f".{last}.4194304-deadbeef.imgq-tmp".encode()) <= 255
     # capped names stay distinct: the hash covers the whole name
-    a = archive.artifact_rel("d/" + archive.name_candidates("x" * 250 + ".jpg", digest)[0], "thumb", ".jpg", "-1")
-    b = archive.artifact_rel("d/" + archive.name_candidates("x" * 250 + ".jpg", digest)[0], "thumb", ".jpg", "-2")
+    a = archive_names.artifact_rel("d/" + archive_names.name_candidates("x" * 250 + ".jpg", digest)[0], "thumb", ".jpg", "-1")
+    b = archive_names.artifact_rel("d/" + archive_names.name_candidates("x" * 250 + ".jpg", digest)[0], "thumb", ".jpg", "-2")
     assert a != b
-    assert archive.name_candidates("IMG_0001.JPG", digest)[0] == "IMG_0001.JPG"  # short names unchanged
-    owner = archive.folder_for("2024-05-17T08:00:00", "o" * 300).rsplit("/", 1)[1]
-    assert len(owner.encode()) <= archive.NAME_BYTES
-    assert owner != archive.folder_for("2024-05-17T08:00:00", "o" * 301).rsplit("/", 1)[1]
+    assert archive_names.name_candidates("IMG_0001.JPG", digest)[0] == "IMG_0001.JPG"  # short names unchanged
+    owner = archive_names.folder_for("2024-05-17T08:00:00", "o" * 300).rsplit("/", 1)[1]
+    assert len(owner.encode()) <= archive_names.NAME_BYTES
+    assert owner != archive_names.folder_for("2024-05-17T08:00:00", "o" * 301).rsplit("/", 1)[1]
 
 
 # --- items 11 and 15: a real case-insensitive FAT file system (FUSE) ---------------------------

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from imgq import archive as archive_lib
-from imgq import destinations as dest_lib
-from imgq import overlap
+from imgq import destinations
 from imgq.cli import common
-from imgq.config import Settings
+from imgq.cli.options import AcceptNewOpt, SshConfigOpt, ToOpt
 from imgq.errors import Exit, UsageError
 from imgq.ledger.journal import Actor
 
@@ -24,54 +21,6 @@ Examples:
   imgq archive --verify             # re-read every recorded copy, repair what is bad
   imgq archive --to /mnt/usb --retry-now   # after freeing space: do not wait for the backoff
 """
-
-ToOpt = Annotated[
-    Optional[list[str]],
-    typer.Option(
-        "--to",
-        help="A destination: a local folder or ssh://[user@]host[:port]/path (repeatable). Default: `destinations` in imgq.toml.",
-        metavar="DEST",
-        show_default=False,
-    ),
-]
-SshConfigOpt = Annotated[
-    Optional[Path],
-    typer.Option("--ssh-config", help="OpenSSH client config for ssh:// destinations (default: ~/.ssh/config).", metavar="FILE", show_default=False, dir_okay=False),
-]
-AcceptNewOpt = Annotated[
-    bool,
-    typer.Option("--accept-new-host-keys", help="Trust and record the key of an ssh:// host seen for the first time (never a changed key)."),
-]
-
-
-def destination_texts(to: list[str] | None, settings: Settings) -> list[str]:
-    """The destinations in force, canonical: --to, else imgq.toml's (relative paths there
-    are relative to the file), deduplicated in order."""
-    if to:
-        texts = list(to)
-    else:
-        base = settings.config_path.parent if settings.config_path else Path(".")
-        texts = [t if t.startswith("ssh://") or os.path.isabs(os.path.expanduser(t)) else str(base / t) for t in settings.destinations]
-    out: list[str] = []
-    for t in texts:
-        url = dest_lib.canonical(t)
-        if url not in out:
-            out.append(url)
-    return out
-
-
-def ssh_options(ssh_config: Path | None, accept_new: bool) -> dest_lib.SshOptions:
-    return dest_lib.SshOptions(config=ssh_config, accept_new_host_keys=accept_new)
-
-
-def open_all(urls: list[str], ssh: dest_lib.SshOptions) -> dict[str, dest_lib.Destination]:
-    return {u: dest_lib.open_destination(u, ssh) for u in urls}
-
-
-def close_all(dests) -> None:
-    for d in dests.values():
-        d.close()
-
 
 def archive(
     ids: Annotated[Optional[list[str]], typer.Argument(help="File ids, or - to read them from stdin. None: every processed file.", metavar="[IDS | -]", show_default=False)] = None,
@@ -100,16 +49,14 @@ def archive(
     """
     settings = common.settings_for(db, config)
     wanted = common.read_ids(ids)
-    ssh = ssh_options(ssh_config, accept_new_host_keys)
-    urls = destination_texts(to, settings)
+    urls = destinations.in_force(to, settings)
     database = common.open_db(settings)
     if verify:
         if not to:
             urls = list(dict.fromkeys(urls + archive_lib.destination_urls(database)))
     elif not urls:
         raise UsageError("no destination: give --to DEST, or set destinations = [...] in imgq.toml")
-    overlap.check_destinations(database, urls)  # a copy inside an inbox would be collected
-    dests = open_all(urls, ssh)
+    dests = archive_lib.open_destinations(database, urls, destinations.SshOptions(config=ssh_config, accept_new_host_keys=accept_new_host_keys))
     try:
         with common.step_lock(settings, "archive", wait), common.recorded_run(database, "archive", {"ids": wanted, "to": urls, "verify": verify}) as run:
             if verify:
@@ -120,7 +67,7 @@ def archive(
                 run["exit_code"] = code
                 raise typer.Exit(code)
     finally:
-        close_all(dests)
+        destinations.close_all(dests)
 
 
 def _archive(database, settings, dests, wanted, json, retry_now, run) -> int:

@@ -9,9 +9,8 @@ import typer
 
 from imgq import archive as archive_lib
 from imgq import collect as collect_lib
-from imgq import overlap
+from imgq import destinations
 from imgq.cli import common
-from imgq.cli.archive import close_all, destination_texts, open_all, ssh_options
 from imgq.cli.options import AcceptNewOpt, ConfigOpt, DbOpt, IdsArg, JsonOpt, SshConfigOpt, ToOpt, WaitOpt
 from imgq.errors import Exit, UsageError
 from imgq.ledger.journal import Actor
@@ -51,7 +50,7 @@ def collect(
     """
     inv = common.Invocation("collect", db, config)
     wanted = common.read_ids(ids)
-    required = destination_texts(to, inv.settings)
+    required = destinations.in_force(to, inv.settings)
     if min_copies is None and not required:
         raise UsageError("no destination to require copies at: give --to DEST or --min-copies N, or set destinations = [...] in imgq.toml")
     database = inv.database
@@ -60,8 +59,8 @@ def collect(
         # any destination holding copies counts
         urls = list(dict.fromkeys(urls + archive_lib.destination_urls(database)))
         required = []
-    overlap.check_destinations(database, urls)  # a copy inside an inbox is no copy to count
-    dests = open_all(urls, ssh_options(ssh_config, accept_new_host_keys))
+    # a copy inside an inbox is no copy to count: refused
+    dests = archive_lib.open_destinations(database, urls, destinations.SshOptions(config=ssh_config, accept_new_host_keys=accept_new_host_keys))
     verbose = dry_run or json
 
     def on_verdict(v: collect_lib.Verdict) -> None:
@@ -94,4 +93,4 @@ def collect(
             if report.problems:
                 run["exit_code"] = int(Exit.SOME_FAILED)
     finally:
-        close_all(dests)
+        destinations.close_all(dests)

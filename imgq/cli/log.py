@@ -50,7 +50,7 @@ def log(
         elif e["entity"] == "tag":
             common.out(f"{when}Z  {'job ' + str(e['job_id']):<10} tagged {e['tag']} by recipe {e['source']}: {e['detail']}")
         else:
-            what = "file" if e["entity"] == "file" else f"job {e['job_id']}"
+            what = f"job {e['job_id']}" if e["entity"] == "job" else e["entity"]  # file, target (archive), copy
             who = "/".join(x for x in (e["host"], e["actor"]) if x)
             detail = f"  {e['detail']}" if e["detail"] else ""
             common.out(f"{when}Z  {what:<10} {e['from_state'] or 'new'} -> {e['to_state']}  {who}{detail}")

@@ -9,11 +9,10 @@ from typing import Annotated, Optional
 
 import typer
 
+from imgq import archive, destinations
 from imgq import enqueue as enqueue_step
-from imgq import overlap
 from imgq import run as run_step
 from imgq.cli import common
-from imgq.cli.archive import close_all, destination_texts, open_all, ssh_options
 from imgq.cli.options import AcceptNewOpt, ConfigOpt, DbOpt, JsonOpt, SshConfigOpt, ToOpt, WaitOpt, settle_help
 from imgq.errors import UsageError
 
@@ -61,13 +60,13 @@ def run(
     missing = [str(p) for p in inboxes if not p.is_dir()]
     if missing:
         raise UsageError(f"not a folder: {', '.join(missing)} (is the inbox mounted?)")
-    urls = destination_texts(to, settings)
+    urls = destinations.in_force(to, settings)
     if not urls:
         raise UsageError("no destination: give --to DEST, or set destinations = [...] in imgq.toml")
     chains = enqueue_step.resolve_recipes(settings, recipe)  # a bad recipe is a usage error before anything runs
     database = inv.database
-    overlap.check_destinations(database, urls, inboxes)  # before anything is scanned or written
-    dests = open_all(urls, ssh_options(ssh_config, accept_new_host_keys))
+    ssh = destinations.SshOptions(config=ssh_config, accept_new_host_keys=accept_new_host_keys)
+    dests = archive.open_destinations(database, urls, ssh, inboxes=inboxes)  # overlap refused before anything is scanned or written
     opts = run_step.RunOptions(
         inboxes=inboxes,
         destinations=list(dests.values()),
@@ -124,4 +123,4 @@ def run(
                 )
             rec["exit_code"] = report.exit_code
     finally:
-        close_all(dests)
+        destinations.close_all(dests)

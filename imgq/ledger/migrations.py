@@ -110,7 +110,7 @@ def _m1_core(db: "sqlite_utils.Database") -> None:
         {
             "id": int,
             "at": float,
-            "entity": str,  # 'file' or 'job'
+            "entity": str,  # 'file', 'job', 'target' or 'copy' (the last two: archive)
             "file_id": str,
             "job_id": int,
             "from_state": str,
@@ -320,7 +320,18 @@ def _m7_meta(db: "sqlite_utils.Database") -> None:
     db["meta"].insert({"key": "database_id", "value": secrets.token_hex(16)})
 
 
-MIGRATIONS: list[Callable[["sqlite_utils.Database"], None]] = [_m1_core, _m2_archive, _m3_faces, _m4_job_stages, _m5_hosts, _m6_destination_identity, _m7_meta]
+def _m8_archive_target_states(db: "sqlite_utils.Database") -> None:
+    # An archive target is a state machine like a job (imgq.ledger.archive_targets):
+    # pending, waiting (failed, in backoff) or done, each change checked and evented.
+    # Existing rows: waiting if their last attempt failed, else pending (the next
+    # archive that copies what they lack makes them done).
+    db.execute("ALTER TABLE archive_targets ADD COLUMN state TEXT NOT NULL DEFAULT 'pending'")
+    db.execute("UPDATE archive_targets SET state = 'waiting' WHERE error IS NOT NULL")
+
+
+MIGRATIONS: list[Callable[["sqlite_utils.Database"], None]] = [
+    _m1_core, _m2_archive, _m3_faces, _m4_job_stages, _m5_hosts, _m6_destination_identity, _m7_meta, _m8_archive_target_states,
+]
 
 
 def schema_version(conn: sqlite3.Connection) -> int:

@@ -1,0 +1,223 @@
+"""The interface every destination keeps, its errors, and the helpers they share.
+
+A destination is given paths relative to its root, made of plain components (no ``..``,
+no ``/`` inside a component: ``check_component``, ``split_rel``). ``put`` never replaces a
+final name: locally through ``rename_noreplace``; a name the file system refuses raises
+``NameRefused``, a taken one ``NameTaken``. See the package docstring for the promises.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import hashlib
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+from imgq.errors import ImgqError, StorageError
+from imgq.store import TEMP_MARK
+
+CHUNK = 1 << 20
+CHECK_BATCH = 200  # paths per remote check command (well under any ARG_MAX)
+
+
+class DestinationUnavailable(StorageError):
+    """The destination as a whole cannot take copies now (unreachable, missing, full)."""
+
+
+class SourceUnavailable(ImgqError):
+    """The file a copy is made from is missing or does not have the expected content."""
+
+
+class SourceChanged(SourceUnavailable):
+    """The bytes read from the source while copying are not the ones expected."""
+
+
+class NameTaken(StorageError):
+    """Something other than this copy is at the final name (on a case-insensitive
+    destination, possibly under a name differing only in case); nothing was replaced."""
+
+
+class NameRefused(StorageError):
+    """The destination cannot hold this name (characters FAT/exFAT/SMB refuse, or too
+    long for it): a safe name must be used instead."""
+
+
+MARKER = ".imgq-destination"  # the random id of a remote destination, written at first use
+_SAFE_NAME = re.compile(r"[A-Za-z0-9._+-]{1,100}")
+SWEEP_DEPTH = 4  # YYYY/YYYY-MM-DD/OWNER/NAME: the deepest level imgq writes at
+REMOTE_TEMP_AGE = 3600.0  # a remote temporary file this old has no live writer
+
+
+def is_safe_name(name: str) -> bool:
+    """Whether every file system imgq writes to can hold ``name``: short ASCII letters,
+    digits and ``. _ + -`` only."""
+    return bool(_SAFE_NAME.fullmatch(name))
+
+
+def is_temp_name(entry: str) -> bool:
+    return entry.startswith(".") and entry.endswith(TEMP_MARK)
+
+
+@dataclasses.dataclass(frozen=True)
+class Found:
+    """What is at a name now."""
+
+    bytes: int
+    sha256: str
+
+
+def check_component(part: str) -> str:
+    """Raise ValueError unless ``part`` is one plain path component."""
+    if not part or part in (".", "..") or "/" in part or "\0" in part:
+        raise ValueError(f"not a plain path component: {part!r}")
+    return part
+
+
+def split_rel(rel: str) -> list[str]:
+    parts = rel.split("/")
+    for p in parts:
+        check_component(p)
+    return parts
+
+
+def is_temp_of(entry: str, name: str) -> bool:
+    return entry.startswith(f".{name}.") and entry.endswith(TEMP_MARK)
+
+
+def copy_hashing(src, out, source_name: str = "the source") -> tuple[int, str]:
+    """Copy src to out; (bytes, sha256) of what was read. A failure to read is the
+    source's (SourceUnavailable), a failure to write is the caller's to classify."""
+    h = hashlib.sha256()
+    n = 0
+    while True:
+        try:
+            chunk = src.read(CHUNK)
+        except OSError as e:
+            raise SourceUnavailable(f"cannot read {source_name}: {e.strerror or e}") from e
+        if not chunk:
+            break
+        h.update(chunk)
+        out.write(chunk)
+        n += len(chunk)
+    return n, h.hexdigest()
+
+
+
+NAME_REFUSALS = (errno.EINVAL, errno.ENAMETOOLONG, errno.EILSEQ, errno.EPERM)  # FAT says EINVAL or EPERM
+RENAME_NOREPLACE = 1
+_renameat2 = None
+
+
+def rename_noreplace(dir_fd: int, src: str, dst: str) -> None:
+    """Rename ``src`` to ``dst`` in one folder, never replacing anything: FileExistsError
+    if ``dst`` (on a case-insensitive file system: any case of it) exists.
+
+    renameat2(RENAME_NOREPLACE) where the file system has it; else link + unlink (link
+    refuses an existing name); on file systems with neither (FAT through FUSE), a check
+    right before a plain rename: the only window left is one no imgq writer enters, as
+    every imgq writer takes a name this way."""
+    global _renameat2
+    if _renameat2 is None:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        _renameat2 = getattr(libc, "renameat2", False)
+    if _renameat2:
+        import ctypes
+
+        if _renameat2(dir_fd, os.fsencode(src), dir_fd, os.fsencode(dst), RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err == errno.EEXIST:
+            raise FileExistsError(err, os.strerror(err), dst)
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+            raise OSError(err, os.strerror(err), dst)
+    try:
+        os.link(src, dst, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+    except FileExistsError:
+        raise
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS):
+            raise
+        try:
+            os.stat(dst, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            os.rename(src, dst, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            return
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dst) from None
+    os.unlink(src, dir_fd=dir_fd)
+
+
+def hash_fd(fd: int) -> Found:
+    """Size and sha256 of an open file, read from its start."""
+    h = hashlib.sha256()
+    n = 0
+    os.lseek(fd, 0, os.SEEK_SET)
+    while chunk := os.read(fd, CHUNK):
+        h.update(chunk)
+        n += len(chunk)
+    return Found(n, h.hexdigest())
+
+
+def open_source(source):
+    """A binary file object for ``source``: a path, or a callable that opens one (so a
+    caller can open an inbox original by identity, imgq.original)."""
+    if callable(source):
+        return source()
+    try:
+        return open(source, "rb")
+    except OSError as e:
+        raise SourceUnavailable(f"cannot read {source}: {e.strerror or e}") from e
+
+
+def source_changed(source, written: int, digest: str, size: int, sha256: str) -> SourceChanged:
+    return SourceChanged(f"{getattr(source, 'shown', source)} changed: it has {written} bytes, sha256 {digest[:12]}…, expected {size} bytes, {sha256[:12]}…")
+
+
+class Destination:
+    """The interface; see the module docstring."""
+
+    url: str  # the canonical text stored in the database
+
+    def put(self, source, rel: str, *, sha256: str, size: int, replace: Found | None = None) -> None:
+        """Copy ``source`` (a path, or a callable returning an open binary file) to ``rel``.
+
+        The final name is never replaced unless ``replace`` is given and the name holds
+        exactly those bytes at the moment of the rename (a damaged copy proven to be this
+        item's): otherwise an occupied name raises NameTaken and nothing is replaced."""
+        raise NotImplementedError
+
+    def identity(self) -> str:
+        """What this destination is, whatever it was called: 'local:DEV:INO' of the root
+        folder, or 'marker:HEX' from the marker file in a remote root. Read now."""
+        raise NotImplementedError
+
+    def sweep_temps(self, *, now: float) -> list[str]:
+        """Remove temporary files of killed copies (writer gone) anywhere imgq writes in
+        this destination; returns their destination-relative paths."""
+        raise NotImplementedError
+
+    def check(self, rels: Iterable[str]) -> dict[str, Found | None]:
+        raise NotImplementedError
+
+    def fetch(self, rel: str, local: Path) -> None:
+        """Copy what is at ``rel`` to the local file ``local`` (created; caller verifies)."""
+        raise NotImplementedError
+
+    def free_bytes(self) -> int:
+        raise NotImplementedError
+
+    def file_identity(self, rel: str) -> tuple[int, int] | None:
+        """(device, inode) of the file at ``rel`` when it is on this machine, else None:
+        collect compares it with the inbox file's, so that the inbox file itself (a hard
+        link, a copy inside the inbox) never counts as a copy of itself."""
+        return None
+
+    def close(self) -> None:
+        pass
+
+    def __str__(self) -> str:
+        return self.url
