@@ -428,6 +428,23 @@ def test_stages_of_a_split_image_run_on_the_coordinator(ssh_hosts, tmp_path):
     assert where == {1: "host11", 0: socket.gethostname()}
 
 
+def test_no_stripe_part_is_left_in_the_store_after_a_split_image_under_hosts(ssh_hosts, tmp_path):
+    """The coordinator settles a join like a local worker does: once the join is recorded,
+    the lossless stripes of the split image are removed from the store."""
+    (h,) = ssh_hosts(1)
+    inbox = samples.make_inbox(tmp_path / "inbox", per_owner=1, size=(800, 600), with_broken=False, with_duplicate=False, with_loose=False)
+    assert imgq(tmp_path, "scan", inbox).returncode == 0
+    assert imgq(tmp_path, "enqueue", "--op", "bilateral|fit:400x300", "--split", "--split-pixels", "100000", "--stripes", "2").returncode == 0
+    r = imgq(tmp_path, "work", "--hosts", "host11", *fleet_args([h]))
+    assert r.returncode == 0, r.stderr
+    db = tmp_path / "imgq.db"
+    assert_each_job_done_exactly_once(db)
+    assert query(db, "SELECT count(*) FROM jobs WHERE stage LIKE 'join%'")[0][0] >= 1  # a split image was joined
+    store = tmp_path / "imgq-store"
+    assert store.is_dir()
+    assert [p for p in store.rglob("*") if "parts" in p.parts] == []
+
+
 def test_local_workers_beside_the_hosts(ssh_hosts, tmp_path, slow_inbox):
     (h,) = ssh_hosts(1)
     queue_slow_jobs(tmp_path, slow_inbox, SLOW_OPS[:1])

@@ -7,4 +7,15 @@ agent sends back), ``hosts`` (host lists, hosts files, preflight, the hosts tabl
 ``ssh`` (the SSH transport, through Fabric). It may import the ledger, imaging, recipes,
 store, errors and config, and ``imgq.work`` (an agent's slots run the local worker's
 ``process``); never the CLI.
+
+``FleetOptions`` and ``work`` are re-exported lazily: ``imgq status`` imports
+``imgq.fleet.hosts`` and must not load the SSH stack.
 """
+
+
+def __getattr__(name: str):
+    if name in ("FleetOptions", "FleetSummary", "work"):
+        from imgq.fleet import coordinator
+
+        return getattr(coordinator, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
