@@ -8,6 +8,7 @@ twice; nothing a file or folder is called ever reaches a shell; an unknown host 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -134,11 +135,11 @@ def test_protocol_round_trip_and_garbage():
     blob = os.urandom(1000)
     frame = b"".join(bytes(p) for p in protocol.encode({"type": "job", "job": 7, "name": "ünï"}, blob))
     (size,) = protocol.FRAME.unpack(frame[:8])
-    header, back = protocol.decode(frame[8:])
+    header, back = protocol.read_message(io.BytesIO(frame).read, limit=lambda h, n: n)
     assert size == len(frame) - 8 and header == {"type": "job", "job": 7, "name": "ünï"} and bytes(back) == blob
     for bad in [b"", b"\0\0\0\x09{}", b"\0\0\0\x02[]", b"\0\0\0\x05nope!", b"\xff\xff\xff\xff"]:
         with pytest.raises(protocol.ProtocolError):
-            protocol.decode(bad)
+            protocol.read_message(io.BytesIO(protocol.FRAME.pack(len(bad)) + bad).read, limit=lambda h, n: n)
 
 
 def test_hosts_file_syntax(tmp_path):
