@@ -303,6 +303,10 @@ def test_host_without_opencv_is_benched_by_preflight_and_fails_no_job(ssh_hosts,
     assert query(db, "SELECT count(*) FROM events WHERE entity = 'job' AND host = 'host12'")[0][0] == 0  # never given one
     fleet = status(tmp_path)
     assert fleet["host12"]["state"] == "benched" and "cv2" in fleet["host12"]["reason"]
+    # host states are journalled like files and jobs: each change an event, benching with its reason
+    changes = query(db, "SELECT from_state, to_state, detail FROM events WHERE entity = 'host' AND host = 'host12' ORDER BY id")
+    assert [(a, b) for a, b, _ in changes[:3]] == [(None, "new"), ("new", "connecting"), ("connecting", "benched")]
+    assert changes[2][2].startswith("preflight: ") and "cv2" in changes[2][2]
     assert fleet["host11"]["done"] == query(db, "SELECT count(*) FROM jobs")[0][0]
     # imgq itself may or may not import OpenCV at start-up: either way the host is named
     assert "host host12 benched: preflight: " in r.stderr and "cv2" in r.stderr
