@@ -94,6 +94,20 @@ class WorkSummary:
     processed: list[str] = dataclasses.field(default_factory=list)
     interrupted: bool = False
 
+    def count(self, report: tuple) -> None:
+        """Count one report (see ``reports``): the one place reports are read back."""
+        kind = report[0]
+        if kind == "done":
+            self.done += 1
+        elif kind == "failed":
+            self.failed.append(report[1:])
+        elif kind == "retrying":
+            self.retrying += 1
+        elif kind == "lost":
+            self.lost += 1
+        elif kind == "processed":
+            self.processed.append(report[1])
+
 
 def read_original(claim: queue.Claim) -> imaging.Source:
     """The original's bytes, opened once by identity (no symlink, regular files only, a
@@ -257,27 +271,49 @@ def worker_main(settings: Settings, opts: WorkOptions, name: str, stop: Stop, re
         db.close()
 
 
-def _settle(db: DB, outcomes: list[queue.Outcome], settings: Settings, actor: Actor, beat: Heartbeat, reports) -> None:
-    """Record outcomes in one transaction and report them to the parent."""
+def settle(db: DB, outcomes: list[queue.Outcome], settings: Settings, *, actor: Actor, backoff: float | None = None, backoff_max: float | None = None) -> queue.Settled:
+    """Record outcomes in one transaction (``queue.settle``, fenced by each lease token)
+    and then do what follows a recorded outcome: a split image's stripe parts are removed
+    once its join is done. Local workers and the fleet coordinator both settle here, so
+    what a settled job leaves behind cannot depend on where it ran. ``backoff`` and
+    ``backoff_max`` default to the settings' (a lost host's jobs are requeued with none)."""
     if not outcomes:
-        return
-    settled = queue.settle(db, outcomes, actor=actor, backoff=settings.backoff_seconds, backoff_max=settings.backoff_max_seconds, store_dir=settings.store_dir)
-    errors = {o.claim.job_id: o.error for o in outcomes}
+        return queue.Settled()
+    settled = queue.settle(
+        db, outcomes, actor=actor, store_dir=settings.store_dir,
+        backoff=settings.backoff_seconds if backoff is None else backoff,
+        backoff_max=settings.backoff_max_seconds if backoff_max is None else backoff_max,
+    )
+    done = set(settled.done)
     for o in outcomes:
         c = o.claim
-        beat.drop(c.job_id)
-        if c.stage.startswith(splitting.JOIN) and c.job_id in settled.done:
+        if c.stage.startswith(splitting.JOIN) and c.job_id in done:
             store.remove_parts(settings.store_dir, c.file_id, c.spec_hash)  # only once the join is recorded
-    for j in settled.done:
-        reports.put(("done", j))
-    for j, f, reason in settled.failed:
-        reports.put(("failed", j, f, reason))
-    for j in settled.retrying:
-        reports.put(("retrying", j, errors.get(j)))
-    for j in settled.lost:
-        reports.put(("lost", j))
-    for f in settled.processed:
-        reports.put(("processed", f))
+    return settled
+
+
+def reports(settled: queue.Settled, outcomes: list[queue.Outcome] = ()) -> list[tuple]:
+    """What settling told, as the report tuples ``on_report`` receives (and a worker
+    process sends its parent): ('done', job), ('failed', job, file, reason), ('retrying',
+    job, error), ('lost', job), ('processed', file). Read back by ``WorkSummary.count``."""
+    errors = {o.claim.job_id: o.error for o in outcomes}
+    out: list[tuple] = [("done", j) for j in settled.done]
+    out += [("failed", j, f, reason) for j, f, reason in settled.failed]
+    out += [("retrying", j, errors.get(j)) for j in settled.retrying]
+    out += [("lost", j) for j in settled.lost]
+    out += [("processed", f) for f in settled.processed]
+    return out
+
+
+def _settle(db: DB, outcomes: list[queue.Outcome], settings: Settings, actor: Actor, beat: Heartbeat, reports_to) -> None:
+    """A worker process's settle: record outcomes, stop beating for them, tell the parent."""
+    if not outcomes:
+        return
+    settled = settle(db, outcomes, settings, actor=actor)
+    for o in outcomes:
+        beat.drop(o.claim.job_id)
+    for r in reports(settled, outcomes):
+        reports_to.put(r)
 
 
 def _child(settings, opts, index, stop: Stop, reports) -> None:
@@ -342,19 +378,10 @@ def work(settings: Settings, opts: WorkOptions, *, on_report: Callable[[tuple], 
                 if not any(p.is_alive() for p in children):
                     break
                 continue
-            kind = r[0]
-            if kind == "exit":
+            if r[0] == "exit":
                 running -= 1
-            elif kind == "done":
-                summary.done += 1
-            elif kind == "failed":
-                summary.failed.append(r[1:])
-            elif kind == "retrying":
-                summary.retrying += 1
-            elif kind == "lost":
-                summary.lost += 1
-            elif kind == "processed":
-                summary.processed.append(r[1])
+            else:
+                summary.count(r)
             on_report(r)
         for p in children:
             p.join()

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import sys
 import tempfile
 import threading
@@ -53,8 +52,8 @@ def send(header: dict, blob: bytes = b"") -> None:
 
 
 def frame(header_bytes: bytes, blob: bytes = b"") -> bytes:
-    body = struct.pack("!I", len(header_bytes)) + header_bytes + blob
-    return struct.pack("!Q", len(body)) + body
+    body = protocol.HEAD.pack(len(header_bytes)) + header_bytes + blob
+    return protocol.FRAME.pack(len(body)) + body
 
 
 def beats() -> None:
@@ -82,7 +81,7 @@ def render(header: dict, blob: bytes) -> tuple[list[dict], list[bytes], dict]:
     o = worker.process(claim, Settings(store=work / "out", max_pixels=header["max_pixels"], jpeg_quality=header["quality"]))
     assert o.error is None, o.error
     listed = [{"name": a.name, "sha256": a.sha256, "bytes": a.bytes, "width": a.width, "height": a.height} for a in o.artifacts]
-    blobs = [(work / "out" / (a.staged or a.path)).read_bytes() for a in o.artifacts]  # outputs stay staged, as in imgq agent
+    blobs = [(work / "out" / (a.staged or a.path)).read_bytes() for a in o.artifacts]  # as the real agent: from the staged outputs
     return listed, blobs, o.result or {}
 
 
@@ -123,7 +122,7 @@ def misbehave(header: dict, blob: bytes) -> None:
         head = json.dumps(done).encode()
         size = 3 << 30
         with LOCK:
-            OUT.write(struct.pack("!Q", size) + struct.pack("!I", len(head)) + head)
+            OUT.write(protocol.FRAME.pack(size) + protocol.HEAD.pack(len(head)) + head)
             zeros = bytes(1 << 20)
             deadline = time.monotonic() + 15
             while time.monotonic() < deadline:
@@ -152,10 +151,10 @@ def main() -> None:
     threading.Thread(target=beats, daemon=True).start()
     answered = False
     while True:
-        body = protocol.read_frame(sys.stdin.buffer)
-        if body is None:
+        msg = protocol.read_message(sys.stdin.buffer.read, limit=lambda header, size: size)
+        if msg is None:
             os._exit(0)  # the coordinator closed the session
-        header, blob = protocol.decode(body)
+        header, blob = msg
         if header["type"] == "job" and not answered:
             answered = True
             misbehave(header, bytes(blob))

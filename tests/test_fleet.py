@@ -8,6 +8,7 @@ twice; nothing a file or folder is called ever reaches a shell; an unknown host 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -134,11 +135,11 @@ def test_protocol_round_trip_and_garbage():
     blob = os.urandom(1000)
     frame = b"".join(bytes(p) for p in protocol.encode({"type": "job", "job": 7, "name": "ünï"}, blob))
     (size,) = protocol.FRAME.unpack(frame[:8])
-    header, back = protocol.decode(frame[8:])
+    header, back = protocol.read_message(io.BytesIO(frame).read, limit=lambda h, n: n)
     assert size == len(frame) - 8 and header == {"type": "job", "job": 7, "name": "ünï"} and bytes(back) == blob
     for bad in [b"", b"\0\0\0\x09{}", b"\0\0\0\x02[]", b"\0\0\0\x05nope!", b"\xff\xff\xff\xff"]:
         with pytest.raises(protocol.ProtocolError):
-            protocol.decode(bad)
+            protocol.read_message(io.BytesIO(protocol.FRAME.pack(len(bad)) + bad).read, limit=lambda h, n: n)
 
 
 def test_hosts_file_syntax(tmp_path):
@@ -302,6 +303,10 @@ def test_host_without_opencv_is_benched_by_preflight_and_fails_no_job(ssh_hosts,
     assert query(db, "SELECT count(*) FROM events WHERE entity = 'job' AND host = 'host12'")[0][0] == 0  # never given one
     fleet = status(tmp_path)
     assert fleet["host12"]["state"] == "benched" and "cv2" in fleet["host12"]["reason"]
+    # host states are journalled like files and jobs: each change an event, benching with its reason
+    changes = query(db, "SELECT from_state, to_state, detail FROM events WHERE entity = 'host' AND host = 'host12' ORDER BY id")
+    assert [(a, b) for a, b, _ in changes[:3]] == [(None, "new"), ("new", "connecting"), ("connecting", "benched")]
+    assert changes[2][2].startswith("preflight: ") and "cv2" in changes[2][2]
     assert fleet["host11"]["done"] == query(db, "SELECT count(*) FROM jobs")[0][0]
     # imgq itself may or may not import OpenCV at start-up: either way the host is named
     assert "host host12 benched: preflight: " in r.stderr and "cv2" in r.stderr
@@ -426,6 +431,23 @@ def test_stages_of_a_split_image_run_on_the_coordinator(ssh_hosts, tmp_path):
     assert_each_job_done_exactly_once(db)
     where = dict(query(db, "SELECT DISTINCT j.stage = '', e.host FROM events e JOIN jobs j ON j.id = e.job_id WHERE e.to_state = 'done'"))
     assert where == {1: "host11", 0: socket.gethostname()}
+
+
+def test_no_stripe_part_is_left_in_the_store_after_a_split_image_under_hosts(ssh_hosts, tmp_path):
+    """The coordinator settles a join like a local worker does: once the join is recorded,
+    the lossless stripes of the split image are removed from the store."""
+    (h,) = ssh_hosts(1)
+    inbox = samples.make_inbox(tmp_path / "inbox", per_owner=1, size=(800, 600), with_broken=False, with_duplicate=False, with_loose=False)
+    assert imgq(tmp_path, "scan", inbox).returncode == 0
+    assert imgq(tmp_path, "enqueue", "--op", "bilateral|fit:400x300", "--split", "--split-pixels", "100000", "--stripes", "2").returncode == 0
+    r = imgq(tmp_path, "work", "--hosts", "host11", *fleet_args([h]))
+    assert r.returncode == 0, r.stderr
+    db = tmp_path / "imgq.db"
+    assert_each_job_done_exactly_once(db)
+    assert query(db, "SELECT count(*) FROM jobs WHERE stage LIKE 'join%'")[0][0] >= 1  # a split image was joined
+    store = tmp_path / "imgq-store"
+    assert store.is_dir()
+    assert [p for p in store.rglob("*") if "parts" in p.parts] == []
 
 
 def test_local_workers_beside_the_hosts(ssh_hosts, tmp_path, slow_inbox):

@@ -26,8 +26,8 @@ import pytest
 
 from conftest import imgq_subprocess
 from imgq import samples
-from imgq import store as store_lib
 from imgq.fleet import protocol
+from imgq.store import OWNER_MARK
 from sshhosts import ssh_hosts  # noqa: F401
 
 pytestmark = pytest.mark.timeout(120)
@@ -122,7 +122,7 @@ def test_a_bad_reply_benches_the_host_and_its_jobs_run_elsewhere_once(ssh_hosts,
     assert fake.alias in shown and "benched" in shown
     # nothing half-written left in the store (spilled replies, temporary artifacts)
     store = cwd / "imgq-store"
-    assert [p for p in store.rglob("*") if p.name.startswith(".") and p.name != store_lib.OWNER_MARK] == []  # nothing hidden but the owner marker
+    assert [p for p in store.rglob("*") if p.name.startswith(".") and p.name != OWNER_MARK] == []  # (the marker saying whose store it is stays)
 
 
 # --- the frame limit, without SSH ------------------------------------------------------------
@@ -238,7 +238,7 @@ def test_a_reply_bigger_than_memory_is_spilled_and_lands_intact(ssh_hosts, tmp_p
         assert r.returncode == 0, r.stderr
         (path,) = [p for (p,) in query(cwd / "imgq.db", "SELECT path FROM artifacts")]
         made[name] = (cwd / "imgq-store" / path).read_bytes()
-        assert [p for p in (cwd / "imgq-store").rglob("*") if p.name.startswith(".") and p.name != store_lib.OWNER_MARK] == []
+        assert [p for p in (cwd / "imgq-store").rglob("*") if p.name.startswith(".") and p.name != OWNER_MARK] == []
     assert len(made["hosts"]) > protocol.SPILL_BYTES
     assert made["hosts"] == made["local"]
 

@@ -1,4 +1,5 @@
-"""imgq.remote against real sshd hosts: connecting, host keys, commands, files, dying hosts."""
+"""imgq.fleet.ssh against real sshd hosts: connecting, host keys, commands, SFTP sessions, a
+long-lived process carrying protocol frames, dying hosts."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from imgq.fleet import ssh as remote
-from imgq.errors import HostUnreachable, StorageError, UsageError
+from imgq.fleet import protocol, ssh as remote
+from imgq.errors import HostUnreachable, UsageError
 from imgq.fleet.ssh import HostSpec, parse_host_spec, remote_command
 from sshhosts import SshHost, ssh_fleet, ssh_hosts  # noqa: F401
 
@@ -214,67 +215,11 @@ def test_hostile_arguments_reach_the_remote_program_verbatim(conn, tmp_path):
     assert not marker.exists()
 
 
-def test_hostile_path_round_trips_through_put_command_and_get(conn, tmp_path):
-    """The name from the brief: it has slashes, so over SFTP it is a path with folders."""
-    marker = Path("/tmp") / f"PWNED_{os.urandom(4).hex()}"
-    name = f"$(touch {marker});'\"\n.jpg"
-    base = tmp_path / "remote"
-    path = f"{base}/{name}"
-    data = os.urandom(300_000)
-    remote.make_dirs(conn, os.path.dirname(path))
-    remote.put_bytes(conn, data, path)
-    assert Path(path).read_bytes() == data  # the remote host shares this filesystem
-    assert remote.run(conn, ["cp", "--", path, path + ".copy"]).ok
-    assert remote.run(conn, ["sh", "-c", 'cat -- "$1"', "sh", path + ".copy"]).stdout == data
-    assert remote.get_bytes(conn, path + ".copy") == data
-    remote.get_file(conn, path, tmp_path / "back.jpg")
-    assert (tmp_path / "back.jpg").read_bytes() == data
-    assert not marker.exists()
-
-
-def test_hostile_name_round_trips_through_a_workdir(conn, tmp_path):
-    marker = f"PWNED_{os.urandom(4).hex()}"  # relative: the remote shell would run in $HOME
-    name = f"$(touch {marker});'\"\n`touch {marker}` *.jpg"
-    data = os.urandom(300_000)
-    work = remote.Workdir.create(conn, str(tmp_path / "remote-work"))
-    try:
-        path = work.put_bytes(name, data)
-        assert remote.run(conn, ["cp", "--", path, work.path(name + ".copy")]).ok
-        listing = remote.run(conn, ["ls", "-1b", "--", work.root]).stdout.decode()
-        assert len(listing.splitlines()) == 2  # the file and its copy, no temporary names
-        assert work.get_bytes(name + ".copy") == data
-    finally:
-        work.remove()
-    home = remote.run(conn, ["sh", "-c", 'echo "$HOME"']).stdout.decode().strip()
-    assert not (Path(home) / marker).exists() and not Path(marker).exists()
-    assert not Path(work.root).exists()
-
-
-def test_workdir_refuses_names_that_leave_it(conn, tmp_path):
-    work = remote.Workdir(conn, str(tmp_path))
-    for bad in ["../x", "a/b", "..", ".", "", "a\0b"]:
-        with pytest.raises(ValueError):
-            work.path(bad)
-
-
 # --- files -----------------------------------------------------------------------------
 
 
-def test_put_and_get_are_byte_identical(conn, tmp_path):
-    blob = os.urandom(5_000_000)
-    src = tmp_path / "photo.jpg"
-    src.write_bytes(blob)
-    dest = str(tmp_path / "remote" / "deep" / "photo.jpg")
-    remote.make_dirs(conn, os.path.dirname(dest))
-    remote.put_file(conn, src, dest)
-    assert Path(dest).read_bytes() == blob  # the "remote" host shares this filesystem
-    assert sorted(os.listdir(os.path.dirname(dest))) == ["photo.jpg"]
-    assert remote.get_bytes(conn, dest) == blob
-    remote.put_bytes(conn, b"", dest)  # overwrite, atomically, with an empty file
-    assert remote.get_bytes(conn, dest) == b""
-
-
-def test_concurrent_transfers_on_one_connection(conn, tmp_path):
+def test_concurrent_sftp_sessions_on_one_connection(conn, tmp_path):
+    """open_sftp (used by ssh:// destinations): one session per thread, side by side."""
     from concurrent.futures import ThreadPoolExecutor
 
     blobs = {f"f{i}.jpg": os.urandom(1_000_000) for i in range(6)}
@@ -283,8 +228,10 @@ def test_concurrent_transfers_on_one_connection(conn, tmp_path):
         name, data = item
         s = remote.open_sftp(conn)
         try:
-            remote.put_bytes(conn, data, str(tmp_path / name), sftp=s)
-            return remote.get_bytes(conn, str(tmp_path / name), sftp=s) == data
+            with s.open(str(tmp_path / name), "wb") as f:
+                f.write(data)
+            with s.open(str(tmp_path / name), "rb") as f:
+                return f.read() == data
         finally:
             s.close()
 
@@ -292,25 +239,27 @@ def test_concurrent_transfers_on_one_connection(conn, tmp_path):
         assert all(pool.map(round_trip, blobs.items()))
 
 
-def test_filesystem_refusals_are_storage_errors(conn, tmp_path):
-    with pytest.raises(StorageError, match="no-such-folder"):
-        remote.put_bytes(conn, b"x", str(tmp_path / "no-such-folder" / "a.jpg"))
-    with pytest.raises(StorageError, match="missing.jpg"):
-        remote.get_bytes(conn, str(tmp_path / "missing.jpg"))
-    assert remote.run(conn, ["true"]).ok
-
-
 # --- a long-lived process --------------------------------------------------------------
+
+
+def send(p, header: dict, blob: bytes = b"") -> None:
+    for piece in protocol.encode(header, blob):
+        p.write(bytes(piece))
+
+
+def receive(p):
+    msg = protocol.read_message(p.read, limit=lambda header, size: size)
+    return msg if msg is None else (msg[0], bytes(msg[1]))
 
 
 def test_framed_process_echoes_frames(conn):
     with remote.start_process(conn, ["python3", "-c", ECHO_FRAMES], env={"LC_ALL": "C"}) as p:
-        frames = [b"", b"x", os.urandom(3_000_000), b"\0" * 9]
-        for f in frames:
-            p.send_frame(f)
-        assert [p.recv_frame() for _ in frames] == frames
+        blobs = [b"", b"x", os.urandom(3_000_000), b"\0" * 9]
+        for i, b in enumerate(blobs):
+            send(p, {"type": "echo", "n": i}, b)
+        assert [receive(p) for _ in blobs] == [({"type": "echo", "n": i}, b) for i, b in enumerate(blobs)]
         p.close_stdin()
-        assert p.recv_frame() is None
+        assert receive(p) is None
         assert p.wait(10) == 0
 
 
@@ -328,13 +277,13 @@ def test_killed_host_gives_host_unreachable_quickly(ssh_hosts):
     (h,) = ssh_hosts(1)
     c = connect(h)
     p = remote.start_process(c, ["python3", "-c", ECHO_FRAMES])
-    p.send_frame(b"ping")
-    assert p.recv_frame() == b"ping"
+    send(p, {"type": "ping"})
+    assert receive(p) == ({"type": "ping"}, b"")
     t = time.monotonic()
     h.kill()
     with pytest.raises(HostUnreachable):
-        p.send_frame(b"ping")
-        p.recv_frame()
+        send(p, {"type": "ping"})
+        receive(p)
     with pytest.raises(HostUnreachable, match="connection lost"):
         p.wait(5)
     with pytest.raises(HostUnreachable, match="connection lost"):
@@ -352,16 +301,14 @@ def test_hung_host_gives_host_unreachable_within_the_timeout(ssh_hosts):
     try:
         t = time.monotonic()
         with pytest.raises(HostUnreachable, match="timed out"):
-            p.send_frame(b"ping")
-            p.recv_frame()
-        with pytest.raises(HostUnreachable):
-            remote.probe(c, timeout=1)
+            send(p, {"type": "ping"})
+            receive(p)
         with pytest.raises(HostUnreachable, match="no SSH server answered"):
             connect(h, connect_timeout=1)
         assert time.monotonic() - t < 8
     finally:
         h.cont()
-    remote.probe(c, timeout=5)  # it was a hang, not a loss: the host comes back
+    assert remote.run(c, ["true"], timeout=5).ok  # it was a hang, not a loss: the host comes back
 
 
 def test_restarted_host_can_be_reached_again(ssh_hosts):

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from imgq import samples, store
+from imgq.config import Settings
 from imgq.fleet import arrival
 from imgq.ledger import journal, queue
 from imgq.ledger.database import DB
@@ -175,7 +176,7 @@ def test_an_agents_late_reply_never_reaches_the_store(db, tmp_path):
         photo = samples.make_photo(tmp_path / f"reply{seed}.jpg", width=64, height=48, seed=seed)
         data = photo.read_bytes()
         header = {"type": "done", "artifacts": [{"name": "web", "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "width": 64, "height": 48}]}
-        return queue.Outcome(claim, artifacts=arrival.receive(claim, header, memoryview(data), store_dir, max_pixels=250_000_000))
+        return queue.Outcome(claim, artifacts=arrival.receive(claim, header, memoryview(data), store_dir, max_pixels=Settings().max_pixels))
 
     assert queue.settle(db, [reply(fresh, 2)], now=17.0, store_dir=store_dir).done == [fresh.job_id]
     [(rel, recorded)] = q(db.path, "SELECT path, sha256 FROM artifacts")

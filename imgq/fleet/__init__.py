@@ -1,10 +1,27 @@
 """Workers on many hosts: the coordinator that claims for agents, the agent that runs on
 each host, and what travels between them.
 
-Lives here: ``coordinator`` (imgq work --hosts), ``agent`` (imgq agent), ``link`` (one
-agent's connection), ``protocol`` (the frames), ``arrival`` (checking and storing what an
-agent sends back), ``hosts`` (host lists, hosts files, preflight, the hosts table) and
-``ssh`` (the SSH transport, through Fabric). It may import the ledger, imaging, recipes,
-store, errors and config, and ``imgq.work`` (an agent's slots run the local worker's
-``process``); never the CLI.
+Lives here: ``coordinator`` (imgq work --hosts: the loop, its events, settling, stopping),
+``roster`` (the hosts: listed, connecting, up, benched, draining; hosts-file reloads),
+``dispatch`` (claiming for agents, prefetch, sending inputs, receiving replies), ``local``
+(local workers beside the hosts), ``agent`` (imgq agent), ``link`` (one agent's
+connection), ``protocol`` (the frames: their one definition), ``arrival`` (checking and
+storing what an agent sends back), ``hosts`` (host lists, hosts files, preflight; reading
+the hosts table) and ``ssh/`` (the SSH transport, through Fabric). Host state is written
+by ``imgq.ledger.hosts`` only.
+
+It may import the ledger, imaging, recipes, store, errors and config, and ``imgq.work``
+(an agent's slots run the local worker's ``process``; the coordinator settles through its
+``settle``); never the CLI.
+
+``FleetOptions``, ``FleetSummary`` and ``work`` are re-exported lazily: ``imgq status``
+imports ``imgq.fleet.hosts`` and must not load the SSH stack.
 """
+
+
+def __getattr__(name: str):
+    if name in ("FleetOptions", "FleetSummary", "work"):
+        from imgq.fleet import coordinator
+
+        return getattr(coordinator, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

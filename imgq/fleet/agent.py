@@ -3,7 +3,7 @@
 One agent runs on a host per coordinator, started over SSH with its stdin and stdout as
 the channel (``imgq.protocol``). It runs N slots (worker processes, default: the host's
 cores), each rendering jobs with exactly the code a local worker runs
-(``worker.process``), so a remote artifact is byte for byte the local one.
+(``imgq.work.process``), so a remote artifact is byte for byte the local one.
 
 What it promises:
 - Everything it writes is inside its own session folder (``<workdir>/s-<pid>-<random>``,
@@ -67,9 +67,9 @@ def _slot_init() -> None:
     os.dup2(devnull, 0)  # a slot holding the channel open would hide the agent's death
     os.dup2(2, 1)  # anything a library prints goes to stderr, not into the frames
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from imgq import work as worker
+    from imgq import work
 
-    worker._one_thread_per_worker()
+    work._one_thread_per_worker()
 
 
 def _slot_job(job_id: int, spec: dict, spec_hash: str, max_pixels: int, quality: int, src_root: str, src_rel: str, out_dir: str) -> dict:
@@ -78,7 +78,7 @@ def _slot_job(job_id: int, spec: dict, spec_hash: str, max_pixels: int, quality:
     import dataclasses
 
     from imgq.ledger import queue
-    from imgq import work as worker
+    from imgq import work
     from imgq.config import Settings
 
     claim = queue.Claim(job_id, f"job{job_id}", "", spec, spec_hash, "", 1, 1, src_root, src_rel)
@@ -86,7 +86,7 @@ def _slot_job(job_id: int, spec: dict, spec_hash: str, max_pixels: int, quality:
     # The outputs stay under their staged names in the agent's private session folder:
     # the reply is read from there, and the coordinator stages what arrives and moves it
     # into place only in the fenced completion.
-    o = worker.process(claim, settings)
+    o = work.process(claim, settings)
     return {"error": o.error, "kind": o.kind, "result": o.result, "artifacts": [dataclasses.asdict(a) for a in o.artifacts or []]}
 
 

@@ -1,7 +1,7 @@
 """The hosts of a fleet: how they are listed, when one is fit to work, and what the
 ``hosts`` table remembers about each (for ``imgq status``).
 
-A host is written ``[user@]host[:port][/slots]`` (``imgq.remote.parse_host_spec``); a
+A host is written ``[user@]host[:port][/slots]`` (``imgq.fleet.ssh.parse_host_spec``); a
 hosts file has one per line, optionally followed by the command that runs imgq there
 (for a virtual environment), ``#`` starting a comment::
 
@@ -11,15 +11,13 @@ hosts file has one per line, optionally followed by the command that runs imgq t
     render3             python3 -m imgq
 
 The words of the command are split like a shell would (quotes work) but never given to
-a shell unquoted: each becomes one quoted argument (``imgq.remote.remote_command``).
+a shell unquoted: each becomes one quoted argument (``imgq.fleet.ssh.remote_command``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import shlex
-import socket
 from pathlib import Path
 
 from typing import TYPE_CHECKING
@@ -29,7 +27,7 @@ from imgq.fleet import protocol
 from imgq.ledger.database import DB
 from imgq.errors import UsageError
 
-if TYPE_CHECKING:  # imgq.remote brings paramiko: not for `imgq status`, which reads the table
+if TYPE_CHECKING:  # imgq.fleet.ssh brings paramiko: not for `imgq status`, which reads the table
     from imgq.fleet.ssh import HostSpec
 
 MIN_FREE_DISK = 256 * 2**20  # the agent stages inputs and outputs of a few jobs at a time
@@ -143,48 +141,7 @@ def bench_delay(failures: int) -> float:
     return backoff.delay(failures, BENCH_BASE, BENCH_MAX)
 
 
-# --- the hosts table -----------------------------------------------------------------------
-
-FIELDS = ("slots", "state", "reason", "benched_until", "failures", "done", "failed", "lost", "version", "cores", "free_disk", "seen_at")
-
-
-def coordinator_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-COUNTERS = ("done", "failed", "lost")
-
-
-def record(db: DB, name: str, *, now: float, add: dict[str, int] | None = None, **fields) -> None:
-    """Upsert what is known about host ``name``: the given fields are set, the counters
-    in ``add`` (done, failed, lost) are increased."""
-    bad = (set(fields) - set(FIELDS)) | (set(add or {}) - set(COUNTERS))
-    if bad:
-        raise ValueError(f"unknown host fields {sorted(bad)}")
-    fields = dict(fields, coordinator=coordinator_name(), updated_at=now)
-    cols = ", ".join(fields)
-    with db.transaction():
-        db.execute(
-            f"INSERT INTO hosts (name, {cols}) VALUES (?, {', '.join('?' * len(fields))})"
-            f" ON CONFLICT (name) DO UPDATE SET {', '.join(f'{k} = excluded.{k}' for k in fields)}",
-            (name, *fields.values()),
-        )
-        for key, n in (add or {}).items():
-            db.execute(f"UPDATE hosts SET {key} = coalesce({key}, 0) + ? WHERE name = ?", (n, name))
-
-
-def add_counts(db: DB, counts: dict[str, dict[str, int]], seen: dict[str, float], *, now: float) -> None:
-    """Per host, add to its counters (``{name: {"done": n, ...}}``) and set when its agent
-    was last heard, in one transaction."""
-    with db.transaction():
-        for name, add in counts.items():
-            for key, n in add.items():
-                if key not in COUNTERS:
-                    raise ValueError(f"unknown host counter {key!r}")
-                db.execute(f"UPDATE hosts SET {key} = coalesce({key}, 0) + ?, updated_at = ? WHERE name = ?", (n, now, name))
-        for name, at in seen.items():
-            db.execute("UPDATE hosts SET seen_at = ?, updated_at = ? WHERE name = ?", (at, now, name))
-
+# --- the hosts table (written by imgq.ledger.hosts; read here for `imgq status`) --------------
 
 STALE_AFTER = 30.0  # a host 'up' whose coordinator wrote nothing for this long: the coordinator is gone
 

@@ -4,7 +4,7 @@ it, a reader thread for the agent's messages and sender threads for the jobs.
 The link never touches the database: it hands what arrives to a callback, and the fleet
 (one thread) decides. What it guarantees:
 
-- ``open`` connects through ``imgq.remote`` (ssh_config, keys, ProxyJump, host keys
+- ``open`` connects through ``imgq.fleet.ssh`` (ssh_config, keys, ProxyJump, host keys
   refused unless opted in), starts the agent with every argument quoted, and waits for
   its hello; a hello that shows the host unfit raises ``PreflightFailed``, so a host
   missing a library is never given a job.
@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from imgq.fleet import hosts, protocol, ssh as remote
+from imgq.fleet import hosts, protocol, ssh
 from imgq.errors import HostUnreachable
 from imgq.fleet.hosts import HostEntry, PreflightFailed
 
@@ -49,16 +49,16 @@ def agent_argv(entry: HostEntry, *, slots: int | None, shared_root: str | None, 
     return argv
 
 
-def start_agent(entry: HostEntry, *, ssh_config=None, accept_new_host_keys=False, connect_timeout=None, slots=None, shared_root=None) -> tuple[remote.Connection, remote.RemoteProcess, dict]:
+def start_agent(entry: HostEntry, *, ssh_config=None, accept_new_host_keys=False, connect_timeout=None, slots=None, shared_root=None) -> tuple[ssh.Connection, ssh.RemoteProcess, dict]:
     """Connect, start the agent, read its hello: (connection, process, hello).
 
     HostUnreachable when the host cannot be reached; PreflightFailed when the agent does
     not start (imgq missing, a library failing at import) or its hello shows a problem.
     """
-    conn = remote.connect(entry.spec, ssh_config=ssh_config, accept_new_host_keys=accept_new_host_keys, connect_timeout=connect_timeout)
+    conn = ssh.connect(entry.spec, ssh_config=ssh_config, accept_new_host_keys=accept_new_host_keys, connect_timeout=connect_timeout)
     try:
         argv = agent_argv(entry, slots=slots, shared_root=shared_root)
-        proc = remote.start_process(conn, argv, io_timeout=AGENT_START_TIMEOUT)
+        proc = ssh.start_process(conn, argv, io_timeout=AGENT_START_TIMEOUT)
         try:
             msg = protocol.read_message(proc.read, max_header=protocol.REPLY_HEADER)
         except HostUnreachable as e:
@@ -79,7 +79,7 @@ def start_agent(entry: HostEntry, *, ssh_config=None, accept_new_host_keys=False
             raise err
         return conn, proc, hello
     except BaseException:
-        remote.close(conn)
+        ssh.close(conn)
         raise
 
 
@@ -87,7 +87,7 @@ _LIBRARIES = {"cv2": "OpenCV", "PIL": "Pillow", "numpy": "NumPy", "fabric": "Fab
 _IMPORT_LINE = re.compile(r"^\s*(?:import|from)\s+([A-Za-z_][\w]*)")
 
 
-def _start_failure(proc: remote.RemoteProcess, exc) -> str:
+def _start_failure(proc: ssh.RemoteProcess, exc) -> str:
     """Why the agent did not start, in one line: which import failed (from its traceback),
     the last line it printed, its exit status."""
     proc.channel.status_event.wait(2.0)
@@ -242,7 +242,7 @@ class AgentLink:
             if grace:
                 self.proc.channel.status_event.wait(grace)
             self.proc.close()
-            remote.close(self.conn)
+            ssh.close(self.conn)
         except Exception:
             pass
 
@@ -264,7 +264,7 @@ def check(entry: HostEntry, **kw) -> dict:
         proc.wait(10)
     except HostUnreachable:
         pass
-    remote.close(conn)
+    ssh.close(conn)
     out.update(_facts(hello), ok=True, seconds=round(time.monotonic() - started, 2))
     return out
 

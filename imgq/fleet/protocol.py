@@ -3,8 +3,8 @@
 One message is one frame on the agent's stdin or stdout (the SSH channel the coordinator
 started it on)::
 
-    frame   = length (8 bytes, big-endian) + body          (imgq.remote's framing)
-    body    = header length (4 bytes, big-endian) + header (UTF-8 JSON object) + blob
+    frame   = length (8 bytes, big-endian) + body          (FRAME)
+    body    = header length (4 bytes, big-endian) + header (UTF-8 JSON object) + blob   (HEAD)
 
 The header says what the message is (``type``) and describes the blob: the input photo of
 a ``job``, the artifacts of a ``done`` reply laid end to end. Raw bytes never go through
@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 PROTOCOL = 1
-FRAME = struct.Struct("!Q")  # the same 8-byte length as imgq.remote.FRAME_HEADER
+FRAME = struct.Struct("!Q")  # the frame: its length, then its body (the one definition)
 HEAD = struct.Struct("!I")
 MAX_HEADER = 1 << 24  # a JSON header over 16 MB is a corrupt stream, not a message
 REPLY_HEADER = 1 << 20  # an agent's header (hello, beat, done with a few artifacts) is a few kB
@@ -193,33 +193,6 @@ def encode(header: dict, blob: bytes | memoryview = b"") -> list[bytes | memoryv
     """The pieces of one frame (length, header, blob) to be written in order."""
     head = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     return [FRAME.pack(HEAD.size + len(head) + len(blob)) + HEAD.pack(len(head)) + head, memoryview(blob)]
-
-
-def decode(body: bytes) -> tuple[dict, memoryview]:
-    """(header, blob) of one frame's body; ProtocolError if it is not a message."""
-    view = memoryview(body)
-    if len(view) < HEAD.size:
-        raise ProtocolError(f"a frame of {len(view)} bytes is too short for a message")
-    (n,) = HEAD.unpack_from(view)
-    if n > MAX_HEADER or HEAD.size + n > len(view):
-        raise ProtocolError(f"bad header length {n} in a frame of {len(view)} bytes")
-    return _parse_header(bytes(view[HEAD.size : HEAD.size + n])), view[HEAD.size + n :]
-
-
-def read_frame(stream: BinaryIO, max_frame: int = 1 << 34) -> bytes | None:
-    """The next frame's body from a binary stream; None at a clean end of the stream."""
-    first = stream.read(FRAME.size)
-    if not first:
-        return None
-    if len(first) < FRAME.size:
-        raise ProtocolError("stream ended inside a frame header")
-    (size,) = FRAME.unpack(first)
-    if size > max_frame:
-        raise ProtocolError(f"frame of {size} bytes is larger than the limit")
-    body = stream.read(size)
-    if len(body) < size:
-        raise ProtocolError(f"stream ended inside a frame ({len(body)} of {size} bytes)")
-    return body
 
 
 def write_message(stream: BinaryIO, header: dict, blob: bytes | memoryview = b"") -> None:

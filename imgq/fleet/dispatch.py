@@ -1,0 +1,234 @@
+"""Moving work to the hosts and results back: each host's link to its agent, claiming
+jobs on the agents' behalf (``slots + prefetch`` in flight per host, so the next input is
+already there when a slot frees up), sending each job with its input read by identity,
+running the stages of split images on this machine, and checking what comes back before
+anything is stored.
+
+Results reach the coordinator thread as ``("outcome", host, link, Arrived)`` events on
+its queue; nothing here settles a job.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import multiprocessing as mp
+import os
+import queue as stdqueue
+import time
+from pathlib import Path
+
+from imgq import work
+from imgq.config import Settings
+from imgq.errors import ImgqError, classify
+from imgq.fleet import arrival, link, protocol
+from imgq.fleet.hosts import HostEntry
+from imgq.fleet.roster import Host, Roster
+from imgq.ledger import queue
+from imgq.ledger.database import DB
+
+
+@dataclasses.dataclass
+class Arrived:
+    """One job's outcome on its way to being settled: where it ran, and whether a failure
+    counts against the host (its agent said so), not against this machine or the input."""
+
+    host: Host
+    link: link.AgentLink | None  # None: ran here (a stage of a split image)
+    outcome: queue.Outcome
+    hosts_fault: bool = False
+
+    @property
+    def here(self) -> bool:
+        """Run on this machine (a stage of a split image), not on the host."""
+        return self.link is None
+
+
+class Dispatch:
+    """Claims, sends and receives for the hosts of a ``Roster``."""
+
+    def __init__(self, settings: Settings, opts, db: DB, roster: Roster, events: stdqueue.Queue):
+        self.settings, self.opts, self.db, self.roster, self.events = settings, opts, db, roster, events
+        self.dry_until = 0.0  # the last claim found nothing: don't ask again before this
+        self.store_pool = concurrent.futures.ThreadPoolExecutor(max(2, opts.transfers), thread_name_prefix="imgq-store")
+        self.stages = None  # a process pool for stages of split images, which need this store
+
+    def _arrived(self, h: Host, lk, outcome: queue.Outcome, hosts_fault: bool) -> None:
+        self.events.put(("outcome", h, lk, Arrived(h, lk, outcome, hosts_fault)))
+
+    def connect(self, h: Host, entry: HostEntry) -> link.AgentLink:
+        """In a connect thread: SSH, ``imgq agent``, its hello and preflight; the link,
+        its callbacks bound to this dispatch (lost links are reported as events)."""
+        opts = self.opts
+        conn, proc, hello = link.start_agent(
+            entry, ssh_config=opts.ssh_config, accept_new_host_keys=opts.accept_new_host_keys,
+            connect_timeout=opts.connect_timeout, slots=entry.spec.slots or opts.slots,
+            shared_root=str(opts.shared_root) if opts.shared_root else None,
+        )
+        return link.AgentLink(
+            entry, conn, proc, hello, host_timeout=opts.host_timeout, transfers=opts.transfers,
+            on_message=lambda lk, hd, blob: self.on_message(h, lk, hd, blob),
+            on_lost=lambda lk, reason, misbehaved: self.events.put(("lost", h, lk, reason, misbehaved)),
+            read_input=lambda lk, claim, header, path: self.read_input(h, lk, claim, header, path),
+            reply_limit=lambda hd, size: self.reply_limit(h, hd, size), spill_dir=self.settings.store_dir,
+        )
+
+    # --- claiming and sending -----------------------------------------------------------
+
+    def claim(self, *, stopping: bool) -> None:
+        if stopping or time.time() < self.dry_until:
+            return
+        for h in sorted(self.roster.up(), key=lambda h: len(h.inflight) / max(1, h.link.slots)):
+            if h.draining:
+                continue
+            prefetch = self.opts.prefetch if self.opts.prefetch is not None else h.link.slots
+            want = h.link.slots + prefetch - len(h.inflight)
+            if want <= 0:
+                continue
+            claims = queue.claim(self.db, owner=h.actor().name, limit=want, lease_seconds=self.settings.lease_seconds,
+                                 actor=h.actor(), max_attempts=self.opts.max_attempts)
+            for c in claims:
+                h.inflight[c.job_id] = c
+                if c.stage:
+                    self._run_here(h, c)
+                else:
+                    self._send(h, c)
+            if len(claims) < want:
+                self.dry_until = time.time() + self.opts.poll
+                return
+
+    def _run_here(self, h: Host, c: queue.Claim) -> None:
+        """A stripe or join of a split image (imgq enqueue --split) reads and writes
+        intermediate stripes in this machine's store, so it runs here, in a pool of local
+        processes (one per core, so stripes still run in parallel), counted in flight on
+        the host that claimed it."""
+        if self.stages is None:
+            # spawn, not fork: this process has threads (paramiko's, ours)
+            self.stages = concurrent.futures.ProcessPoolExecutor(os.cpu_count() or 1, mp_context=mp.get_context("spawn"))
+        fut = self.stages.submit(work.process, c, self.settings)
+
+        def done(f, c=c):
+            try:
+                outcome = f.result()
+                outcome.claim = c  # a copy came back from the other process: ours is in flight
+            except Exception as e:
+                outcome = queue.Outcome(c, error=f"{Path(c.inbox) / c.path}: {type(e).__name__}: {e}", kind="transient")
+            self._arrived(h, None, outcome, False)
+
+        fut.add_done_callback(done)
+
+    def _send(self, h: Host, c: queue.Claim) -> None:
+        """Queue a job for the host; its header carries the sha256 and size the journal
+        recorded for the input, which the bytes sent (or, with --shared-root, the bytes
+        the agent opens) must have."""
+        row = self.db.one("SELECT sha256, size FROM files WHERE id = ?", (c.file_id,))
+        header = {"type": "job", "job": c.job_id, "spec": c.spec, "spec_hash": c.spec_hash,
+                  "max_pixels": self.settings.max_pixels, "quality": self.settings.jpeg_quality,
+                  "sha256": row["sha256"], "size": row["size"]}
+        rel = self._under_shared_root(c)
+        if rel is not None:
+            header["path"] = rel
+            h.link.send_job(c, header, None)
+        else:
+            h.link.send_job(c, header, Path(c.inbox) / c.path)
+
+    def _under_shared_root(self, c: queue.Claim) -> str | None:
+        """The input's path relative to --shared-root, or None: then its bytes are sent.
+        Only the inbox root is resolved (it may be a link to a share, as for
+        ``Original``); the path below it is sent as recorded, and the agent opens it
+        without following a symlink."""
+        if self.opts.shared_root is None:
+            return None
+        root, inbox = os.path.realpath(self.opts.shared_root), os.path.realpath(c.inbox)
+        if os.path.commonpath([inbox, root]) != root:
+            return None
+        rel = os.path.relpath(inbox, root)
+        return c.path if rel == "." else f"{rel}/{c.path}"
+
+    def read_input(self, h: Host, lk: link.AgentLink, c: queue.Claim, header: dict, path: Path):
+        """In a sender thread: the input's bytes, read by identity (no symlink followed,
+        a regular file) and sent only if their sha256 and size are the journal's; else
+        None, with the outcome a local worker would report (changed in the inbox, a
+        symlink or FIFO swapped in: permanent, naming the file; an I/O error: transient)."""
+        from imgq import original
+
+        try:
+            with original.open_original(c.inbox, c.path) as o:
+                return o.read_verified(header["sha256"], header["size"])
+        except ImgqError as e:
+            text = str(e) if str(path) in str(e) else f"{path}: {e}"
+            outcome = queue.Outcome(c, error=text, kind=classify(e))
+        except OSError as e:
+            outcome = queue.Outcome(c, error=f"{path}: {e.strerror or e}", kind="transient")
+        self._arrived(h, lk, outcome, False)
+        return None
+
+    # --- what comes back ----------------------------------------------------------------
+
+    def _held(self, h: Host, header: dict) -> queue.Claim:
+        """The claim a reply is about; BadReply unless it is a job sent to this host and
+        not yet answered (a reply for any other job, or a second one, breaks the protocol)."""
+        job = header.get("job")
+        c = h.inflight.get(job) if type(job) is int else None
+        if c is None or c.stage or h.answered.get(job) is c:
+            raise arrival.BadReply(f"a {header['type']!r} reply for job {str(job)[:40]}, which was not sent to this host or was answered already")
+        return c
+
+    def reply_limit(self, h: Host, header: dict, blob_size: int) -> int:
+        """In the reader thread, before a reply's blob is read: how big it may be. A
+        ``done`` is checked against the job's recipe now (BadReply), so a wrong reply
+        costs no read; an ``error`` carries no blob."""
+        c = self._held(h, header)
+        if header["type"] != "done":
+            return 0
+        cap = arrival.reply_limit(c.spec, self.settings.max_pixels)
+        if blob_size <= cap:  # (over it, the frame is refused as too big before anything else)
+            arrival.check_reply(c, header, blob_size, max_pixels=self.settings.max_pixels)
+        return cap
+
+    def on_message(self, h: Host, lk: link.AgentLink, header: dict, blob: protocol.Blob) -> None:
+        """In the link's reader thread (BadReply: the link is lost and the host benched)."""
+        if header["type"] not in ("done", "error"):
+            blob.close()
+            return  # a message type of a newer agent: ignored
+        c = self._held(h, header)
+        if len(h.answered) > 2 * len(h.inflight) + 64:  # forget replies to jobs settled since
+            h.answered = {j: x for j, x in h.answered.items() if h.inflight.get(j) is x}
+        h.answered[c.job_id] = c
+        if header["type"] == "done":
+            self.store_pool.submit(self._store, h, lk, c, header, blob)
+            return
+        message, kind, staged = header.get("message"), header.get("kind"), header.get("input")
+        if not isinstance(message, str) or kind not in ("permanent", "transient") or not isinstance(staged, (str, type(None))):
+            raise arrival.BadReply(f"job {c.job_id}: an error reply needs a message and a kind of permanent or transient")
+        src = str(Path(c.inbox) / c.path)
+        text = message[:4000] or "failed on the host"
+        if staged and staged in text:
+            text = text.replace(staged, src)
+        elif src not in text:
+            text = f"{src}: {text}"  # always name the file, once
+        self._arrived(h, lk, queue.Outcome(c, error=f"{text} (on {h.name})" if kind == "transient" else text, kind=kind), True)
+
+    def _store(self, h: Host, lk: link.AgentLink, c: queue.Claim, header: dict, blob: protocol.Blob) -> None:
+        hosts_fault = True
+        try:
+            artifacts = arrival.receive(c, header, blob, self.settings.store_dir, max_pixels=self.settings.max_pixels)
+            outcome = queue.Outcome(c, artifacts=artifacts, result=header.get("result"))
+        except (arrival.BadReply, arrival.ArtifactRejected) as e:
+            # the host sent something it should not have: bench it, its jobs run elsewhere
+            self.events.put(("bad", h, lk, f"bad reply: {e} ({Path(c.inbox) / c.path})"))
+            return
+        except OSError as e:  # our own store (full disk, I/O error): not the host's doing
+            outcome = queue.Outcome(c, error=f"cannot write artifacts of {Path(c.inbox) / c.path} to the store: {e.strerror or e}", kind="transient")
+            hosts_fault = False
+        except Exception as e:  # a bug of ours: retried, and counted against no host
+            outcome = queue.Outcome(c, error=f"{Path(c.inbox) / c.path}: internal error storing the reply from {h.name}: {type(e).__name__}: {e}", kind="transient")
+            hosts_fault = False
+        finally:
+            blob.close()
+        self._arrived(h, lk, outcome, hosts_fault)
+
+    def close(self) -> None:
+        self.store_pool.shutdown(wait=False, cancel_futures=True)
+        if self.stages is not None:
+            self.stages.shutdown(wait=True, cancel_futures=True)
