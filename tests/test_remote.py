@@ -1,4 +1,4 @@
-"""imgq.fleet.ssh against real sshd hosts: connecting, host keys, commands, SFTP sessions, a
+"""imgq.ssh against real sshd hosts: connecting, host keys, commands, SFTP sessions, a
 long-lived process carrying protocol frames, dying hosts."""
 
 from __future__ import annotations
@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from imgq.fleet import protocol, ssh as remote
+from imgq import ssh as remote
+from imgq.fleet import protocol
 from imgq.errors import HostUnreachable, UsageError
-from imgq.fleet.ssh import HostSpec, parse_host_spec, remote_command
+from imgq.ssh import HostSpec, parse_host_spec, remote_command
 from sshhosts import SshHost, ssh_fleet, ssh_hosts  # noqa: F401
 
 pytestmark = pytest.mark.timeout(60)

@@ -31,7 +31,7 @@ the content it should: the destination is not to blame.
 Lives here: ``base`` (the interface, ``Found``, the errors, name checks, the no-replace
 rename), ``local``, ``ssh``, ``physical`` (grouping destinations by identity) and
 ``resolve`` (which destinations are in force; opening them). May import ``imgq.errors``,
-``imgq.store``, ``imgq.config`` and, for its transport, ``imgq.fleet.ssh``; never the
+``imgq.store``, ``imgq.config`` and, for its transport, ``imgq.ssh``; never the
 ledger, a step or the CLI.
 """
 

@@ -107,7 +107,7 @@ exit 0
 
 def parse_ssh_url(text: str):
     """(HostSpec, root) from ``ssh://[user@]host[:port]/path``; ``/~/x`` is x in the login folder."""
-    from imgq.fleet.ssh import parse_host_spec
+    from imgq.ssh import parse_host_spec
 
     m = _SSH_URL.match(text)
     if not m:
@@ -138,7 +138,7 @@ class SshFolder:
         self._identity = ""
 
     def _connect(self):
-        from imgq.fleet import ssh as remote
+        from imgq import ssh as remote
 
         if self._conn is not None and self._conn.transport is not None and self._conn.transport.is_active():
             return self._conn, self._sftp
@@ -164,7 +164,7 @@ class SshFolder:
         return self._conn, self._sftp
 
     def _read_marker(self) -> str:
-        from imgq.fleet import ssh as remote
+        from imgq import ssh as remote
 
         try:
             r = remote.run(self._conn, ["sh", "-c", _MARKER_SCRIPT, "sh", self.root, temp_name(MARKER), secrets.token_hex(16)], timeout=60)
@@ -204,7 +204,7 @@ class SshFolder:
         return DestinationUnavailable(f"{self.url}: connection lost while {doing} ({type(exc).__name__}: {exc})")
 
     def _sh(self, script: str, args: list[str], doing: str, timeout: float = 600.0):
-        from imgq.fleet import ssh as remote
+        from imgq import ssh as remote
 
         conn, _ = self._connect()
         try:

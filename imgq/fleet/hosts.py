@@ -1,7 +1,7 @@
 """The hosts of a fleet: how they are listed, when one is fit to work, and what the
 ``hosts`` table remembers about each (for ``imgq status``).
 
-A host is written ``[user@]host[:port][/slots]`` (``imgq.fleet.ssh.parse_host_spec``); a
+A host is written ``[user@]host[:port][/slots]`` (``imgq.ssh.parse_host_spec``); a
 hosts file has one per line, optionally followed by the command that runs imgq there
 (for a virtual environment), ``#`` starting a comment::
 
@@ -11,7 +11,7 @@ hosts file has one per line, optionally followed by the command that runs imgq t
     render3             python3 -m imgq
 
 The words of the command are split like a shell would (quotes work) but never given to
-a shell unquoted: each becomes one quoted argument (``imgq.fleet.ssh.remote_command``).
+a shell unquoted: each becomes one quoted argument (``imgq.ssh.remote_command``).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from imgq.fleet import protocol
 from imgq.ledger.database import DB
 from imgq.errors import UsageError
 
-if TYPE_CHECKING:  # imgq.fleet.ssh brings paramiko: not for `imgq status`, which reads the table
-    from imgq.fleet.ssh import HostSpec
+if TYPE_CHECKING:  # imgq.ssh brings paramiko: not for `imgq status`, which reads the table
+    from imgq.ssh import HostSpec
 
 MIN_FREE_DISK = 256 * 2**20  # the agent stages inputs and outputs of a few jobs at a time
 BENCH_BASE = 5.0  # seconds benched after a first failure; doubles with each one in a row
@@ -61,7 +61,7 @@ def parse_line(line: str, *, remote_imgq: tuple[str, ...] = ("imgq",), where: st
         raise UsageError(f"{where}cannot read {line.strip()!r}: {e}") from None
     if not words:
         return None
-    from imgq.fleet.ssh import parse_host_spec
+    from imgq.ssh import parse_host_spec
 
     try:
         spec = parse_host_spec(words[0])

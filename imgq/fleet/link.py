@@ -4,7 +4,7 @@ it, a reader thread for the agent's messages and sender threads for the jobs.
 The link never touches the database: it hands what arrives to a callback, and the fleet
 (one thread) decides. What it guarantees:
 
-- ``open`` connects through ``imgq.fleet.ssh`` (ssh_config, keys, ProxyJump, host keys
+- ``open`` connects through ``imgq.ssh`` (ssh_config, keys, ProxyJump, host keys
   refused unless opted in), starts the agent with every argument quoted, and waits for
   its hello; a hello that shows the host unfit raises ``PreflightFailed``, so a host
   missing a library is never given a job.
@@ -30,7 +30,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from imgq.fleet import hosts, protocol, ssh
+from imgq import ssh
+from imgq.fleet import hosts, protocol
 from imgq.errors import HostUnreachable
 from imgq.fleet.hosts import HostEntry, PreflightFailed
 

@@ -5,8 +5,8 @@ Lives here: the database opener, its write lock and clock (``database``), the sc
 versioned steps (``migrations``), every state transition of files and jobs with its event
 (``journal``), the queue's claims, leases and fenced completion with the artifacts it
 records (``queue``), the faces a completed job found (``faces``), what collect checked
-(``checks``), the run records (``runs``), archive targets with their checked transitions
-and events (``archive_targets``) and archive's other writes: copies, reserved names,
+(``checks``), the run records (``runs``), archive targets and hosts with their checked
+transitions and events (``archive_targets``, ``hosts``) and archive's other writes: copies, reserved names,
 destinations seen (``copies``). Code outside this package reads the database
 but never executes INSERT, UPDATE or DELETE on it (tests/test_house.py checks). It may
 import ``imgq.errors``, ``imgq.store``, ``imgq.config``, ``imgq.recipes`` and the pure

@@ -257,7 +257,7 @@ def _m4_job_stages(db: "sqlite_utils.Database") -> None:
 def _m5_hosts(db: "sqlite_utils.Database") -> None:
     # One row per host a fleet coordinator (`imgq work --hosts`) has used: its state
     # (connecting, up, benched, draining, removed, stopped), why it is benched and until
-    # when, and counters. Written by imgq.hosts only; `imgq status` reads it.
+    # when, and counters. Written by imgq.ledger.hosts only; `imgq status` reads it.
     db["hosts"].create(
         {
             "name": str,  # [user@]host[:port] as written in --hosts or the hosts file

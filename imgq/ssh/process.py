@@ -19,8 +19,8 @@ import fabric
 import paramiko
 
 from imgq.errors import HostUnreachable
-from imgq.fleet.ssh.connect import CHANNEL_WINDOW, DEFAULT_IO_TIMEOUT, NETWORK_ERRORS, describe, live_transport, translate
-from imgq.fleet.ssh.hostspec import remote_command
+from imgq.ssh.connect import CHANNEL_WINDOW, DEFAULT_IO_TIMEOUT, NETWORK_ERRORS, describe, live_transport, translate
+from imgq.ssh.hostspec import remote_command
 
 
 @dataclass

@@ -25,7 +25,7 @@ import paramiko
 from paramiko.hostkeys import HostKeys
 
 from imgq.errors import HostUnreachable, UsageError
-from imgq.fleet.ssh.hostspec import HostSpec, parse_host_spec
+from imgq.ssh.hostspec import HostSpec, parse_host_spec
 
 # paramiko logs a traceback from its transport thread for every failed handshake; without
 # this, Python's last-resort handler would print it on stderr even though we raise a clear

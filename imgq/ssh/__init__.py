@@ -1,5 +1,5 @@
-"""The SSH transport, through Fabric: the thin layer under the fleet (and under
-``ssh://`` archive destinations).
+"""The SSH transport, through Fabric: the thin layer under the fleet and under
+``ssh://`` archive destinations (so it sits below both, not inside the fleet).
 
 Lives here: ``hostspec`` (``[user@]host[:port][/slots]`` and quoted remote command
 lines), ``connect`` (connections opened as the user's OpenSSH would: ssh config, host
@@ -9,11 +9,11 @@ agent runs in, whose stdin/stdout carry the frames of ``imgq.fleet.protocol``). 
 import ``imgq.errors`` only.
 """
 
-from imgq.fleet.ssh.connect import (
+from imgq.ssh.connect import (
     CHANNEL_WINDOW, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IO_TIMEOUT, Connection, close, connect, describe, open_sftp,
 )
-from imgq.fleet.ssh.hostspec import HostSpec, parse_host_spec, remote_command
-from imgq.fleet.ssh.process import RemoteProcess, RemoteResult, run, start_process
+from imgq.ssh.hostspec import HostSpec, parse_host_spec, remote_command
+from imgq.ssh.process import RemoteProcess, RemoteResult, run, start_process
 
 __all__ = [
     "CHANNEL_WINDOW", "DEFAULT_CONNECT_TIMEOUT", "DEFAULT_IO_TIMEOUT", "Connection", "HostSpec", "RemoteProcess",
