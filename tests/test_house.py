@@ -156,3 +156,20 @@ def test_only_the_ledger_writes_state(state_tables):
         for line, what in writes_in(path.read_text(), state_tables):
             outside.append(f"{path.relative_to(PACKAGE.parent)}:{line}: {what}")
     assert outside == [], "state written outside imgq/ledger/ (move it into a named ledger function):\n" + "\n".join(outside)
+
+
+def test_the_layers_hold():
+    """The import contracts in pyproject.toml ([tool.importlinter]): cli above the steps
+    above the services above the base, pure operations, a pure split plan."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).with_name("lint-imports")
+    tool = str(exe) if exe.exists() else shutil.which("lint-imports")
+    assert tool, "import-linter is not installed (it is in the test extras)"
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run([tool, "--no-cache"], cwd=root, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert "0 broken" in r.stdout
