@@ -15,7 +15,9 @@
 
 from __future__ import annotations
 
+import inspect
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -104,3 +106,24 @@ def photo(tmp_path):
         return samples.make_photo(path, **kwargs)
 
     return make
+
+
+# -- the in-process suite and the slow one ----------------------------------------------------
+# A test that starts a real process (the CLI in a subprocess, sshd, Chromium, a worker to
+# kill) is marked ``slow``: ``bin/test -m "not slow"`` runs the in-process tests alone, in
+# well under a minute. The mark follows what the test does, so a new test needs no list.
+PROCESS_FIXTURES = {"run_imgq", "ssh_hosts", "ssh_fleet"}
+_STARTS_A_PROCESS = re.compile(r"\b(subprocess|Popen|imgq_subprocess|run_imgq|os\.fork|multiprocessing|mp\.)\b|\bwork\(|chromium")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("slow"):
+            continue
+        fn = getattr(item, "function", None)
+        try:
+            source = inspect.getsource(fn) if fn else ""
+        except (OSError, TypeError):
+            source = ""
+        if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())) or _STARTS_A_PROCESS.search(source):
+            item.add_marker("slow")
