@@ -19,7 +19,7 @@ from imgq import samples
 
 def _env() -> dict[str, str]:
     """Our environment with this checkout importable, installed or not."""
-    repo = str(Path(samples.__file__).resolve().parents[1])
+    repo = str(Path(samples.__file__).resolve().parents[2])
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
 
 
