@@ -3,9 +3,9 @@ writes to it.
 
 Lives here: the database opener, its write lock and clock (``database``), the schema's
 versioned steps (``migrations``), every state transition of files and jobs with its event
-(``journal``), the queue's claims, leases and fenced completion with the artifacts it
-records (``queue``), the faces a completed job found (``faces``), what collect checked
-(``checks``), the run records (``runs``), archive targets and hosts with their checked
+(``journal``), the queue's claims and leases (``queue``), the fenced completion of what
+workers report with the artifacts it records (``settle``, re-exported by ``queue``), the
+faces a completed job found (``faces``), what collect checked (``checks``), the run records (``runs``), archive targets and hosts with their checked
 transitions and events (``archive_targets``, ``hosts``) and archive's other writes: copies, reserved names,
 destinations seen (``copies``). Code outside this package reads the database
 but never executes INSERT, UPDATE or DELETE on it (tests/test_house.py checks). It may

@@ -1,0 +1,209 @@
+"""Settling: recording what workers report for their claimed jobs (``settle``).
+
+Every statement here runs inside ``db.transaction()``, and every state change goes through
+``journal``; each outcome is fenced by its claim's lease token (see ``imgq.ledger.queue``).
+
+Completion moves the job's outputs into place: each artifact (and stripe part) is written
+by its attempt under a per-attempt name (``store.staged_path`` with the lease token), and
+``settle`` renames it onto its final name after the token check, before the commit.
+``imgq.ledger.queue`` re-exports ``Outcome``, ``Settled`` and ``settle``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from imgq import split as splitting
+from imgq import store
+from imgq.backoff import delay as backoff_delay
+from imgq.ledger import faces, journal
+from imgq.ledger.database import DB
+from imgq.ledger.journal import Actor, JobChange
+
+if TYPE_CHECKING:
+    from imgq.ledger.queue import Artifact, Claim
+
+_JITTER = random.Random()  # seeded once: seeding from the OS on every settle showed in profiles
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What a worker reports for one claimed job."""
+
+    claim: Claim
+    artifacts: list[Artifact] | None = None  # set on success
+    result: dict | None = None  # extra facts (faces found, timings)
+    error: str | None = None  # set on failure
+    kind: str = "transient"  # 'permanent' or 'transient'
+    parts: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (staged, final) stripe files, store-relative
+
+    def moves(self) -> list[tuple[str, str]]:
+        """(staged, final) store-relative names to move into place on completion."""
+        return [(a.staged, a.path) for a in self.artifacts or [] if a.staged] + list(self.parts)
+
+    def staged(self) -> list[str]:
+        return [staged for staged, _ in self.moves()]
+
+
+@dataclasses.dataclass
+class Settled:
+    done: list[int] = dataclasses.field(default_factory=list)
+    retrying: list[int] = dataclasses.field(default_factory=list)
+    failed: list[tuple[int, str, str]] = dataclasses.field(default_factory=list)  # job, file, reason
+    lost: list[int] = dataclasses.field(default_factory=list)  # fenced out: another worker owns it now
+    processed: list[str] = dataclasses.field(default_factory=list)  # files now processed
+
+
+def settle(
+    db: DB,
+    outcomes: Sequence[Outcome],
+    *,
+    now: float | None = None,
+    actor: Actor = Actor(),
+    backoff: float = 5.0,
+    backoff_max: float = 3600.0,
+    rng: random.Random | None = None,
+    store_dir: Path | None = None,
+) -> Settled:
+    """Record the outcomes of claimed jobs in one transaction, each fenced by its token.
+
+    Success makes the job ``done`` with its verified artifacts, and the file
+    ``processed`` once all its jobs are done. A transient error puts the job back with
+    exponential, jittered backoff until ``max_attempts``; a permanent one fails it and its
+    file at once, with the reason.
+
+    A success's staged files (``Outcome.moves``) are renamed onto their final names in
+    ``store_dir`` after its token check and before the commit, so a final name changes
+    only together with the record of what it holds. If a rename fails, that job's
+    completion is rolled back (a savepoint) and it is retried as a transient error. The
+    staged files of every outcome not completed (fenced out, failed, not placed) are
+    removed after the commit; for those, no final name is ever touched.
+    """
+    rng = rng or _JITTER
+    out = Settled()
+    leftovers: list[str] = []
+    with db.transaction():
+        now = db.when(now)
+        for o in outcomes:
+            c = o.claim
+            if o.error is None:
+                status = _complete(db, o, store_dir, now=now, actor=actor)
+                if status == "done":
+                    out.done.append(c.job_id)
+                    if processed := _file_done(db, c, now=now, actor=actor):
+                        out.processed.append(processed)
+                    continue
+                if status == "lost":
+                    leftovers += o.staged()
+                    out.lost.append(c.job_id)
+                    continue
+                o = dataclasses.replace(o, error=status, kind="transient")
+            leftovers += o.staged()
+            if o.kind == "transient" and c.attempts < c.max_attempts:
+                delay = backoff_delay(c.attempts, backoff, backoff_max, rng)
+                ok = journal.move_jobs(
+                    db,
+                    [JobChange(c.job_id, c.file_id, "leased", "ready", sets={"not_before": now + delay, "error": o.error, "error_kind": o.kind, "lease_until": None}, token=c.token, detail=f"retry in {delay:.0f}s: {o.error}")],
+                    now=now,
+                    actor=actor,
+                )[0]
+                (out.retrying if ok else out.lost).append(c.job_id)
+                continue
+            reason = o.error if o.kind == "permanent" else f"gave up after {c.attempts} attempts: {o.error}"
+            if fail_job(db, c.job_id, c.file_id, c.recipe, "leased", c.token, reason, o.kind, now=now, actor=actor):
+                out.failed.append((c.job_id, c.file_id, reason))
+            else:
+                out.lost.append(c.job_id)
+    if leftovers and store_dir is not None:
+        store.discard(store_dir, leftovers)
+    return out
+
+
+def _complete(db: DB, o: Outcome, store_dir: Path | None, *, now: float, actor: Actor) -> str:
+    """Make one successful job done: 'done', 'lost' (fenced out: nothing written, no
+    file moved), or the reason its staged files could not be moved into place (then its
+    completion is rolled back and the job is still leased by this attempt)."""
+    c = o.claim
+    moves = o.moves()
+    if moves and store_dir is None:
+        raise ValueError("settle needs store_dir to move staged artifacts into place")
+    db.execute("SAVEPOINT complete")
+    try:
+        ok = journal.move_jobs(
+            db,
+            [JobChange(c.job_id, c.file_id, "leased", "done", sets={"error": None, "error_kind": None, "lease_until": None, "result": json.dumps(o.result) if o.result else None}, token=c.token)],
+            now=now,
+            actor=actor,
+        )[0]
+        if not ok:
+            return "lost"
+        try:
+            # the token matched and this transaction holds the write lock until COMMIT:
+            # no other attempt can complete the job in between
+            store.place(store_dir, moves)
+        except OSError as e:
+            db.execute("ROLLBACK TO complete")
+            return f"{Path(c.inbox) / c.path}: cannot move its artifacts into place in the store {store_dir}: {e.strerror or e}"
+        db.conn.executemany(
+            "INSERT INTO artifacts (job_id, file_id, name, path, sha256, bytes, width, height, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(c.job_id, c.file_id, a.name, a.path, a.sha256, a.bytes, a.width, a.height, now) for a in o.artifacts or []],
+        )
+        faces.record(db, job_id=c.job_id, file_id=c.file_id, recipe=c.recipe, spec=c.spec, result=o.result, artifacts=o.artifacts or [], now=now)
+        if c.stage.startswith("stripe:"):
+            _join_when_striped(db, c, now=now, actor=actor)
+        return "done"
+    except BaseException:
+        db.execute("ROLLBACK TO complete")
+        raise
+    finally:
+        db.execute("RELEASE complete")
+
+
+def _file_done(db: DB, c: Claim, *, now: float, actor: Actor) -> str | None:
+    """Move the file to processed once all its jobs are done; returns its id if it moved."""
+    left = db.one("SELECT count(*) FROM jobs WHERE file_id = ? AND state != 'done'", (c.file_id,))[0]
+    state = db.one("SELECT state FROM files WHERE id = ?", (c.file_id,))["state"]
+    if left == 0 and state == "queued":
+        journal.move_file(db, c.file_id, "processed", now=now, actor=actor, job_id=c.job_id)
+        return c.file_id
+    return None
+
+
+def _join_when_striped(db: DB, c: Claim, *, now: float, actor: Actor) -> None:
+    """Create the join job of a split image once its last stripe is done (in the same
+    transaction, so the file cannot look processed in between)."""
+    row = db.one(
+        "SELECT count(*) AS n, sum(state = 'done') AS done, max(max_attempts) AS ma FROM jobs"
+        " WHERE file_id = ? AND recipe = ? AND spec_hash = ? AND stage LIKE 'stripe:%'",
+        (c.file_id, c.recipe, c.spec_hash),
+    )
+    if row["n"] and row["done"] == row["n"]:
+        spec = json.dumps(c.spec, sort_keys=True)
+        journal.add_job(
+            db,
+            {"file_id": c.file_id, "recipe": c.recipe, "spec": spec, "spec_hash": c.spec_hash, "max_attempts": row["ma"], "stage": splitting.join_stage(row["n"])},
+            now=now,
+            actor=actor,
+        )
+
+
+def fail_job(db, job_id, file_id, recipe, from_state, token, reason, kind, *, now, actor) -> bool:
+    """Fail a job (fenced by ``token`` unless None) and its file with it, if the file was
+    queued; False if the job had moved on (another attempt owns it)."""
+    ok = journal.move_jobs(
+        db,
+        [JobChange(job_id, file_id, from_state, "failed", sets={"error": reason, "error_kind": kind, "lease_until": None}, token=token, detail=reason)],
+        now=now,
+        actor=actor,
+    )[0]
+    if ok:
+        state = db.one("SELECT state FROM files WHERE id = ?", (file_id,))["state"]
+        if state == "queued":
+            journal.move_file(db, file_id, "failed", now=now, actor=actor, job_id=job_id, error=f"{recipe}: {reason}")
+    return ok
