@@ -267,8 +267,8 @@ def own(store: Path, database_id: str, database: Path) -> None:
     """Make ``store`` this database's, or refuse it: UsageError if another database owns it.
 
     The first use writes the marker ``STORE/.imgq-store`` holding the database's id (and,
-    for people, its path) without replacing one that exists (link of a complete
-    temporary file), so of two databases starting at once exactly one wins. Two databases
+    for people, its path) without replacing one that exists (``write_atomically`` with
+    replace=False), so of two databases starting at once exactly one wins. Two databases
     sharing a store would write the same artifact names and replace each other's results.
     """
     marker = store / OWNER_MARK
@@ -278,14 +278,10 @@ def own(store: Path, database_id: str, database: Path) -> None:
         try:
             text = marker.read_text()
         except FileNotFoundError:
-            tmp = store / temp_name(OWNER_MARK)
-            tmp.write_text(json.dumps(mine) + "\n")
             try:
-                os.link(tmp, marker)
+                write_atomically(marker, lambda f: f.write((json.dumps(mine) + "\n").encode()), replace=False, mode=0o666)
             except FileExistsError:
                 pass  # another process made it first: read whose it is
-            finally:
-                tmp.unlink(missing_ok=True)
             text = marker.read_text()
     except OSError as e:
         raise UsageError(f"cannot use store {store}: {e.strerror or e}") from None
