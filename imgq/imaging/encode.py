@@ -3,7 +3,6 @@ for any file that must decode fully to an expected size."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import io
