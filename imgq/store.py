@@ -9,6 +9,10 @@ by itself (fenced) or by ``sweep_temp`` (killed).
 
 A store belongs to one database: ``own`` writes the database's id into a marker at first
 use and refuses a store another database owns.
+
+Every file imgq writes on this machine goes through ``write_atomically`` (under a
+``temp_name``, fsynced, checked, renamed into place; ``rename_noreplace`` where a name
+must never be replaced), here in the base layer so that every layer can use it.
 """
 
 from __future__ import annotations

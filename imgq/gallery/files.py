@@ -209,6 +209,7 @@ class Folder:
             if link:
                 if src.sha256() != sha256:
                     return None
+                # a hard link, not a write (store.write_atomically has nothing to write)
                 if self._link(src, fd, tmp):
                     os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
                     # rename() between two links of one file does nothing: the target
