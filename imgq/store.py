@@ -72,10 +72,10 @@ def write_atomically(
     written temporary file (it raises to abandon it), then it is renamed onto ``dest``
     and the folder fsynced. Returns what ``write`` returned.
 
-    ``dest`` is a path (its folder is made if missing, unless ``make_folder=False``), or with ``dir_fd`` a plain name in
-    that open folder (nothing on the way is followed). ``replace=False`` never replaces:
-    ``rename_noreplace``, FileExistsError if the name is taken; a callable is asked right
-    before the rename. ``sync=False`` skips both fsyncs. Any exception removes the
+    ``dest`` is a path (its folder made if missing, unless ``make_folder=False``), or
+    with ``dir_fd`` a plain name in that open folder (nothing on the way is followed).
+    ``replace=False`` never replaces: ``rename_noreplace``, FileExistsError if the name
+    is taken; a callable is asked right before the rename. ``sync=False`` skips both fsyncs. Any exception removes the
     temporary file and propagates as it is (OSError included): callers word their errors.
     """
     if dir_fd is None:
