@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import secrets
 from pathlib import Path, PurePosixPath
 
 from imgq.destinations import Destination, Found, NameTaken, SourceChanged, SourceUnavailable, hash_fd
 from imgq.errors import ImgqError
 from imgq.ledger.database import DB
 from imgq.original import ChangedInInbox, Original, Unsafe
+from imgq.store import temp_name
 
 ORIGINAL = "original"
 
@@ -73,7 +73,7 @@ class Sources:
             if other is None or (r["destination"], r["path"]) in self.bad:
                 continue
             self.scratch.mkdir(parents=True, exist_ok=True)
-            tmp = self.scratch / f".repair.{os.getpid()}-{secrets.token_hex(4)}.imgq-tmp"
+            tmp = self.scratch / temp_name("repair")
             try:
                 try:
                     other.fetch(r["path"], tmp)

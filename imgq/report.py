@@ -19,7 +19,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from imgq.ledger.database import DB
-from imgq.store import temp_name
+from imgq.store import write_atomically
 from imgq.errors import NotFound, StorageError, UsageError
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -314,16 +314,7 @@ def write(path: Path, rep: dict) -> None:
     """Write the report to ``path`` atomically: JSON when the name ends in .json, else text."""
     path = Path(path)
     data = json.dumps(rep, indent=1, sort_keys=True, default=str, ensure_ascii=False) + "\n" if path.suffix.lower() == ".json" else format_text(rep)
-    tmp = path.with_name(temp_name(path.name))
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomically(path, lambda f: f.write(data.encode("utf-8")), mode=0o666, make_folder=False)
     except OSError as e:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
         raise StorageError(f"cannot write the report to {path}: {e.strerror or e}")

@@ -9,10 +9,15 @@ by itself (fenced) or by ``sweep_temp`` (killed).
 
 A store belongs to one database: ``own`` writes the database's id into a marker at first
 use and refuses a store another database owns.
+
+Every file imgq writes on this machine goes through ``write_atomically`` (under a
+``temp_name``, fsynced, checked, renamed into place; ``rename_noreplace`` where a name
+must never be replaced), here in the base layer so that every layer can use it.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -20,6 +25,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Iterable
+from typing import BinaryIO, TypeVar
 from pathlib import Path
 
 from imgq.errors import UsageError
@@ -32,6 +38,7 @@ _TEMP_PID = re.compile(r"\.(\d+)-[0-9a-f]+\.imgq-tmp$")
 STAGED_MARK = ".imgq-staged"
 _STAGED_TOKEN = re.compile(r"\.([0-9a-f]+)\.imgq-staged$")
 OWNER_MARK = ".imgq-store"
+T = TypeVar("T")
 
 
 def temp_name(name: str) -> str:
@@ -45,6 +52,119 @@ def temp_writer(name: str) -> int | None:
     """The pid in a temporary name made by temp_name, or None."""
     m = _TEMP_PID.search(name)
     return int(m.group(1)) if m else None
+
+
+def write_atomically(
+    dest: str | os.PathLike,
+    write: Callable[[BinaryIO], T],
+    *,
+    dir_fd: int | None = None,
+    check: Callable[[Path | str], None] | None = None,
+    replace: bool | Callable[[], bool] = True,
+    sync: bool = True,
+    mode: int = 0o644,
+    make_folder: bool = True,
+) -> T:
+    """The one way imgq writes a file: a reader never sees a partial one.
+
+    ``write(f)`` fills a new file (``f``, binary, opened O_EXCL | O_NOFOLLOW) under
+    ``temp_name`` beside ``dest``; it is flushed and fsynced, ``check(tmp)`` runs on the
+    written temporary file (it raises to abandon it), then it is renamed onto ``dest``
+    and the folder fsynced. Returns what ``write`` returned.
+
+    ``dest`` is a path (its folder made if missing, unless ``make_folder=False``), or
+    with ``dir_fd`` a plain name in that open folder (nothing on the way is followed).
+    ``replace=False`` never replaces: ``rename_noreplace``, FileExistsError if the name
+    is taken; a callable is asked right before the rename. ``sync=False`` skips both fsyncs. Any exception removes the
+    temporary file and propagates as it is (OSError included): callers word their errors.
+    """
+    if dir_fd is None:
+        dest = Path(dest)
+        folder, name = dest.parent, dest.name
+        if make_folder:
+            folder.mkdir(parents=True, exist_ok=True)
+        tmp: Path | str = dest.with_name(temp_name(name))
+    else:
+        folder, name = None, os.fspath(dest)
+        tmp = temp_name(name)
+    made = False
+    try:
+        fd = os.open(tmp, _CREATE, mode, dir_fd=dir_fd)
+        made = True
+        with os.fdopen(fd, "wb") as f:
+            result = write(f)
+            f.flush()
+            if sync:
+                os.fsync(f.fileno())
+        if check is not None:
+            check(tmp)
+        dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY) if dir_fd is None else dir_fd
+        try:
+            if replace if isinstance(replace, bool) else replace():
+                os.replace(os.path.basename(tmp), name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            else:
+                rename_noreplace(dfd, os.path.basename(tmp), name)
+            made = False
+            if sync:
+                os.fsync(dfd)
+        finally:
+            if dfd != dir_fd:
+                os.close(dfd)
+    except BaseException:
+        if made:
+            try:
+                os.unlink(tmp, dir_fd=dir_fd)
+            except OSError:
+                pass
+        raise
+    return result
+
+
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+RENAME_NOREPLACE = 1
+_renameat2 = None
+
+
+def rename_noreplace(dir_fd: int, src: str, dst: str) -> None:
+    """Rename ``src`` to ``dst`` in one folder, never replacing anything: FileExistsError
+    if ``dst`` (on a case-insensitive file system: any case of it) exists.
+
+    renameat2(RENAME_NOREPLACE) where the file system has it; else link + unlink (link
+    refuses an existing name); on file systems with neither (FAT through FUSE), a check
+    right before a plain rename: the only window left is one no imgq writer enters, as
+    every imgq writer takes a name this way."""
+    global _renameat2
+    if _renameat2 is None:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        _renameat2 = getattr(libc, "renameat2", False)
+    if _renameat2:
+        import ctypes
+
+        if _renameat2(dir_fd, os.fsencode(src), dir_fd, os.fsencode(dst), RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err == errno.EEXIST:
+            raise FileExistsError(err, os.strerror(err), dst)
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+            raise OSError(err, os.strerror(err), dst)
+    try:
+        os.link(src, dst, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+    except FileExistsError:
+        raise
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS):
+            raise
+        try:
+            os.stat(dst, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            os.rename(src, dst, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            return
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dst) from None
+    os.unlink(src, dir_fd=dir_fd)
 
 
 def short_name(name: str, limit: int = NAME_MAX) -> str:
@@ -151,8 +271,8 @@ def own(store: Path, database_id: str, database: Path) -> None:
     """Make ``store`` this database's, or refuse it: UsageError if another database owns it.
 
     The first use writes the marker ``STORE/.imgq-store`` holding the database's id (and,
-    for people, its path) without replacing one that exists (link of a complete
-    temporary file), so of two databases starting at once exactly one wins. Two databases
+    for people, its path) without replacing one that exists (``write_atomically`` with
+    replace=False), so of two databases starting at once exactly one wins. Two databases
     sharing a store would write the same artifact names and replace each other's results.
     """
     marker = store / OWNER_MARK
@@ -162,14 +282,10 @@ def own(store: Path, database_id: str, database: Path) -> None:
         try:
             text = marker.read_text()
         except FileNotFoundError:
-            tmp = store / temp_name(OWNER_MARK)
-            tmp.write_text(json.dumps(mine) + "\n")
             try:
-                os.link(tmp, marker)
+                write_atomically(marker, lambda f: f.write((json.dumps(mine) + "\n").encode()), replace=False, mode=0o666)
             except FileExistsError:
                 pass  # another process made it first: read whose it is
-            finally:
-                tmp.unlink(missing_ok=True)
             text = marker.read_text()
     except OSError as e:
         raise UsageError(f"cannot use store {store}: {e.strerror or e}") from None

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from imgq.errors import ImgqError, StorageError
-from imgq.store import TEMP_MARK
+from imgq.store import TEMP_MARK, rename_noreplace  # noqa: F401 (destinations import it from here)
 
 CHUNK = 1 << 20
 CHECK_BATCH = 200  # paths per remote check command (well under any ARG_MAX)
@@ -107,50 +107,6 @@ def copy_hashing(src, out, source_name: str = "the source") -> tuple[int, str]:
 
 
 NAME_REFUSALS = (errno.EINVAL, errno.ENAMETOOLONG, errno.EILSEQ, errno.EPERM)  # FAT says EINVAL or EPERM
-RENAME_NOREPLACE = 1
-_renameat2 = None
-
-
-def rename_noreplace(dir_fd: int, src: str, dst: str) -> None:
-    """Rename ``src`` to ``dst`` in one folder, never replacing anything: FileExistsError
-    if ``dst`` (on a case-insensitive file system: any case of it) exists.
-
-    renameat2(RENAME_NOREPLACE) where the file system has it; else link + unlink (link
-    refuses an existing name); on file systems with neither (FAT through FUSE), a check
-    right before a plain rename: the only window left is one no imgq writer enters, as
-    every imgq writer takes a name this way."""
-    global _renameat2
-    if _renameat2 is None:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        _renameat2 = getattr(libc, "renameat2", False)
-    if _renameat2:
-        import ctypes
-
-        if _renameat2(dir_fd, os.fsencode(src), dir_fd, os.fsencode(dst), RENAME_NOREPLACE) == 0:
-            return
-        err = ctypes.get_errno()
-        if err == errno.EEXIST:
-            raise FileExistsError(err, os.strerror(err), dst)
-        if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
-            raise OSError(err, os.strerror(err), dst)
-    try:
-        os.link(src, dst, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
-    except FileExistsError:
-        raise
-    except OSError as e:
-        if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS):
-            raise
-        try:
-            os.stat(dst, dir_fd=dir_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            os.rename(src, dst, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-            return
-        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dst) from None
-    os.unlink(src, dir_fd=dir_fd)
-
-
 def hash_fd(fd: int) -> Found:
     """Size and sha256 of an open file, read from its start."""
     h = hashlib.sha256()

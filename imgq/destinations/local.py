@@ -29,12 +29,11 @@ from imgq.destinations.base import (
     is_temp_name,
     is_temp_of,
     open_source,
-    rename_noreplace,
     source_changed,
     split_rel,
 )
 from imgq.errors import ImgqError, StorageError
-from imgq.store import pid_alive, temp_name, temp_writer
+from imgq.store import pid_alive, temp_writer, write_atomically
 
 
 def _hash_at(dfd: int, name: str) -> Found | None:
@@ -121,55 +120,58 @@ class LocalDestination(Destination):
             dfd = self._dir_fd(parts[:-1], create=True)
         except OSError as e:
             raise _storage_error(self.url, e, f"creating the folder for {rel}") from e
-        tmp = temp_name(name)
         try:
             self._sweep(dfd, name)
             vfs = os.fstatvfs(dfd)
             if vfs.f_bavail * vfs.f_frsize < size:
                 raise DestinationUnavailable(f"{self.url}: no space left for {rel} ({size} bytes)")
             with open_source(source) as src:
-                try:
-                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dfd)
-                except OSError as e:
-                    if e.errno in NAME_REFUSALS and not is_safe_name(name):
-                        raise NameRefused(f"{self.url}: the destination cannot hold the name {name!r} ({e.strerror})") from e
-                    raise _storage_error(self.url, e, f"writing {rel}") from e
-                try:
-                    with os.fdopen(fd, "wb") as out:
-                        written, digest = copy_hashing(src, out, str(getattr(source, "shown", source)))
-                        out.flush()
-                        os.fsync(out.fileno())
-                except OSError as e:
-                    raise _storage_error(self.url, e, f"writing {rel}") from e
-            if (written, digest) != (size, sha256):
-                raise source_changed(source, written, digest, size, sha256)
-            self._verify_and_rename(dfd, tmp, name, rel, Found(size, sha256), replace)
-        except BaseException:
-            try:
-                os.unlink(tmp, dir_fd=dfd)
-            except OSError:
-                pass
-            raise
+                self._write(dfd, name, rel, src, source, Found(size, sha256), replace)
         finally:
             os.close(dfd)
 
-    def _verify_and_rename(self, dfd: int, tmp: str, name: str, rel: str, want: Found, replace: Found | None) -> None:
+    def _write(self, dfd: int, name: str, rel: str, src, source, want: Found, replace: Found | None) -> None:
+        """Copy ``src`` to ``name`` in ``dfd`` through store.write_atomically: hashed as
+        copied, read back and compared, renamed into place never replacing anything but the
+        proven damaged copy ``replace``. Its OSErrors are worded by the stage they came from."""
+        stage, copied = "opening", (0, "")
+
+        def fill(out) -> None:
+            nonlocal stage, copied
+            stage = "writing"
+            copied = copy_hashing(src, out, str(getattr(source, "shown", source)))
+
+        def check(tmp: str) -> None:
+            nonlocal stage
+            stage = "verifying"
+            if copied != (want.bytes, want.sha256):
+                raise source_changed(source, *copied, want.bytes, want.sha256)
+            self._verify(dfd, tmp, rel, want)
+            stage = "renaming"
+
+        def proven_damaged() -> bool:
+            return replace is not None and _hash_at(dfd, name) == replace
+
+        try:
+            write_atomically(name, fill, dir_fd=dfd, check=check, replace=proven_damaged)
+        except FileExistsError as e:
+            if stage != "renaming":
+                raise _storage_error(self.url, e, f"writing {rel}") from e
+            raise NameTaken(f"{self.url}: {rel} (or a name differing only in case) holds another file; imgq never replaces it") from e
+        except OSError as e:
+            if stage == "renaming":
+                raise _storage_error(self.url, e, f"renaming {rel} into place") from e
+            if stage == "opening" and e.errno in NAME_REFUSALS and not is_safe_name(name):
+                raise NameRefused(f"{self.url}: the destination cannot hold the name {name!r} ({e.strerror})") from e
+            raise _storage_error(self.url, e, f"writing {rel}") from e
+
+    def _verify(self, dfd: int, tmp: str, rel: str, want: Found) -> None:
         try:
             got = _hash_at(dfd, tmp)
         except OSError as e:
             raise _storage_error(self.url, e, f"reading back {rel}") from e
         if got != want:
             raise StorageError(f"{self.url}: {rel} did not verify after writing (read back {got.bytes if got else 0} bytes, sha256 {got.sha256[:12] if got else '-'}…)")
-        try:
-            if replace is not None and _hash_at(dfd, name) == replace:
-                os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)  # the proven damaged copy of this item
-            else:
-                rename_noreplace(dfd, tmp, name)
-            os.fsync(dfd)
-        except FileExistsError as e:
-            raise NameTaken(f"{self.url}: {rel} (or a name differing only in case) holds another file; imgq never replaces it") from e
-        except OSError as e:
-            raise _storage_error(self.url, e, f"renaming {rel} into place") from e
 
     def sweep_temps(self, *, now: float) -> list[str]:
         """Local temporary names carry their writer's pid: one whose process is gone is a

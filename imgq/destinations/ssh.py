@@ -86,7 +86,8 @@ _DF_SCRIPT = r"""df -Pk -- "$1" | tail -n 1"""
 # The destination's identity: the marker file in its root, written at first use with a
 # random id ($3) under a temporary name ($2) and linked into place (ln refuses to replace,
 # so of two first uses at once one id wins and both read it back); mv -n where the file
-# system has no hard links (FAT). Read back on every connection.
+# system has no hard links (FAT). Read back on every connection. It is on the remote host,
+# so this script writes it, not store.write_atomically.
 _MARKER_SCRIPT = r"""
 m="$1/.imgq-destination"
 if [ ! -e "$m" ] && [ ! -h "$m" ]; then
@@ -265,6 +266,8 @@ class SshDestination(SshFolder, Destination):
         folder = self._make_dir(parts[:-1])
         _, sftp = self._connect()
         final = f"{folder}/{name}"
+        # not store.write_atomically: the file is on another host, written over SFTP and
+        # synced, checked and renamed by commands run there (same steps, same temp name)
         tmp = f"{folder}/{temp_name(name)}"
         try:
             for entry in sftp.listdir(folder):

@@ -247,6 +247,8 @@ class Agent:
         if not isinstance(sha256, str) or type(size) is not int:
             raise ValueError("the job header has no sha256 and size of its input")
         dest = self.session / "in" / str(job_id)
+        # not store.write_atomically: in/<job> is this agent's private scratch input, read
+        # only by this job after it is written and removed with the session
         if path is None:
             if isinstance(blob, protocol.FileBlob):
                 os.replace(blob.path, dest)

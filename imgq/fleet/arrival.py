@@ -22,7 +22,6 @@ and ``max_pixels``; the link refuses a bigger frame before reading it.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import threading
 from pathlib import Path
@@ -157,20 +156,17 @@ def _write_verified(dest: Path, data, width: int, height: int, *, sha256: str | 
     then renamed to ``dest``."""
     if isinstance(data, (bytes, bytearray, memoryview)):
         data = [data]
-    # the temporary name carries our pid, like imaging.save's, for store.sweep_temp
-    tmp = dest.with_name(store.temp_name(dest.name))
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        h, first = hashlib.sha256(), b""
-        with os.fdopen(fd, "wb") as f:
-            for chunk in data:
-                h.update(chunk)
-                if len(first) < 3:
-                    first += bytes(chunk[: 3 - len(first)])
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
+    h, first = hashlib.sha256(), bytearray()
+
+    def write(f) -> None:
+        nonlocal first
+        for chunk in data:
+            h.update(chunk)
+            if len(first) < 3:
+                first += bytes(chunk[: 3 - len(first)])
+            f.write(chunk)
+
+    def check(tmp: Path) -> None:
         if sha256 is not None and h.hexdigest() != sha256:
             raise ArtifactRejected(f"artifact {name} arrived damaged (its sha256 differs from what the host sent)")
         if first != b"\xff\xd8\xff":
@@ -180,12 +176,6 @@ def _write_verified(dest: Path, data, width: int, height: int, *, sha256: str | 
                 imaging.verify(tmp, width, height)
         except BadImage as e:
             raise ArtifactRejected(f"artifact from the host does not verify: {e}") from None
-        os.replace(tmp, dest)
-        dfd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    finally:
-        if tmp.exists():
-            tmp.unlink(missing_ok=True)
+
+    # the temporary name (store.temp_name) carries our pid, like imaging.save's, for store.sweep_temp
+    store.write_atomically(dest, write, check=check)

@@ -47,6 +47,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from imgq.store import temp_name
+
 PROTOCOL = 1
 FRAME = struct.Struct("!Q")  # the frame: its length, then its body (the one definition)
 HEAD = struct.Struct("!I")
@@ -164,7 +166,7 @@ def _exactly(read: Callable[[int], bytes], n: int) -> bytes:
 
 
 def _spill(read, size: int, folder: Path, name: Callable[[], str] | None) -> FileBlob:
-    path = folder / (name() if name else f".blob.{os.getpid()}-{os.urandom(4).hex()}.imgq-tmp")
+    path = folder / (name() if name else temp_name("blob"))
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:

@@ -22,7 +22,6 @@ from imgq.original import Unsafe, open_dir, split_rel
 FOLDERS = ("date", "owner", "photo", "img")  # the only folders below OUT the gallery writes in
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _NO_LINK = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES)
 
 
@@ -191,26 +190,14 @@ class Folder:
     def write(self, rel: str, data: bytes, *, sync: bool = False) -> None:
         """Put ``data`` at ``rel`` atomically: a temporary name, then a rename."""
         fd, name = self._target(rel)
-        tmp = store.temp_name(name)
-        made = False
+
+        def fill(f) -> None:
+            f.write(data)
+            os.fchmod(f.fileno(), 0o644)  # readable by the web server whatever our umask
+
         try:
-            f = os.open(tmp, _CREATE, 0o644, dir_fd=fd)
-            made = True
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(f, view) :]
-                os.fchmod(f, 0o644)  # readable by the web server whatever our umask
-                if sync:
-                    os.fsync(f)
-            finally:
-                os.close(f)
-            os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
-            if sync:
-                os.fsync(fd)
+            store.write_atomically(name, fill, dir_fd=fd, sync=sync)
         except OSError as e:
-            if made:
-                _discard(fd, tmp)
             raise StorageError(f"cannot write {self.out / rel}: {e.strerror or e}") from None
 
     def place(self, rel: str, src: Source, sha256: str, *, link: bool) -> str | None:
@@ -222,13 +209,14 @@ class Folder:
             if link:
                 if src.sha256() != sha256:
                     return None
+                # a hard link, not a write (store.write_atomically has nothing to write)
                 if self._link(src, fd, tmp):
                     os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
                     # rename() between two links of one file does nothing: the target
                     # already was this very file, and the temporary name is left over
                     _discard(fd, tmp)
                     return "linked"
-            return "copied" if self._copy(src, sha256, fd, tmp, name) else None
+            return "copied" if self._copy(src, sha256, fd, name) else None
         except OSError as e:
             _discard(fd, tmp)
             raise StorageError(f"cannot place {src.name} at {self.out / rel}: {e.strerror or e}") from None
@@ -250,24 +238,25 @@ class Folder:
         return False
 
     @staticmethod
-    def _copy(src: Source, sha256: str, fd: int, tmp: str, name: str) -> bool:
-        """Copy the opened source to ``tmp`` and rename it to ``name``; the bytes are
-        hashed as they are copied and published only if they match."""
+    def _copy(src: Source, sha256: str, fd: int, name: str) -> bool:
+        """Copy the opened source to a temporary name and rename it to ``name``; the bytes
+        are hashed as they are copied and published only if they match."""
         h = hashlib.sha256()
-        f = os.open(tmp, _CREATE, 0o644, dir_fd=fd)
-        try:
+
+        def fill(f) -> None:
             for chunk in src.chunks():
                 h.update(chunk)
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(f, view) :]
-            os.fchmod(f, 0o644)
-        finally:
-            os.close(f)
-        if h.hexdigest() != sha256:
-            _discard(fd, tmp)
+                f.write(chunk)
+            os.fchmod(f.fileno(), 0o644)
+
+        def check(_tmp: str) -> None:
+            if h.hexdigest() != sha256:
+                raise _Differs
+
+        try:
+            store.write_atomically(name, fill, dir_fd=fd, check=check, sync=False)
+        except _Differs:
             return False
-        os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
         return True
 
     def remove(self, rel: str) -> bool:
@@ -318,6 +307,10 @@ def _kind(dir_fd: int, name: str) -> str | None:
     if stat.S_ISLNK(mode):
         return "link"
     return "file" if stat.S_ISREG(mode) else "dir" if stat.S_ISDIR(mode) else "other"
+
+
+class _Differs(Exception):
+    """The bytes copied are not the ones checked: nothing is published."""
 
 
 def _discard(dir_fd: int, name: str) -> None:

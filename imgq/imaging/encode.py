@@ -3,7 +3,6 @@ for any file that must decode fully to an expected size."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import io
@@ -19,7 +18,7 @@ from imgq.imaging.pixels import working_image
 from imgq.imaging.raw import _raw_opened
 from imgq.imaging.render import Rendered
 from imgq.imaging.source import storage_error
-from imgq.store import temp_name
+from imgq.store import write_atomically
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,15 +51,6 @@ def jpeg_ready(image: Image.Image, icc: bytes | None) -> tuple[Image.Image, byte
     return image, (icc if _icc_space(icc) == wanted else None)
 
 
-def fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (fsync the folder itself)."""
-    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save(rendered: Rendered, dest: str | os.PathLike, *, quality: int = 85) -> Saved:
     """Write ``rendered`` as a JPEG at ``dest`` atomically, and return what was written.
 
@@ -81,31 +71,19 @@ def save(rendered: Rendered, dest: str | os.PathLike, *, quality: int = 85) -> S
     buf = io.BytesIO()
     image.save(buf, "JPEG", quality=quality, **extra)
     data = buf.getvalue()
-    tmp = dest.with_name(temp_name(dest.name))
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        digest = hashlib.sha256(data).hexdigest()
+    digest = hashlib.sha256(data).hexdigest()
+
+    def verify(tmp: Path) -> None:
         try:
             _verify_written(tmp, digest, image.width, image.height)
         except BadImage as e:
             # we just wrote good bytes: if they do not read back, the storage is at fault
             raise StorageError(f"cannot write {dest}: written file did not verify ({e})") from None
-        os.replace(tmp, dest)
-    except OSError as e:
-        remove_quietly(tmp)
-        raise storage_error("write", dest, e) from None
-    except BaseException:
-        remove_quietly(tmp)
-        raise
+
     try:
-        fsync_dir(dest.parent)
+        write_atomically(dest, lambda f: f.write(data), check=verify)
     except OSError as e:
-        raise storage_error("sync the folder of", dest, e) from None
+        raise storage_error("write", dest, e) from None
     return Saved(digest, len(data), image.width, image.height)
 
 
@@ -126,12 +104,6 @@ def _verify_written(path: Path, digest: str, width: int, height: int) -> None:
     with _opened(path, width * height) as (im, _):
         if im.size != (width, height):
             raise BadImage(f"wrong size: {path} is {im.width}x{im.height}, expected {width}x{height}")
-
-
-def remove_quietly(path: Path) -> None:
-    """Remove ``path`` if it can be; a failure here must not hide the error being raised."""
-    with contextlib.suppress(OSError):
-        path.unlink()
 
 
 def verify(path: str | os.PathLike, width: int, height: int) -> bool:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from imgq.store import write_atomically
+
 from imgq.samples.scene import render
 
 # Where Pillow's exif_transpose sends each orientation, and its inverse: what a camera
@@ -65,21 +67,13 @@ def _srgb_icc() -> bytes:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    # no fsync: samples are made by the thousand and a crash only means making them again
+    write_atomically(path, lambda f: f.write(data), sync=False, mode=0o666)
 
 
 def _save(img: Image.Image, path: Path, fmt: str, **params) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        img.save(tmp, fmt, **params)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomically(path, lambda f: img.save(f, fmt, **params), sync=False, mode=0o666)
     return path
 
 

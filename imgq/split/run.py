@@ -23,13 +23,12 @@ from imgq.config import Settings
 from imgq.errors import StorageError
 from imgq.imaging import Rendered, Saved, Source, minimal_exif, render
 from imgq.imaging.decode import decode_original
-from imgq.imaging.encode import fsync_dir, remove_quietly
 from imgq.imaging.metadata import header_metadata
 from imgq.imaging.pixels import to_upright
 from imgq.imaging.source import as_source, storage_error
 from imgq.ops import parse_chain, run_steps
 from imgq.split.plan import divide, halo as halo_of, part_path, plan
-from imgq.store import temp_name
+from imgq.store import write_atomically
 
 
 def stripe_job(claim, settings: Settings, src: Source, chains: dict[str, str], index: int, count: int, started: float, staged: list[str]) -> tuple[dict, list[tuple[str, str]]]:
@@ -93,19 +92,15 @@ def save_part(image: Image.Image, dest: str | os.PathLike) -> Saved:
 
     dest = Path(dest)
     arr = np.asarray(image)
-    tmp = dest.with_name(temp_name(dest.name))
+
+    def write(f) -> int:
+        np.save(f, arr, allow_pickle=False)
+        f.write(image.mode.encode().ljust(8))  # the mode, after the array
+        return f.tell()
+
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            np.save(f, arr, allow_pickle=False)
-            f.write(image.mode.encode().ljust(8))  # the mode, after the array
-            f.flush()
-            os.fsync(f.fileno())
-        size = tmp.stat().st_size
-        os.replace(tmp, dest)
-        fsync_dir(dest.parent)
+        size = write_atomically(dest, write, mode=0o666)
     except OSError as e:
-        remove_quietly(tmp)
         raise storage_error("write", dest, e) from None
     return Saved(sha256="", bytes=size, width=image.width, height=image.height)
 
