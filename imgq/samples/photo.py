@@ -7,7 +7,6 @@ sideways does, so only a reader that applies the EXIF orientation sees the pictu
 
 from __future__ import annotations
 
-import os
 import struct
 import zlib
 from datetime import datetime
