@@ -110,7 +110,7 @@ def photo(tmp_path):
 
 # -- the in-process suite and the slow one ----------------------------------------------------
 # A test that starts a real process (the CLI in a subprocess, sshd, Chromium, a worker to
-# kill) is marked ``slow``: ``bin/test -m "not slow"`` runs the in-process tests alone, in
+# kill) is marked ``slow`` here, and a few that decode camera-size images say so themselves: ``bin/test -m "not slow"`` runs the in-process tests alone, in
 # well under a minute. The mark follows what the test does, so a new test needs no list.
 PROCESS_FIXTURES = {"run_imgq", "ssh_hosts", "ssh_fleet"}
 _STARTS_A_PROCESS = re.compile(r"\b(subprocess|Popen|imgq_subprocess|run_imgq|os\.fork|multiprocessing|mp\.)\b|\bwork\(|chromium")

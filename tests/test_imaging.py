@@ -265,6 +265,7 @@ def test_every_orientation_lands_the_same_way_up(tmp_path, orientation):
     assert img.getpixel((40, 30))[0] > 200 and img.getpixel((260, 170))[2] > 200
 
 
+@pytest.mark.slow  # camera-size decodes: seconds each
 def test_outputs_fit_boxes_with_the_right_aspect(tmp_path):
     p = write_jpeg(tmp_path / "wide.jpg", photo((6000, 4000)), quality=80)
     out = render(p, {"thumb": "thumb", "web": "web", "mid": "fit:800x800"}, max_pixels=LIMIT)
@@ -281,6 +282,7 @@ def test_small_images_are_never_enlarged(tmp_path):
     assert render(p, {"w": "web", "f": "fit:1000x1000"}, max_pixels=LIMIT)["f"].image.size == (50, 20)
 
 
+@pytest.mark.slow  # camera-size decodes: seconds each
 def test_draft_decodes_big_jpegs_at_reduced_scale(tmp_path):
     p = write_jpeg(tmp_path / "big.jpg", photo((4000, 3000)), quality=80)
     out = render(p, {"thumb": "thumb", "web": "web"}, max_pixels=LIMIT)
@@ -296,6 +298,7 @@ def test_draft_decodes_big_jpegs_at_reduced_scale(tmp_path):
     assert r.image.size == (360, 480) and r.source_size == (500, 375)
 
 
+@pytest.mark.slow  # camera-size decodes: seconds each
 def test_reduced_decode_and_derived_thumb_look_the_same(tmp_path):
     src = photo((4000, 3000))
     p = write_jpeg(tmp_path / "big.jpg", src, quality=92)
@@ -622,6 +625,7 @@ for fn in (imaging.probe, lambda p, max_pixels: imaging.render(p, {{"t": "thumb"
 # ---- decoding checked bytes (imaging.Source): never a path reopened ----------------------
 
 
+@pytest.mark.slow  # camera-size decodes: seconds each
 def test_render_from_checked_bytes_is_the_render_from_the_file_with_draft(tmp_path):
     p = write_jpeg(tmp_path / "big.jpg", photo((4000, 3000)), exif_with(orientation=6), quality=80)
     data = p.read_bytes()

@@ -249,6 +249,7 @@ def astronaut() -> Image.Image:
     return Image.fromarray(skimage_data.astronaut())
 
 
+@pytest.mark.slow  # camera-size decodes: seconds each
 def test_detect_faces_finds_the_astronaut_at_any_size():
     img = astronaut()  # 512x512, Eileen Collins' face near (180-250, 60-140)
     boxes = ops.detect_faces(img)
@@ -265,6 +266,7 @@ def test_detect_faces_finds_the_astronaut_at_any_size():
         assert abs(bx + bw / 2 - k * (x + w / 2)) < 15 * k and abs(bw - k * w) < 15 * k, side
 
 
+@pytest.mark.slow  # camera-size decodes: seconds each
 def test_no_faces_in_a_landscape():
     from imgq import samples
 
