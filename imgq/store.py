@@ -195,6 +195,15 @@ def staged_path(rel: str, token: str) -> str:
     return f"{folder}/{staged}" if folder else staged
 
 
+_STAGED_IN_TEMP = re.compile(r"\.([0-9a-f]+)\.imgq-staged\.\d+-[0-9a-f]+\.imgq-tmp$")
+
+
+def _staged_token_in_temp(name: str) -> str | None:
+    """The lease token of the staged file a temporary name is being written for, or None."""
+    m = _STAGED_IN_TEMP.search(name)
+    return m.group(1) if m else None
+
+
 def staged_token(name: str) -> str | None:
     """The lease token in a name made by staged_path, or None."""
     m = _STAGED_TOKEN.search(name)
@@ -246,7 +255,13 @@ def sweep_temp(store: Path, *, older_than: float = 0.0, now: float | None = None
             path = Path(folder) / name
             if TEMP_MARK in name:
                 pid = temp_writer(name)
-                alive = pid is not None and pid_alive(pid)
+                # the half-written output of an attempt: its lease token decides, not its pid
+                # (pids are reused; a token that is not live now never will be again)
+                token = _staged_token_in_temp(name)
+                if token is not None and live is not None:
+                    alive = live(token)
+                else:
+                    alive = pid is not None and pid_alive(pid)
                 try:
                     old = older_than > 0 and now - path.stat().st_mtime > older_than
                     if alive and not old:

@@ -221,6 +221,31 @@ def test_sweep_removes_staged_files_of_attempts_that_lost_their_lease(db, tmp_pa
     assert queue.settle(db, [queue.Outcome(live, artifacts=[live_art])], now=17.0, store_dir=store_dir).done
 
 
+def test_sweep_removes_a_killed_attempts_half_written_output_even_if_its_pid_is_taken_again(db, tmp_path):
+    # A worker killed while writing an output leaves the temporary name of its staged file
+    # (".<staged name>.<pid>-<hex>.imgq-tmp"). Pids are reused (pid_max is 32768 here): the
+    # pid in the name may belong to a new, unrelated process by the time the sweep runs.
+    # The lease token inside the staged name says the attempt is over; that decides.
+    store_dir = tmp_path / "store"
+    _one_job(db, tmp_path)
+    [dead] = queue.claim(db, owner="killed", limit=1, lease_seconds=5, now=10.0)
+    [live] = queue.claim(db, owner="alive", limit=1, lease_seconds=5, now=16.0)
+    folder = store_dir / "f1"
+    folder.mkdir(parents=True)
+    taken_pid = os.getpid()  # alive: as a reused pid would be
+    dead_tmp = folder / f"{store.staged_path('web-0.jpg', dead.token)}.{taken_pid}-0badc0de.imgq-tmp"
+    live_tmp = folder / f"{store.staged_path('web-1.jpg', live.token)}.{taken_pid}-0badc0de.imgq-tmp"
+    dead_tmp.write_bytes(b"half a jpeg")
+    live_tmp.write_bytes(b"being written")
+
+    def is_live(token):
+        return db.one("SELECT 1 FROM jobs WHERE state = 'leased' AND lease_token = ?", (token,)) is not None
+
+    assert store.sweep_temp(store_dir, live=is_live) == 1
+    assert not dead_tmp.exists(), "an attempt whose lease is gone is not writing any more, whatever its pid"
+    assert live_tmp.exists(), "a live attempt's file in progress stays"
+
+
 # ---- item 12: signals to the process group never hang `imgq work` -----------------------------
 
 
