@@ -161,7 +161,7 @@ complete -c imgq -n '__imgq_at "imgq archive"' -l 'wait' -l 'no-wait' -d 'If ano
 complete -c imgq -n '__imgq_at "imgq archive"' -s 'h' -l 'help' -d 'Show this message and exit'
 
 # imgq collect
-complete -c imgq -n '__imgq_at "imgq collect"' -l 'min-copies' -x -d 'Copies (at distinct destinations) that must verify now'
+complete -c imgq -n '__imgq_at "imgq collect"' -l 'min-copies' -x -d 'Enough copies: N verified now at N distinct destinations, even if the file is not archived at every destination (one is down)'
 complete -c imgq -n '__imgq_at "imgq collect"' -l 'to' -x -d 'A destination: a local folder or ssh://[user@]host[:port]/path (repeatable)'
 complete -c imgq -n '__imgq_at "imgq collect"' -s 'n' -l 'dry-run' -d 'Delete nothing; print what would be deleted and why the rest stays'
 complete -c imgq -n '__imgq_at "imgq collect"' -l 'ssh-config' -r -F -d 'OpenSSH client config to use instead of ~/.ssh/config (like ssh -F)'
