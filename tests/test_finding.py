@@ -253,3 +253,41 @@ def test_log_finds_a_collected_photo_by_the_path_it_had(processed, run_imgq, tmp
     r = run_imgq("log", gone)
     assert r.returncode == 0, r.stderr
     assert "-> collected" in r.stdout
+
+
+# --------------------------------------------------------------------------- imgq report: the latest run
+
+
+def test_report_shows_the_latest_run_be_it_work_or_run(tmp_path, run_imgq, db_path):
+    inbox = small_inbox(tmp_path / "inbox", photographers=("alice",), with_duplicate=False)
+    assert run_imgq("scan", inbox).returncode == 0
+    assert run_imgq("enqueue").returncode == 0
+    assert run_imgq("work", "--drain").returncode == 0
+    [(work_id,)] = q(db_path, "SELECT id FROM runs WHERE command = 'work'")
+
+    # cron's `imgq run` brings two new photos
+    later = small_inbox(tmp_path / "later", photographers=("bob",), with_duplicate=False, seed=3)
+    os.rename(later.root / "bob", inbox.root / "bob")
+    a = tmp_path / "A"
+    a.mkdir()
+    assert run_imgq("run", inbox, "--to", a).returncode == 0
+    [(run_id,)] = q(db_path, "SELECT id FROM runs WHERE command = 'run'")
+
+    rep = json.loads(run_imgq("report", "--json").stdout)
+    assert rep["scope"] == {"run": run_id, "command": "run"}
+    assert rep["photos"]["processed"] == 2  # bob's two, processed by the run's work part
+    assert rep["jobs"]["done"] == q(db_path, "SELECT count(*) FROM jobs j JOIN files f ON f.id = j.file_id WHERE f.owner = 'bob'")[0][0]
+    text = run_imgq("report").stdout
+    assert text.startswith(f"imgq report: run {run_id} (run)") and "2 processed" in text
+
+    # either kind can still be asked for
+    assert json.loads(run_imgq("report", "--last", "work", "--json").stdout)["scope"] == {"run": work_id, "command": "work"}
+    assert json.loads(run_imgq("report", "--run", str(work_id), "--json").stdout)["scope"]["run"] == work_id
+    assert json.loads(run_imgq("report", "--last", "scan", "--json").stdout)["scope"]["command"] == "scan"
+    r = run_imgq("report", "--last", "publish")
+    assert r.returncode == 2 and "publish" in r.stderr
+    assert run_imgq("report", "--last", "work", "--run", str(work_id)).returncode == 2
+
+    # a later `imgq work` is the latest again
+    assert run_imgq("work", "--drain").returncode == 0
+    assert json.loads(run_imgq("report", "--json").stdout)["scope"]["command"] == "work"
