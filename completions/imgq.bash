@@ -21,7 +21,7 @@ _imgq_options() {
         'imgq log') REPLY='--db --config --json -h --help' ;;
         'imgq retry') REPLY='--error --db --config --json -h --help' ;;
         'imgq publish') REPLY='--title --per-page --copy --force --originals-url --thumb --web --db --config --json --wait --no-wait -h --help' ;;
-        'imgq report') REPLY='--run --since --failures --db --config --json -h --help' ;;
+        'imgq report') REPLY='--run --last --since --failures --db --config --json -h --help' ;;
         'imgq archive') REPLY='--to --verify --retry-now --ssh-config --accept-new-host-keys --db --config --json --wait --no-wait -h --help' ;;
         'imgq collect') REPLY='--min-copies --to -n --dry-run --ssh-config --accept-new-host-keys --db --config --json --wait --no-wait -h --help' ;;
         'imgq run') REPLY='--to -j --jobs -r --recipe --min-copies --no-collect --settle --ssh-config --accept-new-host-keys --db --config --json --wait --no-wait -h --help' ;;
@@ -84,6 +84,7 @@ _imgq_value() {
         'imgq publish|--db') REPLY='file' ;;
         'imgq publish|--config') REPLY='file' ;;
         'imgq report|--run') REPLY='value' ;;
+        'imgq report|--last') REPLY='value' ;;
         'imgq report|--since') REPLY='value' ;;
         'imgq report|--failures') REPLY='value' ;;
         'imgq report|--db') REPLY='file' ;;

@@ -3,9 +3,11 @@
 An original is deleted only if, now:
 
 - it is ``archived`` (or a ``duplicate`` whose twin is archived or already collected);
+  with ``min_copies``, ``processed`` will do (and a twin that is): the copies decide, so
+  one destination that is down does not keep the inbox full;
 - enough recorded copies of it are re-read at their destinations and match in size and
   sha256: by default one at every required destination, or ``min_copies`` at distinct
-  destinations; and none of them is the inbox file itself (same device and inode: a
+  physical destinations; and none of them is the inbox file itself (same device and inode: a
   hard link, or a copy that lies inside the inbox), which is no copy at all;
 - the inbox file is still the one that was scanned: opened once by identity
   (``imgq.original.Original``: no symlink followed from the inbox root down, a regular
@@ -67,6 +69,21 @@ class CollectReport:
         return self.of(KEEP)
 
 
+def recorded_destinations(db: DB) -> list[str]:
+    """Every destination this database archived to, for a collect given none: the urls
+    archive found reachable (the ``destinations`` table) and those holding recorded
+    copies, one url per recorded identity (two spellings of one folder are one place;
+    the spelling seen last is kept), sorted."""
+    seen: dict[str, tuple[float, str]] = {}  # identity (or url, if none recorded) -> (seen_at, url)
+    rows = db.all("SELECT url, identity, seen_at FROM destinations")
+    rows += db.all("SELECT destination, destination_id, max(created_at) FROM copies GROUP BY destination, destination_id")
+    for url, ident, at in rows:
+        key = ident or url
+        if key not in seen or (at or 0) > seen[key][0]:
+            seen[key] = (at or 0, url)
+    return sorted({url for _, url in seen.values()})
+
+
 def _candidates(db: DB, file_ids: Iterable[str] | None) -> list:
     sql = (
         "SELECT f.*, t.state AS twin_state, t.id AS twin_id FROM files f LEFT JOIN files t ON t.id = f.duplicate_of"
@@ -113,12 +130,13 @@ def collect(
     pending: list[tuple] = []  # (file row, copies rows) still to verify
     for f in _candidates(db, file_ids):
         path = os.path.join(f["inbox"], f["path"])
-        if f["state"] == "processed":
+        if f["state"] == "processed" and min_copies is None:
             _decide(db, report, on_verdict, Verdict(f["id"], path, WAIT, "not archived yet"), dry_run, clock)
             continue
         source = f["id"]
         if f["state"] == "duplicate":
-            if f["twin_state"] not in ("archived", "collected"):
+            # with min_copies, a twin still processed may have enough copies: they are checked below
+            if f["twin_state"] not in ("archived", "collected") + (("processed",) if min_copies is not None else ()):
                 _decide(db, report, on_verdict, Verdict(f["id"], path, WAIT, f"same content as {f['twin_id']}, which is not archived yet"), dry_run, clock)
                 continue
             source = f["twin_id"]
@@ -177,7 +195,11 @@ class _Need:
     def text(self) -> str:
         if self.min_copies is None:
             return f"a verified copy at each of {len(self.required)} destination(s)"
-        return f"{self.min_copies} verified copies"
+        return f"{self.min_copies} verified cop{'y' if self.min_copies == 1 else 'ies'}"
+
+    def why(self, state: str) -> str:
+        """What let a file not archived everywhere go: said in its journal event."""
+        return f" (--min-copies {self.min_copies}; not archived at every destination)" if state == "processed" else ""
 
     def lacking(self, verified: Sequence[str]) -> list[str]:
         return [d for d in self.required if d not in verified] if self.min_copies is None else []
@@ -248,7 +270,7 @@ def _delete(db: DB, f, path: str, good: list, destinations: dict[str, Destinatio
         if dry_run:
             return Verdict(f["id"], path, GONE, text, verified)
         with db.transaction():
-            journal.move_file(db, f["id"], "collected", now=clock(), actor=actor, expect=(f["state"],), detail=f"already gone from the inbox ({path}); {_copies_text(verified)}")
+            journal.move_file(db, f["id"], "collected", now=clock(), actor=actor, expect=(f["state"],), detail=f"already gone from the inbox ({path}); {_copies_text(verified)}{need.why(f['state'])}")
         return Verdict(f["id"], path, GONE, text, verified)
     except OSError as e:
         return Verdict(f["id"], path, KEEP, f"cannot open it: {e.strerror or e}", verified)
@@ -275,7 +297,7 @@ def _delete(db: DB, f, path: str, good: list, destinations: dict[str, Destinatio
         with _synchronous_full(db):
             try:
                 with db.transaction(timeout=lock_timeout):
-                    journal.move_file(db, f["id"], "collected", now=clock(), actor=actor, expect=(f["state"],), detail=f"deleted {path}; {copies_text}")
+                    journal.move_file(db, f["id"], "collected", now=clock(), actor=actor, expect=(f["state"],), detail=f"deleted {path}; {copies_text}{need.why(f['state'])}")
                     # Checked now, not before the wait for the lock: the name must still be
                     # the object whose bytes were verified, unchanged since.
                     now = os.fstat(handle.fd)

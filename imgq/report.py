@@ -49,19 +49,32 @@ def iso(ts: float | None) -> str | None:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def build(db: DB, *, now: float, run_id: int | None = None, since: float | None = None, store_dir: Path | None = None) -> dict:
+# What `imgq report` is about by default: the latest run that processed photos, by hand
+# (`imgq work`) or from cron (`imgq run`, whose work step records no run of its own).
+WORKING = ("work", "run")
+
+
+def build(db: DB, *, now: float, run_id: int | None = None, since: float | None = None, last: str | None = None, store_dir: Path | None = None) -> dict:
     """The report (a JSON-ready dict) of run ``run_id``, of everything since ``since``,
-    or, with neither, of the latest ``work`` run. Raises NotFound when there is no such run."""
-    if run_id is not None and since is not None:
-        raise UsageError("--run and --since cannot be used together")
+    of the latest run of the command ``last``, or, with none of them, of the latest
+    ``work`` or ``run`` run. Raises NotFound when there is no such run."""
+    if sum(x is not None for x in (run_id, since, last)) > 1:
+        raise UsageError("--run, --last and --since cannot be used together")
     if since is not None:
         start, end, running = since, now, False
         scope = {"since": iso(since)}
     else:
         if run_id is None:
-            row = db.one("SELECT * FROM runs WHERE command = 'work' ORDER BY started_at DESC, id DESC LIMIT 1")
+            commands = WORKING if last is None else (last,)
+            row = db.one(
+                "SELECT * FROM runs WHERE command IN (SELECT value FROM json_each(?)) ORDER BY started_at DESC, id DESC LIMIT 1",
+                (json.dumps(commands),),
+            )
+            if row is None and last is None:
+                raise NotFound("no `imgq work` run or `imgq run` is recorded in this database yet (see --run, --last or --since)")
             if row is None:
-                raise NotFound("no `imgq work` run is recorded in this database yet (see --run or --since)")
+                recorded = [r[0] for r in db.all("SELECT DISTINCT command FROM runs ORDER BY command")]
+                raise NotFound(f"no `imgq {last}` run is recorded in this database" + (f" (runs recorded: {', '.join(recorded)})" if recorded else ""))
         else:
             row = db.one("SELECT * FROM runs WHERE id = ?", (run_id,))
             if row is None:

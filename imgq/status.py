@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import json
+import os
+import re
+
 from imgq import faces
 from imgq.fleet import hosts
 from imgq.ledger.database import DB
 from imgq.ledger.journal import FILE_STATES, JOB_STATES
+from imgq.original import stored_path
 
 WINDOWS = (60, 300, 900)
+JOB_REF = re.compile(r"(?:job[:#]?\s*|#)?(\d+)", re.IGNORECASE)
 
 
 def snapshot(db: DB, *, now: float, failures: int = 10) -> dict:
@@ -109,3 +117,80 @@ def archive_and_collect(db: DB, *, now: float, limit: int = 10) -> dict:
         "archive": {"destinations": sorted(dests.values(), key=lambda d: d["destination"]), "failing": failing},
         "collect": {"keep": verdicts.get("keep", 0), "wait": verdicts.get("wait", 0), "reasons": kept},
     }
+
+
+@dataclasses.dataclass
+class Lookup:
+    """What a reference to a file matched (``how``: id, job, path or name), or, when
+    nothing did, the ids it is close to."""
+
+    ref: str
+    how: str | None
+    matches: list[dict]  # {"id", "state", "path"}, oldest first
+    close: list[str]
+
+
+def find_file(db: DB, ref: str, *, cwd: str) -> Lookup:
+    """The files ``ref`` names, tried in this order, the first that matches winning: a
+    file id; a job number (``42``, ``job:42``, ``#42``); a path, absolute or relative to
+    ``cwd`` or to an inbox root (a collected file keeps the path it had); a file name
+    (the last component of a path, in any inbox folder). Nothing matched: ``close`` holds
+    up to five ids that look like ``ref`` (a typo, a truncated id)."""
+    row = db.one("SELECT id FROM files WHERE id = ?", (ref,))
+    if row is not None:
+        return Lookup(ref, "id", _describe(db, [row["id"]]), [])
+    m = JOB_REF.fullmatch(ref.strip())
+    if m:
+        job = db.one("SELECT file_id FROM jobs WHERE id = ?", (int(m.group(1)),))
+        if job is not None:
+            return Lookup(ref, "job", _describe(db, [job["file_id"]]), [])
+    ids = _by_path(db, ref, cwd)
+    if ids:
+        return Lookup(ref, "path", _describe(db, ids), [])
+    name = stored_path(ref)
+    if "/" not in name:
+        ids = [r[0] for r in db.all("SELECT id FROM files WHERE path = ? OR substr(path, -length(?)) = ?", (name, "/" + name, "/" + name))]
+        if ids:
+            return Lookup(ref, "name", _describe(db, ids), [])
+    return Lookup(ref, None, [], _close(db, ref))
+
+
+def _by_path(db: DB, ref: str, cwd: str) -> list[str]:
+    """Ids of the files at ``ref`` as a path: absolute, relative to ``cwd``, or relative
+    to an inbox root."""
+    wanted: set[tuple[str | None, str]] = set()
+    full = os.path.normpath(os.path.join(cwd, ref))
+    inboxes = [r[0] for r in db.all("SELECT DISTINCT inbox FROM files")]
+    for spelled in {full, os.path.realpath(full)}:
+        for inbox in inboxes:
+            prefix = inbox.rstrip("/") + "/"
+            if spelled.startswith(prefix):
+                wanted.add((inbox, stored_path(spelled[len(prefix):])))
+    if not os.path.isabs(ref) and "/" in ref:  # a bare name is looked up as a name, in every folder
+        rel = os.path.normpath(ref)
+        if not rel.startswith(".."):
+            wanted.add((None, stored_path(rel)))
+    ids: list[str] = []
+    for inbox, path in sorted(wanted, key=lambda w: (w[0] or "", w[1])):
+        sql, params = ("SELECT id FROM files WHERE path = ?", (path,)) if inbox is None else ("SELECT id FROM files WHERE inbox = ? AND path = ?", (inbox, path))
+        ids += [r[0] for r in db.all(sql, params) if r[0] not in ids]
+    return ids
+
+
+def _describe(db: DB, ids: list[str]) -> list[dict]:
+    rows = db.all(
+        "SELECT id, state, inbox, path, created_at FROM files WHERE id IN (SELECT value FROM json_each(?)) ORDER BY created_at, id",
+        (json.dumps(ids),),
+    )
+    return [{"id": r["id"], "state": r["state"], "path": os.path.join(r["inbox"], r["path"])} for r in rows]
+
+
+def _close(db: DB, ref: str) -> list[str]:
+    """Up to five ids like ``ref``, or whose file name is like its last component."""
+    rows = db.all("SELECT id, path FROM files")
+    by_id = difflib.get_close_matches(ref, [r["id"] for r in rows], n=5, cutoff=0.75)
+    names: dict[str, list[str]] = {}
+    for r in rows:
+        names.setdefault(os.path.basename(r["path"]), []).append(r["id"])
+    by_name = [i for n in difflib.get_close_matches(os.path.basename(ref.rstrip("/")), list(names), n=3, cutoff=0.75) for i in names[n]]
+    return list(dict.fromkeys(by_id + by_name))[:5]

@@ -39,7 +39,7 @@ FILE_MOVES = {
     "new": {"seen", "duplicate", "failed"},
     "seen": {"queued", "failed"},
     "queued": {"processed", "failed", "queued"},  # queued again: more jobs for it
-    "processed": {"archived", "queued", "failed"},  # queued: re-enqueued after a recipe change
+    "processed": {"archived", "queued", "failed", "collected"},  # queued: re-enqueued after a recipe change; collected: --min-copies N
     "archived": {"collected", "queued", "processed"},  # processed: a copy was lost
     "duplicate": {"collected", "seen", "duplicate"},  # seen: promoted; duplicate: of another twin
     "failed": {"queued"},  # retried

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Annotated, Optional
 
@@ -18,15 +19,16 @@ from imgq.ledger.journal import Actor
 EPILOG = """\b
 Examples:
   imgq collect --dry-run            # what would be deleted, and why the rest stays
-  imgq collect                      # needs a good copy at every destination in imgq.toml
+  imgq collect                      # a good copy at every destination (imgq.toml, else the database's)
   imgq collect --min-copies 2       # any two destinations will do
+  imgq collect --min-copies 1       # the USB disk is away: one verified copy on the NAS is enough
   imgq archive --to /mnt/a --to ssh://nas/photos | imgq collect --to /mnt/a --to ssh://nas/photos -
 """
 
 
 def collect(
     ids: Annotated[Optional[list[str]], typer.Argument(help="File ids, or - to read them from stdin. None: every file in the inbox.", metavar=IdsArg, show_default=False)] = None,
-    min_copies: Annotated[Optional[int], typer.Option("--min-copies", help="Copies (at distinct destinations) that must verify now. Default: one at every destination.", min=1, metavar="N", show_default=False)] = None,
+    min_copies: Annotated[Optional[int], typer.Option("--min-copies", help="Enough copies: N verified now at N distinct destinations, even if the file is not archived at every destination (one is down). Default: one at every destination.", min=1, metavar="N", show_default=False)] = None,
     to: ToOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", "-n", help="Delete nothing; print what would be deleted and why the rest stays.")] = False,
     ssh_config: SshConfigOpt = None,
@@ -39,11 +41,15 @@ def collect(
     """Delete originals from the inbox once their copies are certain.
 
     An original is deleted only if enough recorded copies of it are read again now and
-    match in size and sha256 (by default one at every destination: --to, else
-    `destinations` in imgq.toml), and the inbox file is still the one that was scanned
-    (same size, mtime and sha256). A duplicate goes once the photo it duplicates is
-    archived. Nothing outside the inbox is touched and no symlink is followed; folders
-    stay. Everything else stays with its reason, shown here and in `imgq status`.
+    match in size and sha256, and the inbox file is still the one that was scanned
+    (same size, mtime and sha256). Enough means, by default, one at every destination
+    (--to, else `destinations` in imgq.toml, else every destination the database has
+    archived to, named on stderr) for a file archived everywhere. With --min-copies N it
+    means exactly N at distinct destinations, even for a file not archived at every
+    destination yet (one is down): it goes, and the missing copies are not made later.
+    A duplicate goes with the photo it duplicates. Nothing outside the inbox is touched
+    and no symlink is followed; folders stay. Everything else stays with its reason,
+    shown here and in `imgq status`.
 
     Prints the id of each file deleted (with --dry-run: that would be). Exits 1 if a file
     was kept because something is wrong (a bad copy, a changed file), not merely waiting.
@@ -52,7 +58,13 @@ def collect(
     wanted = common.read_ids(ids)
     required = destinations.in_force(to, inv.settings)
     if min_copies is None and not required:
-        raise UsageError("no destination to require copies at: give --to DEST or --min-copies N, or set destinations = [...] in imgq.toml")
+        # where this database archived to: what "every destination" means when nobody
+        # said (no database yet: nothing was archived, and none is made to say so)
+        if os.path.exists(inv.settings.db):
+            required = collect_lib.recorded_destinations(inv.database)
+        if not required:
+            raise UsageError("no destination to require copies at, and none is recorded in the database: give --to DEST or --min-copies N, or set destinations = [...] in imgq.toml")
+        common.warn(f"collect: no --to and no destinations in imgq.toml: requiring a verified copy at each destination recorded in the database: {', '.join(required)}")
     database = inv.database
     urls = list(required)
     if min_copies is not None and not to:
@@ -74,7 +86,9 @@ def collect(
             common.warn(f"keeping {v.path}: {v.reason}")
 
     try:
-        with inv.recorded({"ids": wanted, "required": required, "min_copies": min_copies, "dry_run": dry_run}, wait=wait) as run:
+        # with --min-copies a file archive is still working on may go: never both at once
+        locks = ("archive", "collect") if min_copies is not None else None
+        with inv.recorded({"ids": wanted, "required": required, "min_copies": min_copies, "dry_run": dry_run}, wait=wait, locks=locks) as run:
             report = collect_lib.collect(
                 database,
                 dests,

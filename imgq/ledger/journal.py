@@ -9,7 +9,9 @@ or the database's clock when it is None (see ``imgq.ledger``).
 File lifecycle::
 
     seen ─▶ queued ─▶ processed ─▶ archived ─▶ collected
-      │        │          │
+      │        │          │                        ▲
+      │        │          └────────────────────────┘ (collect --min-copies N: N verified
+      │        │                                      copies, not every destination)
       ├─▶ duplicate ─▶ collected   (same sha256 as a known file)
       │      └──▶ seen             (promoted: its twin failed, so it is processed itself)
       └─▶ failed                   (not an image, corrupt, too large, or changed in the
@@ -42,7 +44,7 @@ FILE_TRANSITIONS: dict[str | None, set[str]] = {
     NEW: {"seen", "duplicate", "failed"},
     "seen": {"queued", "failed"},
     "queued": {"processed", "failed", "queued"},
-    "processed": {"archived", "queued", "failed"},
+    "processed": {"archived", "queued", "failed", "collected"},  # collected: by collect --min-copies N
     "archived": {"collected", "queued", "processed"},
     "duplicate": {"collected", "seen", "duplicate"},  # seen: promoted; duplicate: of another twin
     "failed": {"queued"},
