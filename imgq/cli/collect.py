@@ -54,6 +54,7 @@ def collect(
     if min_copies is None and not required:
         raise UsageError("no destination to require copies at: give --to DEST or --min-copies N, or set destinations = [...] in imgq.toml")
     database = inv.database
+    common.require_known(database, wanted)
     urls = list(required)
     if min_copies is not None and not to:
         # any destination holding copies counts
