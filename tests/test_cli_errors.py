@@ -10,25 +10,26 @@ classification test below) without anyone remembering to add it here.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
-import click
 import pytest
 import typer
 
 from imgq import cli
-from tests.conftest import imgq_subprocess
+from conftest import imgq_subprocess
 
 
-def _commands() -> dict[str, click.Command]:
+def _commands() -> dict:
     """Every command of the real CLI by its words ("status", "hosts check")."""
     root = typer.main.get_command(cli.build_app())
-    found: dict[str, click.Command] = {}
+    found: dict = {}
 
-    def walk(group: click.Group, prefix: str) -> None:
+    def walk(group, prefix: str) -> None:
         for name, cmd in group.commands.items():
             words = f"{prefix}{name}"
-            if isinstance(cmd, click.Group):
+            if hasattr(cmd, "commands"):  # a group (typer vendors its own click: no isinstance)
                 walk(cmd, words + " ")
             else:
                 found[words] = cmd
@@ -60,7 +61,7 @@ ARGS = {
 TAKES_IDS = {"log", "retry", "enqueue", "archive", "collect"}
 
 
-def _has_db(cmd: click.Command) -> bool:
+def _has_db(cmd) -> bool:
     return any("--db" in p.opts for p in cmd.params)
 
 
@@ -147,6 +148,27 @@ def test_an_unwritable_database_path(tmp_path, words):
     _assert_one_error_line(r, "/proc/imgq.db")
 
 
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="a read-only mount needs root and mount(8)")
+def test_a_database_on_a_read_only_file_system(tmp_path):
+    """The usual unwritable place (root is refused too): a new database, and an existing one."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(ro)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip("cannot mount here")
+    try:
+        assert _run(tmp_path, "scan", "inbox", "--db", ro / "old.db").returncode == 0
+        assert subprocess.run(["mount", "-o", "remount,ro", str(ro)], capture_output=True).returncode == 0
+        for words, db in (("scan", "new.db"), ("status", "new.db"), ("scan", "old.db")):
+            r = _run(tmp_path, words, *ARGS[words], "--db", ro / db)
+            assert r.returncode == 2, (words, db, r.stderr)
+            _assert_one_error_line(r, str(ro / db))
+        r = _run(tmp_path, "scan", "inbox", "--db", ro / "new.db")
+        assert "Read-only file system" in r.stderr
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], capture_output=True)
+
+
 @pytest.fixture
 def empty_db(tmp_path) -> Path:
     """A real, empty imgq database in tmp_path (made by a scan of an empty inbox)."""
@@ -176,10 +198,18 @@ def test_an_unknown_job_number(tmp_path, empty_db):
     _assert_one_error_line(r, "4711")
 
 
-def _bad_option(cmd: click.Command) -> list[str]:
-    """A value the option's type refuses, or an option that does not exist."""
+def _numeric(param) -> bool:
+    described = getattr(param, "type_descriptor", None)  # typer >= 0.2x
+    if described is not None:
+        return described.annotation in (int, float)
+    return param.type.name.startswith(("integer", "float"))  # click's own parameter types
+
+
+def _bad_option(cmd) -> list[str]:
+    """A value the option's type refuses (a number option given a word), or an option
+    that does not exist."""
     for p in cmd.params:
-        if isinstance(p, click.Option) and isinstance(p.type, (click.types.IntParamType, click.types.FloatParamType)):
+        if p.param_type_name == "option" and _numeric(p):
             return [p.opts[0], "lots"]
     return ["--no-such-option"]
 
@@ -206,7 +236,8 @@ def test_a_recipe_that_does_not_exist_is_a_usage_error(tmp_path, empty_db):
 
 
 def test_only_the_database_and_one_lock_folder_sit_beside_it(tmp_path, inbox):
-    """After every step has run in one folder: imgq.db, its -wal/-shm, and one lock folder."""
+    """After every step has run in one folder: imgq.db, its -wal/-shm, one lock folder, and
+    the artifact store (the step's output, documented as <db stem>-store); no lock files."""
     work = tmp_path / "w"
     work.mkdir()
     dest = tmp_path / "dest"
@@ -226,5 +257,5 @@ def test_only_the_database_and_one_lock_folder_sit_beside_it(tmp_path, inbox):
         assert r.returncode in (0, 1), (args, r.stderr)
         assert "Traceback" not in r.stderr
     beside = set(os.listdir(work))
-    assert beside <= {"imgq.db", "imgq.db-wal", "imgq.db-shm", "imgq.db.locks"}, beside
+    assert beside <= {"imgq.db", "imgq.db-wal", "imgq.db-shm", "imgq.db.locks", "imgq-store"}, beside
     assert (work / "imgq.db.locks").is_dir()
