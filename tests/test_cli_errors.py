@@ -12,13 +12,14 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import typer
 
 from imgq import cli
-from conftest import imgq_subprocess
+from conftest import imgq_env, imgq_subprocess
 
 
 def _commands() -> dict:
@@ -259,3 +260,16 @@ def test_only_the_database_and_one_lock_folder_sit_beside_it(tmp_path, inbox):
     beside = set(os.listdir(work))
     assert beside <= {"imgq.db", "imgq.db-wal", "imgq.db-shm", "imgq.db.locks", "imgq-store"}, beside
     assert (work / "imgq.db.locks").is_dir()
+
+
+@pytest.mark.parametrize("args", [["recipes", "--ops"], ["recipes", "--json"], ["status"], ["status", "--json"]])
+def test_a_reader_that_goes_away_is_not_an_error(tmp_path, args, empty_db):
+    """`imgq … | head -1`: the reader closes the pipe; imgq stops quietly with 0, as the
+    README's table has it (not 1, not a BrokenPipeError on stderr)."""
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line: every write meets EPIPE
+    proc = subprocess.run([sys.executable, "-m", "imgq", *args], cwd=tmp_path, env=imgq_env(), stdout=write,
+                          stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, timeout=60)
+    os.close(write)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""

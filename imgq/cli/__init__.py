@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
         sys.stderr.write(f"imgq: error: {common.database_error(e)}\n")
         code = int(Exit.SOME_FAILED)
-    except BrokenPipeError:
+    except (BrokenPipeError, common.ReaderGone):
         # the reader went away (imgq scan … | head): not an error of ours
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

@@ -35,9 +35,25 @@ def stderr() -> Console:
     return Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False)
 
 
+class ReaderGone(Exception):
+    """The reader of stdout went away (``imgq … | head -1``): stop quietly, exit 0.
+
+    Not an OSError, so that typer (which turns a broken pipe into exit 1) passes it on
+    to ``main``; ``exit_code`` is what ``recorded_run`` records for the run."""
+
+    exit_code = 0
+
+
+class _StdoutConsole(Console):
+    def on_broken_pipe(self) -> None:
+        # rich exits 1 when the reader goes away (imgq status | head); imgq stops quietly with 0
+        self.quiet = True
+        raise ReaderGone()
+
+
 def stdout() -> Console:
     """A console for reports people read on stdout (status, report): plain when piped."""
-    console = Console(no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False)
+    console = _StdoutConsole(no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False)
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console.width = 160  # a log or a mail: no terminal to fit, keep reasons on one line
     return console
@@ -105,8 +121,11 @@ def open_db(settings: Settings, *, create: bool = True) -> DB:
 
 def out(line: str) -> None:
     """One line of data on stdout, flushed so the next step in a pipe sees it at once."""
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+    try:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise ReaderGone() from None
 
 
 def out_json(obj: dict) -> None:
