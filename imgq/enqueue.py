@@ -33,7 +33,10 @@ def resolve_recipes(settings: Settings, names: Iterable[str] | None = None, ops:
             raise UsageError(f"unknown recipe {name!r}; known: {', '.join(sorted(settings.recipes))}")
         chains_by_recipe[name] = settings.recipes[name]
     if ops:
-        chains = {recipes.artifact_name_for(c): c for c in ops}
+        try:
+            chains = {recipes.artifact_name_for(c): c for c in ops}
+        except UnknownOperation as e:
+            raise UsageError(f"--op: {e}") from None
         chains_by_recipe["ops:" + "+".join(chains)] = chains
     for name, chains in chains_by_recipe.items():
         try:

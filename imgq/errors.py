@@ -76,6 +76,16 @@ class NotFound(UsageError):
     """A file or job id that is not in the database."""
 
 
+class BadDatabase(UsageError):
+    """The file named as the database cannot be used as one: missing where only an existing
+    database will do, a folder, not SQLite, damaged, or in a place that cannot be written.
+    A usage error: the user named the wrong file (or ran in the wrong folder)."""
+
+
+class NoDatabase(BadDatabase):
+    """No database at the path, and the command only reads one (it never creates it)."""
+
+
 class DatabaseBusy(Transient):
     """The database's write lock was not free within the time allowed (another process
     holds it: a stuck run, a sqlite3 shell with an open transaction)."""

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from imgq import samples
+from imgq.ledger.database import DB, lock_path
 
 
 def q(db_path, sql, *params):
@@ -137,7 +138,8 @@ def test_json_output_is_one_object_per_line(inbox, run_imgq):
     assert enq.returncode == 0 and len(enq.stdout.split()) == sum(o["state"] == "seen" for o in objs)
 
 
-def test_usage_errors_exit_2(run_imgq):
+def test_usage_errors_exit_2(run_imgq, db_path):
+    DB(db_path).close()  # `log` refuses a missing database; here it must look for the id
     assert run_imgq("work", "--drain", "--follow").returncode == 2
     assert run_imgq("scan").returncode == 2
     assert run_imgq("frobnicate").returncode == 2
@@ -148,8 +150,8 @@ def test_usage_errors_exit_2(run_imgq):
 
 
 def test_overlapping_runs_of_a_step_do_not_collide(inbox, run_imgq, db_path):
-    run_imgq("status")  # creates the database
-    fd = os.open(str(db_path) + "-scan.lock", os.O_RDWR | os.O_CREAT)
+    DB(db_path).close()  # the database, as a first scan makes it
+    fd = os.open(lock_path(db_path, "scan"), os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:
         r = run_imgq("scan", inbox)

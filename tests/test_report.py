@@ -196,7 +196,8 @@ def test_report_on_other_runs_and_windows(worked, run_imgq, db_path):
     assert future["runs"] == [] and future["jobs"]["done"] == 0
 
 
-def test_report_usage_errors(run_imgq, tmp_path):
+def test_report_usage_errors(run_imgq, tmp_path, db_path):
+    DB(db_path).close()  # a database with no run yet (report never creates one)
     r = run_imgq("report")
     assert r.returncode == 2 and "no `imgq work` run" in r.stderr
     assert run_imgq("report", "--run", "5").returncode == 2

@@ -9,6 +9,7 @@ import sqlite3
 from pathlib import Path
 
 from imgq import samples
+from imgq.ledger.database import DB, lock_path
 
 
 def q(db_path, sql, *params):
@@ -80,8 +81,8 @@ def test_overlapping_runs_and_usage(tmp_path, inbox, run_imgq, db_path):
     assert run_imgq("run", "--to", tmp_path / "A").returncode == 2  # no inbox
     r = run_imgq("run", tmp_path / "unmounted", "--to", tmp_path / "A")
     assert r.returncode == 2 and "unmounted" in r.stderr
-    run_imgq("status")
-    fd = os.open(str(db_path) + "-run.lock", os.O_RDWR | os.O_CREAT)
+    DB(db_path).close()  # the database, as a first run makes it
+    fd = os.open(lock_path(db_path, "run"), os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:
         r = run_imgq("run", inbox, "--to", tmp_path / "A")

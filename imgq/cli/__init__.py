@@ -110,17 +110,46 @@ def _command_in(argv: list[str]) -> str | None:
     return None
 
 
+def _click_exceptions():
+    """Click's exceptions module as typer uses it (recent typer vendors its own click)."""
+    try:
+        from typer._click import exceptions
+    except ImportError:
+        from click import exceptions
+    return exceptions
+
+
+def _usage_line(e) -> str:
+    """A usage error of Click's (bad option value, unknown option, missing argument) as one
+    line that says where the help is, like the errors imgq raises itself."""
+    message = " ".join(e.format_message().split())
+    ctx = getattr(e, "ctx", None)
+    where = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+    return f"imgq: error: {message}{where}\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``imgq`` console script and ``python -m imgq``.
 
-    Click handles its own usage errors (exit 2) and typer.Exit; everything imgq raises
-    on purpose is turned into one line on stderr and the error's exit code here.
+    The one place errors become exit codes: Click's usage errors (exit 2) and everything
+    imgq raises on purpose become one line on stderr, ``imgq: error: …``, and the
+    error's exit code; an unforeseen OSError one line naming the file (exit 1).
     """
     args = sys.argv[1:] if argv is None else argv
     command = typer.main.get_command(build_app(_command_in(args)))
+    click_errors = _click_exceptions()
     try:
-        command.main(args=args, prog_name="imgq", standalone_mode=True)
-        code = 0
+        code = command.main(args=args, prog_name="imgq", standalone_mode=False)
+        code = code if isinstance(code, int) else 0  # typer.Exit's code, or the command's None
+    except getattr(click_errors, "NoArgsIsHelpError", ()) as e:  # Click >= 8.2
+        e.show()  # `imgq`, `imgq hosts`: the help, as before
+        code = int(Exit.USAGE)
+    except click_errors.ClickException as e:
+        sys.stderr.write(_usage_line(e) if isinstance(e, click_errors.UsageError) else f"imgq: error: {' '.join(e.format_message().split())}\n")
+        code = e.exit_code if isinstance(e, click_errors.UsageError) else int(Exit.USAGE)
+    except typer.Abort:
+        sys.stderr.write("imgq: interrupted\n")  # end of input at a prompt
+        code = int(Exit.INTERRUPTED)
     except ImgqError as e:
         if common.state["debug"]:
             import traceback
@@ -137,12 +166,21 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
         sys.stderr.write(f"imgq: error: {common.database_error(e)}\n")
         code = int(Exit.SOME_FAILED)
-    except KeyboardInterrupt:
-        sys.stderr.write("imgq: interrupted\n")
-        code = int(Exit.INTERRUPTED)
-    except BrokenPipeError:
+    except (BrokenPipeError, common.ReaderGone):
         # the reader went away (imgq scan … | head): not an error of ours
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         code = 0
+    except OSError as e:
+        # a file or folder the step needed failed in a way no code foresaw: name it, no traceback
+        if common.state["debug"]:
+            import traceback
+
+            traceback.print_exc()
+        where = f"{e.filename}: " if e.filename else ""
+        sys.stderr.write(f"imgq: error: {where}{e.strerror or e}\n")
+        code = int(Exit.SOME_FAILED)
+    except KeyboardInterrupt:
+        sys.stderr.write("imgq: interrupted\n")
+        code = int(Exit.INTERRUPTED)
     sys.exit(code)

@@ -51,6 +51,7 @@ def archive(
     wanted = common.read_ids(ids)
     urls = destinations.in_force(to, settings)
     database = common.open_db(settings)
+    common.require_known(database, wanted)
     if verify:
         if not to:
             urls = list(dict.fromkeys(urls + archive_lib.destination_urls(database)))
@@ -111,7 +112,7 @@ def _archive(database, settings, dests, wanted, json, retry_now, run) -> int:
             markup=False,
         )
     unknown = any(state is None for _, state in report.skipped)
-    return int(Exit.SOME_FAILED) if report.failed or unknown else 0
+    return int(Exit.USAGE) if unknown else int(Exit.SOME_FAILED) if report.failed else 0
 
 
 def _verify(database, settings, dests, wanted, json, run) -> int:

@@ -66,6 +66,7 @@ def collect(
             raise UsageError("no destination to require copies at, and none is recorded in the database: give --to DEST or --min-copies N, or set destinations = [...] in imgq.toml")
         common.warn(f"collect: no --to and no destinations in imgq.toml: requiring a verified copy at each destination recorded in the database: {', '.join(required)}")
     database = inv.database
+    common.require_known(database, wanted)
     urls = list(required)
     if min_copies is not None and not to:
         # any destination holding copies counts

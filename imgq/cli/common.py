@@ -16,13 +16,18 @@ import time
 import typer
 from rich.console import Console
 
-from imgq.ledger import runs
-from imgq.config import Settings, find_config, load_settings
-from imgq.ledger.database import DB
-from imgq.errors import Busy, Exit, ImgqError, UsageError
+from imgq.ledger import journal, runs
+from imgq.config import DEFAULTS, Settings, find_config, load_settings
+from imgq.ledger.database import DB, lock_path
+from imgq.errors import Busy, Exit, ImgqError, NoDatabase, NotFound, UsageError
 from imgq.cli.options import ConfigOpt, DbOpt, JsonOpt, WaitOpt  # noqa: F401  (cli/archive.py reads them here)
 
-state: dict = {"debug": False, "db": None}
+state: dict = {"debug": False, "db": None, "db_source": None}
+
+# The commands that record something new create a missing database; every other command
+# only reads it or acts on what it holds, and refuses a missing one (a wrong working
+# directory must not look like an empty, healthy queue). README says the same.
+CREATES_DATABASE = frozenset({"scan", "enqueue", "work", "archive", "run"})
 
 
 def stderr() -> Console:
@@ -30,9 +35,25 @@ def stderr() -> Console:
     return Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False)
 
 
+class ReaderGone(Exception):
+    """The reader of stdout went away (``imgq … | head -1``): stop quietly, exit 0.
+
+    Not an OSError, so that typer (which turns a broken pipe into exit 1) passes it on
+    to ``main``; ``exit_code`` is what ``recorded_run`` records for the run."""
+
+    exit_code = 0
+
+
+class _StdoutConsole(Console):
+    def on_broken_pipe(self) -> None:
+        # rich exits 1 when the reader goes away (imgq status | head); imgq stops quietly with 0
+        self.quiet = True
+        raise ReaderGone()
+
+
 def stdout() -> Console:
     """A console for reports people read on stdout (status, report): plain when piped."""
-    console = Console(no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False)
+    console = _StdoutConsole(no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False)
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console.width = 160  # a log or a mail: no terminal to fit, keep reasons on one line
     return console
@@ -47,6 +68,14 @@ def warn(message: str) -> None:
 def settings_for(db: str | None, config: str | None) -> Settings:
     settings = load_settings(find_config(config), db)
     state["db"] = settings.db  # for database_error: name the file whatever fails
+    if db is not None:
+        state["db_source"] = "--db"
+    elif os.environ.get("IMGQ_DB"):
+        state["db_source"] = "$IMGQ_DB"
+    elif settings.db != DEFAULTS.db:
+        state["db_source"] = f"db in {settings.config_path}"
+    else:
+        state["db_source"] = "the default ./imgq.db"
     return settings
 
 
@@ -80,14 +109,23 @@ def _disk_full(db) -> bool:
     return st.f_bavail * st.f_frsize < 64 * 1024
 
 
-def open_db(settings: Settings) -> DB:
-    return DB(settings.db)
+def open_db(settings: Settings, *, create: bool = True) -> DB:
+    """The database of ``settings``; a missing one is created only if ``create``, else
+    refused in one line that says where it was looked for and how to point elsewhere."""
+    try:
+        return DB(settings.db, create=create)
+    except NoDatabase as e:
+        source = state.get("db_source") or "the default ./imgq.db"
+        raise NoDatabase(f"{e} ({source}): wrong folder? give --db PATH or set IMGQ_DB; `imgq scan` or `imgq run` creates one") from None
 
 
 def out(line: str) -> None:
     """One line of data on stdout, flushed so the next step in a pipe sees it at once."""
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+    try:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise ReaderGone() from None
 
 
 def out_json(obj: dict) -> None:
@@ -120,12 +158,27 @@ def read_ids(args: list[str] | None) -> list[str] | None:
     return ids
 
 
+def require_known(database: DB, ids: list[str] | None, *, job_numbers: bool = False) -> None:
+    """Refuse ids the database does not know (a usage error: nothing is done), naming them.
+    With ``job_numbers``, an id of digits is a job number."""
+    if not ids:
+        return
+    unknown = journal.unknown_ids(database, ids, job_numbers=job_numbers)
+    if unknown:
+        shown = ", ".join(map(repr, unknown[:5])) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        what = "file or job" if job_numbers else "file"
+        raise NotFound(f"no {what} with id {shown} in {state.get('db') or 'the database'}; nothing done")
+
+
 @contextlib.contextmanager
 def step_lock(settings: Settings, step: str, wait: bool):
     """An advisory lock so two overlapping runs of the same step (say, from cron) never
     collide: the second waits (``--wait``) or exits 0 quietly."""
-    path = str(settings.db) + f"-{step}.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    path = lock_path(settings.db, step)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        raise UsageError(f"cannot open the lock file {path}: {e.strerror}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
@@ -176,17 +229,18 @@ class Invocation:
     @property
     def database(self) -> DB:
         if self._database is None:
-            self._database = open_db(self.settings)
+            self._database = open_db(self.settings, create=self.command in CREATES_DATABASE)
         return self._database
 
     @contextlib.contextmanager
     def recorded(self, args: dict, *, wait: bool = False, locks: tuple[str, ...] | None = None):
         """Hold the step locks (default: the command's own; ``()`` for none), record the
         run, and exit with ``run["exit_code"]`` once it is recorded."""
+        database = self.database  # a database that cannot be used is refused before any lock is made
         with contextlib.ExitStack() as stack:
             for step in (self.command,) if locks is None else locks:
                 stack.enter_context(step_lock(self.settings, step, wait))
-            run = stack.enter_context(recorded_run(self.database, self.command, args))
+            run = stack.enter_context(recorded_run(database, self.command, args))
             yield run
             exit_with(run["exit_code"])
 

@@ -50,6 +50,7 @@ def enqueue(
     chains_by_recipe = enqueue_step.resolve_recipes(inv.settings, recipe, op)
     if max_attempts is not None:
         inv.settings.max_attempts = max_attempts
+    common.require_known(inv.database, wanted)
     with inv.recorded({"ids": wanted, "recipes": chains_by_recipe}, wait=wait) as run:
         results = enqueue_step.enqueue(
             inv.database, inv.settings, chains_by_recipe, now=time.time(), actor=Actor(name="enqueue"),
@@ -66,4 +67,4 @@ def enqueue(
                 common.warn(f"{r.file_id}: no such file id")
         run["counts"] = {"files": len(results), "jobs": sum(len(r.created) for r in results), "unknown": unknown}
         if unknown:
-            run["exit_code"] = int(Exit.SOME_FAILED)
+            run["exit_code"] = int(Exit.USAGE)

@@ -29,11 +29,13 @@ def retry(
 ) -> None:
     """Re-arm failed jobs so workers try them again (attempts start over).
 
-    Prints the number of each job re-armed.
+    Prints the number of each job re-armed. An id the database does not know is a
+    usage error (exit 2): nothing is re-armed.
     """
     inv = common.Invocation("retry", db, config)
     wanted = common.read_ids(ids)
     database = inv.database
+    common.require_known(database, wanted, job_numbers=True)
     job_ids = file_ids = None
     if wanted is not None:
         job_ids = [int(x) for x in wanted if x.isdigit()]

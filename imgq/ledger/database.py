@@ -3,59 +3,140 @@
 One SQLite file is both the job queue and the journal. It is opened in WAL mode with a
 busy timeout and foreign keys on, and migrated on opening to the newest schema (the
 steps are in ``imgq.ledger.migrations``).
+
+Beside the database sit only SQLite's own ``-wal`` and ``-shm`` files and one folder,
+``<db>.locks/``, for imgq's advisory locks: ``write.lock`` (the writers' flock, whose
+mtime is also the database's clock) and one ``<step>.lock`` per step (``lock_path``).
+A file that cannot be used as the database (a folder, not SQLite, nowhere to write it,
+or missing when the caller only reads) raises ``BadDatabase`` naming the path and the cause.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import sqlite3
+import tempfile
 import time
 from pathlib import Path
 
+from imgq.errors import BadDatabase, NoDatabase
 from imgq.ledger.migrations import migrate
 
 
 BUSY_TIMEOUT_MS = 30_000
+LOCKS_SUFFIX = ".locks"  # the folder of imgq's lock files: imgq.db -> imgq.db.locks/
 
 
-def connect(path: Path | str, *, synchronous: str = "NORMAL") -> sqlite3.Connection:
-    """A connection to the database at ``path``, created and migrated if needed.
+def lock_path(db: Path | str, name: str) -> Path:
+    """The lock file ``name`` of the database ``db`` (``<db>.locks/<name>.lock``), its
+    folder created if needed. The locks live in one folder so that the folder holding
+    the database shows the database, its -wal and -shm, and nothing else of imgq's."""
+    folder = Path(str(db) + LOCKS_SUFFIX)
+    try:
+        folder.mkdir(mode=0o755, exist_ok=True)
+    except OSError as e:
+        raise BadDatabase(f"cannot create the lock folder {folder} of the database {db}: {e.strerror}") from None
+    return folder / f"{name}.lock"
+
+
+def connect(path: Path | str, *, synchronous: str = "NORMAL", create: bool = True) -> sqlite3.Connection:
+    """A connection to the database at ``path``, migrated if needed, and created if it
+    does not exist and ``create`` is true (else: ``NoDatabase``).
 
     Autocommit mode (``isolation_level=None``): every write transaction is explicit,
     so the queue can use ``BEGIN IMMEDIATE`` and the journal can keep a state change and
     its event in one transaction.
     """
     path = Path(path)
-    conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
-    conn.row_factory = sqlite3.Row
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-        conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute(f"PRAGMA synchronous = {synchronous}")
-    conn.execute("PRAGMA foreign_keys = ON")
-    migrate(conn)
+    _check_openable(path, create)
+    try:
+        return _connect(path, synchronous=synchronous, create=create)
+    except sqlite3.Error as e:
+        raise _unusable(path, e) from e
+
+
+def _check_openable(path: Path, create: bool) -> None:
+    """The mistakes that can be named before SQLite is asked (it says only "unable to
+    open database file" for most of them)."""
+    if path.is_dir():
+        raise BadDatabase(f"the database {path} is a folder, not a database file (give the file inside it, e.g. {path / 'imgq.db'})")
+    if path.exists():
+        return
+    if not create:
+        raise NoDatabase(f"no database at {os.path.abspath(path)}")
+    parent = path.parent
+    if not parent.exists():
+        raise BadDatabase(f"cannot create the database {path}: folder {parent} does not exist")
+    if not parent.is_dir():
+        raise BadDatabase(f"cannot create the database {path}: {parent} is not a folder")
+
+
+def _unusable(path: Path, e: sqlite3.Error) -> BadDatabase | sqlite3.Error:
+    """What SQLite's refusal to open ``path`` means, as a ``BadDatabase`` naming the path and
+    the cause; other errors (a full disk, a lock held too long) are returned as they are."""
+    code = getattr(e, "sqlite_errorcode", None)
+    if code == sqlite3.SQLITE_NOTADB:
+        return BadDatabase(f"the database {path} is not an SQLite database ({e}): is --db pointing at the wrong file?")
+    if code == sqlite3.SQLITE_CORRUPT:
+        return BadDatabase(f"the database {path} is damaged ({e}); check it with: sqlite3 {path} 'PRAGMA integrity_check'")
+    if code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM, sqlite3.SQLITE_AUTH) or (
+        code is not None and code & 0xFF in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY)
+    ):
+        return BadDatabase(f"cannot open the database {path}: {_why_not_writable(path) or e}")
+    return e
+
+
+def _why_not_writable(path: Path) -> str | None:
+    """The operating system's reason why ``path`` (or a file beside it, where SQLite keeps
+    its -wal and -shm) cannot be written, or None if both can."""
+    try:
+        if path.exists():
+            os.close(os.open(path, os.O_RDWR))
+        with tempfile.TemporaryFile(dir=path.parent or "."):
+            pass
+    except OSError as e:
+        cause = e.strerror or errno.errorcode.get(e.errno, str(e))
+        if path.exists() and e.filename == str(path):
+            return f"it cannot be opened for writing ({cause})"
+        return f"no file can be created in {path.parent or '.'} ({cause})"
+    return None
+
+
+def _connect(path: Path, *, synchronous: str, create: bool) -> sqlite3.Connection:
+    # without create, mode=rw: SQLite itself refuses to make a file that vanished since the check
+    target, uri = (str(path), False) if create else (path.absolute().as_uri() + "?mode=rw", True)
+    conn = sqlite3.connect(target, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False, uri=uri)
+    try:
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        migrate(conn)
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 
 class DB:
     """A connection plus the write discipline every writer of imgq shares.
 
-    ``transaction()`` takes a ``flock`` on ``<db>-writelock`` before ``BEGIN IMMEDIATE``.
+    ``transaction()`` takes a ``flock`` on ``<db>.locks/write.lock`` before ``BEGIN IMMEDIATE``.
     SQLite's own busy handler sleeps with growing back-off, so under contention the
     process that just committed wins again and again (measured here: one process did
     34,000 claims while the other did 1 in 5 s). The kernel's flock wakes a waiter
     as soon as the lock is free, which keeps claims fair between processes.
     """
 
-    def __init__(self, path: Path | str, *, synchronous: str = "NORMAL"):
+    def __init__(self, path: Path | str, *, synchronous: str = "NORMAL", create: bool = True):
+        """Open (and migrate) the database at ``path``; create it if it does not exist,
+        unless ``create`` is false (commands that only read): then ``NoDatabase``."""
         self.path = Path(path)
-        if not self.path.parent.is_dir():
-            from imgq.errors import UsageError
-
-            raise UsageError(f"cannot create database {self.path}: folder {self.path.parent} does not exist")
-        self.conn = connect(self.path, synchronous=synchronous)
-        self._lock_path = str(self.path) + "-writelock"
+        self.conn = connect(self.path, synchronous=synchronous, create=create)
         self._lock_fd: int | None = None
 
     def execute(self, sql: str, params=()) -> sqlite3.Cursor:
@@ -107,7 +188,12 @@ class DB:
 
     def _lock_file(self) -> int:
         if self._lock_fd is None:
-            self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            # made when first needed: a command that only reads leaves no lock folder behind
+            path = lock_path(self.path, "write")
+            try:
+                self._lock_fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError as e:
+                raise BadDatabase(f"cannot open the lock file {path} of the database {self.path}: {e.strerror}") from None
         return self._lock_fd
 
     def _lock(self, deadline: float | None = None) -> None:

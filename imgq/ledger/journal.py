@@ -240,3 +240,14 @@ def history(db: DB, file_id: str) -> list[dict]:
     """Every event of a file and of its jobs, oldest first."""
     rows = db.all("SELECT * FROM events WHERE file_id = ? ORDER BY id", (file_id,))
     return [dict(r) for r in rows]
+
+
+def unknown_ids(db: DB, ids: Iterable[str], *, job_numbers: bool = False) -> list[str]:
+    """The ids among ``ids`` that name no file, in their order, each once. With
+    ``job_numbers``, an id of digits names a job (its number) instead of a file."""
+    wanted = list(dict.fromkeys(ids))
+    numbers = [int(x) for x in wanted if job_numbers and x.isdigit()]
+    names = [x for x in wanted if not (job_numbers and x.isdigit())]
+    known = {r[0] for r in db.all("SELECT id FROM files WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(names),))}
+    known |= {str(r[0]) for r in db.all("SELECT id FROM jobs WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(numbers),))}
+    return [x for x in wanted if x not in known]

@@ -41,7 +41,7 @@ def seed_imgq(path: Path, n: int) -> float:
     from imgq.ledger.database import DB
     from imgq.ledger.journal import Actor
 
-    for suffix in ("", "-wal", "-shm", "-writelock"):
+    for suffix in ("", "-wal", "-shm", ".locks/write.lock"):
         Path(str(path) + suffix).unlink(missing_ok=True)
     t0 = time.perf_counter()
     db = DB(path)
@@ -64,7 +64,7 @@ def seed_imgq(path: Path, n: int) -> float:
 
 
 def copy_db(src: Path, dst: Path) -> None:
-    for suffix in ("", "-wal", "-shm", "-writelock"):
+    for suffix in ("", "-wal", "-shm", ".locks/write.lock"):
         Path(str(dst) + suffix).unlink(missing_ok=True)
     shutil.copyfile(src, dst)
 
