@@ -287,7 +287,8 @@ def test_a_signal_to_the_process_group_stops_work_within_seconds(tmp_path, run_i
     elif state == "draining":
         one_big_photo(tmp_path, run_imgq)
     else:
-        assert run_imgq("status").returncode == 0  # the database exists, the queue is empty
+        (tmp_path / "empty").mkdir()
+        assert run_imgq("scan", tmp_path / "empty").returncode == 0  # the database exists, the queue is empty
     proc = start(tmp_path, "work", *STATES[state])
     try:
         if state == "idle":
