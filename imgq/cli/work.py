@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -16,6 +17,7 @@ from imgq.cli import common
 from imgq.cli.options import AcceptNewOpt, ConfigOpt, ConnectTimeoutOpt, DbOpt, JsonOpt, RemoteImgqOpt, SshConfigOpt, fleet_options
 from imgq.config import DEFAULTS
 from imgq.errors import Exit, UsageError
+from imgq.ledger import queue
 
 EPILOG = """\b
 Examples:
@@ -96,6 +98,8 @@ def work(
         nonlocal progress
         if progress is None and common.is_tty():
             progress = _Progress(err, database)  # started after the fork: no thread crosses it
+        if progress:
+            progress.update(r)
         if r[0] == "processed":
             if json:
                 common.out_json({"id": r[1], "state": "processed"})
@@ -107,8 +111,6 @@ def work(
             common.warn(f"host {r[1]} {r[2]}" + (f": {r[3]}" if r[3] else ""))
         elif r[0] == "warning":
             common.warn(r[1])
-        if progress:
-            progress.update(r)
 
     run_ids: list[int] = []
     hosts_args = {"hosts": [e.name for e in fleet_opts.hosts], "hosts_file": str(hosts_file) if hosts_file else None} if fleet_opts else {}
@@ -160,19 +162,35 @@ def _report_when_done(path, database, settings, run_ids: list[int]):
 
 
 class _Progress:
-    """A progress bar on the terminal (stderr) only."""
+    """A progress bar on the terminal (stderr) only: jobs finished by this run out of
+    those finished plus those still waiting. Both are counted when a report comes (the
+    queue is read again at most twice a second), so jobs finished before the bar
+    appeared, jobs enqueued meanwhile and jobs split into parts keep M/N true: M never
+    passes N, and M equals N when the queue is empty."""
 
     def __init__(self, console, database):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
-        total = database.one("SELECT count(*) FROM jobs WHERE state IN ('ready', 'leased')")[0]
-        self.bar = Progress(TextColumn("work"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console, transient=True)
-        self.task = self.bar.add_task("work", total=total or None)
+        self.database = database
+        self.finished = 0
+        self.waiting = 0
+        self.read_at = 0.0
+        self.bar = common.progress(TextColumn("work"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console)
+        self.task = self.bar.add_task("work", total=None)
         self.bar.start()
 
-    def update(self, r: tuple) -> None:
+    def update(self, r: tuple, *, read: bool = False) -> None:
         if r[0] in ("done", "failed"):
-            self.bar.advance(self.task)
+            self.finished += 1
+        now = time.monotonic()
+        if read or now - self.read_at >= 0.5:
+            self.read_at = now
+            self.waiting = queue.pending(self.database)[0]
+        self.bar.update(self.task, completed=self.finished, total=self.finished + self.waiting)
 
     def stop(self) -> None:
-        self.bar.stop()
+        try:
+            with contextlib.suppress(sqlite3.Error):  # a failing database is reported by the step, not here
+                self.update(("end",), read=True)  # the last frame tells how it ended
+        finally:
+            self.bar.stop()
