@@ -194,7 +194,7 @@ def test_run_summary_is_formatted_for_people(tmp_path, inbox):
     dest.mkdir()
     r = run_in_tty("run", inbox, "--to", dest, cwd=tmp_path)
     assert r.returncode == 1, r.text
-    summary = r.text[r.text.index("run: "):]
+    summary = " ".join(r.text[r.text.index("run: "):].split())  # as read, however the terminal wrapped it
     assert "=" not in summary and "{" not in summary and "_" not in summary, summary
     assert re.search(r"archive \d+ archived, \d+ copies \([\d.]+ [kM]B\)", summary), summary
     assert re.search(r"in \d+(\.\d+)?s", summary), summary

@@ -123,5 +123,8 @@ def _render_archive(console, archive: dict, collect: dict) -> None:
     if collect.get("keep") or collect.get("wait"):
         console.print(f"collect: {collect.get('wait', 0)} original(s) waiting for copies, {collect.get('keep', 0)} kept because something is wrong", markup=False)
         for r in (collect.get("reasons") or [])[:10]:
-            text = " ".join(f"{k}={v}" for k, v in r.items()) if isinstance(r, dict) else str(r)
-            console.print(f"  {text}", markup=False)
+            # one line per original: what collect decided, where, why, and when it last looked
+            console.print(
+                f"  {r['verdict']} {common.printable(r['path'] or r['file_id'])}: {common.printable(r['reason'])} (checked {common.when(r['checked_at'])})",
+                markup=False,
+            )
