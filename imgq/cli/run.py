@@ -33,7 +33,7 @@ STEPS = ("run", "scan", "enqueue", "archive", "collect")
 def run(
     inboxes: Annotated[list[Path], typer.Argument(help="Inbox folders: one subfolder per photographer.", metavar="INBOX...", show_default=False)],
     to: ToOpt = None,
-    processes: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Local worker processes (default: all cores).", min=1, show_default=False)] = None,
+    processes: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Local worker processes (default: all cores).", min=1, metavar="N", show_default=False)] = None,
     recipe: Annotated[Optional[list[str]], typer.Option("--recipe", "-r", help="Recipe for new photos (repeatable; default: `enqueue` in imgq.toml, else default).", metavar="NAME", show_default=False)] = None,
     min_copies: Annotated[Optional[int], typer.Option("--min-copies", help="Copies that must verify before an original is deleted (default: one at every destination).", min=1, metavar="N", show_default=False)] = None,
     no_collect: Annotated[bool, typer.Option("--no-collect", help="Archive, but leave every original in the inbox.")] = False,

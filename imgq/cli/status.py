@@ -23,7 +23,7 @@ Examples:
 
 def status(
     watch: Annotated[Optional[float], typer.Option("--watch", help="Redraw every SECONDS until interrupted.", min=0.2, metavar="SECONDS", show_default=False)] = None,
-    failures: Annotated[int, typer.Option("--failures", help="How many recent failures to list.", min=0)] = 10,
+    failures: Annotated[int, typer.Option("--failures", help="How many recent failures to list.", min=0, metavar="N")] = 10,
     db: DbOpt = None,
     config: ConfigOpt = None,
     json: JsonOpt = False,
