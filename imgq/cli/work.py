@@ -142,7 +142,7 @@ def work(
             run["counts"].update(processes=fleet_opts.local_processes, bytes_out=summary.bytes_out, bytes_in=summary.bytes_in, hosts=summary.hosts)
         if common.is_tty():
             rate = summary.done / wall if wall > 0 else 0
-            err.print(f"work: {summary.done} done, {len(summary.failed)} failed, {summary.retrying} to retry in {wall:.1f}s ({rate:.1f} jobs/s)", markup=False)
+            err.print(f"work: {summary.done} done, {len(summary.failed)} failed, {summary.retrying} to retry in {common.duration(wall)} ({rate:.1f} jobs/s)", markup=False)
         if summary.interrupted:
             run["exit_code"] = int(Exit.INTERRUPTED)
         elif summary.failed:
@@ -173,10 +173,10 @@ class _Progress:
 
         self.database = database
         self.finished = 0
-        self.waiting = 0
-        self.read_at = 0.0
+        self.waiting = queue.pending(database)[0]
+        self.read_at = time.monotonic()
         self.bar = common.progress(TextColumn("work"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console)
-        self.task = self.bar.add_task("work", total=None)
+        self.task = self.bar.add_task("work", total=self.waiting)
         self.bar.start()
 
     def update(self, r: tuple, *, read: bool = False) -> None:
