@@ -124,9 +124,18 @@ def test_work_on_a_terminal_writes_ids_to_stdout_and_progress_to_the_terminal(tm
         assert file_id not in r.text  # the ids went to the pipe, not to the screen
     counts = progress_counts(r.text, "work")
     assert counts, r.text  # the bar was drawn on the terminal
-    assert all(m <= n for m, n in counts), counts  # never "20/19"
+    assert all(m <= n <= jobs for m, n in counts), counts  # never "20/19", nor more jobs than there are
     assert counts[-1][0] == counts[-1][1], counts  # finished: every job counted once
     assert re.search(r"work: \d+ done, 1 failed", r.text), r.text  # the summary, on the terminal
+
+
+def test_work_with_stdout_on_the_same_terminal_shows_every_id(tmp_path, queued):
+    r = run_in_tty("work", "--drain", "-j", "2", cwd=tmp_path, stdout_tty=True)
+    assert r.returncode == 1, r.text
+    # what stays on each line of the screen: the text after its last carriage return
+    shown = [line.rstrip("\r").split("\r")[-1] for line in ESCAPE.sub("", r.screen).split("\n")]
+    for file_id in processed_ids(tmp_path):
+        assert file_id in shown, r.text  # each on a line of its own, above the bar
 
 
 def test_scan_on_a_terminal_writes_ids_to_stdout_and_its_summary_to_the_terminal(tmp_path, inbox):

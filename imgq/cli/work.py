@@ -182,6 +182,7 @@ class _Progress:
     def update(self, r: tuple, *, read: bool = False) -> None:
         if r[0] in ("done", "failed"):
             self.finished += 1
+            self.waiting = max(0, self.waiting - 1)  # until the queue is read again
         now = time.monotonic()
         if read or now - self.read_at >= 0.5:
             self.read_at = now
