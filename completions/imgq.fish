@@ -44,7 +44,7 @@ complete -c imgq -n '__imgq_at "imgq"' -a 'status' -d 'Files and jobs per state,
 complete -c imgq -n '__imgq_at "imgq"' -a 'log' -d 'Show the whole history of one file and its jobs, from the journal'
 complete -c imgq -n '__imgq_at "imgq"' -a 'retry' -d 'Re-arm failed jobs so workers try them again (attempts start over)'
 complete -c imgq -n '__imgq_at "imgq"' -a 'publish' -d 'Write a static web gallery of the processed photos to OUT, incrementally'
-complete -c imgq -n '__imgq_at "imgq"' -a 'report' -d 'What a run did: inputs and outputs, photos processed, hosts used, wall time, throughput, bytes in and out, counts per host and per recipe, and every failure with its reason'
+complete -c imgq -n '__imgq_at "imgq"' -a 'report' -d 'What a run did: inputs, outputs, hosts, throughput and failures'
 complete -c imgq -n '__imgq_at "imgq"' -a 'archive' -d 'Copy processed originals and their artifacts to every destination, verified'
 complete -c imgq -n '__imgq_at "imgq"' -a 'collect' -d 'Delete originals from the inbox once their copies are certain'
 complete -c imgq -n '__imgq_at "imgq"' -a 'run' -d 'Run the whole pipeline once: scan, enqueue, work, archive, collect'

@@ -298,6 +298,21 @@ def examine(root: Path, rel: Path, st: os.stat_result, known, default_owner: str
     return item
 
 
+def _describe_start(head: bytes) -> str:
+    """The first bytes of a file that is no image, as people read them: text quoted with
+    its control characters escaped (``the text "hello\\n"``), anything else in hex."""
+    start = head[:16]
+    try:
+        text = start.decode("utf-8")
+    except UnicodeDecodeError as e:
+        # a character cut by the 16-byte window is still text; a bad byte before it is not
+        text = start[: e.start].decode("utf-8") if e.reason == "unexpected end of data" else None
+    if text and all(ch.isprintable() or ch in "\t\r\n" for ch in text):
+        shown = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+        return f'the text "{shown}"'
+    return "the bytes " + head[:8].hex(" ")
+
+
 def _examine_open(orig: original.Original, item: dict, max_pixels: int) -> None:
     row, shown = item["row"], item["shown"]
     # the record describes the object that was read, not the earlier listing
@@ -310,7 +325,7 @@ def _examine_open(orig: original.Original, item: dict, max_pixels: int) -> None:
         return
     fmt = imaging.sniff(head)
     if fmt is None:
-        item["error"] = f"not an image: content is not a known image format ({imaging.FORMAT_NAMES}); it starts with {head[:8]!r}"
+        item["error"] = f"not an image: content is not a known image format ({imaging.FORMAT_NAMES}); it starts with {_describe_start(head)}"
         return
     row["format"] = fmt
     try:

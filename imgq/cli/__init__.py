@@ -21,7 +21,7 @@ from typing import Annotated
 import typer
 
 from imgq import __version__
-from imgq.cli import common
+from imgq.cli import common, helptext
 from imgq.errors import Exit, ImgqError
 
 # name -> (module, hidden). Command modules are imported only when needed: `imgq scan`
@@ -83,7 +83,8 @@ Examples:
     for name, (module_name, hidden) in COMMANDS.items():
         if only is None or only == name:
             module = importlib.import_module(f"imgq.cli.{module_name}")
-            app.command(name, epilog=module.EPILOG, hidden=hidden)(getattr(module, name))
+            # helptext.Command: help that names values as a manual does, summaries whole
+            app.command(name, epilog=module.EPILOG, hidden=hidden, cls=helptext.Command, short_help=getattr(module, "SUMMARY", None))(getattr(module, name))
     for name, module_name in GROUPS.items():
         if only is None or only == name:
             app.add_typer(importlib.import_module(f"imgq.cli.{module_name}").app, name=name)

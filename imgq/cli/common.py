@@ -5,10 +5,12 @@ and for pipes. The shared options are declared in ``imgq.cli.options``."""
 from __future__ import annotations
 
 import contextlib
+import datetime
 import errno
 import fcntl
 import json
 import os
+import re
 import sqlite3
 import sys
 import time
@@ -60,9 +62,68 @@ def stdout() -> Console:
 
 
 def warn(message: str) -> None:
-    """One line for a person on stderr, never wrapped (it may be grepped from a log)."""
-    sys.stderr.write(f"imgq: {message}\n")
+    """One line for a person on stderr, never wrapped (it may be grepped from a log);
+    control characters (from a file name, a remote error) are shown escaped, so a name
+    can neither break the line nor send escape codes to the terminal."""
+    sys.stderr.write(f"imgq: {printable(message)}\n")
     sys.stderr.flush()
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character escaped (``\\n``, ``\\x1b``): safe on a terminal."""
+    return _CONTROL.sub(lambda m: _NAMED.get(m.group(), f"\\x{ord(m.group()):02x}"), text)
+
+
+def when(epoch: float | None) -> str:
+    """A time for people: local ISO-8601 to the second (``2026-11-29T21:40:05``)."""
+    if epoch is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(epoch).isoformat(timespec="seconds")
+
+
+def duration(seconds: float) -> str:
+    """A duration for people: ``0.4s``, ``12s``, ``3m05s``, ``2h04m``."""
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    s = round(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def size(n: int) -> str:
+    """A byte count for people: ``512 B``, ``14.2 kB``, ``1.7 MB``, ``3.1 GB`` (powers of 1000)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def progress(*columns, console: Console | None = None):
+    """A rich progress display on stderr that leaves stdout alone: rich's default
+    replaces ``sys.stdout`` while it is live, which sent the ids of `imgq work --drain
+    > ids.txt` to the screen. Only when stdout is the very same terminal as stderr are
+    lines on stdout drawn above the bar (else the bar would be torn apart); a pipe or a
+    file gets them untouched. Lines on stderr (``warn``) are always drawn above it."""
+    from rich.progress import Progress
+
+    return Progress(*columns, console=console or stderr(), transient=True, redirect_stdout=_same_terminal(), redirect_stderr=True)
+
+
+def _same_terminal() -> bool:
+    try:
+        if not (sys.stdout.isatty() and sys.stderr.isatty()):
+            return False
+        out, err = os.fstat(sys.stdout.fileno()), os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return out.st_rdev == err.st_rdev
 
 
 def settings_for(db: str | None, config: str | None) -> Settings:

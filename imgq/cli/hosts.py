@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from imgq.cli import common
+from imgq.cli import common, helptext
 from imgq.cli.options import AcceptNewOpt, ConnectTimeoutOpt, JsonOpt, RemoteImgqOpt, SshConfigOpt, host_entries
 from imgq.errors import Exit, UsageError
 
@@ -27,7 +27,7 @@ Examples:
 """
 
 
-@app.command("check", epilog=CHECK_EPILOG)
+@app.command("check", epilog=CHECK_EPILOG, cls=helptext.Command)
 def check(
     hosts: Annotated[Optional[list[str]], typer.Argument(help="Hosts as [user@]host[:port][/slots], comma- or space-separated.", metavar="HOSTS", show_default=False)] = None,
     hosts_file: Annotated[Optional[Path], typer.Option("--hosts-file", help="Also check the hosts listed in FILE (one per line).", metavar="FILE", show_default=False)] = None,

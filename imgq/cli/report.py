@@ -12,6 +12,9 @@ from imgq.cli import common
 from imgq.cli.options import ConfigOpt, DbOpt
 from imgq.errors import UsageError
 
+# the line in `imgq --help` (the docstring's first sentence is a whole list)
+SUMMARY = "What a run did: inputs, outputs, hosts, throughput and failures."
+
 EPILOG = """\b
 Examples:
   imgq report                       # the latest `imgq work` or `imgq run`

@@ -33,7 +33,7 @@ STEPS = ("run", "scan", "enqueue", "archive", "collect")
 def run(
     inboxes: Annotated[list[Path], typer.Argument(help="Inbox folders: one subfolder per photographer.", metavar="INBOX...", show_default=False)],
     to: ToOpt = None,
-    processes: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Local worker processes (default: all cores).", min=1, show_default=False)] = None,
+    processes: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Local worker processes (default: all cores).", min=1, metavar="N", show_default=False)] = None,
     recipe: Annotated[Optional[list[str]], typer.Option("--recipe", "-r", help="Recipe for new photos (repeatable; default: `enqueue` in imgq.toml, else default).", metavar="NAME", show_default=False)] = None,
     min_copies: Annotated[Optional[int], typer.Option("--min-copies", help="Copies that must verify before an original is deleted (default: one at every destination).", min=1, metavar="N", show_default=False)] = None,
     no_collect: Annotated[bool, typer.Option("--no-collect", help="Archive, but leave every original in the inbox.")] = False,
@@ -116,11 +116,33 @@ def run(
             rec["counts"] = report.counts()
             rec["counts"]["seconds"] = round(time.time() - started, 3)
             if common.is_tty():
-                c = report.counts()
-                common.stderr().print(
-                    "run: " + "; ".join(f"{step} " + ", ".join(f"{k} {v}" for k, v in vals.items() if not isinstance(v, list)) for step, vals in c.items()),
-                    markup=False,
-                )
+                common.stderr().print(summary(report.counts(), rec["counts"]["seconds"]), markup=False)
             rec["exit_code"] = report.exit_code
     finally:
         destinations.close_all(dests)
+
+
+def summary(counts: dict, seconds: float) -> str:
+    """The line a person reads on the terminal after a run: what each step did, in words."""
+    def some(n: int, what: str) -> list[str]:
+        return [f"{n} {what}"] if n else []
+
+    parts = []
+    if "scan" in counts:
+        c = counts["scan"]
+        parts.append(f"scan {c['new']} new, {c['duplicates']} duplicate, {c['failed']} failed")
+    c = counts["enqueue"]
+    parts.append(f"enqueue {c['jobs']} jobs for {c['files']} files")
+    if "work" in counts:
+        c = counts["work"]
+        parts.append(f"work {c['done']} done, {c['failed']} failed")
+    if "archive" in counts:
+        c = counts["archive"]
+        words = [f"{c['archived']} archived", f"{c['copied']} copies ({common.size(c['bytes'])})", *some(c["found"], "already there"), f"{c['failed']} failed"]
+        words += some(c["waiting"], "waiting out a backoff") + [f"{url} down" for url in c["down"]]
+        parts.append("archive " + ", ".join(words))
+    if "collect" in counts:
+        c = counts["collect"]
+        words = [f"{c['deleted']} deleted", *some(c["gone"], "already gone"), f"{c['keep']} kept", f"{c['wait']} waiting for copies"]
+        parts.append("collect " + ", ".join(words))
+    return f"run: {'; '.join(parts)}; in {common.duration(seconds)}"

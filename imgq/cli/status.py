@@ -23,7 +23,7 @@ Examples:
 
 def status(
     watch: Annotated[Optional[float], typer.Option("--watch", help="Redraw every SECONDS until interrupted.", min=0.2, metavar="SECONDS", show_default=False)] = None,
-    failures: Annotated[int, typer.Option("--failures", help="How many recent failures to list.", min=0)] = 10,
+    failures: Annotated[int, typer.Option("--failures", help="How many recent failures to list.", min=0, metavar="N")] = 10,
     db: DbOpt = None,
     config: ConfigOpt = None,
     json: JsonOpt = False,
@@ -123,5 +123,8 @@ def _render_archive(console, archive: dict, collect: dict) -> None:
     if collect.get("keep") or collect.get("wait"):
         console.print(f"collect: {collect.get('wait', 0)} original(s) waiting for copies, {collect.get('keep', 0)} kept because something is wrong", markup=False)
         for r in (collect.get("reasons") or [])[:10]:
-            text = " ".join(f"{k}={v}" for k, v in r.items()) if isinstance(r, dict) else str(r)
-            console.print(f"  {text}", markup=False)
+            # one line per original: what collect decided, where, why, and when it last looked
+            console.print(
+                f"  {r['verdict']} {common.printable(r['path'] or r['file_id'])}: {common.printable(r['reason'])} (checked {common.when(r['checked_at'])})",
+                markup=False,
+            )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -16,6 +17,7 @@ from imgq.cli import common
 from imgq.cli.options import AcceptNewOpt, ConfigOpt, ConnectTimeoutOpt, DbOpt, JsonOpt, RemoteImgqOpt, SshConfigOpt, fleet_options
 from imgq.config import DEFAULTS
 from imgq.errors import Exit, UsageError
+from imgq.ledger import queue
 
 EPILOG = """\b
 Examples:
@@ -30,20 +32,20 @@ Examples:
 
 
 def work(
-    processes: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Local worker processes (default: all cores; with --hosts, none unless given).", min=1, show_default=False)] = None,
+    processes: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Local worker processes (default: all cores; with --hosts, none unless given).", min=1, metavar="N", show_default=False)] = None,
     drain: Annotated[bool, typer.Option("--drain", help="Exit when no job is left (default).")] = False,
     follow: Annotated[bool, typer.Option("--follow", help="Keep polling for new jobs until SIGINT/SIGTERM.")] = False,
     once: Annotated[bool, typer.Option("--once", help="Exit when no job is due now: jobs waiting out a retry backoff are left for the next run (for cron).")] = False,
-    batch: Annotated[Optional[int], typer.Option("--batch", help="Jobs per claim (default: adapts to about 0.5 s of work).", min=1, show_default=False)] = None,
+    batch: Annotated[Optional[int], typer.Option("--batch", help="Jobs per claim (default: adapts to about 0.5 s of work).", min=1, metavar="N", show_default=False)] = None,
     lease: Annotated[Optional[float], typer.Option("--lease", help=f"Seconds a claim holds a job without a heartbeat (default {DEFAULTS.lease_seconds:g}).", min=0.5, metavar="SECONDS", show_default=False)] = None,
-    max_attempts: Annotated[Optional[int], typer.Option("--max-attempts", help=f"Attempts before a transiently failing job fails (default: the job's own, {DEFAULTS.max_attempts} unless enqueued with another).", min=1, show_default=False)] = None,
+    max_attempts: Annotated[Optional[int], typer.Option("--max-attempts", help=f"Attempts before a transiently failing job fails (default: the job's own, {DEFAULTS.max_attempts} unless enqueued with another).", min=1, metavar="N", show_default=False)] = None,
     poll: Annotated[float, typer.Option("--poll", help="Seconds between polls of an empty queue.", min=0.05, metavar="SECONDS")] = 1.0,
     report: Annotated[Optional[Path], typer.Option("--report", help="When the run ends, write its report (`imgq report --run ID`) to FILE: JSON if FILE ends in .json, else text.", metavar="FILE", show_default=False)] = None,
     hosts: Annotated[Optional[list[str]], typer.Option("--hosts", help="Work on these hosts over SSH: [user@]host[:port][/slots], comma-separated or repeated.", metavar="HOSTS", show_default=False)] = None,
     hosts_file: Annotated[Optional[Path], typer.Option("--hosts-file", help="Work on the hosts listed in FILE, one per line with an optional remote imgq command; re-read while running (a new line joins, a removed one drains).", metavar="FILE", show_default=False)] = None,
-    slots: Annotated[Optional[int], typer.Option("--slots", help="Worker slots per host without /slots (default: its cores).", min=1, show_default=False)] = None,
-    prefetch: Annotated[Optional[int], typer.Option("--prefetch", help="Jobs sent to a host ahead of its free slots (default: as many as its slots).", min=0, show_default=False)] = None,
-    transfers: Annotated[int, typer.Option("--transfers", help="Inputs read and sent at once per host.", min=1)] = 2,
+    slots: Annotated[Optional[int], typer.Option("--slots", help="Worker slots per host without /slots (default: its cores).", min=1, metavar="N", show_default=False)] = None,
+    prefetch: Annotated[Optional[int], typer.Option("--prefetch", help="Jobs sent to a host ahead of its free slots (default: as many as its slots).", min=0, metavar="N", show_default=False)] = None,
+    transfers: Annotated[int, typer.Option("--transfers", help="Inputs read and sent at once per host.", min=1, metavar="N")] = 2,
     shared_root: Annotated[Optional[Path], typer.Option("--shared-root", help="The hosts see the inbox at the same path under PATH: send paths, not bytes.", metavar="PATH", show_default=False)] = None,
     remote_imgq: RemoteImgqOpt = "imgq",
     ssh_config: SshConfigOpt = None,
@@ -96,6 +98,8 @@ def work(
         nonlocal progress
         if progress is None and common.is_tty():
             progress = _Progress(err, database)  # started after the fork: no thread crosses it
+        if progress:
+            progress.update(r)
         if r[0] == "processed":
             if json:
                 common.out_json({"id": r[1], "state": "processed"})
@@ -107,8 +111,6 @@ def work(
             common.warn(f"host {r[1]} {r[2]}" + (f": {r[3]}" if r[3] else ""))
         elif r[0] == "warning":
             common.warn(r[1])
-        if progress:
-            progress.update(r)
 
     run_ids: list[int] = []
     hosts_args = {"hosts": [e.name for e in fleet_opts.hosts], "hosts_file": str(hosts_file) if hosts_file else None} if fleet_opts else {}
@@ -140,7 +142,7 @@ def work(
             run["counts"].update(processes=fleet_opts.local_processes, bytes_out=summary.bytes_out, bytes_in=summary.bytes_in, hosts=summary.hosts)
         if common.is_tty():
             rate = summary.done / wall if wall > 0 else 0
-            err.print(f"work: {summary.done} done, {len(summary.failed)} failed, {summary.retrying} to retry in {wall:.1f}s ({rate:.1f} jobs/s)", markup=False)
+            err.print(f"work: {summary.done} done, {len(summary.failed)} failed, {summary.retrying} to retry in {common.duration(wall)} ({rate:.1f} jobs/s)", markup=False)
         if summary.interrupted:
             run["exit_code"] = int(Exit.INTERRUPTED)
         elif summary.failed:
@@ -160,19 +162,36 @@ def _report_when_done(path, database, settings, run_ids: list[int]):
 
 
 class _Progress:
-    """A progress bar on the terminal (stderr) only."""
+    """A progress bar on the terminal (stderr) only: jobs finished by this run out of
+    those finished plus those still waiting. Both are counted when a report comes (the
+    queue is read again at most twice a second), so jobs finished before the bar
+    appeared, jobs enqueued meanwhile and jobs split into parts keep M/N true: M never
+    passes N, and M equals N when the queue is empty."""
 
     def __init__(self, console, database):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
-        total = database.one("SELECT count(*) FROM jobs WHERE state IN ('ready', 'leased')")[0]
-        self.bar = Progress(TextColumn("work"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console, transient=True)
-        self.task = self.bar.add_task("work", total=total or None)
+        self.database = database
+        self.finished = 0
+        self.waiting = queue.pending(database)[0]
+        self.read_at = time.monotonic()
+        self.bar = common.progress(TextColumn("work"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console)
+        self.task = self.bar.add_task("work", total=self.waiting)
         self.bar.start()
 
-    def update(self, r: tuple) -> None:
+    def update(self, r: tuple, *, read: bool = False) -> None:
         if r[0] in ("done", "failed"):
-            self.bar.advance(self.task)
+            self.finished += 1
+            self.waiting = max(0, self.waiting - 1)  # until the queue is read again
+        now = time.monotonic()
+        if read or now - self.read_at >= 0.5:
+            self.read_at = now
+            self.waiting = queue.pending(self.database)[0]
+        self.bar.update(self.task, completed=self.finished, total=self.finished + self.waiting)
 
     def stop(self) -> None:
-        self.bar.stop()
+        try:
+            with contextlib.suppress(sqlite3.Error):  # a failing database is reported by the step, not here
+                self.update(("end",), read=True)  # the last frame tells how it ended
+        finally:
+            self.bar.stop()

@@ -1,0 +1,83 @@
+"""How a command's --help reads: like a manual, not like its Python signature.
+
+Typer (0.29) writes an argument's Python type beside its name (``INBOX... <list[Path]>``),
+wraps a required repeated argument in braces (``{INBOX...}...``), shows an option without
+a metavar as ``<int range>``, and click cuts a summary in ``imgq --help`` at 45 columns
+with "...". ``Command`` (every command's class) shows each argument by its metavar alone,
+gives an option without one a plain word (``N``, ``NUMBER``, ``TEXT``), and lists each
+command with its whole first sentence.
+"""
+
+from __future__ import annotations
+
+import re
+
+import click
+from typer.core import TyperCommand
+
+
+def first_sentence(text: str | None) -> str:
+    """The first sentence of a help text (its summary), whole."""
+    paragraph = (text or "").strip().split("\n\n")[0]
+    paragraph = " ".join(line for line in paragraph.split() if line != "\b")
+    # a sentence ends at . ! or ? before a capital letter or the end ("e.g. fit:..." does not)
+    match = re.match(r"(.+?[.!?])(?=\s+[A-Z(\[`]|$)", paragraph)
+    return match.group(1) if match else paragraph
+
+
+def _word_for(param: click.Parameter) -> str:
+    desc = getattr(param, "type_descriptor", None)
+    annotation = getattr(desc, "annotation", None)
+    if annotation is int or getattr(param, "type", None) is click.INT or isinstance(getattr(param, "type", None), click.IntRange):
+        return "N"
+    if annotation is float or isinstance(getattr(param, "type", None), (click.FloatRange,)) or getattr(param, "type", None) is click.FLOAT:
+        return "NUMBER"
+    if getattr(desc, "is_path", False):
+        return "PATH"
+    return "TEXT"
+
+
+class Command(TyperCommand):
+    """A typer command whose help names arguments and values as a manual does."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for p in self.params:
+            if p.param_type_name == "option" and p.metavar is None and not getattr(p, "is_flag", False) and not getattr(p, "count", False):
+                p.metavar = _word_for(p)
+            elif p.param_type_name == "argument" and p.metavar is None:
+                p.metavar = (p.name or "ARG").upper()
+
+    def get_short_help_str(self, limit: int = 45) -> str:
+        return self.short_help or first_sentence(self.help)
+
+    def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for p in self.get_params(ctx):
+            if p.param_type_name != "argument":
+                pieces.extend(p.get_usage_pieces(ctx))
+                continue
+            word = p.metavar
+            if p.nargs != 1 and not word.endswith("...") and not word.endswith("]"):
+                word += "..."
+            if not p.required and not word.startswith("["):
+                word = f"[{word}]"
+            pieces.append(word)
+        return pieces
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        arguments, options = [], []
+        for p in self.get_params(ctx):
+            record = p.get_help_record(ctx)
+            if record is None:
+                continue
+            if p.param_type_name == "argument":
+                arguments.append((p.metavar, record[1]))  # not "INBOX... <list[Path]>"
+            else:
+                options.append(record)
+        if arguments:
+            with formatter.section("Arguments"):
+                formatter.write_dl(arguments)
+        if options:
+            with formatter.section("Options"):
+                formatter.write_dl(options)
