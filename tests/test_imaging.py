@@ -681,3 +681,27 @@ def test_a_name_too_long_for_the_file_system_is_permanent(tmp_path):
     with pytest.raises(NameTooLong, match="too long") as e:
         save(r, tmp_path / ("x" * 300 + ".jpg"))
     assert isinstance(e.value, Permanent)  # retrying cannot make it shorter
+
+
+def test_probing_on_several_threads_keeps_every_verdict(tmp_path):
+    # scan examines files on several threads. Pillow's bomb limit is a process global:
+    # when it was set and restored around each call, one thread's restore put a limit
+    # under another's header read and a bomb escaped as a raw DecompressionBombError
+    # (imgq scan crashed with a traceback about 1 run in 10). Each verdict must hold.
+    import concurrent.futures
+
+    bomb = png_declaring(tmp_path / "bomb.png", 40_000, 40_000)
+    from imgq import samples
+
+    good = samples.make_photo(tmp_path / "good.jpg", width=64, height=48, seed=3)
+
+    def one(i):
+        if i % 2:
+            with pytest.raises(TooLarge):
+                probe(bomb, max_pixels=LIMIT)
+        else:
+            assert probe(good, max_pixels=LIMIT).width == 64
+        return True
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(one, range(4000)))

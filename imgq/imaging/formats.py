@@ -2,8 +2,11 @@
 opening it header-first under imgq's pixel limit, and classifying what Pillow raises.
 
 Pillow keeps its safety switches in module globals (``Image.MAX_IMAGE_PIXELS``,
-``ImageFile.LOAD_TRUNCATED_IMAGES``). They are set for the duration of each call and
-restored after, so imgq's limit is the one in force; workers are processes, not threads.
+``ImageFile.LOAD_TRUNCATED_IMAGES``). Setting them around each call and restoring them
+after raced between threads (scan examines files on several): one thread's restore put a
+limit under another's header read. So they are set once, here, and never touched again:
+Pillow's own bomb check is off, and imgq's limit is checked on the header's declared size
+by ``_opened`` before any pixel is decoded (Pillow's check reads the same size).
 """
 
 from __future__ import annotations
@@ -109,24 +112,14 @@ def _decode_error(path: Path, fmt: str, e: BaseException) -> BadImage | StorageE
     return BadImage(f"corrupt {fmt}: {path} ({type(e).__name__}: {text})")
 
 
-@contextlib.contextmanager
-def _pillow_limits(max_pixels: int | None) -> Iterator[None]:
-    """Pillow's bomb check at imgq's limit (warnings are errors) and truncation fatal."""
-    old = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
-    Image.MAX_IMAGE_PIXELS = max_pixels
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    try:
-        with warnings.catch_warnings():
-            # Pillow's "Corrupt EXIF data" and friends: broken metadata never fails a photo
-            warnings.simplefilter("ignore", UserWarning)
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            yield
-    finally:
-        Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = old
+Image.MAX_IMAGE_PIXELS = None  # imgq's own limit is checked on the header (_opened)
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never half a photo
+# Pillow's "Corrupt EXIF data" and friends: broken metadata never fails a photo
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL(\.|$)")
 
 
 def _header_size(path: Path | Source, fmt: str) -> tuple[int, int]:
-    with _pillow_limits(None), _open_binary(path) as f, Image.open(f, formats=[fmt]) as im:
+    with _open_binary(path) as f, Image.open(f, formats=[fmt]) as im:
         return im.size
 
 
@@ -185,11 +178,9 @@ def _opened(path: Path | Source, max_pixels: int, fmt: str | None = None) -> Ite
     fmt = fmt or _format_of(path)
     if fmt == "HEIF":
         _heif_support(path)
-    with _pillow_limits(max_pixels), _open_binary(path) as fp:
+    with _open_binary(path) as fp:
         try:
             im = Image.open(fp, formats=[fmt])
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise _too_large(path, _header_size(path, fmt), max_pixels) from None
         except Exception as e:  # Pillow raises many types for damaged headers
             raise _decode_error(path, fmt, e) from None
         with im:
