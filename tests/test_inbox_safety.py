@@ -309,3 +309,17 @@ def test_an_inbox_that_is_itself_a_recorded_destination_is_not_scanned_and_says_
     assert r.returncode == 1 and r.stdout == ""
     assert "also imgq's store or an archive destination" in r.stderr
     assert rows(db_path, "SELECT count(*) FROM files") == [(1,)]
+
+
+# ---- a missing inbox (a share not mounted) is retried, not failed ----------------------
+
+
+def test_an_inbox_that_is_not_there_is_retried_not_failed(tmp_path, run_imgq, db_path):
+    # The whole inbox missing is a share not mounted: the world may heal, so it is retried.
+    inbox = tmp_path / "inbox"
+    samples.make_photo(inbox / "alice" / "a.jpg", width=320, height=240, seed=3)
+    scan_and_enqueue(run_imgq, inbox)
+    inbox.rename(tmp_path / "unmounted")
+    r = run_imgq("work", "-j1", "--once")
+    [(state, kind)] = rows(db_path, "SELECT state, error_kind FROM jobs")
+    assert (state, kind) == ("ready", "transient"), r.stderr
