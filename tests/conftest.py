@@ -20,6 +20,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,18 @@ def imgq_subprocess(
         stdin=None if input is not None else subprocess.DEVNULL,
         timeout=timeout,
     )
+
+
+def wait_for(predicate, timeout=60.0, step=0.02):
+    """The first true value of ``predicate()``, polled every ``step`` seconds; fails the
+    test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError("condition not reached in time")
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import time
 import pytest
 from PIL import Image
 
+from conftest import wait_for
 from imgq import samples
 from tests.conftest import imgq_env
 
@@ -31,14 +32,6 @@ def start_work(tmp_path, *args):
     )
 
 
-def wait_for(predicate, timeout=60.0, step=0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError("condition not reached in time")
 
 
 @pytest.fixture

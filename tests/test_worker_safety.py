@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import wait_for
 from imgq import samples, store
 from imgq.config import Settings
 from imgq.fleet import arrival
@@ -32,14 +33,6 @@ def q(db_path, sql, *params):
         return c.execute(sql, params).fetchall()
 
 
-def wait_for(predicate, timeout=60.0, step=0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError("condition not reached in time")
 
 
 def start(tmp_path, *args, prefix=(), env=None):

@@ -1,8 +1,8 @@
-"""What collect found when it checked: the ``collect_checks`` rows and the copies it
-re-read and found good (``copies.verified_at``).
+"""What collect found when it checked: the ``collect_checks`` rows (the copies it found
+good get their time in ``imgq.ledger.copies.mark_verified``, as archive's do).
 
-Neither is a state change: a check is kept for ``imgq status`` (why an original is still
-in the inbox), and a verified copy only gets the time it was last proven. Times: the
+Not a state change: a check is kept for ``imgq status`` (why an original is still in the
+inbox). Times: the
 ``now`` given, or the database's clock when it is None (see ``imgq.ledger``).
 """
 
@@ -29,13 +29,3 @@ def remember(db: DB, kept: Sequence[tuple[str, str, str, int]], done: Iterable[s
             [(file_id, now, verdict, reason, verified) for file_id, verdict, reason, verified in kept],
         )
         db.conn.executemany("DELETE FROM collect_checks WHERE file_id = ?", [(file_id,) for file_id in done])
-
-
-def copies_verified(db: DB, copy_ids: Iterable[int], *, now: float | None = None) -> None:
-    """Stamp ``verified_at`` on copies just re-read at their destination and found good."""
-    ids = list(copy_ids)
-    if not ids:
-        return
-    with db.transaction():
-        now = db.when(now)
-        db.conn.executemany("UPDATE copies SET verified_at = ? WHERE id = ?", [(now, i) for i in ids])
