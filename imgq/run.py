@@ -42,11 +42,12 @@ class RunReport:
     work: work.WorkSummary | None = None
     archive: archive_step.ArchiveReport | None = None
     collect: collect_step.CollectReport | None = None
+    stopped: bool = False  # asked to stop between steps (``run(stop=...)``); the later steps did not run
 
     @property
     def exit_code(self) -> int:
         """0 when nothing failed in this run; 130 if interrupted; 1 otherwise."""
-        if self.work is not None and self.work.interrupted:
+        if self.stopped or (self.work is not None and self.work.interrupted):
             return int(Exit.INTERRUPTED)
         failed = bool(
             (self.scan and (self.scan.failed or self.scan.problems))
@@ -78,8 +79,15 @@ def run(
     clock: Callable[[], float] = time.time,
     on_step: Callable[[str, object], None] = lambda step, result: None,
     on_work: Callable[[tuple], None] = lambda r: None,
+    stop: Callable[[], bool] = lambda: False,
 ) -> RunReport:
-    """Run every step once; ``on_step(name, result)`` after each."""
+    """Run every step once; ``on_step(name, result)`` after each.
+
+    ``stop()`` is asked before work, archive and collect: once it is true the later steps
+    are left to the next run (``report.stopped``). Each step is whole in itself (work
+    hands back the jobs it did not start, an archived copy is verified and recorded in one
+    go), so stopping between them leaves nothing half-done. ``imgq run --watch`` asks it
+    for SIGTERM, which reaches this process while scan or enqueue run."""
     report = RunReport()
     skip = [settings.store_dir] + [Path(d.url) for d in opts.destinations if isinstance(d, LocalDestination)]
     report.scan = scan.scan(
@@ -99,12 +107,18 @@ def run(
     report.enqueued = enqueue_step.enqueue(db, settings, opts.recipes, now=clock(), actor=Actor(name="run:enqueue"))
     on_step("enqueue", report.enqueued)
 
+    if stop():
+        report.stopped = True
+        return report
     if db.one("SELECT 1 FROM jobs WHERE state IN ('ready', 'leased') LIMIT 1"):
         report.work = work.work(settings, work.WorkOptions(processes=opts.processes, mode="once"), on_report=on_work)
         on_step("work", report.work)
         if report.work.interrupted:
             return report
 
+    if stop():
+        report.stopped = True
+        return report
     report.archive = archive_step.archive(
         db,
         opts.destinations,
@@ -116,6 +130,9 @@ def run(
     )
     on_step("archive", report.archive)
 
+    if opts.collect and stop():
+        report.stopped = True
+        return report
     if opts.collect:
         by_url = {d.url: d for d in opts.destinations}
         report.collect = collect_step.collect(

@@ -1,0 +1,314 @@
+"""imgq run --watch: a real watcher process on a real inbox, photos dropped into it, real
+signals, a real systemd notify socket."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import imgq_env, wait_for
+from imgq import samples
+
+SETTLE = 1.0
+SLACK = 10.0  # seconds past the settle time a test waits: a loaded 2-core machine, not a target (bin/bench watch measures)
+
+
+def q(db_path, sql, *params):
+    with sqlite3.connect(db_path) as c:
+        return c.execute(sql, params).fetchall()
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class Watcher:
+    """``imgq run --watch`` as a real process in its own session (systemd signals a
+    service's whole process group), its stdout and stderr lines read as they come."""
+
+    def __init__(self, cwd: Path, *args, env: dict | None = None):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "imgq", "run", "--watch", *map(str, args)],
+            cwd=cwd, env=imgq_env(env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, start_new_session=True,
+        )
+        self.out: list[tuple[float, str]] = []
+        self.err: list[str] = []
+        self._threads = [threading.Thread(target=self._read, args=(self.proc.stdout, self.out, True), daemon=True),
+                         threading.Thread(target=self._read, args=(self.proc.stderr, self.err, False), daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    @staticmethod
+    def _read(stream, into, stamped):
+        for line in stream:
+            into.append((time.monotonic(), line.rstrip("\n")) if stamped else line.rstrip("\n"))
+
+    def ready(self, timeout=60.0) -> None:
+        wait_for(lambda: any(line.endswith(": ready") for line in self.err) or self.proc.poll() is not None, timeout=timeout)
+        assert self.proc.poll() is None, f"exited {self.proc.returncode}: {self.stderr}"
+
+    @property
+    def lines(self) -> list[str]:
+        return [line for _, line in self.out]
+
+    @property
+    def stderr(self) -> str:
+        return "\n".join(self.err)
+
+    def stop(self, sig=signal.SIGTERM, timeout=90.0) -> int:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+        rc = self.proc.wait(timeout=timeout)
+        for t in self._threads:
+            t.join(timeout=5)
+        return rc
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+@pytest.fixture
+def watcher(tmp_path):
+    started: list[Watcher] = []
+
+    def start(*args, env=None) -> Watcher:
+        w = Watcher(tmp_path, *args, env=env)
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        w.kill()
+
+
+def land(made: Path, inbox: Path, owner: str = "alice") -> Path:
+    """A photo lands in the inbox the way sync clients and `mv` do it: renamed in whole."""
+    (inbox / owner).mkdir(parents=True, exist_ok=True)
+    target = inbox / owner / made.name
+    os.rename(made, target)
+    return target
+
+
+def file_id(db_path, path: Path) -> str | None:
+    row = q(db_path, "SELECT id FROM files WHERE path = ? ORDER BY created_at DESC LIMIT 1", f"{path.parent.name}/{path.name}")
+    return row[0][0] if row else None
+
+
+def verified_copy(db_path, fid: str, dest: Path) -> Path:
+    [(rel, digest, verified_at)] = q(db_path, "SELECT path, sha256, verified_at FROM copies WHERE file_id = ? AND artifact_id IS NULL AND destination = ?", fid, str(dest))
+    assert verified_at is not None
+    copy = dest / rel
+    assert sha256(copy) == digest
+    return copy
+
+
+def test_watch_archives_a_dropped_photo_and_the_one_that_came_before_it(tmp_path, watcher, photo, db_path):
+    inbox, dest = tmp_path / "inbox", tmp_path / "dest"
+    dest.mkdir()
+    early = land(photo("early.jpg"), inbox)  # arrived while no watcher ran: the first run takes it
+    w = watcher(inbox, "--to", dest, "--settle", SETTLE, "-j1")
+    w.ready()
+    wait_for(lambda: not early.exists(), timeout=SETTLE + SLACK)
+
+    made = photo("IMG_0100.jpg", width=1600, height=1200)
+    digest = sha256(made)
+    landed_at = time.monotonic()
+    path = land(made, inbox)
+    fid = wait_for(lambda: file_id(db_path, path), timeout=SETTLE + SLACK)
+    wait_for(lambda: fid in w.lines, timeout=SETTLE + SLACK)
+    archived_at = next(t for t, line in w.out if line == fid)
+    assert archived_at - landed_at < SETTLE + SLACK
+    copy = verified_copy(db_path, fid, dest)
+    assert sha256(copy) == digest
+    wait_for(lambda: not path.exists(), timeout=SLACK)  # collected: its copy verified again first
+    assert q(db_path, "SELECT state FROM files WHERE id = ?", fid) == [("collected",)]
+
+    assert w.stop() == 0, w.stderr
+    assert len(w.lines) == 2 and len(set(w.lines)) == 2  # each id once: stdout is data
+    assert "SIGTERM: stopped" in w.stderr
+    runs = q(db_path, "SELECT json_extract(args, '$.watch'), exit_code, ended_at FROM runs WHERE command = 'run' ORDER BY id")
+    assert runs[0][0] == "start" and {r[0] for r in runs[1:]} <= {"change", "retry", "rescan"}
+    assert all(code == 0 and ended for _, code, ended in runs), runs
+
+
+def test_a_slowly_written_photo_is_taken_once_whole(tmp_path, watcher, photo, db_path):
+    inbox, dest = tmp_path / "inbox", tmp_path / "dest"
+    dest.mkdir()
+    (inbox / "bob").mkdir(parents=True)
+    w = watcher(inbox, "--to", dest, "--settle", SETTLE, "-j1", "--json")
+    w.ready()
+    data = photo("slow.jpg", width=1600, height=1200).read_bytes()
+    target = inbox / "bob" / "slow.jpg"
+    chunks = 8
+    step = -(-len(data) // chunks)
+    with open(target, "wb") as f:  # 8 pieces over 4 s: longer than the settle time, never a pause as long
+        for i in range(chunks):
+            f.write(data[i * step:(i + 1) * step])
+            f.flush()
+            time.sleep(0.5)
+    complete_at = time.monotonic()
+    wait_for(lambda: any(json.loads(line).get("step") == "archive" and json.loads(line)["archived"] for line in w.lines), timeout=SETTLE + SLACK)
+    rows = q(db_path, "SELECT id, state, sha256 FROM files WHERE path = 'bob/slow.jpg'")
+    assert len(rows) == 1, rows  # never recorded half-written
+    fid, state, digest = rows[0]
+    assert state in ("archived", "collected") and digest == hashlib.sha256(data).hexdigest()
+    assert verified_copy(db_path, fid, dest).read_bytes() == data
+    assert not q(db_path, "SELECT id FROM files WHERE state = 'failed'")
+    # stdout held NDJSON only, and the archive came after the last byte was written
+    assert all(isinstance(json.loads(line), dict) for line in w.lines)
+    first_archive = next(t for t, line in w.out if json.loads(line).get("step") == "archive" and json.loads(line)["archived"])
+    assert first_archive > complete_at
+    assert w.stop() == 0
+
+
+def test_a_file_still_settling_is_come_back_for_without_another_event(tmp_path, watcher, photo, db_path):
+    """No notifications and a rescan far away: the file the first run found half-written is
+    taken at its mtime + settle, because that run's scan said it was still settling."""
+    inbox, dest = tmp_path / "inbox", tmp_path / "dest"
+    dest.mkdir()
+    (inbox / "erin").mkdir(parents=True)
+    data = photo("growing.jpg").read_bytes()
+    target = inbox / "erin" / "growing.jpg"
+    half = len(data) // 2
+    with open(target, "wb") as f:
+        f.write(data[:100])
+        f.flush()
+        w = watcher(inbox, "--to", dest, "--settle", SETTLE, "--no-notify", "--rescan", 600, "-j1")
+        w.ready()
+        # keep writing, slower than nothing and faster than the settle time, until the first run is over
+        deadline = time.monotonic() + 60
+        while not q(db_path, "SELECT 1 FROM runs WHERE command = 'run' AND ended_at IS NOT NULL") if db_path.exists() else True:
+            assert time.monotonic() < deadline
+            f.write(data[f.tell():min(half, f.tell() + 100)])
+            f.flush()
+            os.utime(f.fileno())
+            time.sleep(0.2)
+        f.write(data[f.tell():])
+    assert not q(db_path, "SELECT id FROM files")  # the first run left it: still being written
+    done_at = time.monotonic()
+    fid = wait_for(lambda: file_id(db_path, target), timeout=SETTLE + SLACK)
+    wait_for(lambda: fid in w.lines, timeout=SLACK)
+    assert verified_copy(db_path, fid, dest).read_bytes() == data
+    assert time.monotonic() - done_at < 60  # long before the rescan (600 s)
+    reasons = [r[0] for r in q(db_path, "SELECT json_extract(args, '$.watch') FROM runs WHERE command = 'run' ORDER BY id")]
+    assert reasons[0] == "start" and "rescan" not in reasons, reasons
+    assert w.stop() == 0
+
+
+def test_the_rescan_catches_what_no_notification_announced(tmp_path, watcher, photo, db_path):
+    inbox, dest = tmp_path / "inbox", tmp_path / "dest"
+    dest.mkdir()
+    inbox.mkdir()
+    w = watcher(inbox, "--to", dest, "--settle", 0.5, "--no-notify", "--rescan", 3, "-j1")
+    w.ready()
+    wait_for(lambda: q(db_path, "SELECT 1 FROM runs WHERE command = 'run' AND ended_at IS NOT NULL"), timeout=SLACK)
+    path = land(photo("missed.jpg"), inbox)
+    fid = wait_for(lambda: file_id(db_path, path), timeout=3 + SLACK)
+    wait_for(lambda: fid in w.lines, timeout=SLACK)
+    verified_copy(db_path, fid, dest)
+    reasons = [r[0] for r in q(db_path, "SELECT json_extract(args, '$.watch') FROM runs WHERE command = 'run' ORDER BY id")]
+    assert reasons[0] == "start" and set(reasons[1:]) == {"rescan"}, reasons  # no event: only the rescan saw it
+    assert "notifications off" in w.stderr
+    assert w.stop(signal.SIGINT) == 130  # Ctrl-C: interrupted, as every imgq command
+
+
+def test_a_burst_of_photos_is_a_few_runs_not_one_per_photo(tmp_path, watcher, db_path):
+    inbox, dest = tmp_path / "inbox", tmp_path / "dest"
+    dest.mkdir()
+    inbox.mkdir()
+    w = watcher(inbox, "--to", dest, "--settle", SETTLE, "-j2", "--no-collect")
+    w.ready()
+    wait_for(lambda: q(db_path, "SELECT 1 FROM runs WHERE command = 'run' AND ended_at IS NOT NULL"), timeout=SLACK)
+    staging = tmp_path / "staging"
+    made = [samples.make_photo(staging / f"IMG_{i:04d}.jpg", width=320, height=240, seed=i) for i in range(40)]
+    for m in made:
+        land(m, inbox, owner="carol")
+    wait_for(lambda: len(w.lines) == 40, timeout=SETTLE + 60)
+    runs = q(db_path, "SELECT count(*) FROM runs WHERE command = 'run'")[0][0]
+    assert runs <= 1 + 3, runs  # the first run, then one or a few for the 40 photos
+    assert w.stop() == 0
+
+
+def test_sigterm_mid_batch_exits_0_and_leaves_nothing_half_done(tmp_path, watcher, db_path, run_imgq):
+    inbox, dest = tmp_path / "inbox", tmp_path / "dest"
+    dest.mkdir()
+    for i in range(12):
+        samples.make_photo(inbox / "dave" / f"IMG_{i:04d}.jpg", width=2400, height=1800, seed=100 + i)
+    w = watcher(inbox, "--to", dest, "--settle", 0, "-j1")
+    w.ready()
+    wait_for(lambda: q(db_path, "SELECT 1 FROM jobs WHERE state = 'done'") if db_path.exists() else None, timeout=120)
+    rc = w.stop()
+    assert rc == 0, w.stderr
+    assert "SIGTERM: stopped" in w.stderr and "Traceback" not in w.stderr
+
+    assert q(db_path, "PRAGMA integrity_check") == [("ok",)]
+    assert not q(db_path, "SELECT id FROM jobs WHERE state = 'leased'")  # handed back, not left leased
+    leftovers = [p for p in tmp_path.rglob("*") if "imgq-staged" in p.name or "imgq-tmp" in p.name]
+    assert leftovers == []
+    [(code, ended)] = q(db_path, "SELECT exit_code, ended_at FROM runs WHERE command = 'run'")
+    assert code == 130 and ended is not None  # the interrupted run is recorded as such
+    states = dict(q(db_path, "SELECT path, state FROM files"))
+    assert "collected" not in states.values() or all((inbox / p).exists() == (s != "collected") for p, s in states.items())
+    assert set(states.values()) - {"collected", "archived"}, states  # it really stopped mid-batch
+    # what it left is finished by the next run, as after any stopped run
+    again = run_imgq("run", inbox, "--to", dest, "--settle", 0)
+    assert again.returncode == 0, again.stderr
+    assert set(dict(q(db_path, "SELECT path, state FROM files")).values()) == {"collected"}
+
+
+@pytest.mark.parametrize("abstract", [False, True], ids=["path", "abstract"])
+def test_systemd_notify_socket_gets_ready_status_and_stopping(tmp_path, watcher, abstract):
+    inbox, dest = tmp_path / "inbox", tmp_path / "dest"
+    dest.mkdir()
+    inbox.mkdir()
+    short = tempfile.mkdtemp(prefix="imgq-ns-")  # a unix socket path must stay under 108 bytes
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        if abstract:
+            name = f"imgq-test-{os.getpid()}-{time.monotonic_ns()}"
+            sock.bind("\0" + name)
+            env = {"NOTIFY_SOCKET": "@" + name}
+        else:
+            path = os.path.join(short, "notify")
+            sock.bind(path)
+            env = {"NOTIFY_SOCKET": path}
+        sock.settimeout(60)
+        w = watcher(inbox, "--to", dest, "--settle", SETTLE, env=env)
+        got: list[str] = []
+
+        def until(word: str) -> None:
+            while not any(word in m.split("\n") for m in got):
+                got.append(sock.recv(4096).decode())
+
+        until("READY=1")
+        wait_for(lambda: any(line.endswith(": ready") for line in w.err), timeout=5)
+        assert any(line.startswith("STATUS=watching") for m in got for line in m.split("\n"))
+        os.killpg(w.proc.pid, signal.SIGTERM)
+        until("STOPPING=1")
+        assert w.proc.wait(timeout=60) == 0
+    finally:
+        sock.close()
+        shutil.rmtree(short, ignore_errors=True)
+
+
+def test_rescan_without_watch_is_a_usage_error(tmp_path, run_imgq):
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "dest").mkdir()
+    r = run_imgq("run", "inbox", "--to", "dest", "--rescan", "5")
+    assert r.returncode == 2 and "only go with --watch" in r.stderr
