@@ -74,6 +74,7 @@ class ArchiveReport:
     swept: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (destination, path) of killed copies' temporary files removed
     aliases: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (destination, the same destination already in the run)
     skipped: list[tuple[str, str | None]] = dataclasses.field(default_factory=list)  # asked-for ids not archivable: (id, state or None if unknown)
+    stopped: bool = False  # ``stop()`` said so between two files: the rest is left to the next archive
 
 
 @dataclasses.dataclass
@@ -153,11 +154,14 @@ def archive(
     ignore_backoff: bool = False,
     rng: random.Random | None = None,
     on_file: Callable[[str, str, object], None] = lambda file_id, what, info: None,
+    stop: Callable[[], bool] = lambda: False,
 ) -> ArchiveReport:
     """Copy every eligible file (see ``eligible``) to every destination, verified.
 
     ``on_file(file_id, what, info)`` is told 'archived', 'failed' (info: Failure) and
-    'copied' (info: (destination, path, how)) as they happen.
+    'copied' (info: (destination, path, how)) as they happen. ``stop()`` is asked before
+    each file: once true, the files not begun are left for the next archive (a file's
+    copies are each whole and recorded, so nothing is half-done).
     """
     rng = rng or random.Random()
     report = ArchiveReport()
@@ -178,6 +182,9 @@ def archive(
         states = dict(db.all("SELECT id, state FROM files WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(file_ids),)))
         report.skipped = [(i, states.get(i)) for i in dict.fromkeys(file_ids) if i not in chosen and states.get(i) != "archived"]
     for f in files:
+        if stop():
+            report.stopped = True
+            break
         items = items_of(db, f, store_dir)
         complete = True
         for dest in destinations:

@@ -83,11 +83,11 @@ def run(
 ) -> RunReport:
     """Run every step once; ``on_step(name, result)`` after each.
 
-    ``stop()`` is asked before work, archive and collect: once it is true the later steps
-    are left to the next run (``report.stopped``). Each step is whole in itself (work
-    hands back the jobs it did not start, an archived copy is verified and recorded in one
-    go), so stopping between them leaves nothing half-done. ``imgq run --watch`` asks it
-    for SIGTERM, which reaches this process while scan or enqueue run."""
+    ``stop()`` is asked before work, archive and collect, and by archive before each file:
+    once it is true the rest is left to the next run (``report.stopped``). What was begun
+    is whole (work hands back the jobs it did not start, each archived copy is verified
+    and recorded in one go), so stopping leaves nothing half-done. ``imgq run --watch`` says
+    so once SIGTERM or SIGINT came (imgq work stops on its own)."""
     report = RunReport()
     skip = [settings.store_dir] + [Path(d.url) for d in opts.destinations if isinstance(d, LocalDestination)]
     report.scan = scan.scan(
@@ -127,10 +127,11 @@ def run(
         actor=Actor(name="run:archive"),
         backoff=settings.backoff_seconds,
         backoff_max=settings.backoff_max_seconds,
+        stop=stop,
     )
     on_step("archive", report.archive)
 
-    if opts.collect and stop():
+    if report.archive.stopped or (opts.collect and stop()):
         report.stopped = True
         return report
     if opts.collect:

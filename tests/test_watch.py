@@ -312,3 +312,42 @@ def test_rescan_without_watch_is_a_usage_error(tmp_path, run_imgq):
     (tmp_path / "dest").mkdir()
     r = run_imgq("run", "inbox", "--to", "dest", "--rescan", "5")
     assert r.returncode == 2 and "only go with --watch" in r.stderr
+
+
+def test_archive_and_run_stop_between_files_when_asked(tmp_path, run_imgq, db_path):
+    """What SIGTERM does to a watcher's run, in-process: archive stops before the next
+    file (each copy it made is whole and recorded), run leaves the later steps, and the
+    next run finishes the rest."""
+    from imgq import archive as archive_step
+    from imgq import run as run_step
+    from imgq.config import load_settings
+    from imgq.destinations import LocalDestination
+    from imgq.ledger.database import DB
+
+    inbox = samples.make_inbox(tmp_path / "inbox", per_owner=2, size=(320, 240), with_broken=False, with_duplicate=False)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    scan = run_imgq("scan", inbox)
+    run_imgq("enqueue", "-", input=scan.stdout)
+    assert run_imgq("work", "-j1").returncode == 0
+    processed = q(db_path, "SELECT count(*) FROM files WHERE state = 'processed'")[0][0]
+    assert processed >= 4
+
+    db = DB(db_path)
+    settings = load_settings(None, str(db_path))
+    asked = []
+    report = archive_step.archive(db, [LocalDestination(str(dest))], store_dir=settings.store_dir, clock=time.time,
+                                  stop=lambda: asked.append(1) or len(asked) > 2)
+    assert report.stopped and len(report.archived) == 2
+    assert q(db_path, "SELECT count(*) FROM files WHERE state = 'archived'")[0][0] == 2
+    assert not [p for p in dest.rglob("*") if "imgq-tmp" in p.name]
+    for (rel, digest) in q(db_path, "SELECT path, sha256 FROM copies"):
+        assert sha256(dest / rel) == digest  # every recorded copy is whole
+
+    opts = run_step.RunOptions(inboxes=[inbox], destinations=[LocalDestination(str(dest))])
+    stopped = run_step.run(db, settings, opts, stop=lambda: True)
+    assert stopped.stopped and stopped.exit_code == 130 and stopped.archive is None and stopped.collect is None
+    done = run_step.run(db, settings, opts)
+    assert done.exit_code == 0 and not done.stopped
+    assert {s for (s,) in q(db_path, "SELECT state FROM files")} == {"collected"}
+    db.close()
