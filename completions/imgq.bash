@@ -24,7 +24,7 @@ _imgq_options() {
         'imgq report') REPLY='--run --last --since --failures --db --config --json -h --help' ;;
         'imgq archive') REPLY='--to --verify --retry-now --ssh-config --accept-new-host-keys --db --config --json --wait --no-wait -h --help' ;;
         'imgq collect') REPLY='--min-copies --to -n --dry-run --ssh-config --accept-new-host-keys --db --config --json --wait --no-wait -h --help' ;;
-        'imgq run') REPLY='--to -j --jobs -r --recipe --min-copies --no-collect --settle --ssh-config --accept-new-host-keys --db --config --json --wait --no-wait -h --help' ;;
+        'imgq run') REPLY='--to -j --jobs -r --recipe --min-copies --no-collect --settle --ssh-config --accept-new-host-keys --db --config --json --wait --no-wait --watch --rescan --no-notify -h --help' ;;
         'imgq recipes') REPLY='--ops --config --json -h --help' ;;
         'imgq hosts') REPLY='-h --help' ;;
         'imgq hosts check') REPLY='--hosts-file --remote-imgq --ssh-config --accept-new-host-keys --connect-timeout --json -h --help' ;;
@@ -108,6 +108,7 @@ _imgq_value() {
         'imgq run|--ssh-config') REPLY='file' ;;
         'imgq run|--db') REPLY='file' ;;
         'imgq run|--config') REPLY='file' ;;
+        'imgq run|--rescan') REPLY='value' ;;
         'imgq recipes|--config') REPLY='file' ;;
         'imgq hosts check|--hosts-file') REPLY='file' ;;
         'imgq hosts check|--remote-imgq') REPLY='value' ;;

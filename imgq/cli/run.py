@@ -20,7 +20,7 @@ EPILOG = """\b
 Examples:
   imgq run ~/Dropbox/dig-photos --to /mnt/backup --to ssh://nas/srv/photos
   imgq run --config /etc/imgq.toml /srv/inbox      # destinations from imgq.toml
-  imgq run --watch /srv/inbox --to /mnt/backup     # stay running; a systemd unit: docs/operations.md
+  imgq run --watch /srv/inbox --to /mnt/backup     # stay running; a systemd unit: docs/archive.md
 
 \b
 crontab (every 10 minutes; a run still busy makes the next one exit quietly; cron's PATH
@@ -45,7 +45,7 @@ def run(
     config: ConfigOpt = None,
     json: JsonOpt = False,
     wait: WaitOpt = False,
-    watch: Annotated[bool, typer.Option("--watch", help="Keep running: run again whenever files in an inbox change (once they settle), and every --rescan seconds. SIGTERM stops it cleanly (exit 0), SIGINT with 130; see docs/operations.md.")] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Keep running: run again whenever files in an inbox change (once they settle), and every --rescan seconds. SIGTERM stops it cleanly (exit 0), SIGINT with 130; see docs/archive.md.")] = False,
     rescan: Annotated[Optional[float], typer.Option("--rescan", help="With --watch: a full scan every SECONDS (default 300), the safety net for lost notifications and network filesystems.", min=0.1, metavar="SECONDS", show_default=False)] = None,
     no_notify: Annotated[bool, typer.Option("--no-notify", help="With --watch: use no filesystem notifications, only the --rescan (an NFS or SMB inbox written from other machines).")] = False,
 ) -> None:
