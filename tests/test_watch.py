@@ -3,6 +3,7 @@ signals, a real systemd notify socket."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -21,6 +22,7 @@ import pytest
 
 from conftest import imgq_env, wait_for
 from imgq import samples
+from imgq.ledger.database import lock_path
 
 SETTLE = 1.0
 SLACK = 10.0  # seconds past the settle time a test waits: a loaded 2-core machine, not a target (bin/bench watch measures)
@@ -69,9 +71,10 @@ class Watcher:
     def stderr(self) -> str:
         return "\n".join(self.err)
 
-    def stop(self, sig=signal.SIGTERM, timeout=90.0) -> int:
+    def stop(self, sig=signal.SIGTERM, timeout=90.0, group=True) -> int:
+        """Signal the process group (as systemd does by default), or the main process alone."""
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
+            (os.killpg if group else os.kill)(self.proc.pid, sig)
         rc = self.proc.wait(timeout=timeout)
         for t in self._threads:
             t.join(timeout=5)
@@ -245,7 +248,10 @@ def test_a_burst_of_photos_is_a_few_runs_not_one_per_photo(tmp_path, watcher, db
     assert w.stop() == 0
 
 
-def test_sigterm_mid_batch_exits_0_and_leaves_nothing_half_done(tmp_path, watcher, db_path, run_imgq):
+@pytest.mark.parametrize("to", ["group", "main"])
+def test_sigterm_mid_batch_exits_0_and_leaves_nothing_half_done(tmp_path, watcher, db_path, run_imgq, to):
+    """systemd's default KillMode signals every process of the service; KillMode=mixed
+    (and `kill PID`) only the main one, which must then stop its workers itself."""
     inbox, dest = tmp_path / "inbox", tmp_path / "dest"
     dest.mkdir()
     for i in range(12):
@@ -253,7 +259,7 @@ def test_sigterm_mid_batch_exits_0_and_leaves_nothing_half_done(tmp_path, watche
     w = watcher(inbox, "--to", dest, "--settle", 0, "-j1")
     w.ready()
     wait_for(lambda: q(db_path, "SELECT 1 FROM jobs WHERE state = 'done'") if db_path.exists() else None, timeout=120)
-    rc = w.stop()
+    rc = w.stop(group=(to == "group"))
     assert rc == 0, w.stderr
     assert "SIGTERM: stopped" in w.stderr and "Traceback" not in w.stderr
 
@@ -351,3 +357,26 @@ def test_archive_and_run_stop_between_files_when_asked(tmp_path, run_imgq, db_pa
     assert done.exit_code == 0 and not done.stopped
     assert {s for (s,) in q(db_path, "SELECT state FROM files")} == {"collected"}
     db.close()
+
+
+def test_a_watcher_run_takes_the_same_locks_as_imgq_run_and_waits_its_turn(tmp_path, watcher, photo, db_path):
+    inbox, dest = tmp_path / "inbox", tmp_path / "dest"
+    dest.mkdir()
+    inbox.mkdir()
+    w = watcher(inbox, "--to", dest, "--settle", 0.5, "-j1")
+    w.ready()
+    wait_for(lambda: q(db_path, "SELECT 1 FROM runs WHERE command = 'run' AND ended_at IS NOT NULL"), timeout=SLACK)
+    fd = os.open(lock_path(db_path, "archive"), os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # what a manual `imgq archive` (or a cron `imgq run`) holds
+        path = land(photo("queued.jpg"), inbox)
+        wait_for(lambda: "another `imgq archive` is running" in w.stderr, timeout=SLACK)
+        time.sleep(1)
+        assert file_id(db_path, path) is None and w.lines == []  # nothing ran while the lock was held
+    finally:
+        os.close(fd)
+    fid = wait_for(lambda: file_id(db_path, path), timeout=SLACK)
+    wait_for(lambda: fid in w.lines, timeout=SLACK)
+    verified_copy(db_path, fid, dest)
+    assert w.stop() == 0
+    assert w.stderr.count("another `imgq archive` is running") == 1  # said once, not every retry
