@@ -86,6 +86,11 @@ class _Events:
     def dispatch(self, event) -> None:  # called in the observer's thread
         if event.event_type not in _RELEVANT:
             return
+        if event.is_directory and event.event_type not in ("created", "moved"):
+            # a folder is "modified" whenever a file in it comes or goes (collect's own
+            # deletions too): the file has its own event; only a folder created or moved in
+            # can bring files that had none
+            return
         path = (getattr(event, "dest_path", "") or event.src_path) if event.event_type == "moved" else event.src_path
         self.paths.put(os.fsdecode(path))
         try:
@@ -163,7 +168,9 @@ class Watcher:
         for root in self.roots:
             if path == root or path.startswith(root.rstrip("/") + "/"):
                 parts = Path(os.path.relpath(path, root)).parts
-                return any(is_temporary(p) for p in parts) or bool(OWN_OUTPUT.search(parts[-1] if parts else ""))
+                if path == root or not parts:
+                    return True  # the inbox itself: its files speak for themselves
+                return any(is_temporary(p) for p in parts) or bool(OWN_OUTPUT.search(parts[-1]))
         return True  # outside every inbox
 
     def note(self, path: str) -> None:

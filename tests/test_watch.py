@@ -380,3 +380,26 @@ def test_a_watcher_run_takes_the_same_locks_as_imgq_run_and_waits_its_turn(tmp_p
     verified_copy(db_path, fid, dest)
     assert w.stop() == 0
     assert w.stderr.count("another `imgq archive` is running") == 1  # said once, not every retry
+
+
+def test_a_folder_moved_in_is_taken_and_imgqs_own_changes_start_no_run(tmp_path, watcher, photo, db_path):
+    """A photographer's folder moved in whole gives one event, for the folder: its photos
+    are found anyway. What imgq itself does in the inbox (collect deleting originals, its
+    reads) is no reason for another run, even with a file that stays (a broken one)."""
+    inbox, dest = tmp_path / "inbox", tmp_path / "dest"
+    dest.mkdir()
+    (inbox / "alice").mkdir(parents=True)
+    (inbox / "alice" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
+    w = watcher(inbox, "--to", dest, "--settle", SETTLE, "-j1")
+    w.ready()
+    wait_for(lambda: q(db_path, "SELECT 1 FROM runs WHERE command = 'run' AND ended_at IS NOT NULL"), timeout=SLACK)
+    folder = tmp_path / "staging" / "frank"
+    for name in ("DSC_0001.jpg", "DSC_0002.jpg"):
+        photo(folder / name)
+    os.rename(folder, inbox / "frank")
+    wait_for(lambda: len(w.lines) == 2, timeout=SETTLE + SLACK)
+    wait_for(lambda: not any((inbox / "frank").iterdir()), timeout=SLACK)  # collected
+    time.sleep(SETTLE + 1.5)  # room for a run that should not come
+    reasons = [r[0] for r in q(db_path, "SELECT json_extract(args, '$.watch') FROM runs WHERE command = 'run' ORDER BY id")]
+    assert reasons == ["start", "change"], reasons
+    assert w.stop() == 0
