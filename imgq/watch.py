@@ -150,6 +150,7 @@ class Watcher:
         self.clock = clock
         self.due: dict[str, tuple[float, tuple]] = {}  # path -> (when, (ino, size, mtime_ns))
         self.taken: dict[str, tuple] = {}  # path -> the (ino, size, mtime_ns) a run was started for
+        self.unsettled: dict[str, int] = {}  # path -> how many runs in a row found it still settling
         self.wake_at: float | None = None  # a run without a path: the first, a retry, a settling file we cannot stat
         self.wake_reason = "start"
         self.next_rescan: float | None = None
@@ -173,8 +174,9 @@ class Watcher:
                 return any(is_temporary(p) for p in parts) or bool(OWN_OUTPUT.search(parts[-1]))
         return True  # outside every inbox
 
-    def note(self, path: str) -> None:
-        """A file (or a folder: every file below it) changed: due at its mtime + settle."""
+    def note(self, path: str, not_before: float = 0.0) -> None:
+        """A file (or a folder: every file below it) changed: due at its mtime + settle
+        (and not before ``not_before``, on the watcher's clock)."""
         path = os.path.abspath(path)
         if self._ours(path):
             return
@@ -194,7 +196,7 @@ class Watcher:
         if self.taken.get(path) == sig:
             return  # a run was already started for exactly this file (an attribute change, our own read)
         wait = min(max(0.0, st.st_mtime + self.opts.settle - time.time()) + MARGIN, self.opts.rescan)
-        self.due[path] = (self.clock() + wait, sig)
+        self.due[path] = (max(self.clock() + wait, not_before), sig)
 
     def forget(self, path: str) -> None:
         self.taken.pop(path, None)
@@ -235,14 +237,20 @@ class Watcher:
         if settling is None:
             self.wake_at = self.clock() + self.opts.retry
         else:
+            unsettled = {}
             for shown in settling:
-                self.forget(shown)
+                # a file found still changing again and again (a log, a stuck upload) is
+                # come back for after 1, 2, 4… settle times, not every settle time
+                path = os.path.abspath(shown)
+                unsettled[path] = n = self.unsettled.get(path, 0) + 1
+                self.forget(path)
                 before = len(self.due)
-                self.note(shown)
-                if len(self.due) == before and shown not in self.due:
+                self.note(path, not_before=self.clock() + min(self.opts.settle * 2 ** min(n - 1, 16), self.opts.rescan))
+                if len(self.due) == before and path not in self.due:
                     # a name shown escaped (not UTF-8) cannot be stat'ed back: come back anyway
                     soon = self.clock() + self.opts.settle + MARGIN
                     self.wake_at = soon if self.wake_at is None else min(self.wake_at, soon)
+            self.unsettled = unsettled
         self.next_rescan = self.clock() + self.opts.rescan
         self.on_state("idle", f"{self.runs} run{'s' if self.runs != 1 else ''}")
 

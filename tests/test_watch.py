@@ -403,3 +403,51 @@ def test_a_folder_moved_in_is_taken_and_imgqs_own_changes_start_no_run(tmp_path,
     reasons = [r[0] for r in q(db_path, "SELECT json_extract(args, '$.watch') FROM runs WHERE command = 'run' ORDER BY id")]
     assert reasons == ["start", "change"], reasons
     assert w.stop() == 0
+
+
+def test_when_the_watcher_comes_back_for_a_file(tmp_path):
+    """The schedule alone, in-process, on real files: a file is due at its mtime + settle;
+    temporary names, imgq's store and the database are no reason to run; a file that one
+    run after another finds still settling is come back for after 1, 2, 4 settle times."""
+    from imgq.watch import MARGIN, Watcher, WatchOptions
+
+    inbox, store = tmp_path / "inbox", tmp_path / "inbox" / "imgq-store"
+    (inbox / "alice").mkdir(parents=True)
+    store.mkdir()
+    now = [1000.0]
+    settling: list[str] = []
+    watcher = Watcher(WatchOptions(inboxes=[inbox], settle=2.0, rescan=60.0, ignore=[store, tmp_path / "imgq.db"]),
+                      run_once=lambda reason, stop: list(settling), on_state=lambda s, d: None, clock=lambda: now[0])
+
+    for name in ("alice/.IMG_1.jpg.tmp", "alice/IMG_1.jpg.part", "alice/IMG_1.thumb.jpg", "imgq-store/x.jpg"):
+        (inbox / name).write_bytes(b"x")
+        watcher.note(str(inbox / name))
+    watcher.note(str(inbox))
+    assert watcher.due == {}
+
+    fresh = inbox / "alice" / "IMG_1.jpg"
+    fresh.write_bytes(b"x")
+    watcher.note(str(fresh))
+    due = watcher.due[str(fresh)][0]
+    assert now[0] + 2.0 - 0.5 < due <= now[0] + 2.0 + MARGIN  # its mtime is now: due a settle time later
+    old = inbox / "alice" / "IMG_2.jpg"
+    old.write_bytes(b"y")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    watcher.note(str(old))
+    assert watcher.due[str(old)][0] == pytest.approx(now[0] + MARGIN)  # settled long ago: due at once
+
+    settling[:] = [str(fresh)]
+    gaps = []
+    for _ in range(4):
+        now[0] += 100
+        os.utime(fresh)  # still being written
+        watcher.run("change", lambda: False)
+        gaps.append(round(watcher.due[str(fresh)][0] - now[0]))
+    assert gaps == [2, 4, 8, 16]
+    settling[:] = []
+    now[0] += 100
+    watcher.run("change", lambda: False)
+    assert str(fresh) not in watcher.due and watcher.unsettled == {}
+    # a run was started for exactly this file: an event that changes nothing (our own read) is no reason for another
+    watcher.note(str(fresh))
+    assert str(fresh) not in watcher.due
