@@ -104,9 +104,11 @@ class _Events:
 
         self.observer = Observer()
         self.observer.daemon = True
-        problems = self.arm(inboxes)
+        # started empty, then each inbox added: a running observer sets up each watch at
+        # once, so an inbox that cannot be watched (the kernel's inotify limits) fails
+        # alone, here, and is tried again at every rescan; the others are watched
         self.observer.start()
-        return problems
+        return self.arm(inboxes)
 
     def arm(self, inboxes: Sequence[Path]) -> list[str]:
         """(Re-)watch each inbox that is not watched as the folder it now is: an inbox
@@ -135,7 +137,7 @@ class _Events:
         return problems
 
     def stop(self) -> None:
-        if self.observer is not None:
+        if self.observer is not None and self.observer.is_alive():
             self.observer.stop()
             self.observer.join(timeout=5)
 
@@ -312,10 +314,7 @@ def watch(opts: WatchOptions, run_once: RunOnce, *, on_state: OnState = lambda s
     try:
         problems: list[str] = []
         if opts.notify:
-            try:
-                problems = events.start(opts.inboxes)
-            except OSError as e:
-                problems = [f"cannot start watching: {e.strerror or e}"]
+            problems = events.start(opts.inboxes)
             if problems:
                 on_state("degraded", "; ".join(problems))
         on_state("ready", "")
