@@ -7,6 +7,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -41,16 +42,25 @@ class Watcher:
     """``imgq run --watch`` as a real process in its own session (systemd signals a
     service's whole process group), its stdout and stderr lines read as they come."""
 
-    def __init__(self, cwd: Path, *args, env: dict | None = None):
+    def __init__(self, cwd: Path, *args, env: dict | None = None, tty: bool = False):
+        """With ``tty``, stderr is a real pseudo-terminal (a person watching), stdout a pipe."""
+        master = slave = None
+        if tty:
+            master, slave = os.openpty()
+            env = {"TERM": "xterm-256color", "NO_COLOR": None, "COLUMNS": "120", **(env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "imgq", "run", "--watch", *map(str, args)],
-            cwd=cwd, env=imgq_env(env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, start_new_session=True,
+            cwd=cwd, env=imgq_env(env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=slave if tty else subprocess.PIPE, text=True, start_new_session=True,
         )
         self.out: list[tuple[float, str]] = []
         self.err: list[str] = []
+        err_stream = self.proc.stderr
+        if tty:
+            os.close(slave)
+            err_stream = _pty_lines(master)
         self._threads = [threading.Thread(target=self._read, args=(self.proc.stdout, self.out, True), daemon=True),
-                         threading.Thread(target=self._read, args=(self.proc.stderr, self.err, False), daemon=True)]
+                         threading.Thread(target=self._read, args=(err_stream, self.err, False), daemon=True)]
         for t in self._threads:
             t.start()
 
@@ -93,12 +103,32 @@ class Watcher:
             self.proc.wait()
 
 
+def _pty_lines(master: int):
+    """The lines a terminal received, without escape codes, until the last writer is gone."""
+    escape = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
+    buf = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the slave end is closed
+                chunk = b""
+            if not chunk:
+                break
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                yield escape.sub("", line.decode("utf-8", "replace")).replace("\r", "")
+    finally:
+        os.close(master)
+
+
 @pytest.fixture
 def watcher(tmp_path):
     started: list[Watcher] = []
 
-    def start(*args, env=None) -> Watcher:
-        w = Watcher(tmp_path, *args, env=env)
+    def start(*args, env=None, tty=False) -> Watcher:
+        w = Watcher(tmp_path, *args, env=env, tty=tty)
         started.append(w)
         return w
 
@@ -460,3 +490,22 @@ def test_when_the_watcher_comes_back_for_a_file(tmp_path):
     # a run was started for exactly this file: an event that changes nothing (our own read) is no reason for another
     watcher.note(str(fresh))
     assert str(fresh) not in watcher.due
+
+
+def test_stdout_stays_ids_while_a_person_watches_the_terminal(tmp_path, watcher, photo, db_path):
+    """stderr a real terminal, stdout a pipe: the ids go down the pipe, one a line, as they
+    happen; the readiness line and each run's summary go to the terminal."""
+    inbox, dest = tmp_path / "inbox", tmp_path / "dest"
+    dest.mkdir()
+    inbox.mkdir()
+    w = watcher(inbox, "--to", dest, "--settle", SETTLE, "-j1", tty=True)
+    w.ready()
+    path = land(photo("tty.jpg"), inbox)
+    fid = w.until(lambda: file_id(db_path, path), timeout=SETTLE + SLACK)
+    w.until(lambda: fid in w.lines, timeout=SLACK)
+    w.until(lambda: any("scan 1 new" in line for line in w.err), timeout=SLACK)
+    assert w.stop() == 0
+    assert w.lines == [fid]
+    screen = " ".join(w.err)  # the summary may be wrapped to the terminal's width
+    assert "run: scan 1 new" in screen and "1 archived" in screen and "1 deleted" in screen
+    assert fid not in screen  # the id went to the pipe only
