@@ -509,3 +509,20 @@ def test_stdout_stays_ids_while_a_person_watches_the_terminal(tmp_path, watcher,
     screen = " ".join(w.err)  # the summary may be wrapped to the terminal's width
     assert "run: scan 1 new" in screen and "1 archived" in screen and "1 deleted" in screen
     assert fid not in screen  # the id went to the pipe only
+
+
+def test_every_inbox_is_watched(tmp_path, watcher, photo, db_path):
+    inboxes = [tmp_path / "dropbox", tmp_path / "sdcards"]
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    for inbox in inboxes:
+        inbox.mkdir()
+    w = watcher(*inboxes, "--to", dest, "--settle", SETTLE, "-j1")
+    w.ready()
+    w.until(lambda: q(db_path, "SELECT 1 FROM runs WHERE command = 'run' AND ended_at IS NOT NULL"), timeout=SLACK)
+    paths = [land(photo(f"IMG_{i}.jpg"), inbox, owner="gina") for i, inbox in enumerate(inboxes)]
+    ids = [w.until(lambda p=p: file_id(db_path, p), timeout=SETTLE + SLACK) for p in paths]
+    w.until(lambda: set(ids) <= set(w.lines), timeout=SLACK)
+    for fid in ids:
+        verified_copy(db_path, fid, dest)
+    assert w.stop() == 0
