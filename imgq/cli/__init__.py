@@ -24,8 +24,9 @@ from imgq import __version__
 from imgq.cli import common, helptext
 from imgq.errors import Exit, ImgqError
 
-# name -> (module, hidden). Command modules are imported only when needed: `imgq scan`
-# should not pay for importing the SSH stack (fabric, paramiko) the fleet needs.
+# name -> (module, hidden); the module's function is the name with _ for -. Command
+# modules are imported only when needed: `imgq scan` should not pay for importing the SSH
+# stack (fabric, paramiko) the fleet needs.
 COMMANDS: dict[str, tuple[str, bool]] = {
     "scan": ("scan", False),
     "enqueue": ("enqueue", False),
@@ -40,6 +41,7 @@ COMMANDS: dict[str, tuple[str, bool]] = {
     "run": ("run", False),
     "recipes": ("recipes", False),
     "agent": ("agent", True),  # started by `work --hosts` on each host
+    "complete-values": ("complete_values", True),  # asked by the shell completions
 }
 GROUPS = {"hosts": "hosts"}  # name -> module with a Typer `app`
 
@@ -84,7 +86,7 @@ Examples:
         if only is None or only == name:
             module = importlib.import_module(f"imgq.cli.{module_name}")
             # helptext.Command: help that names values as a manual does, summaries whole
-            app.command(name, epilog=module.EPILOG, hidden=hidden, cls=helptext.Command, short_help=getattr(module, "SUMMARY", None))(getattr(module, name))
+            app.command(name, epilog=module.EPILOG, hidden=hidden, cls=helptext.Command, short_help=getattr(module, "SUMMARY", None))(getattr(module, name.replace("-", "_")))
     for name, module_name in GROUPS.items():
         if only is None or only == name:
             app.add_typer(importlib.import_module(f"imgq.cli.{module_name}").app, name=name)
