@@ -157,6 +157,40 @@ def test_completions_list_commands_and_options(tiny_files):
     assert ":_files -/" in tiny_files["completions/zsh/_tiny"]  # --out takes a directory
 
 
+def _tiny_recipes(ctx, args, incomplete):
+    return []
+
+
+_tiny_recipes.values = "recipes"  # as imgq's options.completes("recipes") marks its callback
+
+
+def test_values_from_the_program_are_asked_of_it():
+    # a parameter whose completion callback names a kind of values makes each script ask
+    # `PROG complete-values KIND` (tests/test_completion.py runs that against imgq)
+    app = typer.Typer(name="tiny", add_completion=False)
+
+    @app.command()
+    def make(
+        names: Annotated[Optional[list[str]], typer.Argument(autocompletion=_tiny_recipes)] = None,
+        recipe: Annotated[Optional[str], typer.Option("--recipe", autocompletion=_tiny_recipes)] = None,
+        db: Annotated[Optional[str], typer.Option("--db")] = None,
+    ) -> None:
+        """Make things."""
+
+    @app.command()
+    def other() -> None:
+        """Another command, so that make is a subcommand."""
+
+    files = gen.generate(typer.main.get_command(app), "tiny")
+    bash, zsh, fish = (files[f] for f in ("completions/bash/tiny", "completions/zsh/_tiny", "completions/fish/tiny.fish"))
+    assert "'tiny make|--recipe') REPLY='values:recipes'" in bash and "'tiny make') REPLY='values:recipes'" in bash
+    assert 'complete-values "${args[@]}" -- "$cur"' in bash
+    assert "'--recipe=[]:TEXT:_tiny_values recipes'" in zsh and "'*:NAMES:_tiny_values recipes'" in zsh
+    assert "-l 'recipe' -x -a '(__tiny_values recipes)'" in fish
+    for text in (bash, zsh, fish):
+        assert "tiny complete-values" in text or '"${_tiny_prog:-tiny}" complete-values' in text
+
+
 def test_output_is_deterministic(tiny_files):
     again = gen.generate(typer.main.get_command(tiny_typer_app()), "tiny")
     assert again == tiny_files
@@ -178,10 +212,12 @@ def test_check_mode_finds_stale_missing_and_obsolete_files(tiny_files, tmp_path)
     assert gen.stale(tiny_files, tmp_path, "tiny") == []
     (tmp_path / "man" / "tiny-convert.1").write_text("old\n")
     (tmp_path / "man" / "tiny-removed.1").write_text("gone\n")
-    assert gen.stale(tiny_files, tmp_path, "tiny") == ["man/tiny-convert.1", "man/tiny-removed.1"]
+    (tmp_path / "completions" / "tiny.bash").write_text("# the name before completions/bash/tiny\n")
+    assert gen.stale(tiny_files, tmp_path, "tiny") == ["completions/tiny.bash", "man/tiny-convert.1", "man/tiny-removed.1"]
     gen.write(tiny_files, tmp_path, "tiny")
     assert gen.stale(tiny_files, tmp_path, "tiny") == []
     assert not (tmp_path / "man" / "tiny-removed.1").exists()
+    assert not (tmp_path / "completions" / "tiny.bash").exists()
 
 
 # --------------------------------------------------------------------------- shells
