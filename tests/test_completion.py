@@ -120,6 +120,7 @@ def _complete_values(*args, cwd, via_cli=False):
     return out.stdout.splitlines()
 
 
+@pytest.mark.slow  # the project is made by the real CLI
 def test_ids_come_from_the_database_read_only(project, tmp_path):
     root, ids = project["root"], project["ids"]
     db = root / "imgq.db"
@@ -139,12 +140,14 @@ def test_ids_come_from_the_database_read_only(project, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # the project is made by the real CLI
 def test_recipes_and_ops_through_the_command(project):
     root = project["root"]
     assert _complete_values("recipes", cwd=root) == sorted({*DEFAULT_RECIPES, "people", "posters"})
     assert _complete_values("ops", "web|sharp", cwd=root) == [f"web|{n}" for n in sorted(OPS) if n.startswith("sharp")]
 
 
+@pytest.mark.slow  # the project is made by the real CLI
 def test_the_fast_answer_is_the_commands_answer_without_the_cli(project):
     root = project["root"]
     for args in (["ids"], ["failed-ids"], ["recipes", "p"], ["ops", "web|b"], ["ids", "--db", "nothere.db"]):
@@ -157,7 +160,7 @@ def test_the_fast_answer_is_the_commands_answer_without_the_cli(project):
     assert not {m for m in imported if m.split(".")[0] in ("typer", "click", "rich") or m.startswith("imgq.cli")}, imported
 
 
-def test_any_problem_prints_nothing_and_exits_0(project, tmp_path):
+def test_any_problem_prints_nothing_and_exits_0(tmp_path):
     (tmp_path / "folder.db").mkdir()
     (tmp_path / "text.db").write_text("hello\n")
     (tmp_path / "bad.toml").write_text("[recipes\n")
@@ -188,6 +191,7 @@ def _bash_complete(words: list[str], cwd, script: Path = BASH) -> list[str]:
     return [line for line in out.stdout.splitlines() if line]
 
 
+@pytest.mark.slow  # the project is made by the real CLI
 def test_bash_completes_recipes_ops_and_ids(project, tmp_path):
     assert (VENV_BIN / "imgq").exists(), "bin/test installs the imgq console script in .venv"
     root, ids = project["root"], project["ids"]
@@ -208,6 +212,7 @@ def test_bash_completes_recipes_ops_and_ids(project, tmp_path):
 
 
 @pytest.mark.skipif(not shutil.which("fish"), reason="fish not installed (bin/test installs it)")
+@pytest.mark.slow  # the project is made by the real CLI
 def test_fish_completes_recipes_and_ids(project, tmp_path):
     def complete(line, cwd):
         out = subprocess.run(["fish", "--no-config", "-c", f"source {FISH}; complete -C {json.dumps(line)}"],

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # a wheel built, a venv made, shells started: seconds
+
 REPO = Path(__file__).resolve().parent.parent
 BASH_COMPLETION = Path("/usr/share/bash-completion/bash_completion")
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
