@@ -226,6 +226,52 @@ def test_fish_completes_recipes_and_ids(project, tmp_path):
     assert complete(f"imgq log --db {root / 'imgq.db'} bob_", tmp_path) == [i for i in ids if i.startswith("bob_")]
 
 
+def _zsh_tab(line: str, cwd: Path, expect: str, timeout: float = 30.0) -> str:
+    """What an interactive zsh (on a pseudo-terminal, completion from completions/zsh
+    through $fpath and compinit) shows after ``line`` and a Tab: read until ``expect``
+    appears, or everything it drew in ``timeout`` seconds."""
+    import pty
+    import select
+    import time
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: an interactive zsh without any user's configuration
+        os.chdir(cwd)
+        os.execvpe("zsh", ["zsh", "-f", "-i"], dict(_shell_env(), HOME=str(cwd), TERM="dumb"))
+    seen = b""
+    try:
+        os.write(fd, f"PS1='> '; fpath=({ZSH.parent} $fpath); autoload -U compinit; compinit -u -D\n".encode())
+        os.write(fd, line.encode() + b"\t")
+        deadline = time.monotonic() + timeout
+        while expect.encode() not in seen and time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.2)[0]:
+                try:
+                    seen += os.read(fd, 65536)
+                except OSError:
+                    break
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        os.close(fd)
+    return seen.decode(errors="replace")
+
+
+@pytest.mark.slow  # the project is made by the real CLI; an interactive zsh on a pty
+@pytest.mark.skipif(not shutil.which("zsh"), reason="zsh not installed (bin/test installs it)")
+def test_zsh_completes_recipes_ops_and_ids(project):
+    root, ids = project["root"], project["ids"]
+    posters = "imgq enqueue --recipe posters"
+    assert posters in _zsh_tab("imgq enqueue --recipe pos", root, posters)
+    sharp = sorted(n for n in OPS if n.startswith("sharp"))
+    assert len(sharp) == 1  # one candidate: Tab writes it out
+    chain = f"imgq enqueue --op 'web|{sharp[0]}'"
+    assert chain in _zsh_tab("imgq enqueue --op 'web|sharp", root, chain)
+    carol = [i for i in ids if i.startswith("carol_")]
+    common = os.path.commonprefix(carol)
+    assert len(common) > len("carol_")
+    assert f"imgq log {common}" in _zsh_tab("imgq log carol_", root, f"imgq log {common}")
+
+
 @pytest.mark.skipif(not shutil.which("zsh"), reason="zsh not installed (bin/test installs it)")
 def test_zsh_loads_the_completion_with_its_values_function():
     # zsh's completion widgets need a terminal to drive; this checks the file autoloads
