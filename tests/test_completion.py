@@ -258,7 +258,7 @@ def _zsh_tab(line: str, cwd: Path, expect: str, timeout: float = 30.0) -> str:
 
 @pytest.mark.slow  # the project is made by the real CLI; an interactive zsh on a pty
 @pytest.mark.skipif(not shutil.which("zsh"), reason="zsh not installed (bin/test installs it)")
-def test_zsh_completes_recipes_ops_and_ids(project):
+def test_zsh_completes_recipes_ops_and_ids(project, tmp_path):
     root, ids = project["root"], project["ids"]
     posters = "imgq enqueue --recipe posters"
     assert posters in _zsh_tab("imgq enqueue --recipe pos", root, posters)
@@ -270,6 +270,10 @@ def test_zsh_completes_recipes_ops_and_ids(project):
     common = os.path.commonprefix(carol)
     assert len(common) > len("carol_")
     assert f"imgq log {common}" in _zsh_tab("imgq log carol_", root, f"imgq log {common}")
+    # the --db on the line is the database asked, from anywhere
+    failed = project["failed"][0]
+    line = f"imgq retry --db {root / 'imgq.db'} "
+    assert line + failed in _zsh_tab(line + failed[:8], tmp_path, line + failed)
 
 
 @pytest.mark.skipif(not shutil.which("zsh"), reason="zsh not installed (bin/test installs it)")
