@@ -230,14 +230,19 @@ def _zsh_tab(line: str, cwd: Path, expect: str, timeout: float = 30.0) -> str:
     """What an interactive zsh (on a pseudo-terminal, completion from completions/zsh
     through $fpath and compinit) shows after ``line`` and a Tab: read until ``expect``
     appears, or everything it drew in ``timeout`` seconds."""
+    import fcntl
     import pty
     import select
+    import struct
+    import termios
     import time
 
     pid, fd = pty.fork()
     if pid == 0:  # the child: an interactive zsh without any user's configuration
         os.chdir(cwd)
         os.execvpe("zsh", ["zsh", "-f", "-i"], dict(_shell_env(), HOME=str(cwd), TERM="dumb"))
+    # a wide terminal, so that a long line is drawn as it is, not wrapped and redrawn
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 1000, 0, 0))
     seen = b""
     try:
         os.write(fd, f"PS1='> '; fpath=({ZSH.parent} $fpath); autoload -U compinit; compinit -u -D\n".encode())
