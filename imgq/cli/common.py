@@ -318,9 +318,9 @@ def recorded_run(db: DB, command: str, args: dict):
 
 
 class Invocation:
-    """One command's ritual, the same for every command: the settings (--db, --config),
-    the database (opened when first used), the step lock(s), the record in ``runs``, and
-    the exit code.
+    """One command's ritual, the same for every command: the settings (--db, --config,
+    after the command or else before it: ``settings_for``), the database (opened when
+    first used), the step lock(s), the record in ``runs``, and the exit code.
 
         inv = Invocation("scan", db, config)        # settings now; adjust them here
         with inv.recorded({"inboxes": ...}, wait=wait) as run:
