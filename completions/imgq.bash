@@ -4,7 +4,7 @@
 # _imgq_subcommands PATH: the subcommands of the command PATH, in REPLY.
 _imgq_subcommands() {
     case $1 in
-        'imgq') REPLY='scan enqueue work status log retry publish report archive collect run recipes hosts' ;;
+        'imgq') REPLY='scan enqueue work status log retry publish report archive collect run recipes datasette-metadata hosts' ;;
         'imgq hosts') REPLY='check' ;;
         *) REPLY='' ;;
     esac
@@ -26,6 +26,7 @@ _imgq_options() {
         'imgq collect') REPLY='--min-copies --to -n --dry-run --ssh-config --accept-new-host-keys --db --config --json --wait --no-wait -h --help' ;;
         'imgq run') REPLY='--to -j --jobs -r --recipe --min-copies --no-collect --settle --ssh-config --accept-new-host-keys --db --config --json --wait --no-wait -h --help' ;;
         'imgq recipes') REPLY='--ops --config --json -h --help' ;;
+        'imgq datasette-metadata') REPLY='--name -h --help' ;;
         'imgq hosts') REPLY='-h --help' ;;
         'imgq hosts check') REPLY='--hosts-file --remote-imgq --ssh-config --accept-new-host-keys --connect-timeout --json -h --help' ;;
         *) REPLY='' ;;
@@ -109,6 +110,7 @@ _imgq_value() {
         'imgq run|--db') REPLY='file' ;;
         'imgq run|--config') REPLY='file' ;;
         'imgq recipes|--config') REPLY='file' ;;
+        'imgq datasette-metadata|--name') REPLY='value' ;;
         'imgq hosts check|--hosts-file') REPLY='file' ;;
         'imgq hosts check|--remote-imgq') REPLY='value' ;;
         'imgq hosts check|--ssh-config') REPLY='file' ;;
