@@ -127,6 +127,33 @@ def test_views_read_through_indexes(fresh):
     assert any("idx_files_state" in s for s in plan(catalog.catalog()["queries"]["waiting_over_an_hour"]["sql"]))
 
 
+def test_a_database_made_before_the_views_gets_them_with_its_rows(tmp_path):
+    """A database of schema 8 (the version before the views) with a photo in it: opening
+    it migrates, and the views show what it already held."""
+    from imgq.ledger.migrations import MIGRATIONS
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    db = sqlite_utils.Database(conn)
+    for number, step in enumerate(MIGRATIONS[:8], start=1):
+        step(db)
+        conn.execute(f"PRAGMA user_version = {number}")
+    conn.execute(
+        "INSERT INTO files (id, inbox, path, owner, size, sha256, taken_at, taken_source, state, error, created_at, updated_at)"
+        " VALUES ('a_1_x.jpg', '/in', 'a/x.jpg', 'a', 10, 'ff', '2024-05-17T08:00:00', 'exif', 'failed', 'not an image', 1715932800.25, 1715932801.5)"
+    )
+    conn.close()
+    new = DB(path)
+    try:
+        [photo] = [dict(r) for r in new.all("SELECT * FROM photos")]
+        assert (photo["id"], photo["state"], photo["inbox_path"], photo["seen_iso"], photo["changed_iso"]) == (
+            "a_1_x.jpg", "failed", "/in/a/x.jpg", "2024-05-17T08:00:00.250Z", "2024-05-17T08:00:01.500Z")
+        [failure] = [dict(r) for r in new.all("SELECT * FROM failures")]
+        assert (failure["step"], failure["reason"], failure["retrying"]) == ("scan", "not an image", 0)
+    finally:
+        new.close()
+
+
 def test_the_metadata_in_docs_is_the_catalogue():
     shipped = (REPO / "docs" / "datasette-metadata.json").read_text(encoding="utf-8")
     assert shipped == catalog.datasette_json(), "docs/datasette-metadata.json is stale: run bin/gen-docs"
