@@ -164,6 +164,14 @@ def test_the_metadata_in_docs_is_the_catalogue():
 # ------------------------------------------------------------------- a real pipeline
 
 
+def q(db_file, sql, *params) -> list[tuple]:
+    conn = sqlite3.connect(db_file)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
 def imgq(cwd, *args, input=None, ok=(0,)):
     out = imgq_subprocess(*args, cwd=cwd, input=input)
     assert out.returncode in ok, (args, out.returncode, out.stderr)
@@ -190,13 +198,11 @@ def pipeline(tmp_path_factory):
     archived = imgq(root, "archive", "--to", d1, "--to", d2).stdout.split()
     imgq(root, "archive", "--to", d1, "--to", d2, "--to", root / "missing", ok=(0, 1))
 
-    by_path = dict(sqlite3.connect(root / "imgq.db").execute("SELECT path, id FROM files").fetchall())
+    by_path = dict(q(root / "imgq.db", "SELECT path, id FROM files"))
     collected = by_path["bob/IMG_0001.jpg"]
     kept = by_path["carol/IMG_0001.jpg"]
     imgq(root, "collect", "--to", d1, "--to", d2, collected)
-    [bad_copy] = sqlite3.connect(root / "imgq.db").execute(
-        "SELECT path FROM copies WHERE file_id = ? AND destination = ? AND artifact_id IS NULL", (kept, str(d1))
-    ).fetchone()
+    [(bad_copy,)] = q(root / "imgq.db", "SELECT path FROM copies WHERE file_id = ? AND destination = ? AND artifact_id IS NULL", kept, str(d1))
     (d1 / bad_copy).write_bytes(b"not the photo any more")
     imgq(root, "collect", "--to", d1, "--to", d2, kept, ok=(1,))
 
@@ -275,7 +281,7 @@ def test_failures_view_has_each_problem_with_its_step(pipeline):
 
     [work] = [r for r in rows if r["step"] == "work"]
     assert "truncated" in work["reason"] and (work["kind"], work["retrying"], work["attempts"]) == ("permanent", 0, 1)
-    assert work["job_id"] == sqlite3.connect(pipeline["db"]).execute("SELECT id FROM jobs WHERE state = 'failed'").fetchone()[0]
+    assert [(work["job_id"],)] == q(pipeline["db"], "SELECT id FROM jobs WHERE state = 'failed'")
     [scan] = [r for r in rows if r["step"] == "scan"]
     assert scan["inbox_path"].endswith("/notes.txt") and scan["reason"].startswith("not an image") and scan["retrying"] == 0
     [collect] = [r for r in rows if r["step"] == "collect"]
