@@ -4,7 +4,7 @@
 # _imgq_subcommands PATH: the subcommands of the command PATH, in REPLY.
 _imgq_subcommands() {
     case $1 in
-        'imgq') REPLY='scan enqueue work status log retry publish report archive collect run recipes config hosts' ;;
+        'imgq') REPLY='scan enqueue work status log retry publish report archive collect run recipes config datasette-metadata hosts' ;;
         'imgq hosts') REPLY='check' ;;
         *) REPLY='' ;;
     esac
@@ -27,6 +27,7 @@ _imgq_options() {
         'imgq run') REPLY='--to -j --jobs -r --recipe --min-copies --no-collect --settle --ssh-config --accept-new-host-keys --db --config --json --wait --no-wait -v --verbose -q --quiet -h --help' ;;
         'imgq recipes') REPLY='--ops --config --json -v --verbose -q --quiet -h --help' ;;
         'imgq config') REPLY='--path --db --config --json -v --verbose -q --quiet -h --help' ;;
+        'imgq datasette-metadata') REPLY='--name -v --verbose -q --quiet -h --help' ;;
         'imgq hosts') REPLY='-h --help' ;;
         'imgq hosts check') REPLY='--hosts-file --remote-imgq --ssh-config --accept-new-host-keys --connect-timeout --json -v --verbose -q --quiet -h --help' ;;
         *) REPLY='' ;;
@@ -114,6 +115,7 @@ _imgq_value() {
         'imgq recipes|--config') REPLY='file' ;;
         'imgq config|--db') REPLY='file' ;;
         'imgq config|--config') REPLY='file' ;;
+        'imgq datasette-metadata|--name') REPLY='value' ;;
         'imgq hosts check|--hosts-file') REPLY='file' ;;
         'imgq hosts check|--remote-imgq') REPLY='value' ;;
         'imgq hosts check|--ssh-config') REPLY='file' ;;

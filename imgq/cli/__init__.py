@@ -42,6 +42,7 @@ COMMANDS: dict[str, tuple[str, bool]] = {
     "run": ("run", False),
     "recipes": ("recipes", False),
     "config": ("config", False),
+    "datasette-metadata": ("datasette_metadata", False),
     "agent": ("agent", True),  # started by `work --hosts` on each host
 }
 GROUPS = {"hosts": "hosts"}  # name -> module with a Typer `app`
@@ -107,7 +108,7 @@ Examples:
         if only is None or only == name:
             module = importlib.import_module(f"imgq.cli.{module_name}")
             # helptext.Command: help that names values as a manual does, summaries whole
-            app.command(name, epilog=module.EPILOG, hidden=hidden, cls=helptext.Command, short_help=getattr(module, "SUMMARY", None))(getattr(module, name))
+            app.command(name, epilog=module.EPILOG, hidden=hidden, cls=helptext.Command, short_help=getattr(module, "SUMMARY", None))(getattr(module, name.replace("-", "_")))
     for name, module_name in GROUPS.items():
         if only is None or only == name:
             app.add_typer(importlib.import_module(f"imgq.cli.{module_name}").app, name=name)
