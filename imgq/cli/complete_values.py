@@ -31,5 +31,7 @@ def complete_values(
     config: ConfigOpt = None,
 ) -> None:
     """Print the values a shell completes, one per line: nothing (exit 0) on any problem."""
+    db = db if db is not None else common.state.get("global_db")  # imgq --db x complete-values
+    config = config if config is not None else common.state.get("global_config")
     for value in completion.values(kind, prefix, db=db, config=config):
         common.out(value)

@@ -59,7 +59,7 @@ def publish(
     with inv.recorded({"out": str(out), "title": title, "per_page": per_page}, wait=wait) as run:
         report = publish_step.publish(inv.database, out, store_dir=inv.settings.store_dir, options=options)
         for rel, pid in report.swept:
-            common.warn(f"publish: swept {out / rel}: a temporary file its writer (pid {pid}) left when it was killed")
+            common.note(f"publish: swept {out / rel}: a temporary file its writer (pid {pid}) left when it was killed")
             if json:
                 common.out_json({"swept": rel, "pid": pid})
         pages = {pid: f"photo/{publish_step.slug(pid)}.html" for pid in report.changed}
@@ -81,11 +81,9 @@ def publish(
             "refused": len(report.refused),
             "swept": len(report.swept),
         }
-        if common.is_tty():
-            c = run["counts"]
-            common.stderr().print(
-                f"publish: {c['photos']} photos; {c['written']} files written, {c['unchanged']} unchanged, {c['removed']} removed -> {out / 'index.html'}",
-                markup=False,
-            )
+        c = run["counts"]
+        common.summary(f"publish: {c['photos']} photos; {c['written']} files written, {c['unchanged']} unchanged, {c['removed']} removed -> {out / 'index.html'}")
+        for path in report.written:
+            common.detail(f"wrote {out / path}")
         if report.skipped or report.refused:
             run["exit_code"] = int(Exit.SOME_FAILED)

@@ -80,12 +80,15 @@ def run(
         if json:
             partial = run_step.RunReport(**({"enqueued": result} if step == "enqueue" else {step: result}))
             common.out_json({"step": step, **partial.counts()[step]})
+        common.detail(f"{step} done")
         if step == "scan":
+            for f in result.found:
+                common.detail(f"scan: {f.state} {f.path}")
             for f in result.failed:
                 common.warn(f"{f.path}: {f.reason}")
             for path, why in result.skipped:
                 if "symlink" not in why:  # a symlink is skipped on purpose; no need to mail it every run
-                    common.warn(f"skipped {path}: {why}")
+                    common.note(f"skipped {path}: {why}")
             for path, why in result.problems:  # unreadable now: tried again by the next run
                 common.warn(f"scan: {path}: {why}")
         elif step == "archive":
@@ -98,9 +101,9 @@ def run(
             for url, why in sorted(result.down.items()):
                 common.warn(f"archive: destination unavailable: {why}")
             for url, same in result.aliases:
-                common.warn(f"archive: {url} is the same destination as {same} (one folder reached two ways): archived to once, counted as one copy")
+                common.note(f"archive: {url} is the same destination as {same} (one folder reached two ways): archived to once, counted as one copy")
             for url, rel in result.swept:
-                common.warn(f"archive: {url}: removed {rel}, left by a copy that was killed")
+                common.note(f"archive: {url}: removed {rel}, left by a copy that was killed")
         elif step == "collect":
             for v in result.problems:
                 common.warn(f"collect: keeping {v.path}: {v.reason}")
@@ -115,8 +118,7 @@ def run(
             report = run_step.run(database, settings, opts, on_step=on_step, on_work=on_work)
             rec["counts"] = report.counts()
             rec["counts"]["seconds"] = round(time.time() - started, 3)
-            if common.is_tty():
-                common.stderr().print(summary(report.counts(), rec["counts"]["seconds"]), markup=False)
+            common.summary(summary(report.counts(), rec["counts"]["seconds"]))
             rec["exit_code"] = report.exit_code
     finally:
         destinations.close_all(dests)
