@@ -206,6 +206,7 @@ def test_bash_completes_recipes_ops_and_ids(project, tmp_path):
     db, config = root / "imgq.db", root / "imgq.toml"
     assert _bash_complete(["imgq", "log", "--db", str(db), "bob_"], cwd=tmp_path) == bob
     assert _bash_complete(["imgq", "log", "--db", "=", str(db), "bob_"], cwd=tmp_path) == bob  # --db=PATH, as bash splits it
+    assert _bash_complete(["imgq", "--db", str(db), "log", "bob_"], cwd=tmp_path) == bob  # before the command
     assert _bash_complete(["imgq", "enqueue", "--config", str(config), "-r", "pe"], cwd=tmp_path) == ["people"]
     assert _bash_complete(["imgq", "log", ""], cwd=tmp_path) == []  # no database here: nothing, and none made
     assert list(tmp_path.iterdir()) == []
@@ -224,6 +225,7 @@ def test_fish_completes_recipes_and_ids(project, tmp_path):
     assert complete("imgq enqueue --recipe p", root) == ["people", "posters"]
     assert complete("imgq log bob_", root) == [i for i in ids if i.startswith("bob_")]
     assert complete(f"imgq log --db {root / 'imgq.db'} bob_", tmp_path) == [i for i in ids if i.startswith("bob_")]
+    assert complete(f"imgq --db {root / 'imgq.db'} log bob_", tmp_path) == [i for i in ids if i.startswith("bob_")]
 
 
 def _zsh_tab(line: str, cwd: Path, expect: str, timeout: float = 30.0) -> str:
