@@ -30,11 +30,12 @@ import json
 import os
 import re
 import stat
+import unicodedata
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from imgq import imaging, original, store
-from imgq.ledger import journal
+from imgq.ledger import journal, owners
 from imgq.ledger.database import DB
 from imgq.errors import ImgqError, Permanent
 from imgq.ledger.journal import Actor
@@ -107,7 +108,7 @@ def recorded_destinations(db: DB) -> list[str]:
     urls: set[str] = set()
     for table in ("archive_targets", "copies", "archive_paths"):
         try:
-            urls.update(r[0] for r in db.all(f"SELECT DISTINCT destination FROM {table}"))
+            urls.update(db.distinct(table, "destination"))  # each table has an index leading with it
         except Exception:  # an older schema without the table
             continue
     local = []
@@ -165,8 +166,9 @@ def walk(root: Path, skip: set[tuple[int, int]] = frozenset(), report: ScanRepor
 
 
 def owner_of(rel: Path, default_owner: str) -> str:
-    """The owner label: the first folder below the inbox root, as people read it."""
-    return original.shown_path(rel.parts[0]) if len(rel.parts) > 1 else default_owner
+    """The owner label: the first folder below the inbox root, as people read it, in
+    Unicode NFC, so that a name synced from a Mac (NFD) and from Linux (NFC) is one owner."""
+    return unicodedata.normalize("NFC", original.shown_path(rel.parts[0])) if len(rel.parts) > 1 else default_owner
 
 
 class _Ids:
@@ -380,3 +382,5 @@ def _record(db: DB, batch: list[dict], report: ScanReport, ids: _Ids, *, now: fl
             else:
                 journal.add_file(db, row, state="seen", now=now, actor=actor)
                 report.found.append(Found(row["id"], item["shown"], "seen"))
+            if len(item["rel"].parts) > 1:  # the owner's folder as spelled on disk
+                owners.note_spelling(db, row["owner"], original.stored_path(item["rel"].parts[0]), now=now)

@@ -467,9 +467,54 @@ GROUP BY minute_at, e.host
 """)
 
 
+# A file's name (the last component of its path in the inbox), as an expression SQLite can
+# index: rtrim strips every character but '/' from the right, leaving the folder part.
+FILE_NAME = "substr(path, length(rtrim(path, replace(path, '/', ''))) + 1)"
+
+
+def _m10_journal_at_scale(db: "sqlite_utils.Database") -> None:
+    # A site that has run for years holds 100,000 files and a million events: every query
+    # a command runs must find its rows through an index (tests/test_query_plans.py).
+    # Copies per destination (status): counted from this index alone, not the table.
+    db.execute("CREATE INDEX IF NOT EXISTS idx_copies_destination_totals ON copies (destination, bytes, verified_at)")
+    # Failing copy tasks (status): a handful among all the done ones.
+    db.execute("CREATE INDEX IF NOT EXISTS idx_archive_targets_failing ON archive_targets (destination, updated_at) WHERE error IS NOT NULL")
+    db.execute("CREATE INDEX IF NOT EXISTS idx_archive_targets_failing_recent ON archive_targets (updated_at) WHERE error IS NOT NULL")
+    # A file's jobs in a given state (status's failures, retry): without it the planner,
+    # which has no statistics, walks every failed job for every failed file.
+    db.execute("CREATE INDEX IF NOT EXISTS idx_jobs_file_state ON jobs (file_id, state)")
+    # What a run copied (report): the copies made in a window of time.
+    db.execute("CREATE INDEX IF NOT EXISTS idx_copies_created ON copies (created_at, destination, bytes)")
+    # `imgq log IMG_0001.jpg`: a file found by its name, in whatever folder.
+    db.execute(f"CREATE INDEX IF NOT EXISTS idx_files_name ON files ({FILE_NAME})")
+
+
+def _m11_owner_spellings(db: "sqlite_utils.Database") -> None:
+    # One photographer, one name: a folder synced from a Mac arrives in Unicode NFD, the
+    # same name from Linux in NFC. Owners are compared and stored in NFC (scan.owner_of);
+    # each spelling of an owner's folder found on disk is kept here, so status can say
+    # which spellings were merged. Existing owners are normalised and their spellings
+    # recorded from the paths they were found at.
+    import unicodedata
+
+    db.conn.create_function("imgq_nfc", 1, lambda t: None if t is None else unicodedata.normalize("NFC", t), deterministic=True)
+    db["owner_spellings"].create(
+        {"owner": str, "spelling": str, "first_seen_at": float},
+        pk=("owner", "spelling"),
+        not_null={"first_seen_at"},
+    )
+    db.execute("UPDATE files SET owner = imgq_nfc(owner) WHERE owner != imgq_nfc(owner)")
+    db.execute(
+        "INSERT OR IGNORE INTO owner_spellings (owner, spelling, first_seen_at)"
+        " SELECT owner, substr(path, 1, instr(path, '/') - 1), min(created_at) FROM files"
+        " WHERE instr(path, '/') > 0 AND imgq_nfc(substr(path, 1, instr(path, '/') - 1)) = owner"
+        " GROUP BY owner, substr(path, 1, instr(path, '/') - 1)"
+    )
+
+
 MIGRATIONS: list[Callable[["sqlite_utils.Database"], None]] = [
     _m1_core, _m2_archive, _m3_faces, _m4_job_stages, _m5_hosts, _m6_destination_identity, _m7_meta, _m8_archive_target_states,
-    _m9_views,
+    _m9_views, _m10_journal_at_scale, _m11_owner_spellings,
 ]
 
 
