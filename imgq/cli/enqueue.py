@@ -9,7 +9,7 @@ import typer
 
 from imgq import enqueue as enqueue_step
 from imgq.cli import common
-from imgq.cli.options import ConfigOpt, DbOpt, IdsArg, JsonOpt, WaitOpt
+from imgq.cli.options import ConfigOpt, DbOpt, IdsArg, JsonOpt, WaitOpt, completes
 from imgq.config import DEFAULTS
 from imgq.errors import Exit
 from imgq.ledger.journal import Actor
@@ -27,8 +27,8 @@ Examples:
 
 def enqueue(
     ids: Annotated[Optional[list[str]], typer.Argument(help="File ids, or - to read them from stdin. None: every seen file.", metavar=IdsArg, show_default=False)] = None,
-    recipe: Annotated[Optional[list[str]], typer.Option("--recipe", "-r", help="Recipe to apply (repeatable; default: the enqueue list of imgq.toml, else default). `imgq recipes` lists them.", metavar="NAME", show_default=False)] = None,
-    op: Annotated[Optional[list[str]], typer.Option("--op", help="An operation chain giving one artifact, e.g. 'web|sharpness=1.5' (repeatable).", metavar="CHAIN", show_default=False)] = None,
+    recipe: Annotated[Optional[list[str]], typer.Option("--recipe", "-r", autocompletion=completes("recipes"), help="Recipe to apply (repeatable; default: the enqueue list of imgq.toml, else default). `imgq recipes` lists them.", metavar="NAME", show_default=False)] = None,
+    op: Annotated[Optional[list[str]], typer.Option("--op", autocompletion=completes("ops"), help="An operation chain giving one artifact, e.g. 'web|sharpness=1.5' (repeatable).", metavar="CHAIN", show_default=False)] = None,
     max_attempts: Annotated[Optional[int], typer.Option("--max-attempts", help=f"Attempts before a transiently failing job fails (default {DEFAULTS.max_attempts}).", min=1, metavar="N", show_default=False)] = None,
     split: Annotated[bool, typer.Option("--split", help=f"Split images over split_pixels (default {DEFAULTS.split_pixels // 1_000_000} MP) into stripe jobs that any workers or hosts run in parallel, then join them; the result is pixel-identical.")] = False,
     stripes: Annotated[Optional[int], typer.Option("--stripes", help=f"Stripes per split image (default {DEFAULTS.split_stripes}, or split_stripes in imgq.toml).", min=2, metavar="N", show_default=False)] = None,

@@ -34,6 +34,22 @@ WaitOpt = Annotated[
 ]
 IdsArg = "[IDS | -]"  # the metavar of every ids argument (`-` reads them from stdin)
 
+
+def completes(kind: str):
+    """An ``autocompletion`` for a parameter whose values come from the project: ``kind``
+    is one of ``imgq.completion.KINDS`` (recipes, ops, ids, failed-ids). bin/gen-docs reads
+    it (``.values``) and makes the generated completions ask ``imgq complete-values KIND``."""
+
+    def complete(ctx: typer.Context, args: list[str], incomplete: str) -> list[str]:
+        from imgq import completion
+
+        params = ctx.params if ctx is not None else {}
+        return completion.values(kind, incomplete, db=params.get("db"), config=params.get("config"))
+
+    complete.values = kind  # type: ignore[attr-defined]
+    return complete
+
+
 # -- destinations (archive, collect, run) ---------------------------------------------------
 ToOpt = Annotated[
     Optional[list[str]],

@@ -13,7 +13,7 @@ from imgq import archive, destinations
 from imgq import enqueue as enqueue_step
 from imgq import run as run_step
 from imgq.cli import common
-from imgq.cli.options import AcceptNewOpt, ConfigOpt, DbOpt, JsonOpt, SshConfigOpt, ToOpt, WaitOpt, settle_help
+from imgq.cli.options import AcceptNewOpt, ConfigOpt, DbOpt, JsonOpt, SshConfigOpt, ToOpt, WaitOpt, completes, settle_help
 from imgq.errors import UsageError
 
 EPILOG = """\b
@@ -34,7 +34,7 @@ def run(
     inboxes: Annotated[list[Path], typer.Argument(help="Inbox folders: one subfolder per photographer.", metavar="INBOX...", show_default=False)],
     to: ToOpt = None,
     processes: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Local worker processes (default: all cores).", min=1, metavar="N", show_default=False)] = None,
-    recipe: Annotated[Optional[list[str]], typer.Option("--recipe", "-r", help="Recipe for new photos (repeatable; default: `enqueue` in imgq.toml, else default).", metavar="NAME", show_default=False)] = None,
+    recipe: Annotated[Optional[list[str]], typer.Option("--recipe", "-r", autocompletion=completes("recipes"), help="Recipe for new photos (repeatable; default: `enqueue` in imgq.toml, else default).", metavar="NAME", show_default=False)] = None,
     min_copies: Annotated[Optional[int], typer.Option("--min-copies", help="Copies that must verify before an original is deleted (default: one at every destination).", min=1, metavar="N", show_default=False)] = None,
     no_collect: Annotated[bool, typer.Option("--no-collect", help="Archive, but leave every original in the inbox.")] = False,
     settle: Annotated[Optional[float], typer.Option(help=settle_help(""), metavar="SECONDS", show_default=False)] = None,

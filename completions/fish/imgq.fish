@@ -34,6 +34,26 @@ function __imgq_at
     test (__imgq_command_path) = "$argv[1]"
 end
 
+# __imgq_values KIND: the values of KIND (recipes, ids, ...) that imgq itself knows, for
+# the --db and --config on the line; nothing on any error.
+function __imgq_values
+    set -l args $argv[1]
+    set -l tokens (commandline -opc)
+    for i in (seq 2 (count $tokens))
+        switch $tokens[$i]
+            case --db --config
+                set -l next (math $i + 1)
+                if test $next -le (count $tokens)
+                    set -a args $tokens[$i] $tokens[$next]
+                end
+            case '--db=*' '--config=*'
+                set -a args $tokens[$i]
+        end
+    end
+    set -l current (string replace -r -- '^[\'"]' '' (commandline -ct))
+    imgq complete-values $args -- $current 2>/dev/null
+end
+
 complete -c imgq -f
 
 # imgq
@@ -73,8 +93,8 @@ complete -c imgq -n '__imgq_at "imgq scan"' -s 'h' -l 'help' -d 'Show this messa
 complete -c imgq -n '__imgq_at "imgq scan"' -F
 
 # imgq enqueue
-complete -c imgq -n '__imgq_at "imgq enqueue"' -s 'r' -l 'recipe' -x -d 'Recipe to apply (repeatable; default: the enqueue list of imgq.toml, else default)'
-complete -c imgq -n '__imgq_at "imgq enqueue"' -l 'op' -x -d 'An operation chain giving one artifact, e.g. \'web|sharpness=1.5\' (repeatable)'
+complete -c imgq -n '__imgq_at "imgq enqueue"' -s 'r' -l 'recipe' -x -a '(__imgq_values recipes)' -d 'Recipe to apply (repeatable; default: the enqueue list of imgq.toml, else default)'
+complete -c imgq -n '__imgq_at "imgq enqueue"' -l 'op' -x -a '(__imgq_values ops)' -d 'An operation chain giving one artifact, e.g. \'web|sharpness=1.5\' (repeatable)'
 complete -c imgq -n '__imgq_at "imgq enqueue"' -l 'max-attempts' -x -d 'Attempts before a transiently failing job fails (default 5)'
 complete -c imgq -n '__imgq_at "imgq enqueue"' -l 'split' -d 'Split images over split_pixels (default 40 MP) into stripe jobs that any workers or hosts run in parallel, then join them; the result is pixel-identical'
 complete -c imgq -n '__imgq_at "imgq enqueue"' -l 'stripes' -x -d 'Stripes per split image (default 4, or split_stripes in imgq.toml)'
@@ -132,6 +152,7 @@ complete -c imgq -n '__imgq_at "imgq log"' -l 'json' -d 'Write one JSON object p
 complete -c imgq -n '__imgq_at "imgq log"' -s 'v' -l 'verbose' -d 'Say more on stderr: a line per item, where the settings and the database came from, the summary even off a terminal'
 complete -c imgq -n '__imgq_at "imgq log"' -s 'q' -l 'quiet' -d 'Say only what went wrong: no notes, summaries or progress on stderr (stdout is unchanged)'
 complete -c imgq -n '__imgq_at "imgq log"' -s 'h' -l 'help' -d 'Show this message and exit'
+complete -c imgq -n '__imgq_at "imgq log"' -a '(__imgq_values ids)'
 
 # imgq retry
 complete -c imgq -n '__imgq_at "imgq retry"' -l 'error' -x -d 'Only jobs whose error contains TEXT'
@@ -141,6 +162,7 @@ complete -c imgq -n '__imgq_at "imgq retry"' -l 'json' -d 'Write one JSON object
 complete -c imgq -n '__imgq_at "imgq retry"' -s 'v' -l 'verbose' -d 'Say more on stderr: a line per item, where the settings and the database came from, the summary even off a terminal'
 complete -c imgq -n '__imgq_at "imgq retry"' -s 'q' -l 'quiet' -d 'Say only what went wrong: no notes, summaries or progress on stderr (stdout is unchanged)'
 complete -c imgq -n '__imgq_at "imgq retry"' -s 'h' -l 'help' -d 'Show this message and exit'
+complete -c imgq -n '__imgq_at "imgq retry"' -a '(__imgq_values failed-ids)'
 
 # imgq publish
 complete -c imgq -n '__imgq_at "imgq publish"' -l 'title' -x -d 'The gallery\'s name, shown on every page'
@@ -202,7 +224,7 @@ complete -c imgq -n '__imgq_at "imgq collect"' -s 'h' -l 'help' -d 'Show this me
 # imgq run
 complete -c imgq -n '__imgq_at "imgq run"' -l 'to' -x -d 'A destination: a local folder or ssh://[user@]host[:port]/path (repeatable)'
 complete -c imgq -n '__imgq_at "imgq run"' -s 'j' -l 'jobs' -x -d 'Local worker processes (default: all cores)'
-complete -c imgq -n '__imgq_at "imgq run"' -s 'r' -l 'recipe' -x -d 'Recipe for new photos (repeatable; default: `enqueue` in imgq.toml, else default)'
+complete -c imgq -n '__imgq_at "imgq run"' -s 'r' -l 'recipe' -x -a '(__imgq_values recipes)' -d 'Recipe for new photos (repeatable; default: `enqueue` in imgq.toml, else default)'
 complete -c imgq -n '__imgq_at "imgq run"' -l 'min-copies' -x -d 'Copies that must verify before an original is deleted (default: one at every destination)'
 complete -c imgq -n '__imgq_at "imgq run"' -l 'no-collect' -d 'Archive, but leave every original in the inbox'
 complete -c imgq -n '__imgq_at "imgq run"' -l 'settle' -x -d 'Skip files modified less than this many seconds ago'
