@@ -333,8 +333,8 @@ class Invocation:
         step does all it would do there, and the file is neither created nor written."""
         if self._database is None:
             if self.dry_run:
-                if self.command not in CREATES_DATABASE:
-                    open_db(self.settings, create=False).close()  # a missing one is refused as in a real run
+                if self.command not in CREATES_DATABASE and not os.path.lexists(self.settings.db):
+                    open_db(self.settings, create=False)  # refused as in a real run (nothing is opened)
                 self._database = ScratchDB(self.settings.db)
             else:
                 self._database = open_db(self.settings, create=self.command in CREATES_DATABASE)
