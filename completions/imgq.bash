@@ -14,17 +14,17 @@ _imgq_subcommands() {
 _imgq_options() {
     case $1 in
         'imgq') REPLY='--debug --version -h --help' ;;
-        'imgq scan') REPLY='--settle --default-owner --db --config --json --wait --no-wait -h --help' ;;
-        'imgq enqueue') REPLY='-r --recipe --op --max-attempts --split --stripes --split-pixels --db --config --json --wait --no-wait -h --help' ;;
+        'imgq scan') REPLY='--settle --default-owner -n --dry-run --db --config --json --wait --no-wait -h --help' ;;
+        'imgq enqueue') REPLY='-r --recipe --op --max-attempts --split --stripes --split-pixels -n --dry-run --db --config --json --wait --no-wait -h --help' ;;
         'imgq work') REPLY='-j --jobs --drain --follow --once --batch --lease --max-attempts --poll --report --hosts --hosts-file --slots --prefetch --transfers --shared-root --remote-imgq --ssh-config --accept-new-host-keys --connect-timeout --host-timeout --db --config --json -h --help' ;;
         'imgq status') REPLY='--watch --failures --db --config --json -h --help' ;;
         'imgq log') REPLY='--db --config --json -h --help' ;;
         'imgq retry') REPLY='--error --db --config --json -h --help' ;;
-        'imgq publish') REPLY='--title --per-page --copy --force --originals-url --thumb --web --db --config --json --wait --no-wait -h --help' ;;
+        'imgq publish') REPLY='--title --per-page --copy --force --originals-url --thumb --web -n --dry-run --db --config --json --wait --no-wait -h --help' ;;
         'imgq report') REPLY='--run --last --since --failures --db --config --json -h --help' ;;
-        'imgq archive') REPLY='--to --verify --retry-now --ssh-config --accept-new-host-keys --db --config --json --wait --no-wait -h --help' ;;
+        'imgq archive') REPLY='--to --verify --retry-now -n --dry-run --ssh-config --accept-new-host-keys --db --config --json --wait --no-wait -h --help' ;;
         'imgq collect') REPLY='--min-copies --to -n --dry-run --ssh-config --accept-new-host-keys --db --config --json --wait --no-wait -h --help' ;;
-        'imgq run') REPLY='--to -j --jobs -r --recipe --min-copies --no-collect --settle --ssh-config --accept-new-host-keys --db --config --json --wait --no-wait -h --help' ;;
+        'imgq run') REPLY='--to -j --jobs -r --recipe --min-copies --no-collect --settle -n --dry-run --ssh-config --accept-new-host-keys --db --config --json --wait --no-wait -h --help' ;;
         'imgq recipes') REPLY='--ops --config --json -h --help' ;;
         'imgq hosts') REPLY='-h --help' ;;
         'imgq hosts check') REPLY='--hosts-file --remote-imgq --ssh-config --accept-new-host-keys --connect-timeout --json -h --help' ;;
