@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import imgq_subprocess
+from sshhosts import ssh_hosts  # noqa: F401
 from imgq import samples
 
 DRY_DONE = re.compile(r"imgq: \w+: dry run: nothing changed")
@@ -182,3 +183,22 @@ def test_a_dry_run_of_a_reading_command_refuses_a_missing_database_and_makes_non
     assert r.returncode == 2, r.stderr
     assert "no database at" in r.stderr
     assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_archive_dry_run_to_ssh_connects_to_nothing_and_names_the_copies_made_there(tmp_path, good_inbox, ssh_hosts):
+    [host] = ssh_hosts(1)
+    remote = tmp_path / "remote"  # the sshd runs on this machine: what lands there can be seen
+    remote.mkdir()
+    url = f"ssh://{host.alias}{remote}"
+    real(tmp_path, "scan", good_inbox)
+    real(tmp_path, "enqueue")
+    real(tmp_path, "work", "--drain", "-j", "1")
+    host.kill()  # a dry run that tried to connect would say the destination is down
+    r = dry(tmp_path, "archive", "--to", url, "--ssh-config", host.ssh_config)
+    assert "unavailable" not in r.stderr and r.stdout.strip(), r.stderr
+    assert os.listdir(remote) == []  # not even the marker that tells destinations apart
+    host.restart()
+    done = real(tmp_path, "archive", "--to", url, "--ssh-config", host.ssh_config)
+    assert sorted(done.stdout.split()) == sorted(r.stdout.split())
+    made = {f"{url}/{p}" for p in files_under(remote) if not p.startswith(".imgq")}
+    assert {m.group(1) for m in re.finditer(r"would copy to (ssh://.*)$", r.stderr, re.M)} == made

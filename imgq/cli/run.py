@@ -130,8 +130,11 @@ def run(
 def _dry_step(step: str, result, json: bool) -> bool:
     """What a dry run says that a real one does not; True if the step is told here."""
     if step == "work":  # not run: the files it would process, which a real run then archives
+        if json:  # one object per step, as a real run prints, with what it would do
+            common.out_json({"step": "work", "would_process": len(result)})
         for file_id in result:
-            common.out_json({"step": "work", "id": file_id, "state": "would process"}) if json else common.out(file_id)
+            if not json:
+                common.out(file_id)
             common.warn(f"run: would process {file_id}, then archive and collect it")
         return True
     if step == "archive":
