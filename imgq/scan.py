@@ -218,6 +218,7 @@ def scan(
     skip = folder_identities([*skip_dirs, *recorded_destinations(db)])
     ids = _Ids(db)
     pending: list[tuple] = []
+    listed: set[tuple[int, int]] = set()
     for root in roots:
         root = Path(os.path.abspath(root))
         if not root.is_dir():
@@ -229,6 +230,9 @@ def scan(
             # duplicates, and skipping it silently would hide every new photo
             report.problems.append((original.shown_path(str(root)), "this inbox is also imgq's store or an archive destination; not scanned (archive elsewhere)"))
             continue
+        if (st.st_dev, st.st_ino) in listed:
+            continue  # the same inbox named twice: every file is read once (all are listed before any is read)
+        listed.add((st.st_dev, st.st_ino))
         stored_root = original.stored_path(str(root))
         for path, st in walk(root, skip, report):
             rel = path.relative_to(root)
