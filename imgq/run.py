@@ -9,6 +9,7 @@ summarises the run. Run twice on an unchanged inbox, the second run changes noth
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -82,8 +83,10 @@ def run(
     clock: Callable[[], float] = time.time,
     on_step: Callable[[str, object], None] = lambda step, result: None,
     on_work: Callable[[tuple], None] = lambda r: None,
+    on_progress: Callable[[str, int, int], None] = lambda step, done, total: None,
 ) -> RunReport:
-    """Run every step once; ``on_step(name, result)`` after each.
+    """Run every step once; ``on_step(name, result)`` after each, ``on_progress(name,
+    done, total)`` as scan and archive go.
 
     A dry run (``opts.dry_run``, on a ``ScratchDB``) runs scan and enqueue as they are,
     does not work (it would write the store): ``report.would_process`` lists the files
@@ -100,6 +103,7 @@ def run(
         max_pixels=settings.max_pixels,
         skip_dirs=skip,
         actor=Actor(name="run:scan"),
+        on_progress=functools.partial(on_progress, "scan"),
     )
     on_step("scan", report.scan)
 
@@ -129,6 +133,7 @@ def run(
         backoff=settings.backoff_seconds,
         backoff_max=settings.backoff_max_seconds,
         dry_run=opts.dry_run,
+        on_progress=functools.partial(on_progress, "archive"),
     )
     on_step("archive", report.archive)
 

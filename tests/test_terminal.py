@@ -168,6 +168,8 @@ def test_archive_and_run_on_a_terminal_keep_stdout_for_ids(tmp_path, queued):
     (archived,) = r.stdout.splitlines()
     assert archived.startswith("dave_") and archived not in r.text
     assert "run: " in r.text, r.text
+    assert progress_counts(r.text, "scan")[-1] == (1, 1), r.text  # run's steps show their progress too
+    assert progress_counts(r.text, "archive")[-1] == (1, 1), r.text
 
 
 # -- 2. progress on the terminal for every long step, and nowhere else ----------------------

@@ -79,7 +79,11 @@ def run(
         dry_run=dry_run,
     )
 
+    meters = {step: common.Meter(step) for step in ("scan", "archive")}  # drawn on a terminal only
+
     def on_step(step: str, result) -> None:
+        if step in meters:
+            meters[step].stop()
         if dry_run and _dry_step(step, result, json):
             return
         if json:
@@ -117,13 +121,15 @@ def run(
     try:
         with inv.recorded({"inboxes": [str(p) for p in inboxes], "to": urls}, wait=wait, locks=STEPS) as rec:
             started = time.time()
-            report = run_step.run(database, settings, opts, on_step=on_step, on_work=on_work)
+            report = run_step.run(database, settings, opts, on_step=on_step, on_work=on_work, on_progress=lambda step, done, total: meters[step](done, total))
             rec["counts"] = report.counts()
             rec["counts"]["seconds"] = round(time.time() - started, 3)
             if common.is_tty():
                 common.stderr().print(summary(report.counts(), rec["counts"]["seconds"]), markup=False)
             rec["exit_code"] = report.exit_code
     finally:
+        for meter in meters.values():
+            meter.stop()
         destinations.close_all(dests)
 
 
