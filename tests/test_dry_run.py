@@ -202,3 +202,13 @@ def test_archive_dry_run_to_ssh_connects_to_nothing_and_names_the_copies_made_th
     assert sorted(done.stdout.split()) == sorted(r.stdout.split())
     made = {f"{url}/{p}" for p in files_under(remote) if not p.startswith(".imgq")}
     assert {m.group(1) for m in re.finditer(r"would copy to (ssh://.*)$", r.stderr, re.M)} == made
+
+
+@pytest.mark.parametrize("db", ["no-such-folder/imgq.db", ".", "notes.txt"], ids=["missing-folder", "a-folder", "not-sqlite"])
+def test_a_dry_run_refuses_a_bad_database_as_the_real_run_does(tmp_path, good_inbox, db):
+    (tmp_path / "notes.txt").write_text("not a database\n")
+    before = snapshot(tmp_path)
+    r = imgq_subprocess("scan", "--dry-run", "--db", db, good_inbox, cwd=tmp_path)
+    assert snapshot(tmp_path) == before
+    real_run = imgq_subprocess("scan", "--db", db, good_inbox, cwd=tmp_path)
+    assert (r.returncode, r.stderr) == (2, real_run.stderr) and r.stderr.startswith("imgq: error: "), r.stderr

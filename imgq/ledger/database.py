@@ -240,8 +240,8 @@ class ScratchDB(DB):
         self._lock_fd = None
         conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
         try:
+            _check_openable(self.path, True)  # what a real run would refuse (a folder, no such folder), refused
             if self.path.exists():
-                _check_openable(self.path, False)
                 # Without a -wal beside it, no process has the database open and the file
                 # is whole: read it as immutable, which makes no -wal or -shm either. With
                 # one, read through it (read-only: the files are there already).
