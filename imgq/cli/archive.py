@@ -83,30 +83,26 @@ def _archive(database, settings, dests, wanted, json, retry_now, run, dry_run) -
             common.warn(f"{file_id}: {'would copy to' if how == 'would copy' else 'already there:'} {url.rstrip('/')}/{rel}")
 
     started = time.time()
-    meter = common.Meter("archive")
-    with meter:
-        report = _run_archive(database, settings, dests, wanted, retry_now, on_file, meter, dry_run)
+    with common.Meter("archive") as meter:
+        report = archive_lib.archive(
+            database,
+            list(dests.values()),
+            store_dir=settings.store_dir,
+            file_ids=wanted,
+            clock=time.time,
+            actor=Actor(name="archive"),
+            backoff=settings.backoff_seconds,
+            backoff_max=settings.backoff_max_seconds,
+            ignore_backoff=retry_now,
+            on_file=on_file,
+            on_progress=meter,
+            dry_run=dry_run,
+        )
     return _render(report, run, started, dry_run)
 
 
-def _run_archive(database, settings, dests, wanted, retry_now, on_file, meter, dry_run):
-    return archive_lib.archive(
-        database,
-        list(dests.values()),
-        store_dir=settings.store_dir,
-        file_ids=wanted,
-        clock=time.time,
-        actor=Actor(name="archive"),
-        backoff=settings.backoff_seconds,
-        backoff_max=settings.backoff_max_seconds,
-        ignore_backoff=retry_now,
-        on_file=on_file,
-        on_progress=meter,
-        dry_run=dry_run,
-    )
-
-
 def _render(report, run, started, dry_run) -> int:
+    """What people read after an archive, on stderr; the run's counts; the exit code."""
     for url, same in report.aliases:
         common.warn(f"{url} is the same destination as {same} (one folder reached two ways): archived to once, counted as one copy")
     # on stderr and in the run's counts (imgq run --json, imgq report): stdout stays one
