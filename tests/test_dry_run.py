@@ -10,6 +10,7 @@ and after the dry run, then the real run is made and its output compared with th
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import sqlite3
@@ -148,6 +149,9 @@ def test_run_dry_run_on_a_new_inbox_lists_what_the_run_archives(tmp_path, good_i
     inbox_files = files_under(good_inbox)
     r = dry(tmp_path, "run", good_inbox, "--to", dest)
     assert not (tmp_path / "imgq.db").exists()
+    steps = [json.loads(line) for line in dry(tmp_path, "run", "--json", good_inbox, "--to", dest).stdout.splitlines()]
+    assert [o["step"] for o in steps] == ["scan", "enqueue", "work", "archive", "collect"]  # one object per step, as a real run
+    assert steps[2]["would_process"] == len(r.stdout.split())
     done = real(tmp_path, "run", good_inbox, "--to", dest)
     assert sorted(done.stdout.split()) == sorted(r.stdout.split()) and len(r.stdout.split()) >= 6
     assert files_under(good_inbox) != inbox_files  # the real run did collect
