@@ -4,7 +4,7 @@
 # _imgq_subcommands PATH: the subcommands of the command PATH, in REPLY.
 _imgq_subcommands() {
     case $1 in
-        'imgq') REPLY='scan enqueue work status log retry publish report archive collect run recipes hosts' ;;
+        'imgq') REPLY='scan enqueue work status log retry publish report archive collect run recipes config datasette-metadata hosts' ;;
         'imgq hosts') REPLY='check' ;;
         *) REPLY='' ;;
     esac
@@ -13,21 +13,23 @@ _imgq_subcommands() {
 # _imgq_options PATH: every option of the command PATH, in REPLY.
 _imgq_options() {
     case $1 in
-        'imgq') REPLY='--debug --version -h --help' ;;
-        'imgq scan') REPLY='--settle --default-owner -n --dry-run --db --config --json --wait --no-wait -h --help' ;;
-        'imgq enqueue') REPLY='-r --recipe --op --max-attempts --split --stripes --split-pixels -n --dry-run --db --config --json --wait --no-wait -h --help' ;;
-        'imgq work') REPLY='-j --jobs --drain --follow --once --batch --lease --max-attempts --poll --report --hosts --hosts-file --slots --prefetch --transfers --shared-root --remote-imgq --ssh-config --accept-new-host-keys --connect-timeout --host-timeout --db --config --json -h --help' ;;
-        'imgq status') REPLY='--watch --failures --db --config --json -h --help' ;;
-        'imgq log') REPLY='--db --config --json -h --help' ;;
-        'imgq retry') REPLY='--error --db --config --json -h --help' ;;
-        'imgq publish') REPLY='--title --per-page --copy --force --originals-url --thumb --web -n --dry-run --db --config --json --wait --no-wait -h --help' ;;
-        'imgq report') REPLY='--run --last --since --failures --db --config --json -h --help' ;;
-        'imgq archive') REPLY='--to --verify --retry-now -n --dry-run --ssh-config --accept-new-host-keys --db --config --json --wait --no-wait -h --help' ;;
-        'imgq collect') REPLY='--min-copies --to -n --dry-run --ssh-config --accept-new-host-keys --db --config --json --wait --no-wait -h --help' ;;
-        'imgq run') REPLY='--to -j --jobs -r --recipe --min-copies --no-collect --settle -n --dry-run --ssh-config --accept-new-host-keys --db --config --json --wait --no-wait -h --help' ;;
-        'imgq recipes') REPLY='--ops --config --json -h --help' ;;
+        'imgq') REPLY='--db --config -v --verbose -q --quiet --debug --version -h --help' ;;
+        'imgq scan') REPLY='--settle --default-owner -n --dry-run --db --config --json --wait --no-wait -v --verbose -q --quiet -h --help' ;;
+        'imgq enqueue') REPLY='-r --recipe --op --max-attempts --split --stripes --split-pixels -n --dry-run --db --config --json --wait --no-wait -v --verbose -q --quiet -h --help' ;;
+        'imgq work') REPLY='-j --jobs --drain --follow --once --batch --lease --max-attempts --poll --report --hosts --hosts-file --slots --prefetch --transfers --shared-root --remote-imgq --ssh-config --accept-new-host-keys --connect-timeout --host-timeout --db --config --json -v --verbose -q --quiet -h --help' ;;
+        'imgq status') REPLY='--watch --failures --db --config --json -v --verbose -q --quiet -h --help' ;;
+        'imgq log') REPLY='--db --config --json -v --verbose -q --quiet -h --help' ;;
+        'imgq retry') REPLY='--error --db --config --json -v --verbose -q --quiet -h --help' ;;
+        'imgq publish') REPLY='--title --per-page --copy --force --originals-url --thumb --web -n --dry-run --db --config --json --wait --no-wait -v --verbose -q --quiet -h --help' ;;
+        'imgq report') REPLY='--run --last --since --failures --db --config --json -v --verbose -q --quiet -h --help' ;;
+        'imgq archive') REPLY='--to --verify --retry-now -n --dry-run --ssh-config --accept-new-host-keys --db --config --json --wait --no-wait -v --verbose -q --quiet -h --help' ;;
+        'imgq collect') REPLY='--min-copies --to -n --dry-run --ssh-config --accept-new-host-keys --db --config --json --wait --no-wait -v --verbose -q --quiet -h --help' ;;
+        'imgq run') REPLY='--to -j --jobs -r --recipe --min-copies --no-collect --settle -n --dry-run --ssh-config --accept-new-host-keys --db --config --json --wait --no-wait -v --verbose -q --quiet -h --help' ;;
+        'imgq recipes') REPLY='--ops --config --json -v --verbose -q --quiet -h --help' ;;
+        'imgq config') REPLY='--path --db --config --json -v --verbose -q --quiet -h --help' ;;
+        'imgq datasette-metadata') REPLY='--name -v --verbose -q --quiet -h --help' ;;
         'imgq hosts') REPLY='-h --help' ;;
-        'imgq hosts check') REPLY='--hosts-file --remote-imgq --ssh-config --accept-new-host-keys --connect-timeout --json -h --help' ;;
+        'imgq hosts check') REPLY='--hosts-file --remote-imgq --ssh-config --accept-new-host-keys --connect-timeout --json -v --verbose -q --quiet -h --help' ;;
         *) REPLY='' ;;
     esac
 }
@@ -36,6 +38,8 @@ _imgq_options() {
 # choice:WORDS or value), or nothing if it takes none, in REPLY.
 _imgq_value() {
     case "$1|$2" in
+        'imgq|--db') REPLY='file' ;;
+        'imgq|--config') REPLY='file' ;;
         'imgq scan|--settle') REPLY='value' ;;
         'imgq scan|--default-owner') REPLY='value' ;;
         'imgq scan|--db') REPLY='file' ;;
@@ -109,6 +113,9 @@ _imgq_value() {
         'imgq run|--db') REPLY='file' ;;
         'imgq run|--config') REPLY='file' ;;
         'imgq recipes|--config') REPLY='file' ;;
+        'imgq config|--db') REPLY='file' ;;
+        'imgq config|--config') REPLY='file' ;;
+        'imgq datasette-metadata|--name') REPLY='value' ;;
         'imgq hosts check|--hosts-file') REPLY='file' ;;
         'imgq hosts check|--remote-imgq') REPLY='value' ;;
         'imgq hosts check|--ssh-config') REPLY='file' ;;

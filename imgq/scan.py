@@ -108,7 +108,7 @@ def recorded_destinations(db: DB) -> list[str]:
     urls: set[str] = set()
     for table in ("archive_targets", "copies", "archive_paths"):
         try:
-            urls.update(r[0] for r in db.all(f"SELECT DISTINCT destination FROM {table}"))
+            urls.update(db.distinct(table, "destination"))  # each table has an index leading with it
         except Exception:  # an older schema without the table
             continue
     local = []

@@ -72,7 +72,10 @@ def _takes_ids(cmd) -> bool:
 TAKES_IDS = sorted(w for w, c in COMMANDS.items() if _takes_ids(c))
 
 
-DB_COMMANDS = sorted(w for w, c in COMMANDS.items() if _has_db(c))
+# Commands whose --db only names the database they report on: they never open it
+# (`imgq config` shows which database a command would use, and why).
+NAMES_ONLY = {"config"}
+DB_COMMANDS = sorted(w for w, c in COMMANDS.items() if _has_db(c) and w not in NAMES_ONLY)
 
 
 def _assert_one_error_line(r, *names: str) -> None:

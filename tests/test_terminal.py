@@ -232,6 +232,18 @@ def test_progress_keeps_to_the_terminal_and_no_color_takes_only_the_colour(tmp_p
         assert piped.stdout.strip() and "\x1b" not in piped.stderr and "━" not in piped.stderr and not re.search(r"\d+/\d+", piped.stderr), piped.stderr
 
 
+def test_run_dry_run_on_a_terminal_sums_up_what_it_would_do(tmp_path, inbox):
+    dest = tmp_path / "backup"
+    dest.mkdir()
+    r = run_in_tty("run", "--dry-run", inbox, "--to", dest, cwd=tmp_path)
+    assert r.returncode == 0, r.text
+    ids = r.stdout.split()
+    assert len(ids) >= 6 and not (tmp_path / "imgq.db").exists()
+    summary = " ".join(r.text[r.text.index("run: scan"):].split())
+    assert f"work {len(ids)} files would be processed" in summary, summary
+    assert "dry run: nothing changed" in r.text, r.text
+
+
 # -- 3. summaries people read ----------------------------------------------------------------
 
 

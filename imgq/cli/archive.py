@@ -78,9 +78,12 @@ def _archive(database, settings, dests, wanted, json, retry_now, run, dry_run) -
             common.out_json({"id": file_id, "state": "archived"}) if json else common.out(file_id)
         elif what == "failed" and not info.down:
             common.warn(f"{file_id}: {info.error}")
-        elif what == "copied" and dry_run:
-            url, rel, how = info
-            common.warn(f"{file_id}: {'would copy to' if how == 'would copy' else 'already there:'} {url.rstrip('/')}/{rel}")
+        elif what == "copied":
+            url, path, how = info
+            if dry_run:
+                common.warn(f"{file_id}: {'would copy to' if how == 'would copy' else 'already there:'} {url.rstrip('/')}/{path}")
+            else:
+                common.detail(f"{file_id}: {how} {url}/{path}")
 
     started = time.time()
     with common.Meter("archive") as meter:
@@ -104,25 +107,23 @@ def _archive(database, settings, dests, wanted, json, retry_now, run, dry_run) -
 def _render(report, run, started, dry_run) -> int:
     """What people read after an archive, on stderr; the run's counts; the exit code."""
     for url, same in report.aliases:
-        common.warn(f"{url} is the same destination as {same} (one folder reached two ways): archived to once, counted as one copy")
+        common.note(f"{url} is the same destination as {same} (one folder reached two ways): archived to once, counted as one copy")
     # on stderr and in the run's counts (imgq run --json, imgq report): stdout stays one
     # file per line, so `imgq archive --json | imgq collect -` keeps working
     for url, rel in report.swept:
-        common.warn(f"{url}: removed {rel}, left by a copy that was killed")
+        common.note(f"{url}: removed {rel}, left by a copy that was killed")
     for file_id, state in report.skipped:
-        common.warn(f"{file_id}: no such file id" if state is None else f"{file_id}: is {state}; only processed files are archived")
+        (common.warn if state is None else common.note)(f"{file_id}: no such file id" if state is None else f"{file_id}: is {state}; only processed files are archived")
     for url, why in sorted(report.down.items()):
         n = sum(f.destination == url for f in report.failed)
         common.warn(f"destination unavailable: {why}; {n} file(s) will be retried there with backoff")
     if report.waiting:
-        common.warn(f"{report.waiting} copy task(s) still in backoff after earlier failures (see imgq status; --retry-now to try now)")
+        common.note(f"{report.waiting} copy task(s) still in backoff after earlier failures (see imgq status; --retry-now to try now)")
     run["counts"] = archive_lib.summary(report)
-    if common.is_tty():
-        common.stderr().print(
-            f"archive: {len(report.archived)} {'would be archived' if dry_run else 'archived'}, {report.copied} {'to copy' if dry_run else 'copied'} ({report.bytes / 1e6:.1f} MB), "
-            f"{report.found} already there, {len(report.failed)} failed in {time.time() - started:.1f}s",
-            markup=False,
-        )
+    common.summary(
+        f"archive: {len(report.archived)} {'would be archived' if dry_run else 'archived'}, {report.copied} {'to copy' if dry_run else 'copied'} ({report.bytes / 1e6:.1f} MB), "
+        f"{report.found} already there, {len(report.failed)} failed in {time.time() - started:.1f}s"
+    )
     unknown = any(state is None for _, state in report.skipped)
     return int(Exit.USAGE) if unknown else int(Exit.SOME_FAILED) if report.failed else 0
 
@@ -157,6 +158,5 @@ def _verify(database, settings, dests, wanted, json, run, dry_run=False) -> int:
         "repaired": sum(p.repaired for p in report.problems),
         "unreachable": sorted(report.unreachable),
     }
-    if common.is_tty():
-        common.stderr().print(f"verify: {report.checked} checked, {report.good} good, {len(report.problems)} bad ({run['counts']['repaired']} repaired)", markup=False)
+    common.summary(f"verify: {report.checked} checked, {report.good} good, {len(report.problems)} bad ({run['counts']['repaired']} repaired)")
     return int(Exit.SOME_FAILED) if report.problems or report.unreachable else 0

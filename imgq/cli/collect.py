@@ -64,7 +64,7 @@ def collect(
             required = collect_lib.recorded_destinations(inv.database)
         if not required:
             raise UsageError("no destination to require copies at, and none is recorded in the database: give --to DEST or --min-copies N, or set destinations = [...] in imgq.toml")
-        common.warn(f"collect: no --to and no destinations in imgq.toml: requiring a verified copy at each destination recorded in the database: {', '.join(required)}")
+        common.note(f"collect: no --to and no destinations in imgq.toml: requiring a verified copy at each destination recorded in the database: {', '.join(required)}")
     database = inv.database
     common.require_known(database, wanted)
     urls = list(required)
@@ -85,6 +85,10 @@ def collect(
             common.warn(f"would delete {v.path}: {v.reason}")
         elif v.action == collect_lib.KEEP or (dry_run and v.action == collect_lib.WAIT):
             common.warn(f"keeping {v.path}: {v.reason}")
+        elif v.action == collect_lib.WAIT:
+            common.detail(f"keeping {v.path}: {v.reason}")
+        elif v.action == collect_lib.DELETED:
+            common.detail(f"deleted {v.path}: {v.reason}")
 
     try:
         # with --min-copies a file archive is still working on may go: never both at once
@@ -102,9 +106,9 @@ def collect(
                 on_verdict=on_verdict,
             )
             run["counts"] = collect_lib.summary(report)
-            if common.is_tty() and not verbose:
+            if not verbose:
                 c = run["counts"]
-                common.stderr().print(f"collect: {c['deleted']} deleted, {c['gone']} already gone, {c['keep']} kept (see above), {c['wait']} not archived yet", markup=False)
+                common.summary(f"collect: {c['deleted']} deleted, {c['gone']} already gone, {c['keep']} kept (see above), {c['wait']} not archived yet")
             if report.problems:
                 run["exit_code"] = int(Exit.SOME_FAILED)
     finally:

@@ -21,11 +21,11 @@ if TYPE_CHECKING:
 
 DbOpt = Annotated[
     Optional[str],
-    typer.Option("--db", help="Database file (default: $IMGQ_DB, else ./imgq.db).", metavar="PATH", show_default=False),
+    typer.Option("--db", help="Database file (default: a --db before the command, else $IMGQ_DB, else ./imgq.db).", metavar="PATH", show_default=False),
 ]
 ConfigOpt = Annotated[
     Optional[str],
-    typer.Option("--config", help="Settings file (default: $IMGQ_CONFIG, else ./imgq.toml if present).", metavar="PATH", show_default=False),
+    typer.Option("--config", help="Settings file (default: a --config before the command, else the first of $IMGQ_CONFIG, ./imgq.toml, ~/.config/imgq/imgq.toml, /etc/imgq/imgq.toml).", metavar="PATH", show_default=False),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Write one JSON object per line to stdout instead of ids.")]
 WaitOpt = Annotated[

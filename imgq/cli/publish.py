@@ -67,7 +67,7 @@ def publish(
             for rel in report.removed:
                 common.warn(f"publish: would remove {out / rel}")
         for rel, pid in report.swept:
-            common.warn(f"publish: {'would sweep' if dry_run else 'swept'} {out / rel}: a temporary file its writer (pid {pid}) left when it was killed")
+            common.note(f"publish: {'would sweep' if dry_run else 'swept'} {out / rel}: a temporary file its writer (pid {pid}) left when it was killed")
             if json:
                 common.out_json({"swept": rel, "pid": pid})
         pages = {pid: f"photo/{publish_step.slug(pid)}.html" for pid in report.changed}
@@ -89,11 +89,11 @@ def publish(
             "refused": len(report.refused),
             "swept": len(report.swept),
         }
-        if common.is_tty():
-            c = run["counts"]
-            common.stderr().print(
-                f"publish: {c['photos']} photos; {c['written']} files {'would be ' if dry_run else ''}written, {c['unchanged']} unchanged, {c['removed']} {'would be ' if dry_run else ''}removed -> {out / 'index.html'}",
-                markup=False,
-            )
+        c = run["counts"]
+        would = "would be " if dry_run else ""
+        common.summary(f"publish: {c['photos']} photos; {c['written']} files {would}written, {c['unchanged']} unchanged, {c['removed']} {would}removed -> {out / 'index.html'}")
+        if not dry_run:  # a dry run names them all anyway
+            for path in report.written:
+                common.detail(f"wrote {out / path}")
         if report.skipped or report.refused:
             run["exit_code"] = int(Exit.SOME_FAILED)

@@ -89,12 +89,15 @@ def run(
         if json:
             partial = run_step.RunReport(**({"enqueued": result} if step == "enqueue" else {step: result}))
             common.out_json({"step": step, **partial.counts()[step]})
+        common.detail(f"{step} done")
         if step == "scan":
+            for f in result.found:
+                common.detail(f"scan: {f.state} {f.path}")
             for f in result.failed:
                 common.warn(f"{f.path}: {f.reason}")
             for path, why in result.skipped:
                 if "symlink" not in why:  # a symlink is skipped on purpose; no need to mail it every run
-                    common.warn(f"skipped {path}: {why}")
+                    common.note(f"skipped {path}: {why}")
             for path, why in result.problems:  # unreadable now: tried again by the next run
                 common.warn(f"scan: {path}: {why}")
         elif step == "archive":
@@ -107,9 +110,9 @@ def run(
             for url, why in sorted(result.down.items()):
                 common.warn(f"archive: destination unavailable: {why}")
             for url, same in result.aliases:
-                common.warn(f"archive: {url} is the same destination as {same} (one folder reached two ways): archived to once, counted as one copy")
+                common.note(f"archive: {url} is the same destination as {same} (one folder reached two ways): archived to once, counted as one copy")
             for url, rel in result.swept:
-                common.warn(f"archive: {url}: removed {rel}, left by a copy that was killed")
+                common.note(f"archive: {url}: removed {rel}, left by a copy that was killed")
         elif step == "collect":
             for v in result.problems:
                 common.warn(f"collect: keeping {v.path}: {v.reason}")
@@ -124,8 +127,7 @@ def run(
             report = run_step.run(database, settings, opts, on_step=on_step, on_work=on_work, on_progress=lambda step, done, total: meters[step](done, total))
             rec["counts"] = report.counts()
             rec["counts"]["seconds"] = round(time.time() - started, 3)
-            if common.is_tty():
-                common.stderr().print(summary(report.counts(), rec["counts"]["seconds"]), markup=False)
+            common.summary(summary(report.counts(), rec["counts"]["seconds"]))
             rec["exit_code"] = report.exit_code
     finally:
         for meter in meters.values():
@@ -165,7 +167,7 @@ def summary(counts: dict, seconds: float) -> str:
     parts.append(f"enqueue {c['jobs']} jobs for {c['files']} files")
     if "work" in counts:
         c = counts["work"]
-        parts.append(f"work {c['done']} done, {c['failed']} failed")
+        parts.append(f"work {c['would_process']} files would be processed" if "would_process" in c else f"work {c['done']} done, {c['failed']} failed")
     if "archive" in counts:
         c = counts["archive"]
         words = [f"{c['archived']} archived", f"{c['copied']} copies ({common.size(c['bytes'])})", *some(c["found"], "already there"), f"{c['failed']} failed"]

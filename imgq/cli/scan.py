@@ -56,7 +56,6 @@ def scan(
         settings.settle = settle
     if default_owner is not None:
         settings.default_owner = default_owner
-    err = common.stderr()
     with inv.recorded({"inboxes": [str(p) for p in inboxes]}, wait=wait) as run, common.Meter("scan") as meter:
         report = scan_step.scan(
             inv.database,
@@ -72,6 +71,7 @@ def scan(
         )
         meter.stop()
         for f in report.found:
+            common.detail(f"{f.state} {f.path}" + (f" (same bytes as {f.duplicate_of})" if f.duplicate_of else "") + (f": {f.reason}" if f.reason else ""))
             if json:
                 common.out_json({"id": f.id, "path": f.path, "state": f.state, "reason": f.reason, "duplicate_of": f.duplicate_of})
             elif f.state == "seen":
@@ -79,7 +79,7 @@ def scan(
         for f in report.failed:
             common.warn(f"{f.path}: {f.reason}")
         for path, why in report.skipped:
-            common.warn(f"skipped {path}: {why}")
+            common.note(f"skipped {path}: {why}")
         for path, why in report.problems:
             common.warn(f"{path}: {why}")
         run["counts"] = {
@@ -91,10 +91,11 @@ def scan(
             "problems": len(report.problems),
         }
         if report.settling:
-            common.warn(f"{len(report.settling)} file(s) still being written; the next scan will take them")
-        if common.is_tty():
-            c = run["counts"]
-            err.print(f"scan: {c['new']} new, {c['duplicates']} duplicate, {c['failed']} failed, {c['unchanged']} unchanged", markup=False)
+            common.note(f"{len(report.settling)} file(s) still being written; the next scan will take them")
+        for path in report.settling:
+            common.detail(f"still being written: {path}")
+        c = run["counts"]
+        common.summary(f"scan: {c['new']} new, {c['duplicates']} duplicate, {c['failed']} failed, {c['unchanged']} unchanged")
         missing = [p for p in inboxes if not p.is_dir()]
         if missing:
             run["exit_code"] = int(Exit.USAGE)

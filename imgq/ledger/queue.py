@@ -30,7 +30,7 @@ from imgq.errors import InvalidTransition
 from imgq.ledger.journal import Actor, JobChange
 from imgq.ledger.settle import Outcome, Settled, fail_job, settle
 
-__all__ = ["Claim", "Artifact", "SplitPolicy", "EnqueueResult", "Outcome", "Settled", "enqueue", "claim",
+__all__ = ["Claim", "Artifact", "SplitPolicy", "EnqueueResult", "Outcome", "Settled", "enqueue", "lacking", "claim",
            "heartbeat", "settle", "release", "retry", "pending", "ENQUEUEABLE"]
 
 ENQUEUEABLE = {"seen", "queued", "processed", "archived"}
@@ -95,6 +95,20 @@ class EnqueueResult:
     file_id: str
     created: list[int]
     skipped: str | None = None  # why nothing was enqueued, for files that cannot be
+
+
+def lacking(db: DB, chains_by_recipe: dict[str, dict[str, str]]) -> list[str]:
+    """The ids of the files a recipe may still give a job (their state allows it) that
+    lack the job of at least one of these recipes, oldest first: what ``enqueue`` with no
+    ids has to do. One query, each file's jobs found through their unique index, so a
+    journal of 100,000 archived files answers "nothing to do" in milliseconds."""
+    states = sorted(ENQUEUEABLE)
+    wants = " OR ".join("NOT EXISTS (SELECT 1 FROM jobs j WHERE j.file_id = f.id AND j.recipe = ? AND j.spec_hash = ?)" for _ in chains_by_recipe)
+    if not wants:
+        return []
+    params = [p for name, chains in chains_by_recipe.items() for p in (name, recipes.spec_hash(recipes.normalize_recipe(chains)))]
+    sql = f"SELECT f.id FROM files f WHERE f.state IN ({', '.join('?' for _ in states)}) AND ({wants}) ORDER BY f.created_at, f.id"
+    return [r[0] for r in db.all(sql, (*states, *params))]
 
 
 def enqueue(
