@@ -32,6 +32,13 @@ WaitOpt = Annotated[
     bool,
     typer.Option("--wait/--no-wait", help="If another run of this step holds its lock: wait for it, or exit 0 quietly (default)."),
 ]
+
+
+def dry_run_option(what: str):
+    """--dry-run/-n (as make and rsync): ``what`` says what is shown instead of done."""
+    return typer.Option("--dry-run", "-n", help=f"Change nothing (no database made or written, no file written or deleted); {what} Ends with 'dry run: nothing changed' on stderr.")
+
+
 IdsArg = "[IDS | -]"  # the metavar of every ids argument (`-` reads them from stdin)
 
 
