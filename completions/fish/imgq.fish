@@ -96,7 +96,7 @@ complete -c imgq -n '__imgq_at "imgq scan"' -F
 # imgq enqueue
 complete -c imgq -n '__imgq_at "imgq enqueue"' -s 'r' -l 'recipe' -x -a '(__imgq_values recipes)' -d 'Recipe to apply (repeatable; default: the enqueue list of imgq.toml, else default)'
 complete -c imgq -n '__imgq_at "imgq enqueue"' -l 'op' -x -a '(__imgq_values ops)' -d 'An operation chain giving one artifact, e.g. \'web|sharpness=1.5\' (repeatable)'
-complete -c imgq -n '__imgq_at "imgq enqueue"' -l 'max-attempts' -x -d 'Attempts before a transiently failing job fails (default 5)'
+complete -c imgq -n '__imgq_at "imgq enqueue"' -l 'max-attempts' -x -d 'At most N attempts for a transiently failing job (default: no limit by count; it is retried for retry_for seconds, a day by default)'
 complete -c imgq -n '__imgq_at "imgq enqueue"' -l 'split' -d 'Split images over split_pixels (default 40 MP) into stripe jobs that any workers or hosts run in parallel, then join them; the result is pixel-identical'
 complete -c imgq -n '__imgq_at "imgq enqueue"' -l 'stripes' -x -d 'Stripes per split image (default 4, or split_stripes in imgq.toml)'
 complete -c imgq -n '__imgq_at "imgq enqueue"' -l 'split-pixels' -x -d 'Split only images with more pixels than this (default 40000000)'
@@ -116,7 +116,7 @@ complete -c imgq -n '__imgq_at "imgq work"' -l 'follow' -d 'Keep polling for new
 complete -c imgq -n '__imgq_at "imgq work"' -l 'once' -d 'Exit when no job is due now: jobs waiting out a retry backoff are left for the next run (for cron)'
 complete -c imgq -n '__imgq_at "imgq work"' -l 'batch' -x -d 'Jobs per claim (default: adapts to about 0.5 s of work)'
 complete -c imgq -n '__imgq_at "imgq work"' -l 'lease' -x -d 'Seconds a claim holds a job without a heartbeat (default 60)'
-complete -c imgq -n '__imgq_at "imgq work"' -l 'max-attempts' -x -d 'Attempts before a transiently failing job fails (default: the job\'s own, 5 unless enqueued with another)'
+complete -c imgq -n '__imgq_at "imgq work"' -l 'max-attempts' -x -d 'At most N attempts for a transiently failing job, here (default: the job\'s own limit, none unless enqueued with one; a transient failure is retried for retry_for seconds, a day by default)'
 complete -c imgq -n '__imgq_at "imgq work"' -l 'poll' -x -d 'Seconds between polls of an empty queue'
 complete -c imgq -n '__imgq_at "imgq work"' -l 'report' -r -F -d 'When the run ends, write its report (`imgq report --run ID`) to FILE: JSON if FILE ends in .json, else text'
 complete -c imgq -n '__imgq_at "imgq work"' -l 'hosts' -x -d 'Work on these hosts over SSH: [user@]host[:port][/slots], comma-separated or repeated'

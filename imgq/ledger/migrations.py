@@ -512,9 +512,17 @@ def _m11_owner_spellings(db: "sqlite_utils.Database") -> None:
     )
 
 
+def _m12_retry_for_a_time(db: "sqlite_utils.Database") -> None:
+    # Transient failures are retried for a time (retry_for), not a count: a job keeps the
+    # time its current run of failures began. Lost workers are counted apart (max_lost),
+    # so a photo that kills its worker still fails after a few tries.
+    db.execute("ALTER TABLE jobs ADD COLUMN failing_since REAL")
+    db.execute("ALTER TABLE jobs ADD COLUMN lost INTEGER NOT NULL DEFAULT 0")
+
+
 MIGRATIONS: list[Callable[["sqlite_utils.Database"], None]] = [
     _m1_core, _m2_archive, _m3_faces, _m4_job_stages, _m5_hosts, _m6_destination_identity, _m7_meta, _m8_archive_target_states,
-    _m9_views, _m10_journal_at_scale, _m11_owner_spellings,
+    _m9_views, _m10_journal_at_scale, _m11_owner_spellings, _m12_retry_for_a_time,
 ]
 
 
