@@ -1,4 +1,11 @@
-"""Settings: embedded defaults, overridden by imgq.toml, overridden by the command line.
+"""Settings: embedded defaults, overridden by one imgq.toml, overridden by the environment
+and the command line.
+
+The settings file in force is the first found of: --config, $IMGQ_CONFIG, ./imgq.toml,
+$XDG_CONFIG_HOME/imgq/imgq.toml (default ~/.config/imgq/imgq.toml), /etc/imgq/imgq.toml.
+Files are never merged: the first one found is the whole of the settings besides the
+defaults (so what a file says is all there is to read, as with rclone's one config).
+Every setting remembers where its value came from (``Settings.sources``) for `imgq config`.
 
 Only the CLI reads the environment and files; the library receives a ``Settings``.
 """
@@ -26,9 +33,16 @@ class Settings:
     default_owner: str = "unknown"
     settle: float = 2.0
     lease_seconds: float = 60.0
-    max_attempts: int = 5
+    # A transient failure (a share or disk away, a host down) is retried for a time, not
+    # a count: until it has been failing for retry_for seconds, with backoff from
+    # backoff_seconds doubling up to backoff_max_seconds. max_attempts, when set (> 0),
+    # also bounds the attempts; max_lost bounds the times a job's worker may be lost
+    # (killed, hung, cut off) running it, so a photo that kills its worker cannot loop.
+    max_attempts: int = 0
+    retry_for: float = 86400.0
+    max_lost: int = 5
     backoff_seconds: float = 5.0
-    backoff_max_seconds: float = 3600.0
+    backoff_max_seconds: float = 300.0
     jpeg_quality: int = 85
     split_pixels: int = 40_000_000  # with --split, larger images become stripe jobs
     split_stripes: int = 4
@@ -39,6 +53,11 @@ class Settings:
     # the recipes `imgq enqueue` applies when given no --recipe or --op
     enqueue: list[str] = dataclasses.field(default_factory=lambda: ["default"])
     config_path: Path | None = None
+    # how config_path was found ("--config", "$IMGQ_CONFIG", "./imgq.toml", ...)
+    config_source: str | None = None
+    # setting (or "recipes.NAME") -> where its value came from: the config file's path,
+    # "$IMGQ_DB", "--db"; a setting not listed has its default
+    sources: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def store_dir(self) -> Path:
@@ -56,6 +75,8 @@ _SCALARS = {
     "settle": float,
     "lease_seconds": float,
     "max_attempts": int,
+    "retry_for": float,
+    "max_lost": int,
     "backoff_seconds": float,
     "backoff_max_seconds": float,
     "jpeg_quality": int,
@@ -64,18 +85,40 @@ _SCALARS = {
 }
 
 
-def find_config(explicit: str | None) -> Path | None:
-    """The config file in force: --config, else $IMGQ_CONFIG, else ./imgq.toml if present."""
+SYSTEM_CONFIG = Path("/etc/imgq/imgq.toml")
+
+
+def config_places() -> list[tuple[Path, str]]:
+    """Where a settings file is looked for when neither --config nor $IMGQ_CONFIG names
+    one, in order, each with how it is described (``./imgq.toml``, ``$XDG_CONFIG_HOME/...``)."""
+    xdg = os.environ.get("XDG_CONFIG_HOME")
+    if xdg and os.path.isabs(xdg):  # the XDG spec: a relative value is to be ignored
+        user, user_name = Path(xdg) / "imgq" / "imgq.toml", "$XDG_CONFIG_HOME/imgq/imgq.toml"
+    else:
+        user, user_name = Path("~/.config/imgq/imgq.toml").expanduser(), "~/.config/imgq/imgq.toml"
+    return [(Path("imgq.toml"), "./imgq.toml"), (user, user_name), (SYSTEM_CONFIG, str(SYSTEM_CONFIG))]
+
+
+def locate_config(explicit: str | None) -> tuple[Path | None, str | None]:
+    """The settings file in force and how it was found: --config, else $IMGQ_CONFIG (both
+    must exist), else the first of ``config_places()`` that is a file; (None, None) if none."""
     if explicit:
-        return Path(explicit)
+        return Path(explicit), "--config"
     env = os.environ.get("IMGQ_CONFIG")
     if env:
-        return Path(env)
-    here = Path("imgq.toml")
-    return here if here.is_file() else None
+        return Path(env), "$IMGQ_CONFIG"
+    for path, name in config_places():
+        if path.is_file():
+            return path, name
+    return None, None
 
 
-def load_settings(config: Path | None = None, db: str | None = None) -> Settings:
+def find_config(explicit: str | None) -> Path | None:
+    """The settings file in force (see ``locate_config``), or None."""
+    return locate_config(explicit)[0]
+
+
+def load_settings(config: Path | None = None, db: str | None = None, *, config_source: str | None = None) -> Settings:
     """Settings from the defaults and an optional imgq.toml.
 
     The file has top-level keys matching ``Settings`` fields, a ``[recipes.NAME]`` table
@@ -92,7 +135,10 @@ def load_settings(config: Path | None = None, db: str | None = None) -> Settings
         except tomllib.TOMLDecodeError as e:
             raise UsageError(f"config file {config}: {e}")
         s.config_path = config
+        s.config_source = config_source
+        where = os.path.abspath(config)
         for key, value in data.items():
+            s.sources[key] = where
             if key in _SCALARS:
                 try:
                     setattr(s, key, _SCALARS[key](value))
@@ -105,6 +151,7 @@ def load_settings(config: Path | None = None, db: str | None = None) -> Settings
                     if not isinstance(chains, dict) or not all(isinstance(c, str) for c in chains.values()):
                         raise UsageError(f'{config}: [recipes.{name}] must map artifact names to chains, e.g. thumb = "fit:120x90"')
                     s.recipes[name] = dict(chains)
+                    s.sources[f"recipes.{name}"] = where
             elif key == "destinations":
                 s.destinations = [str(d) for d in value]
             elif key == "enqueue":
@@ -118,8 +165,36 @@ def load_settings(config: Path | None = None, db: str | None = None) -> Settings
         unknown = [n for n in s.enqueue if n not in s.recipes]
         if unknown:
             raise UsageError(f"{config}: enqueue names unknown recipe(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(s.recipes))}")
+    s.sources.pop("recipes", None)  # recorded per recipe
     if db is not None:
         s.db = Path(db)
+        s.sources["db"] = "--db"
     elif os.environ.get("IMGQ_DB"):
         s.db = Path(os.environ["IMGQ_DB"])
+        s.sources["db"] = "$IMGQ_DB"
     return s
+
+
+def effective(settings: Settings) -> list[dict]:
+    """Every setting in force with where its value came from, for `imgq config`: dicts
+    with ``key``, ``value`` (plain TOML-able data) and ``source`` ("default", "built-in"
+    for a built-in recipe, the settings file's absolute path, "$IMGQ_DB", "--db").
+    Recipes come one per ``recipes.NAME``; ``store`` shows the folder in force."""
+    rows = []
+    for field in dataclasses.fields(Settings):
+        key = field.name
+        if key in ("config_path", "config_source", "sources", "recipes"):
+            continue
+        value = getattr(settings, key)
+        source = settings.sources.get(key, "default")
+        if key == "store" and value is None:
+            value, source = settings.store_dir, "default (beside the database)"
+        if isinstance(value, Path):
+            value = str(value)
+        elif isinstance(value, list):
+            value = list(value)
+        rows.append({"key": key, "value": value, "source": source})
+    for name, chains in settings.recipes.items():
+        key = f"recipes.{name}"
+        rows.append({"key": key, "value": dict(chains), "source": settings.sources.get(key, "built-in" if name in DEFAULT_RECIPES else "default")})
+    return rows

@@ -67,12 +67,13 @@ def enqueue(
 ) -> list[queue.EnqueueResult]:
     """One job per file per recipe where that file has none of that recipe's hash yet.
 
-    ``file_ids`` None means every eligible file (``eligible``); given ids are offered as
+    ``file_ids`` None means every eligible file (``eligible``) that lacks one of these
+    recipes' jobs (``queue.lacking``: a no-op enqueue costs one query); given ids are offered as
     they are, and an unknown or ineligible one comes back with ``skipped`` saying why.
     With ``split``, files over ``split_pixels`` (default: the settings') get ``stripes``
     stripe jobs (default: the settings') instead of one job.
     """
-    wanted = eligible(db) if file_ids is None else list(file_ids)
+    wanted = queue.lacking(db, chains_by_recipe) if file_ids is None else list(file_ids)
     policy = None
     if split:
         policy = queue.SplitPolicy(min_pixels=split_pixels or settings.split_pixels, stripes=stripes or settings.split_stripes)

@@ -10,8 +10,10 @@ import re
 
 from imgq import faces
 from imgq.fleet import hosts
+from imgq.ledger import owners
 from imgq.ledger.database import DB
 from imgq.ledger.journal import FILE_STATES, JOB_STATES
+from imgq.ledger.migrations import FILE_NAME
 from imgq.original import stored_path
 
 WINDOWS = (60, 300, 900)
@@ -75,6 +77,7 @@ def snapshot(db: DB, *, now: float, failures: int = 10) -> dict:
         "failures": recent,
         "retrying": retrying,
         "faces": faces.summary(db),
+        "owners_merged": owners.merged(db),  # one photographer's folder found under several spellings
         **archive_and_collect(db, now=now, limit=failures),
     }
 
@@ -149,7 +152,7 @@ def find_file(db: DB, ref: str, *, cwd: str) -> Lookup:
         return Lookup(ref, "path", _describe(db, ids), [])
     name = stored_path(ref)
     if "/" not in name:
-        ids = [r[0] for r in db.all("SELECT id FROM files WHERE path = ? OR substr(path, -length(?)) = ?", (name, "/" + name, "/" + name))]
+        ids = [r[0] for r in db.all(f"SELECT id FROM files WHERE {FILE_NAME} = ?", (name,))]
         if ids:
             return Lookup(ref, "name", _describe(db, ids), [])
     return Lookup(ref, None, [], _close(db, ref))
@@ -160,7 +163,7 @@ def _by_path(db: DB, ref: str, cwd: str) -> list[str]:
     to an inbox root."""
     wanted: set[tuple[str | None, str]] = set()
     full = os.path.normpath(os.path.join(cwd, ref))
-    inboxes = [r[0] for r in db.all("SELECT DISTINCT inbox FROM files")]
+    inboxes = db.distinct("files", "inbox")  # a few roots, found through the (inbox, path) index
     for spelled in {full, os.path.realpath(full)}:
         for inbox in inboxes:
             prefix = inbox.rstrip("/") + "/"
@@ -172,8 +175,8 @@ def _by_path(db: DB, ref: str, cwd: str) -> list[str]:
             wanted.add((None, stored_path(rel)))
     ids: list[str] = []
     for inbox, path in sorted(wanted, key=lambda w: (w[0] or "", w[1])):
-        sql, params = ("SELECT id FROM files WHERE path = ?", (path,)) if inbox is None else ("SELECT id FROM files WHERE inbox = ? AND path = ?", (inbox, path))
-        ids += [r[0] for r in db.all(sql, params) if r[0] not in ids]
+        for root in inboxes if inbox is None else [inbox]:  # each through the (inbox, path) index
+            ids += [r[0] for r in db.all("SELECT id FROM files WHERE inbox = ? AND path = ?", (root, path)) if r[0] not in ids]
     return ids
 
 

@@ -32,9 +32,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 def imgq_env(env: dict[str, str | None] | None = None) -> dict[str, str]:
     """The environment the CLI runs with: ours, minus IMGQ_* settings (so a developer's
-    IMGQ_DB cannot leak into a test), plus ``env`` (a value of None removes a variable).
+    IMGQ_DB cannot leak into a test) and with no user settings file, plus ``env`` (a
+    value of None removes a variable).
     The repository is put first on PYTHONPATH so an uninstalled checkout works too."""
     out = {k: v for k, v in os.environ.items() if not k.startswith("IMGQ_")}
+    # nor a developer's ~/.config/imgq/imgq.toml (a test that wants one sets its own)
+    out["XDG_CONFIG_HOME"] = "/nonexistent/imgq-tests-config"
     out["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), out.get("PYTHONPATH")]))
     for key, value in (env or {}).items():
         if value is None:

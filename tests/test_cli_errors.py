@@ -39,7 +39,11 @@ def _commands() -> dict:
     return found
 
 
-COMMANDS = _commands()
+# `imgq complete-values` (hidden) is what the shell completions ask on every Tab: by
+# design it answers every problem with nothing and exit 0, never a line on the terminal
+# (tests/test_completion.py checks that)
+SILENT = {"complete-values"}
+COMMANDS = {words: cmd for words, cmd in _commands().items() if words not in SILENT}
 
 # Commands that record something create the database when it is missing; the others only
 # read it (or act on what it already holds) and refuse a missing one. README says the same.
@@ -72,7 +76,10 @@ def _takes_ids(cmd) -> bool:
 TAKES_IDS = sorted(w for w, c in COMMANDS.items() if _takes_ids(c))
 
 
-DB_COMMANDS = sorted(w for w, c in COMMANDS.items() if _has_db(c))
+# Commands whose --db only names the database they report on: they never open it
+# (`imgq config` shows which database a command would use, and why).
+NAMES_ONLY = {"config"}
+DB_COMMANDS = sorted(w for w, c in COMMANDS.items() if _has_db(c) and w not in NAMES_ONLY)
 
 
 def _assert_one_error_line(r, *names: str) -> None:

@@ -18,14 +18,17 @@ import sqlite3
 import sys
 from typing import Annotated
 
+from typing import Optional
+
 import typer
 
 from imgq import __version__
 from imgq.cli import common, helptext
-from imgq.errors import Exit, ImgqError
+from imgq.errors import Exit, ImgqError, UsageError
 
-# name -> (module, hidden). Command modules are imported only when needed: `imgq scan`
-# should not pay for importing the SSH stack (fabric, paramiko) the fleet needs.
+# name -> (module, hidden); the module's function is the name with _ for -. Command
+# modules are imported only when needed: `imgq scan` should not pay for importing the SSH
+# stack (fabric, paramiko) the fleet needs.
 COMMANDS: dict[str, tuple[str, bool]] = {
     "scan": ("scan", False),
     "enqueue": ("enqueue", False),
@@ -39,7 +42,10 @@ COMMANDS: dict[str, tuple[str, bool]] = {
     "collect": ("collect", False),
     "run": ("run", False),
     "recipes": ("recipes", False),
+    "config": ("config", False),
+    "datasette-metadata": ("datasette_metadata", False),
     "agent": ("agent", True),  # started by `work --hosts` on each host
+    "complete-values": ("complete_values", True),  # asked by the shell completions
 }
 GROUPS = {"hosts": "hosts"}  # name -> module with a Typer `app`
 
@@ -51,10 +57,27 @@ def _version(value: bool) -> None:
 
 
 def _root(
+    db: Annotated[Optional[str], typer.Option("--db", help="Database file for the command (default: $IMGQ_DB, else ./imgq.db); a --db after the command wins.", metavar="PATH", show_default=False)] = None,
+    config: Annotated[Optional[str], typer.Option("--config", help="Settings file for the command (default: the first of $IMGQ_CONFIG, ./imgq.toml, ~/.config/imgq/imgq.toml, /etc/imgq/imgq.toml); a --config after the command wins.", metavar="PATH", show_default=False)] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help=helptext.VERBOSE_HELP)] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help=helptext.QUIET_HELP)] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", callback=_version, is_eager=True)] = False,
 ) -> None:
-    common.state["debug"] = debug or os.environ.get("IMGQ_DEBUG") == "1"
+    if verbose and quiet:
+        raise UsageError("-v/--verbose and -q/--quiet cannot be used together")
+    common.state.update(
+        debug=debug or os.environ.get("IMGQ_DEBUG") == "1",
+        verbosity=1 if verbose else -1 if quiet else 0,
+        global_db=db,
+        global_config=config,
+    )
+
+
+# The root's options, as _command_in skips them to find the command (a test checks these
+# against _root): flags, and options that take a value (--db PATH or --db=PATH).
+ROOT_FLAGS = frozenset({"--debug", "--verbose", "-v", "--quiet", "-q"})
+ROOT_VALUED = frozenset({"--db", "--config"})
 
 
 def build_app(only: str | None = None) -> typer.Typer:
@@ -65,7 +88,10 @@ def build_app(only: str | None = None) -> typer.Typer:
         help=(
             "Turn a folder where photos arrive into a processed, replicated, browsable archive.\n\n"
             "Steps share one SQLite database (./imgq.db, --db, $IMGQ_DB) that is both the job queue "
-            "and the journal. Each step prints ids on stdout, so steps compose in pipes and run from cron."
+            "and the journal. Each step prints ids on stdout, so steps compose in pipes and run from cron.\n\n"
+            "The options below go before the command (imgq --db x.db status); --db, --config, -v and -q "
+            "also work after it, and there the one after the command wins. `imgq config` "
+            "shows the settings in force and where each came from."
         ),
         epilog="""\b
 Examples:
@@ -84,7 +110,7 @@ Examples:
         if only is None or only == name:
             module = importlib.import_module(f"imgq.cli.{module_name}")
             # helptext.Command: help that names values as a manual does, summaries whole
-            app.command(name, epilog=module.EPILOG, hidden=hidden, cls=helptext.Command, short_help=getattr(module, "SUMMARY", None))(getattr(module, name))
+            app.command(name, epilog=module.EPILOG, hidden=hidden, cls=helptext.Command, short_help=getattr(module, "SUMMARY", None))(getattr(module, name.replace("-", "_")))
     for name, module_name in GROUPS.items():
         if only is None or only == name:
             app.add_typer(importlib.import_module(f"imgq.cli.{module_name}").app, name=name)
@@ -98,12 +124,19 @@ def __getattr__(name: str):
 
 
 def _command_in(argv: list[str]) -> str | None:
-    """The subcommand argv names when it is unambiguous: the first word that is not an
-    option of the root (--debug is the only root option that precedes it)."""
+    """The subcommand argv names when it is unambiguous: the first word that is not one
+    of the root's options (``ROOT_FLAGS``, ``ROOT_VALUED`` with their value) before it.
+    None when in doubt: then every command is built, slower but never wrong."""
     if argv == ["--version"]:
         return "--version"  # no command needed to print the version: build none
-    for word in argv:
-        if word == "--debug":
+    words = iter(argv)
+    for word in words:
+        if word in ROOT_FLAGS:
+            continue
+        if word in ROOT_VALUED:
+            next(words, None)  # its value, whatever it looks like (--db status is a file)
+            continue
+        if word.split("=", 1)[0] in ROOT_VALUED:
             continue
         if word in COMMANDS or word in GROUPS:
             return word
@@ -156,7 +189,8 @@ def main(argv: list[str] | None = None) -> None:
             import traceback
 
             traceback.print_exc()
-        sys.stderr.write(f"imgq: {'' if e.exit_code == Exit.OK else 'error: '}{e}\n")
+        if e.exit_code != Exit.OK or not common.quiet():  # a note (another run holds the lock): not with -q
+            sys.stderr.write(f"imgq: {'' if e.exit_code == Exit.OK else 'error: '}{e}\n")
         code = int(e.exit_code)
     except sqlite3.Error as e:
         # the database or the disk under it failed (full, locked, damaged): one line

@@ -19,12 +19,17 @@ import typer
 from rich.console import Console
 
 from imgq.ledger import journal, runs
-from imgq.config import DEFAULTS, Settings, find_config, load_settings
-from imgq.ledger.database import DB, lock_path
+from imgq.config import DEFAULTS, Settings, load_settings, locate_config
+from imgq.ledger.database import DB, ScratchDB, lock_path
 from imgq.errors import Busy, Exit, ImgqError, NoDatabase, NotFound, UsageError
 from imgq.cli.options import ConfigOpt, DbOpt, JsonOpt, WaitOpt  # noqa: F401  (cli/archive.py reads them here)
 
-state: dict = {"debug": False, "db": None, "db_source": None}
+# What the root options (before the command) set, and what the command learned:
+#   debug        --debug or IMGQ_DEBUG=1: tracebacks
+#   verbosity    -1 with -q/--quiet, 0, 1 with -v/--verbose (note, detail, summary, progress)
+#   global_db, global_config   --db/--config given before the command (one after it wins)
+#   db, db_source              the database in force and how it was chosen (for messages)
+state: dict = {"debug": False, "verbosity": 0, "global_db": None, "global_config": None, "db": None, "db_source": None}
 
 # The commands that record something new create a missing database; every other command
 # only reads it or acts on what it holds, and refuses a missing one (a wrong working
@@ -62,11 +67,42 @@ def stdout() -> Console:
 
 
 def warn(message: str) -> None:
-    """One line for a person on stderr, never wrapped (it may be grepped from a log);
-    control characters (from a file name, a remote error) are shown escaped, so a name
-    can neither break the line nor send escape codes to the terminal."""
+    """One line for a person on stderr about a problem (an item that failed, a
+    destination that is down), never wrapped (it may be grepped from a log), shown even
+    with -q; control characters (from a file name, a remote error) are shown escaped, so
+    a name can neither break the line nor send escape codes to the terminal."""
     sys.stderr.write(f"imgq: {printable(message)}\n")
     sys.stderr.flush()
+
+
+def quiet() -> bool:
+    """-q/--quiet: no notes, summaries or progress; problems and errors only."""
+    return state["verbosity"] < 0
+
+
+def verbose() -> bool:
+    """-v/--verbose: details too (per-item lines, where settings and database came from)."""
+    return state["verbosity"] > 0
+
+
+def note(message: str) -> None:
+    """A line for a person that reports no problem (a file left for the next scan, a
+    destination chosen for the user): like ``warn``, but silenced by -q."""
+    if not quiet():
+        warn(message)
+
+
+def detail(message: str) -> None:
+    """A line only -v/--verbose asks for: one per item, where things came from."""
+    if verbose():
+        warn(message)
+
+
+def summary(line: str) -> None:
+    """The line that sums up a step for a person: on a terminal (a cron mail stays
+    empty when nothing went wrong), or anywhere with -v; never with -q."""
+    if verbose() or (is_tty() and not quiet()):
+        stderr().print(line, markup=False, soft_wrap=True)
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -113,7 +149,46 @@ def progress(*columns, console: Console | None = None):
     file gets them untouched. Lines on stderr (``warn``) are always drawn above it."""
     from rich.progress import Progress
 
-    return Progress(*columns, console=console or stderr(), transient=True, redirect_stdout=_same_terminal(), redirect_stderr=True)
+    return Progress(*columns, console=console or stderr(), transient=True, redirect_stdout=_same_terminal(), redirect_stderr=True, disable=quiet())
+
+
+class Meter:
+    """The progress of one long step, drawn on the terminal (stderr) only: a label, a
+    bar, done/total and the time left. Nothing is drawn when stderr is not a terminal
+    (a pipe, a log, cron); NO_COLOR takes the colour away, not the progress. Called as
+    the library's progress callback, ``meter(done, total)``; ``with`` it, so the bar is
+    gone before the summary line is printed.
+
+        with common.Meter("scan") as meter:
+            scan_step.scan(..., on_progress=meter)
+    """
+
+    def __init__(self, label: str):
+        self.label = label
+        self.bar = None
+        self.task = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            if not is_tty():
+                return
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+
+            self.bar = progress(TextColumn(self.label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+            self.bar.start()
+            self.task = self.bar.add_task(self.label, total=total)
+        self.bar.update(self.task, completed=done, total=total)
+
+    def __enter__(self) -> "Meter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
 
 
 def _same_terminal() -> bool:
@@ -127,7 +202,12 @@ def _same_terminal() -> bool:
 
 
 def settings_for(db: str | None, config: str | None) -> Settings:
-    settings = load_settings(find_config(config), db)
+    """The settings in force: --db/--config given after the command, else before it
+    (``state``), else the environment, the settings file found, the defaults."""
+    db = db if db is not None else state.get("global_db")
+    config = config if config is not None else state.get("global_config")
+    path, how = locate_config(config)
+    settings = load_settings(path, db, config_source=how)
     state["db"] = settings.db  # for database_error: name the file whatever fails
     if db is not None:
         state["db_source"] = "--db"
@@ -137,6 +217,10 @@ def settings_for(db: str | None, config: str | None) -> Settings:
         state["db_source"] = f"db in {settings.config_path}"
     else:
         state["db_source"] = "the default ./imgq.db"
+    if path is not None:
+        detail(f"settings: {path} (found as {how})")
+    else:
+        detail("settings: the defaults (no --config, $IMGQ_CONFIG, ./imgq.toml, user or /etc/imgq/imgq.toml file)")
     return settings
 
 
@@ -174,7 +258,9 @@ def open_db(settings: Settings, *, create: bool = True) -> DB:
     """The database of ``settings``; a missing one is created only if ``create``, else
     refused in one line that says where it was looked for and how to point elsewhere."""
     try:
-        return DB(settings.db, create=create)
+        database = DB(settings.db, create=create)
+        detail(f"database: {settings.db} ({state.get('db_source')})")
+        return database
     except NoDatabase as e:
         source = state.get("db_source") or "the default ./imgq.db"
         raise NoDatabase(f"{e} ({source}): wrong folder? give --db PATH or set IMGQ_DB; `imgq scan` or `imgq run` creates one") from None
@@ -271,9 +357,9 @@ def recorded_run(db: DB, command: str, args: dict):
 
 
 class Invocation:
-    """One command's ritual, the same for every command: the settings (--db, --config),
-    the database (opened when first used), the step lock(s), the record in ``runs``, and
-    the exit code.
+    """One command's ritual, the same for every command: the settings (--db, --config,
+    after the command or else before it: ``settings_for``), the database (opened when
+    first used), the step lock(s), the record in ``runs``, and the exit code.
 
         inv = Invocation("scan", db, config)        # settings now; adjust them here
         with inv.recorded({"inboxes": ...}, wait=wait) as run:
@@ -282,15 +368,23 @@ class Invocation:
             run["exit_code"] = code                   # recorded, then the process exits with it
     """
 
-    def __init__(self, command: str, db: str | None = None, config: str | None = None):
+    def __init__(self, command: str, db: str | None = None, config: str | None = None, *, dry_run: bool = False):
         self.command = command
         self.settings = settings_for(db, config)
+        self.dry_run = dry_run
         self._database: DB | None = None
 
     @property
     def database(self) -> DB:
+        """The database; with ``dry_run``, an in-memory copy of it (``ScratchDB``): the
+        step does all it would do there, and the file is neither created nor written."""
         if self._database is None:
-            self._database = open_db(self.settings, create=self.command in CREATES_DATABASE)
+            if self.dry_run:
+                if self.command not in CREATES_DATABASE and not os.path.lexists(self.settings.db):
+                    open_db(self.settings, create=False)  # refused as in a real run (nothing is opened)
+                self._database = ScratchDB(self.settings.db)
+            else:
+                self._database = open_db(self.settings, create=self.command in CREATES_DATABASE)
         return self._database
 
     @contextlib.contextmanager
@@ -299,11 +393,20 @@ class Invocation:
         run, and exit with ``run["exit_code"]`` once it is recorded."""
         database = self.database  # a database that cannot be used is refused before any lock is made
         with contextlib.ExitStack() as stack:
-            for step in (self.command,) if locks is None else locks:
+            # a dry run takes no lock (it would make the lock folder) and records its run
+            # in its in-memory copy only
+            for step in () if self.dry_run else (self.command,) if locks is None else locks:
                 stack.enter_context(step_lock(self.settings, step, wait))
             run = stack.enter_context(recorded_run(database, self.command, args))
             yield run
+            if self.dry_run:
+                dry_run_done(self.command)
             exit_with(run["exit_code"])
+
+
+def dry_run_done(command: str) -> None:
+    """The last line of every dry run, on stderr (whatever stderr is: a log must say it too)."""
+    warn(f"{command}: dry run: nothing changed (the lines above say what a real run would do)")
 
 
 def exit_with(code: int) -> None:

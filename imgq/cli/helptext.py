@@ -6,13 +6,19 @@ a metavar as ``<int range>``, and click cuts a summary in ``imgq --help`` at 45 
 with "...". ``Command`` (every command's class) shows each argument by its metavar alone,
 gives an option without one a plain word (``N``, ``NUMBER``, ``TEXT``), and lists each
 command with its whole first sentence.
+
+Every command also takes -v/--verbose and -q/--quiet after its name (as well as before
+it, on the root): ``Command`` adds them, so no command module declares them.
 """
 
 from __future__ import annotations
 
 import re
 
+from typing import Annotated
+
 import click
+import typer
 from typer.core import TyperCommand
 
 
@@ -37,11 +43,46 @@ def _word_for(param: click.Parameter) -> str:
     return "TEXT"
 
 
+VERBOSE_HELP = "Say more on stderr: a line per item, where the settings and the database came from, the summary even off a terminal."
+QUIET_HELP = "Say only what went wrong: no notes, summaries or progress on stderr (stdout is unchanged)."
+
+
+def _set_verbosity(ctx, param, value: bool) -> None:
+    """-v or -q after the command: wins over the root's (set before this is parsed)."""
+    if not value:
+        return
+    from imgq.cli import common
+    from imgq.errors import UsageError
+
+    level = 1 if param.name == "verbose" else -1
+    key = ("imgq.verbosity", id(ctx))  # ctx.meta is shared with the root's context
+    if ctx.meta.get(key, level) != level:
+        raise UsageError("-v/--verbose and -q/--quiet cannot be used together")
+    ctx.meta[key] = level
+    common.state["verbosity"] = level
+
+
+def _verbosity_template(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help=VERBOSE_HELP, callback=_set_verbosity, expose_value=False)] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP, callback=_set_verbosity, expose_value=False)] = False,
+) -> None:
+    """Only its options are used (declared through typer, so they are typer's own)."""
+
+
+def verbosity_options() -> list:
+    """-v/--verbose and -q/--quiet, fresh for one command's own options."""
+    app = typer.Typer(add_completion=False)
+    app.command()(_verbosity_template)
+    return [p for p in typer.main.get_command(app).params if p.name in ("verbose", "quiet")]
+
+
 class Command(TyperCommand):
-    """A typer command whose help names arguments and values as a manual does."""
+    """A typer command whose help names arguments and values as a manual does, and
+    which takes -v/--verbose and -q/--quiet."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self.params.extend(verbosity_options())
         for p in self.params:
             if p.param_type_name == "option" and p.metavar is None and not getattr(p, "is_flag", False) and not getattr(p, "count", False):
                 p.metavar = _word_for(p)

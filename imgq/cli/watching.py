@@ -40,6 +40,7 @@ def serve(
     notify: bool,
     on_step: Callable[[str, object], None],
     on_work: Callable[[tuple], None],
+    on_progress: Callable[[str, int, int], None],
     summary: Callable[[dict, float], str],
 ) -> None:
     """Watch ``opts.inboxes`` and run ``imgq run`` whenever photos arrive, until SIGINT or
@@ -56,13 +57,13 @@ def serve(
                     stack.enter_context(common.step_lock(settings, step, False))
                 with common.recorded_run(database, "run", {**args, "watch": reason}) as rec:
                     started = time.time()
-                    report = run_step.run(database, settings, opts, on_step=on_step, on_work=on_work, stop=stop)
+                    report = run_step.run(database, settings, opts, on_step=on_step, on_work=on_work, on_progress=on_progress, stop=stop)
                     rec["counts"] = report.counts()
                     rec["counts"]["seconds"] = round(time.time() - started, 3)
                     rec["exit_code"] = report.exit_code
         except Busy as e:
             if not last["busy"]:  # once per stretch, not every few seconds
-                common.warn(f"{e}: trying again every {watch_step.RETRY:g} s")
+                common.note(f"{e}: trying again every {watch_step.RETRY:g} s")
             last["busy"] = True
             return None
         except UsageError:
@@ -72,8 +73,7 @@ def serve(
             common.warn(f"run failed: {why}; trying again at the next change or full scan")
             return []
         last["busy"] = False
-        if common.is_tty():
-            common.stderr().print(summary(rec["counts"], rec["counts"]["seconds"]), markup=False)
+        common.summary(summary(rec["counts"], rec["counts"]["seconds"]))
         archived = len(report.archive.archived) if report.archive else 0
         last["text"] = f"last run {common.when(time.time())}: {archived} archived, exit {report.exit_code}"
         return report.scan.settling if report.scan else []
@@ -82,7 +82,7 @@ def serve(
 
     def on_state(state: str, detail: str) -> None:
         if state == "ready":
-            common.warn(f"{watching}: ready")
+            common.note(f"{watching}: ready")
             watch_step.sd_notify(f"READY=1\nSTATUS={watching}")
         elif state == "degraded":
             common.warn(f"filesystem notifications unavailable ({detail}): relying on the full scan every {rescan:g} s")
@@ -97,7 +97,7 @@ def serve(
     wopts = watch_step.WatchOptions(inboxes=list(opts.inboxes), settle=settings.settle, rescan=rescan, notify=notify, ignore=ignore)
     signum = watch_step.watch(wopts, run_once, on_state=on_state)
     name = signal.Signals(signum).name
-    common.warn(f"{name}: stopped; nothing left half-done")
+    common.note(f"{name}: stopped; nothing left half-done")
     if signum == signal.SIGINT:
         common.exit_with(int(Exit.INTERRUPTED))
 

@@ -38,7 +38,7 @@ def work(
     once: Annotated[bool, typer.Option("--once", help="Exit when no job is due now: jobs waiting out a retry backoff are left for the next run (for cron).")] = False,
     batch: Annotated[Optional[int], typer.Option("--batch", help="Jobs per claim (default: adapts to about 0.5 s of work).", min=1, metavar="N", show_default=False)] = None,
     lease: Annotated[Optional[float], typer.Option("--lease", help=f"Seconds a claim holds a job without a heartbeat (default {DEFAULTS.lease_seconds:g}).", min=0.5, metavar="SECONDS", show_default=False)] = None,
-    max_attempts: Annotated[Optional[int], typer.Option("--max-attempts", help=f"Attempts before a transiently failing job fails (default: the job's own, {DEFAULTS.max_attempts} unless enqueued with another).", min=1, metavar="N", show_default=False)] = None,
+    max_attempts: Annotated[Optional[int], typer.Option("--max-attempts", help="At most N attempts for a transiently failing job, here (default: the job's own limit, none unless enqueued with one; a transient failure is retried for retry_for seconds, a day by default).", min=1, metavar="N", show_default=False)] = None,
     poll: Annotated[float, typer.Option("--poll", help="Seconds between polls of an empty queue.", min=0.05, metavar="SECONDS")] = 1.0,
     report: Annotated[Optional[Path], typer.Option("--report", help="When the run ends, write its report (`imgq report --run ID`) to FILE: JSON if FILE ends in .json, else text.", metavar="FILE", show_default=False)] = None,
     hosts: Annotated[Optional[list[str]], typer.Option("--hosts", help="Work on these hosts over SSH: [user@]host[:port][/slots], comma-separated or repeated.", metavar="HOSTS", show_default=False)] = None,
@@ -96,7 +96,7 @@ def work(
 
     def on_report(r: tuple) -> None:
         nonlocal progress
-        if progress is None and common.is_tty():
+        if progress is None and common.is_tty() and not common.quiet():
             progress = _Progress(err, database)  # started after the fork: no thread crosses it
         if progress:
             progress.update(r)
@@ -107,8 +107,14 @@ def work(
                 common.out(r[1])
         elif r[0] == "failed":
             common.warn(f"failed: {r[3]}")
-        elif r[0] == "host" and r[2] in ("benched", "draining", "removed"):
+        elif r[0] == "done":
+            common.detail(f"job {r[1]} done")
+        elif r[0] == "retrying":
+            common.detail(f"job {r[1]} will be retried: {r[2]}")
+        elif r[0] == "host" and r[2] == "benched":
             common.warn(f"host {r[1]} {r[2]}" + (f": {r[3]}" if r[3] else ""))
+        elif r[0] == "host":  # up, joined, draining, removed: no problem
+            (common.note if r[2] in ("draining", "removed") else common.detail)(f"host {r[1]} {r[2]}" + (f": {r[3]}" if r[3] else ""))
         elif r[0] == "warning":
             common.warn(r[1])
 
@@ -140,9 +146,8 @@ def work(
         }
         if fleet_opts is not None:
             run["counts"].update(processes=fleet_opts.local_processes, bytes_out=summary.bytes_out, bytes_in=summary.bytes_in, hosts=summary.hosts)
-        if common.is_tty():
-            rate = summary.done / wall if wall > 0 else 0
-            err.print(f"work: {summary.done} done, {len(summary.failed)} failed, {summary.retrying} to retry in {common.duration(wall)} ({rate:.1f} jobs/s)", markup=False)
+        rate = summary.done / wall if wall > 0 else 0
+        common.summary(f"work: {summary.done} done, {len(summary.failed)} failed, {summary.retrying} to retry in {common.duration(wall)} ({rate:.1f} jobs/s)")
         if summary.interrupted:
             run["exit_code"] = int(Exit.INTERRUPTED)
         elif summary.failed:
