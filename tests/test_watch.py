@@ -526,3 +526,11 @@ def test_every_inbox_is_watched(tmp_path, watcher, photo, db_path):
     for fid in ids:
         verified_copy(db_path, fid, dest)
     assert w.stop() == 0
+
+
+def test_dry_run_does_not_go_with_watch(tmp_path, run_imgq, db_path):
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "dest").mkdir()
+    r = run_imgq("run", "--watch", "--dry-run", "inbox", "--to", "dest", timeout=60)
+    assert r.returncode == 2 and "does not go with --watch" in r.stderr
+    assert not db_path.exists()
