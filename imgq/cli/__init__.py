@@ -40,6 +40,7 @@ COMMANDS: dict[str, tuple[str, bool]] = {
     "report": ("report", False),
     "archive": ("archive", False),
     "collect": ("collect", False),
+    "export": ("export", False),
     "run": ("run", False),
     "recipes": ("recipes", False),
     "config": ("config", False),
