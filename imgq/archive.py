@@ -78,6 +78,7 @@ class ArchiveReport:
     # a dry run's copies, not made: (destination, path) -> what would be there
     planned: dict[tuple[str, str], Found] = dataclasses.field(default_factory=dict)
     plan: list[tuple[str, str, str, str]] = dataclasses.field(default_factory=list)  # dry run: (file id, destination, path, 'would copy' or 'found')
+    stopped: bool = False  # ``stop()`` said so between two files: the rest is left to the next archive
 
 
 @dataclasses.dataclass
@@ -159,12 +160,15 @@ def archive(
     on_file: Callable[[str, str, object], None] = lambda file_id, what, info: None,
     on_progress: Callable[[int, int], None] = lambda done, total: None,
     dry_run: bool = False,
+    stop: Callable[[], bool] = lambda: False,
 ) -> ArchiveReport:
     """Copy every eligible file (see ``eligible``) to every destination, verified.
 
     ``on_file(file_id, what, info)`` is told 'archived', 'failed' (info: Failure) and
     'copied' (info: (destination, path, how)) as they happen; ``on_progress(done,
-    total)`` as the eligible files are gone through.
+    total)`` as the eligible files are gone through. ``stop()`` is asked before each
+    file: once true, the files not begun are left for the next archive (a file's copies
+    are each whole and recorded, so nothing is half-done).
 
     With ``dry_run`` (on a ``ScratchDB``: its records are the plan) nothing is written,
     swept or connected to: each name is planned as for real and 'copied' is told with
@@ -194,6 +198,9 @@ def archive(
         states = dict(db.all("SELECT id, state FROM files WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(file_ids),)))
         report.skipped = [(i, states.get(i)) for i in dict.fromkeys(file_ids) if i not in chosen and states.get(i) != "archived"]
     for n, f in enumerate(files):
+        if stop():
+            report.stopped = True
+            break
         on_progress(n, len(files))
         items = items_of(db, f, store_dir)
         complete = True

@@ -44,12 +44,13 @@ class RunReport:
     work: work.WorkSummary | None = None
     archive: archive_step.ArchiveReport | None = None
     collect: collect_step.CollectReport | None = None
+    stopped: bool = False  # asked to stop between steps (``run(stop=...)``); the later steps did not run
     would_process: list[str] = dataclasses.field(default_factory=list)  # a dry run's files with jobs due
 
     @property
     def exit_code(self) -> int:
         """0 when nothing failed in this run; 130 if interrupted; 1 otherwise."""
-        if self.work is not None and self.work.interrupted:
+        if self.stopped or (self.work is not None and self.work.interrupted):
             return int(Exit.INTERRUPTED)
         failed = bool(
             (self.scan and (self.scan.failed or self.scan.problems))
@@ -84,6 +85,7 @@ def run(
     on_step: Callable[[str, object], None] = lambda step, result: None,
     on_work: Callable[[tuple], None] = lambda r: None,
     on_progress: Callable[[str, int, int], None] = lambda step, done, total: None,
+    stop: Callable[[], bool] = lambda: False,
 ) -> RunReport:
     """Run every step once; ``on_step(name, result)`` after each, ``on_progress(name,
     done, total)`` as scan and archive go.
@@ -91,7 +93,13 @@ def run(
     A dry run (``opts.dry_run``, on a ``ScratchDB``) runs scan and enqueue as they are,
     does not work (it would write the store): ``report.would_process`` lists the files
     whose jobs are due, which a real run processes and then archives and collects; the
-    dry archive and collect cover the files processed before."""
+    dry archive and collect cover the files processed before.
+
+    ``stop()`` is asked before work, archive and collect, and by archive before each file:
+    once it is true the rest is left to the next run (``report.stopped``). What was begun
+    is whole (work hands back the jobs it did not start, each archived copy is verified
+    and recorded in one go), so stopping leaves nothing half-done. ``imgq run --watch`` says
+    so once SIGTERM or SIGINT came (imgq work stops on its own)."""
     report = RunReport()
     skip = [settings.store_dir] + [Path(d.url) for d in opts.destinations if isinstance(d, LocalDestination)]
     report.scan = scan.scan(
@@ -112,6 +120,9 @@ def run(
     report.enqueued = enqueue_step.enqueue(db, settings, opts.recipes, now=clock(), actor=Actor(name="run:enqueue"))
     on_step("enqueue", report.enqueued)
 
+    if stop():
+        report.stopped = True
+        return report
     if opts.dry_run:
         report.would_process = [r[0] for r in db.all(
             "SELECT f.id FROM files f WHERE EXISTS (SELECT 1 FROM jobs j WHERE j.file_id = f.id AND j.state IN ('ready', 'leased'))"
@@ -124,6 +135,9 @@ def run(
         if report.work.interrupted:
             return report
 
+    if stop():
+        report.stopped = True
+        return report
     report.archive = archive_step.archive(
         db,
         opts.destinations,
@@ -134,9 +148,13 @@ def run(
         backoff_max=settings.backoff_max_seconds,
         dry_run=opts.dry_run,
         on_progress=functools.partial(on_progress, "archive"),
+        stop=stop,
     )
     on_step("archive", report.archive)
 
+    if report.archive.stopped or (opts.collect and stop()):
+        report.stopped = True
+        return report
     if opts.collect:
         by_url = {d.url: d for d in opts.destinations}
         report.collect = collect_step.collect(

@@ -13,7 +13,7 @@ from imgq import archive, destinations
 from imgq import enqueue as enqueue_step
 from imgq import collect as collect_step
 from imgq import run as run_step
-from imgq.cli import common
+from imgq.cli import common, watching
 from imgq.cli.options import AcceptNewOpt, ConfigOpt, DbOpt, JsonOpt, SshConfigOpt, ToOpt, WaitOpt, completes, dry_run_option, settle_help
 from imgq.errors import UsageError
 
@@ -21,6 +21,7 @@ EPILOG = """\b
 Examples:
   imgq run ~/Dropbox/dig-photos --to /mnt/backup --to ssh://nas/srv/photos
   imgq run --config /etc/imgq.toml /srv/inbox      # destinations from imgq.toml
+  imgq run --watch /srv/inbox --to /mnt/backup     # stay running; a systemd unit: docs/archive.md
 
 \b
 crontab (every 10 minutes; a run still busy makes the next one exit quietly; cron's PATH
@@ -46,6 +47,9 @@ def run(
     config: ConfigOpt = None,
     json: JsonOpt = False,
     wait: WaitOpt = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Keep running: run again whenever files in an inbox change (once they settle), and every --rescan seconds. SIGTERM stops it cleanly (exit 0), SIGINT with 130; see docs/archive.md.")] = False,
+    rescan: Annotated[Optional[float], typer.Option("--rescan", help="With --watch: a full scan every SECONDS (default 300), the safety net for lost notifications and network filesystems.", min=0.1, metavar="SECONDS", show_default=False)] = None,
+    no_notify: Annotated[bool, typer.Option("--no-notify", help="With --watch: use no filesystem notifications, only the --rescan (an NFS or SMB inbox written from other machines).")] = False,
 ) -> None:
     """Run the whole pipeline once: scan, enqueue, work, archive, collect.
 
@@ -54,11 +58,21 @@ def run(
     archived by this run (--json: one object per step with its counts). Exits 0 if
     nothing failed in this run, 1 otherwise; a second run on an unchanged inbox changes
     nothing and exits 0. Overlapping runs: the second exits quietly (or --wait).
+
+    With --watch it stays running and behaves like that cron job run at the right moments:
+    a file is taken once it has been unchanged for the settle time, events are coalesced,
+    and each run takes and lets go of the same step locks and is recorded like any run
+    (a run that finds them held tries again a few seconds later). It prints a readiness
+    line on stderr and speaks systemd's notify protocol when $NOTIFY_SOCKET is set.
     """
     inv = common.Invocation("run", db, config, dry_run=dry_run)
     settings = inv.settings
     if settle is not None:
         settings.settle = settle
+    if not watch and (rescan is not None or no_notify):
+        raise UsageError("--rescan and --no-notify only go with --watch")
+    if watch and dry_run:
+        raise UsageError("--dry-run shows what one run would do; it does not go with --watch")
     missing = [str(p) for p in inboxes if not p.is_dir()]
     if missing:
         raise UsageError(f"not a folder: {', '.join(missing)} (is the inbox mounted?)")
@@ -121,10 +135,17 @@ def run(
         if r[0] == "failed":
             common.warn(f"work: failed: {r[3]}")
 
+    def on_progress(step: str, done: int, total: int) -> None:
+        meters[step](done, total)
+
     try:
+        if watch:
+            watching.serve(inv, opts, {"inboxes": [str(p) for p in inboxes], "to": urls}, steps=STEPS, rescan=rescan or watching.RESCAN,
+                           notify=not no_notify, on_step=on_step, on_work=on_work, on_progress=on_progress, summary=summary)
+            return
         with inv.recorded({"inboxes": [str(p) for p in inboxes], "to": urls}, wait=wait, locks=STEPS) as rec:
             started = time.time()
-            report = run_step.run(database, settings, opts, on_step=on_step, on_work=on_work, on_progress=lambda step, done, total: meters[step](done, total))
+            report = run_step.run(database, settings, opts, on_step=on_step, on_work=on_work, on_progress=on_progress)
             rec["counts"] = report.counts()
             rec["counts"]["seconds"] = round(time.time() - started, 3)
             common.summary(summary(report.counts(), rec["counts"]["seconds"]))
