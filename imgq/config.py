@@ -44,6 +44,7 @@ class Settings:
     backoff_seconds: float = 5.0
     backoff_max_seconds: float = 300.0
     jpeg_quality: int = 85
+    backup_keep: int = 5  # journal snapshots kept at each destination (imgq backup, imgq run)
     split_pixels: int = 40_000_000  # with --split, larger images become stripe jobs
     split_stripes: int = 4
     recipes: dict[str, dict[str, str]] = dataclasses.field(
@@ -80,6 +81,7 @@ _SCALARS = {
     "backoff_seconds": float,
     "backoff_max_seconds": float,
     "jpeg_quality": int,
+    "backup_keep": int,
     "split_pixels": int,
     "split_stripes": int,
 }

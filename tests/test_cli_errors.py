@@ -48,7 +48,7 @@ COMMANDS = {words: cmd for words, cmd in _commands().items() if words not in SIL
 # Commands that record something create the database when it is missing; the others only
 # read it (or act on what it already holds) and refuse a missing one. README says the same.
 CREATES = {"scan", "enqueue", "work", "archive", "run"}
-NEEDS = {"status", "log", "retry", "report", "collect", "publish", "export"}
+NEEDS = {"status", "log", "retry", "report", "collect", "publish", "export", "backup"}
 # Arguments that make each command run for real once its database is fine.
 ARGS = {
     "scan": ["inbox"],
@@ -63,6 +63,7 @@ ARGS = {
     "collect": ["--to", "dest"],
     "run": ["inbox", "--to", "dest"],
     "export": ["-r", "default", "--to", "out"],
+    "backup": ["--to", "dest"],
 }
 
 
@@ -79,7 +80,7 @@ TAKES_IDS = sorted(w for w, c in COMMANDS.items() if _takes_ids(c))
 
 # Commands whose --db only names the database they report on: they never open it
 # (`imgq config` shows which database a command would use, and why).
-NAMES_ONLY = {"config"}
+NAMES_ONLY = {"config", "restore"}
 DB_COMMANDS = sorted(w for w, c in COMMANDS.items() if _has_db(c) and w not in NAMES_ONLY)
 
 

@@ -40,6 +40,8 @@ COMMANDS: dict[str, tuple[str, bool]] = {
     "report": ("report", False),
     "archive": ("archive", False),
     "collect": ("collect", False),
+    "backup": ("backup", False),
+    "restore": ("restore", False),
     "export": ("export", False),
     "run": ("run", False),
     "recipes": ("recipes", False),

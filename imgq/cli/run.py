@@ -12,6 +12,7 @@ import typer
 from imgq import archive, destinations
 from imgq import enqueue as enqueue_step
 from imgq import collect as collect_step
+from imgq import backup as backup_step
 from imgq import run as run_step
 from imgq.cli import common, watching
 from imgq.cli.options import AcceptNewOpt, ConfigOpt, DbOpt, JsonOpt, SshConfigOpt, ToOpt, WaitOpt, completes, dry_run_option, settle_help
@@ -140,20 +141,41 @@ def run(
 
     try:
         if watch:
+            mark = {"at": backup_step.last_event(database)}
+
+            def after() -> None:  # each watched run backs the journal up as a cron run does
+                if dests and backup_step.changed_since(database, mark["at"]):
+                    _backup(database, dests, settings.backup_keep)
+                mark["at"] = backup_step.last_event(database)
+
             watching.serve(inv, opts, {"inboxes": [str(p) for p in inboxes], "to": urls}, steps=STEPS, rescan=rescan or watching.RESCAN,
-                           notify=not no_notify, on_step=on_step, on_work=on_work, on_progress=on_progress, summary=summary)
+                           notify=not no_notify, on_step=on_step, on_work=on_work, on_progress=on_progress, summary=summary, after=after)
             return
         with inv.recorded({"inboxes": [str(p) for p in inboxes], "to": urls}, wait=wait, locks=STEPS) as rec:
             started = time.time()
+            journal_at = backup_step.last_event(database)
             report = run_step.run(database, settings, opts, on_step=on_step, on_work=on_work, on_progress=on_progress)
             rec["counts"] = report.counts()
             rec["counts"]["seconds"] = round(time.time() - started, 3)
             common.summary(summary(report.counts(), rec["counts"]["seconds"]))
             rec["exit_code"] = report.exit_code
+            if not dry_run and dests and backup_step.changed_since(database, journal_at):
+                _backup(database, dests, settings.backup_keep)
     finally:
         for meter in meters.values():
             meter.stop()
         destinations.close_all(dests)
+
+
+def _backup(database, dests, keep: int) -> None:
+    """The journal's snapshot at every destination once the run changed something: a
+    lost database is then brought back with `imgq restore --from DEST`."""
+    snap, placed = backup_step.backup_to(database, dests, keep=keep, now=time.time())
+    for p in placed:
+        if p.error:
+            common.warn(f"backup: {p.destination}: {p.error}")
+    put = [p for p in placed if p.rel]
+    common.detail(f"backup: the journal's snapshot ({snap.bytes // 1024} KiB) put at {len(put)} of {len(placed)} destination(s)")
 
 
 def _dry_step(step: str, result, json: bool) -> bool:

@@ -42,9 +42,11 @@ def serve(
     on_work: Callable[[tuple], None],
     on_progress: Callable[[str, int, int], None],
     summary: Callable[[dict, float], str],
+    after: Callable[[], None] = lambda: None,
 ) -> None:
     """Watch ``opts.inboxes`` and run ``imgq run`` whenever photos arrive, until SIGINT or
-    SIGTERM; then leave with the exit code above."""
+    SIGTERM; then leave with the exit code above. ``after()`` is called after each run,
+    inside its locks (the journal's snapshot)."""
     settings: Settings = inv.settings
     database = inv.database
     inboxes = ", ".join(str(p) for p in opts.inboxes)
@@ -61,6 +63,7 @@ def serve(
                     rec["counts"] = report.counts()
                     rec["counts"]["seconds"] = round(time.time() - started, 3)
                     rec["exit_code"] = report.exit_code
+                after()
         except Busy as e:
             if not last["busy"]:  # once per stretch, not every few seconds
                 common.note(f"{e}: trying again every {watch_step.RETRY:g} s")
