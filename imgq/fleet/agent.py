@@ -22,6 +22,9 @@ What it promises:
 - It exits when its stdin closes (the coordinator went away, or closed the session), or
   when the coordinator has been silent for ``idle_timeout`` seconds; its slots die with
   it (PR_SET_PDEATHSIG), and its session folder is removed.
+- Started with ``--connect`` (``main_connect``), it dials the coordinator instead and
+  speaks the same frames over that TLS connection (``imgq.fleet.listen``); the
+  connection closing is its stdin closing: it exits, busy or not.
 """
 
 from __future__ import annotations
@@ -392,6 +395,26 @@ def main(*, slots: int | None = None, workdir: str = DEFAULT_WORKDIR, shared_roo
     # Nothing but frames may reach the real stdout: stray prints go to stderr instead.
     sys.stdout = sys.stderr
     agent = Agent(slots=slots, workdir=workdir, shared_root=shared_root, idle_timeout=idle_timeout, stdin=stdin, stdout=stdout)
+    signal.signal(signal.SIGTERM, lambda *_: agent.quit(int(Exit.TERMINATED)))
+    signal.signal(signal.SIGINT, lambda *_: agent.quit(int(Exit.INTERRUPTED)))
+    return agent.serve()
+
+
+def main_connect(creds, *, name: str, slots: int | None = None, workdir: str = DEFAULT_WORKDIR, shared_root: str | None = None,
+                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> int:
+    """Dial the coordinator (``imgq.fleet.listen.dial``: the pinned certificate, the
+    secret's proof) and serve the protocol over that connection until it closes. Exit
+    status 1 with a message if the coordinator cannot be reached or is not the pinned one."""
+    from imgq.errors import HostUnreachable
+    from imgq.fleet import listen
+
+    try:
+        stream = listen.dial(creds.connect, creds, name=name)
+    except (HostUnreachable, listen.AgentRefused) as e:
+        sys.stderr.write(f"imgq agent: {e}\n")
+        return 1
+    io = listen.StreamIO(stream)
+    agent = Agent(slots=slots, workdir=workdir, shared_root=shared_root, idle_timeout=idle_timeout, stdin=io, stdout=io)
     signal.signal(signal.SIGTERM, lambda *_: agent.quit(int(Exit.TERMINATED)))
     signal.signal(signal.SIGINT, lambda *_: agent.quit(int(Exit.INTERRUPTED)))
     return agent.serve()
