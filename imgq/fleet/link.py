@@ -202,7 +202,7 @@ class AgentLink:
                 self.lose(f"cannot take a reply into {self.spill_dir}: {e.strerror or e}")
                 return
             if msg is None:
-                self.lose(f"agent ended: {self.transport.stderr_tail().strip()[-300:] or 'no message'}")
+                self.lose(self.transport.why_ended())
                 return
             header, blob = msg
             if header["type"] == "beat":
@@ -252,11 +252,14 @@ class SshTransport:
 
     def __init__(self, conn: ssh.Connection, proc: ssh.RemoteProcess):
         self.conn, self.proc = conn, proc
-        self.set_timeout, self.write, self.read, self.stderr_tail = proc.set_timeout, proc.write, proc.read, proc.stderr_tail
+        self.set_timeout, self.write, self.read = proc.set_timeout, proc.write, proc.read
 
     def end(self) -> None:
         """EOF on the agent's stdin: it stops its slots and exits."""
         self.proc.close_stdin()
+
+    def why_ended(self) -> str:
+        return f"agent ended: {self.proc.stderr_tail().strip()[-300:] or 'no message'}"
 
     def close(self, grace: float = 0.0) -> None:
         if grace:

@@ -165,8 +165,9 @@ class TcpTransport:
             raise HostUnreachable(f"{self.name} ({self.peer}): the connection ended inside a frame")
         return data
 
-    def stderr_tail(self) -> str:
-        return ""  # the agent's stderr is wherever its launcher put it
+    def why_ended(self) -> str:
+        # its stderr is wherever its launcher put it (a Slurm job's output file)
+        return f"agent closed its connection from {self.peer} (ended or killed)"
 
     def end(self) -> None:
         """The agent reads the end of its input: it stops its slots and exits."""
@@ -292,7 +293,7 @@ class Listener:
         stream.deadline = time.monotonic() + self.auth_timeout
         try:
             stream.handshake()
-        except tls.Deadline:
+        except TimeoutError:
             raise _Refused(f"no TLS handshake within {self.auth_timeout:g} s") from None
         except ssl.SSLError as e:
             raise _Refused(f"not a TLS client of this protocol ({e.reason or e})") from None
@@ -300,7 +301,7 @@ class Listener:
         _send(stream, {"type": "challenge", "challenge": challenge.hex(), "protocol": protocol.PROTOCOL})
         try:
             msg = protocol.read_message(stream.read, max_header=AUTH_HEADER - protocol.HEAD.size)
-        except tls.Deadline:
+        except TimeoutError:
             raise _Refused(f"no proof of the secret within {self.auth_timeout:g} s") from None
         except protocol.ProtocolError as e:
             raise _Refused(f"its first frame is not an authentication ({e})") from None
@@ -322,7 +323,14 @@ class Listener:
         try:
             stream, name = self._authenticate(conn, peer)
         except (_Refused, OSError, ValueError) as e:
-            why = str(e) if isinstance(e, _Refused) else (f"TLS error ({e.reason})" if isinstance(e, ssl.SSLError) and e.reason else f"{type(e).__name__}: {e}")
+            if isinstance(e, _Refused):
+                why = str(e)
+            elif isinstance(e, ConnectionError):  # a pinned agent that found another certificate hangs up here
+                why = f"it closed the connection without authenticating ({e.strerror or type(e).__name__})"
+            elif isinstance(e, ssl.SSLError):
+                why = f"TLS error ({e.reason or e})"
+            else:
+                why = f"{type(e).__name__}: {e}"
             self.on_log(f"refused a connection from {peer}: {why}")
             _close(conn)
             return
