@@ -448,3 +448,54 @@ def test_busy_agent_exits_when_its_coordinator_is_killed(tmp_path, slow_inbox):
                 x.kill()
     assert a.returncode is not None
     assert not list((tmp_path / "agents").glob("s-*"))  # its session folder went with it
+
+
+class ProcessLauncher:
+    """The launcher contract a scheduler's launcher (Slurm's) fulfils, with plain local
+    processes: the agent's command line from ``agent_argv``, its credentials on stdin
+    (``credentials``), a label in its environment; stopped when the run ends."""
+
+    def __init__(self, n: int, cwd: Path):
+        self.n, self.cwd, self.procs, self.ticks = n, cwd, [], 0
+
+    def start(self, listener) -> None:
+        argv = [sys.executable, "-m", "imgq", *listener.agent_argv(()), "--slots", "1", "--workdir", str(self.cwd / "agents")]
+        for i in range(self.n):
+            p = subprocess.Popen(argv, env=imgq_env({listen.ENV_NAME: f"launched-{i}"}), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            p.stdin.write(listener.credentials())
+            p.stdin.close()
+            self.procs.append(p)
+
+    def tick(self) -> list[tuple]:
+        self.ticks += 1
+        return []
+
+    def stop(self) -> None:
+        for p in self.procs:
+            try:
+                p.wait(15)  # their connection closed: they exit by themselves
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def test_a_launcher_starts_agents_that_join_the_run(tmp_path, slow_inbox):
+    from imgq.config import load_settings
+    from imgq.fleet import coordinator
+    from imgq.ledger.database import DB
+
+    total = queue_slow_jobs(tmp_path, slow_inbox)
+    settings = load_settings(None, str(tmp_path / "imgq.db"))
+    launcher = ProcessLauncher(2, tmp_path)
+    reports = []
+    db = DB(tmp_path / "imgq.db")
+    try:
+        summary = coordinator.work(settings, coordinator.FleetOptions(listen="127.0.0.1", launcher=launcher), db, on_report=reports.append)
+    finally:
+        db.close()
+    assert summary.done == total and not summary.failed
+    assert [p.returncode for p in launcher.procs] == [0, 0] and launcher.ticks > 0
+    assert_each_job_done_exactly_once(tmp_path / "imgq.db")
+    assert all(done_by(tmp_path / "imgq.db", f"launched-{i}") for i in range(2))
+    listening = [r for r in reports if r[0] == "listening"]
+    assert len(listening) == 1 and listening[0][2].startswith("127.0.0.1:")
+    assert not list(tmp_path.glob("*.env"))  # no --agent-file: nothing written

@@ -131,7 +131,9 @@ class Dispatch:
         header = {"type": "job", "job": c.job_id, "spec": c.spec, "spec_hash": c.spec_hash,
                   "max_pixels": self.settings.max_pixels, "quality": self.settings.jpeg_quality,
                   "sha256": row["sha256"], "size": row["size"]}
-        rel = self._under_shared_root(c)
+        # a path only to an agent started with a shared root (a connect-back agent's
+        # launcher may not have given it one: it gets the bytes, as without --shared-root)
+        rel = self._under_shared_root(c) if h.link.hello.get("shared_root") else None
         if rel is not None:
             header["path"] = rel
             h.link.send_job(c, header, None)
