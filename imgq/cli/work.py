@@ -52,7 +52,7 @@ def work(
     ssh_config: SshConfigOpt = None,
     accept_new_host_keys: AcceptNewOpt = False,
     connect_timeout: ConnectTimeoutOpt = None,
-    listen: Annotated[Optional[str], typer.Option("--listen", help="Admit agents that connect back (`imgq agent --connect`, started by a scheduler or a site script) on ADDR[:PORT] (alone: all addresses, a free port). They prove this run's secret over TLS; see --agent-file.", metavar="[ADDR[:PORT]]", is_flag=False, flag_value="", show_default=False)] = None,
+    listen: Annotated[Optional[str], typer.Option("--listen", help="Admit agents that connect back (`imgq agent --connect`, started by a scheduler or a site script) on ADDR[:PORT]; `:0` (or an empty ADDR or PORT) means all addresses, a free port. They prove this run's secret over TLS; see --agent-file.", metavar="ADDR[:PORT]", show_default=False)] = None,
     advertise: Annotated[Optional[str], typer.Option("--advertise", help="The host name or address agents should dial (default: the listening address, or that of the interface of the default route).", metavar="HOST", show_default=False)] = None,
     agent_file: Annotated[Optional[Path], typer.Option("--agent-file", help="With --listen: write what agents need (address, secret, certificate fingerprint) to FILE, mode 0600, removed when the run ends; `imgq agent --secret-file FILE` reads it. Default: imgq-agent.env beside the database.", metavar="FILE", show_default=False, dir_okay=False)] = None,
     host_timeout: Annotated[float, typer.Option("--host-timeout", help="Seconds of silence (agents beat every second) after which a host is lost and its jobs run elsewhere.", min=2.0, metavar="SECONDS")] = 5.0,
