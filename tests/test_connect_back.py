@@ -102,6 +102,22 @@ def alive(pid: int) -> bool:
         return False
 
 
+def sockets_of(pid: int) -> list[str]:
+    out = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:"):
+            out.append(target)
+    return out
+
+
+def children_of(pid: int) -> list[int]:
+    return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
+
+
 def status(cwd) -> dict:
     r = imgq(cwd, "status", "--json")
     assert r.returncode == 0, r.stderr
@@ -392,6 +408,8 @@ def test_secret_is_not_on_the_agents_command_line(tmp_path, slow_inbox):
         for a in agents:
             cmdline = Path(f"/proc/{a.pid}/cmdline").read_bytes()
             assert b"--connect" in cmdline and secret.encode() not in cmdline
+            # its slots do not hold its connection: killed, the agent's end is seen at once
+            assert sockets_of(a.pid) and [s for pid in children_of(a.pid) for s in sockets_of(pid)] == []
         out, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
         assert_each_job_done_exactly_once(db)
