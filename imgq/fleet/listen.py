@@ -475,16 +475,28 @@ def dial(address: str, creds: Credentials, *, name: str, retry_for: float = DIAL
 
 
 class StreamIO:
-    """A ``TlsStream`` as the agent's stdin and stdout (``read``; ``write`` + ``flush``)."""
+    """A ``TlsStream`` as the agent's stdin and stdout (``read``; ``write`` + ``flush``).
+    Small writes wait for ``flush``, so a small message (a beat, an error, a small
+    reply) leaves as one TLS record in one packet, not one per piece. The caller
+    serialises writers (the agent's write lock)."""
+
+    SMALL = 64 * 1024
 
     def __init__(self, stream: tls.TlsStream):
         self.stream = stream
+        self.pending: list = []
 
     def read(self, n: int):
         return self.stream.read(n)
 
     def write(self, data) -> None:
+        if len(data) <= self.SMALL:
+            self.pending.append(bytes(data))
+            return
+        self.flush()
         self.stream.write(data)
 
     def flush(self) -> None:
-        pass
+        if self.pending:
+            data, self.pending = b"".join(self.pending), []
+            self.stream.write(data)
