@@ -188,7 +188,8 @@ def render(res: dict) -> str:
             out.append(f"  per-job cost of the {m} path above local: {v:.2f} ms of wall per job")
     for k, v in (res.get("host_path_cpu_ms_per_job") or {}).items():
         if v is not None:
-            out.append(f"  {k}: the host's side of the path (agent process, + sshd over SSH; not its slots): {v:.1f} ms CPU per job")
+            out.append(f"  {k}: the host's side of the path (agent process with its start-up, + sshd over SSH; not its slots): {v:.1f} ms CPU per job"
+                       + (" (a floor: read from sshd's reaped children, which may not all be reaped yet)" if k.endswith("ssh") else ""))
     out.append(f"  load average at the end: {', '.join(f'{x:.1f}' for x in res.get('load_average') or [])} (other processes share these cores: wall figures are noisy, CPU figures less so)")
     out.append("")
     out.append(table(["ratio", "value"], [[k, "-" if v is None else f"{v:.2f}x"] for k, v in res["ratios"].items()]))
