@@ -51,6 +51,8 @@ class Settings:
         default_factory=lambda: {k: dict(v) for k, v in DEFAULT_RECIPES.items()}
     )
     destinations: list[str] = dataclasses.field(default_factory=list)
+    # where `imgq run` publishes the gallery after each run (its --publish); relative to imgq.toml
+    publish: Path | None = None
     # the recipes `imgq enqueue` applies when given no --recipe or --op
     enqueue: list[str] = dataclasses.field(default_factory=lambda: ["default"])
     config_path: Path | None = None
@@ -82,6 +84,7 @@ _SCALARS = {
     "backoff_max_seconds": float,
     "jpeg_quality": int,
     "backup_keep": int,
+    "publish": Path,
     "split_pixels": int,
     "split_stripes": int,
 }

@@ -23,6 +23,7 @@ Examples:
   imgq run ~/Dropbox/dig-photos --to /mnt/backup --to ssh://nas/srv/photos
   imgq run --config /etc/imgq.toml /srv/inbox      # destinations from imgq.toml
   imgq run --watch /srv/inbox --to /mnt/backup     # stay running; a systemd unit: docs/archive.md
+  imgq run /srv/inbox --to /mnt/backup --publish /var/www/photos   # and the gallery
 
 \b
 crontab (every 10 minutes; a run still busy makes the next one exit quietly; cron's PATH
@@ -30,7 +31,7 @@ does not hold a virtualenv, so give imgq's full path, as `command -v imgq` print
   */10 * * * * cd /srv/imgq && /opt/imgq/bin/imgq run /srv/inbox --to /mnt/backup --to ssh://nas/photos
 """
 
-STEPS = ("run", "scan", "enqueue", "archive", "collect")
+STEPS = ("run", "scan", "enqueue", "archive", "collect", "publish")
 
 
 def run(
@@ -40,6 +41,7 @@ def run(
     recipe: Annotated[Optional[list[str]], typer.Option("--recipe", "-r", autocompletion=completes("recipes"), help="Recipe for new photos (repeatable; default: `enqueue` in imgq.toml, else default).", metavar="NAME", show_default=False)] = None,
     min_copies: Annotated[Optional[int], typer.Option("--min-copies", help="Copies that must verify before an original is deleted (default: one at every destination).", min=1, metavar="N", show_default=False)] = None,
     no_collect: Annotated[bool, typer.Option("--no-collect", help="Archive, but leave every original in the inbox.")] = False,
+    publish: Annotated[Optional[Path], typer.Option("--publish", help="After archiving, bring the gallery at DIR up to date, as `imgq publish DIR` does (default: publish in imgq.toml; none).", metavar="DIR", show_default=False)] = None,
     settle: Annotated[Optional[float], typer.Option(help=settle_help(""), metavar="SECONDS", show_default=False)] = None,
     dry_run: Annotated[bool, dry_run_option("scan and enqueue as they would, work nothing, and print the files this run would archive (those with jobs due: once processed); stderr names each copy and deletion.")] = False,
     ssh_config: SshConfigOpt = None,
@@ -92,9 +94,10 @@ def run(
         min_copies=min_copies,
         collect=not no_collect,
         dry_run=dry_run,
+        publish_to=publish or _configured(settings.publish, settings),
     )
 
-    meters = {step: common.Meter(step) for step in ("scan", "archive")}  # drawn on a terminal only
+    meters = {step: common.Meter(step) for step in ("scan", "archive", "publish")}  # drawn on a terminal only
 
     def on_step(step: str, result) -> None:
         if step in meters:
@@ -131,6 +134,11 @@ def run(
         elif step == "collect":
             for v in result.problems:
                 common.warn(f"collect: keeping {v.path}: {v.reason}")
+        elif step == "publish":
+            for pid, why in result.skipped:
+                common.note(f"publish: {pid}: {why}")
+            for why in result.refused:
+                common.warn(f"publish: {why}")
 
     def on_work(r: tuple) -> None:
         if r[0] == "failed":
@@ -165,6 +173,14 @@ def run(
         for meter in meters.values():
             meter.stop()
         destinations.close_all(dests)
+
+
+def _configured(path: Path | None, settings) -> Path | None:
+    """A path from imgq.toml, relative to the file's folder."""
+    if path is None:
+        return None
+    base = settings.config_path.parent if settings.config_path else Path(".")
+    return path if path.is_absolute() else base / path
 
 
 def _backup(database, dests, keep: int) -> None:
@@ -220,4 +236,7 @@ def summary(counts: dict, seconds: float) -> str:
         c = counts["collect"]
         words = [f"{c['deleted']} deleted", *some(c["gone"], "already gone"), f"{c['keep']} kept", f"{c['wait']} waiting for copies"]
         parts.append("collect " + ", ".join(words))
+    if "publish" in counts:
+        c = counts["publish"]
+        parts.append(f"publish {c['photos']} photos, {c['written']} files written, {c['removed']} removed" + (f", {c['refused']} refused" if c["refused"] else ""))
     return f"run: {'; '.join(parts)}; in {common.duration(seconds)}"
