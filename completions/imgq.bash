@@ -20,7 +20,7 @@ _imgq_options() {
         'imgq status') REPLY='--watch --failures --db --config --json -v --verbose -q --quiet -h --help' ;;
         'imgq log') REPLY='--db --config --json -v --verbose -q --quiet -h --help' ;;
         'imgq retry') REPLY='--error --db --config --json -v --verbose -q --quiet -h --help' ;;
-        'imgq publish') REPLY='--title --per-page --copy --force --originals-url --thumb --web --db --config --json --wait --no-wait -v --verbose -q --quiet -h --help' ;;
+        'imgq publish') REPLY='--title --per-page --copy --force --originals-url --thumb --web --enqueue --no-enqueue --db --config --json --wait --no-wait -v --verbose -q --quiet -h --help' ;;
         'imgq report') REPLY='--run --last --since --failures --db --config --json -v --verbose -q --quiet -h --help' ;;
         'imgq archive') REPLY='--to --verify --retry-now --ssh-config --accept-new-host-keys --db --config --json --wait --no-wait -v --verbose -q --quiet -h --help' ;;
         'imgq collect') REPLY='--min-copies --to -n --dry-run --ssh-config --accept-new-host-keys --db --config --json --wait --no-wait -v --verbose -q --quiet -h --help' ;;

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -18,6 +19,7 @@ Examples:
   imgq publish /var/www/photos
   imgq publish --title 'Dig 2024' --per-page 60 site/
   imgq publish site/ --originals-url /mnt/archive=https://archive.example.org/photos
+  imgq publish site/ --originals-url https://archive.example.org/photos
   cd site && python3 -m http.server 8000     # then browse http://localhost:8000/
 """
 
@@ -28,9 +30,10 @@ def publish(
     per_page: Annotated[int, typer.Option("--per-page", help="Photos on one page of a day or a photographer.", min=1, metavar="N")] = 100,
     copy: Annotated[bool, typer.Option("--copy", help="Copy images even when OUT is on the store's file system (default: hard-link them).")] = False,
     force: Annotated[bool, typer.Option("--force", help="Rewrite every page and image, whatever the manifest says.")] = False,
-    originals_url: Annotated[Optional[list[str]], typer.Option("--originals-url", help="Link copies archived at DEST to URL/PATH (repeatable). Without it, local destinations get file:// links.", metavar="DEST=URL", show_default=False)] = None,
+    originals_url: Annotated[Optional[list[str]], typer.Option("--originals-url", help="Link copies archived at DEST to URL/PATH (repeatable; a URL alone: every destination). Without it, copies beside OUT are linked relatively, others not at all; a file:// URL only when given.", metavar="[DEST=]URL", show_default=False)] = None,
     thumb: Annotated[str, typer.Option("--thumb", help="Artifact shown as the thumbnail.", metavar="NAME")] = "thumb",
     web: Annotated[str, typer.Option("--web", help="Artifact shown as the web version.", metavar="NAME")] = "web",
+    enqueue: Annotated[bool, typer.Option("--enqueue/--no-enqueue", help="Enqueue the gallery recipe (the large sizes photo pages show) for photos that lack it; imgq work makes them, the next publish shows them.")] = True,
     db: DbOpt = None,
     config: ConfigOpt = None,
     json: JsonOpt = False,
@@ -50,12 +53,17 @@ def publish(
     """
     urls: dict[str, str] = {}
     for item in originals_url or []:
+        if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", item):  # a URL alone: for every destination
+            urls["*"] = item
+            continue
         dest, sep, url = item.partition("=")
         if not sep or not dest or not url:
-            raise UsageError(f"--originals-url expects DEST=URL, got {item!r}")
+            raise UsageError(f"--originals-url expects DEST=URL or a URL, got {item!r}")
         urls[dest] = url
     inv = common.Invocation("publish", db, config)
-    options = publish_step.PublishOptions(title=title, per_page=per_page, link=not copy, force=force, thumb=thumb, web=web, originals_urls=urls)
+    options = publish_step.PublishOptions(title=title, per_page=per_page, link=not copy, force=force, thumb=thumb, web=web, originals_urls=urls,
+        gallery=inv.settings.recipes.get(publish_step.GALLERY_RECIPE, {}), enqueue=enqueue, max_attempts=inv.settings.max_attempts,
+    )
     with inv.recorded({"out": str(out), "title": title, "per_page": per_page}, wait=wait) as run:
         report = publish_step.publish(inv.database, out, store_dir=inv.settings.store_dir, options=options)
         for rel, pid in report.swept:
@@ -65,6 +73,8 @@ def publish(
         pages = {pid: f"photo/{publish_step.slug(pid)}.html" for pid in report.changed}
         for pid in report.changed:
             common.out_json({"id": pid, "page": os.path.abspath(out / pages[pid])}) if json else common.out(pid)
+        if report.enqueued:
+            common.note(f"publish: the gallery recipe enqueued for {len(report.enqueued)} photo(s); after imgq work, publish again to show their large sizes")
         for pid, why in report.skipped:
             common.warn(f"{pid}: {why}")
         for why in report.refused:
@@ -80,6 +90,7 @@ def publish(
             "skipped": len(report.skipped),
             "refused": len(report.refused),
             "swept": len(report.swept),
+            "enqueued": len(report.enqueued),
         }
         c = run["counts"]
         common.summary(f"publish: {c['photos']} photos; {c['written']} files written, {c['unchanged']} unchanged, {c['removed']} removed -> {out / 'index.html'}")
