@@ -158,12 +158,14 @@ def publish(db: DB, out: Path, *, store_dir: Path, options: PublishOptions = Pub
 
 
 def _enqueue_gallery(db: DB, options: PublishOptions) -> list[str]:
-    """Give every photo that may still get one (processed or archived, not collected) and
-    lacks it the gallery recipe's job: existing sites get the large sizes by publishing,
-    whatever their ``enqueue`` list says; the next ``imgq work`` makes them and the next
-    publish shows them (until then a photo page shows the web version)."""
+    """Give every photo in the gallery that may still get one (processed or archived, not
+    collected) and lacks it the gallery recipe's job: existing sites get the large sizes
+    by publishing, whatever their ``enqueue`` list says; the next ``imgq work`` makes them
+    and the next publish shows them (until then a photo page shows the web version). A
+    photo not in the gallery yet is left to ``imgq enqueue``."""
     chains = {GALLERY_RECIPE: options.gallery}
-    wanted = queue.lacking(db, chains)
+    shown = {r[0] for r in db.all("SELECT DISTINCT file_id FROM artifacts WHERE name IN (?, ?)", (options.thumb, options.web))}
+    wanted = [i for i in queue.lacking(db, chains) if i in shown]
     if not wanted:
         return []
     done = queue.enqueue(db, wanted, chains, max_attempts=options.max_attempts, actor=Actor(name="publish"))

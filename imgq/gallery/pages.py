@@ -45,10 +45,10 @@ h2 { font-size: 1.15rem; margin: 1.6rem 0 .6rem; }
 .muted { color: var(--muted); }
 .lede { margin: 0 0 1rem; color: var(--muted); }
 ul.grid { list-style: none; padding: 0; margin: 0; display: grid; gap: 6px;
-  grid-template-columns: repeat(auto-fill, minmax(min(11rem, calc(50% - 3px)), 1fr)); }
+  grid-template-columns: repeat(auto-fill, minmax(min(14rem, calc(50% - 3px)), 1fr)); }
 ul.grid li { min-width: 0; }
-ul.grid a.thumb { display: block; aspect-ratio: 4 / 3; background: var(--tile); overflow: hidden; border-radius: 3px; }
-ul.grid img { display: block; width: 100%; height: 100%; object-fit: cover; }
+ul.grid a.thumb { display: block; position: relative; aspect-ratio: 4 / 3; background: var(--tile); overflow: hidden; border-radius: 3px; }
+ul.grid img { position: absolute; inset: 0; display: block; width: 100%; height: 100%; object-fit: cover; }
 ul.grid a.thumb:hover img { opacity: .88; }
 .cap { display: block; font-size: .78rem; line-height: 1.3; padding: .25rem .1rem .35rem; color: var(--muted);
   overflow-wrap: anywhere; }
@@ -72,17 +72,19 @@ figure.stage { margin: .6rem 0 0; text-align: center; }
 figure.stage figcaption { margin-top: .4rem; color: var(--muted); font-size: .9rem; line-height: 1.4; }
 .download { display: inline-block; margin: .6rem 0; padding: .35rem .8rem; border: 1px solid var(--accent);
   border-radius: 4px; text-decoration: none; }
-.details { display: grid; gap: 0 2rem; grid-template-columns: repeat(auto-fit, minmax(min(22rem, 100%), 1fr)); }
+.details { display: flex; flex-wrap: wrap; gap: 0 3rem; }
 dl.meta { display: grid; grid-template-columns: max-content minmax(0, 1fr); gap: .2rem 1rem; margin: 0; }
 dl.meta dt { color: var(--muted); }
 dl.meta dd { margin: 0; overflow-wrap: anywhere; }
 dl.meta ul { margin: 0; padding-left: 1.1rem; }
 ul.versions { grid-template-columns: repeat(auto-fill, minmax(min(18rem, 100%), 1fr)); }
 ul.versions a.thumb { aspect-ratio: auto; }
-ul.versions img { height: auto; object-fit: contain; }
+ul.versions img { position: static; height: auto; object-fit: contain; }
 table { border-collapse: collapse; margin: .3rem 0 1rem; font-size: .92rem; }
 th, td { text-align: left; padding: .25rem .7rem .25rem 0; border-bottom: 1px solid var(--line); vertical-align: top;
-  overflow-wrap: anywhere; }
+  overflow-wrap: break-word; }
+th { white-space: nowrap; }
+td code { word-break: break-all; }
 td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; }
 .scroll { overflow-x: auto; max-width: 100%; }
 .bad { color: var(--bad); }
@@ -265,8 +267,8 @@ def _img(root: str, p: Photo, *, sizes: str, upto: int, lazy: bool, alt: str | N
     size = f' width="{best.width}" height="{best.height}"' if best.width and best.height else ""
     srcset = ", ".join(f"{_src(root, i)} {i.width}w" for i in options)
     extra = f' srcset="{srcset}" sizes="{esc(sizes)}"' if len(options) > 1 else ""
-    loading = ' loading="lazy"' if lazy else ""
-    return f'<img src="{_src(root, best)}"{extra}{size}{loading} decoding="async" alt="{esc(alt_text(p) if alt is None else alt)}">'
+    loading = ' loading="lazy" decoding="async"' if lazy else ""
+    return f'<img src="{_src(root, best)}"{extra}{size}{loading} alt="{esc(alt_text(p) if alt is None else alt)}">'
 
 
 # a grid cell is at most about 16rem wide, and half a phone's width
@@ -400,7 +402,10 @@ def _ratio(p: Photo) -> float:
 
 
 def _stage_sizes(p: Photo) -> str:
-    return f"min(calc(100vw - 2rem), calc((100vh - 12rem) * {_ratio(p):.4f}))"
+    # (a media query cannot subtract the page's top, so the switch is at the photo's
+    # own aspect ratio: close enough to pick a size, and every validator reads it)
+    w, h = (p.web.width, p.web.height) if p.web.width and p.web.height else (3, 2)
+    return f"(min-aspect-ratio: {w}/{h}) calc((100vh - 12rem) * {_ratio(p):.4f}), calc(100vw - 2rem)"
 
 
 def photo_page(*, site: str, photo: Photo, near: Neighbours, day_page: str, owner_page: str) -> str:
