@@ -258,7 +258,7 @@ def _collect(db: DB, out: Path, store_dir: Path, options: PublishOptions, report
 
 
 # what scan may record in a file's meta beyond the camera, and how a page labels it
-EXIF_SHOWN = (("lens", "Lens"), ("exposure", "Exposure"), ("focal_length", "Focal length"), ("iso", "ISO"))
+EXIF_SHOWN = (("lens", "Lens"), ("exposure", "Exposure"))
 
 
 def _boxes(db: DB) -> dict[str, list[H.Face]]:

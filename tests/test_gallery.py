@@ -537,3 +537,32 @@ def test_publish_after_a_real_archive(site, run_imgq, db_path):
     rel = os.path.relpath(original, site / "out" / "photo")
     assert original.is_file() and f'href="{html.escape("/".join(urllib.parse.quote(s) if s != ".." else s for s in Path(rel).parts))}"' in page
     check_links(site / "out", beside=dest)
+
+
+def test_lens_and_exposure_from_exif_on_the_photo_page(tmp_path, run_imgq, db_path):
+    """What the camera wrote of the lens and the exposure is recorded by scan and shown,
+    escaped like every EXIF string."""
+    from PIL import Image as PILImage
+
+    path = tmp_path / "inbox" / "erin" / "DSC_0100.jpg"
+    samples.make_photo(path, width=640, height=480, seed=12, taken=dt.datetime(2024, 6, 1, 9, 30), make="Nikon", model="Z6")
+    with PILImage.open(path) as im:
+        exif = im.getexif()
+        ifd = exif.get_ifd(0x8769)
+        ifd[0xA434] = '24-70mm <b>"f/4"</b>'  # LensModel
+        ifd[0x829A] = (1, 250)  # ExposureTime
+        ifd[0x829D] = (56, 10)  # FNumber
+        ifd[0x8827] = 400  # ISO
+        ifd[0x920A] = (35, 1)  # FocalLength
+        im.load()
+        im.save(path, exif=exif.tobytes(), quality=90)
+    old = path.stat().st_mtime - 600
+    os.utime(path, (old, old))
+    assert run_imgq("scan", "--settle", "0", tmp_path / "inbox").returncode == 0
+    [(meta,)] = q(db_path, "SELECT meta FROM files")
+    assert json.loads(meta)["exposure"] == "1/250 s · f/5.6 · ISO 400 · 35 mm"
+    assert run_imgq("enqueue").returncode == 0 and run_imgq("work", "-j1", "--drain").returncode == 0
+    assert run_imgq("publish", "out", "--no-enqueue").returncode == 0
+    page = next((tmp_path / "out" / "photo").iterdir()).read_text()
+    assert "<dt>Lens</dt><dd>24-70mm &lt;b&gt;&quot;f/4&quot;&lt;/b&gt;</dd>" in page
+    assert "<dt>Exposure</dt><dd>1/250 s · f/5.6 · ISO 400 · 35 mm</dd>" in page

@@ -41,15 +41,20 @@ def publish(
 ) -> None:
     """Write a static web gallery of the processed photos to OUT, incrementally.
 
-    An index of days and photographers, a page per day and per photographer (paginated),
-    and a page per photo with its web version, metadata (photographer, time taken,
-    camera, size, dimensions, faces found) and links to its archived originals.
-    Thumbnails and web versions are hard-linked or copied into OUT, so any web server
-    can serve it as it is; no JavaScript is used. Only pages and images that changed are
-    rewritten, each atomically. Prints the id of each photo whose page or images were
-    written; --json prints an object per such photo (and one per temporary file of a
-    killed publish that was swept). Nothing is written outside OUT: a symlink where the
-    gallery wants a folder or a file is named and left alone, and the exit status is 1.
+    An index of the latest photos and of every photographer and day by a cover photo, a
+    page per day and per photographer (a grid of thumbnails, paginated), and a page per
+    photo: as large as the screen allows (from the sizes the gallery recipe makes, which
+    publish enqueues for photos lacking them), previous/next in its day and its
+    photographer's photos, the faces found, other recipes' outputs, metadata and links to
+    its archived originals (relative when the archive lies beside OUT, else under
+    --originals-url; never file:// unless given). A status page (counts, throughput per
+    hour, hosts, failures, what collect keeps) and a failures page are rewritten too.
+    Images are hard-linked or copied into OUT, so any web server can serve it as it is; no
+    JavaScript is used. Only pages and images that changed are rewritten, each
+    atomically. Prints the id of each photo whose page or images were written; --json
+    prints an object per such photo (and one per temporary file of a killed publish that
+    was swept). Nothing is written outside OUT: a symlink where the gallery wants a folder
+    or a file is named and left alone, and the exit status is 1.
     """
     urls: dict[str, str] = {}
     for item in originals_url or []:
