@@ -230,6 +230,9 @@ def test_a_new_photo_rewrites_only_what_shows_it(site, run_imgq, db_path):
     }
     assert {p.split("-")[0] for p in changed if p.startswith("img/")} == {f"img/{slug}.thumb", f"img/{slug}.web", f"img/{slug}.gallery320"}
     assert set(before) <= set(after)
+    # publish counts them too: 5 pages and 3 images written (the manifest aside), of all it holds
+    counts = json.loads(q(db_path, "SELECT counts FROM runs WHERE command = 'publish' ORDER BY id DESC LIMIT 1")[0][0])
+    assert counts["written"] == len(changed) - 1 == 8 and counts["unchanged"] == len(after) - 1 - 8
 
 
 def test_stale_pages_are_removed_and_foreign_files_kept(site, run_imgq):
