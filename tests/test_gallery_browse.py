@@ -158,6 +158,17 @@ def test_screenshots_show_pictures(browsed, serve, tmp_path):
                     im.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(Path(keep) / f"gallery-{kind}-{size}.png", optimize=True)
 
 
+def test_dark_and_light_follow_the_browser(browsed, serve, tmp_path):
+    base = serve(browsed / "www")
+    shade = {}
+    for scheme, flags in (("light", ()), ("dark", ("--force-dark-mode", "--blink-settings=preferredColorScheme=0"))):
+        shot = tmp_path / f"{scheme}.png"
+        chromium(*flags, "--window-size=800,600", "--hide-scrollbars", f"--screenshot={shot}", base + "g/failures.html")
+        with Image.open(shot) as im:
+            shade[scheme] = float(np.asarray(im.convert("L")).mean())
+    assert shade["light"] > 200 and shade["dark"] < 60, shade
+
+
 def test_status_and_failures_pages(browsed):
     out = browsed / "www" / "g"
     db = browsed / "imgq.db"
