@@ -183,6 +183,9 @@ def test_status_and_failures_pages(browsed):
     svg = re.search(r"<svg class=\"plot\".*?</svg>", status, re.S).group(0)
     bars = [int(n) for n in re.findall(r"<title>[^<]*: (\d+) done</title>", svg)]
     assert bars and sum(bars) == done
+    # and per host: this machine did them all
+    [(host, n)] = q(db, "SELECT host, count(*) FROM events WHERE entity = 'job' AND to_state = 'done' GROUP BY host")
+    assert f"<tr><td><code>{html.escape(host)}</code></td><td class=n>{n}</td>" in status
     # the truncated JPEG, with its reason, on both pages
     [(path, reason)] = q(db, "SELECT inbox_path, reason FROM failures")
     for text in (status, failures):

@@ -29,6 +29,7 @@ class Monitor:
     jobs: dict[str, int]
     hours: list[tuple[float, int, int]]  # (hour start, jobs done, jobs failed), 24, oldest first
     hosts: list[dict]
+    rates: list[tuple[str, int, int, int]]  # (host, jobs done, failed, most done in one hour) over the plot's 24 hours
     failures: list[dict]  # the failures view, newest first
     failures_total: int
     waiting: list[dict]  # files not in the gallery yet: id, path, state, since
@@ -55,6 +56,10 @@ def read(db: DB, shown: set[str]) -> Monitor:
         )}
         hours = [(h, *per.get(h, (0, 0))) for h in range(end - 24 * 3600, end, 3600)]
     hosts = [dict(r) for r in db.all("SELECT name, slots, state, reason, done, failed, lost, seen_at FROM hosts ORDER BY name")]
+    rates = [(r[0] or "?", r[1], r[2], r[3]) for r in db.all(
+        "SELECT host, sum(done), sum(failed), max(done) FROM (SELECT host, CAST(minute_at / 3600 AS INTEGER) AS hour,"
+        " sum(jobs_done) AS done, sum(jobs_failed) AS failed FROM throughput GROUP BY host, hour) GROUP BY host ORDER BY sum(done) DESC, host"
+    )]
     failures_total = db.one("SELECT count(*) FROM failures")[0]
     failures = [dict(r) for r in db.all(
         "SELECT step, file_id, destination, inbox_path, reason, kind, attempts, max_attempts, retrying, failed_at FROM failures"
@@ -70,7 +75,7 @@ def read(db: DB, shown: set[str]) -> Monitor:
         "SELECT k.verdict, k.reason, count(*) FROM collect_checks k JOIN files f ON f.id = k.file_id"
         " WHERE f.state != 'collected' GROUP BY k.verdict, k.reason ORDER BY count(*) DESC, k.verdict, k.reason"
     )]
-    return Monitor(files=files, jobs=jobs, hours=hours, hosts=hosts, failures=failures, failures_total=failures_total,
+    return Monitor(files=files, jobs=jobs, hours=hours, hosts=hosts, rates=rates, failures=failures, failures_total=failures_total,
                    waiting=waiting[:MAX_ROWS], waiting_total=len(waiting), keeps=keeps)
 
 
@@ -151,13 +156,16 @@ def status_page(*, site: str, m: Monitor, pages: dict[str, str], shown: int) -> 
     parts.append("</div>\n</section>\n")
     parts.append('<section aria-labelledby="throughput">\n<h2 id="throughput">Throughput per hour</h2>\n' + plot(m.hours) + "</section>\n")
     parts.append('<section aria-labelledby="hosts">\n<h2 id="hosts">Hosts</h2>\n')
+    if m.rates:
+        parts.append(_table(["Host", "Jobs done (24 h)", "Failed", "Most in one hour"],
+                            [[f"<code>{esc(h)}</code>", str(d), str(f), str(top)] for h, d, f, top in m.rates], {1, 2, 3}))
     if m.hosts:
         parts.append(_table(["Host", "Slots", "State", "Jobs done", "Failed", "Lost", "Last seen"], [
             [f"<code>{esc(h['name'])}</code>", esc(h["slots"]), esc(h["state"]) + (f'<br><span class="muted">{esc(h["reason"])}</span>' if h["reason"] else ""),
              esc(h["done"]), esc(h["failed"]), esc(h["lost"]), esc(_iso(h["seen_at"]))] for h in m.hosts
         ], {1, 3, 4, 5}))
     else:
-        parts.append('<p class="muted">No remote hosts: every job ran on this machine.</p>\n')
+        parts.append('<p class="muted">No remote hosts (imgq work --hosts): every job ran where the database is.</p>\n')
     parts.append("</section>\n")
     parts.append('<section aria-labelledby="recent-failures">\n<h2 id="recent-failures">Recent failures</h2>\n')
     if m.failures:
