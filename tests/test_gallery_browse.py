@@ -237,3 +237,23 @@ def test_headings_lang_and_alt_text(browsed):
         for img in re.findall(r"<img [^>]*>", text):
             assert re.search(r'alt="[^"]+"', img), (page, img)
         assert "<script" not in text.lower()
+
+
+def _luminance(hex_colour: str) -> float:
+    rgb = [int(hex_colour[i : i + 2], 16) / 255 for i in (1, 3, 5)]
+    lin = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb]
+    return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+
+def test_text_contrast_meets_wcag_aa_in_both_schemes():
+    """Text, muted text, links and failure reasons against the page and the header, light
+    and dark: at least 4.5:1 (WCAG 2 AA for body text)."""
+    from imgq.gallery.pages import CSS
+
+    light = dict(re.findall(r"--([a-z]+): (#[0-9a-f]{6})", CSS.split("@media")[0]))
+    dark = dict(light, **dict(re.findall(r"--([a-z]+): (#[0-9a-f]{6})", CSS.split("prefers-color-scheme: dark")[1].split("}")[0])))
+    for scheme in (light, dark):
+        for fg in ("fg", "muted", "accent", "bad"):
+            for bg in ("bg", "card"):
+                a, b = sorted((_luminance(scheme[fg]), _luminance(scheme[bg])), reverse=True)
+                assert (a + 0.05) / (b + 0.05) >= 4.5, (fg, bg, scheme[fg], scheme[bg])

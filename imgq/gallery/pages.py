@@ -20,7 +20,7 @@ import urllib.parse
 CSS = """\
 :root {
   color-scheme: light dark;
-  --bg: #f6f5f3; --fg: #1c1c1c; --muted: #595959; --line: #d8d6d2; --card: #fff;
+  --bg: #f6f5f3; --fg: #1c1c1c; --muted: #595959; --line: #d8d6d2; --card: #ffffff;
   --accent: #0b57d0; --tile: #e4e2de; --bad: #a50e0e; --face: #ffd400;
 }
 @media (prefers-color-scheme: dark) {
