@@ -40,7 +40,7 @@ header.top .site { font-weight: 650; color: var(--fg); text-decoration: none; }
 header.top nav a { margin-right: .8rem; }
 .crumbs { margin: .8rem 0 0; font-size: .9rem; color: var(--muted); overflow-wrap: anywhere; }
 main { padding: 0 1rem 3rem; max-width: 120rem; margin: 0 auto; }
-h1 { font-size: 1.5rem; margin: .6rem 0 .2rem; overflow-wrap: anywhere; }
+h1 { font-size: 1.5rem; margin: .8rem 0 .2rem; overflow-wrap: anywhere; }
 h2 { font-size: 1.15rem; margin: 1.6rem 0 .6rem; }
 .muted { color: var(--muted); }
 .lede { margin: 0 0 1rem; color: var(--muted); }
@@ -203,6 +203,8 @@ NAV = (("Home", "index.html"), ("Status", "status.html"), ("Failures", "failures
 def _page(*, title: str, site: str, root: str, body: str, crumbs: list[tuple[str, str | None]], head: str = "") -> str:
     trail = " › ".join(f'<a href="{url}">{esc(text)}</a>' if url else f'<span aria-current="page">{esc(text)}</span>' for text, url in crumbs)
     links = " ".join(f'<a href="{root}{url}">{text}</a>' for text, url in NAV)
+    # the home page is the whole trail: no breadcrumb there
+    crumbs_nav = f'<nav class="crumbs" aria-label="Breadcrumb">{trail}</nav>\n' if len(crumbs) > 1 else ""
     return (
         "<!doctype html>\n"
         '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
@@ -217,7 +219,7 @@ def _page(*, title: str, site: str, root: str, body: str, crumbs: list[tuple[str
         '<a class="skip" href="#main">Skip to content</a>\n'
         f'<header class="top">\n<a class="site" href="{root}index.html">{esc(site)}</a>\n'
         f'<nav aria-label="Site">{links}</nav>\n</header>\n'
-        f'<main id="main">\n<nav class="crumbs" aria-label="Breadcrumb">{trail}</nav>\n{body}</main>\n</body>\n</html>\n'
+        f'<main id="main">\n{crumbs_nav}{body}</main>\n</body>\n</html>\n'
     )
 
 
