@@ -257,3 +257,40 @@ def test_text_contrast_meets_wcag_aa_in_both_schemes():
             for bg in ("bg", "card"):
                 a, b = sorted((_luminance(scheme[fg]), _luminance(scheme[bg])), reverse=True)
                 assert (a + 0.05) / (b + 0.05) >= 4.5, (fg, bg, scheme[fg], scheme[bg])
+
+
+def test_previous_and_next_walk_a_day_and_a_photographer(browsed):
+    """From a day's first photo, rel=next (access key n) visits every photo of that day in
+    the order of the day page, and back with rel=prev (p); the photographer's links walk
+    that photographer's photos the same way."""
+    out = browsed / "www" / "g"
+    for listing, nav in ((out / "date" / "2024-05-17.html", "This day"), (out / "owner" / "alice.html", "This photographer")):
+        order = re.findall(r'<li><a class="thumb" href="\.\./photo/([^"]+)"', listing.read_text())
+        assert len(order) >= 3
+        walked, page = [order[0]], order[0]
+        while True:
+            text = (out / "photo" / urllib.parse.unquote(page)).read_text()
+            step = re.search(rf'<nav class="step" aria-label="{nav}">(.*?)</nav>', text).group(1)
+            nxt = re.search(r'<a href="([^"]+)"(?: rel="next" accesskey="n")?>[^<]* ›</a>', step)
+            if nxt is None:
+                break
+            if nav == "This day":
+                assert 'rel="next" accesskey="n"' in step and f'<link rel="next" href="{nxt.group(1)}">' in text
+            page = nxt.group(1)
+            walked.append(page)
+        assert walked == order, nav
+        back = (out / "photo" / urllib.parse.unquote(order[-1])).read_text()
+        if nav == "This day":
+            assert f'href="{order[-2]}" rel="prev" accesskey="p"' in back
+
+
+def test_other_versions_side_by_side(browsed):
+    """The outputs of the recipes run on the astronaut (faces drawn, brighter) are shown
+    beside the photo as taken, each a published image."""
+    out = browsed / "www" / "g"
+    page = next(p for p in (out / "photo").iterdir() if "astronaut" in p.name).read_text()
+    section = re.search(r'<section aria-labelledby="versions">(.*?)</section>', page, re.S).group(1)
+    captions = re.findall(r'<span class="cap"><b>([^<]+)</b>', section)
+    assert captions == ["as taken", "web-brightness1.3", "web-faces"], captions
+    for src in re.findall(r'<img src="\.\./([^"]+)"', section):
+        assert (out / urllib.parse.unquote(src)).is_file()
