@@ -11,9 +11,10 @@ import typer
 
 from imgq import archive, destinations
 from imgq import enqueue as enqueue_step
+from imgq import collect as collect_step
 from imgq import run as run_step
 from imgq.cli import common
-from imgq.cli.options import AcceptNewOpt, ConfigOpt, DbOpt, JsonOpt, SshConfigOpt, ToOpt, WaitOpt, settle_help
+from imgq.cli.options import AcceptNewOpt, ConfigOpt, DbOpt, JsonOpt, SshConfigOpt, ToOpt, WaitOpt, completes, dry_run_option, settle_help
 from imgq.errors import UsageError
 
 EPILOG = """\b
@@ -34,10 +35,11 @@ def run(
     inboxes: Annotated[list[Path], typer.Argument(help="Inbox folders: one subfolder per photographer.", metavar="INBOX...", show_default=False)],
     to: ToOpt = None,
     processes: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Local worker processes (default: all cores).", min=1, metavar="N", show_default=False)] = None,
-    recipe: Annotated[Optional[list[str]], typer.Option("--recipe", "-r", help="Recipe for new photos (repeatable; default: `enqueue` in imgq.toml, else default).", metavar="NAME", show_default=False)] = None,
+    recipe: Annotated[Optional[list[str]], typer.Option("--recipe", "-r", autocompletion=completes("recipes"), help="Recipe for new photos (repeatable; default: `enqueue` in imgq.toml, else default).", metavar="NAME", show_default=False)] = None,
     min_copies: Annotated[Optional[int], typer.Option("--min-copies", help="Copies that must verify before an original is deleted (default: one at every destination).", min=1, metavar="N", show_default=False)] = None,
     no_collect: Annotated[bool, typer.Option("--no-collect", help="Archive, but leave every original in the inbox.")] = False,
     settle: Annotated[Optional[float], typer.Option(help=settle_help(""), metavar="SECONDS", show_default=False)] = None,
+    dry_run: Annotated[bool, dry_run_option("scan and enqueue as they would, work nothing, and print the files this run would archive (those with jobs due: once processed); stderr names each copy and deletion.")] = False,
     ssh_config: SshConfigOpt = None,
     accept_new_host_keys: AcceptNewOpt = False,
     db: DbOpt = None,
@@ -53,7 +55,7 @@ def run(
     nothing failed in this run, 1 otherwise; a second run on an unchanged inbox changes
     nothing and exits 0. Overlapping runs: the second exits quietly (or --wait).
     """
-    inv = common.Invocation("run", db, config)
+    inv = common.Invocation("run", db, config, dry_run=dry_run)
     settings = inv.settings
     if settle is not None:
         settings.settle = settle
@@ -74,9 +76,16 @@ def run(
         recipes=chains,
         min_copies=min_copies,
         collect=not no_collect,
+        dry_run=dry_run,
     )
 
+    meters = {step: common.Meter(step) for step in ("scan", "archive")}  # drawn on a terminal only
+
     def on_step(step: str, result) -> None:
+        if step in meters:
+            meters[step].stop()
+        if dry_run and _dry_step(step, result, json):
+            return
         if json:
             partial = run_step.RunReport(**({"enqueued": result} if step == "enqueue" else {step: result}))
             common.out_json({"step": step, **partial.counts()[step]})
@@ -115,13 +124,34 @@ def run(
     try:
         with inv.recorded({"inboxes": [str(p) for p in inboxes], "to": urls}, wait=wait, locks=STEPS) as rec:
             started = time.time()
-            report = run_step.run(database, settings, opts, on_step=on_step, on_work=on_work)
+            report = run_step.run(database, settings, opts, on_step=on_step, on_work=on_work, on_progress=lambda step, done, total: meters[step](done, total))
             rec["counts"] = report.counts()
             rec["counts"]["seconds"] = round(time.time() - started, 3)
             common.summary(summary(report.counts(), rec["counts"]["seconds"]))
             rec["exit_code"] = report.exit_code
     finally:
+        for meter in meters.values():
+            meter.stop()
         destinations.close_all(dests)
+
+
+def _dry_step(step: str, result, json: bool) -> bool:
+    """What a dry run says that a real one does not; True if the step is told here."""
+    if step == "work":  # not run: the files it would process, which a real run then archives
+        if json:  # one object per step, as a real run prints, with what it would do
+            common.out_json({"step": "work", "would_process": len(result)})
+        for file_id in result:
+            if not json:
+                common.out(file_id)
+            common.warn(f"run: would process {file_id}, then archive and collect it")
+        return True
+    if step == "archive":
+        for file_id, url, rel, how in result.plan:
+            common.warn(f"archive: {file_id}: would copy to {url.rstrip('/')}/{rel}" if how == "would copy" else f"archive: {file_id}: already there: {url.rstrip('/')}/{rel}")
+    if step == "collect":
+        for v in result.of(collect_step.WOULD_DELETE):
+            common.warn(f"collect: would delete {v.path}: {v.reason}")
+    return False
 
 
 def summary(counts: dict, seconds: float) -> str:
@@ -137,7 +167,7 @@ def summary(counts: dict, seconds: float) -> str:
     parts.append(f"enqueue {c['jobs']} jobs for {c['files']} files")
     if "work" in counts:
         c = counts["work"]
-        parts.append(f"work {c['done']} done, {c['failed']} failed")
+        parts.append(f"work {c['would_process']} files would be processed" if "would_process" in c else f"work {c['done']} done, {c['failed']} failed")
     if "archive" in counts:
         c = counts["archive"]
         words = [f"{c['archived']} archived", f"{c['copied']} copies ({common.size(c['bytes'])})", *some(c["found"], "already there"), f"{c['failed']} failed"]

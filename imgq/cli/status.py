@@ -81,6 +81,10 @@ def render(console, snap: dict) -> None:
             f"; {fc['tagged_no_faces']} tagged no_faces ({fc['skipped_no_faces']} skipped)",
             markup=False,
         )
+    for m in snap.get("owners_merged") or []:
+        # the spellings look alike on screen: say how each is encoded
+        ways = ", ".join(f"{ascii(sp)[1:-1]} ({form})" for sp, form in zip(m["spellings"], m["forms"]))
+        console.print(f"owner {m['owner']}: folders spelled {len(m['spellings'])} ways merged into one: {ways}", markup=False)
     _render_archive(console, snap.get("archive") or {}, snap.get("collect") or {})
     if snap["failures"]:
         t = Table(title="recent failures", title_justify="left", show_edge=False)

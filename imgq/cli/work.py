@@ -38,7 +38,7 @@ def work(
     once: Annotated[bool, typer.Option("--once", help="Exit when no job is due now: jobs waiting out a retry backoff are left for the next run (for cron).")] = False,
     batch: Annotated[Optional[int], typer.Option("--batch", help="Jobs per claim (default: adapts to about 0.5 s of work).", min=1, metavar="N", show_default=False)] = None,
     lease: Annotated[Optional[float], typer.Option("--lease", help=f"Seconds a claim holds a job without a heartbeat (default {DEFAULTS.lease_seconds:g}).", min=0.5, metavar="SECONDS", show_default=False)] = None,
-    max_attempts: Annotated[Optional[int], typer.Option("--max-attempts", help=f"Attempts before a transiently failing job fails (default: the job's own, {DEFAULTS.max_attempts} unless enqueued with another).", min=1, metavar="N", show_default=False)] = None,
+    max_attempts: Annotated[Optional[int], typer.Option("--max-attempts", help="At most N attempts for a transiently failing job, here (default: the job's own limit, none unless enqueued with one; a transient failure is retried for retry_for seconds, a day by default).", min=1, metavar="N", show_default=False)] = None,
     poll: Annotated[float, typer.Option("--poll", help="Seconds between polls of an empty queue.", min=0.05, metavar="SECONDS")] = 1.0,
     report: Annotated[Optional[Path], typer.Option("--report", help="When the run ends, write its report (`imgq report --run ID`) to FILE: JSON if FILE ends in .json, else text.", metavar="FILE", show_default=False)] = None,
     hosts: Annotated[Optional[list[str]], typer.Option("--hosts", help="Work on these hosts over SSH: [user@]host[:port][/slots], comma-separated or repeated.", metavar="HOSTS", show_default=False)] = None,

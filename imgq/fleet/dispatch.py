@@ -86,7 +86,7 @@ class Dispatch:
             if want <= 0:
                 continue
             claims = queue.claim(self.db, owner=h.actor().name, limit=want, lease_seconds=self.settings.lease_seconds,
-                                 actor=h.actor(), max_attempts=self.opts.max_attempts)
+                                 actor=h.actor(), max_attempts=self.opts.max_attempts, max_lost=self.settings.max_lost)
             for c in claims:
                 h.inflight[c.job_id] = c
                 if c.stage:
