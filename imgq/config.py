@@ -22,6 +22,10 @@ from imgq.errors import UsageError
 DEFAULT_RECIPES: dict[str, dict[str, str]] = {
     # artifact name -> operation chain; every chain of a recipe runs from one decode.
     "default": {"thumb": "thumb", "web": "web"},
+    # the sizes a gallery's pages choose from (srcset), by their long side; `imgq publish`
+    # enqueues it for the photos that lack it (not in `enqueue`, so the default recipe's
+    # jobs keep their identity and nothing already made is made again)
+    "gallery": {"gallery320": "fit:320x320", "gallery640": "fit:640x640", "gallery1280": "fit:1280x1280", "gallery1920": "fit:1920x1920"},
 }
 
 
