@@ -141,6 +141,12 @@ def test_run_publishes_the_gallery_when_asked(tmp_path, run_imgq, db_path):
     assert any(file_id.split("_")[-1].split(".")[0] in p or file_id in p for p in pages), pages
     index = (site / "index.html").read_text()
     assert "alice" in index
+    # the gallery's sizes were made in the same run, before collect took the original away
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("SELECT state FROM jobs WHERE recipe = 'gallery'").fetchall() == [("done",)]
+    assert conn.execute("SELECT state FROM files").fetchall() == [("collected",)]
+    conn.close()
+    assert "srcset" in next((site / "photo").iterdir()).read_text()
     # from imgq.toml, relative to it: a new photo appears; a run with nothing new writes nothing
     (tmp_path / "imgq.toml").write_text('settle = 0\npublish = "site"\ndestinations = ["backup"]\n')
     samples.make_photo(inbox / "bob" / "IMG_2.jpg", seed=2, width=320, height=240)

@@ -13,6 +13,7 @@ from imgq import archive, destinations
 from imgq import enqueue as enqueue_step
 from imgq import collect as collect_step
 from imgq import backup as backup_step
+from imgq import publish as publish_step
 from imgq import run as run_step
 from imgq.cli import common, watching
 from imgq.cli.options import AcceptNewOpt, ConfigOpt, DbOpt, JsonOpt, SshConfigOpt, ToOpt, WaitOpt, completes, dry_run_option, settle_help
@@ -86,6 +87,12 @@ def run(
     database = inv.database
     ssh = destinations.SshOptions(config=ssh_config, accept_new_host_keys=accept_new_host_keys)
     dests = archive.open_destinations(database, urls, ssh, inboxes=inboxes)  # overlap refused before anything is scanned or written
+    site = publish or _configured(settings.publish, settings)
+    gallery = settings.recipes.get(publish_step.GALLERY_RECIPE, {})
+    if site is not None and gallery:
+        # the sizes the gallery's photo pages choose from, made in this run's work step,
+        # while the originals are still in the inbox (collect comes before publish)
+        chains = {**chains, publish_step.GALLERY_RECIPE: gallery}
     opts = run_step.RunOptions(
         inboxes=inboxes,
         destinations=list(dests.values()),
@@ -94,7 +101,8 @@ def run(
         min_copies=min_copies,
         collect=not no_collect,
         dry_run=dry_run,
-        publish_to=publish or _configured(settings.publish, settings),
+        publish_to=site,
+        publish=publish_step.PublishOptions(gallery=gallery, max_attempts=settings.max_attempts),
     )
 
     meters = {step: common.Meter(step) for step in ("scan", "archive", "publish")}  # drawn on a terminal only
