@@ -91,14 +91,18 @@ def build(db: DB, *, now: float, run_id: int | None = None, since: float | None 
     wall = _covered(runs, start, end, now) if "since" in scope and runs else end - start
 
     window = (start, end)
-    jobs = _jobs(db, window)
+    # which events are the run's: those that name it (exact, whatever else ran at the
+    # time), or, for a time span or a run recorded before events named their run, the window
+    exact = "run" in scope and db.one("SELECT 1 FROM events WHERE run_id = ? LIMIT 1", (scope["run"],)) is not None
+    ev = ("run_id = ?", (scope["run"],)) if exact else ("at BETWEEN ? AND ?", window)
+    jobs = _jobs(db, ev)
     files = {r[0]: r[1] for r in db.all(
-        "SELECT to_state, count(DISTINCT file_id) FROM events WHERE entity = 'file' AND at BETWEEN ? AND ? GROUP BY to_state", window
+        f"SELECT to_state, count(DISTINCT file_id) FROM events WHERE entity = 'file' AND {ev[0]} GROUP BY to_state", ev[1]
     )}
-    done_jobs = "SELECT job_id FROM events WHERE entity = 'job' AND to_state = 'done' AND at BETWEEN ? AND ?"
-    bytes_in, photos_in = db.one(f"SELECT coalesce(sum(size), 0), count(*) FROM files WHERE id IN (SELECT file_id FROM events WHERE entity = 'job' AND to_state = 'done' AND at BETWEEN ? AND ?)", window)
-    bytes_out, artifacts_out = db.one(f"SELECT coalesce(sum(bytes), 0), count(*) FROM artifacts WHERE job_id IN ({done_jobs})", window)
-    busy = db.one(f"SELECT coalesce(sum(json_extract(result, '$.seconds')), 0) FROM jobs WHERE id IN ({done_jobs}) AND json_valid(result)", window)[0]
+    done_jobs = f"SELECT job_id FROM events WHERE entity = 'job' AND to_state = 'done' AND {ev[0]}"
+    bytes_in, photos_in = db.one(f"SELECT coalesce(sum(size), 0), count(*) FROM files WHERE id IN (SELECT file_id FROM events WHERE entity = 'job' AND to_state = 'done' AND {ev[0]})", ev[1])
+    bytes_out, artifacts_out = db.one(f"SELECT coalesce(sum(bytes), 0), count(*) FROM artifacts WHERE job_id IN ({done_jobs})", ev[1])
+    busy = db.one(f"SELECT coalesce(sum(json_extract(result, '$.seconds')), 0) FROM jobs WHERE id IN ({done_jobs}) AND json_valid(result)", ev[1])[0]
     copies = db.one("SELECT count(*), coalesce(sum(bytes), 0) FROM copies WHERE created_at BETWEEN ? AND ?", window)
     processed = files.get("processed", 0)
     rate = (lambda n: round(n / wall, 3) if wall > 0 else None)
@@ -111,8 +115,8 @@ def build(db: DB, *, now: float, run_id: int | None = None, since: float | None 
         "wall_seconds": round(wall, 3),
         "runs": runs,
         "inputs": [r[0] for r in db.all(
-            "SELECT DISTINCT f.inbox FROM files f WHERE f.id IN (SELECT file_id FROM events WHERE at BETWEEN ? AND ? AND file_id IS NOT NULL) ORDER BY 1",
-            window,
+            f"SELECT DISTINCT f.inbox FROM files f WHERE f.id IN (SELECT file_id FROM events WHERE {ev[0]} AND file_id IS NOT NULL) ORDER BY 1",
+            ev[1],
         )],
         "outputs": {
             "store": str(store_dir) if store_dir is not None else None,
@@ -120,6 +124,8 @@ def build(db: DB, *, now: float, run_id: int | None = None, since: float | None 
             "galleries": sorted({r["args"]["out"] for r in runs if r["command"] == "publish" and isinstance(r["args"], dict) and r["args"].get("out")}),
         },
         "photos": {"processed": processed, "read": photos_in, "files": files},
+        "events": "named by the run" if exact else "in the time span",  # how this report chose them
+        **_batches(db, ev),
         "jobs": jobs["totals"],
         "bytes": {"in": bytes_in, "out": bytes_out, "artifacts": artifacts_out, "archived": copies[1], "copies": copies[0]},
         "processing_seconds": round(busy or 0, 3),
@@ -130,7 +136,7 @@ def build(db: DB, *, now: float, run_id: int | None = None, since: float | None 
         },
         "hosts": jobs["hosts"],
         "recipes": jobs["recipes"],
-        "failures": _failures(db, window),
+        "failures": _failures(db, ev),
         "retry_reasons": jobs["retry_reasons"],
     }
 
@@ -166,8 +172,35 @@ def _covered(runs: list[dict], start: float, end: float, now: float) -> float:
     return total
 
 
-def _jobs(db: DB, window) -> dict:
-    """Job outcomes in the window: totals, per host, per recipe, reasons of retries."""
+def _batches(db: DB, ev) -> dict:
+    """The dig's table: photos arriving in batches, a batch being one photographer's new
+    photos found by one scan; their number, the largest and the average, and per
+    photographer the photos found, processed and their bytes."""
+    rows = db.all(
+        f"SELECT e.run_id, f.owner, count(*) AS n, coalesce(sum(f.size), 0) AS bytes FROM events e JOIN files f ON f.id = e.file_id"
+        f" WHERE e.entity = 'file' AND e.from_state IS NULL AND e.{ev[0]} GROUP BY e.run_id, f.owner",
+        ev[1],
+    )
+    sizes = [r["n"] for r in rows]
+    owners: dict[str, dict] = {}
+    for r in rows:
+        o = owners.setdefault(r["owner"], {"owner": r["owner"], "found": 0, "bytes": 0, "processed": 0})
+        o["found"] += r["n"]
+        o["bytes"] += r["bytes"]
+    for r in db.all(
+        f"SELECT f.owner, count(DISTINCT e.file_id) FROM events e JOIN files f ON f.id = e.file_id"
+        f" WHERE e.entity = 'file' AND e.to_state = 'processed' AND e.{ev[0]} GROUP BY f.owner",
+        ev[1],
+    ):
+        owners.setdefault(r[0], {"owner": r[0], "found": 0, "bytes": 0, "processed": 0})["processed"] = r[1]
+    return {
+        "batches": {"count": len(sizes), "largest": max(sizes, default=0), "average": round(sum(sizes) / len(sizes), 1) if sizes else 0},
+        "photographers": [owners[k] for k in sorted(owners)],
+    }
+
+
+def _jobs(db: DB, ev) -> dict:
+    """Job outcomes of the events ``ev`` selects: totals, per host, per recipe, reasons of retries."""
     totals = Counter()
     hosts: dict[str, Counter] = defaultdict(Counter)
     host_photos: dict[str, set] = defaultdict(set)
@@ -176,8 +209,8 @@ def _jobs(db: DB, window) -> dict:
     for e in db.all(
         "SELECT e.file_id, e.from_state, e.to_state, coalesce(e.host, '?') AS host, e.detail, coalesce(j.recipe, '?') AS recipe,"
         " f.inbox, f.path FROM events e LEFT JOIN jobs j ON j.id = e.job_id LEFT JOIN files f ON f.id = e.file_id"
-        " WHERE e.entity = 'job' AND e.at BETWEEN ? AND ?",
-        window,
+        f" WHERE e.entity = 'job' AND e.{ev[0]}",
+        ev[1],
     ):
         kind = _kind(e["from_state"], e["to_state"], e["detail"])
         if kind is None:
@@ -228,16 +261,16 @@ def _kind(from_state, to_state, detail) -> str | None:
     return None
 
 
-def _failures(db: DB, window) -> list[dict]:
-    """Every job that failed in the window, and every file that failed outside a job
-    (a scan that found a corrupt file), with the reason."""
+def _failures(db: DB, ev) -> list[dict]:
+    """Every job that failed among the events ``ev`` selects, and every file that failed
+    outside a job (a scan that found a corrupt file), with the reason."""
     rows = db.all(
         "SELECT e.at, e.file_id, e.job_id, e.host, e.detail AS reason, j.recipe, j.state, j.error_kind AS kind, f.inbox, f.path"
         " FROM events e LEFT JOIN jobs j ON j.id = e.job_id LEFT JOIN files f ON f.id = e.file_id"
-        " WHERE e.at BETWEEN ? AND ? AND e.to_state = 'failed'"
+        f" WHERE e.{ev[0]} AND e.to_state = 'failed'"
         " AND (e.entity = 'job' OR (e.entity = 'file' AND e.job_id IS NULL))"
         " ORDER BY e.at, e.id",
-        window,
+        ev[1],
     )
     out = []
     for r in rows:
@@ -290,6 +323,14 @@ def format_text(rep: dict, *, max_failures: int = 50) -> str:
     p, j, b, t = rep["photos"], rep["jobs"], rep["bytes"], rep["throughput"]
     others = ", ".join(f"{n} {s}" for s, n in sorted(p["files"].items()) if s != "processed")
     lines.append(f"  photos:     {p['processed']} processed" + (f"; {others}" if others else ""))
+    bt = rep["batches"]
+    if bt["count"]:
+        lines.append(f"  batches:    {bt['count']} (a photographer's new photos in one scan), largest {bt['largest']}, average {bt['average']}")
+    if rep["photographers"]:
+        width = max(len(o["owner"]) for o in rep["photographers"])
+        lines.append("  photographers:")
+        for o in rep["photographers"]:
+            lines.append(f"    {o['owner']:<{width}}  {o['found']:>6} found  {o['processed']:>6} processed  {_size(o['bytes']):>9}")
     lines.append(f"  jobs:       {j['done']} done, {j['failed']} failed, {j['retried']} retried, {j['claimed']} claimed"
                  + (f", {j['reclaimed']} reclaimed after a lost lease" if j["reclaimed"] else ""))
     lines.append(f"  bytes:      {_size(b['in'])} in ({p['read']} originals), {_size(b['out'])} out ({b['artifacts']} artifacts)"

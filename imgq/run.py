@@ -138,7 +138,7 @@ def run(
         )]
         on_step("work", report.would_process)
     elif db.one("SELECT 1 FROM jobs WHERE state IN ('ready', 'leased') LIMIT 1"):
-        report.work = work.work(settings, work.WorkOptions(processes=opts.processes, mode="once"), on_report=on_work)
+        report.work = work.work(settings, work.WorkOptions(processes=opts.processes, mode="once", run_id=db.run_id), on_report=on_work)
         on_step("work", report.work)
         if report.work.interrupted:
             return report

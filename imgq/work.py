@@ -51,6 +51,7 @@ class WorkOptions:
     batch: int | None = None  # jobs per claim; None adapts to job duration
     max_attempts: int | None = None  # overrides the jobs' own limit
     poll: float = 1.0
+    run_id: int | None = None  # the run (runs.id) the workers' events name
 
 
 class Stop:
@@ -221,6 +222,7 @@ def worker_main(settings: Settings, opts: WorkOptions, name: str, stop: Stop, re
     """Body of one worker process; reports ('done'|'failed'|'processed', ...) tuples."""
     _one_thread_per_worker()
     db = DB(settings.db)
+    db.run_id = opts.run_id
     actor = Actor(host=socket.gethostname(), name=name)
     beat = Heartbeat(settings.db, settings.lease_seconds)
     beat.start()
@@ -346,6 +348,7 @@ def work(settings: Settings, opts: WorkOptions, *, on_report: Callable[[tuple], 
 
     Raises UsageError before any work if the store belongs to another database."""
     db = DB(settings.db)
+    db.run_id = opts.run_id
     try:
         store.own(settings.store_dir, db.id, settings.db)
     finally:

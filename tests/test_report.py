@@ -220,3 +220,46 @@ def test_report_on_an_archive_run(worked, run_imgq, db_path, tmp_path):
     assert rep["photos"]["files"]["archived"] == q(db_path, "SELECT count(*) FROM files WHERE state = 'archived'")[0][0]
     assert rep["jobs"]["done"] == 0
     assert f"archived ({copies} copies)" in run_imgq("report", "--run", str(run_id)).stdout
+
+
+def test_every_event_names_its_run_and_a_run_report_is_exact(tmp_path):
+    """Each command's events carry its run's id (imgq run's, through its workers too), so
+    `imgq report --run ID` counts exactly that run, even with another run at the same
+    time; and it shows the batches: each photographer's new photos in one scan."""
+    import subprocess
+    import sys
+
+    from conftest import imgq_env
+
+    def imgq(*args):
+        r = subprocess.run([sys.executable, "-m", "imgq", *map(str, args)], cwd=tmp_path, env=imgq_env(), capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        return r
+
+    inbox, dest = tmp_path / "inbox", tmp_path / "backup"
+    dest.mkdir()
+    for owner, n in (("alice", 3), ("bob", 1)):
+        for i in range(n):
+            samples.make_photo(inbox / owner / f"IMG_{i}.jpg", seed=10 * len(owner) + i, width=320, height=240)
+    imgq("run", "--settle", "0", inbox, "--to", dest)
+    samples.make_photo(inbox / "carol" / "IMG_0.jpg", seed=99, width=320, height=240)
+    imgq("scan", "--settle", "0", inbox)
+    db = DB(tmp_path / "imgq.db")
+    try:
+        runs = {r["command"]: r["id"] for r in db.all("SELECT id, command FROM runs")}
+        by_run = dict(db.all("SELECT run_id, count(*) FROM events GROUP BY run_id"))
+        assert None not in by_run, "every event names its run"
+        # the run's own steps and its workers' completions are all its events
+        kinds = {tuple(r) for r in db.all("SELECT DISTINCT entity, to_state FROM events WHERE run_id = ?", (runs["run"],))}
+        assert {("file", "seen"), ("job", "done"), ("file", "collected")} <= kinds
+        rep = report.build(db, now=time.time(), run_id=runs["run"])
+    finally:
+        db.close()
+    assert rep["events"] == "named by the run"
+    assert rep["photos"]["processed"] == 4 and rep["jobs"]["done"] == 4
+    assert rep["batches"] == {"count": 2, "largest": 3, "average": 2.0}
+    assert [(o["owner"], o["found"], o["processed"]) for o in rep["photographers"]] == [("alice", 3, 3), ("bob", 1, 1)]
+    text = imgq("report", "--run", runs["run"]).stdout
+    assert "batches:    2" in text and "largest 3" in text and "alice" in text
+    scan = imgq("report", "--run", runs["scan"], "--json").stdout
+    assert json.loads(scan)["batches"] == {"count": 1, "largest": 1, "average": 1.0}

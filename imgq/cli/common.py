@@ -342,6 +342,7 @@ def recorded_run(db: DB, command: str, args: dict):
     rec = {"counts": {}, "exit_code": int(Exit.OK)}
     run_id = runs.start(db, command, args, now=time.time())
     rec["id"] = run_id
+    outer, db.run_id = db.run_id, run_id  # every event written meanwhile names this run
     try:
         yield rec
     except BaseException as e:
@@ -353,6 +354,8 @@ def recorded_run(db: DB, command: str, args: dict):
         except (sqlite3.Error, ImgqError):
             pass  # the database failed (full, locked): report the error that stopped the step, not this one
         raise
+    finally:
+        db.run_id = outer
     runs.finish(db, run_id, exit_code=rec["exit_code"], counts=rec["counts"], now=time.time())
 
 

@@ -142,6 +142,7 @@ def work(
     # no step lock: any number of workers share the queue
     with _report_when_done(report, database, settings, run_ids), inv.recorded({"jobs": opts.processes, "mode": opts.mode, **hosts_args}, locks=()) as run:
         run_ids.append(run["id"])
+        opts.run_id = run["id"]  # the workers' events name this run
         started = time.time()
         try:
             if fleet_opts is not None:

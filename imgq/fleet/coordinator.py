@@ -136,7 +136,7 @@ class Fleet:
         store.own(self.settings.store_dir, self.db.id, self.settings.db)
         sweep_store(self.settings)
         if self.opts.local_processes:  # forks: before any thread of ours exists
-            self.local = LocalWorkers(self.settings, WorkOptions(processes=self.opts.local_processes, mode=self.opts.mode, max_attempts=self.opts.max_attempts, poll=self.opts.poll))
+            self.local = LocalWorkers(self.settings, WorkOptions(processes=self.opts.local_processes, mode=self.opts.mode, max_attempts=self.opts.max_attempts, poll=self.opts.poll, run_id=self.db.run_id))
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             self.roster.set_hosts(self.roster.listed(initial=True))

@@ -138,6 +138,8 @@ class DB:
         self.path = Path(path)
         self.conn = connect(self.path, synchronous=synchronous, create=create)
         self._lock_fd: int | None = None
+        # the run (a row of runs) whose events this connection writes: every event names it
+        self.run_id: int | None = None
 
     def execute(self, sql: str, params=()) -> sqlite3.Cursor:
         return self.conn.execute(sql, params)

@@ -74,9 +74,9 @@ def move(db: DB, name: str, to_state: str, *, now: float, add: dict[str, int] | 
         for key, n in (add or {}).items():
             db.execute(f"UPDATE hosts SET {key} = coalesce({key}, 0) + ? WHERE name = ?", (n, name))
         db.execute(
-            "INSERT INTO events (at, entity, file_id, job_id, from_state, to_state, host, actor, detail)"
-            " VALUES (?, 'host', NULL, NULL, ?, ?, ?, ?, ?)",
-            (now, from_state, to_state, name, coordinator, fields.get("reason")),
+            "INSERT INTO events (at, entity, file_id, job_id, from_state, to_state, host, actor, detail, run_id)"
+            " VALUES (?, 'host', NULL, NULL, ?, ?, ?, ?, ?, ?)",
+            (now, from_state, to_state, name, coordinator, fields.get("reason"), getattr(db, "run_id", None)),
         )
     return from_state
 

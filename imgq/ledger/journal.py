@@ -80,9 +80,9 @@ class Actor:
 
 def _event(db: DB, *, now: float, entity: str, file_id, job_id, from_state, to_state, actor: Actor, detail) -> None:
     db.execute(
-        "INSERT INTO events (at, entity, file_id, job_id, from_state, to_state, host, actor, detail)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (now, entity, file_id, job_id, from_state, to_state, actor.host, actor.name, _text(detail)),
+        "INSERT INTO events (at, entity, file_id, job_id, from_state, to_state, host, actor, detail, run_id)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (now, entity, file_id, job_id, from_state, to_state, actor.host, actor.name, _text(detail), getattr(db, "run_id", None)),
     )
 
 
@@ -226,11 +226,11 @@ def move_jobs(db: DB, changes: Sequence[JobChange], *, now: float | None = None,
         ok = db.execute(sql, params).rowcount == 1
         applied.append(ok)
         if ok:
-            events.append((now, "job", c.file_id, c.job_id, c.from_state, c.to_state, actor.host, actor.name, _text(c.detail)))
+            events.append((now, "job", c.file_id, c.job_id, c.from_state, c.to_state, actor.host, actor.name, _text(c.detail), getattr(db, "run_id", None)))
     if events:
         db.conn.executemany(
-            "INSERT INTO events (at, entity, file_id, job_id, from_state, to_state, host, actor, detail)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO events (at, entity, file_id, job_id, from_state, to_state, host, actor, detail, run_id)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             events,
         )
     return applied

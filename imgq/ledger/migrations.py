@@ -520,9 +520,16 @@ def _m12_retry_for_a_time(db: "sqlite_utils.Database") -> None:
     db.execute("ALTER TABLE jobs ADD COLUMN lost INTEGER NOT NULL DEFAULT 0")
 
 
+def _m13_run_of_each_event(db: "sqlite_utils.Database") -> None:
+    # Every event records the run (one command invocation, a row of runs) that caused it,
+    # so a report on a run is exact, whichever step or host wrote its events.
+    db.execute("ALTER TABLE events ADD COLUMN run_id INTEGER")
+    db.execute("CREATE INDEX IF NOT EXISTS idx_events_run_id ON events (run_id)")
+
+
 MIGRATIONS: list[Callable[["sqlite_utils.Database"], None]] = [
     _m1_core, _m2_archive, _m3_faces, _m4_job_stages, _m5_hosts, _m6_destination_identity, _m7_meta, _m8_archive_target_states,
-    _m9_views, _m10_journal_at_scale, _m11_owner_spellings, _m12_retry_for_a_time,
+    _m9_views, _m10_journal_at_scale, _m11_owner_spellings, _m12_retry_for_a_time, _m13_run_of_each_event,
 ]
 
 
