@@ -235,11 +235,13 @@ def discard(store: Path, names: Iterable[str]) -> None:
             pass
 
 
-def sweep_temp(store: Path, *, older_than: float = 0.0, now: float | None = None, live: Callable[[str], bool] | None = None) -> int:
+def sweep_temp(store: Path, *, older_than: float = 0.0, now: float | None = None, live: Callable[[str], bool] | None = None, recursive: bool = True) -> int:
     """Remove temporary files left by killed writers; returns how many.
 
     A temp name carries its writer's pid; a file whose writer is gone (on this host) or
     that is older than ``older_than`` seconds is removed. A live writer's file stays.
+
+    ``recursive=False`` looks in ``store`` itself only (one photo's folder).
 
     With ``live`` (a lease token -> is it still the token of a leased job), staged files
     of attempts that no longer hold their lease are removed too. The question is asked
@@ -250,7 +252,9 @@ def sweep_temp(store: Path, *, older_than: float = 0.0, now: float | None = None
     removed = 0
     if not store.is_dir():
         return 0
-    for folder, _, names in os.walk(store):
+    for folder, subfolders, names in os.walk(store):
+        if not recursive:
+            subfolders.clear()  # this folder only
         for name in names:
             path = Path(folder) / name
             if TEMP_MARK in name:

@@ -157,6 +157,32 @@ def test_completion_moves_staged_artifacts_into_place_and_a_fenced_one_touches_n
     assert q(db.path, "SELECT sha256 FROM artifacts") == [(fresh_art.sha256,)]
 
 
+def test_completing_a_job_clears_what_a_killed_attempt_of_it_left_half_written(db, tmp_path):
+    """A worker killed while writing its staged artifact leaves a temporary file named by
+    its lease token. Once another attempt completes the job, that token can never be live
+    again: the completion removes the leftover then, rather than leaving it to a sweep at
+    the start of some later `imgq work` (a cron `imgq run` with nothing to do runs none:
+    the chaos soak test found such files left for good). Another job's attempt in the
+    same folder, still leased, keeps its files."""
+    store_dir = tmp_path / "store"
+    _one_job(db, tmp_path, chains={"web": "web"})
+    queue.enqueue(db, ["f1"], {"other": {"thumb": "thumb"}}, now=0.0, max_attempts=3)
+    claims = queue.claim(db, owner="a", limit=2, lease_seconds=5, now=10.0)
+    killed = next(c for c in claims if c.recipe == "default")
+    busy = next(c for c in claims if c.recipe == "other")
+    rel = store.artifact_path(killed.file_id, "web", killed.spec_hash)
+    half = store_dir / Path(store.staged_path(rel, killed.token)).parent / store.temp_name(Path(store.staged_path(rel, killed.token)).name)
+    half.parent.mkdir(parents=True, exist_ok=True)
+    half.write_bytes(b"half a jpeg")
+    theirs = _staged_jpeg(store_dir, busy, "thumb", seed=3)  # the other job's attempt, still leased
+    assert queue.heartbeat(db, [(busy.job_id, busy.token)], lease_seconds=60, now=14.0) == set()  # busy keeps its lease
+    [fresh] = queue.claim(db, owner="b", limit=2, lease_seconds=5, now=16.0)  # the killed one's lease ran out
+    art = _staged_jpeg(store_dir, fresh, "web", seed=2)
+    assert queue.settle(db, [queue.Outcome(fresh, artifacts=[art])], now=17.0, store_dir=store_dir).done == [fresh.job_id]
+    assert not half.exists(), "the killed attempt's half-written file is gone with the completion"
+    assert (store_dir / theirs.staged).exists(), "a live attempt's staged file stays"
+
+
 def test_an_agents_late_reply_never_reaches_the_store(db, tmp_path):
     """The fleet coordinator's path: what arrives for a job whose lease was taken over is
     checked and staged, and settle drops it without touching the recorded artifact."""

@@ -129,7 +129,22 @@ def settle(
                 out.lost.append(c.job_id)
     if leftovers and store_dir is not None:
         store.discard(store_dir, leftovers)
+    if out.done and store_dir is not None:
+        _clear_dead_attempts(db, store_dir, [o.claim for o in outcomes if o.claim.job_id in set(out.done)])
     return out
+
+
+def _clear_dead_attempts(db: DB, store_dir: Path, done: Sequence["Claim"]) -> None:
+    """Remove from the folders of jobs just completed what earlier attempts left there
+    (a worker killed mid-write leaves a temporary or staged file named by its lease
+    token): once a job is done no earlier token of it is live again, and a file of a
+    token still leased (another job of the same photo, in flight) is kept. Without this
+    such a file would wait for the sweep at the start of a later ``imgq work``."""
+    def live(token: str) -> bool:
+        return db.one("SELECT 1 FROM jobs WHERE state = 'leased' AND lease_token = ?", (token,)) is not None
+
+    for folder in {store.short_name(c.file_id) for c in done}:  # the folder artifact_path puts them in
+        store.sweep_temp(store_dir / folder, live=live, recursive=False)
 
 
 def _gives_up(db: DB, o: Outcome, *, now: float, retry_for: float, max_lost: int) -> tuple[str | None, float, int]:
