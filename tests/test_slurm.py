@@ -27,10 +27,10 @@ from slurmcluster import slurm_cluster  # noqa: F401
 
 AGENT = textwrap.dedent("""\
     import json, os, sys, time
-    from imgq.fleet.slurm import cpus_from_env
+    from imgq.fleet.slurm import agent_label, cpus_from_env
     out = os.path.join(sys.argv[1], os.environ.get("SLURM_ARRAY_TASK_ID") or os.environ["SLURM_JOB_ID"])
     with open(out + ".tmp", "w") as f:
-        json.dump({"argv": sys.argv, "env": dict(os.environ), "cpus": cpus_from_env()}, f)
+        json.dump({"argv": sys.argv, "env": dict(os.environ), "cpus": cpus_from_env(), "label": agent_label()}, f)
     os.rename(out + ".tmp", out + ".json")
     time.sleep(600)
 """)
@@ -211,6 +211,50 @@ def test_sbatch_array_starts_n_agents_and_cancel_all_empties_the_queue(cluster, 
     assert all(j.reason.startswith("cancelled") for j in jobs.jobs), [j.reason for j in jobs.jobs]
 
 
+class Listener:
+    """What the coordinator's connect-back listener gives a launcher: the agent's command
+    line (here the recording program above, run with the ``imgq`` prefix the launcher
+    chose) and the environment carrying the run's secret."""
+
+    def __init__(self, outdir: Path, secret: str):
+        self.outdir, self.secret = outdir, secret
+
+    def agent_argv(self, imgq):
+        assert tuple(imgq) == (sys.executable, "-m", "imgq")  # the coordinator's own install
+        return [sys.executable, "-c", AGENT, str(self.outdir)]
+
+    def agent_env(self):
+        return {"IMGQ_AGENT_SECRET": self.secret}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sbatch", [False, True], ids=["srun", "sbatch"])
+def test_the_launcher_reports_each_agents_job_by_the_name_the_agent_goes_by(cluster, outdir, sbatch):
+    launcher = slurm.SlurmLauncher(slurm.SlurmOptions(agents=2, sbatch=sbatch), SlurmSettings(cpus_per_task=2), base_env=imgq_env(), poll_seconds=0)
+    launcher.start(Listener(outdir, "s3cret-" + os.urandom(6).hex()))
+    try:
+        said: dict[str, tuple] = {}
+
+        def running():
+            for r in launcher.tick():
+                assert r[0] == "slurm"
+                if r[2] is not None:  # before Slurm names a job, it goes by its job name
+                    said[r[1]] = r
+            return [r for r in said.values() if r[3] == "running"] if len(said) == 2 else None
+
+        wait_for(lambda: (found := running()) and len(found) == 2, timeout=60, step=0.1)
+        labels = {r["label"] for r in reports(outdir, 2).values()}
+        assert set(said) == labels  # the label an agent reports is the launcher's name for its job
+        assert {f"slurm:{i}" for i in launcher.jobs.ids()} == labels
+        assert all(r["cpus"] == 2 for r in reports(outdir, 2).values())
+        assert launcher.tick() == []  # nothing changed, nothing said
+    finally:
+        launcher.stop()
+    wait_for(lambda: not cluster.squeue(), timeout=30, step=0.1)
+    ended = wait_for(lambda: [r for r in launcher.tick() or [] if r[3] == "ended"] or None, timeout=10, step=0.2)
+    assert ended and all(r[4].startswith("cancelled") for r in ended)
+
+
 @pytest.mark.slow
 def test_sbatch_refusal_is_a_named_error_with_slurms_reason(cluster, outdir):
     with pytest.raises(slurm.SlurmError, match="sbatch refused.*[Pp]artition"):
@@ -229,7 +273,7 @@ def test_options_come_from_the_table_then_the_command_line():
     assert slurm.job_options(SlurmSettings()) == ["--ntasks=1", "--nodes=1"]
 
 
-@pytest.mark.parametrize("arg", ["--job-name=x", "-Jx", "-J", "--array=0-3", "--export=NONE", "--ntasks=2", "-n2", "--output=o", "qos=high", "-", "--"])
+@pytest.mark.parametrize("arg", ["--job-name=x", "-Jx", "-J", "--array=0-3", "--export=NONE", "--ntasks=2", "-n2", "--parsable", "qos=high", "-", "--"])
 def test_slurm_args_the_launcher_owns_or_that_are_not_options_are_refused(arg):
     with pytest.raises(UsageError, match="--slurm-arg"):
         slurm.check_args([arg])
@@ -246,6 +290,12 @@ def test_cpus_from_env():
     assert slurm.cpus_from_env({"SLURM_JOB_ID": "3", "SLURM_CPUS_PER_TASK": "4", "SLURM_CPUS_ON_NODE": "8"}) == 4
     assert slurm.cpus_from_env({"SLURM_JOB_ID": "3", "SLURM_CPUS_ON_NODE": "2"}) == 2
     assert slurm.cpus_from_env({"SLURM_JOB_ID": "3", "SLURM_CPUS_ON_NODE": "x"}) is None
+
+
+def test_agent_label():
+    assert slurm.agent_label({}) is None
+    assert slurm.agent_label({"SLURM_JOB_ID": "12"}) == "slurm:12"
+    assert slurm.agent_label({"SLURM_JOB_ID": "15", "SLURM_ARRAY_JOB_ID": "12", "SLURM_ARRAY_TASK_ID": "3"}) == "slurm:12_3"
 
 
 def test_batch_script_quotes_the_command():

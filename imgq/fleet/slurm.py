@@ -53,6 +53,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -69,8 +70,6 @@ OUTPUT_LINES = 20  # the last lines of each srun's output kept for "ended, and w
 RESERVED = {
     "-J": "--job-name", "--job-name": "--job-name", "-a": "--array", "--array": "--array",
     "-n": "--ntasks", "--ntasks": "--ntasks", "--export": "--export", "--parsable": "--parsable",
-    "-o": "--output", "--output": "--output", "-e": "--error", "--error": "--error",
-    "-i": "--input", "--input": "--input",
 }
 
 PENDING = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD", "SPECIAL_EXIT", "POWER_UP_NODE"}
@@ -370,6 +369,68 @@ class SlurmJobs:
 
     def __exit__(self, *exc) -> None:
         self.cancel_all()
+
+
+def agent_label(env: Mapping[str, str] | None = None) -> str | None:
+    """Inside a Slurm job, the name an agent goes by: ``slurm:JOB`` (``slurm:ARRAY_TASK``
+    for an array task), the id ``SlurmJobs.ids()`` gives, so a roster entry and its job
+    are one; None outside a job."""
+    env = os.environ if env is None else env
+    array, task = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
+    if array and task:
+        return f"slurm:{array}_{task}"
+    job = env.get("SLURM_JOB_ID")
+    return f"slurm:{job}" if job else None
+
+
+# --- the fleet's launcher -----------------------------------------------------------------
+
+
+class SlurmLauncher:
+    """``imgq work --slurm N``: the coordinator's launcher (``FleetOptions.launcher``).
+
+    ``start(listener)`` once the coordinator listens: the agents' command line is
+    ``listener.agent_argv(imgq)`` and their environment ``listener.agent_env()`` (address,
+    secret, certificate pin), passed to srun/sbatch in the environment only. ``tick()``
+    every loop of the coordinator: at most every ``poll_seconds`` one squeue, and a report
+    ``("slurm", label, job id, state, reason)`` for each agent whose state changed.
+    ``stop()`` when the run ends: every job cancelled. Call all three from the
+    coordinator's own thread (srun's parent-death signal is tied to it)."""
+
+    def __init__(self, opts: SlurmOptions, settings: SlurmSettings | None = None, *, imgq: Sequence[str] | None = None,
+                 base_env: Mapping[str, str] | None = None, poll_seconds: float = 2.0, run_id: str | None = None, output: str = "/dev/null"):
+        self.opts, self.settings = opts, settings or SlurmSettings()
+        self.imgq = tuple(imgq) if imgq else (sys.executable, "-m", "imgq")  # clusters share the coordinator's install
+        self.base_env, self.poll_seconds, self.run_id, self.output = base_env, poll_seconds, run_id, output
+        self.jobs: SlurmJobs | None = None
+        self._said: dict[int, str] = {}
+        self._polled = 0.0
+
+    def start(self, listener) -> None:
+        argv, env = listener.agent_argv(self.imgq), listener.agent_env()
+        kw = dict(count=self.opts.agents, settings=self.settings, args=self.opts.args, env=env, base_env=self.base_env, run_id=self.run_id)
+        self.jobs = SlurmJobs.sbatch(argv, output=self.output, **kw) if self.opts.sbatch else SlurmJobs.srun(argv, **kw)
+
+    def tick(self) -> list[tuple]:
+        now = time.monotonic()
+        if self.jobs is None or now - self._polled < self.poll_seconds:
+            return []
+        self._polled = now
+        try:
+            jobs = self.jobs.poll()
+        except SlurmError as e:
+            return [("warning", f"slurm: {e}")]
+        out = []
+        for j in jobs:
+            said = j.describe()
+            if self._said.get(j.index) != said:
+                self._said[j.index] = said
+                out.append(("slurm", f"slurm:{j.job_id}" if j.job_id else j.name, j.job_id, j.state, j.reason))
+        return out
+
+    def stop(self) -> None:
+        if self.jobs is not None:
+            self.jobs.cancel_all()
 
 
 def batch_script(command: Sequence[str]) -> str:
