@@ -336,3 +336,46 @@ def test_the_slurm_table_of_imgq_toml(tmp_path):
     toml.write_text('slurm = "batch"\n')
     with pytest.raises(UsageError, match=r"\[slurm\] must be a table"):
         load_settings(toml)
+
+
+# --- the command line -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--slurm", "0"], "--slurm"),
+    (["--slurm-arg=--qos=high"], "--slurm-arg goes with --slurm N"),
+    (["--sbatch"], "--sbatch goes with --slurm N"),
+    (["--slurm", "2", "--slurm-arg=--job-name=mine"], "imgq sets --job-name itself"),
+    (["--slurm", "2", "--slurm-arg", "-Jmine"], "imgq sets --job-name itself"),
+    (["--slurm", "2", "--sbatch", "--slurm-arg=--array=0-9"], "imgq sets --array itself"),
+    (["--slurm", "2", "--slurm-arg", "qos=high"], "not an option of srun or sbatch"),
+])
+def test_slurm_options_asked_wrongly_are_usage_errors(run_imgq, args, said):
+    r = run_imgq("work", *args)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("imgq: error:") and said in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_bad_slurm_table_is_a_usage_error(run_imgq, tmp_path):
+    (tmp_path / "imgq.toml").write_text("[slurm]\ncpus_per_task = 0\n")
+    r = run_imgq("work", "--slurm", "1")
+    assert r.returncode == 2 and "cpus_per_task" in r.stderr
+
+
+def test_slurm_without_slurms_commands_says_what_is_missing(run_imgq, tmp_path):
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    r = run_imgq("work", "--slurm", "1", env={"PATH": str(empty)})
+    assert r.returncode == 2
+    assert "srun, squeue, scancel not found on PATH" in r.stderr
+    r = run_imgq("work", "--slurm", "1", "--sbatch", env={"PATH": str(empty)})
+    assert "sbatch, squeue, scancel not found on PATH" in r.stderr
+
+
+def test_slurm_reaches_the_coordinator_which_needs_the_connect_back_transport(run_imgq):
+    # the options are parsed, checked and handed to the fleet as its launcher; this build
+    # has no connect-back listener for the agents to dial, and says so before starting any
+    r = run_imgq("work", "--slurm", "2", "--slurm-arg", "--qos=high")
+    assert r.returncode == 2
+    assert "connect back over TCP" in r.stderr

@@ -15,7 +15,7 @@ frames on stdin/stdout (see imgq/protocol.py). Run by hand it waits for frames.
 
 
 def agent(
-    slots: Annotated[Optional[int], typer.Option("--slots", help="Worker processes (default: the host's cores).", min=1, metavar="N", show_default=False)] = None,
+    slots: Annotated[Optional[int], typer.Option("--slots", help="Worker processes (default: the host's cores; inside a Slurm job, the CPUs Slurm gave it).", min=1, metavar="N", show_default=False)] = None,
     workdir: Annotated[str, typer.Option("--workdir", help="Folder for session folders (one per agent, removed when it exits).", metavar="DIR")] = agent_lib.DEFAULT_WORKDIR,
     shared_root: Annotated[Optional[str], typer.Option("--shared-root", help="Read inputs sent as paths under this folder (hosts that see the coordinator's files).", metavar="PATH", show_default=False)] = None,
     idle_timeout: Annotated[float, typer.Option("--idle-timeout", help="Exit after this many seconds without a message from the coordinator.", min=1.0, metavar="SECONDS")] = agent_lib.DEFAULT_IDLE_TIMEOUT,

@@ -14,7 +14,7 @@ import typer
 from imgq import report as report_lib
 from imgq import work as work_step
 from imgq.cli import common
-from imgq.cli.options import AcceptNewOpt, ConfigOpt, ConnectTimeoutOpt, DbOpt, JsonOpt, RemoteImgqOpt, SshConfigOpt, fleet_options
+from imgq.cli.options import AcceptNewOpt, ConfigOpt, ConnectTimeoutOpt, DbOpt, JsonOpt, RemoteImgqOpt, SshConfigOpt, fleet_options, remote_command
 from imgq.config import DEFAULTS
 from imgq.errors import Exit, UsageError
 from imgq.ledger import queue
@@ -28,6 +28,7 @@ Examples:
   imgq work --drain --report run.json   # the run's report (see `imgq report`)
   imgq work --hosts gpu1,gpu2/8,alice@render3:2222   # on hosts over SSH (docs/fleet.md)
   imgq work --hosts-file hosts.txt --follow          # re-read: edit it to add/drain hosts
+  imgq work --slurm 8 --slurm-arg=--partition=batch  # 8 agents as Slurm jobs (docs/fleet.md)
 """
 
 
@@ -47,6 +48,9 @@ def work(
     prefetch: Annotated[Optional[int], typer.Option("--prefetch", help="Jobs sent to a host ahead of its free slots (default: as many as its slots).", min=0, metavar="N", show_default=False)] = None,
     transfers: Annotated[int, typer.Option("--transfers", help="Inputs read and sent at once per host.", min=1, metavar="N")] = 2,
     shared_root: Annotated[Optional[Path], typer.Option("--shared-root", help="The hosts see the inbox at the same path under PATH: send paths, not bytes.", metavar="PATH", show_default=False)] = None,
+    slurm: Annotated[Optional[int], typer.Option("--slurm", help="Start N agents as Slurm jobs, one srun each (cancelled when this run ends, even by SIGKILL); they connect back to this machine. Job options: [slurm] in imgq.toml, then --slurm-arg. Each agent's slots: the CPUs Slurm gave it.", min=1, metavar="N", show_default=False)] = None,
+    slurm_arg: Annotated[Optional[list[str]], typer.Option("--slurm-arg", help="With --slurm: one more srun/sbatch option for every agent's job, e.g. --slurm-arg=--qos=high (repeatable; after [slurm] in imgq.toml, so it wins).", metavar="ARG", show_default=False)] = None,
+    sbatch: Annotated[bool, typer.Option("--sbatch", help="With --slurm: submit the agents as one sbatch array job instead of srun children (scancelled when the run ends).")] = False,
     remote_imgq: RemoteImgqOpt = "imgq",
     ssh_config: SshConfigOpt = None,
     accept_new_host_keys: AcceptNewOpt = False,
@@ -73,6 +77,11 @@ def work(
     checks and stores the artifacts that come back. A host that fails the preflight of
     `imgq hosts check`, dies, hangs or keeps failing is benched (see `imgq status`) and
     its jobs run elsewhere.
+
+    With --slurm N, Slurm starts the agents: N jobs (srun children, or with --sbatch one
+    array job) each running `imgq agent`, which connects back to this machine; a job
+    that is pending, cancelled or out of time is shown on stderr with Slurm's reason,
+    and every job is cancelled when the run ends.
     """
     if sum((drain, follow, once)) > 1:
         raise UsageError("--drain, --follow and --once cannot be used together")
@@ -83,12 +92,14 @@ def work(
     if lease is not None:
         settings.lease_seconds = lease
     opts = work_step.WorkOptions(processes=processes or os.cpu_count() or 1, mode="follow" if follow else ("once" if once else "drain"), batch=batch, poll=poll, max_attempts=max_attempts)
+    launcher = _slurm_launcher(slurm, slurm_arg or [], sbatch, settings, remote_imgq)
     fleet_opts = None
-    if hosts or hosts_file:
+    if hosts or hosts_file or launcher is not None:
         fleet_opts = fleet_options(
             hosts=hosts or [], hosts_file=hosts_file, remote_imgq=remote_imgq, slots=slots, prefetch=prefetch, transfers=transfers,
             shared_root=shared_root, ssh_config=ssh_config, accept_new_host_keys=accept_new_host_keys, connect_timeout=connect_timeout,
             host_timeout=host_timeout, local_processes=processes or 0, mode=opts.mode, max_attempts=max_attempts, poll=poll,
+            launcher=launcher,
         )
     database = inv.database
     err = common.stderr()
@@ -111,11 +122,14 @@ def work(
             common.warn(f"host {r[1]} {r[2]}" + (f": {r[3]}" if r[3] else ""))
         elif r[0] == "warning":
             common.warn(r[1])
+        elif r[0] == "slurm":  # an agent's job: ("slurm", label, job id, state, reason)
+            common.warn(f"{r[1]} {r[3]}" + (f": {r[4]}" if r[4] else ""))
 
     run_ids: list[int] = []
+    slurm_args = {"slurm": slurm, "sbatch": sbatch} if launcher is not None else {}
     hosts_args = {"hosts": [e.name for e in fleet_opts.hosts], "hosts_file": str(hosts_file) if hosts_file else None} if fleet_opts else {}
     # no step lock: any number of workers share the queue
-    with _report_when_done(report, database, settings, run_ids), inv.recorded({"jobs": opts.processes, "mode": opts.mode, **hosts_args}, locks=()) as run:
+    with _report_when_done(report, database, settings, run_ids), inv.recorded({"jobs": opts.processes, "mode": opts.mode, **hosts_args, **slurm_args}, locks=()) as run:
         run_ids.append(run["id"])
         started = time.time()
         try:
@@ -147,6 +161,21 @@ def work(
             run["exit_code"] = int(Exit.INTERRUPTED)
         elif summary.failed:
             run["exit_code"] = int(Exit.SOME_FAILED)
+
+
+def _slurm_launcher(agents: int | None, args: list[str], sbatch: bool, settings, remote_imgq: str):
+    """--slurm N [--slurm-arg ARG]... [--sbatch] as the fleet's launcher, checked now."""
+    if agents is None:
+        if args or sbatch:
+            raise UsageError(f"{'--slurm-arg' if args else '--sbatch'} goes with --slurm N")
+        return None
+    from imgq.fleet import slurm as slurm_lib
+
+    opts = slurm_lib.SlurmOptions(agents=agents, args=slurm_lib.check_args(args), sbatch=sbatch)
+    slurm_lib.require_commands(sbatch)
+    # the agents run the coordinator's own imgq (clusters share it), unless told otherwise
+    imgq = remote_command(remote_imgq) if remote_imgq != "imgq" else None
+    return slurm_lib.SlurmLauncher(opts, settings.slurm, imgq=imgq)
 
 
 @contextlib.contextmanager

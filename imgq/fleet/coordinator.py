@@ -78,6 +78,7 @@ class FleetOptions:
     mode: str = "drain"  # drain | once | follow
     max_attempts: int | None = None
     poll: float = 1.0
+    launcher: object | None = None  # starts agents that connect back (slurm.SlurmLauncher): start(listener), tick(), stop()
 
 
 @dataclasses.dataclass
@@ -116,6 +117,10 @@ class Fleet:
             self.local = LocalWorkers(self.settings, WorkOptions(processes=self.opts.local_processes, mode=self.opts.mode, max_attempts=self.opts.max_attempts, poll=self.opts.poll))
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
+            if self.opts.launcher is not None:
+                # A launcher's agents dial this run's connect-back listener (TCP, TLS, the
+                # run's secret), which this build does not have yet: say so before starting any.
+                raise UsageError("--slurm: agents started by Slurm connect back over TCP (imgq work --listen), which this build of imgq does not have yet")
             self.roster.set_hosts(self.roster.listed(initial=True))
             if not self.roster.hosts and not self.local and self.opts.mode != "follow":
                 raise UsageError("no hosts to work on (--hosts, --hosts-file)")
