@@ -16,7 +16,7 @@ _imgq_options() {
         'imgq') REPLY='--debug --version -h --help' ;;
         'imgq scan') REPLY='--settle --default-owner --db --config --json --wait --no-wait -h --help' ;;
         'imgq enqueue') REPLY='-r --recipe --op --max-attempts --split --stripes --split-pixels --db --config --json --wait --no-wait -h --help' ;;
-        'imgq work') REPLY='-j --jobs --drain --follow --once --batch --lease --max-attempts --poll --report --hosts --hosts-file --slots --prefetch --transfers --shared-root --slurm --slurm-arg --sbatch --remote-imgq --ssh-config --accept-new-host-keys --connect-timeout --host-timeout --db --config --json -h --help' ;;
+        'imgq work') REPLY='-j --jobs --drain --follow --once --batch --lease --max-attempts --poll --report --hosts --hosts-file --slots --prefetch --transfers --shared-root --slurm --slurm-arg --sbatch --remote-imgq --ssh-config --accept-new-host-keys --connect-timeout --listen --advertise --agent-file --host-timeout --db --config --json -h --help' ;;
         'imgq status') REPLY='--watch --failures --db --config --json -h --help' ;;
         'imgq log') REPLY='--db --config --json -h --help' ;;
         'imgq retry') REPLY='--error --db --config --json -h --help' ;;
@@ -66,6 +66,9 @@ _imgq_value() {
         'imgq work|--remote-imgq') REPLY='value' ;;
         'imgq work|--ssh-config') REPLY='file' ;;
         'imgq work|--connect-timeout') REPLY='value' ;;
+        'imgq work|--listen') REPLY='value' ;;
+        'imgq work|--advertise') REPLY='value' ;;
+        'imgq work|--agent-file') REPLY='file' ;;
         'imgq work|--host-timeout') REPLY='value' ;;
         'imgq work|--db') REPLY='file' ;;
         'imgq work|--config') REPLY='file' ;;

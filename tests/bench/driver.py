@@ -30,6 +30,7 @@ PARTS = {
     "split": ("bench_split", "one 100 MP image through bilateral: whole on 1 worker vs stripe jobs on 2 workers, peak memory per worker"),
     "ops": ("bench_ops", "brightness+contrast+sharpness on sets shaped like a published enhancer's (Tokyo, Crops), face detection"),
     "fleet": ("bench_fleet", "imgq work --hosts 127.0.0.11/2 (a real sshd here) vs local -j2: throughput, per-job overhead on tiny images, bytes staged"),
+    "tcp": ("bench_tcp", "one agent over SSH (--hosts) vs one connected back over TLS (--listen): photos/s, per-job cost on tiny jobs"),
 }
 
 
