@@ -142,3 +142,29 @@ def test_a_cluster_too_full_for_the_agents_says_so_and_local_workers_carry_on(cl
     assert re.search(r"slurm:\d+ pending: (Resources|Priority)", r.stderr), r.stderr
     assert_each_job_done_exactly_once(tmp_path / "imgq.db")
     wait_for(lambda: [j["name"] for j in cluster.squeue()] == ["hog"], timeout=15, step=0.1)  # the pending agent was cancelled
+
+
+def test_status_shows_a_pending_agents_job_and_how_it_ended(cluster, tmp_path):
+    hog = cluster.run("sbatch", "--parsable", "--job-name", "hog", "--cpus-per-task", str(cluster.cpus), "--output", "/dev/null", "--wrap", "sleep 600")
+    assert hog.returncode == 0, hog.stderr
+    wait_for(lambda: [j for j in cluster.squeue(name="hog") if j["state"] == "RUNNING"], timeout=30, step=0.1)
+    p = start(tmp_path, "work", "--follow", "--slurm", "1", "--listen", "127.0.0.1")
+    try:
+        def pending():
+            if not (tmp_path / "imgq.db").exists():
+                return None
+            fleet = status(tmp_path)
+            return [(h, f) for h, f in fleet.items() if h.startswith("slurm:") and re.fullmatch(r"slurm job \d+ pending: (Resources|Priority)", f["reason"] or "")]
+
+        ((name, row),) = wait_for(pending, timeout=60, step=0.3)
+        assert row["state"] == "new" and name == f"slurm:{row['reason'].split()[2]}"
+        assert name in imgq(tmp_path, "status").stdout
+        p.send_signal(signal.SIGTERM)
+        p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    after = status(tmp_path)[name]
+    assert after["state"] == "removed" and re.fullmatch(r"slurm job \d+ ended: cancelled.*", after["reason"]), after
+    wait_for(lambda: [j["name"] for j in cluster.squeue()] == ["hog"], timeout=15, step=0.1)

@@ -169,6 +169,7 @@ class AgentJob:
     state: str = "starting"  # starting | pending | running | ended
     reason: str = ""  # pending: Slurm's reason; ended: why, in words
     slurm_state: str = ""  # squeue's %T, as last seen
+    slurm_reason: str = ""  # squeue's %r, as last seen (TimeLimit, NodeDown, ...)
     exit_status: int | None = None  # srun's, once it has exited
     proc: subprocess.Popen | None = dataclasses.field(default=None, repr=False)
     output: collections.deque = dataclasses.field(default_factory=lambda: collections.deque(maxlen=OUTPUT_LINES), repr=False)
@@ -190,10 +191,12 @@ class AgentJob:
             # ended stays ended; "ending" (COMPLETING) becomes how it ended once Slurm says
             if slurm_state != self.slurm_state and slurm_state not in PENDING | RUNNING | {"COMPLETING"}:
                 self.slurm_state = slurm_state
+                self.slurm_reason = reason if reason not in ("None", "(null)") else self.slurm_reason
                 self._end()
             return
         self.job_id = job_id
         self.slurm_state = slurm_state
+        self.slurm_reason = reason if reason not in ("None", "(null)") else ""
         if slurm_state in PENDING:
             self.state, self.reason = "pending", reason if reason not in ("None", "(null)") else ""
         elif slurm_state in RUNNING:
@@ -203,7 +206,7 @@ class AgentJob:
 
     def _end(self) -> None:
         why = ENDED_WHY.get(self.slurm_state, self.slurm_state.lower() or "")
-        extra = []
+        extra = [self.slurm_reason] if self.slurm_reason and self.slurm_reason.lower() not in why.replace(" ", "") else []
         if self.exit_status is not None:
             extra.append(f"srun exit status {self.exit_status}")
         words = self.last_words()
@@ -431,6 +434,7 @@ class SlurmLauncher:
     def stop(self) -> None:
         if self.jobs is not None:
             self.jobs.cancel_all()
+            self._polled = 0.0  # the next tick tells how each ended
 
 
 def batch_script(command: Sequence[str]) -> str:
