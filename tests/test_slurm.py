@@ -371,3 +371,21 @@ def test_slurm_without_slurms_commands_says_what_is_missing(run_imgq, tmp_path):
     assert "srun, squeue, scancel not found on PATH" in r.stderr
     r = run_imgq("work", "--slurm", "1", "--sbatch", env={"PATH": str(empty)})
     assert "sbatch, squeue, scancel not found on PATH" in r.stderr
+
+
+@pytest.mark.parametrize("rows, said", [
+    # squeue's own rows as Slurm 22.05 printed them here (a time limit takes ~90 s to see: Slurm's
+    # smallest limit is a minute, checked every 30 s; the test cluster showed exactly these)
+    ([("RUNNING", "None"), ("COMPLETING", "TimeLimit"), ("TIMEOUT", "TimeLimit")], "hit its time limit"),
+    ([("RUNNING", "None"), ("CANCELLED", "None")], "cancelled"),
+    ([("PENDING", "Resources"), ("CANCELLED", "Resources")], "cancelled"),  # not for want of resources
+    ([("RUNNING", "None"), ("NODE_FAIL", "NodeDown")], "its node failed (NodeDown)"),
+    ([("RUNNING", "None"), ("OUT_OF_MEMORY", "OutOfMemory")], "ran out of memory"),
+    ([("RUNNING", "None"), ("PREEMPTED", "None")], "preempted"),
+])
+def test_how_an_agents_job_ended_in_words(rows, said):
+    job = slurm.AgentJob(0, "imgq-x-0")
+    for state, reason in rows:
+        job._seen("12", state, reason)
+    assert (job.state, job.reason) == ("ended", said)
+    assert job.describe() == f"ended: {said}"

@@ -206,7 +206,10 @@ class AgentJob:
 
     def _end(self) -> None:
         why = ENDED_WHY.get(self.slurm_state, self.slurm_state.lower() or "")
-        extra = [self.slurm_reason] if self.slurm_reason and self.slurm_reason.lower() not in why.replace(" ", "") else []
+        # Slurm's reason adds to a failure (NodeDown); on a cancelled job it is the stale
+        # pending reason (Resources), and a state that says it already needs no echo
+        telling = self.slurm_reason and self.slurm_state not in ("CANCELLED", "COMPLETED") and self.slurm_reason.lower() not in why.replace(" ", "")
+        extra = [self.slurm_reason] if telling else []
         if self.exit_status is not None:
             extra.append(f"srun exit status {self.exit_status}")
         words = self.last_words()
