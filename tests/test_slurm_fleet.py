@@ -17,7 +17,7 @@ import pytest
 from conftest import imgq_env, imgq_subprocess, wait_for
 from imgq import samples
 from slurmcluster import slurm_cluster  # noqa: F401
-from test_connect_back import assert_each_job_done_exactly_once, done_by, query, queue_slow_jobs, slow_inbox, status  # noqa: F401
+from test_connect_back import SLOW_OPS, assert_each_job_done_exactly_once, done_by, query, queue_slow_jobs, slow_inbox, status  # noqa: F401
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -95,9 +95,10 @@ def test_scancel_of_one_agent_mid_run_its_jobs_finish_elsewhere_exactly_once(clu
 
 
 def test_sigkill_of_the_coordinator_empties_the_queue_and_a_new_run_redoes_nothing(cluster, tmp_path, slow_inbox):
-    queue_slow_jobs(tmp_path, slow_inbox)
+    assert imgq(tmp_path, "scan", slow_inbox).returncode == 0
+    assert imgq(tmp_path, "enqueue", "--op", SLOW_OPS[0]).returncode == 0  # one slow job a photo: the rerun stays short
     db = tmp_path / "imgq.db"
-    p = start(tmp_path, "work", "--follow", "--slurm", "2", "--listen", "127.0.0.1")
+    p = start(tmp_path, "work", "--follow", "--slurm", "2", "--listen", "127.0.0.1", "--lease", "5")  # its leases lapse soon after it dies
     try:
         wait_for(lambda: len(hosts := slurm_hosts(db)) == 2 and all(done_by(db, h) for h in hosts), timeout=120, step=0.2)
         assert len([j for j in cluster.squeue() if j["state"] == "RUNNING"]) == 2
@@ -112,7 +113,7 @@ def test_sigkill_of_the_coordinator_empties_the_queue_and_a_new_run_redoes_nothi
         p.communicate()
     done_before = query(db, "SELECT count(*) FROM jobs WHERE state = 'done'")[0][0]
     assert done_before >= 2
-    r = imgq(tmp_path, "work", "--drain", "-j", "2", "--lease", "2")  # leases of the killed run expire
+    r = imgq(tmp_path, "work", "--drain", "-j", "2")  # takes over what the killed run held once its leases lapse
     assert r.returncode == 0, r.stderr
     assert_each_job_done_exactly_once(db)
 
