@@ -89,7 +89,9 @@ class Launcher:
     own scheduler): ``start`` once the listener is up (``listener.agent_argv()`` and
     ``listener.agent_env()`` or ``credentials()`` are what an agent needs), ``tick``
     every loop of the coordinator (return report tuples to pass on), ``stop`` when the
-    run ends (cancel what is left; agents also exit when their connection closes)."""
+    run ends (cancel what is left; agents also exit when their connection closes), then
+    ``tick`` once more (how the agents ended). A report ``("slurm", name, job id, state,
+    why)`` about an agent not in the roster (yet) becomes its row in the hosts table."""
 
     def start(self, listener) -> None:
         raise NotImplementedError
