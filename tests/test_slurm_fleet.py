@@ -140,7 +140,9 @@ def test_a_cluster_too_full_for_the_agents_says_so_and_local_workers_carry_on(cl
     assert imgq(tmp_path, "enqueue").returncode == 0
     r = imgq(tmp_path, "work", "--drain", "--slurm", "1", "-j", "1", "--listen", "127.0.0.1")
     assert r.returncode == 0, r.stderr
-    assert re.search(r"slurm:\d+ pending: (Resources|Priority)", r.stderr), r.stderr
+    # pending (with Slurm's reason if the scheduler looked before the local worker was done)
+    assert re.search(r"^imgq: slurm:(\d+) pending(: Resources|: Priority)?$", r.stderr, re.M), r.stderr
+    assert re.search(r"^imgq: slurm:\d+ ended: cancelled", r.stderr, re.M), r.stderr
     assert_each_job_done_exactly_once(tmp_path / "imgq.db")
     wait_for(lambda: [j["name"] for j in cluster.squeue()] == ["hog"], timeout=15, step=0.1)  # the pending agent was cancelled
 

@@ -380,8 +380,9 @@ class Fleet:
         self._flush_counts()
         if self.opts.launcher is not None:
             self.opts.launcher.stop()
-            for r in self.opts.launcher.tick():  # how the agents that never joined ended
+            for r in self.opts.launcher.tick():  # how the agents ended
                 self._launched(r)
+                self.on_report(r)
         if self.local is not None:
             self.local.finish(self.summary, self.on_report, interrupted=self.summary.interrupted)
         self.dispatch.close()
