@@ -238,9 +238,8 @@ def test_the_launcher_reports_each_agents_job_by_the_name_the_agent_goes_by(clus
 
         def running():
             for r in launcher.tick():
-                assert r[0] == "slurm"
-                if r[2] is not None:  # before Slurm names a job, it goes by its job name
-                    said[r[1]] = r
+                assert r[0] == "slurm" and r[1] == f"slurm:{r[2]}"
+                said[r[1]] = r
             return [r for r in said.values() if r[3] == "running"] if len(said) == 2 else None
 
         wait_for(lambda: (found := running()) and len(found) == 2, timeout=60, step=0.1)

@@ -59,8 +59,8 @@ def test_the_pipeline_through_slurm_agents_matches_local_byte_for_byte(cluster, 
             hosts = slurm_hosts(db)
             assert len(hosts) == 2 and all(re.fullmatch(r"slurm:\d+", h) for h in hosts), hosts
             assert all(done_by(db, h) > 0 for h in hosts)
-            for h in hosts:
-                assert re.search(rf"{h} running", r.stderr), r.stderr
+            for h in hosts:  # each job's end is said (its start too, if a poll saw it running)
+                assert re.search(rf"^imgq: {h} ended: (exited|cancelled)", r.stderr, re.M), r.stderr
             assert not cluster.squeue()  # the run cancelled its jobs
     assert runs["slurm"].keys() == runs["local"].keys() and len(runs["local"]) >= 15
     assert [k for k in runs["local"] if runs["local"][k] != runs["slurm"][k]] == []

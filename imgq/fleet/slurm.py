@@ -399,7 +399,8 @@ class SlurmLauncher:
     ``listener.agent_argv(imgq)`` and their environment ``listener.agent_env()`` (address,
     secret, certificate pin), passed to srun/sbatch in the environment only. ``tick()``
     every loop of the coordinator: at most every ``poll_seconds`` one squeue, and a report
-    ``("slurm", label, job id, state, reason)`` for each agent whose state changed.
+    ``("slurm", "slurm:JOBID", job id, state, reason)`` for each agent whose job's state
+    changed.
     ``stop()`` when the run ends: every job cancelled. Call all three from the
     coordinator's own thread (srun's parent-death signal is tied to it)."""
 
@@ -429,9 +430,9 @@ class SlurmLauncher:
         out = []
         for j in jobs:
             said = j.describe()
-            if self._said.get(j.index) != said:
+            if j.job_id is not None and self._said.get(j.index) != said:  # a job without an id yet has nothing to say
                 self._said[j.index] = said
-                out.append(("slurm", f"slurm:{j.job_id}" if j.job_id else j.name, j.job_id, j.state, j.reason))
+                out.append(("slurm", f"slurm:{j.job_id}", j.job_id, j.state, j.reason))
         return out
 
     def stop(self) -> None:
