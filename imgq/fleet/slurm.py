@@ -365,10 +365,17 @@ class SlurmJobs:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-        try:
-            self.poll()  # how each ended, while squeue still knows
-        except SlurmError:
-            pass
+        # how each ended, while squeue still knows: past COMPLETING (Slurm's cleanup, a
+        # second or two), so the run's last word is "cancelled", not "ending"
+        settle = time.monotonic() + 5.0
+        while True:
+            try:
+                jobs = self.poll()
+            except SlurmError:
+                break
+            if time.monotonic() > settle or not any(j.slurm_state == "COMPLETING" for j in jobs):
+                break
+            time.sleep(0.2)
 
     def __enter__(self) -> "SlurmJobs":
         return self
