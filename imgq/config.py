@@ -30,6 +30,22 @@ DEFAULT_RECIPES: dict[str, dict[str, str]] = {
 
 
 @dataclasses.dataclass
+class SlurmSettings:
+    """``[slurm]`` in imgq.toml: what each agent's job asks Slurm for, as srun's and
+    sbatch's options of the same names (None: the site's default). ``--slurm-arg`` on the
+    command line comes after these, so it wins."""
+
+    partition: str | None = None  # --partition
+    time: str | None = None  # --time: Slurm's formats, "30", "2:00:00", "1-12"
+    account: str | None = None  # --account
+    cpus_per_task: int | None = None  # --cpus-per-task: the agent's slots default to it
+    mem: str | None = None  # --mem: memory per agent, "4G", "500M" (a number: megabytes)
+
+
+_SLURM_KEYS = {"partition": str, "time": str, "account": str, "cpus_per_task": int, "mem": str}
+
+
+@dataclasses.dataclass
 class Settings:
     db: Path = Path("imgq.db")
     store: Path | None = None  # artifacts; default: "<db stem>-store" beside the database
@@ -59,6 +75,7 @@ class Settings:
     publish: Path | None = None
     # the recipes `imgq enqueue` applies when given no --recipe or --op
     enqueue: list[str] = dataclasses.field(default_factory=lambda: ["default"])
+    slurm: SlurmSettings = dataclasses.field(default_factory=SlurmSettings)  # imgq work --slurm
     config_path: Path | None = None
     # how config_path was found ("--config", "$IMGQ_CONFIG", "./imgq.toml", ...)
     config_source: str | None = None
@@ -92,6 +109,27 @@ _SCALARS = {
     "split_pixels": int,
     "split_stripes": int,
 }
+
+
+def _slurm_settings(config: Path, table) -> SlurmSettings:
+    if not isinstance(table, dict):
+        raise UsageError(f'{config}: [slurm] must be a table, e.g. [slurm] partition = "batch"')
+    out = SlurmSettings()
+    for key, value in table.items():
+        if key not in _SLURM_KEYS:
+            raise UsageError(f"{config}: [slurm] has unknown setting {key!r}; known: {', '.join(_SLURM_KEYS)}")
+        if key == "cpus_per_task":
+            if type(value) is not int or value < 1:
+                raise UsageError(f"{config}: [slurm] cpus_per_task = {value!r} is not a whole number of CPUs (1 or more)")
+        elif key == "mem" and type(value) is int and value > 0:
+            value = str(value)  # megabytes, as Slurm reads a bare number
+        elif not isinstance(value, str) or not value.strip() or value.startswith("-"):
+            raise UsageError(f'{config}: [slurm] {key} = {value!r} must be a non-empty string, e.g. {key} = "{_SLURM_EXAMPLES[key]}"')
+        setattr(out, key, value)
+    return out
+
+
+_SLURM_EXAMPLES = {"partition": "batch", "time": "2:00:00", "account": "photolab", "mem": "4G"}
 
 
 SYSTEM_CONFIG = Path("/etc/imgq/imgq.toml")
@@ -133,7 +171,8 @@ def load_settings(config: Path | None = None, db: str | None = None, *, config_s
     The file has top-level keys matching ``Settings`` fields, a ``[recipes.NAME]`` table
     per recipe (artifact = "chain", plus options such as ``on_no_faces = "skip"``),
     ``enqueue = [...]`` (the recipes ``imgq enqueue`` applies by default) and
-    ``destinations = [...]`` for archive/collect.
+    ``destinations = [...]`` for archive/collect, and a ``[slurm]`` table (``SlurmSettings``)
+    for the agents ``imgq work --slurm`` starts.
     """
     s = Settings()
     if config is not None:
@@ -167,6 +206,8 @@ def load_settings(config: Path | None = None, db: str | None = None, *, config_s
                 if not isinstance(value, list) or not value or not all(isinstance(n, str) for n in value):
                     raise UsageError(f'{config}: enqueue must be a list of recipe names, e.g. enqueue = ["default", "people"]')
                 s.enqueue = list(dict.fromkeys(value))
+            elif key == "slurm":
+                s.slurm = _slurm_settings(config, value)
             elif key == "db":
                 s.db = Path(value)
             else:
@@ -198,6 +239,10 @@ def effective(settings: Settings) -> list[dict]:
         source = settings.sources.get(key, "default")
         if key == "store" and value is None:
             value, source = settings.store_dir, "default (beside the database)"
+        if value is None:
+            continue  # not set, and no default: a TOML file has no way to say "none"
+        if dataclasses.is_dataclass(value):  # a table such as [slurm]: its keys that are set
+            value = {k: v for k, v in dataclasses.asdict(value).items() if v is not None}
         if isinstance(value, Path):
             value = str(value)
         elif isinstance(value, list):

@@ -62,6 +62,10 @@ class HostUnreachable(Transient):
     """A host could not be reached or was lost."""
 
 
+class SlurmError(ImgqError):
+    """Slurm refused or failed a request (sbatch, squeue, scancel): its own message is kept."""
+
+
 class InvalidTransition(ImgqError):
     """A state change that is not on the lifecycle diagram: always a bug."""
 

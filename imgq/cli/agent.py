@@ -28,7 +28,7 @@ the first lines of stdin (NAME=VALUE); never from the command line, which `ps` s
 
 
 def agent(
-    slots: Annotated[Optional[int], typer.Option("--slots", help="Worker processes (default: the host's cores).", min=1, metavar="N", show_default=False)] = None,
+    slots: Annotated[Optional[int], typer.Option("--slots", help="Worker processes (default: the host's cores; inside a Slurm job, the CPUs Slurm gave it).", min=1, metavar="N", show_default=False)] = None,
     workdir: Annotated[str, typer.Option("--workdir", help="Folder for session folders (one per agent, removed when it exits).", metavar="DIR")] = agent_lib.DEFAULT_WORKDIR,
     shared_root: Annotated[Optional[str], typer.Option("--shared-root", help="Read inputs sent as paths under this folder (hosts that see the coordinator's files).", metavar="PATH", show_default=False)] = None,
     idle_timeout: Annotated[float, typer.Option("--idle-timeout", help="Exit after this many seconds without a message from the coordinator.", min=1.0, metavar="SECONDS")] = agent_lib.DEFAULT_IDLE_TIMEOUT,
@@ -40,12 +40,12 @@ def agent(
     """Serve one coordinator: render the jobs it sends, send back the artifacts."""
     if connect is None and secret_file is None:
         raise typer.Exit(agent_lib.main(slots=slots, workdir=workdir, shared_root=shared_root, idle_timeout=idle_timeout))
-    from imgq.fleet import listen
+    from imgq.fleet import listen, slurm
 
     creds = _credentials(listen, secret_file, connect=connect, fingerprint=fingerprint)
     if not creds.connect:
         raise UsageError("no coordinator to dial: give --connect HOST:PORT (or IMGQ_AGENT_CONNECT in the secret file)")
-    label = name or os.environ.get(listen.ENV_NAME) or f"tcp:{socket.gethostname()}:{os.getpid()}"
+    label = name or os.environ.get(listen.ENV_NAME) or slurm.agent_label() or f"tcp:{socket.gethostname()}:{os.getpid()}"
     raise typer.Exit(agent_lib.main_connect(creds, name=label, slots=slots, workdir=workdir, shared_root=shared_root, idle_timeout=idle_timeout))
 
 

@@ -14,7 +14,7 @@ import typer
 from imgq import report as report_lib
 from imgq import work as work_step
 from imgq.cli import common
-from imgq.cli.options import AcceptNewOpt, ConfigOpt, ConnectTimeoutOpt, DbOpt, JsonOpt, RemoteImgqOpt, SshConfigOpt, fleet_options
+from imgq.cli.options import AcceptNewOpt, ConfigOpt, ConnectTimeoutOpt, DbOpt, JsonOpt, RemoteImgqOpt, SshConfigOpt, fleet_options, remote_command
 from imgq.config import DEFAULTS
 from imgq.errors import Exit, UsageError
 from imgq.ledger import queue
@@ -29,6 +29,7 @@ Examples:
   imgq work --hosts gpu1,gpu2/8,alice@render3:2222   # on hosts over SSH (docs/fleet.md)
   imgq work --hosts-file hosts.txt --follow          # re-read: edit it to add/drain hosts
   imgq work --listen :7700 --agent-file ~/run.env    # agents connect: imgq agent --secret-file ~/run.env
+  imgq work --slurm 8 --slurm-arg=--partition=batch  # 8 agents as Slurm jobs (docs/fleet.md)
 """
 
 
@@ -48,6 +49,9 @@ def work(
     prefetch: Annotated[Optional[int], typer.Option("--prefetch", help="Jobs sent to a host ahead of its free slots (default: as many as its slots).", min=0, metavar="N", show_default=False)] = None,
     transfers: Annotated[int, typer.Option("--transfers", help="Inputs read and sent at once per host.", min=1, metavar="N")] = 2,
     shared_root: Annotated[Optional[Path], typer.Option("--shared-root", help="The hosts see the inbox at the same path under PATH: send paths, not bytes.", metavar="PATH", show_default=False)] = None,
+    slurm: Annotated[Optional[int], typer.Option("--slurm", help="Start N agents as Slurm jobs, one srun each (cancelled when this run ends, even by SIGKILL); they connect back to this machine. Job options: [slurm] in imgq.toml, then --slurm-arg. Each agent's slots: the CPUs Slurm gave it.", min=1, metavar="N", show_default=False)] = None,
+    slurm_arg: Annotated[Optional[list[str]], typer.Option("--slurm-arg", help="With --slurm: one more srun/sbatch option for every agent's job, e.g. --slurm-arg=--qos=high (repeatable; after [slurm] in imgq.toml, so it wins).", metavar="ARG", show_default=False)] = None,
+    sbatch: Annotated[bool, typer.Option("--sbatch", help="With --slurm: submit the agents as one sbatch array job instead of srun children (scancelled when the run ends).")] = False,
     remote_imgq: RemoteImgqOpt = "imgq",
     ssh_config: SshConfigOpt = None,
     accept_new_host_keys: AcceptNewOpt = False,
@@ -78,6 +82,11 @@ def work(
     `imgq hosts check`, dies, hangs or keeps failing is benched (see `imgq status`) and
     its jobs run elsewhere.
 
+    With --slurm N, Slurm starts the agents: N jobs (srun children, or with --sbatch one
+    array job) each running `imgq agent`, which connects back to this machine; a job
+    that is pending, cancelled or out of time is shown on stderr with Slurm's reason,
+    and every job is cancelled when the run ends.
+
     With --listen, agents started some other way (a batch scheduler, a site script:
     `imgq agent --connect HOST:PORT`) connect to this machine over TLS and join the
     same roster, after proving this run's secret. The run waits for them while jobs are
@@ -92,19 +101,20 @@ def work(
     if lease is not None:
         settings.lease_seconds = lease
     opts = work_step.WorkOptions(processes=processes or os.cpu_count() or 1, mode="follow" if follow else ("once" if once else "drain"), batch=batch, poll=poll, max_attempts=max_attempts)
+    launcher = _slurm_launcher(slurm, slurm_arg or [], sbatch, settings, remote_imgq)
     fleet_opts = None
-    if (advertise is not None or agent_file is not None) and listen is None:
-        raise UsageError("--advertise and --agent-file go with --listen")
+    if (advertise is not None or agent_file is not None) and listen is None and launcher is None:
+        raise UsageError("--advertise and --agent-file go with --listen or --slurm")
     if listen is not None and agent_file is None:
         agent_file = Path(settings.db).parent / "imgq-agent.env"
     if agent_file is not None and not agent_file.parent.is_dir():
         raise UsageError(f"--agent-file {agent_file}: folder {agent_file.parent} does not exist")
-    if hosts or hosts_file or listen is not None:
+    if hosts or hosts_file or listen is not None or launcher is not None:
         fleet_opts = fleet_options(
             hosts=hosts or [], hosts_file=hosts_file, remote_imgq=remote_imgq, slots=slots, prefetch=prefetch, transfers=transfers,
             shared_root=shared_root, ssh_config=ssh_config, accept_new_host_keys=accept_new_host_keys, connect_timeout=connect_timeout,
             host_timeout=host_timeout, local_processes=processes or 0, mode=opts.mode, max_attempts=max_attempts, poll=poll,
-            listen=listen, advertise=advertise, agent_file=agent_file,
+            listen=listen, advertise=advertise, agent_file=agent_file, launcher=launcher,
         )
     database = inv.database
     err = common.stderr()
@@ -136,11 +146,14 @@ def work(
             common.note(f"listening on {bound} for agents: they dial {advertised}, certificate sha256 {fingerprint}" + (f"; their secret is in {path} (imgq agent --secret-file {path})" if path else ""))
         elif r[0] == "warning":
             common.warn(r[1])
+        elif r[0] == "slurm":  # an agent's job: ("slurm", label, job id, state, reason)
+            common.warn(f"{r[1]} {r[3]}" + (f": {r[4]}" if r[4] else ""))
 
     run_ids: list[int] = []
+    slurm_args = {"slurm": slurm, "sbatch": sbatch} if launcher is not None else {}
     hosts_args = {"hosts": [e.name for e in fleet_opts.hosts], "hosts_file": str(hosts_file) if hosts_file else None, "listen": listen} if fleet_opts else {}
     # no step lock: any number of workers share the queue
-    with _report_when_done(report, database, settings, run_ids), inv.recorded({"jobs": opts.processes, "mode": opts.mode, **hosts_args}, locks=()) as run:
+    with _report_when_done(report, database, settings, run_ids), inv.recorded({"jobs": opts.processes, "mode": opts.mode, **hosts_args, **slurm_args}, locks=()) as run:
         run_ids.append(run["id"])
         opts.run_id = run["id"]  # the workers' events name this run
         started = time.time()
@@ -172,6 +185,21 @@ def work(
             run["exit_code"] = int(Exit.INTERRUPTED)
         elif summary.failed:
             run["exit_code"] = int(Exit.SOME_FAILED)
+
+
+def _slurm_launcher(agents: int | None, args: list[str], sbatch: bool, settings, remote_imgq: str):
+    """--slurm N [--slurm-arg ARG]... [--sbatch] as the fleet's launcher, checked now."""
+    if agents is None:
+        if args or sbatch:
+            raise UsageError(f"{'--slurm-arg' if args else '--sbatch'} goes with --slurm N")
+        return None
+    from imgq.fleet import slurm as slurm_lib
+
+    opts = slurm_lib.SlurmOptions(agents=agents, args=slurm_lib.check_args(args), sbatch=sbatch)
+    slurm_lib.require_commands(sbatch)
+    # the agents run the coordinator's own imgq (clusters share it), unless told otherwise
+    imgq = remote_command(remote_imgq) if remote_imgq != "imgq" else None
+    return slurm_lib.SlurmLauncher(opts, settings.slurm, imgq=imgq)
 
 
 @contextlib.contextmanager

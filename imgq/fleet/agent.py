@@ -47,7 +47,7 @@ from pathlib import Path
 
 from imgq import __version__
 from imgq.errors import Exit
-from imgq.fleet import protocol
+from imgq.fleet import protocol, slurm
 
 BEAT_SECONDS = 1.0
 DEFAULT_IDLE_TIMEOUT = 60.0
@@ -128,7 +128,8 @@ def _sweep_sessions(root: Path) -> None:
 class Agent:
     def __init__(self, *, slots: int | None, workdir: str, shared_root: str | None, idle_timeout: float, stdin, stdout, channel_fd: int | None = None):
         self.stdin, self.stdout, self.channel_fd = stdin, stdout, channel_fd
-        self.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        # inside a Slurm job, the CPUs Slurm gave it (the node's other cores are others')
+        self.cores = slurm.cpus_from_env() or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
         self.slots = slots or self.cores
         self.idle_timeout = idle_timeout
         self.shared_root = os.path.realpath(os.path.expanduser(shared_root)) if shared_root else None

@@ -89,7 +89,9 @@ class Launcher:
     own scheduler): ``start`` once the listener is up (``listener.agent_argv()`` and
     ``listener.agent_env()`` or ``credentials()`` are what an agent needs), ``tick``
     every loop of the coordinator (return report tuples to pass on), ``stop`` when the
-    run ends (cancel what is left; agents also exit when their connection closes)."""
+    run ends (cancel what is left; agents also exit when their connection closes), then
+    ``tick`` once more (how the agents ended). A report ``("slurm", name, job id, state,
+    why)`` about an agent not in the roster (yet) becomes its row in the hosts table."""
 
     def start(self, listener) -> None:
         raise NotImplementedError
@@ -188,6 +190,7 @@ class Fleet:
             self.local.pump(self.summary, self.on_report)
         if self.opts.launcher is not None:
             for r in self.opts.launcher.tick():
+                self._launched(r)
                 self.on_report(r)
         mono = time.monotonic()
         if mono - self._timers["beat"] >= self.settings.lease_seconds / 3:
@@ -223,6 +226,21 @@ class Fleet:
             reasons = "; ".join(f"{h.name}: {h.reason}" for h in usable)
             raise HostUnreachable(f"no host can work, jobs are left in the queue ({reasons})")
         return False
+
+    def _launched(self, r: tuple) -> None:
+        """A launcher's word on an agent's job, ``("slurm", name, job id, state, why)``:
+        until the agent joins under that name (then the roster keeps its row), the hosts
+        table shows the job, pending and why, running, or ended and why."""
+        if r[0] != "slurm" or r[2] is None or r[1] in self.roster.hosts:
+            return
+        name, job_id, state, why = r[1], r[2], r[3], r[4]
+        detail = f"slurm job {job_id} {state}" + (f": {why}" if why else "")
+        if state == "ended":
+            row = self.db.one("SELECT state FROM hosts WHERE name = ?", (name,))
+            if row is not None and row["state"] == "new":  # a job that never joined
+                host_ledger.move(self.db, name, "removed", now=time.time(), reason=detail)
+        else:
+            host_ledger.move(self.db, name, "new", now=time.time(), reason=detail)
 
     def _say_waiting(self) -> None:
         """Jobs wait and no agent works on them: say so on stderr (every 30 s)."""
@@ -362,6 +380,9 @@ class Fleet:
         self._flush_counts()
         if self.opts.launcher is not None:
             self.opts.launcher.stop()
+            for r in self.opts.launcher.tick():  # how the agents ended
+                self._launched(r)
+                self.on_report(r)
         if self.local is not None:
             self.local.finish(self.summary, self.on_report, interrupted=self.summary.interrupted)
         self.dispatch.close()
