@@ -21,7 +21,9 @@ from imgq.errors import UsageError
 
 DEFAULT_RECIPES: dict[str, dict[str, str]] = {
     # artifact name -> operation chain; every chain of a recipe runs from one decode.
-    "default": {"thumb": "thumb", "web": "web"},
+    # A video's thumb and web are stills of a representative frame; preview (a video
+    # chain) is made for videos only, so a photo's default jobs keep their hash.
+    "default": {"thumb": "thumb", "web": "web", "preview": "preview"},
 }
 
 

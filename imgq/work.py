@@ -119,6 +119,52 @@ def read_original(claim: queue.Claim) -> imaging.Source:
         return imaging.Source(data, orig.shown)
 
 
+def _video_original(claim: queue.Claim) -> original.Original | None:
+    """The original opened by identity if it is a video (its caller closes it), else None.
+    Its content is checked against the journal's sha256 as a stream: a video is never
+    held in memory."""
+    orig = original.open_original(claim.inbox, claim.path)
+    try:
+        head = os.pread(orig.fd, 64, 0)
+        if imaging.sniff(head) is not None or imaging.sniff_video(head) is None:
+            orig.close()
+            return None
+        if claim.sha256:
+            size, digest = orig.hash()
+            if (claim.size is not None and size != claim.size) or digest != claim.sha256:
+                raise original.ChangedInInbox(f"{orig.shown}: changed in the inbox since it was scanned (sha256 differs); scan again")
+        return orig
+    except BaseException:
+        orig.close()
+        raise
+
+
+def _process_video(claim: queue.Claim, settings: Settings, orig: original.Original, chains: dict[str, str], staged: list[str]) -> tuple[list, dict]:
+    """A video's artifacts: its stills from a representative frame, its video chains
+    encoded (``imaging.encode_video``); (artifacts, result) with the encoder of each."""
+    stills = {n: c for n, c in chains.items() if not recipes.is_video_chain(c)}
+    movies = {n: c for n, c in chains.items() if recipes.is_video_chain(c)}
+    artifacts, result = [], {}
+    if stills:
+        for name, r in imaging.render_stills(orig.fd, orig.shown, stills, max_pixels=settings.max_pixels).items():
+            rel = store.artifact_path(claim.file_id, name, claim.spec_hash)
+            staged.append(store.staged_path(rel, claim.token))
+            saved = imaging.save(r, settings.store_dir / staged[-1], quality=settings.jpeg_quality)
+            artifacts.append(queue.Artifact(name, rel, saved.sha256, saved.bytes, saved.width, saved.height, staged=staged[-1]))
+    for name, chain in movies.items():
+        rels: dict[str, str] = {}
+
+        def dest_for(ext: str, name=name) -> Path:
+            rels["rel"] = store.artifact_path(claim.file_id, name, claim.spec_hash, ext)
+            staged.append(store.staged_path(rels["rel"], claim.token))
+            return settings.store_dir / staged[-1]
+
+        saved = imaging.encode_video(orig.fd, orig.shown, chain, dest_for)
+        artifacts.append(queue.Artifact(name, rels["rel"], saved.sha256, saved.bytes, saved.width, saved.height, staged=staged[-1]))
+        result[name] = {"encoder": saved.encoder, "frames": saved.frames, "duration": saved.duration}
+    return artifacts, result
+
+
 def process(claim: queue.Claim, settings: Settings) -> queue.Outcome:
     """Run one claimed job: one decode, every artifact written and verified under its
     per-attempt name (store.staged_path with the lease token). Nothing is renamed onto a
@@ -129,6 +175,12 @@ def process(claim: queue.Claim, settings: Settings) -> queue.Outcome:
     try:
         chains, options = recipes.split_spec(claim.spec)
         kind, index, count = splitting.parse_stage(claim.stage)
+        video = _video_original(claim) if not kind else None
+        if video is not None:
+            with video:
+                artifacts, result = _process_video(claim, settings, video, chains, staged)
+            result["seconds"] = round(time.monotonic() - started, 4)
+            return queue.Outcome(claim, artifacts=artifacts, result=result)
         if kind == "stripe":
             result, parts = stripe_job(claim, settings, read_original(claim), chains, index, count, started, staged)
             return queue.Outcome(claim, artifacts=[], result=result, parts=parts)

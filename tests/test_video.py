@@ -113,3 +113,113 @@ def test_damaged_and_false_videos_fail_naming_the_file(tmp_path, db_path):
     rows = files(db_path)
     assert {rows[n]["state"] for n in failed} == {"failed"}
     assert rows["cut.mp4"]["kind"] == "video" and rows["notes.mp4"]["kind"] == "photo"
+
+
+# ---------------------------------------------------------------- posters and previews
+
+
+def q(db_path, sql, *params):
+    with sqlite3.connect(db_path) as c:
+        return c.execute(sql, params).fetchall()
+
+
+def read_video(path) -> tuple[int, float, tuple[int, int], list]:
+    """(frames decoded, fps, (width, height), the frames) of a video file, by OpenCV."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, f = cap.read()
+        if not ok:
+            break
+        frames.append(f)
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    cap.release()
+    return len(frames), fps, (frames[0].shape[1], frames[0].shape[0]) if frames else (0, 0), frames
+
+
+def ffprobe_streams(path) -> list[dict]:
+    import subprocess
+
+    out = subprocess.run(["ffprobe", "-v", "error", "-print_format", "json", "-show_streams", "-show_format", str(path)], capture_output=True, check=True)
+    return json.loads(out.stdout)
+
+
+def test_the_default_recipe_keeps_photos_jobs_and_gives_videos_a_preview():
+    from imgq import recipes
+    from imgq.config import DEFAULT_RECIPES
+
+    default = DEFAULT_RECIPES["default"]
+    # the hash photos' default jobs had before videos: a photo gets no new job on upgrade
+    assert recipes.spec_hash(recipes.for_kind(default, "photo")) == recipes.spec_hash({"thumb": "thumb", "web": "web"})
+    assert set(recipes.for_kind(default, "video")) == {"thumb", "web", "preview"}
+    assert recipes.normalize_recipe({"p": "preview"}) == {"p": "video:size=640x480,fps=30,crf=28,kbps=0,start=0,end=0,codec=auto"}
+    with pytest.raises(Exception, match="first step"):
+        recipes.normalize_recipe({"p": "web|video"})
+
+
+@needs_ffmpeg
+def test_a_video_goes_scan_enqueue_work_to_poster_stills_and_an_h264_preview_with_audio(tmp_path, run_imgq, db_path, photo):
+    from PIL import Image
+
+    inbox = tmp_path / "inbox"
+    photo(inbox / "ann" / "IMG_1.jpg")
+    clips.make_clip_ffmpeg(inbox / "ann" / "phone.mp4", width=800, height=600, seconds=2, fps=50, rotate=90)
+    clips.make_clip(inbox / "bob" / "dark.avi", width=320, height=240, frames=40, fps=20, black_frames=10)
+    old = time.time() - 120
+    for p in inbox.rglob("*.*"):
+        os.utime(p, (old, old))
+    assert run_imgq("scan", inbox).returncode == 0
+    enq = run_imgq("enqueue")
+    assert enq.returncode == 0, enq.stderr
+    work = run_imgq("work", "-j2", "--drain", timeout=300)
+    assert work.returncode == 0, work.stderr
+    rows = files(db_path)
+    assert {r["state"] for r in rows.values()} == {"processed"}
+    store = tmp_path / "imgq-store"
+
+    def arts(name):
+        return {n: (store / p, w, h) for n, p, w, h in q(db_path, "SELECT name, path, width, height FROM artifacts WHERE file_id = ?", rows[name]["id"])}
+
+    assert set(arts("IMG_1.jpg")) == {"thumb", "web"}
+    phone = arts("phone.mp4")
+    assert set(phone) == {"thumb", "web", "preview"}
+    path, w, h = phone["preview"]
+    assert path.suffix == ".mp4" and (w, h) == (360, 480)  # turned upright (600x800), fit within 640x480
+    info = ffprobe_streams(path)
+    kinds = {s["codec_type"]: s for s in info["streams"]}
+    assert kinds["video"]["codec_name"] == "h264" and kinds["audio"]["codec_name"] == "aac"
+    n, fps, size, _ = read_video(path)
+    assert (n, fps, size) == (60, 30.0, (360, 480))  # 50 fps capped at 30: 2 s -> 60 frames
+    assert float(info["format"]["duration"]) == pytest.approx(2.0, abs=0.1)
+    with Image.open(phone["web"][0]) as web, Image.open(phone["thumb"][0]) as thumb:
+        assert web.size == (360, 480) and thumb.size == (68, 90)
+    [(result,)] = q(db_path, "SELECT result FROM jobs WHERE file_id = ?", rows["phone.mp4"]["id"])
+    assert json.loads(result)["preview"]["encoder"].startswith("ffmpeg libx264/aac")
+    # a clip that opens on black: its poster is a frame with content
+    dark = arts("dark.avi")
+    with Image.open(dark["web"][0]) as web:
+        assert web.size == (320, 240) and max(web.convert("L").getextrema()) > 100
+    n, fps, size, _ = read_video(dark["preview"][0])
+    assert (n, fps, size) == (40, 20.0, (320, 240))
+
+
+def test_without_ffmpeg_the_preview_is_webm_made_by_opencv_and_says_so(tmp_path):
+    from imgq.imaging import video as v
+
+    clip = clips.make_clip(tmp_path / "in.avi", width=330, height=250, frames=24, fps=24)
+    fd = os.open(clip, os.O_RDONLY)
+    try:
+        for codec, tag in (("vp8", "opencv vp8 webm"), ("vp9", "opencv vp9 webm")):
+            saved = v.encode_video(fd, "in.avi", f"video:size=200x200,codec={codec},start=0.25,end=0.75|brightness=1.5", lambda ext: tmp_path / f"{codec}.{ext}")
+            assert (saved.encoder, saved.ext, saved.width, saved.height, saved.frames) == (tag, "webm", 200, 152, 12)
+            n, fps, size, frames = read_video(tmp_path / f"{codec}.webm")
+            assert (n, size) == (12, (200, 152))  # 330x250 within 200x200, even sides
+            assert frames[0].mean() > 1.15 * clips.frame(200, 152, 6).mean()  # brightness=1.5 ran on every frame
+        # the auto codec falls back to OpenCV on a machine without the ffmpeg program
+        saved = v.encode_video(fd, "in.avi", "preview", lambda ext: tmp_path / f"auto.{ext}", ffmpeg=None)
+        assert (saved.encoder, saved.width, saved.height, saved.frames) == ("opencv vp8 webm", 330, 250, 24)
+        assert read_video(tmp_path / "auto.webm")[0] == 24
+    finally:
+        os.close(fd)

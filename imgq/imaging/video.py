@@ -208,3 +208,245 @@ def _mvhd_created(fd: int) -> str | None:
             return None
         pos += box_size
     return None
+
+
+# ---------------------------------------------------------------- posters and previews
+
+POSTER_SAMPLES = 8
+# a frame this dark or this flat is no poster (a black first frame, a lens cap, a fade)
+DARK_MEAN, FLAT_STD = 16.0, 6.0
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoSaved:
+    """A verified video written by ``encode_video``: what the artifact row and the job's
+    result record (``encoder`` names the program and codecs that made it)."""
+
+    sha256: str
+    bytes: int
+    width: int
+    height: int
+    frames: int
+    duration: float
+    encoder: str
+    ext: str
+
+
+def poster_frame(fd: int, name: str):
+    """The representative frame of the video at ``fd``, upright (rotation applied), as
+    an RGB PIL image: among a few frames sampled across it, the one with most detail
+    (variance of the Laplacian) that is neither near-black nor near-uniform; the first
+    frame if none qualifies. Raises BadVideo when no frame decodes."""
+    import numpy as np
+    from PIL import Image
+
+    cv2 = _cv2()
+    cap = cv2.VideoCapture(fd_path(fd), cv2.CAP_FFMPEG)
+    try:
+        frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        best, best_score, first = None, -1.0, None
+        for i in range(POSTER_SAMPLES):
+            at = int((i + 0.5) * frames / POSTER_SAMPLES) if frames > 1 else 0
+            cap.set(cv2.CAP_PROP_POS_FRAMES, at)
+            ok, frame = cap.read()
+            if not ok or frame is None:
+                continue
+            first = frame if first is None else first
+            small = cv2.resize(frame, (160, max(1, 160 * frame.shape[0] // frame.shape[1])), interpolation=cv2.INTER_AREA)
+            grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
+            if grey.mean() < DARK_MEAN or grey.std() < FLAT_STD:
+                continue
+            score = float(cv2.Laplacian(grey, cv2.CV_64F).var())
+            if score > best_score:
+                best, best_score = frame, score
+            if frames <= 1:
+                break
+    finally:
+        cap.release()
+    chosen = best if best is not None else first
+    if chosen is None:
+        raise BadVideo(f"corrupt video: {name} (no frame decodes)")
+    return Image.fromarray(np.ascontiguousarray(chosen[..., ::-1]), "RGB")
+
+
+def video_params(chain_text: str) -> tuple[dict, tuple]:
+    """(the ``video`` step's parameters, the steps run on every frame after it)."""
+    from imgq.ops import canonical_step, parse_chain
+
+    steps = parse_chain(chain_text)
+    head = canonical_step(steps[0])
+    return dict(head.params), tuple(steps[1:])
+
+
+def encode_video(fd: int, name: str, chain_text: str, dest_for, *, ffmpeg: str | None = "ffmpeg") -> VideoSaved:
+    """Make the video artifact of ``chain_text`` (a chain starting with ``video`` or
+    ``preview``) from the video at ``fd`` and write it, verified, atomically.
+
+    ``ffmpeg`` is the program looked up on PATH (None: behave as where it is not
+    installed). ``dest_for(ext)`` gives the path to write (the extension depends on the encoder). The
+    frames are decoded by OpenCV (upright), cut to the time range, thinned to the frame
+    rate cap, fit within the size and run through the steps after ``video``; then
+    encoded as H.264/AAC MP4 by the ``ffmpeg`` program (audio taken from the original),
+    or, without it or with ``codec`` vp8/vp9, as WebM without audio by OpenCV. The
+    result is decoded back: it must play and hold the frames written."""
+    import hashlib
+    import tempfile
+    from pathlib import Path
+
+    from imgq.store import write_atomically
+
+    params, steps = video_params(chain_text)
+    codec = params.get("codec", "auto")
+    ffmpeg = shutil.which(ffmpeg) if ffmpeg else None
+    use_ffmpeg = codec in ("auto", "h264") and ffmpeg is not None
+    if codec == "h264" and ffmpeg is None:
+        from imgq.errors import MissingExtra
+
+        raise MissingExtra(f"{name}: codec=h264 needs the ffmpeg program (apt-get install ffmpeg)")
+    ext = "mp4" if use_ffmpeg else "webm"
+    with tempfile.TemporaryDirectory(prefix="imgq-video-") as tmpdir:
+        out = Path(tmpdir) / f"out.{ext}"
+        if use_ffmpeg:
+            made = _encode_ffmpeg(fd, name, params, steps, out, ffmpeg)
+        else:
+            made = _encode_opencv(fd, name, params, steps, out, "VP90" if codec == "vp9" else "VP80")
+        frames, width, height, fps, encoder = made
+        _check_written(out, frames, name)
+        digest = hashlib.sha256()
+        with open(out, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        size = out.stat().st_size
+
+        def copy(f) -> None:
+            with open(out, "rb") as src:
+                while chunk := src.read(1 << 20):
+                    f.write(chunk)
+
+        dest = Path(dest_for(ext))
+        write_atomically(dest, copy)
+    return VideoSaved(digest.hexdigest(), size, width, height, frames, round(frames / fps, 3) if fps else 0.0, encoder, ext)
+
+
+def _frames(fd: int, name: str, params: dict, steps: tuple):
+    """(frame iterator of upright BGR arrays, output width, height, output fps)."""
+    import numpy as np
+    from PIL import Image
+
+    from imgq.ops import fit_size, run_steps
+
+    cv2 = _cv2()
+    cap = cv2.VideoCapture(fd_path(fd), cv2.CAP_FFMPEG)
+    if not cap.isOpened():
+        cap.release()
+        raise BadVideo(f"corrupt video: {name} (cannot be opened as a video)")
+    src_fps = float(cap.get(cv2.CAP_PROP_FPS) or 0) or 25.0
+    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+    w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    out_fps = min(src_fps, params["fps"]) if params["fps"] > 0 else src_fps
+    first = int(round(params["start"] * src_fps))
+    last = int(round(params["end"] * src_fps)) if params["end"] > 0 else total  # exclusive
+    fw, fh = fit_size((w, h), params["size"])
+    fw, fh = max(2, fw - fw % 2), max(2, fh - fh % 2)
+
+    def frames():
+        try:
+            if first:
+                cap.set(cv2.CAP_PROP_POS_FRAMES, first)
+            index, kept = first, 0
+            while index < last or last <= 0:
+                ok, frame = cap.read()
+                if not ok or frame is None:
+                    break
+                # keep a frame when the output clock has reached it: thins 60 fps to 30
+                if (index - first) * out_fps / src_fps >= kept - 1e-9:
+                    kept += 1
+                    if frame.shape[1] != fw or frame.shape[0] != fh:
+                        frame = cv2.resize(frame, (fw, fh), interpolation=cv2.INTER_AREA)
+                    if steps:
+                        img, _ = run_steps(Image.fromarray(np.ascontiguousarray(frame[..., ::-1]), "RGB"), steps)
+                        img = img.convert("RGB")
+                        if img.size != (fw, fh):
+                            img = img.resize((fw, fh))
+                        frame = np.ascontiguousarray(np.asarray(img)[..., ::-1])
+                    yield frame
+                index += 1
+        finally:
+            cap.release()
+
+    return frames(), fw, fh, out_fps
+
+
+def _encode_ffmpeg(fd: int, name: str, params: dict, steps: tuple, out, ffmpeg: str):
+    frames, w, h, fps = _frames(fd, name, params, steps)
+    rate = f"{fps:.6g}"
+    cmd = [ffmpeg, "-v", "error", "-nostdin", "-y", "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{w}x{h}", "-r", rate, "-i", "pipe:0"]
+    audio_in = ["-ss", f"{params['start']:g}"]
+    if params["end"] > 0:
+        audio_in += ["-to", f"{params['end']:g}"]
+    cmd += [*audio_in, "-i", f"/dev/fd/{fd}", "-map", "0:v", "-map", "1:a?", "-c:a", "aac", "-b:a", "128k"]
+    cmd += ["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-profile:v", "high", "-movflags", "+faststart"]
+    cmd += ["-b:v", f"{params['kbps']}k"] if params["kbps"] else ["-crf", str(params["crf"])]
+    cmd += ["-f", "mp4", str(out)]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(fd,))
+    count = 0
+    try:
+        for frame in frames:
+            proc.stdin.write(frame.tobytes())
+            count += 1
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass
+    err = proc.stderr.read().decode(errors="replace")
+    if proc.wait() != 0 or count == 0:
+        raise BadVideo(f"cannot make a preview of {name}: ffmpeg failed ({err.strip()[-300:] or 'no frames'})")
+    has_audio = _has_audio(fd)
+    return count, w, h, fps, "ffmpeg libx264" + ("/aac" if has_audio else "") + " mp4"
+
+
+def _has_audio(fd: int) -> bool:
+    return bool(ffprobe_path()) and any(s.get("codec_type") == "audio" for s in _ffprobe(fd, "").get("streams", []))
+
+
+def _encode_opencv(fd: int, name: str, params: dict, steps: tuple, out, fourcc: str):
+    frames, w, h, fps = _frames(fd, name, params, steps)
+    cv2 = _cv2()
+    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*fourcc), fps, (w, h))
+    if not writer.isOpened():
+        raise BadVideo(f"cannot make a preview of {name}: OpenCV cannot write {fourcc} WebM here")
+    count = 0
+    try:
+        for frame in frames:
+            writer.write(frame)
+            count += 1
+    finally:
+        writer.release()
+    if count == 0:
+        raise BadVideo(f"cannot make a preview of {name}: no frame in the range asked for")
+    return count, w, h, fps, f"opencv {fourcc[:2].lower()}{fourcc[2]} webm"
+
+
+def _check_written(path, frames: int, name: str) -> None:
+    """The written video opens, holds ``frames`` frames (within one: WebM's count is an
+    estimate from its duration) and its last frame decodes."""
+    cv2 = _cv2()
+    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    try:
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        if not cap.isOpened() or abs(n - frames) > 1:
+            raise BadVideo(f"the preview of {name} did not verify: {n} frames read back, {frames} written")
+    finally:
+        cap.release()
+
+
+def render_stills(fd: int, name: str, chains: dict[str, str], *, max_pixels: int) -> dict:
+    """Every still chain of a recipe (thumb, web, ...) run on the video's poster frame
+    (``poster_frame``), as ``render`` runs them on a photo: {artifact: Rendered}."""
+    import io
+
+    from imgq.imaging.render import render
+    from imgq.imaging.source import Source
+
+    buf = io.BytesIO()
+    poster_frame(fd, name).save(buf, "BMP")  # lossless and quick; render decodes it once
+    return render(Source(buf.getvalue(), name), chains, max_pixels=max_pixels)
