@@ -96,7 +96,12 @@ def build(db: DB, *, now: float, run_id: int | None = None, since: float | None 
         "SELECT to_state, count(DISTINCT file_id) FROM events WHERE entity = 'file' AND at BETWEEN ? AND ? GROUP BY to_state", window
     )}
     done_jobs = "SELECT job_id FROM events WHERE entity = 'job' AND to_state = 'done' AND at BETWEEN ? AND ?"
-    bytes_in, photos_in = db.one(f"SELECT coalesce(sum(size), 0), count(*) FROM files WHERE id IN (SELECT file_id FROM events WHERE entity = 'job' AND to_state = 'done' AND at BETWEEN ? AND ?)", window)
+    bytes_in, photos_in, videos_in, video_seconds = db.one(
+        "SELECT coalesce(sum(size), 0), count(*) FILTER (WHERE kind != 'video'), count(*) FILTER (WHERE kind = 'video'),"
+        " coalesce(sum(duration) FILTER (WHERE kind = 'video'), 0)"
+        " FROM files WHERE id IN (SELECT file_id FROM events WHERE entity = 'job' AND to_state = 'done' AND at BETWEEN ? AND ?)",
+        window,
+    )
     bytes_out, artifacts_out = db.one(f"SELECT coalesce(sum(bytes), 0), count(*) FROM artifacts WHERE job_id IN ({done_jobs})", window)
     busy = db.one(f"SELECT coalesce(sum(json_extract(result, '$.seconds')), 0) FROM jobs WHERE id IN ({done_jobs}) AND json_valid(result)", window)[0]
     copies = db.one("SELECT count(*), coalesce(sum(bytes), 0) FROM copies WHERE created_at BETWEEN ? AND ?", window)
@@ -120,6 +125,8 @@ def build(db: DB, *, now: float, run_id: int | None = None, since: float | None 
             "galleries": sorted({r["args"]["out"] for r in runs if r["command"] == "publish" and isinstance(r["args"], dict) and r["args"].get("out")}),
         },
         "photos": {"processed": processed, "read": photos_in, "files": files},
+        # videos read by the jobs done in the window, apart from photos, and their running time
+        "videos": {"read": videos_in, "hours": round(video_seconds / 3600, 3)},
         "jobs": jobs["totals"],
         "bytes": {"in": bytes_in, "out": bytes_out, "artifacts": artifacts_out, "archived": copies[1], "copies": copies[0]},
         "processing_seconds": round(busy or 0, 3),
@@ -290,6 +297,9 @@ def format_text(rep: dict, *, max_failures: int = 50) -> str:
     p, j, b, t = rep["photos"], rep["jobs"], rep["bytes"], rep["throughput"]
     others = ", ".join(f"{n} {s}" for s, n in sorted(p["files"].items()) if s != "processed")
     lines.append(f"  photos:     {p['processed']} processed" + (f"; {others}" if others else ""))
+    v = rep.get("videos") or {}
+    if v.get("read"):
+        lines.append(f"  videos:     {v['read']} read, {v['hours']:.2f} h of video; {p['read']} photos read")
     lines.append(f"  jobs:       {j['done']} done, {j['failed']} failed, {j['retried']} retried, {j['claimed']} claimed"
                  + (f", {j['reclaimed']} reclaimed after a lost lease" if j["reclaimed"] else ""))
     lines.append(f"  bytes:      {_size(b['in'])} in ({p['read']} originals), {_size(b['out'])} out ({b['artifacts']} artifacts)"

@@ -223,3 +223,55 @@ def test_without_ffmpeg_the_preview_is_webm_made_by_opencv_and_says_so(tmp_path)
         assert read_video(tmp_path / "auto.webm")[0] == 24
     finally:
         os.close(fd)
+
+
+# ---------------------------------------------------------------- archive, collect, status, report
+
+
+def sha256_of(path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def test_a_video_is_archived_with_verified_copies_then_collected_and_counted_apart(tmp_path, run_imgq, db_path, photo):
+    inbox = tmp_path / "inbox"
+    photo(inbox / "ann" / "IMG_1.jpg")
+    clips.make_clip(inbox / "ann" / "walk.avi", width=320, height=240, frames=90, fps=30)  # 3 s
+    clips.make_clip(inbox / "bob" / "run.mp4", width=320, height=240, frames=150, fps=25, seed=4)  # 6 s
+    old = time.time() - 120
+    for p in inbox.rglob("*.*"):
+        os.utime(p, (old, old))
+    assert run_imgq("scan", inbox).returncode == 0
+    assert run_imgq("enqueue").returncode == 0
+    work = run_imgq("work", "-j2", timeout=300)
+    assert work.returncode == 0, work.stderr
+    a, b = tmp_path / "A", tmp_path / "B"
+    a.mkdir(), b.mkdir()
+    r = run_imgq("archive", "--to", a, "--to", b)
+    assert r.returncode == 0, r.stderr
+    rows = files(db_path)
+    for name in ("walk.avi", "run.mp4"):
+        row = rows[name]
+        assert row["state"] == "archived"
+        copies = q(db_path, "SELECT c.destination, c.path, c.sha256, c.verified_at, a.name FROM copies c LEFT JOIN artifacts a ON a.id = c.artifact_id WHERE c.file_id = ?", row["id"])
+        for dest in (a, b):
+            mine = {art: (Path(dest) / path, sha, verified) for d, path, sha, verified, art in copies if d == str(dest)}
+            assert set(mine) == {None, "thumb", "web", "preview"}, mine  # the original and every artifact
+            for art, (path, sha, verified) in mine.items():
+                assert verified and sha256_of(path) == sha
+            assert mine[None][1] == row["sha256"] and mine["preview"][0].suffix == ".mp4"
+    status = json.loads(run_imgq("status", "--json").stdout)
+    assert status["media"] == {"photos": 1, "videos": 2, "video_hours": round(9 / 3600, 3)}
+    assert "2 videos" in run_imgq("status").stdout
+    report = json.loads(run_imgq("report", "--last", "work", "--json").stdout)
+    assert report["videos"] == {"read": 2, "hours": round(9 / 3600, 3)} and report["photos"]["read"] == 1
+    r = run_imgq("collect", "--to", a, "--to", b)
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.split()) == sorted(row["id"] for row in rows.values())
+    assert not (inbox / "ann" / "walk.avi").exists() and not (inbox / "bob" / "run.mp4").exists()
+    assert {row["state"] for row in files(db_path).values()} == {"collected"}

@@ -58,6 +58,9 @@ def render(console, snap: dict) -> None:
         t.add_column(s, justify="right")
     t.add_row(*(str(v) for v in snap["files"].values()))
     console.print(t)
+    media = snap.get("media") or {}
+    if media.get("videos"):
+        console.print(f"media: {media['photos']} photos, {media['videos']} videos ({media['video_hours']:.2f} h of video)", markup=False)
     t = Table(title="jobs", title_justify="left", show_edge=False)
     for s in snap["jobs"]:
         t.add_column(s, justify="right")

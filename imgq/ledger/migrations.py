@@ -496,6 +496,8 @@ def _m11_video(db: "sqlite_utils.Database") -> None:
     db.execute("ALTER TABLE files ADD COLUMN kind TEXT NOT NULL DEFAULT 'photo'")
     db.execute("ALTER TABLE files ADD COLUMN duration REAL")
     db.execute("ALTER TABLE files ADD COLUMN frame_rate REAL")
+    # status and report count photos and videos, and hours of video, apart: from this index alone
+    db.execute("CREATE INDEX IF NOT EXISTS idx_files_kind ON files (kind, state, duration)")
 
 
 MIGRATIONS: list[Callable[["sqlite_utils.Database"], None]] = [
