@@ -46,8 +46,9 @@ TEMP_PATTERNS = [
     "*.!sync", "*.!qb", "*.swp", "*~", "~$*", "#*#", "*.imgq-tmp*", "*.sb-*", "Thumbs.db",
     "desktop.ini", "Icon\r",
 ]
-# imgq's own outputs when an archive sits inside an inbox: NAME.thumb.jpg, NAME.web.jpg.
-OWN_OUTPUT = re.compile(r"\.(thumb|web)\.jpe?g$", re.IGNORECASE)
+# imgq's own outputs when an archive sits inside an inbox: NAME.thumb.jpg, NAME.web.jpg,
+# a video's NAME.preview.mp4 (or .webm).
+OWN_OUTPUT = re.compile(r"\.(thumb|web)\.jpe?g$|\.preview\.(mp4|webm)$", re.IGNORECASE)
 BATCH = 64
 # Ids name store folders and gallery pages: with room for a "-N" suffix they stay below
 # store.NAME_MAX.

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from imgq import scan
+from sshhosts import ssh_hosts  # noqa: F401
 from imgq.ledger.database import DB
 from imgq.samples import video as clips
 
@@ -275,3 +276,72 @@ def test_a_video_is_archived_with_verified_copies_then_collected_and_counted_apa
     assert sorted(r.stdout.split()) == sorted(row["id"] for row in rows.values())
     assert not (inbox / "ann" / "walk.avi").exists() and not (inbox / "bob" / "run.mp4").exists()
     assert {row["state"] for row in files(db_path).values()} == {"collected"}
+
+
+# ---------------------------------------------------------------- large files under a memory limit
+
+GiB = 1 << 30
+MEMORY_LIMIT = GiB + GiB // 4  # address space of each imgq process (and what it runs: ffmpeg)
+
+
+def big_video(path: Path, size: int) -> Path:
+    """A playable MP4 of ``size`` bytes: a short clip followed by a top-level ``free`` box
+    (players skip it), sparse on disk so the test costs no disk space, while every reader
+    still reads all of it."""
+    import struct
+
+    clips.make_clip(path, width=320, height=240, frames=50, fps=25)
+    start = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.seek(start)
+        f.write(struct.pack(">I4s", size - start, b"free"))
+        f.truncate(size)
+    old = time.time() - 120
+    os.utime(path, (old, old))
+    return path
+
+
+def run_limited(tmp_path, *args, limit: int = MEMORY_LIMIT, timeout: float = 600):
+    """The CLI in a child whose address space is limited (RLIMIT_AS, set in the child)."""
+    import resource
+    import subprocess
+    import sys
+
+    from conftest import imgq_env
+
+    def limit_memory():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    return subprocess.run(
+        [sys.executable, "-m", "imgq", *map(str, args)], cwd=tmp_path, env=imgq_env(), capture_output=True, text=True,
+        stdin=subprocess.DEVNULL, preexec_fn=limit_memory, timeout=timeout,
+    )
+
+
+def test_a_video_larger_than_the_memory_limit_is_scanned_worked_and_archived_over_ssh(tmp_path, db_path, ssh_hosts):
+    import subprocess
+    import sys
+
+    clip = big_video(tmp_path / "inbox" / "ann" / "long.mp4", MEMORY_LIMIT + GiB // 4)
+    # the limit bites: a process that held the file in memory could not run under it
+    whole = subprocess.run(
+        [sys.executable, "-c", f"import resource; resource.setrlimit(resource.RLIMIT_AS, ({MEMORY_LIMIT}, {MEMORY_LIMIT})); open({str(clip)!r}, 'rb').read()"],
+        capture_output=True, text=True,
+    )
+    assert whole.returncode != 0 and "MemoryError" in whole.stderr
+    for step in (("scan", tmp_path / "inbox"), ("enqueue",), ("work", "-j1")):
+        r = run_limited(tmp_path, *step)
+        assert r.returncode == 0, (step, r.stderr)
+    [row] = files(db_path).values()
+    assert (row["kind"], row["state"], row["size"]) == ("video", "processed", clip.stat().st_size)
+    assert {n for (n,) in q(db_path, "SELECT name FROM artifacts")} == {"thumb", "web", "preview"}
+
+    [host] = ssh_hosts(1)
+    remote = tmp_path / "remote"  # the sshd runs on this machine: what lands can be read back
+    remote.mkdir()
+    url = f"ssh://{host.alias}{remote}"
+    r = run_limited(tmp_path, "archive", "--to", url, "--ssh-config", host.ssh_config)
+    assert r.returncode == 0, r.stderr
+    [(path, digest)] = q(db_path, "SELECT path, sha256 FROM copies WHERE destination = ? AND artifact_id IS NULL", url)
+    assert digest == row["sha256"] and sha256_of(remote / path) == row["sha256"]
+    assert files(db_path)["long.mp4"]["state"] == "archived"
