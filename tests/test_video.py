@@ -13,6 +13,7 @@ import pytest
 
 from imgq import scan
 from sshhosts import ssh_hosts  # noqa: F401
+from test_gallery import serve  # noqa: F401
 from imgq.ledger.database import DB
 from imgq.samples import video as clips
 
@@ -345,3 +346,61 @@ def test_a_video_larger_than_the_memory_limit_is_scanned_worked_and_archived_ove
     [(path, digest)] = q(db_path, "SELECT path, sha256 FROM copies WHERE destination = ? AND artifact_id IS NULL", url)
     assert digest == row["sha256"] and sha256_of(remote / path) == row["sha256"]
     assert files(db_path)["long.mp4"]["state"] == "archived"
+
+
+# ---------------------------------------------------------------- the preview plays in a browser
+
+PLAYER = """<!doctype html><meta charset="utf-8"><title>play</title>
+<pre id="result">pending</pre>
+{videos}
+<script>
+const videos = [...document.querySelectorAll("video")];
+const report = () => {{
+  document.getElementById("result").textContent = JSON.stringify(videos.map(v => ({{
+    src: v.getAttribute("src"), readyState: v.readyState, duration: v.duration,
+    width: v.videoWidth, height: v.videoHeight, error: v.error ? v.error.code : null,
+  }})));
+}};
+let left = videos.length;
+for (const v of videos) {{
+  const done = () => {{ v.onloadeddata = v.onerror = null; if (--left === 0) report(); }};
+  if (v.readyState >= 2) done(); else {{ v.onloadeddata = done; v.onerror = done; }}
+}}
+</script>
+"""
+
+
+def test_the_previews_play_in_headless_chromium(tmp_path, serve):
+    import html
+    import re
+
+    from imgq.imaging import video as v
+    from test_gallery import _chromium_exe, chromium
+
+    _chromium_exe()
+    www = tmp_path / "www"
+    www.mkdir()
+    clip = clips.make_clip(tmp_path / "in.avi", width=320, height=240, frames=75, fps=25)  # 3 s
+    fd = os.open(clip, os.O_RDONLY)
+    try:
+        made = {"vp8": v.encode_video(fd, "in.avi", "video:codec=vp8", lambda ext: www / f"vp8.{ext}")}
+        if clips.have_ffmpeg():
+            phone = clips.make_clip_ffmpeg(tmp_path / "phone.mp4", width=320, height=240, seconds=3, rotate=90)
+            pfd = os.open(phone, os.O_RDONLY)
+            try:
+                made["h264"] = v.encode_video(pfd, "phone.mp4", "preview", lambda ext: www / f"h264.{ext}")
+            finally:
+                os.close(pfd)
+    finally:
+        os.close(fd)
+    tags = "\n".join(f'<video src="{name}.{s.ext}" preload="auto" muted></video>' for name, s in made.items())
+    (www / "play.html").write_text(PLAYER.format(videos=tags))
+    dom = chromium("--autoplay-policy=no-user-gesture-required", "--virtual-time-budget=10000", "--dump-dom", serve(www) + "play.html", timeout=60).stdout
+    m = re.search(r'<pre id="result">(.*?)</pre>', dom, re.S)
+    assert m and m.group(1) != "pending", dom[:2000]
+    played = {Path(p["src"]).stem: p for p in json.loads(html.unescape(m.group(1)))}
+    assert set(played) == set(made)
+    for name, p in played.items():
+        assert p["error"] is None and p["readyState"] >= 2, p
+        assert p["duration"] == pytest.approx(3.0, abs=0.1), p
+        assert (p["width"], p["height"]) == (made[name].width, made[name].height), p
