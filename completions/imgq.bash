@@ -15,7 +15,7 @@ _imgq_options() {
     case $1 in
         'imgq') REPLY='--db --config -v --verbose -q --quiet --debug --version -h --help' ;;
         'imgq scan') REPLY='--settle --default-owner --db --config --json --wait --no-wait -v --verbose -q --quiet -h --help' ;;
-        'imgq enqueue') REPLY='-r --recipe --op --max-attempts --split --stripes --split-pixels --db --config --json --wait --no-wait -v --verbose -q --quiet -h --help' ;;
+        'imgq enqueue') REPLY='-r --recipe --op --max-attempts --split --stripes --split-pixels --split-seconds --db --config --json --wait --no-wait -v --verbose -q --quiet -h --help' ;;
         'imgq work') REPLY='-j --jobs --drain --follow --once --batch --lease --max-attempts --poll --report --hosts --hosts-file --slots --prefetch --transfers --shared-root --remote-imgq --ssh-config --accept-new-host-keys --connect-timeout --host-timeout --db --config --json -v --verbose -q --quiet -h --help' ;;
         'imgq status') REPLY='--watch --failures --db --config --json -v --verbose -q --quiet -h --help' ;;
         'imgq log') REPLY='--db --config --json -v --verbose -q --quiet -h --help' ;;
@@ -50,6 +50,7 @@ _imgq_value() {
         'imgq enqueue|--max-attempts') REPLY='value' ;;
         'imgq enqueue|--stripes') REPLY='value' ;;
         'imgq enqueue|--split-pixels') REPLY='value' ;;
+        'imgq enqueue|--split-seconds') REPLY='value' ;;
         'imgq enqueue|--db') REPLY='file' ;;
         'imgq enqueue|--config') REPLY='file' ;;
         'imgq work|-j') REPLY='value' ;;

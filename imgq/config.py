@@ -41,6 +41,7 @@ class Settings:
     jpeg_quality: int = 85
     split_pixels: int = 40_000_000  # with --split, larger images become stripe jobs
     split_stripes: int = 4
+    split_seconds: float = 120.0  # with --split, longer videos become chunk jobs (split_stripes of them)
     recipes: dict[str, dict[str, str]] = dataclasses.field(
         default_factory=lambda: {k: dict(v) for k, v in DEFAULT_RECIPES.items()}
     )
@@ -75,6 +76,7 @@ _SCALARS = {
     "jpeg_quality": int,
     "split_pixels": int,
     "split_stripes": int,
+    "split_seconds": float,
 }
 
 

@@ -331,7 +331,7 @@ def remove_parts(store: Path, file_id: str, spec_hash: str) -> int:
     """Remove the stripes of a split image once its join is recorded; returns how many."""
     folder = store / file_id / "parts"
     removed = 0
-    for path in folder.glob(f"*-{spec_hash[:8]}.*of*.npy"):
+    for path in [*folder.glob(f"*-{spec_hash[:8]}.*of*.npy"), *folder.glob(f"*-{spec_hash[:8]}.*of*.vpart")]:
         path.unlink(missing_ok=True)
         removed += 1
     try:

@@ -139,9 +139,26 @@ def _video_original(claim: queue.Claim) -> original.Original | None:
         raise
 
 
-def _process_video(claim: queue.Claim, settings: Settings, orig: original.Original, chains: dict[str, str], staged: list[str]) -> tuple[list, dict]:
+def _video_chunk(claim: queue.Claim, settings: Settings, orig: original.Original, chains: dict[str, str], index: int, count: int, staged: list[str]) -> tuple[dict, list]:
+    """Chunk ``index`` of ``count`` of a long video: each video chain's share of the
+    frames encoded as a part, staged like an artifact (the join job makes the stills and
+    joins the parts). Returns the job's result and the parts' (staged, final) moves."""
+    moves, frames = [], {}
+    for name, chain in chains.items():
+        if not recipes.is_video_chain(chain):
+            continue
+        final = splitting.part_path(claim.file_id, name, claim.spec_hash, index, count, ext="vpart")
+        staged.append(store.staged_path(final, claim.token))
+        made = imaging.encode_chunk(orig.fd, orig.shown, chain, index, count, settings.store_dir / staged[-1])
+        moves.append((staged[-1], final))
+        frames[name] = {"frames": made["frames"], "encoder": made["encoder"]}
+    return {"chunk": [index, count], "parts": frames}, moves
+
+
+def _process_video(claim: queue.Claim, settings: Settings, orig: original.Original, chains: dict[str, str], staged: list[str], *, chunks: int = 0) -> tuple[list, dict]:
     """A video's artifacts: its stills from a representative frame, its video chains
-    encoded (``imaging.encode_video``); (artifacts, result) with the encoder of each."""
+    encoded (``imaging.encode_video``), or with ``chunks`` joined from the parts of that
+    many chunk jobs; (artifacts, result) with the encoder of each."""
     stills = {n: c for n, c in chains.items() if not recipes.is_video_chain(c)}
     movies = {n: c for n, c in chains.items() if recipes.is_video_chain(c)}
     artifacts, result = [], {}
@@ -159,7 +176,11 @@ def _process_video(claim: queue.Claim, settings: Settings, orig: original.Origin
             staged.append(store.staged_path(rels["rel"], claim.token))
             return settings.store_dir / staged[-1]
 
-        saved = imaging.encode_video(orig.fd, orig.shown, chain, dest_for)
+        if chunks:
+            parts = [settings.store_dir / splitting.part_path(claim.file_id, name, claim.spec_hash, i, chunks, ext="vpart") for i in range(chunks)]
+            saved = imaging.join_chunks(orig.fd, orig.shown, chain, parts, dest_for)
+        else:
+            saved = imaging.encode_video(orig.fd, orig.shown, chain, dest_for)
         artifacts.append(queue.Artifact(name, rels["rel"], saved.sha256, saved.bytes, saved.width, saved.height, staged=staged[-1]))
         result[name] = {"encoder": saved.encoder, "frames": saved.frames, "duration": saved.duration}
     return artifacts, result
@@ -175,10 +196,14 @@ def process(claim: queue.Claim, settings: Settings) -> queue.Outcome:
     try:
         chains, options = recipes.split_spec(claim.spec)
         kind, index, count = splitting.parse_stage(claim.stage)
-        video = _video_original(claim) if not kind else None
+        video = _video_original(claim)
         if video is not None:
             with video:
-                artifacts, result = _process_video(claim, settings, video, chains, staged)
+                if kind == "stripe":
+                    result, parts = _video_chunk(claim, settings, video, chains, index, count, staged)
+                    result["seconds"] = round(time.monotonic() - started, 4)
+                    return queue.Outcome(claim, artifacts=[], result=result, parts=parts)
+                artifacts, result = _process_video(claim, settings, video, chains, staged, chunks=count if kind == splitting.JOIN else 0)
             result["seconds"] = round(time.monotonic() - started, 4)
             return queue.Outcome(claim, artifacts=artifacts, result=result)
         if kind == "stripe":

@@ -404,3 +404,47 @@ def test_the_previews_play_in_headless_chromium(tmp_path, serve):
         assert p["error"] is None and p["readyState"] >= 2, p
         assert p["duration"] == pytest.approx(3.0, abs=0.1), p
         assert (p["width"], p["height"]) == (made[name].width, made[name].height), p
+
+
+# ---------------------------------------------------------------- chunks across workers
+
+
+def stream_facts(path) -> tuple[int, int, str, list[str]]:
+    """(frames decoded, duration in the stream's time base, that time base, stream kinds)."""
+    import subprocess
+
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-count_frames", "-print_format", "json", "-show_streams", str(path)], capture_output=True, check=True,
+    ).stdout
+    streams = json.loads(out)["streams"]
+    [v] = [s for s in streams if s["codec_type"] == "video"]
+    return int(v["nb_read_frames"]), int(v["duration_ts"]), v["time_base"], [s["codec_type"] for s in streams]
+
+
+@needs_ffmpeg
+@pytest.mark.parametrize("chain", ["preview", "video:size=320x240,fps=0,start=1,end=6.5|contrast=1.3"])
+def test_a_long_video_split_into_chunks_joins_to_the_frames_and_duration_of_one_pass(tmp_path, run_imgq, chain):
+    inbox = tmp_path / "inbox"
+    clips.make_clip_ffmpeg(inbox / "ann" / "long.mp4", width=480, height=360, seconds=7, fps=50)
+    old = time.time() - 120
+    os.utime(inbox / "ann" / "long.mp4", (old, old))
+    (tmp_path / "imgq.toml").write_text(f'[recipes.clip]\nthumb = "thumb"\nmovie = "{chain}"\n')
+    made = {}
+    for db, split in (("one.db", []), ("split.db", ["--split", "--split-seconds", "5", "--stripes", "3"])):
+        assert run_imgq("--db", db, "scan", inbox).returncode == 0
+        enq = run_imgq("--db", db, "enqueue", "--recipe", "clip", *split)
+        assert enq.returncode == 0, enq.stderr
+        work = run_imgq("--db", db, "work", "-j2", timeout=300)
+        assert work.returncode == 0, work.stderr
+        stages = sorted(s for (s,) in q(tmp_path / db, "SELECT stage FROM jobs"))
+        assert stages == ([""] if not split else ["join:3", "stripe:0/3", "stripe:1/3", "stripe:2/3"])
+        arts = {n: tmp_path / f"{Path(db).stem}-store" / p for n, p in q(tmp_path / db, "SELECT name, path FROM artifacts")}
+        assert set(arts) == {"thumb", "movie"}
+        made[db] = arts
+        if split:  # the chunks' parts are gone once the join is recorded
+            assert not list((tmp_path / "split-store").rglob("*.vpart"))
+    one, joined = stream_facts(made["one.db"]["movie"]), stream_facts(made["split.db"]["movie"])
+    assert one == joined and one[0] > 200, (one, joined)
+    assert made["one.db"]["thumb"].read_bytes() == made["split.db"]["thumb"].read_bytes()  # the same poster frame
+    [(result,)] = q(tmp_path / "split.db", "SELECT result FROM jobs WHERE stage LIKE 'join%'")
+    assert "joined from chunks" in json.loads(result)["movie"]["encoder"]

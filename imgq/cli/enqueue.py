@@ -21,6 +21,7 @@ Examples:
   imgq enqueue --recipe default alice_1700000000_IMG_0001.jpg
   imgq enqueue --op thumb --op 'fit:1920x1080' -
   imgq enqueue --split --stripes 8 --op 'median=5|web' big_1700000000_pano.tif
+  imgq enqueue --split --split-seconds 60 --recipe default   # long videos in 4 chunks
   imgq enqueue --op 'web|brightness=1.2|sharpness=1.5' --op 'web|faces'
 """
 
@@ -30,9 +31,10 @@ def enqueue(
     recipe: Annotated[Optional[list[str]], typer.Option("--recipe", "-r", help="Recipe to apply (repeatable; default: the enqueue list of imgq.toml, else default). `imgq recipes` lists them.", metavar="NAME", show_default=False)] = None,
     op: Annotated[Optional[list[str]], typer.Option("--op", help="An operation chain giving one artifact, e.g. 'web|sharpness=1.5' (repeatable).", metavar="CHAIN", show_default=False)] = None,
     max_attempts: Annotated[Optional[int], typer.Option("--max-attempts", help=f"Attempts before a transiently failing job fails (default {DEFAULTS.max_attempts}).", min=1, metavar="N", show_default=False)] = None,
-    split: Annotated[bool, typer.Option("--split", help=f"Split images over split_pixels (default {DEFAULTS.split_pixels // 1_000_000} MP) into stripe jobs that any workers or hosts run in parallel, then join them; the result is pixel-identical.")] = False,
-    stripes: Annotated[Optional[int], typer.Option("--stripes", help=f"Stripes per split image (default {DEFAULTS.split_stripes}, or split_stripes in imgq.toml).", min=2, metavar="N", show_default=False)] = None,
+    split: Annotated[bool, typer.Option("--split", help=f"Split images over split_pixels (default {DEFAULTS.split_pixels // 1_000_000} MP) into stripe jobs, and videos longer than split_seconds (default {DEFAULTS.split_seconds:g} s) into chunk jobs on frame boundaries, that any workers or hosts run in parallel, then join them; the result is pixel-identical (a video: the same frames and duration).")] = False,
+    stripes: Annotated[Optional[int], typer.Option("--stripes", help=f"Stripes per split image, chunks per split video (default {DEFAULTS.split_stripes}, or split_stripes in imgq.toml).", min=2, metavar="N", show_default=False)] = None,
     split_pixels: Annotated[Optional[int], typer.Option("--split-pixels", help=f"Split only images with more pixels than this (default {DEFAULTS.split_pixels}).", min=1, metavar="PIXELS", show_default=False)] = None,
+    split_seconds: Annotated[Optional[float], typer.Option("--split-seconds", help=f"Split only videos longer than this many seconds (default {DEFAULTS.split_seconds:g}).", min=0, metavar="SECONDS", show_default=False)] = None,
     db: DbOpt = None,
     config: ConfigOpt = None,
     json: JsonOpt = False,
@@ -54,7 +56,7 @@ def enqueue(
     with inv.recorded({"ids": wanted, "recipes": chains_by_recipe}, wait=wait) as run:
         results = enqueue_step.enqueue(
             inv.database, inv.settings, chains_by_recipe, now=time.time(), actor=Actor(name="enqueue"),
-            file_ids=wanted, split=split, stripes=stripes, split_pixels=split_pixels,
+            file_ids=wanted, split=split, stripes=stripes, split_pixels=split_pixels, split_seconds=split_seconds,
         )
         unknown = 0
         for r in results:

@@ -35,10 +35,10 @@ from imgq.imaging.metadata import Probe, minimal_exif
 from imgq.imaging.pixels import working_image
 from imgq.imaging.render import Rendered, render
 from imgq.imaging.source import Source
-from imgq.imaging.video import VIDEO_FORMAT_NAMES, VIDEO_FORMATS, VideoProbe, VideoSaved, encode_video, probe_video, render_stills, sniff_video
+from imgq.imaging.video import VIDEO_FORMAT_NAMES, VIDEO_FORMATS, VideoProbe, VideoSaved, encode_chunk, encode_video, join_chunks, probe_video, render_stills, sniff_video
 
 __all__ = [
     "FORMATS", "FORMAT_NAMES", "SUPPORTED", "Probe", "Rendered", "Saved", "Source",
     "jpeg_ready", "minimal_exif", "probe", "render", "save", "sniff", "verify", "working_image",
-    "VIDEO_FORMATS", "VIDEO_FORMAT_NAMES", "VideoProbe", "VideoSaved", "encode_video", "probe_video", "render_stills", "sniff_video",
+    "VIDEO_FORMATS", "VIDEO_FORMAT_NAMES", "VideoProbe", "VideoSaved", "encode_chunk", "encode_video", "join_chunks", "probe_video", "render_stills", "sniff_video",
 ]

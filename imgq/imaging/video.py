@@ -283,21 +283,24 @@ def encode_video(fd: int, name: str, chain_text: str, dest_for, *, ffmpeg: str |
     ``preview``) from the video at ``fd`` and write it, verified, atomically.
 
     ``ffmpeg`` is the program looked up on PATH (None: behave as where it is not
-    installed). ``dest_for(ext)`` gives the path to write (the extension depends on the encoder). The
-    frames are decoded by OpenCV (upright), cut to the time range, thinned to the frame
-    rate cap, fit within the size and run through the steps after ``video``; then
-    encoded as H.264/AAC MP4 by the ``ffmpeg`` program (audio taken from the original),
-    or, without it or with ``codec`` vp8/vp9, as WebM without audio by OpenCV. The
-    result is decoded back: it must play and hold the frames written."""
-    import hashlib
+    installed). ``dest_for(ext)`` gives the path to write (the extension depends on the
+    encoder). The frames are decoded by OpenCV (upright), cut to the time range, thinned
+    to the frame rate cap, fit within the size and run through the steps after
+    ``video``; then encoded as H.264/AAC MP4 by the ``ffmpeg`` program (audio taken from
+    the original), or, without it or with ``codec`` vp8/vp9, as WebM without audio by
+    OpenCV. The result is decoded back: it must play and hold the frames written."""
+    params, steps = video_params(chain_text)
+    frames, w, h, fps = _frames(fd, name, params, steps)
+    return _finish(fd, name, params, frames, w, h, fps, dest_for, shutil.which(ffmpeg) if ffmpeg else None)
+
+
+def _finish(fd: int, name: str, params: dict, frames, w: int, h: int, fps: float, dest_for, ffmpeg: str | None) -> VideoSaved:
+    """Encode ``frames`` (BGR arrays of w x h at fps) as the artifact ``params`` ask for,
+    verify it and write it to ``dest_for(ext)``."""
     import tempfile
     from pathlib import Path
 
-    from imgq.store import write_atomically
-
-    params, steps = video_params(chain_text)
     codec = params.get("codec", "auto")
-    ffmpeg = shutil.which(ffmpeg) if ffmpeg else None
     use_ffmpeg = codec in ("auto", "h264") and ffmpeg is not None
     if codec == "h264" and ffmpeg is None:
         from imgq.errors import MissingExtra
@@ -307,29 +310,218 @@ def encode_video(fd: int, name: str, chain_text: str, dest_for, *, ffmpeg: str |
     with tempfile.TemporaryDirectory(prefix="imgq-video-") as tmpdir:
         out = Path(tmpdir) / f"out.{ext}"
         if use_ffmpeg:
-            made = _encode_ffmpeg(fd, name, params, steps, out, ffmpeg)
+            count = _pipe_to_ffmpeg(_ffmpeg_raw_input(ffmpeg, w, h, fps) + _audio_of(fd, params) + _x264(params) + ["-movflags", "+faststart", "-f", "mp4", str(out)], frames, name, fd)
+            encoder = "ffmpeg libx264" + ("/aac" if _has_audio(fd) else "") + " mp4"
         else:
-            made = _encode_opencv(fd, name, params, steps, out, "VP90" if codec == "vp9" else "VP80")
-        frames, width, height, fps, encoder = made
-        _check_written(out, frames, name)
-        digest = hashlib.sha256()
-        with open(out, "rb") as f:
-            while chunk := f.read(1 << 20):
+            fourcc = "VP90" if codec == "vp9" else "VP80"
+            count = _write_opencv(frames, w, h, fps, out, fourcc, name)
+            encoder = f"opencv {fourcc[:2].lower()}{fourcc[2]} webm"
+        return _keep(out, count, w, h, fps, encoder, ext, dest_for(ext), name)
+
+
+def _keep(out, frames: int, w: int, h: int, fps: float, encoder: str, ext: str, dest, name: str) -> VideoSaved:
+    """Verify the encoded file ``out`` and copy it, hashed, atomically to ``dest``."""
+    import hashlib
+    from pathlib import Path
+
+    from imgq.store import write_atomically
+
+    _check_written(out, frames, name)
+    digest = hashlib.sha256()
+
+    def copy(f) -> None:
+        with open(out, "rb") as src:
+            while chunk := src.read(1 << 20):
                 digest.update(chunk)
-        size = out.stat().st_size
+                f.write(chunk)
+
+    write_atomically(Path(dest), copy)
+    return VideoSaved(digest.hexdigest(), Path(out).stat().st_size, w, h, frames, round(frames / fps, 3) if fps else 0.0, encoder, ext)
+
+
+def _ffmpeg_raw_input(ffmpeg: str, w: int, h: int, fps: float) -> list[str]:
+    return [ffmpeg, "-v", "error", "-nostdin", "-y", "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{w}x{h}", "-r", f"{fps:.6g}", "-i", "pipe:0"]
+
+
+def _audio_of(fd: int, params: dict) -> list[str]:
+    """ffmpeg arguments adding the original's audio (if any) over the time range."""
+    cut = ["-ss", f"{params['start']:g}"] + (["-to", f"{params['end']:g}"] if params["end"] > 0 else [])
+    return [*cut, "-i", f"/dev/fd/{fd}", "-map", "0:v", "-map", "1:a?", "-c:a", "aac", "-b:a", "128k"]
+
+
+def _x264(params: dict) -> list[str]:
+    out = ["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-profile:v", "high"]
+    return out + (["-b:v", f"{params['kbps']}k"] if params["kbps"] else ["-crf", str(params["crf"])])
+
+
+def _pipe_to_ffmpeg(cmd: list[str], frames, name: str, fd: int | None = None) -> int:
+    """Run ``cmd`` feeding it ``frames`` as raw video on stdin; the frames written."""
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(fd,) if fd is not None else ())
+    count = 0
+    try:
+        for frame in frames:
+            proc.stdin.write(frame.tobytes())
+            count += 1
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass
+    err = proc.stderr.read().decode(errors="replace")
+    if proc.wait() != 0 or count == 0:
+        raise BadVideo(f"cannot make a video of {name}: ffmpeg failed ({err.strip()[-300:] or 'no frames'})")
+    return count
+
+
+def _write_opencv(frames, w: int, h: int, fps: float, out, fourcc: str, name: str) -> int:
+    cv2 = _cv2()
+    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*fourcc), fps, (w, h))
+    if not writer.isOpened():
+        raise BadVideo(f"cannot make a video of {name}: OpenCV cannot write {fourcc} here")
+    count = 0
+    try:
+        for frame in frames:
+            writer.write(frame)
+            count += 1
+    finally:
+        writer.release()
+    if count == 0:
+        raise BadVideo(f"cannot make a video of {name}: no frame in the range asked for")
+    return count
+
+
+# ---------------------------------------------------------------- chunks of a long video
+
+
+def encode_chunk(fd: int, name: str, chain_text: str, index: int, count: int, dest, *, ffmpeg: str | None = "ffmpeg") -> dict:
+    """Chunk ``index`` of ``count`` of a video chain: that share of the source frames
+    (split on frame boundaries, chosen by the same rule as one pass: ``_frames``) encoded
+    as a part at ``dest``: H.264 MP4 without audio through the ffmpeg program (the join
+    copies it), else MJPG AVI through OpenCV (the join encodes it). A chunk whose frames
+    the frame-rate cap all drops is an empty part. Returns its frames and encoder."""
+    import tempfile
+    from pathlib import Path
+
+    from imgq.store import write_atomically
+
+    params, steps = video_params(chain_text)
+    frames, w, h, fps = _frames(fd, name, params, steps, chunk=(index, count))
+    program = shutil.which(ffmpeg) if ffmpeg else None
+    use_ffmpeg = params.get("codec", "auto") in ("auto", "h264") and program is not None
+    with tempfile.TemporaryDirectory(prefix="imgq-chunk-") as tmpdir:
+        out = Path(tmpdir) / ("part.mp4" if use_ffmpeg else "part.avi")
+        try:
+            if use_ffmpeg:
+                n = _pipe_to_ffmpeg(_ffmpeg_raw_input(program, w, h, fps) + _x264(params) + ["-an", "-f", "mp4", str(out)], frames, name)
+            else:
+                n = _write_opencv(frames, w, h, fps, out, "MJPG", name)
+        except BadVideo:
+            if out.exists() and out.stat().st_size:
+                raise
+            out.write_bytes(b"")
+            n = 0
+        if n:
+            _check_written(out, n, name)
 
         def copy(f) -> None:
             with open(out, "rb") as src:
                 while chunk := src.read(1 << 20):
                     f.write(chunk)
 
-        dest = Path(dest_for(ext))
-        write_atomically(dest, copy)
-    return VideoSaved(digest.hexdigest(), size, width, height, frames, round(frames / fps, 3) if fps else 0.0, encoder, ext)
+        write_atomically(Path(dest), copy)
+    return {"chunk": [index, count], "frames": n, "encoder": "ffmpeg libx264 mp4" if use_ffmpeg else "opencv mjpg avi"}
 
 
-def _frames(fd: int, name: str, params: dict, steps: tuple):
-    """(frame iterator of upright BGR arrays, output width, height, output fps)."""
+def join_chunks(fd: int, name: str, chain_text: str, parts: list, dest_for, *, ffmpeg: str | None = "ffmpeg") -> VideoSaved:
+    """The video artifact of ``chain_text`` from the parts ``encode_chunk`` wrote, in
+    order: H.264 parts are joined by stream copy (no second encode) with the original's
+    audio over the whole range; otherwise every part's frames are encoded once more as
+    ``encode_video`` would. The frames are exactly those of one pass."""
+    import tempfile
+    from pathlib import Path
+
+    from imgq.errors import StorageError
+
+    params, steps = video_params(chain_text)
+    program = shutil.which(ffmpeg) if ffmpeg else None
+    parts = [Path(os.path.abspath(p)) for p in parts]  # the concat list resolves names from its own folder
+    for p in parts:
+        if not p.is_file():
+            raise StorageError(f"chunk {p} of {name} is missing; its chunk job will run again")
+    parts = [p for p in parts if p.stat().st_size]
+    if not parts:
+        raise BadVideo(f"cannot make a video of {name}: no frame in the range asked for")
+    kinds = set()
+    for p in parts:
+        with open(p, "rb") as f:
+            kinds.add(sniff_video(f.read(64)))
+    cv2 = _cv2()
+    counts, size, fps = [], None, None
+    for p in parts:
+        cap = cv2.VideoCapture(str(p), cv2.CAP_FFMPEG)
+        counts.append(int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0))
+        size = size or (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+        fps = fps or float(cap.get(cv2.CAP_PROP_FPS))
+        cap.release()
+    w, h = size
+    fps = _output_fps(fd, params)  # exactly as one pass computes it
+    if kinds == {"MP4"} and program is not None and params.get("codec", "auto") in ("auto", "h264"):
+        with tempfile.TemporaryDirectory(prefix="imgq-join-") as tmpdir:
+            listing = Path(tmpdir) / "parts.txt"
+            # each part's duration from its frames: the container's is rounded to the
+            # millisecond, and the join would drift by that much at every boundary
+            listing.write_text("".join(
+                "file '" + str(p).replace("'", "'\\''") + f"'\nduration {n / fps:.6f}\n" for p, n in zip(parts, counts)
+            ))
+            out = Path(tmpdir) / "out.mp4"
+            cmd = [program, "-v", "error", "-nostdin", "-y", "-f", "concat", "-safe", "0", "-i", str(listing), *_audio_of(fd, params)]
+            cmd += ["-c:v", "copy", "-movflags", "+faststart", "-f", "mp4", str(out)]
+            r = subprocess.run(cmd, capture_output=True, pass_fds=(fd,), check=False)
+            if r.returncode != 0:
+                raise BadVideo(f"cannot join the chunks of {name}: ffmpeg failed ({r.stderr.decode(errors='replace').strip()[-300:]})")
+            encoder = "ffmpeg libx264" + ("/aac" if _has_audio(fd) else "") + " mp4, joined from chunks"
+            return _keep(out, sum(counts), w, h, fps, encoder, "mp4", dest_for("mp4"), name)
+
+    def frames():
+        for p in parts:
+            cap = cv2.VideoCapture(str(p), cv2.CAP_FFMPEG)
+            try:
+                while True:
+                    ok, frame = cap.read()
+                    if not ok:
+                        break
+                    yield frame
+            finally:
+                cap.release()
+
+    return _finish(fd, name, params, frames(), w, h, fps, dest_for, program)
+
+
+def _output_fps(fd: int, params: dict) -> float:
+    cv2 = _cv2()
+    cap = cv2.VideoCapture(fd_path(fd), cv2.CAP_FFMPEG)
+    try:
+        src_fps = float(cap.get(cv2.CAP_PROP_FPS) or 0) or 25.0
+    finally:
+        cap.release()
+    return min(src_fps, params["fps"]) if params["fps"] > 0 else src_fps
+
+
+def _keeps(src_fps: float, out_fps: float):
+    """Whether frame ``j`` (counted from the start of the time range) is kept when
+    ``src_fps`` is thinned to ``out_fps``: the frames where the output clock ticks. A rule
+    on ``j`` alone, so chunks decide their frames exactly as one pass would."""
+    from fractions import Fraction
+
+    r = Fraction(out_fps).limit_denominator(1001) / Fraction(src_fps).limit_denominator(1001)
+    if r >= 1:
+        return lambda j: True
+    return lambda j: j == 0 or (j * r).__floor__() > ((j - 1) * r).__floor__()
+
+
+def _frames(fd: int, name: str, params: dict, steps: tuple, chunk: tuple[int, int] | None = None):
+    """(frame iterator of upright BGR arrays, output width, height, output fps).
+
+    ``chunk`` (index, count): only that share of the time range's source frames, split on
+    frame boundaries (the last chunk reads to the end, whatever the header's count)."""
     import numpy as np
     from PIL import Image
 
@@ -344,23 +536,29 @@ def _frames(fd: int, name: str, params: dict, steps: tuple):
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
     w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
     out_fps = min(src_fps, params["fps"]) if params["fps"] > 0 else src_fps
+    keep = _keeps(src_fps, out_fps)
     first = int(round(params["start"] * src_fps))
-    last = int(round(params["end"] * src_fps)) if params["end"] > 0 else total  # exclusive
+    last = int(round(params["end"] * src_fps)) if params["end"] > 0 else None  # exclusive; None: to the end
+    begin, stop = first, last
+    if chunk is not None:
+        index, count = chunk
+        span = (last if last is not None else total) - first
+        begin = first + span * index // count
+        if index < count - 1:
+            stop = first + span * (index + 1) // count
     fw, fh = fit_size((w, h), params["size"])
     fw, fh = max(2, fw - fw % 2), max(2, fh - fh % 2)
 
     def frames():
         try:
-            if first:
-                cap.set(cv2.CAP_PROP_POS_FRAMES, first)
-            index, kept = first, 0
-            while index < last or last <= 0:
+            if begin:
+                cap.set(cv2.CAP_PROP_POS_FRAMES, begin)
+            index = begin
+            while stop is None or index < stop:
                 ok, frame = cap.read()
                 if not ok or frame is None:
                     break
-                # keep a frame when the output clock has reached it: thins 60 fps to 30
-                if (index - first) * out_fps / src_fps >= kept - 1e-9:
-                    kept += 1
+                if keep(index - first):
                     if frame.shape[1] != fw or frame.shape[0] != fh:
                         frame = cv2.resize(frame, (fw, fh), interpolation=cv2.INTER_AREA)
                     if steps:
@@ -377,53 +575,8 @@ def _frames(fd: int, name: str, params: dict, steps: tuple):
     return frames(), fw, fh, out_fps
 
 
-def _encode_ffmpeg(fd: int, name: str, params: dict, steps: tuple, out, ffmpeg: str):
-    frames, w, h, fps = _frames(fd, name, params, steps)
-    rate = f"{fps:.6g}"
-    cmd = [ffmpeg, "-v", "error", "-nostdin", "-y", "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{w}x{h}", "-r", rate, "-i", "pipe:0"]
-    audio_in = ["-ss", f"{params['start']:g}"]
-    if params["end"] > 0:
-        audio_in += ["-to", f"{params['end']:g}"]
-    cmd += [*audio_in, "-i", f"/dev/fd/{fd}", "-map", "0:v", "-map", "1:a?", "-c:a", "aac", "-b:a", "128k"]
-    cmd += ["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-profile:v", "high", "-movflags", "+faststart"]
-    cmd += ["-b:v", f"{params['kbps']}k"] if params["kbps"] else ["-crf", str(params["crf"])]
-    cmd += ["-f", "mp4", str(out)]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(fd,))
-    count = 0
-    try:
-        for frame in frames:
-            proc.stdin.write(frame.tobytes())
-            count += 1
-        proc.stdin.close()
-    except BrokenPipeError:
-        pass
-    err = proc.stderr.read().decode(errors="replace")
-    if proc.wait() != 0 or count == 0:
-        raise BadVideo(f"cannot make a preview of {name}: ffmpeg failed ({err.strip()[-300:] or 'no frames'})")
-    has_audio = _has_audio(fd)
-    return count, w, h, fps, "ffmpeg libx264" + ("/aac" if has_audio else "") + " mp4"
-
-
 def _has_audio(fd: int) -> bool:
     return bool(ffprobe_path()) and any(s.get("codec_type") == "audio" for s in _ffprobe(fd, "").get("streams", []))
-
-
-def _encode_opencv(fd: int, name: str, params: dict, steps: tuple, out, fourcc: str):
-    frames, w, h, fps = _frames(fd, name, params, steps)
-    cv2 = _cv2()
-    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*fourcc), fps, (w, h))
-    if not writer.isOpened():
-        raise BadVideo(f"cannot make a preview of {name}: OpenCV cannot write {fourcc} WebM here")
-    count = 0
-    try:
-        for frame in frames:
-            writer.write(frame)
-            count += 1
-    finally:
-        writer.release()
-    if count == 0:
-        raise BadVideo(f"cannot make a preview of {name}: no frame in the range asked for")
-    return count, w, h, fps, f"opencv {fourcc[:2].lower()}{fourcc[2]} webm"
 
 
 def _check_written(path, frames: int, name: str) -> None:

@@ -78,13 +78,19 @@ class Artifact:
 
 @dataclasses.dataclass(frozen=True)
 class SplitPolicy:
-    """Split files of more than ``min_pixels`` into ``stripes`` stripe jobs."""
+    """Split photos of more than ``min_pixels`` into ``stripes`` stripe jobs, and videos
+    longer than ``min_seconds`` whose recipe makes a video into ``stripes`` chunk jobs
+    (same stages: a video's stripe is a chunk of its frames)."""
 
     min_pixels: int
     stripes: int
+    min_seconds: float = float("inf")
 
     def applies(self, db: DB, file_id: str, chains: dict[str, str]) -> bool:
-        row = db.one("SELECT width, height FROM files WHERE id = ?", (file_id,))
+        row = db.one("SELECT width, height, kind, duration FROM files WHERE id = ?", (file_id,))
+        if row is not None and row["kind"] == "video":
+            long = (row["duration"] or 0) > self.min_seconds
+            return long and self.stripes > 1 and any(recipes.is_video_chain(c) for c in recipes.split_spec(chains)[0].values())
         big = row is not None and (row["width"] or 0) * (row["height"] or 0) > self.min_pixels
         # options (on_no_faces) are not chains
         return big and self.stripes > 1 and splitting.worth_splitting(recipes.split_spec(chains)[0])
@@ -167,7 +173,7 @@ def enqueue(
                 if db.one("SELECT 1 FROM jobs WHERE file_id = ? AND recipe = ? AND spec_hash = ?", (file_id, name, digest)):
                     continue  # split or not, this file already has this recipe's work
                 stages = [""]
-                if split is not None and row["kind"] == "photo" and split.applies(db, file_id, recipes.for_kind(chains_by_recipe[name], "photo")):
+                if split is not None and split.applies(db, file_id, recipes.for_kind(chains_by_recipe[name], row["kind"])):
                     stages = [splitting.stage(i, split.stripes) for i in range(split.stripes)]
                 for stage in stages:
                     job_id = journal.add_job(
