@@ -448,3 +448,70 @@ def test_a_long_video_split_into_chunks_joins_to_the_frames_and_duration_of_one_
     assert made["one.db"]["thumb"].read_bytes() == made["split.db"]["thumb"].read_bytes()  # the same poster frame
     [(result,)] = q(tmp_path / "split.db", "SELECT result FROM jobs WHERE stage LIKE 'join%'")
     assert "joined from chunks" in json.loads(result)["movie"]["encoder"]
+
+
+@needs_ffmpeg
+def test_a_worker_killed_mid_chunk_leaves_the_chunk_to_another_and_the_join_is_still_exact(tmp_path, run_imgq, db_path):
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import imgq_env, wait_for
+    from imgq.imaging import video as v
+
+    inbox = tmp_path / "inbox"
+    clip = clips.make_clip_ffmpeg(inbox / "ann" / "long.mp4", width=640, height=480, seconds=8, fps=30)
+    old = time.time() - 120
+    os.utime(clip, (old, old))
+    assert run_imgq("scan", inbox).returncode == 0
+    assert run_imgq("enqueue", "--split", "--split-seconds", "4", "--stripes", "4").returncode == 0
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "imgq", "work", "-j1", "--lease", "2", "--batch", "1"], cwd=tmp_path, env=imgq_env(),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+    )
+    try:
+        owner, job = wait_for(lambda: q(db_path, "SELECT lease_owner, id FROM jobs WHERE state = 'leased' AND stage LIKE 'stripe:%'"))[0]
+        time.sleep(0.3)  # into the chunk's encoding
+        os.kill(int(owner.split(":")[1]), signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert q(db_path, "SELECT state FROM jobs WHERE id = ?", job) == [("leased",)]
+    done = run_imgq("work", "-j2", "--lease", "2", timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert {s for (s,) in q(db_path, "SELECT state FROM jobs")} == {"done"}
+    reclaimed = q(db_path, "SELECT detail FROM events WHERE job_id = ? AND to_state = 'leased' ORDER BY id", job)
+    assert len(reclaimed) == 2 and "expired" in reclaimed[1][0]
+    store = tmp_path / "imgq-store"
+    [(path,)] = q(db_path, "SELECT path FROM artifacts WHERE name = 'preview'")
+    fd = os.open(clip, os.O_RDONLY)
+    try:
+        v.encode_video(fd, "long.mp4", "preview", lambda ext: tmp_path / f"one.{ext}")
+    finally:
+        os.close(fd)
+    assert stream_facts(store / path) == stream_facts(tmp_path / "one.mp4")
+    assert not list(store.rglob("*.vpart")) and not list(store.rglob("*.imgq-staged")) and not list(store.rglob("*.imgq-tmp*"))
+
+
+def test_without_ffmpeg_chunks_are_mjpg_parts_joined_into_the_frames_of_one_pass(tmp_path):
+    from imgq.imaging import video as v
+
+    clip = clips.make_clip(tmp_path / "in.avi", width=320, height=240, frames=125, fps=50)  # capped at 30 fps
+    fd = os.open(clip, os.O_RDONLY)
+    try:
+        one = v.encode_video(fd, "in.avi", "preview", lambda ext: tmp_path / f"one.{ext}", ffmpeg=None)
+        parts = []
+        for i in range(3):
+            made = v.encode_chunk(fd, "in.avi", "preview", i, 3, tmp_path / f"part{i}.vpart", ffmpeg=None)
+            assert made["encoder"] == "opencv mjpg avi"
+            parts.append(tmp_path / f"part{i}.vpart")
+        joined = v.join_chunks(fd, "in.avi", "preview", parts, lambda ext: tmp_path / f"joined.{ext}", ffmpeg=None)
+    finally:
+        os.close(fd)
+    assert (joined.frames, joined.duration, joined.ext, joined.encoder) == (one.frames, one.duration, "webm", "opencv vp8 webm")
+    assert one.frames == 75  # 125 frames at 50 fps, 2.5 s, thinned to 30 fps
+    n1, fps1, size1, _ = read_video(tmp_path / "one.webm")
+    n2, fps2, size2, _ = read_video(tmp_path / "joined.webm")
+    assert (n1, fps1, size1) == (n2, fps2, size2) == (75, 30.0, (320, 240))
