@@ -126,7 +126,7 @@ def build(db: DB, *, now: float, run_id: int | None = None, since: float | None 
         },
         "photos": {"processed": processed, "read": photos_in, "files": files},
         # videos read by the jobs done in the window, apart from photos, and their running time
-        "videos": {"read": videos_in, "hours": round(video_seconds / 3600, 3)},
+        "videos": {"read": videos_in, "seconds": round(video_seconds, 3), "hours": round(video_seconds / 3600, 3)},
         "jobs": jobs["totals"],
         "bytes": {"in": bytes_in, "out": bytes_out, "artifacts": artifacts_out, "archived": copies[1], "copies": copies[0]},
         "processing_seconds": round(busy or 0, 3),
@@ -265,6 +265,15 @@ def _failures(db: DB, window) -> list[dict]:
 # --------------------------------------------------------------------------- rendering
 
 
+def running_time(seconds: float) -> str:
+    """A running time as people read it: "42 s", "12.5 min", "3.25 h"."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
 def _size(n: int) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if n < 1000 or unit == "TB":
@@ -299,7 +308,7 @@ def format_text(rep: dict, *, max_failures: int = 50) -> str:
     lines.append(f"  photos:     {p['processed']} processed" + (f"; {others}" if others else ""))
     v = rep.get("videos") or {}
     if v.get("read"):
-        lines.append(f"  videos:     {v['read']} read, {v['hours']:.2f} h of video; {p['read']} photos read")
+        lines.append(f"  videos:     {v['read']} read, {running_time(v['seconds'])} of video; {p['read']} photos read")
     lines.append(f"  jobs:       {j['done']} done, {j['failed']} failed, {j['retried']} retried, {j['claimed']} claimed"
                  + (f", {j['reclaimed']} reclaimed after a lost lease" if j["reclaimed"] else ""))
     lines.append(f"  bytes:      {_size(b['in'])} in ({p['read']} originals), {_size(b['out'])} out ({b['artifacts']} artifacts)"

@@ -268,10 +268,11 @@ def test_a_video_is_archived_with_verified_copies_then_collected_and_counted_apa
                 assert verified and sha256_of(path) == sha
             assert mine[None][1] == row["sha256"] and mine["preview"][0].suffix == ".mp4"
     status = json.loads(run_imgq("status", "--json").stdout)
-    assert status["media"] == {"photos": 1, "videos": 2, "video_hours": round(9 / 3600, 3)}
-    assert "2 videos" in run_imgq("status").stdout
+    assert status["media"] == {"photos": 1, "videos": 2, "video_seconds": 9.0, "video_hours": round(9 / 3600, 3)}
+    assert "media: 1 photos, 2 videos (9 s of video)" in run_imgq("status").stdout
     report = json.loads(run_imgq("report", "--last", "work", "--json").stdout)
-    assert report["videos"] == {"read": 2, "hours": round(9 / 3600, 3)} and report["photos"]["read"] == 1
+    assert report["videos"] == {"read": 2, "seconds": 9.0, "hours": round(9 / 3600, 3)} and report["photos"]["read"] == 1
+    assert "videos:     2 read, 9 s of video; 1 photos read" in run_imgq("report", "--last", "work").stdout
     r = run_imgq("collect", "--to", a, "--to", b)
     assert r.returncode == 0, r.stderr
     assert sorted(r.stdout.split()) == sorted(row["id"] for row in rows.values())
