@@ -41,10 +41,17 @@ def test_scan_records_videos_of_each_container_beside_photos(tmp_path, db_path, 
     clips.make_clip(inbox / "ann" / "walk.mp4", width=176, height=144, frames=50, fps=25, seed=1)
     clips.make_clip(inbox / "bob" / "walk.webm", width=128, height=96, frames=20, fps=10, seed=2)
     clips.make_clip(inbox / "bob" / "walk.mkv", width=96, height=64, frames=12, fps=24, seed=3)
+    hostile = clips.make_clip(inbox / "bob" / "$(touch PWNED) 'x' `id`.mp4", width=64, height=48, frames=10, seed=5)
+    (inbox / "bob" / "song.m4a").write_bytes(b"\x00\x00\x00\x20ftypM4A \x00\x00\x02\x00M4A isomiso2" + bytes(64))
     report = scan_inbox(db_path, inbox)
+    failed = {Path(f.path).name: f.reason for f in report.failed}
+    assert list(failed) == ["song.m4a"] and failed["song.m4a"].startswith("not an image or video"), failed
+    report.found = [f for f in report.found if f.state != "failed"]
     assert not report.failed and not report.problems, (report.failed, report.problems)
     rows = files(db_path)
     assert rows["IMG_1.jpg"]["kind"] == "photo" and rows["IMG_1.jpg"]["duration"] is None
+    assert rows[hostile.name]["kind"] == "video" and rows[hostile.name]["state"] == "seen"
+    assert not list(tmp_path.rglob("PWNED")) and not Path("PWNED").exists()
     want = {
         "walk.avi": ("AVI", 160, 120, 30, 25.0, 1.2),
         "walk.mp4": ("MP4", 176, 144, 50, 25.0, 2.0),
@@ -161,6 +168,9 @@ def test_the_default_recipe_keeps_photos_jobs_and_gives_videos_a_preview():
         recipes.normalize_recipe({"p": "web|video"})
 
 
+DARK = "$(touch PWNED) 'dark' `id`.avi"  # opens on black; a hostile name
+
+
 @needs_ffmpeg
 def test_a_video_goes_scan_enqueue_work_to_poster_stills_and_an_h264_preview_with_audio(tmp_path, run_imgq, db_path, photo):
     from PIL import Image
@@ -168,7 +178,7 @@ def test_a_video_goes_scan_enqueue_work_to_poster_stills_and_an_h264_preview_wit
     inbox = tmp_path / "inbox"
     photo(inbox / "ann" / "IMG_1.jpg")
     clips.make_clip_ffmpeg(inbox / "ann" / "phone.mp4", width=800, height=600, seconds=2, fps=50, rotate=90)
-    clips.make_clip(inbox / "bob" / "dark.avi", width=320, height=240, frames=40, fps=20, black_frames=10)
+    clips.make_clip(inbox / "bob" / DARK, width=320, height=240, frames=40, fps=20, black_frames=10)
     old = time.time() - 120
     for p in inbox.rglob("*.*"):
         os.utime(p, (old, old))
@@ -200,11 +210,12 @@ def test_a_video_goes_scan_enqueue_work_to_poster_stills_and_an_h264_preview_wit
     [(result,)] = q(db_path, "SELECT result FROM jobs WHERE file_id = ?", rows["phone.mp4"]["id"])
     assert json.loads(result)["preview"]["encoder"].startswith("ffmpeg libx264/aac")
     # a clip that opens on black: its poster is a frame with content
-    dark = arts("dark.avi")
+    dark = arts(DARK)
     with Image.open(dark["web"][0]) as web:
         assert web.size == (320, 240) and max(web.convert("L").getextrema()) > 100
     n, fps, size, _ = read_video(dark["preview"][0])
     assert (n, fps, size) == (40, 20.0, (320, 240))
+    assert not list(tmp_path.rglob("PWNED"))  # the name never reached a shell or a command line
 
 
 def test_without_ffmpeg_the_preview_is_webm_made_by_opencv_and_says_so(tmp_path):

@@ -37,6 +37,8 @@ VIDEO_FORMAT_NAMES = ", ".join(VIDEO_FORMATS.values())
 
 # ISO base media brands that are stills (HEIF/AVIF) or camera RAW, never video
 _STILL_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1", b"avif", b"avis", b"crx "}
+# ISO base media brands of sound only (iTunes audio, audiobooks): not videos
+_AUDIO_BRANDS = {b"M4A ", b"M4B ", b"M4P ", b"F4A ", b"F4B "}
 # QuickTime files from old cameras start with a movie atom rather than ftyp
 _QT_ATOMS = {b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot"}
 PROBE_TIMEOUT = 60.0
@@ -46,7 +48,7 @@ def sniff_video(head: bytes) -> str | None:
     """The video container named by the first bytes of a file (32 or more), or None:
     MP4 and MOV (ISO base media ``ftyp``, or a QuickTime movie atom), Matroska and WebM
     (EBML, told apart by the DocType when it is within ``head``), AVI (RIFF ... AVI)."""
-    if head[4:8] == b"ftyp" and head[8:12] not in _STILL_BRANDS:
+    if head[4:8] == b"ftyp" and head[8:12] not in _STILL_BRANDS | _AUDIO_BRANDS:
         return "MOV" if head[8:12] == b"qt  " else "MP4"
     if head[4:8] in _QT_ATOMS and int.from_bytes(head[:4], "big") >= 8 and len(head) >= 16 and head[12:16] in _QT_ATOMS | {b"mvhd", b"ftyp"}:
         return "MOV"
