@@ -527,3 +527,20 @@ def test_without_ffmpeg_chunks_are_mjpg_parts_joined_into_the_frames_of_one_pass
     n1, fps1, size1, _ = read_video(tmp_path / "one.webm")
     n2, fps2, size2, _ = read_video(tmp_path / "joined.webm")
     assert (n1, fps1, size1) == (n2, fps2, size2) == (75, 30.0, (320, 240))
+
+
+def test_work_refuses_a_video_changed_after_scan_naming_it(tmp_path, run_imgq, db_path):
+    inbox = tmp_path / "inbox"
+    clip = clips.make_clip(inbox / "ann" / "walk.avi", frames=20)
+    old = time.time() - 120
+    os.utime(clip, (old, old))
+    assert run_imgq("scan", inbox).returncode == 0
+    assert run_imgq("enqueue").returncode == 0
+    data = bytearray(clip.read_bytes())
+    data[-100] ^= 0xFF  # same size, other content: only the sha256 tells
+    clip.write_bytes(bytes(data))
+    work = run_imgq("work", "-j1")
+    assert work.returncode == 1
+    [(state, error, kind)] = q(db_path, "SELECT state, error, error_kind FROM jobs")
+    assert (state, kind) == ("failed", "permanent") and "walk.avi" in error and "changed in the inbox" in error, error
+    assert q(db_path, "SELECT count(*) FROM artifacts") == [(0,)]
