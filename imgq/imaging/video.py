@@ -109,11 +109,8 @@ def probe_video(fd: int, name: str, fmt: str) -> VideoProbe:
         ok, first = cap.read()
         if not ok or first is None:
             raise BadVideo(f"corrupt or truncated {VIDEO_FORMATS[fmt]} video: {name} (no frame decodes)")
-        if frames > 1:
-            cap.set(cv2.CAP_PROP_POS_FRAMES, frames - 1)
-            ok, last = cap.read()
-            if not ok or last is None:
-                raise BadVideo(f"truncated {VIDEO_FORMATS[fmt]} video: {name} (declares {frames} frames; the last does not decode)")
+        if frames > 1 and not _decodes_near_end(cap, frames, fps):
+            raise BadVideo(f"truncated {VIDEO_FORMATS[fmt]} video: {name} (declares {frames} frames; its last ones do not decode)")
     finally:
         cap.release()
     if w < 1 or h < 1 or fps <= 0 or frames < 1:
@@ -130,6 +127,19 @@ def probe_video(fd: int, name: str, fmt: str) -> VideoProbe:
         format=fmt, width=w, height=h, frames=frames, fps=round(fps, 3), duration=round(duration, 3), rotation=rotation,
         created_at=created, codec=video.get("codec_name"), audio=audio.get("codec_name") if audio else None,
     )
+
+
+def _decodes_near_end(cap, frames: int, fps: float) -> bool:
+    """Whether the last frame, or one of the two before it, decodes. Matroska and WebM
+    declare no frame count: OpenCV estimates it from the duration, and may overshoot by
+    a frame or two; a file cut short lacks more than that."""
+    cv2 = _cv2()
+    for at in sorted({frames - 1, max(0, frames - 3)}, reverse=True):
+        cap.set(cv2.CAP_PROP_POS_FRAMES, at)
+        ok, frame = cap.read()
+        if ok and frame is not None:
+            return True
+    return False
 
 
 def _cv2():
