@@ -143,16 +143,17 @@ def _video_chunk(claim: queue.Claim, settings: Settings, orig: original.Original
     """Chunk ``index`` of ``count`` of a long video: each video chain's share of the
     frames encoded as a part, staged like an artifact (the join job makes the stills and
     joins the parts). Returns the job's result and the parts' (staged, final) moves."""
-    moves, frames = [], {}
-    for name, chain in chains.items():
-        if not recipes.is_video_chain(chain):
-            continue
+    movies = {n: c for n, c in chains.items() if recipes.is_video_chain(c)}
+    moves = []
+
+    def dest_for(name: str) -> Path:
         final = splitting.part_path(claim.file_id, name, claim.spec_hash, index, count, ext="vpart")
         staged.append(store.staged_path(final, claim.token))
-        made = imaging.encode_chunk(orig.fd, orig.shown, chain, index, count, settings.store_dir / staged[-1])
         moves.append((staged[-1], final))
-        frames[name] = {"frames": made["frames"], "encoder": made["encoder"]}
-    return {"chunk": [index, count], "parts": frames}, moves
+        return settings.store_dir / staged[-1]
+
+    made = imaging.encode_chunks(orig.fd, orig.shown, movies, index, count, dest_for) if movies else {}
+    return {"chunk": [index, count], "parts": made}, moves
 
 
 def _process_video(claim: queue.Claim, settings: Settings, orig: original.Original, chains: dict[str, str], staged: list[str], *, chunks: int = 0) -> tuple[list, dict]:
@@ -168,20 +169,24 @@ def _process_video(claim: queue.Claim, settings: Settings, orig: original.Origin
             staged.append(store.staged_path(rel, claim.token))
             saved = imaging.save(r, settings.store_dir / staged[-1], quality=settings.jpeg_quality)
             artifacts.append(queue.Artifact(name, rel, saved.sha256, saved.bytes, saved.width, saved.height, staged=staged[-1]))
-    for name, chain in movies.items():
-        rels: dict[str, str] = {}
+    rels: dict[str, tuple[str, str]] = {}  # artifact -> (final, staged)
 
-        def dest_for(ext: str, name=name) -> Path:
-            rels["rel"] = store.artifact_path(claim.file_id, name, claim.spec_hash, ext)
-            staged.append(store.staged_path(rels["rel"], claim.token))
-            return settings.store_dir / staged[-1]
+    def dest_for(name: str, ext: str) -> Path:
+        rel = store.artifact_path(claim.file_id, name, claim.spec_hash, ext)
+        staged.append(store.staged_path(rel, claim.token))
+        rels[name] = (rel, staged[-1])
+        return settings.store_dir / staged[-1]
 
-        if chunks:
+    if chunks:
+        made = {}
+        for name, chain in movies.items():
             parts = [settings.store_dir / splitting.part_path(claim.file_id, name, claim.spec_hash, i, chunks, ext="vpart") for i in range(chunks)]
-            saved = imaging.join_chunks(orig.fd, orig.shown, chain, parts, dest_for)
-        else:
-            saved = imaging.encode_video(orig.fd, orig.shown, chain, dest_for)
-        artifacts.append(queue.Artifact(name, rels["rel"], saved.sha256, saved.bytes, saved.width, saved.height, staged=staged[-1]))
+            made[name] = imaging.join_chunks(orig.fd, orig.shown, chain, parts, lambda ext, name=name: dest_for(name, ext))
+    else:
+        made = imaging.encode_videos(orig.fd, orig.shown, movies, dest_for) if movies else {}  # one decode for all
+    for name, saved in made.items():
+        rel, staged_as = rels[name]
+        artifacts.append(queue.Artifact(name, rel, saved.sha256, saved.bytes, saved.width, saved.height, staged=staged_as))
         result[name] = {"encoder": saved.encoder, "frames": saved.frames, "duration": saved.duration}
     return artifacts, result
 

@@ -219,7 +219,7 @@ def test_a_video_goes_scan_enqueue_work_to_poster_stills_and_an_h264_preview_wit
 
 
 def test_without_ffmpeg_the_preview_is_webm_made_by_opencv_and_says_so(tmp_path):
-    from imgq.imaging import video as v
+    from imgq.imaging import video_encode as v
 
     clip = clips.make_clip(tmp_path / "in.avi", width=330, height=250, frames=24, fps=24)
     fd = os.open(clip, os.O_RDONLY)
@@ -386,7 +386,7 @@ def test_the_previews_play_in_headless_chromium(tmp_path, serve):
     import html
     import re
 
-    from imgq.imaging import video as v
+    from imgq.imaging import video_encode as v
     from test_gallery import _chromium_exe, chromium
 
     _chromium_exe()
@@ -469,7 +469,7 @@ def test_a_worker_killed_mid_chunk_leaves_the_chunk_to_another_and_the_join_is_s
     import sys
 
     from conftest import imgq_env, wait_for
-    from imgq.imaging import video as v
+    from imgq.imaging import video_encode as v
 
     inbox = tmp_path / "inbox"
     clip = clips.make_clip_ffmpeg(inbox / "ann" / "long.mp4", width=640, height=480, seconds=8, fps=30)
@@ -508,7 +508,7 @@ def test_a_worker_killed_mid_chunk_leaves_the_chunk_to_another_and_the_join_is_s
 
 
 def test_without_ffmpeg_chunks_are_mjpg_parts_joined_into_the_frames_of_one_pass(tmp_path):
-    from imgq.imaging import video as v
+    from imgq.imaging import video_encode as v
 
     clip = clips.make_clip(tmp_path / "in.avi", width=320, height=240, frames=125, fps=50)  # capped at 30 fps
     fd = os.open(clip, os.O_RDONLY)
@@ -516,13 +516,13 @@ def test_without_ffmpeg_chunks_are_mjpg_parts_joined_into_the_frames_of_one_pass
         one = v.encode_video(fd, "in.avi", "preview", lambda ext: tmp_path / f"one.{ext}", ffmpeg=None)
         parts = []
         for i in range(3):
-            made = v.encode_chunk(fd, "in.avi", "preview", i, 3, tmp_path / f"part{i}.vpart", ffmpeg=None)
-            assert made["encoder"] == "opencv mjpg avi"
+            made = v.encode_chunks(fd, "in.avi", {"preview": "preview"}, i, 3, lambda art, i=i: tmp_path / f"part{i}.vpart", ffmpeg=None)
+            assert made["preview"]["encoder"] == "opencv mjpg avi"
             parts.append(tmp_path / f"part{i}.vpart")
         joined = v.join_chunks(fd, "in.avi", "preview", parts, lambda ext: tmp_path / f"joined.{ext}", ffmpeg=None)
     finally:
         os.close(fd)
-    assert (joined.frames, joined.duration, joined.ext, joined.encoder) == (one.frames, one.duration, "webm", "opencv vp8 webm")
+    assert (joined.frames, joined.duration, joined.ext, joined.encoder) == (one.frames, one.duration, "webm", "opencv vp8 webm, joined from chunks")
     assert one.frames == 75  # 125 frames at 50 fps, 2.5 s, thinned to 30 fps
     n1, fps1, size1, _ = read_video(tmp_path / "one.webm")
     n2, fps2, size2, _ = read_video(tmp_path / "joined.webm")
@@ -544,3 +544,32 @@ def test_work_refuses_a_video_changed_after_scan_naming_it(tmp_path, run_imgq, d
     [(state, error, kind)] = q(db_path, "SELECT state, error, error_kind FROM jobs")
     assert (state, kind) == ("failed", "permanent") and "walk.avi" in error and "changed in the inbox" in error, error
     assert q(db_path, "SELECT count(*) FROM artifacts") == [(0,)]
+
+
+@needs_ffmpeg
+def test_several_video_chains_come_from_one_decode_each_with_its_size_rate_range_and_encoder(tmp_path):
+    from imgq.imaging import video_encode as v
+
+    clip = clips.make_clip_ffmpeg(tmp_path / "in.mp4", width=640, height=360, seconds=4, fps=25)
+    chains = {
+        "preview": "preview",
+        "small": "video:size=160x160,fps=10,start=1,end=3,codec=vp8|gray",
+        "hd": "video:size=1280x720,kbps=500",
+    }
+    fd = os.open(clip, os.O_RDONLY)
+    try:
+        made = v.encode_videos(fd, "in.mp4", chains, lambda art, ext: tmp_path / f"{art}.{ext}")
+    finally:
+        os.close(fd)
+    assert {a: (s.ext, s.width, s.height, s.frames, s.duration) for a, s in made.items()} == {
+        "preview": ("mp4", 640, 360, 100, 4.0),
+        "small": ("webm", 160, 90, 20, 2.0),  # 2 s at 10 fps
+        "hd": ("mp4", 640, 360, 100, 4.0),  # never enlarged
+    }
+    assert made["small"].encoder == "opencv vp8 webm" and made["preview"].encoder == "ffmpeg libx264/aac mp4"
+    n, fps, size, frames = read_video(tmp_path / "small.webm")
+    assert (n, fps, size) == (20, 10.0, (160, 90))
+    b, g, r = (frames[5][..., i].astype(int) for i in range(3))
+    assert abs(b - g).max() <= 12 and abs(g - r).max() <= 12  # gray ran on every frame
+    for art in ("preview", "hd"):
+        assert stream_facts(tmp_path / f"{art}.mp4")[0] == 100
