@@ -152,7 +152,7 @@ def _video_chunk(claim: queue.Claim, settings: Settings, orig: original.Original
         moves.append((staged[-1], final))
         return settings.store_dir / staged[-1]
 
-    made = imaging.encode_chunks(orig.fd, orig.shown, movies, index, count, dest_for) if movies else {}
+    made = imaging.encode_chunks(orig.fd, orig.shown, movies, index, count, dest_for, scratch=settings.store_dir) if movies else {}
     return {"chunk": [index, count], "parts": made}, moves
 
 
@@ -181,9 +181,9 @@ def _process_video(claim: queue.Claim, settings: Settings, orig: original.Origin
         made = {}
         for name, chain in movies.items():
             parts = [settings.store_dir / splitting.part_path(claim.file_id, name, claim.spec_hash, i, chunks, ext="vpart") for i in range(chunks)]
-            made[name] = imaging.join_chunks(orig.fd, orig.shown, chain, parts, lambda ext, name=name: dest_for(name, ext))
+            made[name] = imaging.join_chunks(orig.fd, orig.shown, chain, parts, lambda ext, name=name: dest_for(name, ext), scratch=settings.store_dir)
     else:
-        made = imaging.encode_videos(orig.fd, orig.shown, movies, dest_for) if movies else {}  # one decode for all
+        made = imaging.encode_videos(orig.fd, orig.shown, movies, dest_for, scratch=settings.store_dir) if movies else {}  # one decode for all
     for name, saved in made.items():
         rel, staged_as = rels[name]
         artifacts.append(queue.Artifact(name, rel, saved.sha256, saved.bytes, saved.width, saved.height, staged=staged_as))

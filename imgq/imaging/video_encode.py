@@ -17,12 +17,12 @@ import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
 from fractions import Fraction
 from pathlib import Path
 
 from imgq.errors import BadVideo, MissingExtra, StorageError
 from imgq.imaging.video import _cv2, _ffprobe, fd_path, ffprobe_path, sniff_video
+from imgq.store import scratch_dir, write_atomically
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,8 +245,6 @@ def _check_written(path, frames: int, name: str) -> None:
 
 def _keep(out: Path, frames: int, size: tuple[int, int], fps: float, encoder: str, ext: str, dest, name: str) -> VideoSaved:
     """Verify the encoded file ``out`` and copy it, hashed, atomically to ``dest``."""
-    from imgq.store import write_atomically
-
     _check_written(out, frames, name)
     digest = hashlib.sha256()
 
@@ -280,15 +278,16 @@ def _run_sinks(cap, readings: dict, sinks: dict) -> dict[str, int]:
     return counts
 
 
-def encode_videos(fd: int, name: str, chains: dict[str, str], dest_for, *, ffmpeg: str | None = "ffmpeg") -> dict[str, VideoSaved]:
+def encode_videos(fd: int, name: str, chains: dict[str, str], dest_for, *, ffmpeg: str | None = "ffmpeg", scratch=None) -> dict[str, VideoSaved]:
     """Every video chain of ``chains`` (artifact -> a chain starting with ``video`` or
     ``preview``) made from one decode of the video at ``fd``, each verified and written
     atomically to ``dest_for(artifact, ext)`` (the extension depends on the encoder:
     mp4 through the ``ffmpeg`` program, looked up on PATH, or webm through OpenCV where
-    it is missing, None, or the chain asks for vp8/vp9)."""
+    it is missing, None, or the chain asks for vp8/vp9). The encoders write under
+    ``scratch`` (``store.scratch_dir``: give a folder on the store's file system)."""
     program = _program(ffmpeg)
     cap = _source(fd, name)
-    with tempfile.TemporaryDirectory(prefix="imgq-video-") as tmpdir:
+    with scratch_dir(scratch) as tmpdir:
         readings, sinks, outs = {}, {}, {}
         try:
             for art, chain in chains.items():
@@ -313,25 +312,23 @@ def encode_videos(fd: int, name: str, chains: dict[str, str], dest_for, *, ffmpe
         }
 
 
-def encode_video(fd: int, name: str, chain_text: str, dest_for, *, ffmpeg: str | None = "ffmpeg") -> VideoSaved:
+def encode_video(fd: int, name: str, chain_text: str, dest_for, *, ffmpeg: str | None = "ffmpeg", scratch=None) -> VideoSaved:
     """One video chain (``encode_videos``); ``dest_for(ext)`` gives the path to write."""
-    return encode_videos(fd, name, {"video": chain_text}, lambda art, ext: dest_for(ext), ffmpeg=ffmpeg)["video"]
+    return encode_videos(fd, name, {"video": chain_text}, lambda art, ext: dest_for(ext), ffmpeg=ffmpeg, scratch=scratch)["video"]
 
 
 # ---------------------------------------------------------------- chunks of a long video
 
 
-def encode_chunks(fd: int, name: str, chains: dict[str, str], index: int, count: int, dest_for, *, ffmpeg: str | None = "ffmpeg") -> dict[str, dict]:
+def encode_chunks(fd: int, name: str, chains: dict[str, str], index: int, count: int, dest_for, *, ffmpeg: str | None = "ffmpeg", scratch=None) -> dict[str, dict]:
     """Chunk ``index`` of ``count`` of every video chain, from one decode of that share
     of the source frames: each written atomically to ``dest_for(artifact)`` as a part,
     H.264 MP4 without audio through the ffmpeg program (the join copies it), else MJPG
     AVI through OpenCV (the join encodes it). A chunk whose frames the frame-rate cap
     all drops is an empty part. Returns {artifact: {frames, encoder}}."""
-    from imgq.store import write_atomically
-
     program = _program(ffmpeg)
     cap = _source(fd, name)
-    with tempfile.TemporaryDirectory(prefix="imgq-chunk-") as tmpdir:
+    with scratch_dir(scratch) as tmpdir:
         readings, sinks, outs = {}, {}, {}
         try:
             for art, chain in chains.items():
@@ -373,7 +370,7 @@ def encode_chunks(fd: int, name: str, chains: dict[str, str], index: int, count:
         return made
 
 
-def join_chunks(fd: int, name: str, chain_text: str, parts: list, dest_for, *, ffmpeg: str | None = "ffmpeg") -> VideoSaved:
+def join_chunks(fd: int, name: str, chain_text: str, parts: list, dest_for, *, ffmpeg: str | None = "ffmpeg", scratch=None) -> VideoSaved:
     """The video artifact of ``chain_text`` from the parts ``encode_chunks`` wrote, in
     order: H.264 parts are joined by stream copy (no second encode) with the original's
     audio over the whole range; otherwise every part's frames are encoded once more as
@@ -400,8 +397,8 @@ def join_chunks(fd: int, name: str, chain_text: str, parts: list, dest_for, *, f
     finally:
         cap.release()
     if not (kinds == {"MP4"} and _uses_ffmpeg(r.params, program, name)):
-        return _reencode(fd, name, r, parts, dest_for, program)
-    with tempfile.TemporaryDirectory(prefix="imgq-join-") as tmpdir:
+        return _reencode(fd, name, r, parts, dest_for, program, scratch)
+    with scratch_dir(scratch) as tmpdir:
         listing = Path(tmpdir) / "parts.txt"
         # each part's duration from its frames: the container's is rounded to the
         # millisecond, and the join would drift by that much at every boundary
@@ -416,10 +413,10 @@ def join_chunks(fd: int, name: str, chain_text: str, parts: list, dest_for, *, f
         return _keep(out, sum(counts), r.size, r.fps, encoder, "mp4", dest_for("mp4"), name)
 
 
-def _reencode(fd: int, name: str, r: _Reading, parts: list[Path], dest_for, program: str | None) -> VideoSaved:
+def _reencode(fd: int, name: str, r: _Reading, parts: list[Path], dest_for, program: str | None, scratch) -> VideoSaved:
     """The parts' frames, in order, encoded as ``encode_video`` encodes a whole video."""
     cv2 = _cv2()
-    with tempfile.TemporaryDirectory(prefix="imgq-join-") as tmpdir:
+    with scratch_dir(scratch) as tmpdir:
         if _uses_ffmpeg(r.params, program, name):
             out, ext, encoder = Path(tmpdir) / "out.mp4", "mp4", "ffmpeg libx264" + ("/aac" if _has_audio(fd) else "") + " mp4"
             cmd = _ffmpeg_raw_input(program, r.size, r.fps) + _audio_of(fd, r.params) + _x264(r.params)
