@@ -24,6 +24,10 @@ DEFAULT_RECIPES: dict[str, dict[str, str]] = {
     # A video's thumb and web are stills of a representative frame; preview (a video
     # chain) is made for videos only, so a photo's default jobs keep their hash.
     "default": {"thumb": "thumb", "web": "web", "preview": "preview"},
+    # the sizes a gallery's pages choose from (srcset), by their long side; `imgq publish`
+    # enqueues it for the photos that lack it (not in `enqueue`, so the default recipe's
+    # jobs keep their identity and nothing already made is made again)
+    "gallery": {"gallery320": "fit:320x320", "gallery640": "fit:640x640", "gallery1280": "fit:1280x1280", "gallery1920": "fit:1920x1920"},
 }
 
 
@@ -54,6 +58,8 @@ class Settings:
         default_factory=lambda: {k: dict(v) for k, v in DEFAULT_RECIPES.items()}
     )
     destinations: list[str] = dataclasses.field(default_factory=list)
+    # where `imgq run` publishes the gallery after each run (its --publish); relative to imgq.toml
+    publish: Path | None = None
     # the recipes `imgq enqueue` applies when given no --recipe or --op
     enqueue: list[str] = dataclasses.field(default_factory=lambda: ["default"])
     config_path: Path | None = None
@@ -85,6 +91,7 @@ _SCALARS = {
     "backoff_max_seconds": float,
     "jpeg_quality": int,
     "backup_keep": int,
+    "publish": Path,
     "split_pixels": int,
     "split_stripes": int,
     "split_seconds": float,
