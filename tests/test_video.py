@@ -472,18 +472,20 @@ def test_a_worker_killed_mid_chunk_leaves_the_chunk_to_another_and_the_join_is_s
     from imgq.imaging import video_encode as v
 
     inbox = tmp_path / "inbox"
-    clip = clips.make_clip_ffmpeg(inbox / "ann" / "long.mp4", width=640, height=480, seconds=8, fps=30)
+    clip = clips.make_clip_ffmpeg(inbox / "ann" / "long.mp4", width=640, height=480, seconds=16, fps=30)
     old = time.time() - 120
     os.utime(clip, (old, old))
     assert run_imgq("scan", inbox).returncode == 0
-    assert run_imgq("enqueue", "--split", "--split-seconds", "4", "--stripes", "4").returncode == 0
+    assert run_imgq("enqueue", "--split", "--split-seconds", "4", "--stripes", "2").returncode == 0
+    store = tmp_path / "imgq-store"
     proc = subprocess.Popen(
         [sys.executable, "-m", "imgq", "work", "-j1", "--lease", "2", "--batch", "1"], cwd=tmp_path, env=imgq_env(),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
     )
     try:
         owner, job = wait_for(lambda: q(db_path, "SELECT lease_owner, id FROM jobs WHERE state = 'leased' AND stage LIKE 'stripe:%'"))[0]
-        time.sleep(0.3)  # into the chunk's encoding
+        # killed while its encoder writes the chunk (the part is growing in its scratch folder)
+        wait_for(lambda: any(p.stat().st_size > 0 for p in store.glob(".imgq-scratch.*/*.mp4")), step=0.005)
         os.kill(int(owner.split(":")[1]), signal.SIGKILL)
         proc.wait(timeout=60)
     finally:
@@ -496,7 +498,6 @@ def test_a_worker_killed_mid_chunk_leaves_the_chunk_to_another_and_the_join_is_s
     assert {s for (s,) in q(db_path, "SELECT state FROM jobs")} == {"done"}
     reclaimed = q(db_path, "SELECT detail FROM events WHERE job_id = ? AND to_state = 'leased' ORDER BY id", job)
     assert len(reclaimed) == 2 and "expired" in reclaimed[1][0]
-    store = tmp_path / "imgq-store"
     [(path,)] = q(db_path, "SELECT path FROM artifacts WHERE name = 'preview'")
     fd = os.open(clip, os.O_RDONLY)
     try:
