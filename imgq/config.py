@@ -21,7 +21,9 @@ from imgq.errors import UsageError
 
 DEFAULT_RECIPES: dict[str, dict[str, str]] = {
     # artifact name -> operation chain; every chain of a recipe runs from one decode.
-    "default": {"thumb": "thumb", "web": "web"},
+    # A video's thumb and web are stills of a representative frame; preview (a video
+    # chain) is made for videos only, so a photo's default jobs keep their hash.
+    "default": {"thumb": "thumb", "web": "web", "preview": "preview"},
     # the sizes a gallery's pages choose from (srcset), by their long side; `imgq publish`
     # enqueues it for the photos that lack it (not in `enqueue`, so the default recipe's
     # jobs keep their identity and nothing already made is made again)
@@ -67,6 +69,7 @@ class Settings:
     backup_keep: int = 5  # journal snapshots kept at each destination (imgq backup, imgq run)
     split_pixels: int = 40_000_000  # with --split, larger images become stripe jobs
     split_stripes: int = 4
+    split_seconds: float = 120.0  # with --split, longer videos become chunk jobs (split_stripes of them)
     recipes: dict[str, dict[str, str]] = dataclasses.field(
         default_factory=lambda: {k: dict(v) for k, v in DEFAULT_RECIPES.items()}
     )
@@ -108,6 +111,7 @@ _SCALARS = {
     "publish": Path,
     "split_pixels": int,
     "split_stripes": int,
+    "split_seconds": float,
 }
 
 

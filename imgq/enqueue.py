@@ -64,6 +64,7 @@ def enqueue(
     split: bool = False,
     stripes: int | None = None,
     split_pixels: int | None = None,
+    split_seconds: float | None = None,
 ) -> list[queue.EnqueueResult]:
     """One job per file per recipe where that file has none of that recipe's hash yet.
 
@@ -71,12 +72,16 @@ def enqueue(
     recipes' jobs (``queue.lacking``: a no-op enqueue costs one query); given ids are offered as
     they are, and an unknown or ineligible one comes back with ``skipped`` saying why.
     With ``split``, files over ``split_pixels`` (default: the settings') get ``stripes``
-    stripe jobs (default: the settings') instead of one job.
+    stripe jobs (default: the settings') instead of one job, and videos longer than
+    ``split_seconds`` as many chunk jobs.
     """
     wanted = queue.lacking(db, chains_by_recipe) if file_ids is None else list(file_ids)
     policy = None
     if split:
-        policy = queue.SplitPolicy(min_pixels=split_pixels or settings.split_pixels, stripes=stripes or settings.split_stripes)
+        policy = queue.SplitPolicy(
+            min_pixels=split_pixels or settings.split_pixels, stripes=stripes or settings.split_stripes,
+            min_seconds=settings.split_seconds if split_seconds is None else split_seconds,
+        )
     if not wanted:
         return []
     return queue.enqueue(db, wanted, chains_by_recipe, now=now, max_attempts=settings.max_attempts, actor=actor, split=policy)

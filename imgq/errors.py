@@ -38,6 +38,10 @@ class BadImage(Permanent):
     """Not a decodable image: corrupt, truncated, empty, not an image at all."""
 
 
+class BadVideo(BadImage):
+    """Not a playable video: corrupt, truncated, empty, not a video at all."""
+
+
 class TooLarge(Permanent):
     """Over the pixel limit (decompression bomb or absurd size)."""
 

@@ -19,8 +19,13 @@ import re
 
 from imgq.errors import UnknownOperation
 from imgq.ops import Step, canonical_chain, get, parse_chain
+from imgq.ops.video import VIDEO_OPS
 
-__all__ = ["OPTIONS", "Step", "artifact_name_for", "normalize_recipe", "parse_chain", "spec_hash", "split_spec"]
+__all__ = [
+    "KINDS", "OPTIONS", "Step", "artifact_name_for", "for_kind", "is_video_chain", "normalize_recipe", "parse_chain", "spec_hash", "split_spec",
+]
+
+KINDS = ("photo", "video")
 
 _ARTIFACT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*$")
 _MAX_NAME = 80
@@ -40,6 +45,25 @@ def split_spec(spec: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
     chains = {k: v for k, v in spec.items() if k not in OPTIONS}
     options = {k: spec.get(k, default) for k, (_, default) in OPTIONS.items()}
     return chains, options
+
+
+def is_video_chain(chain_text: str) -> bool:
+    """Whether the chain makes a video (it starts with ``video`` or ``preview``)."""
+    return parse_chain(chain_text)[0].op in VIDEO_OPS
+
+
+def for_kind(spec: dict[str, str], kind: str) -> dict[str, str]:
+    """The part of a recipe (or a job's spec) that applies to a file of ``kind``: a photo
+    gets every chain but the video ones, a video every chain (its stills are made from a
+    poster frame). Options are kept. So adding a video chain to a recipe leaves the
+    recipe's photo jobs, and their hash, as they were."""
+    if kind == "video":
+        return dict(spec)
+    return {k: v for k, v in spec.items() if k in OPTIONS or not is_video_chain(v)}
+
+
+def has_chains(spec: dict[str, str]) -> bool:
+    return any(k not in OPTIONS for k in spec)
 
 
 def normalize_recipe(chains: dict[str, str]) -> dict[str, str]:
@@ -62,6 +86,9 @@ def normalize_recipe(chains: dict[str, str]) -> dict[str, str]:
             raise UnknownOperation(f"artifact name {name!r} must be 1-{_MAX_NAME} characters of A-Z a-z 0-9 . _ - and not start with . or -")
         try:
             out[name] = canonical_chain(chains[name])
+            steps = parse_chain(chains[name])
+            if any(s.op in VIDEO_OPS for s in steps[1:]):
+                raise UnknownOperation("video (or preview) must be the first step of a chain: it says the artifact is a video")
         except UnknownOperation as e:
             raise UnknownOperation(f"artifact {name!r}: {e}") from None
     if "on_no_faces" in out and not any(s.op == "faces" for c in chains.values() for s in parse_chain(c)):

@@ -100,7 +100,12 @@ def build(db: DB, *, now: float, run_id: int | None = None, since: float | None 
         f"SELECT to_state, count(DISTINCT file_id) FROM events WHERE entity = 'file' AND {ev[0]} GROUP BY to_state", ev[1]
     )}
     done_jobs = f"SELECT job_id FROM events WHERE entity = 'job' AND to_state = 'done' AND {ev[0]}"
-    bytes_in, photos_in = db.one(f"SELECT coalesce(sum(size), 0), count(*) FROM files WHERE id IN (SELECT file_id FROM events WHERE entity = 'job' AND to_state = 'done' AND {ev[0]})", ev[1])
+    bytes_in, photos_in, videos_in, video_seconds = db.one(
+        "SELECT coalesce(sum(size), 0), count(*) FILTER (WHERE kind != 'video'), count(*) FILTER (WHERE kind = 'video'),"
+        " coalesce(sum(duration) FILTER (WHERE kind = 'video'), 0)"
+        f" FROM files WHERE id IN (SELECT file_id FROM events WHERE entity = 'job' AND to_state = 'done' AND {ev[0]})",
+        ev[1],
+    )
     bytes_out, artifacts_out = db.one(f"SELECT coalesce(sum(bytes), 0), count(*) FROM artifacts WHERE job_id IN ({done_jobs})", ev[1])
     busy = db.one(f"SELECT coalesce(sum(json_extract(result, '$.seconds')), 0) FROM jobs WHERE id IN ({done_jobs}) AND json_valid(result)", ev[1])[0]
     copies = db.one("SELECT count(*), coalesce(sum(bytes), 0) FROM copies WHERE created_at BETWEEN ? AND ?", window)
@@ -126,6 +131,8 @@ def build(db: DB, *, now: float, run_id: int | None = None, since: float | None 
         "photos": {"processed": processed, "read": photos_in, "files": files},
         "events": "named by the run" if exact else "in the time span",  # how this report chose them
         **_batches(db, ev),
+        # videos read by the jobs done, apart from photos, and their running time
+        "videos": {"read": videos_in, "seconds": round(video_seconds, 3), "hours": round(video_seconds / 3600, 3)},
         "jobs": jobs["totals"],
         "bytes": {"in": bytes_in, "out": bytes_out, "artifacts": artifacts_out, "archived": copies[1], "copies": copies[0]},
         "processing_seconds": round(busy or 0, 3),
@@ -291,6 +298,15 @@ def _failures(db: DB, ev) -> list[dict]:
 # --------------------------------------------------------------------------- rendering
 
 
+def running_time(seconds: float) -> str:
+    """A running time as people read it: "42 s", "12.5 min", "3.25 h"."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
 def _size(n: int) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if n < 1000 or unit == "TB":
@@ -331,6 +347,9 @@ def format_text(rep: dict, *, max_failures: int = 50) -> str:
         lines.append("  photographers:")
         for o in rep["photographers"]:
             lines.append(f"    {o['owner']:<{width}}  {o['found']:>6} found  {o['processed']:>6} processed  {_size(o['bytes']):>9}")
+    v = rep.get("videos") or {}
+    if v.get("read"):
+        lines.append(f"  videos:     {v['read']} read, {running_time(v['seconds'])} of video; {p['read']} photos read")
     lines.append(f"  jobs:       {j['done']} done, {j['failed']} failed, {j['retried']} retried, {j['claimed']} claimed"
                  + (f", {j['reclaimed']} reclaimed after a lost lease" if j["reclaimed"] else ""))
     lines.append(f"  bytes:      {_size(b['in'])} in ({p['read']} originals), {_size(b['out'])} out ({b['artifacts']} artifacts)"

@@ -48,8 +48,9 @@ TEMP_PATTERNS = [
     "*.!sync", "*.!qb", "*.swp", "*~", "~$*", "#*#", "*.imgq-tmp*", "*.sb-*", "Thumbs.db",
     "desktop.ini", "Icon\r",
 ]
-# imgq's own outputs when an archive sits inside an inbox: NAME.thumb.jpg, NAME.web.jpg.
-OWN_OUTPUT = re.compile(r"\.(thumb|web)\.jpe?g$", re.IGNORECASE)
+# imgq's own outputs when an archive sits inside an inbox: NAME.thumb.jpg, NAME.web.jpg,
+# a video's NAME.preview.mp4 (or .webm).
+OWN_OUTPUT = re.compile(r"\.(thumb|web)\.jpe?g$|\.preview\.(mp4|webm)$", re.IGNORECASE)
 BATCH = 64
 # Ids name store folders and gallery pages: with room for a "-N" suffix they stay below
 # store.NAME_MAX.
@@ -353,8 +354,14 @@ def _examine_open(orig: original.Original, item: dict, max_pixels: int) -> None:
         item["error"] = "empty file (0 bytes)"
         return
     fmt = imaging.sniff(head)
+    if fmt is None and imaging.sniff_video(head):
+        _examine_video(orig, item, imaging.sniff_video(head))
+        return
     if fmt is None:
-        item["error"] = f"not an image: content is not a known image format ({imaging.FORMAT_NAMES}); it starts with {_describe_start(head)}"
+        item["error"] = (
+            f"not an image or video: content is not a known image format ({imaging.FORMAT_NAMES})"
+            f" nor video container ({imaging.VIDEO_FORMAT_NAMES}); it starts with {_describe_start(head)}"
+        )
         return
     row["format"] = fmt
     try:
@@ -372,6 +379,27 @@ def _examine_open(orig: original.Original, item: dict, max_pixels: int) -> None:
     meta = {k: v for k, v in {"make": probe.make, "model": probe.model, "orientation": probe.orientation,
                               "lens": probe.lens, "exposure": probe.exposure}.items() if v}
     row["meta"] = json.dumps(meta, sort_keys=True) if meta else None
+
+
+def _examine_video(orig: original.Original, item: dict, fmt: str) -> None:
+    """A video: its container, frame size, rate, running time, rotation, codecs and
+    creation time (the container's, else the modification time kept from before)."""
+    row = item["row"]
+    row["format"], row["kind"] = fmt, "video"
+    try:
+        probe = imaging.probe_video(orig.fd, item["shown"], fmt)
+    except Permanent as e:
+        item["error"] = str(e)
+        return
+    except (ImgqError, OSError) as e:
+        item["problem"] = f"cannot read it: {e}; the next scan tries again"
+        return
+    row["width"], row["height"] = probe.width, probe.height
+    row["duration"], row["frame_rate"] = probe.duration, probe.fps
+    if probe.created_at:
+        row["taken_at"], row["taken_source"] = probe.created_at, "container"
+    meta = {"rotation": probe.rotation, "frames": probe.frames, "codec": probe.codec, "audio": probe.audio}
+    row["meta"] = json.dumps({k: v for k, v in meta.items() if v is not None}, sort_keys=True)
 
 
 def _record(db: DB, batch: list[dict], report: ScanReport, ids: _Ids, *, now: float, actor: Actor) -> None:

@@ -24,6 +24,15 @@ def snapshot(db: DB, *, now: float, failures: int = 10) -> dict:
     """A plain dict (JSON-ready) describing the whole pipeline at ``now``."""
     files = {s: 0 for s in FILE_STATES}
     files.update({r[0]: r[1] for r in db.all("SELECT state, count(*) FROM files GROUP BY state")})
+    # photos and videos apart (duplicates and failures left out), and hours of video
+    media = {"photos": 0, "videos": 0, "video_seconds": 0.0, "video_hours": 0.0}
+    for kind, n, seconds in db.all(
+        "SELECT kind, count(*), coalesce(sum(duration), 0) FROM files WHERE kind IN ('photo', 'video')"
+        " AND state NOT IN ('duplicate', 'failed') GROUP BY kind"
+    ):
+        media[kind + "s"] = n
+        if kind == "video":
+            media["video_seconds"], media["video_hours"] = round(seconds, 3), round(seconds / 3600, 3)
     jobs = {s: 0 for s in JOB_STATES}
     jobs.update({r[0]: r[1] for r in db.all("SELECT state, count(*) FROM jobs GROUP BY state")})
     waiting = db.one("SELECT count(*) FROM jobs WHERE state = 'ready' AND not_before > ?", (now,))[0]
@@ -68,6 +77,7 @@ def snapshot(db: DB, *, now: float, failures: int = 10) -> dict:
     return {
         "at": now,
         "files": files,
+        "media": media,
         "jobs": jobs,
         "jobs_waiting_backoff": waiting,
         "jobs_per_minute": rate,

@@ -17,6 +17,7 @@ must never be replaced), here in the base layer so that every layer can use it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -252,9 +253,23 @@ def sweep_temp(store: Path, *, older_than: float = 0.0, now: float | None = None
     removed = 0
     if not store.is_dir():
         return 0
-    for folder, subfolders, names in os.walk(store):
+    for folder, dirs, names in os.walk(store):
         if not recursive:
-            subfolders.clear()  # this folder only
+            dirs[:] = [d for d in dirs if _SCRATCH_PID.match(d)]  # this folder only (its scratch folders still judged)
+        for d in list(dirs):
+            m = _SCRATCH_PID.match(d)
+            if m is None:
+                continue
+            dirs.remove(d)  # never walked into: it goes whole, or stays whole
+            try:
+                old = older_than > 0 and now - (Path(folder) / d).stat().st_mtime > older_than
+            except FileNotFoundError:
+                continue
+            if old or not pid_alive(int(m.group(1))):
+                import shutil
+
+                shutil.rmtree(Path(folder) / d, ignore_errors=True)
+                removed += 1
         for name in names:
             path = Path(folder) / name
             if TEMP_MARK in name:
@@ -284,6 +299,33 @@ def sweep_temp(store: Path, *, older_than: float = 0.0, now: float | None = None
             except FileNotFoundError:
                 pass
     return removed
+
+
+SCRATCH_MARK = ".imgq-scratch."
+_SCRATCH_PID = re.compile(r"^\.imgq-scratch\.(\d+)-[0-9a-f]+$")
+
+
+@contextlib.contextmanager
+def scratch_dir(folder: str | os.PathLike | None):
+    """A private folder for a writer's intermediate files (a video being encoded), on the
+    same file system as ``folder`` (None: the system's temporary folder), removed on
+    exit. Named ".imgq-scratch.<pid>-<hex>": hidden, and ``sweep_temp`` removes one
+    whose writer was killed. Not /tmp by default: that may be memory (tmpfs), and a
+    video's intermediates can be gigabytes."""
+    import shutil
+    import tempfile
+
+    if folder is None:
+        with tempfile.TemporaryDirectory(prefix="imgq-scratch-") as tmp:
+            yield Path(tmp)
+        return
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    path = Path(folder) / f"{SCRATCH_MARK}{os.getpid()}-{secrets.token_hex(4)}"
+    path.mkdir(mode=0o700)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def own(store: Path, database_id: str, database: Path) -> None:
@@ -335,7 +377,7 @@ def remove_parts(store: Path, file_id: str, spec_hash: str) -> int:
     """Remove the stripes of a split image once its join is recorded; returns how many."""
     folder = store / file_id / "parts"
     removed = 0
-    for path in folder.glob(f"*-{spec_hash[:8]}.*of*.npy"):
+    for path in [*folder.glob(f"*-{spec_hash[:8]}.*of*.npy"), *folder.glob(f"*-{spec_hash[:8]}.*of*.vpart")]:
         path.unlink(missing_ok=True)
         removed += 1
     try:

@@ -120,6 +120,78 @@ def read_original(claim: queue.Claim) -> imaging.Source:
         return imaging.Source(data, orig.shown)
 
 
+def _video_original(claim: queue.Claim) -> original.Original | None:
+    """The original opened by identity if it is a video (its caller closes it), else None.
+    Its content is checked against the journal's sha256 as a stream: a video is never
+    held in memory."""
+    orig = original.open_original(claim.inbox, claim.path)
+    try:
+        head = os.pread(orig.fd, 64, 0)
+        if imaging.sniff(head) is not None or imaging.sniff_video(head) is None:
+            orig.close()
+            return None
+        if claim.sha256:
+            size, digest = orig.hash()
+            if (claim.size is not None and size != claim.size) or digest != claim.sha256:
+                raise original.ChangedInInbox(f"{orig.shown}: changed in the inbox since it was scanned (sha256 differs); scan again")
+        return orig
+    except BaseException:
+        orig.close()
+        raise
+
+
+def _video_chunk(claim: queue.Claim, settings: Settings, orig: original.Original, chains: dict[str, str], index: int, count: int, staged: list[str]) -> tuple[dict, list]:
+    """Chunk ``index`` of ``count`` of a long video: each video chain's share of the
+    frames encoded as a part, staged like an artifact (the join job makes the stills and
+    joins the parts). Returns the job's result and the parts' (staged, final) moves."""
+    movies = {n: c for n, c in chains.items() if recipes.is_video_chain(c)}
+    moves = []
+
+    def dest_for(name: str) -> Path:
+        final = splitting.part_path(claim.file_id, name, claim.spec_hash, index, count, ext="vpart")
+        staged.append(store.staged_path(final, claim.token))
+        moves.append((staged[-1], final))
+        return settings.store_dir / staged[-1]
+
+    made = imaging.encode_chunks(orig.fd, orig.shown, movies, index, count, dest_for, scratch=settings.store_dir) if movies else {}
+    return {"chunk": [index, count], "parts": made}, moves
+
+
+def _process_video(claim: queue.Claim, settings: Settings, orig: original.Original, chains: dict[str, str], staged: list[str], *, chunks: int = 0) -> tuple[list, dict]:
+    """A video's artifacts: its stills from a representative frame, its video chains
+    encoded (``imaging.encode_video``), or with ``chunks`` joined from the parts of that
+    many chunk jobs; (artifacts, result) with the encoder of each."""
+    stills = {n: c for n, c in chains.items() if not recipes.is_video_chain(c)}
+    movies = {n: c for n, c in chains.items() if recipes.is_video_chain(c)}
+    artifacts, result = [], {}
+    if stills:
+        for name, r in imaging.render_stills(orig.fd, orig.shown, stills, max_pixels=settings.max_pixels).items():
+            rel = store.artifact_path(claim.file_id, name, claim.spec_hash)
+            staged.append(store.staged_path(rel, claim.token))
+            saved = imaging.save(r, settings.store_dir / staged[-1], quality=settings.jpeg_quality)
+            artifacts.append(queue.Artifact(name, rel, saved.sha256, saved.bytes, saved.width, saved.height, staged=staged[-1]))
+    rels: dict[str, tuple[str, str]] = {}  # artifact -> (final, staged)
+
+    def dest_for(name: str, ext: str) -> Path:
+        rel = store.artifact_path(claim.file_id, name, claim.spec_hash, ext)
+        staged.append(store.staged_path(rel, claim.token))
+        rels[name] = (rel, staged[-1])
+        return settings.store_dir / staged[-1]
+
+    if chunks:
+        made = {}
+        for name, chain in movies.items():
+            parts = [settings.store_dir / splitting.part_path(claim.file_id, name, claim.spec_hash, i, chunks, ext="vpart") for i in range(chunks)]
+            made[name] = imaging.join_chunks(orig.fd, orig.shown, chain, parts, lambda ext, name=name: dest_for(name, ext), scratch=settings.store_dir)
+    else:
+        made = imaging.encode_videos(orig.fd, orig.shown, movies, dest_for, scratch=settings.store_dir) if movies else {}  # one decode for all
+    for name, saved in made.items():
+        rel, staged_as = rels[name]
+        artifacts.append(queue.Artifact(name, rel, saved.sha256, saved.bytes, saved.width, saved.height, staged=staged_as))
+        result[name] = {"encoder": saved.encoder, "frames": saved.frames, "duration": saved.duration}
+    return artifacts, result
+
+
 def process(claim: queue.Claim, settings: Settings) -> queue.Outcome:
     """Run one claimed job: one decode, every artifact written and verified under its
     per-attempt name (store.staged_path with the lease token). Nothing is renamed onto a
@@ -130,6 +202,16 @@ def process(claim: queue.Claim, settings: Settings) -> queue.Outcome:
     try:
         chains, options = recipes.split_spec(claim.spec)
         kind, index, count = splitting.parse_stage(claim.stage)
+        video = _video_original(claim)
+        if video is not None:
+            with video:
+                if kind == "stripe":
+                    result, parts = _video_chunk(claim, settings, video, chains, index, count, staged)
+                    result["seconds"] = round(time.monotonic() - started, 4)
+                    return queue.Outcome(claim, artifacts=[], result=result, parts=parts)
+                artifacts, result = _process_video(claim, settings, video, chains, staged, chunks=count if kind == splitting.JOIN else 0)
+            result["seconds"] = round(time.monotonic() - started, 4)
+            return queue.Outcome(claim, artifacts=artifacts, result=result)
         if kind == "stripe":
             result, parts = stripe_job(claim, settings, read_original(claim), chains, index, count, started, staged)
             return queue.Outcome(claim, artifacts=[], result=result, parts=parts)

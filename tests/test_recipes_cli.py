@@ -45,7 +45,9 @@ def test_recipes_lists_canonical_chains_and_hashes(tmp_path, run_imgq):
     assert r.returncode == 0, r.stderr
     rows = {x["name"]: x for x in map(json.loads, r.stdout.splitlines())}
     assert list(rows) == ["default", "gallery", "mono", "soft", "people"]
-    assert rows["default"]["source"] == "built-in" and rows["default"]["chains"] == {"thumb": "fit:120x90", "web": "fit:640x480"}
+    assert rows["default"]["source"] == "built-in" and rows["default"]["chains"] == {
+        "preview": "video:size=640x480,fps=30,crf=28,kbps=0,start=0,end=0,codec=auto", "thumb": "fit:120x90", "web": "fit:640x480",
+    }
     # the sizes a published gallery chooses from; imgq publish enqueues it, enqueue does not
     assert rows["gallery"]["source"] == "built-in" and rows["gallery"]["chains"]["gallery1920"] == "fit:1920x1920"
     assert not rows["gallery"]["enqueued_by_default"]

@@ -23,6 +23,7 @@ Examples:
   imgq enqueue --recipe default alice_1700000000_IMG_0001.jpg
   imgq enqueue --op thumb --op 'fit:1920x1080' -
   imgq enqueue --split --stripes 8 --op 'median=5|web' big_1700000000_pano.tif
+  imgq enqueue --split --split-seconds 60 --recipe default   # long videos in 4 chunks
   imgq enqueue --op 'web|brightness=1.2|sharpness=1.5' --op 'web|faces'
   imgq enqueue -r portraits --where 'faces>0'            # a second pass on what the first marked
   imgq enqueue -r enhance --where owner=alice --where 'taken>=2024-05-01' --where 'taken<2024-06-01'
@@ -34,9 +35,10 @@ def enqueue(
     recipe: Annotated[Optional[list[str]], typer.Option("--recipe", "-r", autocompletion=completes("recipes"), help="Recipe to apply (repeatable; default: the enqueue list of imgq.toml, else default). `imgq recipes` lists them.", metavar="NAME", show_default=False)] = None,
     op: Annotated[Optional[list[str]], typer.Option("--op", autocompletion=completes("ops"), help="An operation chain giving one artifact, e.g. 'web|sharpness=1.5' (repeatable).", metavar="CHAIN", show_default=False)] = None,
     max_attempts: Annotated[Optional[int], typer.Option("--max-attempts", help="At most N attempts for a transiently failing job (default: no limit by count; it is retried for retry_for seconds, a day by default).", min=1, metavar="N", show_default=False)] = None,
-    split: Annotated[bool, typer.Option("--split", help=f"Split images over split_pixels (default {DEFAULTS.split_pixels // 1_000_000} MP) into stripe jobs that any workers or hosts run in parallel, then join them; the result is pixel-identical.")] = False,
-    stripes: Annotated[Optional[int], typer.Option("--stripes", help=f"Stripes per split image (default {DEFAULTS.split_stripes}, or split_stripes in imgq.toml).", min=2, metavar="N", show_default=False)] = None,
+    split: Annotated[bool, typer.Option("--split", help=f"Split images over split_pixels (default {DEFAULTS.split_pixels // 1_000_000} MP) into stripe jobs, and videos longer than split_seconds (default {DEFAULTS.split_seconds:g} s) into chunk jobs on frame boundaries, that any workers or hosts run in parallel, then join them; the result is pixel-identical (a video: the same frames and duration).")] = False,
+    stripes: Annotated[Optional[int], typer.Option("--stripes", help=f"Stripes per split image, chunks per split video (default {DEFAULTS.split_stripes}, or split_stripes in imgq.toml).", min=2, metavar="N", show_default=False)] = None,
     split_pixels: Annotated[Optional[int], typer.Option("--split-pixels", help=f"Split only images with more pixels than this (default {DEFAULTS.split_pixels}).", min=1, metavar="PIXELS", show_default=False)] = None,
+    split_seconds: Annotated[Optional[float], typer.Option("--split-seconds", help=f"Split only videos longer than this many seconds (default {DEFAULTS.split_seconds:g}).", min=0, metavar="SECONDS", show_default=False)] = None,
     where: Annotated[Optional[list[str]], typer.Option("--where", "-w", help="Only files meeting FIELD OP VALUE (repeatable, all must hold): state=archived, owner=alice, taken>=2024-05-01, tag=no_faces, faces>0, recipe=people, recipe!=enhance.", metavar="COND", show_default=False)] = None,
     dry_run: Annotated[bool, dry_run_option("print the files that would get jobs (--json: and the jobs).")] = False,
     db: DbOpt = None,
@@ -63,7 +65,7 @@ def enqueue(
     with inv.recorded({"ids": wanted, "recipes": chains_by_recipe, "where": where}, wait=wait) as run:
         results = enqueue_step.enqueue(
             inv.database, inv.settings, chains_by_recipe, now=time.time(), actor=Actor(name="enqueue"),
-            file_ids=wanted, split=split, stripes=stripes, split_pixels=split_pixels,
+            file_ids=wanted, split=split, stripes=stripes, split_pixels=split_pixels, split_seconds=split_seconds,
         )
         unknown = 0
         for r in results:

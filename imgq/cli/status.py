@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from imgq import status as status_lib
+from imgq.report import running_time
 from imgq.cli import common
 from imgq.cli.options import ConfigOpt, DbOpt, JsonOpt
 
@@ -58,6 +59,9 @@ def render(console, snap: dict) -> None:
         t.add_column(s, justify="right")
     t.add_row(*(str(v) for v in snap["files"].values()))
     console.print(t)
+    media = snap.get("media") or {}
+    if media.get("videos"):
+        console.print(f"media: {media['photos']} photos, {media['videos']} videos ({running_time(media['video_seconds'])} of video)", markup=False)
     t = Table(title="jobs", title_justify="left", show_edge=False)
     for s in snap["jobs"]:
         t.add_column(s, justify="right")

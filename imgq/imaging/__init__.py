@@ -15,6 +15,11 @@ Modules, each importing only those above it in this list:
 - ``decode``: ``probe`` reads the header and EXIF of an original without decoding
   pixels; one decode of the pixels (DCT-scaled for JPEG when every output is smaller);
 - ``render``: applies EXIF orientation and runs every chain of a recipe on one decode;
+- ``video``: video containers: ``sniff_video``, ``probe_video`` (OpenCV, ffprobe),
+  ``render_stills`` (a recipe's stills from a representative frame);
+- ``video_encode``: a recipe's video chains from one decode (``encode_videos``: H.264/AAC
+  through the ffmpeg program, else VP8/VP9 WebM through OpenCV), in chunks on frame
+  boundaries (``encode_chunks``) and their join (``join_chunks``);
 - ``encode``: ``save`` encodes a rendered artifact as JPEG atomically and verifies it;
   ``verify`` checks that a file on disk decodes fully to the expected size.
 
@@ -32,8 +37,11 @@ from imgq.imaging.metadata import Probe, minimal_exif
 from imgq.imaging.pixels import working_image
 from imgq.imaging.render import Rendered, render
 from imgq.imaging.source import Source
+from imgq.imaging.video import VIDEO_FORMAT_NAMES, VIDEO_FORMATS, VideoProbe, probe_video, render_stills, sniff_video
+from imgq.imaging.video_encode import VideoSaved, encode_chunks, encode_video, encode_videos, join_chunks
 
 __all__ = [
     "FORMATS", "FORMAT_NAMES", "SUPPORTED", "Probe", "Rendered", "Saved", "Source",
     "jpeg_ready", "minimal_exif", "probe", "render", "save", "sniff", "verify", "working_image",
+    "VIDEO_FORMATS", "VIDEO_FORMAT_NAMES", "VideoProbe", "VideoSaved", "encode_chunks", "encode_video", "encode_videos", "join_chunks", "probe_video", "render_stills", "sniff_video",
 ]

@@ -527,9 +527,20 @@ def _m13_run_of_each_event(db: "sqlite_utils.Database") -> None:
     db.execute("CREATE INDEX IF NOT EXISTS idx_events_run_id ON events (run_id)")
 
 
+def _m14_video(db: "sqlite_utils.Database") -> None:
+    # Videos beside photos in the same table, states and journal: what kind of media a
+    # file is, and a video's running time and frame rate (its frame size is width x
+    # height; rotation, codecs and frame count are in meta).
+    db.execute("ALTER TABLE files ADD COLUMN kind TEXT NOT NULL DEFAULT 'photo'")
+    db.execute("ALTER TABLE files ADD COLUMN duration REAL")
+    db.execute("ALTER TABLE files ADD COLUMN frame_rate REAL")
+    # status and report count photos and videos, and hours of video, apart: from this index alone
+    db.execute("CREATE INDEX IF NOT EXISTS idx_files_kind ON files (kind, state, duration)")
+
+
 MIGRATIONS: list[Callable[["sqlite_utils.Database"], None]] = [
     _m1_core, _m2_archive, _m3_faces, _m4_job_stages, _m5_hosts, _m6_destination_identity, _m7_meta, _m8_archive_target_states,
-    _m9_views, _m10_journal_at_scale, _m11_owner_spellings, _m12_retry_for_a_time, _m13_run_of_each_event,
+    _m9_views, _m10_journal_at_scale, _m11_owner_spellings, _m12_retry_for_a_time, _m13_run_of_each_event, _m14_video,
 ]
 
 

@@ -78,13 +78,19 @@ class Artifact:
 
 @dataclasses.dataclass(frozen=True)
 class SplitPolicy:
-    """Split files of more than ``min_pixels`` into ``stripes`` stripe jobs."""
+    """Split photos of more than ``min_pixels`` into ``stripes`` stripe jobs, and videos
+    longer than ``min_seconds`` whose recipe makes a video into ``stripes`` chunk jobs
+    (same stages: a video's stripe is a chunk of its frames)."""
 
     min_pixels: int
     stripes: int
+    min_seconds: float = float("inf")
 
     def applies(self, db: DB, file_id: str, chains: dict[str, str]) -> bool:
-        row = db.one("SELECT width, height FROM files WHERE id = ?", (file_id,))
+        row = db.one("SELECT width, height, kind, duration FROM files WHERE id = ?", (file_id,))
+        if row is not None and row["kind"] == "video":
+            long = (row["duration"] or 0) > self.min_seconds
+            return long and self.stripes > 1 and any(recipes.is_video_chain(c) for c in recipes.split_spec(chains)[0].values())
         big = row is not None and (row["width"] or 0) * (row["height"] or 0) > self.min_pixels
         # options (on_no_faces) are not chains
         return big and self.stripes > 1 and splitting.worth_splitting(recipes.split_spec(chains)[0])
@@ -103,10 +109,22 @@ def lacking(db: DB, chains_by_recipe: dict[str, dict[str, str]]) -> list[str]:
     ids has to do. One query, each file's jobs found through their unique index, so a
     journal of 100,000 archived files answers "nothing to do" in milliseconds."""
     states = sorted(ENQUEUEABLE)
-    wants = " OR ".join("NOT EXISTS (SELECT 1 FROM jobs j WHERE j.file_id = f.id AND j.recipe = ? AND j.spec_hash = ?)" for _ in chains_by_recipe)
+    # a recipe's hash depends on the file's kind (a photo's part leaves out video chains);
+    # a recipe with nothing for a kind never wants a job for files of that kind
+    wants, params = [], []
+    for name, chains in chains_by_recipe.items():
+        hashes = {k: recipes.spec_hash(recipes.normalize_recipe(part)) for k in recipes.KINDS if recipes.has_chains(part := recipes.for_kind(chains, k))}
+        if not hashes:
+            continue
+        kinds = ", ".join("?" for _ in hashes)
+        wants.append(
+            f"(f.kind IN ({kinds}) AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.file_id = f.id AND j.recipe = ?"
+            " AND j.spec_hash = CASE f.kind WHEN 'video' THEN ? ELSE ? END))"
+        )
+        params += [*hashes, name, hashes.get("video", ""), hashes.get("photo", "")]
+    wants = " OR ".join(wants)
     if not wants:
         return []
-    params = [p for name, chains in chains_by_recipe.items() for p in (name, recipes.spec_hash(recipes.normalize_recipe(chains)))]
     sql = f"SELECT f.id FROM files f WHERE f.state IN ({', '.join('?' for _ in states)}) AND ({wants}) ORDER BY f.created_at, f.id"
     return [r[0] for r in db.all(sql, (*states, *params))]
 
@@ -128,15 +146,19 @@ def enqueue(
     its pixel threshold whose recipe has neighbourhood work gets stripe jobs instead, and
     a join job once they are all done (see imgq/split.py).
     """
-    specs = {}
+    specs: dict[str, dict[str, tuple[str, str]]] = {}  # recipe -> kind -> (spec, hash)
     for name, chains in chains_by_recipe.items():
-        canonical = recipes.normalize_recipe(chains)
-        specs[name] = (json.dumps(canonical, sort_keys=True), recipes.spec_hash(canonical))
+        specs[name] = {}
+        for kind in recipes.KINDS:
+            part = recipes.for_kind(chains, kind)
+            if recipes.has_chains(part):
+                canonical = recipes.normalize_recipe(part)
+                specs[name][kind] = (json.dumps(canonical, sort_keys=True), recipes.spec_hash(canonical))
     results = []
     with db.transaction():
         now = db.when(now)
         for file_id in file_ids:
-            row = db.one("SELECT state FROM files WHERE id = ?", (file_id,))
+            row = db.one("SELECT state, kind FROM files WHERE id = ?", (file_id,))
             if row is None:
                 results.append(EnqueueResult(file_id, [], "unknown file id"))
                 continue
@@ -144,11 +166,14 @@ def enqueue(
                 results.append(EnqueueResult(file_id, [], f"file is {row['state']}"))
                 continue
             created = []
-            for name, (spec, digest) in specs.items():
+            for name, by_kind in specs.items():
+                if row["kind"] not in by_kind:
+                    continue  # nothing in this recipe for this kind of file (a video chain, a photo)
+                spec, digest = by_kind[row["kind"]]
                 if db.one("SELECT 1 FROM jobs WHERE file_id = ? AND recipe = ? AND spec_hash = ?", (file_id, name, digest)):
                     continue  # split or not, this file already has this recipe's work
                 stages = [""]
-                if split is not None and split.applies(db, file_id, chains_by_recipe[name]):
+                if split is not None and split.applies(db, file_id, recipes.for_kind(chains_by_recipe[name], row["kind"])):
                     stages = [splitting.stage(i, split.stripes) for i in range(split.stripes)]
                 for stage in stages:
                     job_id = journal.add_job(

@@ -17,6 +17,7 @@ from imgq.ops import enhance as _enhance  # noqa: F401,E402
 from imgq.ops import filters as _filters  # noqa: F401,E402
 from imgq.ops import faces as _faces  # noqa: F401,E402
 from imgq.ops import cv  # noqa: E402
+from imgq.ops import video as _video  # noqa: F401,E402
 from imgq.ops.faces import detect_faces  # noqa: E402
 from imgq.ops.chain import (
     Step,

@@ -16,7 +16,8 @@ Run ``python -m imgq.samples DIR --count N --size WxH`` to generate an inbox.
 
 Lives here: the scenes and the "up" marker (``scene``), camera JPEGs with EXIF and the
 shared writers (``photo``), the other formats and modes (``formats``), broken files and
-decompression bombs (``broken``), whole inboxes (``inbox``) and the command line
+decompression bombs (``broken``), video clips (``video``: OpenCV, and the ffmpeg program
+for audio, rotation and creation time), whole inboxes (``inbox``) and the command line
 (``command``, run by ``__main__``). This is tooling for bin/demo, bin/bench and the tests:
 it imports numpy and Pillow, nothing else of imgq, and nothing in imgq imports it.
 """

@@ -97,6 +97,7 @@ def worth_splitting(chains: dict[str, str]) -> bool:
     return False
 
 
-def part_path(file_id: str, artifact: str, spec_hash: str, index: int, count: int) -> str:
-    """Store-relative path of one stripe's output (an intermediate, removed after the join)."""
-    return f"{file_id}/parts/{artifact}-{spec_hash[:8]}.{index}of{count}.npy"
+def part_path(file_id: str, artifact: str, spec_hash: str, index: int, count: int, ext: str = "npy") -> str:
+    """Store-relative path of one stripe's output (an intermediate, removed after the
+    join): a NumPy array for an image's stripe, ``vpart`` for a video's chunk."""
+    return f"{file_id}/parts/{artifact}-{spec_hash[:8]}.{index}of{count}.{ext}"
