@@ -575,3 +575,27 @@ def test_several_video_chains_come_from_one_decode_each_with_its_size_rate_range
     assert abs(b - g).max() <= 12 and abs(g - r).max() <= 12  # gray ran on every frame
     for art in ("preview", "hd"):
         assert stream_facts(tmp_path / f"{art}.mp4")[0] == 100
+
+
+def test_a_video_in_the_queue_does_not_bench_a_host_of_the_fleet(tmp_path, run_imgq, db_path, photo, ssh_hosts):
+    """`imgq work --hosts` with a video in the queue: the agents' replies are checked as
+    images, and a video's preview is not one, so the host was benched for "not a JPEG"
+    and the jobs were left for nobody. Until the fleet streams and checks video, a
+    video's jobs run on the coordinator, beside the photos' on the hosts."""
+    import sys
+
+    [host] = ssh_hosts(1)
+    inbox = tmp_path / "inbox"
+    photo(inbox / "ann" / "IMG_1.jpg")
+    clips.make_clip(inbox / "ann" / "walk.avi", width=320, height=240, frames=30, fps=15)
+    old = time.time() - 120
+    for p in inbox.rglob("*.*"):
+        os.utime(p, (old, old))
+    assert run_imgq("scan", inbox).returncode == 0
+    assert run_imgq("enqueue").returncode == 0
+    remote = str(Path(sys.executable).parent / "imgq")
+    work = run_imgq("work", "--drain", "--hosts", f"{host.alias}/1", "--ssh-config", host.ssh_config, "--remote-imgq", remote, timeout=300)
+    assert work.returncode == 0, work.stderr
+    assert "benched" not in work.stderr
+    assert {r["state"] for r in files(db_path).values()} == {"processed"}
+    assert q(db_path, "SELECT state, count(*) FROM hosts GROUP BY state") != [] and not q(db_path, "SELECT name FROM hosts WHERE state = 'benched'")

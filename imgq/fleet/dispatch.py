@@ -95,7 +95,7 @@ class Dispatch:
                                  actor=h.actor(), max_attempts=self.opts.max_attempts, max_lost=self.settings.max_lost)
             for c in claims:
                 h.inflight[c.job_id] = c
-                if c.stage:
+                if c.stage or self._is_video(c):
                     self._run_here(h, c)
                 else:
                     self._send(h, c)
@@ -103,11 +103,19 @@ class Dispatch:
                 self.dry_until = time.time() + self.opts.poll
                 return
 
+    def _is_video(self, c: queue.Claim) -> bool:
+        """A video's jobs run here for now: the agents' replies are checked as images
+        (arrival.receive), and a video's inputs and previews are moved whole, in memory,
+        by the fleet's frames; both would have to stream first."""
+        row = self.db.one("SELECT kind FROM files WHERE id = ?", (c.file_id,))
+        return row is not None and row["kind"] == "video"
+
     def _run_here(self, h: Host, c: queue.Claim) -> None:
-        """A stripe or join of a split image (imgq enqueue --split) reads and writes
-        intermediate stripes in this machine's store, so it runs here, in a pool of local
-        processes (one per core, so stripes still run in parallel), counted in flight on
-        the host that claimed it."""
+        """A stripe or join of a split image or video (imgq enqueue --split) reads and
+        writes intermediate parts in this machine's store, and a video's job streams what
+        the fleet cannot (``_is_video``), so they run here, in a pool of local processes
+        (one per core, so parts still run in parallel), counted in flight on the host that
+        claimed it."""
         if self.stages is None:
             # spawn, not fork: this process has threads (paramiko's, ours)
             self.stages = concurrent.futures.ProcessPoolExecutor(os.cpu_count() or 1, mp_context=mp.get_context("spawn"))
