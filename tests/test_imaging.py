@@ -294,8 +294,11 @@ def test_draft_decodes_big_jpegs_at_reduced_scale(tmp_path):
     # portrait orientation swaps the axes the decode must cover
     q = write_jpeg(tmp_path / "rot.jpg", photo((4000, 3000)), exif_with(orientation=8), quality=80)
     r = render(q, {"web": "web"}, max_pixels=LIMIT)["web"]
-    # upright 360x480 is 480x360 as stored: 1/8 scale (500x375) still covers it
-    assert r.image.size == (360, 480) and r.source_size == (500, 375)
+    # upright 360x480 is 480x360 as stored; 1/8 scale (500x375) covers it, but not by
+    # DRAFT_MARGIN (1.5x): 1/4 scale (1000x750)
+    assert r.image.size == (360, 480) and r.source_size == (1000, 750)
+    # a smaller output needs less: 1/8 scale is 4x a thumb's 120x90
+    assert render(p, {"thumb": "thumb"}, max_pixels=LIMIT)["thumb"].source_size == (500, 375)
 
 
 @pytest.mark.slow  # camera-size decodes: seconds each
@@ -632,7 +635,7 @@ def test_render_from_checked_bytes_is_the_render_from_the_file_with_draft(tmp_pa
     p.unlink()  # nothing to reopen: every byte decoded comes from `data`
     src = imaging.Source(data, "inbox/alice/big.jpg")
     out = render(src, {"thumb": "thumb", "web": "web"}, max_pixels=LIMIT)
-    assert out["web"].source_size == (500, 375)  # DCT-scaled decode (1/8) still used
+    assert out["web"].source_size == (1000, 750)  # DCT-scaled decode (1/4: 1.5x the web version) still used
     assert out["web"].image.size == (360, 480)
     write_jpeg(p, photo((4000, 3000)), exif_with(orientation=6), quality=80)
     from_file = render(p, {"web": "web"}, max_pixels=LIMIT)["web"].image
