@@ -400,7 +400,7 @@ def test_render_and_save_every_input_mode(tmp_path, mode):
 
 
 def test_save_is_atomic_when_verification_fails(tmp_path, monkeypatch):
-    def fails(path, width, height):
+    def fails(path, width, height, **how):
         raise BadImage(f"truncated JPEG: {path}")
 
     monkeypatch.setattr(encode, "verify", fails)  # save verifies through encode.verify
@@ -430,6 +430,22 @@ except StorageError as e:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "cannot write" in out.stdout and "web.jpg" in out.stdout and "File too large" in out.stdout, out
     assert list(tmp_path.iterdir()) == []
+
+
+def test_verify_without_decoding_still_refuses_a_truncated_or_wrong_sized_jpeg(tmp_path):
+    # what save checks of the bytes it wrote (their sha256 is the encoder's): no decode
+    p = tmp_path / "w.jpg"
+    photo((64, 48)).save(p, quality=85)
+    assert verify(p, 64, 48, decode=False)
+    with pytest.raises(BadImage, match="wrong size"):
+        verify(p, 48, 64, decode=False)
+    data = p.read_bytes()
+    p.write_bytes(data[:-2])
+    with pytest.raises(BadImage, match="truncated JPEG"):
+        verify(p, 64, 48, decode=False)
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(BadImage, match="truncated"):
+        verify(p, 64, 48, decode=False)
 
 
 def test_verify_names_the_reason(tmp_path):
