@@ -62,6 +62,7 @@ def write_atomically(
     check: Callable[[Path | str], None] | None = None,
     replace: bool | Callable[[], bool] = True,
     sync: bool = True,
+    sync_folder: bool = True,
     mode: int = 0o644,
     make_folder: bool = True,
 ) -> T:
@@ -75,7 +76,9 @@ def write_atomically(
     ``dest`` is a path (its folder made if missing, unless ``make_folder=False``), or
     with ``dir_fd`` a plain name in that open folder (nothing on the way is followed).
     ``replace=False`` never replaces: ``rename_noreplace``, FileExistsError if the name
-    is taken; a callable is asked right before the rename. ``sync=False`` skips both fsyncs. Any exception removes the
+    is taken; a callable is asked right before the rename. ``sync=False`` skips both fsyncs;
+    ``sync_folder=False`` only the folder's, for a name that is renamed again later by a
+    step that fsyncs the folder then (a staged artifact: ``place``). Any exception removes the
     temporary file and propagates as it is (OSError included): callers word their errors.
     """
     if dir_fd is None:
@@ -105,7 +108,7 @@ def write_atomically(
             else:
                 rename_noreplace(dfd, os.path.basename(tmp), name)
             made = False
-            if sync:
+            if sync and sync_folder:
                 os.fsync(dfd)
         finally:
             if dfd != dir_fd:

@@ -149,7 +149,9 @@ def process(claim: queue.Claim, settings: Settings) -> queue.Outcome:
             for name, r in rendered.items():
                 rel = store.artifact_path(claim.file_id, name, claim.spec_hash)
                 staged.append(store.staged_path(rel, claim.token))
-                saved = imaging.save(r, settings.store_dir / staged[-1], quality=settings.jpeg_quality)
+                # the staged name need not survive a crash (the attempt is retried, its
+                # files swept): queue.settle fsyncs the folder once the final name is set
+                saved = imaging.save(r, settings.store_dir / staged[-1], quality=settings.jpeg_quality, durable_name=False)
                 artifacts.append(queue.Artifact(name, rel, saved.sha256, saved.bytes, saved.width, saved.height, staged=staged[-1]))
         result["seconds"] = round(time.monotonic() - started, 4)
         return queue.Outcome(claim, artifacts=artifacts, result=result)
