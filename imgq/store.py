@@ -62,7 +62,6 @@ def write_atomically(
     check: Callable[[Path | str], None] | None = None,
     replace: bool | Callable[[], bool] = True,
     sync: bool = True,
-    sync_folder: bool = True,
     mode: int = 0o644,
     make_folder: bool = True,
 ) -> T:
@@ -76,9 +75,7 @@ def write_atomically(
     ``dest`` is a path (its folder made if missing, unless ``make_folder=False``), or
     with ``dir_fd`` a plain name in that open folder (nothing on the way is followed).
     ``replace=False`` never replaces: ``rename_noreplace``, FileExistsError if the name
-    is taken; a callable is asked right before the rename. ``sync=False`` skips both fsyncs;
-    ``sync_folder=False`` only the folder's, for a name that is renamed again later by a
-    step that fsyncs the folder then (a staged artifact: ``place``). Any exception removes the
+    is taken; a callable is asked right before the rename. ``sync=False`` skips both fsyncs. Any exception removes the
     temporary file and propagates as it is (OSError included): callers word their errors.
     """
     if dir_fd is None:
@@ -108,7 +105,7 @@ def write_atomically(
             else:
                 rename_noreplace(dfd, os.path.basename(tmp), name)
             made = False
-            if sync and sync_folder:
+            if sync:
                 os.fsync(dfd)
         finally:
             if dfd != dir_fd:
@@ -213,20 +210,66 @@ def staged_token(name: str) -> str | None:
     return m.group(1) if m else None
 
 
-def place(store: Path, moves: Iterable[tuple[str, str]]) -> None:
+def place(store: Path, moves: Iterable[tuple[str, str]], *, sync: bool = True) -> set[Path]:
     """Move staged files onto their final names (store-relative ``(staged, final)``
-    pairs), then fsync each folder once. Called only inside the fenced transaction that
-    completes their job; an OSError leaves that transaction to roll the job back."""
+    pairs), then fsync each folder once; returns the folders. Called only inside the
+    fenced transaction that completes their job; an OSError leaves that transaction to
+    roll the job back. ``sync=False`` leaves the fsyncs to the caller (``sync_folders``,
+    before its commit), so a batch of jobs syncs its folders together."""
     folders = set()
     for staged, final in moves:
         os.replace(store / staged, store / final)
         folders.add((store / final).parent)
-    for folder in folders:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    if sync:
+        sync_folders(folders)
+    return folders
+
+
+def sync_folders(folders: Iterable[Path]) -> None:
+    """fsync ``folders`` (several at once: see ``sync_files``); raises the first OSError."""
+    folders = list(dict.fromkeys(folders))
+    failed = _sync_all([(f, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) for f in folders])
+    if failed:
+        raise next(iter(failed.values()))
+
+
+def _sync_all(paths: list[tuple[Path, int]]) -> dict[Path, OSError]:
+    import concurrent.futures
+
+    def sync(item: tuple[Path, int]) -> OSError | None:
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            fd = os.open(item[0], item[1])
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            return e
+        return None
+
+    if len(paths) <= 1:
+        errors = [sync(p) for p in paths]
+    else:
+        with concurrent.futures.ThreadPoolExecutor(min(SYNC_THREADS, len(paths))) as pool:
+            errors = list(pool.map(sync, paths))
+    return {p: e for (p, _), e in zip(paths, errors) if e is not None}
+
+
+SYNC_THREADS = 8
+
+
+def sync_files(store: Path, names: Iterable[str]) -> dict[str, OSError]:
+    """fsync the store files ``names`` (store-relative), several at once; returns those
+    that could not be synced, with the error.
+
+    A batch of jobs' outputs is made durable here just before the transaction that
+    completes them: concurrent fsyncs share the file system's journal commits, where
+    fsyncs one after another each wait for their own (on this machine 3-9 ms each, more
+    than the work of a small job).
+    """
+    names = list(dict.fromkeys(names))
+    failed = _sync_all([(store / n, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC) for n in names])
+    return {n: failed[store / n] for n in names if store / n in failed}
 
 
 def discard(store: Path, names: Iterable[str]) -> None:

@@ -51,16 +51,16 @@ def jpeg_ready(image: Image.Image, icc: bytes | None) -> tuple[Image.Image, byte
     return image, (icc if _icc_space(icc) == wanted else None)
 
 
-def save(rendered: Rendered, dest: str | os.PathLike, *, quality: int = 85, durable_name: bool = True) -> Saved:
+def save(rendered: Rendered, dest: str | os.PathLike, *, quality: int = 85, durable: bool = True) -> Saved:
     """Write ``rendered`` as a JPEG at ``dest`` atomically, and return what was written.
 
     The bytes go to a temporary name (containing ".imgq-tmp") in dest's folder, are
     flushed and fsynced, then verified: read back and compared by sha256 with the bytes
     the encoder produced, the header's size and the end marker checked (not decoded
     again: the bytes are the encoder's, see ``_verify_written``). Then they are renamed
-    into place and the folder fsynced (``durable_name=False`` skips that fsync, for a
-    staged name its caller renames again and makes durable then). A reader never sees a
-    partial file. On failure the temporary file is
+    into place and the folder fsynced. ``durable=False`` skips both fsyncs, for a staged
+    file whose caller makes it durable later, before relying on it (``store.sync_files``
+    and ``store.place``, as settling does). A reader never sees a partial file. On failure the temporary file is
     removed and StorageError names the path and the reason.
     """
     dest = Path(dest)
@@ -83,7 +83,7 @@ def save(rendered: Rendered, dest: str | os.PathLike, *, quality: int = 85, dura
             raise StorageError(f"cannot write {dest}: written file did not verify ({e})") from None
 
     try:
-        write_atomically(dest, lambda f: f.write(data), check=verify, sync_folder=durable_name)
+        write_atomically(dest, lambda f: f.write(data), check=verify, sync=durable)
     except OSError as e:
         raise storage_error("write", dest, e) from None
     return Saved(digest, len(data), image.width, image.height)
