@@ -16,9 +16,10 @@ from imgq.ops import fit_size
 # size (margin 1: 6000x4000 decoded at 1/8, 750x500, for a 640x427 web version) it shows
 # as aliasing on text and fine lines, 27-33 dB from an exact Lanczos resize of the full
 # decode (tests/test_quality.py); at 1.5 every output is resampled from at least 1.5x
-# its size, 38-45 dB on the same pictures and 46-53 dB on ordinary photos. It costs
-# about 7% more decode on 12-24 MP photos (the entropy decoding, most of the work, is
-# the same at every scale), paid back by the faster resampler (imgq.ops.size).
+# its size, 38-45 dB on the same pictures and 46-53 dB on ordinary photos. The price,
+# on bin/bench's 12-24 MP photos (1/4 scale instead of 1/8 for the larger ones): 4% more
+# CPU to decode (44.4 -> 46.3 ms; entropy decoding, most of the work, is the same at
+# every scale) and a larger resize, about what the faster resampler saves there.
 DRAFT_MARGIN = 1.5
 
 # orientation -> the transpose that makes the stored pixels upright (EXIF 2.3, 4.6.4)
