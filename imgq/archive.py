@@ -39,6 +39,7 @@ from imgq.destinations import (
     Destination,
     DestinationUnavailable,
     Found,
+    LocalDestination,
     NameRefused,
     NameTaken,
     Physical,
@@ -74,6 +75,10 @@ class ArchiveReport:
     swept: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (destination, path) of killed copies' temporary files removed
     aliases: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (destination, the same destination already in the run)
     skipped: list[tuple[str, str | None]] = dataclasses.field(default_factory=list)  # asked-for ids not archivable: (id, state or None if unknown)
+    # a dry run's copies, not made: (destination, path) -> what would be there
+    planned: dict[tuple[str, str], Found] = dataclasses.field(default_factory=dict)
+    plan: list[tuple[str, str, str, str]] = dataclasses.field(default_factory=list)  # dry run: (file id, destination, path, 'would copy' or 'found')
+    stopped: bool = False  # ``stop()`` said so between two files: the rest is left to the next archive
 
 
 @dataclasses.dataclass
@@ -153,21 +158,36 @@ def archive(
     ignore_backoff: bool = False,
     rng: random.Random | None = None,
     on_file: Callable[[str, str, object], None] = lambda file_id, what, info: None,
+    on_progress: Callable[[int, int], None] = lambda done, total: None,
+    dry_run: bool = False,
+    stop: Callable[[], bool] = lambda: False,
 ) -> ArchiveReport:
     """Copy every eligible file (see ``eligible``) to every destination, verified.
 
     ``on_file(file_id, what, info)`` is told 'archived', 'failed' (info: Failure) and
-    'copied' (info: (destination, path, how)) as they happen.
+    'copied' (info: (destination, path, how)) as they happen; ``on_progress(done,
+    total)`` as the eligible files are gone through. ``stop()`` is asked before each
+    file: once true, the files not begun are left for the next archive (a file's copies
+    are each whole and recorded, so nothing is half-done).
+
+    With ``dry_run`` (on a ``ScratchDB``: its records are the plan) nothing is written,
+    swept or connected to: each name is planned as for real and 'copied' is told with
+    how 'would copy' (or 'found': a local destination already holds those bytes there),
+    and ``report.planned`` holds what the copies would be. An ssh:// destination is not
+    connected to: no name is known to be taken there.
     """
     rng = rng or random.Random()
     report = ArchiveReport()
+    if dry_run:
+        destinations = [d if isinstance(d, LocalDestination) else _Unvisited(d.url) for d in destinations]
     # One physical destination reached by two spellings is archived to once and counts once.
     phys = physical(destinations)
     report.aliases = phys.aliases
     report.down.update(phys.down)  # unreachable now: its copies fail at once, with the reason
     destinations = phys.unique
     copies.record_destinations(db, phys.identity, now=clock())
-    _sweep(destinations, phys, report, now=clock())
+    if not dry_run:
+        _sweep(destinations, phys, report, now=clock())
     by_url = {d.url: d for d in destinations}
     sources = Sources(db, by_url, store_dir)
     if file_ids is not None:
@@ -177,7 +197,11 @@ def archive(
         chosen = {f["id"] for f in files}
         states = dict(db.all("SELECT id, state FROM files WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(file_ids),)))
         report.skipped = [(i, states.get(i)) for i in dict.fromkeys(file_ids) if i not in chosen and states.get(i) != "archived"]
-    for f in files:
+    for n, f in enumerate(files):
+        if stop():
+            report.stopped = True
+            break
+        on_progress(n, len(files))
         items = items_of(db, f, store_dir)
         complete = True
         for dest in destinations:
@@ -194,7 +218,10 @@ def archive(
                 report.waiting += 1
                 continue
             try:
-                _copy_missing(db, dest, phys.identity.get(dest.url), f, items, missing, sources, report, clock=clock, on_file=on_file)
+                if dry_run:
+                    _plan_missing(db, dest, phys.identity.get(dest.url), f, items, missing, report, clock=clock, on_file=on_file)
+                else:
+                    _copy_missing(db, dest, phys.identity.get(dest.url), f, items, missing, sources, report, clock=clock, on_file=on_file)
                 archive_targets.succeeded(db, target, now=clock(), actor=actor)
             except (ImgqError, OSError) as e:
                 text = str(e) if isinstance(e, ImgqError) else f"{dest.url}: {e}"
@@ -216,7 +243,42 @@ def archive(
                 )
             report.archived.append(f["id"])
             on_file(f["id"], "archived", None)
+    if files:
+        on_progress(len(files), len(files))
     return report
+
+
+class _Unvisited(Destination):
+    """A dry run's view of a remote destination it does not connect to: its own url is
+    its identity, and nothing is known to be there."""
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def identity(self) -> str:
+        return f"url:{self.url}"
+
+    def check(self, rels: Iterable[str]) -> dict[str, Found | None]:
+        return {rel: None for rel in rels}
+
+
+def _plan_missing(db: DB, dest: Destination, ident: str | None, f, items, missing, report: ArchiveReport, *, clock, on_file) -> None:
+    """A dry run of ``_copy_missing``: the names are planned and the copies recorded (in
+    the dry run's own database), nothing is written to ``dest``."""
+    paths = plan(db, dest, f, items, now=clock(), ident=ident)
+    for item in missing:
+        rel = paths[item.role]
+        if dest.check([rel])[rel] == Found(item.bytes, item.sha256):
+            report.found += 1
+            how = "found"
+        else:
+            report.copied += 1
+            report.bytes += item.bytes
+            how = "would copy"
+        _record_copy(db, f["id"], item, dest.url, rel, now=clock(), ident=ident)
+        report.planned[(dest.url, rel)] = Found(item.bytes, item.sha256)
+        report.plan.append((f["id"], dest.url, rel, how))
+        on_file(f["id"], "copied", (dest.url, rel, how))
 
 
 def _sweep(destinations: Sequence[Destination], phys: Physical, report: ArchiveReport, *, now: float) -> None:
@@ -274,6 +336,7 @@ def verify(
     backoff_max: float = 3600.0,
     rng: random.Random | None = None,
     on_problem: Callable[[Problem], None] = lambda p: None,
+    dry_run: bool = False,
 ) -> VerifyReport:
     """Re-read every recorded copy at ``destinations``; re-make missing or corrupt ones.
 
@@ -281,7 +344,8 @@ def verify(
     the inbox (if unchanged), the artifact store, or another good copy; if it cannot be,
     its ``copies`` row is removed (it is no copy), the reason is kept on its archive
     target, and an archived file goes back to processed so that ``collect`` keeps the
-    original and the next ``archive`` makes the copy again.
+    original and the next ``archive`` makes the copy again. With ``dry_run`` every copy
+    is read but none is repaired: each bad one is a problem, not repaired.
     """
     rng = rng or random.Random()
     report = VerifyReport()
@@ -291,6 +355,11 @@ def verify(
     sources.bad.update((r["destination"], r["path"]) for r, _, _ in bad)
     copies.mark_verified(db, good, now=clock())
     for r, problem, got in bad:
+        if dry_run:
+            p = Problem(r["file_id"], r["destination"], r["path"], problem, False, "dry run: would be re-made or, if it cannot be, forgotten")
+            report.problems.append(p)
+            on_problem(p)
+            continue
         dest = destinations[r["destination"]]
         item = Item(
             r["artifact_name"] or ORIGINAL,

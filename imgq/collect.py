@@ -32,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from imgq.ledger import checks, journal
 from imgq.ledger import copies as copy_records  # `copies` names the rows of a file here
@@ -107,6 +107,7 @@ def collect(
     actor: Actor = Actor(),
     on_verdict: Callable[[Verdict], None] = lambda v: None,
     lock_timeout: float = LOCK_TIMEOUT,
+    assume: Mapping[tuple[str, str], Found] = {},
 ) -> CollectReport:
     """Delete every original that is safely archived (see the module docstring).
 
@@ -116,6 +117,8 @@ def collect(
     (and the others holding copies, for ``min_copies``). Nothing is changed with
     ``dry_run``; the verdicts say what would happen. Raises DatabaseBusy if the
     database's write lock is not free within ``lock_timeout`` seconds for a deletion.
+    ``assume`` (dry runs only: the copies a dry run of archive would have made, by
+    (destination, path)) are taken as read back good, without reading them.
     """
     if min_copies is None and not required:
         raise ValueError("collect needs the required destinations or a minimum number of copies")
@@ -148,7 +151,7 @@ def collect(
             copies = [c for c in copies if c["place"] in set(required_ids)]
         pending.append((f, path, copies))
 
-    found, unreachable = _check_copies(destinations, pending)
+    found, unreachable = _check_copies(destinations, pending, assume)
     good_ids = []
     for f, path, copies in pending:
         good, bad = [], []
@@ -211,14 +214,15 @@ class _Need:
         return len(set(verified)) >= self.min_copies
 
 
-def _check_copies(destinations: dict[str, Destination], pending) -> tuple[dict, dict]:
-    """Re-read every copy that matters, one batch per destination: ({(url, path): Found
-    or None}, {url: why it could not be checked})."""
+def _check_copies(destinations: dict[str, Destination], pending, assume: Mapping[tuple[str, str], Found] = {}) -> tuple[dict, dict]:
+    """Re-read every copy that matters (but those in ``assume``), one batch per
+    destination: ({(url, path): Found or None}, {url: why it could not be checked})."""
     wanted: dict[str, set[str]] = {}
     for _, _, copies in pending:
         for c in copies:
-            wanted.setdefault(c["destination"], set()).add(c["path"])
-    found: dict[tuple[str, str], Found | None] = {}
+            if (c["destination"], c["path"]) not in assume:
+                wanted.setdefault(c["destination"], set()).add(c["path"])
+    found: dict[tuple[str, str], Found | None] = dict(assume)
     unreachable: dict[str, str] = {}
     for url, paths in sorted(wanted.items()):
         dest = destinations.get(url)

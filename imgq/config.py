@@ -33,10 +33,18 @@ class Settings:
     default_owner: str = "unknown"
     settle: float = 2.0
     lease_seconds: float = 60.0
-    max_attempts: int = 5
+    # A transient failure (a share or disk away, a host down) is retried for a time, not
+    # a count: until it has been failing for retry_for seconds, with backoff from
+    # backoff_seconds doubling up to backoff_max_seconds. max_attempts, when set (> 0),
+    # also bounds the attempts; max_lost bounds the times a job's worker may be lost
+    # (killed, hung, cut off) running it, so a photo that kills its worker cannot loop.
+    max_attempts: int = 0
+    retry_for: float = 86400.0
+    max_lost: int = 5
     backoff_seconds: float = 5.0
-    backoff_max_seconds: float = 3600.0
+    backoff_max_seconds: float = 300.0
     jpeg_quality: int = 85
+    backup_keep: int = 5  # journal snapshots kept at each destination (imgq backup, imgq run)
     split_pixels: int = 40_000_000  # with --split, larger images become stripe jobs
     split_stripes: int = 4
     recipes: dict[str, dict[str, str]] = dataclasses.field(
@@ -68,9 +76,12 @@ _SCALARS = {
     "settle": float,
     "lease_seconds": float,
     "max_attempts": int,
+    "retry_for": float,
+    "max_lost": int,
     "backoff_seconds": float,
     "backoff_max_seconds": float,
     "jpeg_quality": int,
+    "backup_keep": int,
     "split_pixels": int,
     "split_stripes": int,
 }

@@ -38,6 +38,7 @@ import stat
 import unicodedata
 import urllib.parse
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 from imgq.gallery import files as gf
@@ -120,24 +121,35 @@ def fold_unique(slugs: dict[str, str]) -> dict[str, str]:
     return {t: f"{s}~{hashlib.sha256(t.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}" if t in clashing else s for t, s in slugs.items()}
 
 
-def publish(db: DB, out: Path, *, store_dir: Path, options: PublishOptions = PublishOptions()) -> PublishReport:
+def publish(
+    db: DB,
+    out: Path,
+    *,
+    store_dir: Path,
+    options: PublishOptions = PublishOptions(),
+    dry_run: bool = False,
+    on_progress: Callable[[int, int], None] = lambda done, total: None,
+) -> PublishReport:
     """Bring the gallery at ``out`` up to date with the database; see the module doc.
 
     Returns what was written, removed, swept and refused; a second call with nothing
     changed writes nothing at all. Something in the way (a symlink where a folder or file
     belongs) is refused and listed in ``report.refused``; the rest is still written.
+    With ``dry_run`` nothing is created, written or removed: the report says what would
+    be. ``on_progress(done, total)`` is told as the files to write are gone through.
     """
     if options.per_page < 1:
         raise UsageError("--per-page must be at least 1")
     out = Path(out)
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        if not dry_run:
+            out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise StorageError(f"cannot create {out}: {e.strerror or e}")
     report = PublishReport()
     photos, outputs = _collect(db, store_dir, options, report)
     outputs.update(_pages(photos, options))
-    _apply(out, outputs, options, report)
+    _apply(out, outputs, options, report, dry_run=dry_run, on_progress=on_progress)
     report.photos = [p.id for p in photos]
     return report
 
@@ -348,14 +360,16 @@ def _pages(photos: list[H.Photo], options: PublishOptions) -> dict[str, _Output]
 # --------------------------------------------------------------------------- writing
 
 
-def _apply(out: Path, outputs: dict[str, _Output], options: PublishOptions, report: PublishReport) -> None:
-    with gf.Folder(out) as g:
+def _apply(out: Path, outputs: dict[str, _Output], options: PublishOptions, report: PublishReport, *, dry_run: bool, on_progress) -> None:
+    with gf.Folder(out, dry_run=dry_run) as g:
         report.swept = g.sweep()
         previous = _manifest_files(g.read(MANIFEST))
         old = {} if options.force else previous
         changed: set[str] = set()
         failed: set[str] = set()
-        for rel, o in sorted(outputs.items()):
+        total = len(outputs)
+        for n, (rel, o) in enumerate(sorted(outputs.items()), 1):
+            on_progress(n - 1, total)
             known = old.get(rel)
             if known and known.get("sha256") == o.sha256 and g.size(rel) == o.bytes:
                 report.unchanged += 1
@@ -373,6 +387,7 @@ def _apply(out: Path, outputs: dict[str, _Output], options: PublishOptions, repo
             report.written.append(rel)
             if o.file_id:
                 changed.add(o.file_id)
+        on_progress(total, total)
         for rel in sorted(set(previous) - set(outputs)):
             if g.remove(rel):
                 report.removed.append(rel)

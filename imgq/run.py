@@ -9,6 +9,7 @@ summarises the run. Run twice on an unchanged inbox, the second run changes noth
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,6 +34,7 @@ class RunOptions:
     recipes: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
     min_copies: int | None = None
     collect: bool = True
+    dry_run: bool = False  # on a ScratchDB: work is not run (see run())
 
 
 @dataclasses.dataclass
@@ -42,11 +44,13 @@ class RunReport:
     work: work.WorkSummary | None = None
     archive: archive_step.ArchiveReport | None = None
     collect: collect_step.CollectReport | None = None
+    stopped: bool = False  # asked to stop between steps (``run(stop=...)``); the later steps did not run
+    would_process: list[str] = dataclasses.field(default_factory=list)  # a dry run's files with jobs due
 
     @property
     def exit_code(self) -> int:
         """0 when nothing failed in this run; 130 if interrupted; 1 otherwise."""
-        if self.work is not None and self.work.interrupted:
+        if self.stopped or (self.work is not None and self.work.interrupted):
             return int(Exit.INTERRUPTED)
         failed = bool(
             (self.scan and (self.scan.failed or self.scan.problems))
@@ -63,6 +67,8 @@ class RunReport:
         out["enqueue"] = {"files": sum(bool(r.created) for r in self.enqueued), "jobs": sum(len(r.created) for r in self.enqueued)}
         if self.work is not None:
             out["work"] = {"done": self.work.done, "failed": len(self.work.failed), "processed": len(self.work.processed)}
+        elif self.would_process:
+            out["work"] = {"would_process": len(self.would_process)}
         if self.archive is not None:
             out["archive"] = archive_step.summary(self.archive)
         if self.collect is not None:
@@ -78,8 +84,22 @@ def run(
     clock: Callable[[], float] = time.time,
     on_step: Callable[[str, object], None] = lambda step, result: None,
     on_work: Callable[[tuple], None] = lambda r: None,
+    on_progress: Callable[[str, int, int], None] = lambda step, done, total: None,
+    stop: Callable[[], bool] = lambda: False,
 ) -> RunReport:
-    """Run every step once; ``on_step(name, result)`` after each."""
+    """Run every step once; ``on_step(name, result)`` after each, ``on_progress(name,
+    done, total)`` as scan and archive go.
+
+    A dry run (``opts.dry_run``, on a ``ScratchDB``) runs scan and enqueue as they are,
+    does not work (it would write the store): ``report.would_process`` lists the files
+    whose jobs are due, which a real run processes and then archives and collects; the
+    dry archive and collect cover the files processed before.
+
+    ``stop()`` is asked before work, archive and collect, and by archive before each file:
+    once it is true the rest is left to the next run (``report.stopped``). What was begun
+    is whole (work hands back the jobs it did not start, each archived copy is verified
+    and recorded in one go), so stopping leaves nothing half-done. ``imgq run --watch`` says
+    so once SIGTERM or SIGINT came (imgq work stops on its own)."""
     report = RunReport()
     skip = [settings.store_dir] + [Path(d.url) for d in opts.destinations if isinstance(d, LocalDestination)]
     report.scan = scan.scan(
@@ -91,6 +111,7 @@ def run(
         max_pixels=settings.max_pixels,
         skip_dirs=skip,
         actor=Actor(name="run:scan"),
+        on_progress=functools.partial(on_progress, "scan"),
     )
     on_step("scan", report.scan)
 
@@ -99,12 +120,24 @@ def run(
     report.enqueued = enqueue_step.enqueue(db, settings, opts.recipes, now=clock(), actor=Actor(name="run:enqueue"))
     on_step("enqueue", report.enqueued)
 
-    if db.one("SELECT 1 FROM jobs WHERE state IN ('ready', 'leased') LIMIT 1"):
+    if stop():
+        report.stopped = True
+        return report
+    if opts.dry_run:
+        report.would_process = [r[0] for r in db.all(
+            "SELECT f.id FROM files f WHERE EXISTS (SELECT 1 FROM jobs j WHERE j.file_id = f.id AND j.state IN ('ready', 'leased'))"
+            " ORDER BY f.created_at, f.id"
+        )]
+        on_step("work", report.would_process)
+    elif db.one("SELECT 1 FROM jobs WHERE state IN ('ready', 'leased') LIMIT 1"):
         report.work = work.work(settings, work.WorkOptions(processes=opts.processes, mode="once"), on_report=on_work)
         on_step("work", report.work)
         if report.work.interrupted:
             return report
 
+    if stop():
+        report.stopped = True
+        return report
     report.archive = archive_step.archive(
         db,
         opts.destinations,
@@ -113,9 +146,15 @@ def run(
         actor=Actor(name="run:archive"),
         backoff=settings.backoff_seconds,
         backoff_max=settings.backoff_max_seconds,
+        dry_run=opts.dry_run,
+        on_progress=functools.partial(on_progress, "archive"),
+        stop=stop,
     )
     on_step("archive", report.archive)
 
+    if report.archive.stopped or (opts.collect and stop()):
+        report.stopped = True
+        return report
     if opts.collect:
         by_url = {d.url: d for d in opts.destinations}
         report.collect = collect_step.collect(
@@ -125,6 +164,8 @@ def run(
             min_copies=opts.min_copies,
             clock=clock,
             actor=Actor(name="run:collect"),
+            dry_run=opts.dry_run,
+            assume=report.archive.planned,
         )
         on_step("collect", report.collect)
     return report

@@ -30,11 +30,13 @@ import json
 import os
 import re
 import stat
-from collections.abc import Iterable, Iterator
+import threading
+import unicodedata
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from imgq import imaging, original, store
-from imgq.ledger import journal
+from imgq.ledger import journal, owners
 from imgq.ledger.database import DB
 from imgq.errors import ImgqError, Permanent
 from imgq.ledger.journal import Actor
@@ -165,8 +167,9 @@ def walk(root: Path, skip: set[tuple[int, int]] = frozenset(), report: ScanRepor
 
 
 def owner_of(rel: Path, default_owner: str) -> str:
-    """The owner label: the first folder below the inbox root, as people read it."""
-    return original.shown_path(rel.parts[0]) if len(rel.parts) > 1 else default_owner
+    """The owner label: the first folder below the inbox root, as people read it, in
+    Unicode NFC, so that a name synced from a Mac (NFD) and from Linux (NFC) is one owner."""
+    return unicodedata.normalize("NFC", original.shown_path(rel.parts[0])) if len(rel.parts) > 1 else default_owner
 
 
 class _Ids:
@@ -203,16 +206,21 @@ def scan(
     max_pixels: int = 250_000_000,
     skip_dirs: Iterable[Path] = (),
     actor: Actor = Actor(),
+    on_progress: Callable[[int, int], None] = lambda done, total: None,
 ) -> ScanReport:
     """Record every new or changed photo under ``roots``; files that are not good photos
     are recorded as failed with the reason, files that cannot be read now are reported as
     problems (and tried again next time), and the scan goes on.
 
     ``skip_dirs`` (the store, configured destinations) and every local destination
-    recorded in the database are skipped by identity wherever they lie."""
+    recorded in the database are skipped by identity wherever they lie. The inboxes are
+    listed first, then the files to read are read; ``on_progress(read, to_read)`` is told
+    as each is (from the reading threads), if there are any."""
     report = ScanReport()
     skip = folder_identities([*skip_dirs, *recorded_destinations(db)])
     ids = _Ids(db)
+    pending: list[tuple] = []
+    listed: set[tuple[int, int]] = set()
     for root in roots:
         root = Path(os.path.abspath(root))
         if not root.is_dir():
@@ -224,8 +232,10 @@ def scan(
             # duplicates, and skipping it silently would hide every new photo
             report.problems.append((original.shown_path(str(root)), "this inbox is also imgq's store or an archive destination; not scanned (archive elsewhere)"))
             continue
+        if (st.st_dev, st.st_ino) in listed:
+            continue  # the same inbox named twice: every file is read once (all are listed before any is read)
+        listed.add((st.st_dev, st.st_ino))
         stored_root = original.stored_path(str(root))
-        pending: list[tuple] = []
         for path, st in walk(root, skip, report):
             rel = path.relative_to(root)
             if settle > 0 and now - st.st_mtime < settle:
@@ -241,21 +251,40 @@ def scan(
                 report.unchanged += 1
                 continue
             pending.append((root, rel, st, known, default_owner, max_pixels))
-            if len(pending) >= BATCH:
-                _record(db, _examine_all(pending), report, ids, now=now, actor=actor)
-                pending = []
-        if pending:
-            _record(db, _examine_all(pending), report, ids, now=now, actor=actor)
+    if pending:
+        read = _Tally(len(pending), on_progress)
+        for start in range(0, len(pending), BATCH):
+            _record(db, _examine_all(pending[start : start + BATCH], read), report, ids, now=now, actor=actor)
     return report
 
 
-def _examine_all(items: list[tuple]) -> list[dict]:
+class _Tally:
+    """Files read so far out of ``total``, told to ``on_progress`` (from any thread)."""
+
+    def __init__(self, total: int, on_progress: Callable[[int, int], None]):
+        self.total, self.done, self.on_progress = total, 0, on_progress
+        self.lock = threading.Lock()
+        on_progress(0, total)
+
+    def one(self) -> None:
+        with self.lock:
+            self.done += 1
+            self.on_progress(self.done, self.total)
+
+
+def _examine_all(items: list[tuple], read: _Tally) -> list[dict]:
     """examine over a batch, a few files at a time: hashing releases the GIL, so reading
     and hashing overlap and use every core (in order, so ids are stable)."""
+
+    def one(item: tuple) -> dict:
+        result = examine(*item)
+        read.one()
+        return result
+
     if len(items) == 1:
-        return [examine(*items[0])]
+        return [one(items[0])]
     with concurrent.futures.ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1, len(items))) as pool:
-        return list(pool.map(lambda item: examine(*item), items))
+        return list(pool.map(one, items))
 
 
 def _read(orig: original.Original) -> tuple[int, str, bytes]:
@@ -380,3 +409,5 @@ def _record(db: DB, batch: list[dict], report: ScanReport, ids: _Ids, *, now: fl
             else:
                 journal.add_file(db, row, state="seen", now=now, actor=actor)
                 report.found.append(Found(row["id"], item["shown"], "seen"))
+            if len(item["rel"].parts) > 1:  # the owner's folder as spelled on disk
+                owners.note_spelling(db, row["owner"], original.stored_path(item["rel"].parts[0]), now=now)

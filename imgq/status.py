@@ -10,6 +10,7 @@ import re
 
 from imgq import faces
 from imgq.fleet import hosts
+from imgq.ledger import owners
 from imgq.ledger.database import DB
 from imgq.ledger.journal import FILE_STATES, JOB_STATES
 from imgq.ledger.migrations import FILE_NAME
@@ -76,6 +77,7 @@ def snapshot(db: DB, *, now: float, failures: int = 10) -> dict:
         "failures": recent,
         "retrying": retrying,
         "faces": faces.summary(db),
+        "owners_merged": owners.merged(db),  # one photographer's folder found under several spellings
         **archive_and_collect(db, now=now, limit=failures),
     }
 

@@ -235,7 +235,7 @@ def worker_main(settings: Settings, opts: WorkOptions, name: str, stop: Stop, re
                 limit = 1
             else:
                 limit = max(1, min(MAX_BATCH, int(TARGET_BATCH_SECONDS / max(per_job, 1e-4))))
-            claims = queue.claim(db, owner=name, limit=limit, lease_seconds=settings.lease_seconds, actor=actor, max_attempts=opts.max_attempts)
+            claims = queue.claim(db, owner=name, limit=limit, lease_seconds=settings.lease_seconds, actor=actor, max_attempts=opts.max_attempts, max_lost=settings.max_lost)
             if not claims:
                 if opts.mode == "once":
                     break  # jobs in backoff or held by live workers are left for a later run
@@ -286,6 +286,7 @@ def settle(db: DB, outcomes: list[queue.Outcome], settings: Settings, *, actor: 
         db, outcomes, actor=actor, store_dir=settings.store_dir,
         backoff=settings.backoff_seconds if backoff is None else backoff,
         backoff_max=settings.backoff_max_seconds if backoff_max is None else backoff_max,
+        retry_for=settings.retry_for, max_lost=settings.max_lost,
     )
     done = set(settled.done)
     for o in outcomes:

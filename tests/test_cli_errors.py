@@ -39,12 +39,16 @@ def _commands() -> dict:
     return found
 
 
-COMMANDS = _commands()
+# `imgq complete-values` (hidden) is what the shell completions ask on every Tab: by
+# design it answers every problem with nothing and exit 0, never a line on the terminal
+# (tests/test_completion.py checks that)
+SILENT = {"complete-values"}
+COMMANDS = {words: cmd for words, cmd in _commands().items() if words not in SILENT}
 
 # Commands that record something create the database when it is missing; the others only
 # read it (or act on what it already holds) and refuse a missing one. README says the same.
 CREATES = {"scan", "enqueue", "work", "archive", "run"}
-NEEDS = {"status", "log", "retry", "report", "collect", "publish"}
+NEEDS = {"status", "log", "retry", "report", "collect", "publish", "export", "backup"}
 # Arguments that make each command run for real once its database is fine.
 ARGS = {
     "scan": ["inbox"],
@@ -58,6 +62,8 @@ ARGS = {
     "archive": ["--to", "dest"],
     "collect": ["--to", "dest"],
     "run": ["inbox", "--to", "dest"],
+    "export": ["-r", "default", "--to", "out"],
+    "backup": ["--to", "dest"],
 }
 
 
@@ -74,7 +80,7 @@ TAKES_IDS = sorted(w for w, c in COMMANDS.items() if _takes_ids(c))
 
 # Commands whose --db only names the database they report on: they never open it
 # (`imgq config` shows which database a command would use, and why).
-NAMES_ONLY = {"config"}
+NAMES_ONLY = {"config", "restore"}
 DB_COMMANDS = sorted(w for w, c in COMMANDS.items() if _has_db(c) and w not in NAMES_ONLY)
 
 
@@ -97,7 +103,7 @@ def test_every_command_with_a_database_is_classified():
     """A new command must say whether it may create a database (and get its arguments here)."""
     assert set(DB_COMMANDS) == CREATES | NEEDS
     assert set(ARGS) == CREATES | NEEDS
-    assert set(TAKES_IDS) == {"log", "retry", "enqueue", "archive", "collect"}
+    assert set(TAKES_IDS) == {"log", "retry", "enqueue", "archive", "collect", "export"}
 
 
 @pytest.mark.parametrize("words", sorted(NEEDS))
@@ -190,7 +196,7 @@ def empty_db(tmp_path) -> Path:
 
 @pytest.mark.parametrize("words", TAKES_IDS)
 def test_an_unknown_id(tmp_path, empty_db, words):
-    extra = {"archive": ["--to", "dest"], "collect": ["--to", "dest"]}.get(words, [])
+    extra = {"archive": ["--to", "dest"], "collect": ["--to", "dest"], "export": ["-r", "default", "--to", "out"]}.get(words, [])
     r = _run(tmp_path, words, *extra, "nosuchid_123")
     assert r.returncode == 2, (r.stdout, r.stderr)
     _assert_one_error_line(r, "nosuchid_123")

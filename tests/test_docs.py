@@ -147,14 +147,48 @@ def test_checked_in_man_pages_pass_mandoc_lint():
 
 
 def test_completions_list_commands_and_options(tiny_files):
-    for rel in ("completions/tiny.bash", "completions/_tiny", "completions/tiny.fish"):
+    for rel in ("completions/bash/tiny", "completions/zsh/_tiny", "completions/fish/tiny.fish"):
         text = tiny_files[rel]
         for word in ("convert", "hosts", "check", "--format", "--hosts-file", "--no-wait", "--level"):
             # fish spells options without their dashes: -l no-wait
             assert (word.lstrip("-") if rel.endswith(".fish") else word) in text, (rel, word)
         assert "secret" not in text
-    assert "'choice:jpeg webp'" in tiny_files["completions/tiny.bash"]
-    assert ":_files -/" in tiny_files["completions/_tiny"]  # --out takes a directory
+    assert "'choice:jpeg webp'" in tiny_files["completions/bash/tiny"]
+    assert ":_files -/" in tiny_files["completions/zsh/_tiny"]  # --out takes a directory
+
+
+def _tiny_recipes(ctx, args, incomplete):
+    return []
+
+
+_tiny_recipes.values = "recipes"  # as imgq's options.completes("recipes") marks its callback
+
+
+def test_values_from_the_program_are_asked_of_it():
+    # a parameter whose completion callback names a kind of values makes each script ask
+    # `PROG complete-values KIND` (tests/test_completion.py runs that against imgq)
+    app = typer.Typer(name="tiny", add_completion=False)
+
+    @app.command()
+    def make(
+        names: Annotated[Optional[list[str]], typer.Argument(autocompletion=_tiny_recipes)] = None,
+        recipe: Annotated[Optional[str], typer.Option("--recipe", autocompletion=_tiny_recipes)] = None,
+        db: Annotated[Optional[str], typer.Option("--db")] = None,
+    ) -> None:
+        """Make things."""
+
+    @app.command()
+    def other() -> None:
+        """Another command, so that make is a subcommand."""
+
+    files = gen.generate(typer.main.get_command(app), "tiny")
+    bash, zsh, fish = (files[f] for f in ("completions/bash/tiny", "completions/zsh/_tiny", "completions/fish/tiny.fish"))
+    assert "'tiny make|--recipe') REPLY='values:recipes'" in bash and "'tiny make') REPLY='values:recipes'" in bash
+    assert 'complete-values "${args[@]}" -- "$cur"' in bash
+    assert "'--recipe=[]:TEXT:_tiny_values recipes'" in zsh and "'*:NAMES:_tiny_values recipes'" in zsh
+    assert "-l 'recipe' -x -a '(__tiny_values recipes)'" in fish
+    for text in (bash, zsh, fish):
+        assert "tiny complete-values" in text or '"${_tiny_prog:-tiny}" complete-values' in text
 
 
 def test_output_is_deterministic(tiny_files):
@@ -166,7 +200,7 @@ def test_plain_click_commands_work_too():
     files = gen.generate(tiny_click_group(), "clicky")
     page = files["man/clicky-resize.1"]
     assert "One of: fit, fill." in page and "Default: fit." in page and "More words here." in page
-    bash = files["completions/clicky.bash"]
+    bash = files["completions/bash/clicky"]
     assert "'clicky resize|--mode') REPLY='choice:fit fill'" in bash
     assert "'clicky resize|--into') REPLY='dir'" in bash
     assert "'clicky resize') REPLY='file'" in bash
@@ -178,10 +212,12 @@ def test_check_mode_finds_stale_missing_and_obsolete_files(tiny_files, tmp_path)
     assert gen.stale(tiny_files, tmp_path, "tiny") == []
     (tmp_path / "man" / "tiny-convert.1").write_text("old\n")
     (tmp_path / "man" / "tiny-removed.1").write_text("gone\n")
-    assert gen.stale(tiny_files, tmp_path, "tiny") == ["man/tiny-convert.1", "man/tiny-removed.1"]
+    (tmp_path / "completions" / "tiny.bash").write_text("# the name before completions/bash/tiny\n")
+    assert gen.stale(tiny_files, tmp_path, "tiny") == ["completions/tiny.bash", "man/tiny-convert.1", "man/tiny-removed.1"]
     gen.write(tiny_files, tmp_path, "tiny")
     assert gen.stale(tiny_files, tmp_path, "tiny") == []
     assert not (tmp_path / "man" / "tiny-removed.1").exists()
+    assert not (tmp_path / "completions" / "tiny.bash").exists()
 
 
 # --------------------------------------------------------------------------- shells
@@ -216,7 +252,7 @@ def tiny_dir(tiny_files, tmp_path_factory):
 
 def test_bash_completion_works(tiny_dir, monkeypatch):
     monkeypatch.chdir(tiny_dir)
-    script = tiny_dir / "completions" / "tiny.bash"
+    script = tiny_dir / "completions" / "bash" / "tiny"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     assert _bash_complete(script, "tiny ") == ["convert", "hosts"]
     assert _bash_complete(script, "tiny hosts ") == ["check"]
@@ -230,7 +266,7 @@ def test_bash_completion_works(tiny_dir, monkeypatch):
 
 @pytest.mark.skipif(not shutil.which("fish"), reason="fish not installed")
 def test_fish_completion_works(tiny_dir):
-    script = tiny_dir / "completions" / "tiny.fish"
+    script = tiny_dir / "completions" / "fish" / "tiny.fish"
     assert subprocess.run(["fish", "--no-execute", str(script)]).returncode == 0
 
     def complete(line):
@@ -246,7 +282,7 @@ def test_fish_completion_works(tiny_dir):
 
 @pytest.mark.skipif(not shutil.which("zsh"), reason="zsh not installed")
 def test_zsh_completion_parses(tiny_dir):
-    assert subprocess.run(["zsh", "-n", str(tiny_dir / "completions" / "_tiny")]).returncode == 0
+    assert subprocess.run(["zsh", "-n", str(tiny_dir / "completions" / "zsh" / "_tiny")]).returncode == 0
 
 
 # --------------------------------------------------------------------------- the real CLI
@@ -271,9 +307,9 @@ def test_every_command_has_a_man_page_and_completions(real):
     root, files = real
     commands = [c for c in root.walk() if c is not root]
     assert commands, "the CLI has no subcommands?"
-    bash = (REPO / "completions" / "imgq.bash").read_text()
-    zsh = (REPO / "completions" / "_imgq").read_text()
-    fish = (REPO / "completions" / "imgq.fish").read_text()
+    bash = (REPO / "completions" / "bash" / "imgq").read_text()
+    zsh = (REPO / "completions" / "zsh" / "_imgq").read_text()
+    fish = (REPO / "completions" / "fish" / "imgq.fish").read_text()
     for cmd in root.walk():
         assert (REPO / "man" / f"{cmd.page}.1").is_file(), f"no man page for {cmd.name}"
         assert f"'{cmd.name}')" in bash, f"{cmd.name} missing from bash completion"
@@ -286,11 +322,11 @@ def test_every_command_has_a_man_page_and_completions(real):
 
 
 def test_real_completions_parse():
-    assert subprocess.run(["bash", "-n", str(REPO / "completions" / "imgq.bash")]).returncode == 0
+    assert subprocess.run(["bash", "-n", str(REPO / "completions" / "bash" / "imgq")]).returncode == 0
     if shutil.which("zsh"):
-        assert subprocess.run(["zsh", "-n", str(REPO / "completions" / "_imgq")]).returncode == 0
+        assert subprocess.run(["zsh", "-n", str(REPO / "completions" / "zsh" / "_imgq")]).returncode == 0
     if shutil.which("fish"):
-        assert subprocess.run(["fish", "--no-execute", str(REPO / "completions" / "imgq.fish")]).returncode == 0
+        assert subprocess.run(["fish", "--no-execute", str(REPO / "completions" / "fish" / "imgq.fish")]).returncode == 0
 
 
 def test_readme_lists_the_supported_formats():

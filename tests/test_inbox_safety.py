@@ -323,3 +323,16 @@ def test_an_inbox_that_is_not_there_is_retried_not_failed(tmp_path, run_imgq, db
     r = run_imgq("work", "-j1", "--once")
     [(state, kind)] = rows(db_path, "SELECT state, error_kind FROM jobs")
     assert (state, kind) == ("ready", "transient"), r.stderr
+
+
+def test_an_inbox_named_twice_in_one_scan_is_read_and_recorded_once(tmp_path, run_imgq, db_path):
+    """scan lists every inbox before it reads (so that a progress bar knows the total):
+    the same inbox given twice, however spelled, must not be read twice and recorded as
+    two photos."""
+    inbox = tmp_path / "inbox"
+    make(inbox / "alice" / "IMG_0001.jpg", seed=1)
+    make(inbox / "bob" / "IMG_0002.jpg", seed=2)
+    r = run_imgq("scan", "--settle", "0", inbox, inbox, tmp_path / "inbox" / ".." / "inbox")
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.split()) == 2, r.stdout
+    assert rows(db_path, "SELECT count(*) FROM files") == [(2,)]

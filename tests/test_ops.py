@@ -85,7 +85,7 @@ def test_registry_lists_valid_names_and_every_op_is_documented():
 MODES = ["RGB", "L", "RGBA", "LA", "I;16"]
 FILTERS = [
     "brightness=1.3", "contrast=0.7", "sharpness=2", "blur:5", "gaussian=1.5", "median:5",
-    "bilateral:9,50,50", "canny", "invert", "gray", "bw:100", "equalize:1", "faces",
+    "bilateral:9,50,50", "canny", "invert", "gray", "bw:100", "stretch:1", "equalize", "faces",
 ]
 # the mode each operation returns for each input mode, where it is not the input's
 RESULT_MODE = {
@@ -120,7 +120,7 @@ def test_filters_keep_size_and_give_the_expected_mode(chain, mode):
     assert out.size == img.size
     name = parse_chain(chain)[0].op
     assert out.mode == RESULT_MODE.get(name, {}).get(mode, mode)
-    if mode in ("RGBA", "LA") and name in ("brightness", "contrast", "sharpness", "bilateral", "invert", "gray", "bw", "equalize"):
+    if mode in ("RGBA", "LA") and name in ("brightness", "contrast", "sharpness", "bilateral", "invert", "gray", "bw", "stretch", "equalize"):
         assert out.getchannel("A").tobytes() == img.getchannel("A").tobytes()  # alpha kept
 
 
@@ -147,14 +147,63 @@ def test_gray_has_equal_channels_and_pillows_weights():
     assert np.abs(np.asarray(g, dtype=int) - np.asarray(img.convert("L"), dtype=int)).max() <= 1
 
 
-def test_equalize_stretches_a_dull_image_to_the_full_range():
+def test_stretch_spreads_a_dull_image_linearly_to_the_full_range():
     dull = Image.fromarray((100 + np.asarray(textured("L"), dtype=np.uint16) * 50 // 255).astype(np.uint8))
     lo, hi = dull.getextrema()
     assert hi - lo <= 51
-    out = ops.get("equalize")(dull, cutoff=0.0)
+    out = ops.get("stretch")(dull, cutoff=0.0)
     assert out.getextrema() == (0, 255)
+    # linear: the order and the relative spacing of grey levels are kept
+    a, b = np.asarray(dull, dtype=float).ravel(), np.asarray(out, dtype=float).ravel()
+    assert np.corrcoef(a, b)[0, 1] > 0.999
+    flat = Image.new("L", (10, 10), 77)
+    assert ops.get("stretch")(flat).tobytes() == flat.tobytes()
+
+
+def skewed(mode: str) -> Image.Image:
+    """Mostly dark with a few bright pixels: a histogram a linear stretch cannot flatten."""
+    rng = np.random.default_rng(3)
+    grey = np.clip(rng.gamma(2.0, 12.0, size=(120, 160)), 0, 255)
+    grey[:4, :4] = 250  # the brightest pixels pin a linear stretch's top
+    if mode == "L":
+        return Image.fromarray(grey.astype(np.uint8))
+    tint = np.stack([grey, grey * 0.8, grey * 0.6], axis=-1)
+    return Image.fromarray(np.clip(tint, 0, 255).astype(np.uint8), "RGB")
+
+
+def test_equalize_flattens_the_histogram_where_stretch_cannot():
+    img = skewed("L")
+    eq = np.asarray(ops.get("equalize")(img)).ravel()
+    st = np.asarray(ops.get("stretch")(img, cutoff=0.0)).ravel()
+    # equalised: each quarter of the grey range holds about a quarter of the pixels
+    quarters = np.histogram(eq, bins=4, range=(0, 256))[0] / eq.size
+    assert np.all(np.abs(quarters - 0.25) < 0.06), quarters
+    # the stretch leaves most pixels in the dark quarter (its top is pinned by 16 pixels)
+    assert np.histogram(st, bins=4, range=(0, 256))[0][0] / st.size > 0.6
+    # monotonic: a darker pixel never becomes brighter than a lighter one
+    src = np.asarray(img).ravel()
+    order = np.argsort(src, kind="stable")
+    assert np.all(np.diff(eq[order].astype(int)) >= 0)
     flat = Image.new("L", (10, 10), 77)
     assert ops.get("equalize")(flat).tobytes() == flat.tobytes()
+
+
+def test_equalize_keeps_the_hue_of_a_colour_photo():
+    img = skewed("RGB")
+    out = np.asarray(ops.get("equalize")(img), dtype=float)
+    src = np.asarray(img, dtype=float)
+    bright = src[..., 0] > 40  # where the tint is measurable
+    # red stays the strongest channel and blue the weakest, as in the tinted source
+    assert (out[bright][:, 0] >= out[bright][:, 1]).mean() > 0.98
+    assert (out[bright][:, 1] >= out[bright][:, 2]).mean() > 0.98
+
+
+def test_the_old_equalize_parameter_points_to_stretch():
+    from imgq.errors import UnknownOperation
+    from imgq.ops.chain import parse_step
+
+    with pytest.raises(UnknownOperation, match="stretch:1"):
+        parse_step("equalize:1")
 
 
 @pytest.mark.parametrize("name", ["brightness", "contrast", "sharpness"])

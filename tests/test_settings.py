@@ -372,7 +372,7 @@ def test_config_shows_every_setting_and_its_source(tmp_path):
     assert lines[0] == f"# settings file: {tmp_path / 'imgq.toml'} (from ./imgq.toml)"
     assert f'jpeg_quality = 90  # {tmp_path / "imgq.toml"}' in lines
     assert f'db = "{tmp_path / "env.db"}"  # $IMGQ_DB' in lines
-    assert "max_attempts = 5  # default" in lines
+    assert "max_attempts = 0  # default" in lines and "retry_for = 86400.0  # default" in lines
     assert 'recipes.default = { thumb = "thumb", web = "web" }  # built-in' in lines
     assert f'recipes.people = {{ web = "web|faces" }}  # {tmp_path / "imgq.toml"}' in lines
     # the output is TOML: read back, it holds the values in force

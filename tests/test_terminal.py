@@ -168,9 +168,83 @@ def test_archive_and_run_on_a_terminal_keep_stdout_for_ids(tmp_path, queued):
     (archived,) = r.stdout.splitlines()
     assert archived.startswith("dave_") and archived not in r.text
     assert "run: " in r.text, r.text
+    assert progress_counts(r.text, "scan")[-1] == (1, 1), r.text  # run's steps show their progress too
+    assert progress_counts(r.text, "archive")[-1] == (1, 1), r.text
 
 
-# -- 2. summaries people read ----------------------------------------------------------------
+# -- 2. progress on the terminal for every long step, and nowhere else ----------------------
+
+COLOUR = re.compile(r"\x1b\[(?:[0-9;]*;)?(?:3[0-9]|4[0-9]|9[0-7]|10[0-7])(?:;[0-9;]*)?m")
+
+
+def assert_progress(r: TtyRun, label: str, total: int) -> None:
+    counts = progress_counts(r.text, label)
+    assert counts, r.text  # a bar with counts was drawn on the terminal
+    assert all(m <= n == total for m, n in counts), counts
+    assert counts[-1] == (total, total), counts  # and it finished
+
+
+def test_scan_archive_publish_show_progress_on_a_terminal_and_ids_on_stdout(tmp_path, inbox):
+    files = sum(len(names) for _, _, names in os.walk(inbox))
+    r = run_in_tty("scan", inbox, cwd=tmp_path)
+    assert r.returncode == 0, r.text
+    ids = r.stdout.splitlines()
+    assert len(ids) >= 6 and not any(i in r.text for i in ids)
+    assert_progress(r, "scan", files)  # every file read once
+
+    assert imgq_subprocess("enqueue", cwd=tmp_path).returncode == 0
+    assert imgq_subprocess("work", "--drain", cwd=tmp_path).returncode == 1
+    processed = processed_ids(tmp_path)
+    dest = tmp_path / "backup"
+    dest.mkdir()
+    r = run_in_tty("archive", "--to", dest, cwd=tmp_path)
+    assert r.returncode == 0, r.text
+    assert sorted(r.stdout.splitlines()) == sorted(processed)
+    assert not any(i in r.text for i in processed)
+    assert_progress(r, "archive", len(processed))
+
+    r = run_in_tty("publish", tmp_path / "site", cwd=tmp_path)
+    assert r.returncode == 0, r.text
+    assert sorted(r.stdout.splitlines()) == sorted(processed)  # the ids, and nothing else
+    written = sum(1 for p in (tmp_path / "site").rglob("*") if p.is_file()) - 1  # not the manifest
+    assert_progress(r, "publish", written)
+
+
+def test_progress_keeps_to_the_terminal_and_no_color_takes_only_the_colour(tmp_path, inbox):
+    r = run_in_tty("scan", "--dry-run", inbox, cwd=tmp_path)
+    assert r.returncode == 0 and COLOUR.search(r.screen), r.text  # coloured on a terminal (the check can fail)
+    r = run_in_tty("scan", "--dry-run", inbox, cwd=tmp_path, env={"NO_COLOR": "1"})
+    assert r.returncode == 0, r.text
+    assert progress_counts(r.text, "scan"), r.text  # progress stays
+    assert not COLOUR.search(r.screen), repr(r.screen)  # colour goes
+    # stderr a pipe (cron, a log): not a trace of the bar, and the same ids
+    piped = imgq_subprocess("scan", inbox, cwd=tmp_path, env={"TERM": "xterm-256color"})
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stdout == r.stdout
+    assert not progress_counts(piped.stderr, "scan") and "\x1b" not in piped.stderr and "━" not in piped.stderr, piped.stderr
+    dest = tmp_path / "backup"
+    dest.mkdir()
+    assert imgq_subprocess("enqueue", cwd=tmp_path).returncode == 0
+    assert imgq_subprocess("work", "--drain", cwd=tmp_path).returncode == 1
+    for args in (["archive", "--to", dest], ["publish", tmp_path / "site"]):
+        piped = imgq_subprocess(*args, cwd=tmp_path, env={"TERM": "xterm-256color"})
+        assert piped.returncode == 0, piped.stderr
+        assert piped.stdout.strip() and "\x1b" not in piped.stderr and "━" not in piped.stderr and not re.search(r"\d+/\d+", piped.stderr), piped.stderr
+
+
+def test_run_dry_run_on_a_terminal_sums_up_what_it_would_do(tmp_path, inbox):
+    dest = tmp_path / "backup"
+    dest.mkdir()
+    r = run_in_tty("run", "--dry-run", inbox, "--to", dest, cwd=tmp_path)
+    assert r.returncode == 0, r.text
+    ids = r.stdout.split()
+    assert len(ids) >= 6 and not (tmp_path / "imgq.db").exists()
+    summary = " ".join(r.text[r.text.index("run: scan"):].split())
+    assert f"work {len(ids)} files would be processed" in summary, summary
+    assert "dry run: nothing changed" in r.text, r.text
+
+
+# -- 3. summaries people read ----------------------------------------------------------------
 
 
 def test_not_an_image_reason_reads_as_text(tmp_path):
@@ -224,7 +298,7 @@ def test_collect_reasons_in_status_are_formatted_for_people(tmp_path, inbox):
     assert "IMG_0002.jpg" in block and "keep" in block, block
 
 
-# -- 3. help reads like a manual -------------------------------------------------------------
+# -- 4. help reads like a manual -------------------------------------------------------------
 
 INTERNAL = ("<int", "<float", "<list", "[Path]", "...}", "<path", "<text")
 

@@ -26,8 +26,9 @@ from imgq import __version__
 from imgq.cli import common, helptext
 from imgq.errors import Exit, ImgqError, UsageError
 
-# name -> (module, hidden). Command modules are imported only when needed: `imgq scan`
-# should not pay for importing the SSH stack (fabric, paramiko) the fleet needs.
+# name -> (module, hidden); the module's function is the name with _ for -. Command
+# modules are imported only when needed: `imgq scan` should not pay for importing the SSH
+# stack (fabric, paramiko) the fleet needs.
 COMMANDS: dict[str, tuple[str, bool]] = {
     "scan": ("scan", False),
     "enqueue": ("enqueue", False),
@@ -39,11 +40,15 @@ COMMANDS: dict[str, tuple[str, bool]] = {
     "report": ("report", False),
     "archive": ("archive", False),
     "collect": ("collect", False),
+    "backup": ("backup", False),
+    "restore": ("restore", False),
+    "export": ("export", False),
     "run": ("run", False),
     "recipes": ("recipes", False),
     "config": ("config", False),
     "datasette-metadata": ("datasette_metadata", False),
     "agent": ("agent", True),  # started by `work --hosts` on each host
+    "complete-values": ("complete_values", True),  # asked by the shell completions
 }
 GROUPS = {"hosts": "hosts"}  # name -> module with a Typer `app`
 

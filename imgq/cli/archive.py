@@ -10,7 +10,7 @@ import typer
 from imgq import archive as archive_lib
 from imgq import destinations
 from imgq.cli import common
-from imgq.cli.options import AcceptNewOpt, SshConfigOpt, ToOpt
+from imgq.cli.options import AcceptNewOpt, SshConfigOpt, ToOpt, dry_run_option
 from imgq.errors import Exit, UsageError
 from imgq.ledger.journal import Actor
 
@@ -19,6 +19,7 @@ Examples:
   imgq archive --to /mnt/backup --to ssh://nas/srv/photos
   imgq work --drain | imgq archive --to /mnt/backup -
   imgq archive --verify             # re-read every recorded copy, repair what is bad
+  imgq archive -n --to /mnt/backup  # which copies would be made, and where
   imgq archive --to /mnt/usb --retry-now   # after freeing space: do not wait for the backoff
 """
 
@@ -27,6 +28,7 @@ def archive(
     to: ToOpt = None,
     verify: Annotated[bool, typer.Option("--verify", help="Re-read every recorded copy (at --to, default all); re-make missing or corrupt ones.")] = False,
     retry_now: Annotated[bool, typer.Option("--retry-now", help="Also try copies still waiting out the backoff after a failure.")] = False,
+    dry_run: Annotated[bool, dry_run_option("print the files that would become archived and name on stderr each copy that would be made (DEST/PATH). An ssh:// destination is not connected to. With --verify: read every copy, repair none.")] = False,
     ssh_config: SshConfigOpt = None,
     accept_new_host_keys: AcceptNewOpt = False,
     db: common.DbOpt = None,
@@ -47,10 +49,11 @@ def archive(
     original, the artifact store or another good copy, and prints the id of each file
     with a bad copy. Exits 1 if any copy failed, or (with --verify) any copy was bad.
     """
-    settings = common.settings_for(db, config)
+    inv = common.Invocation("archive", db, config, dry_run=dry_run)
+    settings = inv.settings
     wanted = common.read_ids(ids)
     urls = destinations.in_force(to, settings)
-    database = common.open_db(settings)
+    database = inv.database
     common.require_known(database, wanted)
     if verify:
         if not to:
@@ -59,19 +62,17 @@ def archive(
         raise UsageError("no destination: give --to DEST, or set destinations = [...] in imgq.toml")
     dests = archive_lib.open_destinations(database, urls, destinations.SshOptions(config=ssh_config, accept_new_host_keys=accept_new_host_keys))
     try:
-        with common.step_lock(settings, "archive", wait), common.recorded_run(database, "archive", {"ids": wanted, "to": urls, "verify": verify}) as run:
+        with inv.recorded({"ids": wanted, "to": urls, "verify": verify}, wait=wait) as run:
             if verify:
-                code = _verify(database, settings, dests, wanted, json, run)
+                code = _verify(database, settings, dests, wanted, json, run, dry_run)
             else:
-                code = _archive(database, settings, dests, wanted, json, retry_now, run)
-            if code:
-                run["exit_code"] = code
-                raise typer.Exit(code)
+                code = _archive(database, settings, dests, wanted, json, retry_now, run, dry_run)
+            run["exit_code"] = code
     finally:
         destinations.close_all(dests)
 
 
-def _archive(database, settings, dests, wanted, json, retry_now, run) -> int:
+def _archive(database, settings, dests, wanted, json, retry_now, run, dry_run) -> int:
     def on_file(file_id, what, info):
         if what == "archived":
             common.out_json({"id": file_id, "state": "archived"}) if json else common.out(file_id)
@@ -79,21 +80,32 @@ def _archive(database, settings, dests, wanted, json, retry_now, run) -> int:
             common.warn(f"{file_id}: {info.error}")
         elif what == "copied":
             url, path, how = info
-            common.detail(f"{file_id}: {how} {url}/{path}")
+            if dry_run:
+                common.warn(f"{file_id}: {'would copy to' if how == 'would copy' else 'already there:'} {url.rstrip('/')}/{path}")
+            else:
+                common.detail(f"{file_id}: {how} {url}/{path}")
 
     started = time.time()
-    report = archive_lib.archive(
-        database,
-        list(dests.values()),
-        store_dir=settings.store_dir,
-        file_ids=wanted,
-        clock=time.time,
-        actor=Actor(name="archive"),
-        backoff=settings.backoff_seconds,
-        backoff_max=settings.backoff_max_seconds,
-        ignore_backoff=retry_now,
-        on_file=on_file,
-    )
+    with common.Meter("archive") as meter:
+        report = archive_lib.archive(
+            database,
+            list(dests.values()),
+            store_dir=settings.store_dir,
+            file_ids=wanted,
+            clock=time.time,
+            actor=Actor(name="archive"),
+            backoff=settings.backoff_seconds,
+            backoff_max=settings.backoff_max_seconds,
+            ignore_backoff=retry_now,
+            on_file=on_file,
+            on_progress=meter,
+            dry_run=dry_run,
+        )
+    return _render(report, run, started, dry_run)
+
+
+def _render(report, run, started, dry_run) -> int:
+    """What people read after an archive, on stderr; the run's counts; the exit code."""
     for url, same in report.aliases:
         common.note(f"{url} is the same destination as {same} (one folder reached two ways): archived to once, counted as one copy")
     # on stderr and in the run's counts (imgq run --json, imgq report): stdout stays one
@@ -109,14 +121,14 @@ def _archive(database, settings, dests, wanted, json, retry_now, run) -> int:
         common.note(f"{report.waiting} copy task(s) still in backoff after earlier failures (see imgq status; --retry-now to try now)")
     run["counts"] = archive_lib.summary(report)
     common.summary(
-        f"archive: {len(report.archived)} archived, {report.copied} copied ({report.bytes / 1e6:.1f} MB), "
+        f"archive: {len(report.archived)} {'would be archived' if dry_run else 'archived'}, {report.copied} {'to copy' if dry_run else 'copied'} ({report.bytes / 1e6:.1f} MB), "
         f"{report.found} already there, {len(report.failed)} failed in {time.time() - started:.1f}s"
     )
     unknown = any(state is None for _, state in report.skipped)
     return int(Exit.USAGE) if unknown else int(Exit.SOME_FAILED) if report.failed else 0
 
 
-def _verify(database, settings, dests, wanted, json, run) -> int:
+def _verify(database, settings, dests, wanted, json, run, dry_run=False) -> int:
     def on_problem(p: archive_lib.Problem):
         if json:
             common.out_json({"id": p.file_id, "destination": p.destination, "path": p.path, "problem": p.problem, "repaired": p.repaired, "detail": p.detail})
@@ -135,6 +147,7 @@ def _verify(database, settings, dests, wanted, json, run) -> int:
         backoff=settings.backoff_seconds,
         backoff_max=settings.backoff_max_seconds,
         on_problem=on_problem,
+        dry_run=dry_run,
     )
     for url, why in sorted(report.unreachable.items()):
         common.warn(f"cannot verify the copies at {url}: {why}")

@@ -12,7 +12,7 @@ from imgq import archive as archive_lib
 from imgq import collect as collect_lib
 from imgq import destinations
 from imgq.cli import common
-from imgq.cli.options import AcceptNewOpt, ConfigOpt, DbOpt, IdsArg, JsonOpt, SshConfigOpt, ToOpt, WaitOpt
+from imgq.cli.options import AcceptNewOpt, ConfigOpt, DbOpt, IdsArg, JsonOpt, SshConfigOpt, ToOpt, WaitOpt, dry_run_option
 from imgq.errors import Exit, UsageError
 from imgq.ledger.journal import Actor
 
@@ -30,7 +30,7 @@ def collect(
     ids: Annotated[Optional[list[str]], typer.Argument(help="File ids, or - to read them from stdin. None: every file in the inbox.", metavar=IdsArg, show_default=False)] = None,
     min_copies: Annotated[Optional[int], typer.Option("--min-copies", help="Enough copies: N verified now at N distinct destinations, even if the file is not archived at every destination (one is down). Default: one at every destination.", min=1, metavar="N", show_default=False)] = None,
     to: ToOpt = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", "-n", help="Delete nothing; print what would be deleted and why the rest stays.")] = False,
+    dry_run: Annotated[bool, dry_run_option("print what would be deleted, and on stderr why the rest stays.")] = False,
     ssh_config: SshConfigOpt = None,
     accept_new_host_keys: AcceptNewOpt = False,
     db: DbOpt = None,
@@ -54,7 +54,7 @@ def collect(
     Prints the id of each file deleted (with --dry-run: that would be). Exits 1 if a file
     was kept because something is wrong (a bad copy, a changed file), not merely waiting.
     """
-    inv = common.Invocation("collect", db, config)
+    inv = common.Invocation("collect", db, config, dry_run=dry_run)
     wanted = common.read_ids(ids)
     required = destinations.in_force(to, inv.settings)
     if min_copies is None and not required:

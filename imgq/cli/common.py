@@ -20,7 +20,7 @@ from rich.console import Console
 
 from imgq.ledger import journal, runs
 from imgq.config import DEFAULTS, Settings, load_settings, locate_config
-from imgq.ledger.database import DB, lock_path
+from imgq.ledger.database import DB, ScratchDB, lock_path
 from imgq.errors import Busy, Exit, ImgqError, NoDatabase, NotFound, UsageError
 from imgq.cli.options import ConfigOpt, DbOpt, JsonOpt, WaitOpt  # noqa: F401  (cli/archive.py reads them here)
 
@@ -150,6 +150,45 @@ def progress(*columns, console: Console | None = None):
     from rich.progress import Progress
 
     return Progress(*columns, console=console or stderr(), transient=True, redirect_stdout=_same_terminal(), redirect_stderr=True, disable=quiet())
+
+
+class Meter:
+    """The progress of one long step, drawn on the terminal (stderr) only: a label, a
+    bar, done/total and the time left. Nothing is drawn when stderr is not a terminal
+    (a pipe, a log, cron); NO_COLOR takes the colour away, not the progress. Called as
+    the library's progress callback, ``meter(done, total)``; ``with`` it, so the bar is
+    gone before the summary line is printed.
+
+        with common.Meter("scan") as meter:
+            scan_step.scan(..., on_progress=meter)
+    """
+
+    def __init__(self, label: str):
+        self.label = label
+        self.bar = None
+        self.task = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            if not is_tty():
+                return
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+
+            self.bar = progress(TextColumn(self.label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+            self.bar.start()
+            self.task = self.bar.add_task(self.label, total=total)
+        self.bar.update(self.task, completed=done, total=total)
+
+    def __enter__(self) -> "Meter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
 
 
 def _same_terminal() -> bool:
@@ -329,15 +368,23 @@ class Invocation:
             run["exit_code"] = code                   # recorded, then the process exits with it
     """
 
-    def __init__(self, command: str, db: str | None = None, config: str | None = None):
+    def __init__(self, command: str, db: str | None = None, config: str | None = None, *, dry_run: bool = False):
         self.command = command
         self.settings = settings_for(db, config)
+        self.dry_run = dry_run
         self._database: DB | None = None
 
     @property
     def database(self) -> DB:
+        """The database; with ``dry_run``, an in-memory copy of it (``ScratchDB``): the
+        step does all it would do there, and the file is neither created nor written."""
         if self._database is None:
-            self._database = open_db(self.settings, create=self.command in CREATES_DATABASE)
+            if self.dry_run:
+                if self.command not in CREATES_DATABASE and not os.path.lexists(self.settings.db):
+                    open_db(self.settings, create=False)  # refused as in a real run (nothing is opened)
+                self._database = ScratchDB(self.settings.db)
+            else:
+                self._database = open_db(self.settings, create=self.command in CREATES_DATABASE)
         return self._database
 
     @contextlib.contextmanager
@@ -346,11 +393,20 @@ class Invocation:
         run, and exit with ``run["exit_code"]`` once it is recorded."""
         database = self.database  # a database that cannot be used is refused before any lock is made
         with contextlib.ExitStack() as stack:
-            for step in (self.command,) if locks is None else locks:
+            # a dry run takes no lock (it would make the lock folder) and records its run
+            # in its in-memory copy only
+            for step in () if self.dry_run else (self.command,) if locks is None else locks:
                 stack.enter_context(step_lock(self.settings, step, wait))
             run = stack.enter_context(recorded_run(database, self.command, args))
             yield run
+            if self.dry_run:
+                dry_run_done(self.command)
             exit_with(run["exit_code"])
+
+
+def dry_run_done(command: str) -> None:
+    """The last line of every dry run, on stderr (whatever stderr is: a log must say it too)."""
+    warn(f"{command}: dry run: nothing changed (the lines above say what a real run would do)")
 
 
 def exit_with(code: int) -> None:

@@ -9,7 +9,7 @@ import typer
 
 from imgq import enqueue as enqueue_step
 from imgq.cli import common
-from imgq.cli.options import ConfigOpt, DbOpt, IdsArg, JsonOpt, WaitOpt
+from imgq.cli.options import ConfigOpt, DbOpt, IdsArg, JsonOpt, WaitOpt, completes, dry_run_option
 from imgq.config import DEFAULTS
 from imgq.errors import Exit
 from imgq.ledger.journal import Actor
@@ -18,6 +18,7 @@ EPILOG = """\b
 Examples:
   imgq scan inbox/ | imgq enqueue -
   imgq enqueue                      # every photo not yet enqueued
+  imgq enqueue -n --recipe people   # which files an edited recipe would give jobs
   imgq enqueue --recipe default alice_1700000000_IMG_0001.jpg
   imgq enqueue --op thumb --op 'fit:1920x1080' -
   imgq enqueue --split --stripes 8 --op 'median=5|web' big_1700000000_pano.tif
@@ -27,12 +28,13 @@ Examples:
 
 def enqueue(
     ids: Annotated[Optional[list[str]], typer.Argument(help="File ids, or - to read them from stdin. None: every seen file.", metavar=IdsArg, show_default=False)] = None,
-    recipe: Annotated[Optional[list[str]], typer.Option("--recipe", "-r", help="Recipe to apply (repeatable; default: the enqueue list of imgq.toml, else default). `imgq recipes` lists them.", metavar="NAME", show_default=False)] = None,
-    op: Annotated[Optional[list[str]], typer.Option("--op", help="An operation chain giving one artifact, e.g. 'web|sharpness=1.5' (repeatable).", metavar="CHAIN", show_default=False)] = None,
-    max_attempts: Annotated[Optional[int], typer.Option("--max-attempts", help=f"Attempts before a transiently failing job fails (default {DEFAULTS.max_attempts}).", min=1, metavar="N", show_default=False)] = None,
+    recipe: Annotated[Optional[list[str]], typer.Option("--recipe", "-r", autocompletion=completes("recipes"), help="Recipe to apply (repeatable; default: the enqueue list of imgq.toml, else default). `imgq recipes` lists them.", metavar="NAME", show_default=False)] = None,
+    op: Annotated[Optional[list[str]], typer.Option("--op", autocompletion=completes("ops"), help="An operation chain giving one artifact, e.g. 'web|sharpness=1.5' (repeatable).", metavar="CHAIN", show_default=False)] = None,
+    max_attempts: Annotated[Optional[int], typer.Option("--max-attempts", help="At most N attempts for a transiently failing job (default: no limit by count; it is retried for retry_for seconds, a day by default).", min=1, metavar="N", show_default=False)] = None,
     split: Annotated[bool, typer.Option("--split", help=f"Split images over split_pixels (default {DEFAULTS.split_pixels // 1_000_000} MP) into stripe jobs that any workers or hosts run in parallel, then join them; the result is pixel-identical.")] = False,
     stripes: Annotated[Optional[int], typer.Option("--stripes", help=f"Stripes per split image (default {DEFAULTS.split_stripes}, or split_stripes in imgq.toml).", min=2, metavar="N", show_default=False)] = None,
     split_pixels: Annotated[Optional[int], typer.Option("--split-pixels", help=f"Split only images with more pixels than this (default {DEFAULTS.split_pixels}).", min=1, metavar="PIXELS", show_default=False)] = None,
+    dry_run: Annotated[bool, dry_run_option("print the files that would get jobs (--json: and the jobs).")] = False,
     db: DbOpt = None,
     config: ConfigOpt = None,
     json: JsonOpt = False,
@@ -45,7 +47,7 @@ def enqueue(
     or --op, the recipes listed by `enqueue = [...]` in imgq.toml are applied (default:
     just "default"). Prints the id of each file that got a new job.
     """
-    inv = common.Invocation("enqueue", db, config)
+    inv = common.Invocation("enqueue", db, config, dry_run=dry_run)
     wanted = common.read_ids(ids)
     chains_by_recipe = enqueue_step.resolve_recipes(inv.settings, recipe, op)
     if max_attempts is not None:

@@ -11,7 +11,7 @@ import typer
 from imgq import faces, status
 from imgq.ledger import journal
 from imgq.cli import common
-from imgq.cli.options import ConfigOpt, DbOpt, JsonOpt
+from imgq.cli.options import ConfigOpt, DbOpt, JsonOpt, completes
 from imgq.errors import NotFound, UsageError
 
 EPILOG = """\b
@@ -26,7 +26,7 @@ Examples:
 
 
 def log(
-    ref: Annotated[str, typer.Argument(help="The photo: its id (as printed by scan), its path (absolute, or relative to here or to the inbox), its file name, or a job number.", metavar="ID|PATH|NAME|JOB", show_default=False)],
+    ref: Annotated[str, typer.Argument(autocompletion=completes("ids"), help="The photo: its id (as printed by scan), its path (absolute, or relative to here or to the inbox), its file name, or a job number.", metavar="ID|PATH|NAME|JOB", show_default=False)],
     db: DbOpt = None,
     config: ConfigOpt = None,
     json: JsonOpt = False,

@@ -32,7 +32,30 @@ WaitOpt = Annotated[
     bool,
     typer.Option("--wait/--no-wait", help="If another run of this step holds its lock: wait for it, or exit 0 quietly (default)."),
 ]
+
+
+def dry_run_option(what: str):
+    """--dry-run/-n (as make and rsync): ``what`` says what is shown instead of done."""
+    return typer.Option("--dry-run", "-n", help=f"Change nothing (no database made or written, no file written or deleted); {what} Ends with 'dry run: nothing changed' on stderr.")
+
+
 IdsArg = "[IDS | -]"  # the metavar of every ids argument (`-` reads them from stdin)
+
+
+def completes(kind: str):
+    """An ``autocompletion`` for a parameter whose values come from the project: ``kind``
+    is one of ``imgq.completion.KINDS`` (recipes, ops, ids, failed-ids). bin/gen-docs reads
+    it (``.values``) and makes the generated completions ask ``imgq complete-values KIND``."""
+
+    def complete(ctx: typer.Context, args: list[str], incomplete: str) -> list[str]:
+        from imgq import completion
+
+        params = ctx.params if ctx is not None else {}
+        return completion.values(kind, incomplete, db=params.get("db"), config=params.get("config"))
+
+    complete.values = kind  # type: ignore[attr-defined]
+    return complete
+
 
 # -- destinations (archive, collect, run) ---------------------------------------------------
 ToOpt = Annotated[

@@ -10,13 +10,14 @@ import typer
 
 from imgq import publish as publish_step
 from imgq.cli import common
-from imgq.cli.options import ConfigOpt, DbOpt, JsonOpt, WaitOpt
+from imgq.cli.options import ConfigOpt, DbOpt, JsonOpt, WaitOpt, dry_run_option
 from imgq.errors import Exit, UsageError
 
 EPILOG = """\b
 Examples:
   imgq publish /var/www/photos
   imgq publish --title 'Dig 2024' --per-page 60 site/
+  imgq publish -n /var/www/photos   # which pages and images would be written or removed
   imgq publish site/ --originals-url /mnt/archive=https://archive.example.org/photos
   cd site && python3 -m http.server 8000     # then browse http://localhost:8000/
 """
@@ -31,6 +32,7 @@ def publish(
     originals_url: Annotated[Optional[list[str]], typer.Option("--originals-url", help="Link copies archived at DEST to URL/PATH (repeatable). Without it, local destinations get file:// links.", metavar="DEST=URL", show_default=False)] = None,
     thumb: Annotated[str, typer.Option("--thumb", help="Artifact shown as the thumbnail.", metavar="NAME")] = "thumb",
     web: Annotated[str, typer.Option("--web", help="Artifact shown as the web version.", metavar="NAME")] = "web",
+    dry_run: Annotated[bool, dry_run_option("print the photos whose page or images would be written, and name on stderr every file that would be written or removed.")] = False,
     db: DbOpt = None,
     config: ConfigOpt = None,
     json: JsonOpt = False,
@@ -54,12 +56,18 @@ def publish(
         if not sep or not dest or not url:
             raise UsageError(f"--originals-url expects DEST=URL, got {item!r}")
         urls[dest] = url
-    inv = common.Invocation("publish", db, config)
+    inv = common.Invocation("publish", db, config, dry_run=dry_run)
     options = publish_step.PublishOptions(title=title, per_page=per_page, link=not copy, force=force, thumb=thumb, web=web, originals_urls=urls)
     with inv.recorded({"out": str(out), "title": title, "per_page": per_page}, wait=wait) as run:
-        report = publish_step.publish(inv.database, out, store_dir=inv.settings.store_dir, options=options)
+        with common.Meter("publish") as meter:
+            report = publish_step.publish(inv.database, out, store_dir=inv.settings.store_dir, options=options, dry_run=dry_run, on_progress=meter)
+        if dry_run:
+            for rel in report.written:
+                common.warn(f"publish: would write {out / rel}")
+            for rel in report.removed:
+                common.warn(f"publish: would remove {out / rel}")
         for rel, pid in report.swept:
-            common.note(f"publish: swept {out / rel}: a temporary file its writer (pid {pid}) left when it was killed")
+            common.note(f"publish: {'would sweep' if dry_run else 'swept'} {out / rel}: a temporary file its writer (pid {pid}) left when it was killed")
             if json:
                 common.out_json({"swept": rel, "pid": pid})
         pages = {pid: f"photo/{publish_step.slug(pid)}.html" for pid in report.changed}
@@ -82,8 +90,10 @@ def publish(
             "swept": len(report.swept),
         }
         c = run["counts"]
-        common.summary(f"publish: {c['photos']} photos; {c['written']} files written, {c['unchanged']} unchanged, {c['removed']} removed -> {out / 'index.html'}")
-        for path in report.written:
-            common.detail(f"wrote {out / path}")
+        would = "would be " if dry_run else ""
+        common.summary(f"publish: {c['photos']} photos; {c['written']} files {would}written, {c['unchanged']} unchanged, {c['removed']} {would}removed -> {out / 'index.html'}")
+        if not dry_run:  # a dry run names them all anyway
+            for path in report.written:
+                common.detail(f"wrote {out / path}")
         if report.skipped or report.refused:
             run["exit_code"] = int(Exit.SOME_FAILED)

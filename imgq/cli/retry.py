@@ -9,7 +9,7 @@ import typer
 
 from imgq.ledger import queue
 from imgq.cli import common
-from imgq.cli.options import ConfigOpt, DbOpt, IdsArg, JsonOpt
+from imgq.cli.options import ConfigOpt, DbOpt, IdsArg, JsonOpt, completes
 from imgq.ledger.journal import Actor
 
 EPILOG = """\b
@@ -21,7 +21,7 @@ Examples:
 
 
 def retry(
-    ids: Annotated[Optional[list[str]], typer.Argument(help="File ids (or job numbers), or - for stdin. None: every failed job.", metavar=IdsArg, show_default=False)] = None,
+    ids: Annotated[Optional[list[str]], typer.Argument(autocompletion=completes("failed-ids"), help="File ids (or job numbers), or - for stdin. None: every failed job.", metavar=IdsArg, show_default=False)] = None,
     error: Annotated[Optional[str], typer.Option("--error", help="Only jobs whose error contains TEXT.", metavar="TEXT", show_default=False)] = None,
     db: DbOpt = None,
     config: ConfigOpt = None,

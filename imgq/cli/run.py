@@ -11,15 +11,18 @@ import typer
 
 from imgq import archive, destinations
 from imgq import enqueue as enqueue_step
+from imgq import collect as collect_step
+from imgq import backup as backup_step
 from imgq import run as run_step
-from imgq.cli import common
-from imgq.cli.options import AcceptNewOpt, ConfigOpt, DbOpt, JsonOpt, SshConfigOpt, ToOpt, WaitOpt, settle_help
+from imgq.cli import common, watching
+from imgq.cli.options import AcceptNewOpt, ConfigOpt, DbOpt, JsonOpt, SshConfigOpt, ToOpt, WaitOpt, completes, dry_run_option, settle_help
 from imgq.errors import UsageError
 
 EPILOG = """\b
 Examples:
   imgq run ~/Dropbox/dig-photos --to /mnt/backup --to ssh://nas/srv/photos
   imgq run --config /etc/imgq.toml /srv/inbox      # destinations from imgq.toml
+  imgq run --watch /srv/inbox --to /mnt/backup     # stay running; a systemd unit: docs/archive.md
 
 \b
 crontab (every 10 minutes; a run still busy makes the next one exit quietly; cron's PATH
@@ -34,16 +37,20 @@ def run(
     inboxes: Annotated[list[Path], typer.Argument(help="Inbox folders: one subfolder per photographer.", metavar="INBOX...", show_default=False)],
     to: ToOpt = None,
     processes: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Local worker processes (default: all cores).", min=1, metavar="N", show_default=False)] = None,
-    recipe: Annotated[Optional[list[str]], typer.Option("--recipe", "-r", help="Recipe for new photos (repeatable; default: `enqueue` in imgq.toml, else default).", metavar="NAME", show_default=False)] = None,
+    recipe: Annotated[Optional[list[str]], typer.Option("--recipe", "-r", autocompletion=completes("recipes"), help="Recipe for new photos (repeatable; default: `enqueue` in imgq.toml, else default).", metavar="NAME", show_default=False)] = None,
     min_copies: Annotated[Optional[int], typer.Option("--min-copies", help="Copies that must verify before an original is deleted (default: one at every destination).", min=1, metavar="N", show_default=False)] = None,
     no_collect: Annotated[bool, typer.Option("--no-collect", help="Archive, but leave every original in the inbox.")] = False,
     settle: Annotated[Optional[float], typer.Option(help=settle_help(""), metavar="SECONDS", show_default=False)] = None,
+    dry_run: Annotated[bool, dry_run_option("scan and enqueue as they would, work nothing, and print the files this run would archive (those with jobs due: once processed); stderr names each copy and deletion.")] = False,
     ssh_config: SshConfigOpt = None,
     accept_new_host_keys: AcceptNewOpt = False,
     db: DbOpt = None,
     config: ConfigOpt = None,
     json: JsonOpt = False,
     wait: WaitOpt = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Keep running: run again whenever files in an inbox change (once they settle), and every --rescan seconds. SIGTERM stops it cleanly (exit 0), SIGINT with 130; see docs/archive.md.")] = False,
+    rescan: Annotated[Optional[float], typer.Option("--rescan", help="With --watch: a full scan every SECONDS (default 300), the safety net for lost notifications and network filesystems.", min=0.1, metavar="SECONDS", show_default=False)] = None,
+    no_notify: Annotated[bool, typer.Option("--no-notify", help="With --watch: use no filesystem notifications, only the --rescan (an NFS or SMB inbox written from other machines).")] = False,
 ) -> None:
     """Run the whole pipeline once: scan, enqueue, work, archive, collect.
 
@@ -52,11 +59,21 @@ def run(
     archived by this run (--json: one object per step with its counts). Exits 0 if
     nothing failed in this run, 1 otherwise; a second run on an unchanged inbox changes
     nothing and exits 0. Overlapping runs: the second exits quietly (or --wait).
+
+    With --watch it stays running and behaves like that cron job run at the right moments:
+    a file is taken once it has been unchanged for the settle time, events are coalesced,
+    and each run takes and lets go of the same step locks and is recorded like any run
+    (a run that finds them held tries again a few seconds later). It prints a readiness
+    line on stderr and speaks systemd's notify protocol when $NOTIFY_SOCKET is set.
     """
-    inv = common.Invocation("run", db, config)
+    inv = common.Invocation("run", db, config, dry_run=dry_run)
     settings = inv.settings
     if settle is not None:
         settings.settle = settle
+    if not watch and (rescan is not None or no_notify):
+        raise UsageError("--rescan and --no-notify only go with --watch")
+    if watch and dry_run:
+        raise UsageError("--dry-run shows what one run would do; it does not go with --watch")
     missing = [str(p) for p in inboxes if not p.is_dir()]
     if missing:
         raise UsageError(f"not a folder: {', '.join(missing)} (is the inbox mounted?)")
@@ -74,9 +91,16 @@ def run(
         recipes=chains,
         min_copies=min_copies,
         collect=not no_collect,
+        dry_run=dry_run,
     )
 
+    meters = {step: common.Meter(step) for step in ("scan", "archive")}  # drawn on a terminal only
+
     def on_step(step: str, result) -> None:
+        if step in meters:
+            meters[step].stop()
+        if dry_run and _dry_step(step, result, json):
+            return
         if json:
             partial = run_step.RunReport(**({"enqueued": result} if step == "enqueue" else {step: result}))
             common.out_json({"step": step, **partial.counts()[step]})
@@ -112,16 +136,65 @@ def run(
         if r[0] == "failed":
             common.warn(f"work: failed: {r[3]}")
 
+    def on_progress(step: str, done: int, total: int) -> None:
+        meters[step](done, total)
+
     try:
+        if watch:
+            mark = {"at": backup_step.last_event(database)}
+
+            def after() -> None:  # each watched run backs the journal up as a cron run does
+                if dests and backup_step.changed_since(database, mark["at"]):
+                    _backup(database, dests, settings.backup_keep)
+                mark["at"] = backup_step.last_event(database)
+
+            watching.serve(inv, opts, {"inboxes": [str(p) for p in inboxes], "to": urls}, steps=STEPS, rescan=rescan or watching.RESCAN,
+                           notify=not no_notify, on_step=on_step, on_work=on_work, on_progress=on_progress, summary=summary, after=after)
+            return
         with inv.recorded({"inboxes": [str(p) for p in inboxes], "to": urls}, wait=wait, locks=STEPS) as rec:
             started = time.time()
-            report = run_step.run(database, settings, opts, on_step=on_step, on_work=on_work)
+            journal_at = backup_step.last_event(database)
+            report = run_step.run(database, settings, opts, on_step=on_step, on_work=on_work, on_progress=on_progress)
             rec["counts"] = report.counts()
             rec["counts"]["seconds"] = round(time.time() - started, 3)
             common.summary(summary(report.counts(), rec["counts"]["seconds"]))
             rec["exit_code"] = report.exit_code
+            if not dry_run and dests and backup_step.changed_since(database, journal_at):
+                _backup(database, dests, settings.backup_keep)
     finally:
+        for meter in meters.values():
+            meter.stop()
         destinations.close_all(dests)
+
+
+def _backup(database, dests, keep: int) -> None:
+    """The journal's snapshot at every destination once the run changed something: a
+    lost database is then brought back with `imgq restore --from DEST`."""
+    snap, placed = backup_step.backup_to(database, dests, keep=keep, now=time.time())
+    for p in placed:
+        if p.error:
+            common.warn(f"backup: {p.destination}: {p.error}")
+    put = [p for p in placed if p.rel]
+    common.detail(f"backup: the journal's snapshot ({snap.bytes // 1024} KiB) put at {len(put)} of {len(placed)} destination(s)")
+
+
+def _dry_step(step: str, result, json: bool) -> bool:
+    """What a dry run says that a real one does not; True if the step is told here."""
+    if step == "work":  # not run: the files it would process, which a real run then archives
+        if json:  # one object per step, as a real run prints, with what it would do
+            common.out_json({"step": "work", "would_process": len(result)})
+        for file_id in result:
+            if not json:
+                common.out(file_id)
+            common.warn(f"run: would process {file_id}, then archive and collect it")
+        return True
+    if step == "archive":
+        for file_id, url, rel, how in result.plan:
+            common.warn(f"archive: {file_id}: would copy to {url.rstrip('/')}/{rel}" if how == "would copy" else f"archive: {file_id}: already there: {url.rstrip('/')}/{rel}")
+    if step == "collect":
+        for v in result.of(collect_step.WOULD_DELETE):
+            common.warn(f"collect: would delete {v.path}: {v.reason}")
+    return False
 
 
 def summary(counts: dict, seconds: float) -> str:
@@ -137,7 +210,7 @@ def summary(counts: dict, seconds: float) -> str:
     parts.append(f"enqueue {c['jobs']} jobs for {c['files']} files")
     if "work" in counts:
         c = counts["work"]
-        parts.append(f"work {c['done']} done, {c['failed']} failed")
+        parts.append(f"work {c['would_process']} files would be processed" if "would_process" in c else f"work {c['done']} done, {c['failed']} failed")
     if "archive" in counts:
         c = counts["archive"]
         words = [f"{c['archived']} archived", f"{c['copied']} copies ({common.size(c['bytes'])})", *some(c["found"], "already there"), f"{c['failed']} failed"]

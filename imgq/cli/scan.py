@@ -11,9 +11,8 @@ import typer
 
 from imgq import scan as scan_step
 from imgq.cli import common
-from imgq.cli.options import ConfigOpt, DbOpt, JsonOpt, WaitOpt, settle_help
+from imgq.cli.options import ConfigOpt, DbOpt, JsonOpt, WaitOpt, dry_run_option, settle_help
 from imgq.config import DEFAULTS
-from imgq.imaging.formats import FORMAT_NAMES
 from imgq.errors import Exit
 from imgq.imaging.formats import FORMAT_NAMES
 from imgq.ledger.journal import Actor
@@ -22,6 +21,7 @@ EPILOG = """\b
 Examples:
   imgq scan ~/Dropbox/dig-photos
   imgq scan --settle 30 /srv/inbox | imgq enqueue -
+  imgq scan --dry-run /mnt/sdcard   # what a scan would record; the database stays as it is
   imgq scan --json /mnt/sdcard | jq -r 'select(.state=="failed") | .reason'
 """
 
@@ -36,6 +36,7 @@ def scan(
     inboxes: Annotated[list[Path], typer.Argument(help="Inbox folders: one subfolder per photographer.", metavar="INBOX...", show_default=False)],
     settle: Annotated[Optional[float], typer.Option(help=settle_help(" (still being written)"), metavar="SECONDS", show_default=False)] = None,
     default_owner: Annotated[Optional[str], typer.Option("--default-owner", help=f"Owner of files at the inbox root (default: {DEFAULTS.default_owner}).", metavar="NAME", show_default=False)] = None,
+    dry_run: Annotated[bool, dry_run_option("read, hash and recognise every new file as a real scan does, and print what it would record.")] = False,
     db: DbOpt = None,
     config: ConfigOpt = None,
     json: JsonOpt = False,
@@ -49,13 +50,13 @@ def scan(
     followed, and unchanged files are not read again. Prints the id of each new photo
     ready to enqueue; --json prints every recorded file with its state.
     """
-    inv = common.Invocation("scan", db, config)
+    inv = common.Invocation("scan", db, config, dry_run=dry_run)
     settings = inv.settings
     if settle is not None:
         settings.settle = settle
     if default_owner is not None:
         settings.default_owner = default_owner
-    with inv.recorded({"inboxes": [str(p) for p in inboxes]}, wait=wait) as run:
+    with inv.recorded({"inboxes": [str(p) for p in inboxes]}, wait=wait) as run, common.Meter("scan") as meter:
         report = scan_step.scan(
             inv.database,
             inboxes,
@@ -66,7 +67,9 @@ def scan(
             # the store and configured destinations; recorded ones are found in the database
             skip_dirs=[settings.store_dir, *configured_folders(settings)],
             actor=Actor(name="scan"),
+            on_progress=meter,
         )
+        meter.stop()
         for f in report.found:
             common.detail(f"{f.state} {f.path}" + (f" (same bytes as {f.duplicate_of})" if f.duplicate_of else "") + (f": {f.reason}" if f.reason else ""))
             if json:

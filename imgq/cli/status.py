@@ -81,6 +81,10 @@ def render(console, snap: dict) -> None:
             f"; {fc['tagged_no_faces']} tagged no_faces ({fc['skipped_no_faces']} skipped)",
             markup=False,
         )
+    for m in snap.get("owners_merged") or []:
+        # the spellings look alike on screen: say how each is encoded
+        ways = ", ".join(f"{ascii(sp)[1:-1]} ({form})" for sp, form in zip(m["spellings"], m["forms"]))
+        console.print(f"owner {m['owner']}: folders spelled {len(m['spellings'])} ways merged into one: {ways}", markup=False)
     _render_archive(console, snap.get("archive") or {}, snap.get("collect") or {})
     if snap["failures"]:
         t = Table(title="recent failures", title_justify="left", show_edge=False)
@@ -93,13 +97,14 @@ def render(console, snap: dict) -> None:
 
 
 def _render_fleet(console, fleet: list[dict]) -> None:
-    """The hosts of `imgq work --hosts`: state (benched, and why), slots, jobs, recent rate."""
+    """The hosts of `imgq work --hosts` and agents that connected to `--listen`: state
+    (benched, and why; where a connect-back agent connected from), slots, jobs, recent rate."""
     t = Table(title="hosts", title_justify="left", show_edge=False)
     for col in ("host", "state", "slots", "done", "in flight", "per min (5m)", "why"):
         t.add_column(col, justify="left" if col in ("host", "state", "why") else "right")
     for h in fleet:
         t.add_row(h["host"], h["state"], str(h["slots"] or ""), str(h["done"]), str(h["in_flight"]), str(h["per_minute"]),
-                  (h["reason"] or "").splitlines()[0] if h["benched"] and h["reason"] else "")
+                  (h["reason"] or "").splitlines()[0] if h["reason"] else "")
     console.print(t)
 
 

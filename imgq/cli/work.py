@@ -28,6 +28,7 @@ Examples:
   imgq work --drain --report run.json   # the run's report (see `imgq report`)
   imgq work --hosts gpu1,gpu2/8,alice@render3:2222   # on hosts over SSH (docs/fleet.md)
   imgq work --hosts-file hosts.txt --follow          # re-read: edit it to add/drain hosts
+  imgq work --listen :7700 --agent-file ~/run.env    # agents connect: imgq agent --secret-file ~/run.env
 """
 
 
@@ -38,7 +39,7 @@ def work(
     once: Annotated[bool, typer.Option("--once", help="Exit when no job is due now: jobs waiting out a retry backoff are left for the next run (for cron).")] = False,
     batch: Annotated[Optional[int], typer.Option("--batch", help="Jobs per claim (default: adapts to about 0.5 s of work).", min=1, metavar="N", show_default=False)] = None,
     lease: Annotated[Optional[float], typer.Option("--lease", help=f"Seconds a claim holds a job without a heartbeat (default {DEFAULTS.lease_seconds:g}).", min=0.5, metavar="SECONDS", show_default=False)] = None,
-    max_attempts: Annotated[Optional[int], typer.Option("--max-attempts", help=f"Attempts before a transiently failing job fails (default: the job's own, {DEFAULTS.max_attempts} unless enqueued with another).", min=1, metavar="N", show_default=False)] = None,
+    max_attempts: Annotated[Optional[int], typer.Option("--max-attempts", help="At most N attempts for a transiently failing job, here (default: the job's own limit, none unless enqueued with one; a transient failure is retried for retry_for seconds, a day by default).", min=1, metavar="N", show_default=False)] = None,
     poll: Annotated[float, typer.Option("--poll", help="Seconds between polls of an empty queue.", min=0.05, metavar="SECONDS")] = 1.0,
     report: Annotated[Optional[Path], typer.Option("--report", help="When the run ends, write its report (`imgq report --run ID`) to FILE: JSON if FILE ends in .json, else text.", metavar="FILE", show_default=False)] = None,
     hosts: Annotated[Optional[list[str]], typer.Option("--hosts", help="Work on these hosts over SSH: [user@]host[:port][/slots], comma-separated or repeated.", metavar="HOSTS", show_default=False)] = None,
@@ -51,6 +52,9 @@ def work(
     ssh_config: SshConfigOpt = None,
     accept_new_host_keys: AcceptNewOpt = False,
     connect_timeout: ConnectTimeoutOpt = None,
+    listen: Annotated[Optional[str], typer.Option("--listen", help="Admit agents that connect back (`imgq agent --connect`, started by a scheduler or a site script) on ADDR[:PORT]; `:0` (or an empty ADDR or PORT) means all addresses, a free port. They prove this run's secret over TLS; see --agent-file.", metavar="ADDR[:PORT]", show_default=False)] = None,
+    advertise: Annotated[Optional[str], typer.Option("--advertise", help="The host name or address agents should dial (default: the listening address, or that of the interface of the default route).", metavar="HOST", show_default=False)] = None,
+    agent_file: Annotated[Optional[Path], typer.Option("--agent-file", help="With --listen: write what agents need (address, secret, certificate fingerprint) to FILE, mode 0600, removed when the run ends; `imgq agent --secret-file FILE` reads it. Default: imgq-agent.env beside the database.", metavar="FILE", show_default=False, dir_okay=False)] = None,
     host_timeout: Annotated[float, typer.Option("--host-timeout", help="Seconds of silence (agents beat every second) after which a host is lost and its jobs run elsewhere.", min=2.0, metavar="SECONDS")] = 5.0,
     db: DbOpt = None,
     config: ConfigOpt = None,
@@ -73,6 +77,11 @@ def work(
     checks and stores the artifacts that come back. A host that fails the preflight of
     `imgq hosts check`, dies, hangs or keeps failing is benched (see `imgq status`) and
     its jobs run elsewhere.
+
+    With --listen, agents started some other way (a batch scheduler, a site script:
+    `imgq agent --connect HOST:PORT`) connect to this machine over TLS and join the
+    same roster, after proving this run's secret. The run waits for them while jobs are
+    queued and none is connected; --drain still ends it when the queue is empty.
     """
     if sum((drain, follow, once)) > 1:
         raise UsageError("--drain, --follow and --once cannot be used together")
@@ -84,11 +93,18 @@ def work(
         settings.lease_seconds = lease
     opts = work_step.WorkOptions(processes=processes or os.cpu_count() or 1, mode="follow" if follow else ("once" if once else "drain"), batch=batch, poll=poll, max_attempts=max_attempts)
     fleet_opts = None
-    if hosts or hosts_file:
+    if (advertise is not None or agent_file is not None) and listen is None:
+        raise UsageError("--advertise and --agent-file go with --listen")
+    if listen is not None and agent_file is None:
+        agent_file = Path(settings.db).parent / "imgq-agent.env"
+    if agent_file is not None and not agent_file.parent.is_dir():
+        raise UsageError(f"--agent-file {agent_file}: folder {agent_file.parent} does not exist")
+    if hosts or hosts_file or listen is not None:
         fleet_opts = fleet_options(
             hosts=hosts or [], hosts_file=hosts_file, remote_imgq=remote_imgq, slots=slots, prefetch=prefetch, transfers=transfers,
             shared_root=shared_root, ssh_config=ssh_config, accept_new_host_keys=accept_new_host_keys, connect_timeout=connect_timeout,
             host_timeout=host_timeout, local_processes=processes or 0, mode=opts.mode, max_attempts=max_attempts, poll=poll,
+            listen=listen, advertise=advertise, agent_file=agent_file,
         )
     database = inv.database
     err = common.stderr()
@@ -111,15 +127,18 @@ def work(
             common.detail(f"job {r[1]} done")
         elif r[0] == "retrying":
             common.detail(f"job {r[1]} will be retried: {r[2]}")
-        elif r[0] == "host" and r[2] == "benched":
+        elif r[0] == "host" and (r[2] == "benched" or (r[2] == "joined" and r[3])):
             common.warn(f"host {r[1]} {r[2]}" + (f": {r[3]}" if r[3] else ""))
         elif r[0] == "host":  # up, joined, draining, removed: no problem
             (common.note if r[2] in ("draining", "removed") else common.detail)(f"host {r[1]} {r[2]}" + (f": {r[3]}" if r[3] else ""))
+        elif r[0] == "listening":
+            _, bound, advertised, fingerprint, path = r
+            common.note(f"listening on {bound} for agents: they dial {advertised}, certificate sha256 {fingerprint}" + (f"; their secret is in {path} (imgq agent --secret-file {path})" if path else ""))
         elif r[0] == "warning":
             common.warn(r[1])
 
     run_ids: list[int] = []
-    hosts_args = {"hosts": [e.name for e in fleet_opts.hosts], "hosts_file": str(hosts_file) if hosts_file else None} if fleet_opts else {}
+    hosts_args = {"hosts": [e.name for e in fleet_opts.hosts], "hosts_file": str(hosts_file) if hosts_file else None, "listen": listen} if fleet_opts else {}
     # no step lock: any number of workers share the queue
     with _report_when_done(report, database, settings, run_ids), inv.recorded({"jobs": opts.processes, "mode": opts.mode, **hosts_args}, locks=()) as run:
         run_ids.append(run["id"])

@@ -166,6 +166,17 @@ class Destination:
     def free_bytes(self) -> int:
         raise NotImplementedError
 
+    def listdir(self, rel: str, *, folders: bool = False) -> list[str]:
+        """The names of the regular files (or, with ``folders``, of the folders) in the
+        folder ``rel``, sorted; none if it is missing. Temporary files of copies in
+        progress are not listed; symlinks never are."""
+        raise NotImplementedError
+
+    def remove(self, rel: str) -> None:
+        """Delete the file at ``rel`` (gone already: nothing to do). Used only for what
+        imgq keeps for itself there (journal snapshots), never for copies."""
+        raise NotImplementedError
+
     def file_identity(self, rel: str) -> tuple[int, int] | None:
         """(device, inode) of the file at ``rel`` when it is on this machine, else None:
         collect compares it with the inbox file's, so that the inbox file itself (a hard

@@ -265,6 +265,42 @@ class LocalDestination(Destination):
         except OSError as e:
             raise _storage_error(self.url, e, f"reading {rel}") from e
 
+    def listdir(self, rel: str, *, folders: bool = False) -> list[str]:
+        try:
+            dfd = self._dir_fd(split_rel(rel), create=False)
+        except OSError as e:
+            raise _storage_error(self.url, e, f"listing {rel}") from e
+        if dfd is None:
+            return []
+        try:
+            out = []
+            for name in os.listdir(dfd):
+                try:
+                    mode = os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode
+                    if (stat.S_ISDIR(mode) if folders else stat.S_ISREG(mode)) and not is_temp_name(name):
+                        out.append(name)
+                except FileNotFoundError:
+                    continue
+            return sorted(out)
+        finally:
+            os.close(dfd)
+
+    def remove(self, rel: str) -> None:
+        parts = split_rel(rel)
+        try:
+            dfd = self._dir_fd(parts[:-1], create=False)
+            if dfd is None:
+                return
+            try:
+                os.unlink(parts[-1], dir_fd=dfd)
+                os.fsync(dfd)
+            except FileNotFoundError:
+                pass
+            finally:
+                os.close(dfd)
+        except OSError as e:
+            raise _storage_error(self.url, e, f"removing {rel}") from e
+
     def file_identity(self, rel: str) -> tuple[int, int] | None:
         parts = split_rel(rel)
         try:

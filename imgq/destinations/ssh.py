@@ -29,6 +29,7 @@ from imgq.destinations.base import (
     check_component,
     copy_hashing,
     is_safe_name,
+    is_temp_name,
     is_temp_of,
     open_source,
     source_changed,
@@ -368,6 +369,26 @@ class SshDestination(SshFolder, Destination):
             raise SourceUnavailable(f"{self.url}: {rel} is missing") from e
         except Exception as e:
             raise self._error(e, f"downloading {rel}") from e
+
+    def listdir(self, rel: str, *, folders: bool = False) -> list[str]:
+        _, sftp = self._connect()
+        try:
+            entries = sftp.listdir_attr(self._abs(rel))
+        except FileNotFoundError:
+            return []
+        except Exception as e:
+            raise self._error(e, f"listing {rel}") from e
+        wanted = stat.S_ISDIR if folders else stat.S_ISREG
+        return sorted(e.filename for e in entries if wanted(e.st_mode or 0) and not is_temp_name(e.filename))
+
+    def remove(self, rel: str) -> None:
+        _, sftp = self._connect()
+        try:
+            sftp.remove(self._abs(rel))
+        except FileNotFoundError:
+            pass
+        except Exception as e:
+            raise self._error(e, f"removing {rel}") from e
 
     def free_bytes(self) -> int:
         r = self._sh(_DF_SCRIPT, [self.root], "asking for free space")

@@ -7,7 +7,9 @@ Lives here: ``coordinator`` (imgq work --hosts: the loop, its events, settling, 
 (local workers beside the hosts), ``agent`` (imgq agent), ``link`` (one agent's
 connection), ``protocol`` (the frames: their one definition), ``arrival`` (checking and
 storing what an agent sends back), ``hosts`` (host lists, hosts files, preflight; reading
-the hosts table) and ``ssh/`` (the SSH transport, through Fabric). Host state is written
+the hosts table), ``listen`` (agents that connect back: ``--listen``, ``agent
+--connect``, their admission) and ``tls`` (the TLS stream, certificate and proof they use).
+The SSH transport is ``imgq.ssh``, through Fabric. Host state is written
 by ``imgq.ledger.hosts`` only.
 
 It may import the ledger, imaging, recipes, store, errors and config, and ``imgq.work``

@@ -22,6 +22,9 @@ What it promises:
 - It exits when its stdin closes (the coordinator went away, or closed the session), or
   when the coordinator has been silent for ``idle_timeout`` seconds; its slots die with
   it (PR_SET_PDEATHSIG), and its session folder is removed.
+- Started with ``--connect`` (``main_connect``), it dials the coordinator instead and
+  speaks the same frames over that TLS connection (``imgq.fleet.listen``); the
+  connection closing is its stdin closing: it exits, busy or not.
 """
 
 from __future__ import annotations
@@ -60,12 +63,17 @@ def _die_with_parent() -> None:
         pass
 
 
-def _slot_init() -> None:
+def _slot_init(channel_fd: int | None = None) -> None:
     """In each slot process: never touch the protocol channel, die with the agent."""
     _die_with_parent()
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)  # a slot holding the channel open would hide the agent's death
     os.dup2(2, 1)  # anything a library prints goes to stderr, not into the frames
+    if channel_fd is not None:  # the connection to the coordinator (--connect): the same
+        try:
+            os.close(channel_fd)
+        except OSError:
+            pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from imgq import work
 
@@ -118,8 +126,8 @@ def _sweep_sessions(root: Path) -> None:
 
 
 class Agent:
-    def __init__(self, *, slots: int | None, workdir: str, shared_root: str | None, idle_timeout: float, stdin, stdout):
-        self.stdin, self.stdout = stdin, stdout
+    def __init__(self, *, slots: int | None, workdir: str, shared_root: str | None, idle_timeout: float, stdin, stdout, channel_fd: int | None = None):
+        self.stdin, self.stdout, self.channel_fd = stdin, stdout, channel_fd
         self.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         self.slots = slots or self.cores
         self.idle_timeout = idle_timeout
@@ -169,7 +177,7 @@ class Agent:
     # --- slots -------------------------------------------------------------------------
 
     def start_pool(self) -> None:
-        self.pool = concurrent.futures.ProcessPoolExecutor(self.slots, mp_context=mp.get_context("fork"), initializer=_slot_init)
+        self.pool = concurrent.futures.ProcessPoolExecutor(self.slots, mp_context=mp.get_context("fork"), initializer=_slot_init, initargs=(self.channel_fd,))
         # start every slot now, before the heartbeat thread exists, rather than on demand
         for f in [self.pool.submit(time.sleep, 0) for _ in range(self.slots)]:
             f.result()
@@ -392,6 +400,27 @@ def main(*, slots: int | None = None, workdir: str = DEFAULT_WORKDIR, shared_roo
     # Nothing but frames may reach the real stdout: stray prints go to stderr instead.
     sys.stdout = sys.stderr
     agent = Agent(slots=slots, workdir=workdir, shared_root=shared_root, idle_timeout=idle_timeout, stdin=stdin, stdout=stdout)
+    signal.signal(signal.SIGTERM, lambda *_: agent.quit(int(Exit.TERMINATED)))
+    signal.signal(signal.SIGINT, lambda *_: agent.quit(int(Exit.INTERRUPTED)))
+    return agent.serve()
+
+
+def main_connect(creds, *, name: str, slots: int | None = None, workdir: str = DEFAULT_WORKDIR, shared_root: str | None = None,
+                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> int:
+    """Dial the coordinator (``imgq.fleet.listen.dial``: the pinned certificate, the
+    secret's proof) and serve the protocol over that connection until it closes. Exit
+    status 1 with a message if the coordinator cannot be reached or is not the pinned one."""
+    from imgq.errors import HostUnreachable
+    from imgq.fleet import listen
+
+    try:
+        stream = listen.dial(creds.connect, creds, name=name)
+    except (HostUnreachable, listen.AgentRefused) as e:
+        sys.stderr.write(f"imgq agent: {e}\n")
+        return 1
+    io = listen.StreamIO(stream)
+    agent = Agent(slots=slots, workdir=workdir, shared_root=shared_root, idle_timeout=idle_timeout, stdin=io, stdout=io,
+                  channel_fd=stream.sock.fileno())
     signal.signal(signal.SIGTERM, lambda *_: agent.quit(int(Exit.TERMINATED)))
     signal.signal(signal.SIGINT, lambda *_: agent.quit(int(Exit.INTERRUPTED)))
     return agent.serve()

@@ -78,6 +78,27 @@ class FleetOptions:
     mode: str = "drain"  # drain | once | follow
     max_attempts: int | None = None
     poll: float = 1.0
+    listen: str | None = None  # ADDR[:PORT] ("" all addresses, a free port): admit connect-back agents
+    advertise: str | None = None  # the address agents dial (default: derived, see listen.Listener)
+    agent_file: Path | None = None  # where the agents' credentials are written for site scripts (0600)
+    launcher: "Launcher | None" = None  # starts agents that connect back (Slurm); implies listen
+
+
+class Launcher:
+    """Something that starts agents which connect back to this run (``--slurm``; a site's
+    own scheduler): ``start`` once the listener is up (``listener.agent_argv()`` and
+    ``listener.agent_env()`` or ``credentials()`` are what an agent needs), ``tick``
+    every loop of the coordinator (return report tuples to pass on), ``stop`` when the
+    run ends (cancel what is left; agents also exit when their connection closes)."""
+
+    def start(self, listener) -> None:
+        raise NotImplementedError
+
+    def tick(self) -> list[tuple]:
+        return []
+
+    def stop(self) -> None:
+        pass
 
 
 @dataclasses.dataclass
@@ -102,6 +123,8 @@ class Fleet:
         self.fenced: set[int] = set()  # jobs whose lease we lost (another worker has them)
         self.bytes_out = self.bytes_in = 0
         self.local: LocalWorkers | None = None  # local workers beside the hosts (-j N)
+        self.listener = None  # listen.Listener: connect-back agents (--listen, a launcher)
+        self._waiting_said = 0.0
         self._timers = {"reload": 0.0, "beat": time.monotonic(), "ping": 0.0, "flush": 0.0}
 
     # --- the loop -----------------------------------------------------------------------
@@ -117,8 +140,10 @@ class Fleet:
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             self.roster.set_hosts(self.roster.listed(initial=True))
-            if not self.roster.hosts and not self.local and self.opts.mode != "follow":
-                raise UsageError("no hosts to work on (--hosts, --hosts-file)")
+            if self.opts.listen is not None or self.opts.launcher is not None:
+                self._listen()
+            elif not self.roster.hosts and not self.local and self.opts.mode != "follow":
+                raise UsageError("no hosts to work on (--hosts, --hosts-file, --listen)")
             while not self.stopping:
                 self._tick()
                 if self._finished():
@@ -128,6 +153,23 @@ class Fleet:
             for s, h in old.items():
                 signal.signal(s, h)
         return self.summary
+
+    def _listen(self) -> None:
+        """Open the door for connect-back agents (after the local workers' fork: the
+        listener has threads), write their credentials, start the launcher's agents."""
+        from imgq.fleet import listen
+
+        self.listener = listen.Listener(
+            self.opts.listen or "", advertise=self.opts.advertise,
+            on_agent=lambda arrival: self.events.put(("agent", None, arrival)),
+            on_log=lambda line: self.events.put(("log", None, line)),
+        )
+        if self.opts.agent_file is not None:
+            self.listener.write_agent_file(self.opts.agent_file)
+        self.listener.start()
+        self.on_report(("listening", self.listener.bound, self.listener.advertise, self.listener.fingerprint, str(self.opts.agent_file or "")))
+        if self.opts.launcher is not None:
+            self.opts.launcher.start(self.listener)
 
     def _on_signal(self, signum, frame) -> None:
         self.summary.interrupted = True
@@ -144,6 +186,9 @@ class Fleet:
         self._settle()
         if self.local is not None:
             self.local.pump(self.summary, self.on_report)
+        if self.opts.launcher is not None:
+            for r in self.opts.launcher.tick():
+                self.on_report(r)
         mono = time.monotonic()
         if mono - self._timers["beat"] >= self.settings.lease_seconds / 3:
             self._timers["beat"] = mono
@@ -170,11 +215,24 @@ class Fleet:
             done = queue.pending(self.db)[0] == 0
         if done:
             return True
-        usable = [h for h in hosts_ if not h.draining]
+        if self.listener is not None:
+            self._say_waiting()
+            return False  # agents may still connect: the run waits for them
+        usable = [h for h in hosts_ if not h.draining and h.dialled]
         if not self.local and usable and all(h.state == "benched" and h.tried for h in usable):
             reasons = "; ".join(f"{h.name}: {h.reason}" for h in usable)
             raise HostUnreachable(f"no host can work, jobs are left in the queue ({reasons})")
         return False
+
+    def _say_waiting(self) -> None:
+        """Jobs wait and no agent works on them: say so on stderr (every 30 s)."""
+        if self.roster.up() or self.local is not None:
+            self._waiting_said = 0.0
+            return
+        now = time.monotonic()
+        if now - self._waiting_said >= 30.0:
+            self._waiting_said = now
+            self.on_report(("warning", f"jobs are waiting and no agent is connected: waiting for agents to connect to {self.listener.advertise} (imgq agent --connect)"))
 
     # --- events -------------------------------------------------------------------------
 
@@ -207,6 +265,11 @@ class Fleet:
             lk, reason = ev[2], ev[3]
             if h.link is lk:
                 self.roster.bench(h, reason)  # its link's bytes are counted by the "lost" that follows
+        elif kind == "agent":
+            arrival = ev[2]
+            self.roster.joined(arrival, lambda host: self.dispatch.make_link(host, host.name, arrival.transport, arrival.hello), stopping=self.stopping)
+        elif kind == "log":
+            self.on_report(("warning", ev[2]))
         elif kind == "outcome":
             lk, arrived = ev[2], ev[3]
             claim = arrived.outcome.claim
@@ -247,7 +310,7 @@ class Fleet:
         attempt counts (a photo that kills its host cannot loop forever)."""
         if not h.inflight:
             return
-        outcomes = [queue.Outcome(c, error=why, kind="transient") for c in h.inflight.values()]
+        outcomes = [queue.Outcome(c, error=why, kind="lost") for c in h.inflight.values()]
         h.inflight.clear()
         settled = settle(self.db, outcomes, self.settings, actor=h.actor(), backoff=0.0, backoff_max=0.0)
         self._report_settled(h, settled, outcomes)
@@ -284,6 +347,10 @@ class Fleet:
         """Hand back what is still held, close every link, record how each host ended."""
         now = time.time()
         self.stopping = True
+        if self.listener is not None:
+            self.listener.close()  # no agent joins a run that is ending
+            if self.opts.agent_file is not None:
+                self.listener.remove_agent_file(self.opts.agent_file)
         held = []
         for h in self.roster.hosts.values():
             if h.link is not None:
@@ -293,6 +360,8 @@ class Fleet:
         if held:
             queue.release(self.db, held, actor=Actor(host=host_ledger.coordinator_name(), name="fleet"))
         self._flush_counts()
+        if self.opts.launcher is not None:
+            self.opts.launcher.stop()
         if self.local is not None:
             self.local.finish(self.summary, self.on_report, interrupted=self.summary.interrupted)
         self.dispatch.close()

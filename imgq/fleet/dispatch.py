@@ -65,8 +65,14 @@ class Dispatch:
             connect_timeout=opts.connect_timeout, slots=entry.spec.slots or opts.slots,
             shared_root=str(opts.shared_root) if opts.shared_root else None,
         )
+        return self.make_link(h, entry.name, link.SshTransport(conn, proc), hello)
+
+    def make_link(self, h: Host, name: str, transport, hello: dict) -> link.AgentLink:
+        """An ``AgentLink`` over ``transport`` (SSH, or a connect-back agent's TLS
+        connection), its callbacks bound to this dispatch (lost links become events)."""
+        opts = self.opts
         return link.AgentLink(
-            entry, conn, proc, hello, host_timeout=opts.host_timeout, transfers=opts.transfers,
+            name, transport, hello, host_timeout=opts.host_timeout, transfers=opts.transfers,
             on_message=lambda lk, hd, blob: self.on_message(h, lk, hd, blob),
             on_lost=lambda lk, reason, misbehaved: self.events.put(("lost", h, lk, reason, misbehaved)),
             read_input=lambda lk, claim, header, path: self.read_input(h, lk, claim, header, path),
@@ -86,7 +92,7 @@ class Dispatch:
             if want <= 0:
                 continue
             claims = queue.claim(self.db, owner=h.actor().name, limit=want, lease_seconds=self.settings.lease_seconds,
-                                 actor=h.actor(), max_attempts=self.opts.max_attempts)
+                                 actor=h.actor(), max_attempts=self.opts.max_attempts, max_lost=self.settings.max_lost)
             for c in claims:
                 h.inflight[c.job_id] = c
                 if c.stage:
@@ -125,7 +131,9 @@ class Dispatch:
         header = {"type": "job", "job": c.job_id, "spec": c.spec, "spec_hash": c.spec_hash,
                   "max_pixels": self.settings.max_pixels, "quality": self.settings.jpeg_quality,
                   "sha256": row["sha256"], "size": row["size"]}
-        rel = self._under_shared_root(c)
+        # a path only to an agent started with a shared root (a connect-back agent's
+        # launcher may not have given it one: it gets the bytes, as without --shared-root)
+        rel = self._under_shared_root(c) if h.link.hello.get("shared_root") else None
         if rel is not None:
             header["path"] = rel
             h.link.send_job(c, header, None)

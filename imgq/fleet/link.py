@@ -1,5 +1,7 @@
-"""The coordinator's side of one agent: an SSH connection, ``imgq agent`` started over
-it, a reader thread for the agent's messages and sender threads for the jobs.
+"""The coordinator's side of one agent: its transport (an SSH connection with ``imgq
+agent`` started over it, or a TLS connection the agent made to ``--listen``:
+``imgq.fleet.listen``), a reader thread for the agent's messages and sender threads for
+the jobs. Both transports carry the same frames and get the same checks below.
 
 The link never touches the database: it hands what arrives to a callback, and the fleet
 (one thread) decides. What it guarantees:
@@ -35,6 +37,7 @@ from imgq.fleet import hosts, protocol
 from imgq.errors import HostUnreachable
 from imgq.fleet.hosts import HostEntry, PreflightFailed
 
+SMALL_FRAME = 64 * 1024  # a frame whose blob is at most this is written in one piece
 AGENT_START_TIMEOUT = 60.0  # a cold Python importing Pillow and OpenCV on a slow disk
 
 
@@ -113,11 +116,10 @@ class AgentLink:
     raises ProtocolError); ``read_input(link, claim, header, path)`` returns the bytes to
     send for a job, or None."""
 
-    def __init__(self, entry: HostEntry, conn, proc, hello: dict, *, host_timeout: float, transfers: int,
+    def __init__(self, name: str, transport, hello: dict, *, host_timeout: float, transfers: int,
                  on_message: Callable, on_lost: Callable, read_input: Callable,
                  reply_limit: Callable[[dict, int], int] = lambda header, size: 0, spill_dir: Path | None = None):
-        self.entry, self.name = entry, entry.name
-        self.conn, self.proc, self.hello = conn, proc, hello
+        self.name, self.transport, self.hello = name, transport, hello
         self.slots = int(hello["slots"])
         self.host_timeout = host_timeout
         self.on_message, self.on_lost, self.read_input = on_message, on_lost, read_input
@@ -128,7 +130,7 @@ class AgentLink:
         self.last_heard = time.monotonic()
         self.bytes_out = self.bytes_in = 0
         self.beat: dict = {}
-        proc.set_timeout(host_timeout)
+        transport.set_timeout(host_timeout)
         self.threads = [threading.Thread(target=self._reader, daemon=True, name=f"{self.name}-reader")]
         self.threads += [threading.Thread(target=self._sender, daemon=True, name=f"{self.name}-send{i}") for i in range(max(1, transfers))]
         for t in self.threads:
@@ -163,18 +165,20 @@ class AgentLink:
 
     def _write(self, header: dict, blob) -> None:
         pieces = protocol.encode(header, blob)
+        if len(pieces[1]) <= SMALL_FRAME:  # one write, one record or packet, not two
+            pieces = [bytes(pieces[0]) + bytes(pieces[1]), b""]
         with self.write_lock:
-            for piece in pieces:
+            for piece in filter(len, pieces):
                 # a memoryview: paramiko's sendall slices what it has left to send after
                 # each packet, and slicing bytes copies, which made a 6 MB photo cost
                 # ~150 copies of its remainder (5x the CPU of the crypto itself)
-                self.proc.write(memoryview(piece))
+                self.transport.write(memoryview(piece))
         self.bytes_out += len(pieces[0]) + len(pieces[1])
 
     # --- receiving ---------------------------------------------------------------------
 
     def _read(self, n: int):
-        data = self.proc.read(n)
+        data = self.transport.read(n)
         self.bytes_in += len(data)
         self.last_heard = time.monotonic()  # a big frame arriving slowly is not silence
         return data
@@ -201,7 +205,7 @@ class AgentLink:
                 self.lose(f"cannot take a reply into {self.spill_dir}: {e.strerror or e}")
                 return
             if msg is None:
-                self.lose(f"agent ended: {self.proc.stderr_tail().strip()[-300:] or 'no message'}")
+                self.lose(self.transport.why_ended())
                 return
             header, blob = msg
             if header["type"] == "beat":
@@ -235,17 +239,36 @@ class AgentLink:
         if self.closed.is_set():
             return
         self.closed.set()
-        self.proc.close_stdin()
+        self.transport.end()
         threading.Thread(target=self._close_quietly, kwargs={"grace": 2.0}, daemon=True).start()
 
     def _close_quietly(self, grace: float = 0.0) -> None:
         try:
-            if grace:
-                self.proc.channel.status_event.wait(grace)
-            self.proc.close()
-            ssh.close(self.conn)
+            self.transport.close(grace)
         except Exception:
             pass
+
+
+class SshTransport:
+    """The agent's stdin/stdout over its SSH channel, as ``AgentLink`` uses a transport
+    (``imgq.fleet.listen.TcpTransport`` is the other one)."""
+
+    def __init__(self, conn: ssh.Connection, proc: ssh.RemoteProcess):
+        self.conn, self.proc = conn, proc
+        self.set_timeout, self.write, self.read = proc.set_timeout, proc.write, proc.read
+
+    def end(self) -> None:
+        """EOF on the agent's stdin: it stops its slots and exits."""
+        self.proc.close_stdin()
+
+    def why_ended(self) -> str:
+        return f"agent ended: {self.proc.stderr_tail().strip()[-300:] or 'no message'}"
+
+    def close(self, grace: float = 0.0) -> None:
+        if grace:
+            self.proc.channel.status_event.wait(grace)
+        self.proc.close()
+        ssh.close(self.conn)
 
 
 def check(entry: HostEntry, **kw) -> dict:

@@ -28,7 +28,7 @@ from imgq.ledger.journal import Actor
 class Host:
     """The coordinator's view of one host (touched by the coordinator thread only)."""
 
-    entry: HostEntry
+    entry: HostEntry | None  # None: an agent that connected to --listen (never dialled by us)
     state: str = "new"  # new, connecting, up, benched, draining, removed, stopped
     link: link.AgentLink | None = None
     inflight: dict = dataclasses.field(default_factory=dict)  # job id -> Claim
@@ -39,10 +39,18 @@ class Host:
     errors_in_row: int = 0  # transient job errors reported by its agent, none done between
     answered: dict = dataclasses.field(default_factory=dict)  # job id -> the Claim its agent replied to (reader thread only)
     draining: bool = False
+    label: str | None = None  # a connect-back agent's name (its own, or its launcher's)
+    peer: str | None = None  # a connect-back agent's address
 
     @property
     def name(self) -> str:
-        return self.entry.name
+        return self.label if self.entry is None else self.entry.name
+
+    @property
+    def dialled(self) -> bool:
+        """We reach this host (SSH) and can try it again; a connect-back agent, once
+        lost, is gone (its launcher starts another, which connects as a new one)."""
+        return self.entry is not None
 
     def actor(self) -> Actor:
         """Who a job change made for this host is recorded as (its agent, once known)."""
@@ -104,7 +112,7 @@ class Roster:
             else:
                 h.entry = e  # a changed command or slot count applies from its next connection
         for name, h in self.hosts.items():
-            if name not in wanted and not h.draining and h.state != "removed":
+            if name not in wanted and h.dialled and not h.draining and h.state != "removed":
                 h.draining = True
                 self.on_report(("host", name, "draining", "removed from the hosts file"))
                 if h.state == "up":
@@ -116,7 +124,7 @@ class Roster:
         """Connect hosts due a try; lose silent ones; remove drained ones."""
         now = time.time()
         for h in self.hosts.values():
-            if h.state in ("new", "benched") and not stopping:
+            if h.state in ("new", "benched") and not stopping and h.dialled:
                 if h.draining:
                     self.remove(h, now)
                 elif now >= h.benched_until:
@@ -150,9 +158,43 @@ class Roster:
             return
         h.link, h.reason = agent, None
         hello, now = agent.hello, time.time()
-        self.move(h, "up", now=now, reason=None, benched_until=None, slots=agent.slots, version=hello.get("version"),
+        self.move(h, "up", now=now, reason=None if h.dialled else f"connected from {h.peer}", benched_until=None, slots=agent.slots, version=hello.get("version"),
                   cores=hello.get("cores"), free_disk=hello.get("free_disk"), seen_at=now)
-        self.on_report(("host", h.name, "up", f"{agent.slots} slots"))
+        self.on_report(("host", h.name, "up", f"{agent.slots} slots" + ("" if h.dialled else f", from {h.peer}")))
+
+    def unique_name(self, name: str) -> str:
+        """``name``, or ``name~2``, ``name~3``…: not the name of a host of this run that
+        is listed or still has a link (a connect-back agent must not take over a row)."""
+        taken = lambda n: n in self.hosts and (self.hosts[n].dialled or self.hosts[n].link is not None)  # noqa: E731
+        if not taken(name):
+            return name
+        i = 2
+        while taken(f"{name}~{i}"):
+            i += 1
+        return f"{name}~{i}"
+
+    def joined(self, arrival, make_link: Callable[[Host], link.AgentLink], *, stopping: bool) -> Host | None:
+        """A connect-back agent that proved itself and said hello (``listen.Arrival``):
+        a host of this run, up, or benched with why if its hello shows it unfit (it is
+        not tried again: its launcher may start a fit one). None if the run is ending."""
+        if stopping:
+            arrival.transport.close()
+            return None
+        now = time.time()
+        h = Host(None, label=self.unique_name(arrival.name), peer=arrival.peer, tried=True)
+        self.hosts[h.name] = h
+        self.move(h, "new", now=now, reason=f"connected from {arrival.peer}", slots=arrival.hello.get("slots"))
+        self.move(h, "connecting", now=now, reason=f"connected from {arrival.peer}")
+        self.on_report(("host", h.name, "joined", arrival.peer))
+        if arrival.problems:
+            arrival.transport.close()
+            h.reason = f"preflight: {'; '.join(arrival.problems)}"
+            self.move(h, "benched", now=now, reason=h.reason, failures=1)
+            self.on_report(("host", h.name, "benched", h.reason))
+            return h
+        h.state = "connecting"
+        self.came_up(h, make_link(h), stopping=stopping)
+        return h
 
     def bench(self, h: Host, reason: str, *, lost: bool = False) -> None:
         """Take a host out of service for a while: its link closed, its jobs requeued."""
@@ -185,7 +227,7 @@ class Roster:
         if h.link is not None:
             h.link.close()
             h.link = None
-            self.move(h, "stopped", now=now, reason=None)
+            self.move(h, "stopped", now=now, reason=None if h.dialled else f"connected from {h.peer}")
         elif h.state == "connecting":
             # still trying: a host benched before stays benched, with its reason
             self.move(h, "benched" if h.failures else "stopped", now=now, reason=h.reason)

@@ -91,10 +91,18 @@ class Folder:
     imgq never makes symlinks, so one is a person's (or an attacker's), and replacing it
     would silently undo their intent; the refusal names it so a person can decide."""
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, *, dry_run: bool = False):
+        """With ``dry_run`` nothing is created, written, linked or removed: every method
+        answers as if it had been (a missing OUT is an empty one), and what is in the way
+        is refused exactly as in a real run."""
         self.out = out
+        self.dry_run = dry_run
         try:
-            self.fds: dict[str, int] = {"": os.open(out, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)}
+            self.fds: dict[str, int | None] = {"": os.open(out, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)}
+        except FileNotFoundError:
+            if not dry_run:
+                raise StorageError(f"cannot open {out}: it is not there") from None
+            self.fds = {"": None}  # publish would create it: empty
         except OSError as e:
             raise StorageError(f"cannot open {out}: {e.strerror or e}") from None
         self.refused: list[str] = []  # what was refused, each naming the path; once each
@@ -105,7 +113,8 @@ class Folder:
 
     def __exit__(self, *exc) -> None:
         for fd in self.fds.values():
-            os.close(fd)
+            if fd is not None:
+                os.close(fd)
         self.fds.clear()
 
     def refuse(self, why: str) -> None:
@@ -120,7 +129,9 @@ class Folder:
         if name in self.unsafe:
             raise UnsafeOutput(self.unsafe[name])
         root = self.fds[""]
-        if create:
+        if root is None:
+            return None  # a dry run on an OUT not made yet
+        if create and not self.dry_run:
             try:
                 os.mkdir(name, 0o755, dir_fd=root)
             except FileExistsError:
@@ -179,7 +190,7 @@ class Folder:
 
     def _target(self, rel: str) -> tuple[int, str]:
         fd, name = self.locate(rel)
-        kind = _kind(fd, name)
+        kind = _kind(fd, name) if fd is not None else None
         if kind in ("link", "dir"):
             # checked only to keep a person's link or folder: were it swapped in after this
             # check, the rename would replace the link itself, never write where it points
@@ -190,6 +201,8 @@ class Folder:
     def write(self, rel: str, data: bytes, *, sync: bool = False) -> None:
         """Put ``data`` at ``rel`` atomically: a temporary name, then a rename."""
         fd, name = self._target(rel)
+        if self.dry_run:
+            return
 
         def fill(f) -> None:
             f.write(data)
@@ -204,6 +217,8 @@ class Folder:
         """Put the opened ``src``'s bytes at ``rel`` if their sha256 is ``sha256``:
         "linked" (a hard link of that very file), "copied", or None if they differ."""
         fd, name = self._target(rel)
+        if self.dry_run:
+            return None if src.sha256() != sha256 else "linked" if link else "copied"
         tmp = store.temp_name(name)
         try:
             if link:
@@ -266,7 +281,8 @@ class Folder:
             fd, name = self.locate(rel, create=False)
             if fd is None or _kind(fd, name) != "file":
                 return False
-            os.unlink(name, dir_fd=fd)
+            if not self.dry_run:
+                os.unlink(name, dir_fd=fd)
             return True
         except (ValueError, UnsafeOutput, FileNotFoundError):
             return False
@@ -291,7 +307,8 @@ class Folder:
                 if pid is None or store.pid_alive(pid) or _kind(fd, name) != "file":
                     continue
                 try:
-                    os.unlink(name, dir_fd=fd)
+                    if not self.dry_run:
+                        os.unlink(name, dir_fd=fd)
                 except FileNotFoundError:
                     continue
                 swept.append((f"{folder}/{name}" if folder else name, pid))

@@ -239,6 +239,52 @@ class DB:
         fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
 
+class ScratchDB(DB):
+    """A dry run's database: an in-memory copy of the database at ``path`` (an empty,
+    new one if there is no file there), migrated in memory. A step run on it does every
+    write it would do, and the file, its -wal, and the lock folder are left exactly as
+    they were: nothing is created, written or locked.
+
+    The copy is read through SQLite's backup API on a read-only connection: one
+    consistent snapshot. A copy of a large database costs its size in memory."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self._lock_fd = None
+        conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        try:
+            _check_openable(self.path, True)  # what a real run would refuse (a folder, no such folder), refused
+            if self.path.exists():
+                # Without a -wal beside it, no process has the database open and the file
+                # is whole: read it as immutable, which makes no -wal or -shm either. With
+                # one, read through it (read-only: the files are there already).
+                live = os.path.exists(str(self.path) + "-wal")
+                try:
+                    source = sqlite3.connect(self.path.absolute().as_uri() + ("?mode=ro" if live else "?mode=ro&immutable=1"), uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+                    try:
+                        source.backup(conn)
+                    finally:
+                        source.close()
+                except sqlite3.Error as e:
+                    raise _unusable(self.path, e) from e
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA foreign_keys = ON")
+            migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self.conn = conn
+
+    def now(self) -> float:
+        return time.time()  # one process, one clock: no lease is shared with anyone
+
+    def _lock(self, deadline: float | None = None) -> None:
+        pass  # nobody else can see an in-memory database
+
+    def _unlock(self) -> None:
+        pass
+
+
 class _Transaction:
     def __init__(self, db: DB, timeout: float | None = None):
         self.db = db

@@ -489,9 +489,40 @@ def _m10_journal_at_scale(db: "sqlite_utils.Database") -> None:
     db.execute(f"CREATE INDEX IF NOT EXISTS idx_files_name ON files ({FILE_NAME})")
 
 
+def _m11_owner_spellings(db: "sqlite_utils.Database") -> None:
+    # One photographer, one name: a folder synced from a Mac arrives in Unicode NFD, the
+    # same name from Linux in NFC. Owners are compared and stored in NFC (scan.owner_of);
+    # each spelling of an owner's folder found on disk is kept here, so status can say
+    # which spellings were merged. Existing owners are normalised and their spellings
+    # recorded from the paths they were found at.
+    import unicodedata
+
+    db.conn.create_function("imgq_nfc", 1, lambda t: None if t is None else unicodedata.normalize("NFC", t), deterministic=True)
+    db["owner_spellings"].create(
+        {"owner": str, "spelling": str, "first_seen_at": float},
+        pk=("owner", "spelling"),
+        not_null={"first_seen_at"},
+    )
+    db.execute("UPDATE files SET owner = imgq_nfc(owner) WHERE owner != imgq_nfc(owner)")
+    db.execute(
+        "INSERT OR IGNORE INTO owner_spellings (owner, spelling, first_seen_at)"
+        " SELECT owner, substr(path, 1, instr(path, '/') - 1), min(created_at) FROM files"
+        " WHERE instr(path, '/') > 0 AND imgq_nfc(substr(path, 1, instr(path, '/') - 1)) = owner"
+        " GROUP BY owner, substr(path, 1, instr(path, '/') - 1)"
+    )
+
+
+def _m12_retry_for_a_time(db: "sqlite_utils.Database") -> None:
+    # Transient failures are retried for a time (retry_for), not a count: a job keeps the
+    # time its current run of failures began. Lost workers are counted apart (max_lost),
+    # so a photo that kills its worker still fails after a few tries.
+    db.execute("ALTER TABLE jobs ADD COLUMN failing_since REAL")
+    db.execute("ALTER TABLE jobs ADD COLUMN lost INTEGER NOT NULL DEFAULT 0")
+
+
 MIGRATIONS: list[Callable[["sqlite_utils.Database"], None]] = [
     _m1_core, _m2_archive, _m3_faces, _m4_job_stages, _m5_hosts, _m6_destination_identity, _m7_meta, _m8_archive_target_states,
-    _m9_views, _m10_journal_at_scale,
+    _m9_views, _m10_journal_at_scale, _m11_owner_spellings, _m12_retry_for_a_time,
 ]
 
 

@@ -174,23 +174,25 @@ def claim(
     now: float | None = None,
     actor: Actor = Actor(),
     max_attempts: int | None = None,
+    max_lost: int = 5,
 ) -> list[Claim]:
     """Lease up to ``limit`` due jobs (ready and due, or leased with an expired lease).
 
     ``max_attempts``, when given, overrides the jobs' own limit for this worker (``imgq
-    work --max-attempts``).
+    work --max-attempts``; 0: no limit by count).
 
     A job whose lease expired has lost its worker (killed, hung, cut off). If that has
-    happened ``max_attempts`` times the job fails instead of being handed out again, so
-    an input that kills its worker cannot loop forever.
+    happened ``max_lost`` times (or the job has had its ``max_attempts``) the job fails
+    instead of being handed out again, so an input that kills its worker cannot loop
+    forever.
     """
     with db.transaction():
         now = db.when(now)
         rows = db.all(
-            "SELECT * FROM (SELECT j.id, j.file_id, j.recipe, j.spec, j.spec_hash, j.state, j.attempts, j.max_attempts, j.lease_owner,"
+            "SELECT * FROM (SELECT j.id, j.file_id, j.recipe, j.spec, j.spec_hash, j.state, j.attempts, j.max_attempts, j.lost, j.lease_owner,"
             " j.stage, f.inbox, f.path, f.sha256, f.size FROM jobs j JOIN files f ON f.id = j.file_id"
             " WHERE j.state = 'ready' AND j.not_before <= ? ORDER BY j.not_before, j.id LIMIT ?)"
-            " UNION ALL SELECT * FROM (SELECT j.id, j.file_id, j.recipe, j.spec, j.spec_hash, j.state, j.attempts, j.max_attempts,"
+            " UNION ALL SELECT * FROM (SELECT j.id, j.file_id, j.recipe, j.spec, j.spec_hash, j.state, j.attempts, j.max_attempts, j.lost,"
             " j.lease_owner, j.stage, f.inbox, f.path, f.sha256, f.size FROM jobs j JOIN files f ON f.id = j.file_id"
             " WHERE j.state = 'leased' AND j.lease_until < ? ORDER BY j.lease_until LIMIT ?)",
             (now, limit, now, limit),
@@ -200,7 +202,8 @@ def claim(
             if len(claims) >= limit:
                 break
             limit_attempts = max_attempts or r["max_attempts"]
-            if r["state"] == "leased" and r["attempts"] >= limit_attempts:
+            reclaimed = r["state"] == "leased"  # its worker was lost
+            if reclaimed and (r["lost"] + 1 >= max_lost or (limit_attempts and r["attempts"] >= limit_attempts)):
                 exhausted.append(r)
                 continue
             token = secrets.token_hex(8)
@@ -217,6 +220,7 @@ def claim(
                         "lease_token": token,
                         "lease_until": now + lease_seconds,
                         "host": actor.host,
+                        **({"lost": r["lost"] + 1} if reclaimed else {}),
                     },
                     detail=detail,
                 )
@@ -226,7 +230,7 @@ def claim(
             )
         journal.move_jobs(db, changes, now=now, actor=actor)
         for r in exhausted:
-            reason = f"worker {r['lease_owner']} was lost {r['attempts']} time(s) while running this job (killed, hung or cut off)"
+            reason = f"its worker was lost {r['lost'] + 1} time(s) running it, the last {r['lease_owner']} (killed, hung or cut off)"
             fail_job(db, r["id"], r["file_id"], r["recipe"], "leased", None, reason, "transient", now=now, actor=actor)
     return claims
 
@@ -287,7 +291,7 @@ def retry(db: DB, *, job_ids: Iterable[int] | None = None, file_ids: Iterable[st
         rows = db.all(sql, params)
         journal.move_jobs(
             db,
-            [JobChange(r["id"], r["file_id"], "failed", "ready", sets={"attempts": 0, "not_before": 0, "error": None, "error_kind": None}, detail="retry requested") for r in rows],
+            [JobChange(r["id"], r["file_id"], "failed", "ready", sets={"attempts": 0, "lost": 0, "failing_since": None, "not_before": 0, "error": None, "error_kind": None}, detail="retry requested") for r in rows],
             now=now,
             actor=actor,
         )

@@ -39,7 +39,7 @@ class Outcome:
     artifacts: list[Artifact] | None = None  # set on success
     result: dict | None = None  # extra facts (faces found, timings)
     error: str | None = None  # set on failure
-    kind: str = "transient"  # 'permanent' or 'transient'
+    kind: str = "transient"  # 'permanent', 'transient', or 'lost' (its worker died running it)
     parts: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (staged, final) stripe files, store-relative
 
     def moves(self) -> list[tuple[str, str]]:
@@ -66,7 +66,9 @@ def settle(
     now: float | None = None,
     actor: Actor = Actor(),
     backoff: float = 5.0,
-    backoff_max: float = 3600.0,
+    backoff_max: float = 300.0,
+    retry_for: float = 86400.0,
+    max_lost: int = 5,
     rng: random.Random | None = None,
     store_dir: Path | None = None,
 ) -> Settled:
@@ -74,8 +76,10 @@ def settle(
 
     Success makes the job ``done`` with its verified artifacts, and the file
     ``processed`` once all its jobs are done. A transient error puts the job back with
-    exponential, jittered backoff until ``max_attempts``; a permanent one fails it and its
-    file at once, with the reason.
+    exponential, jittered backoff until it has been failing for ``retry_for`` seconds
+    (or has had its ``max_attempts``, when that is set); a lost worker (kind ``lost``)
+    likewise until it has been lost ``max_lost`` times; a permanent error fails the job
+    and its file at once, with the reason.
 
     A success's staged files (``Outcome.moves``) are renamed onto their final names in
     ``store_dir`` after its token check and before the commit, so a final name changes
@@ -106,18 +110,22 @@ def settle(
                     continue
                 o = dataclasses.replace(o, error=status, kind="transient")
             leftovers += o.staged()
-            if o.kind == "transient" and c.attempts < c.max_attempts:
+            give_up, since, lost = _gives_up(db, o, now=now, retry_for=retry_for, max_lost=max_lost)
+            if o.kind != "permanent" and not give_up:
                 delay = backoff_delay(c.attempts, backoff, backoff_max, rng)
+                kind = "transient"
+                sets = {"not_before": now + delay, "error": o.error, "error_kind": kind, "lease_until": None, "failing_since": since, "lost": lost}
                 ok = journal.move_jobs(
                     db,
-                    [JobChange(c.job_id, c.file_id, "leased", "ready", sets={"not_before": now + delay, "error": o.error, "error_kind": o.kind, "lease_until": None}, token=c.token, detail=f"retry in {delay:.0f}s: {o.error}")],
+                    [JobChange(c.job_id, c.file_id, "leased", "ready", sets=sets, token=c.token, detail=f"retry in {delay:.0f}s: {o.error}")],
                     now=now,
                     actor=actor,
                 )[0]
                 (out.retrying if ok else out.lost).append(c.job_id)
                 continue
-            reason = o.error if o.kind == "permanent" else f"gave up after {c.attempts} attempts: {o.error}"
-            if fail_job(db, c.job_id, c.file_id, c.recipe, "leased", c.token, reason, o.kind, now=now, actor=actor):
+            reason = o.error if o.kind == "permanent" else f"{give_up}: {o.error}"
+            kind = "permanent" if o.kind == "permanent" else "transient"  # a lost worker is a transient cause
+            if fail_job(db, c.job_id, c.file_id, c.recipe, "leased", c.token, reason, kind, now=now, actor=actor):
                 out.failed.append((c.job_id, c.file_id, reason))
             else:
                 out.lost.append(c.job_id)
@@ -127,6 +135,28 @@ def settle(
     if leftovers and store_dir is not None:
         store.discard(store_dir, leftovers)
     return out
+
+
+def _gives_up(db: DB, o: Outcome, *, now: float, retry_for: float, max_lost: int) -> tuple[str | None, float, int]:
+    """Whether a failed attempt is the last: (why, or None to retry; when this run of
+    failures began; times the job's worker was lost, this one included)."""
+    c = o.claim
+    row = db.one("SELECT failing_since, lost FROM jobs WHERE id = ?", (c.job_id,))
+    since = row["failing_since"] if row and row["failing_since"] is not None else now
+    lost = (row["lost"] if row else 0) + (o.kind == "lost")
+    if o.kind == "lost" and lost >= max_lost:
+        return f"its worker was lost {lost} time(s) running it (killed, hung or cut off)", since, lost
+    if c.max_attempts and c.attempts >= c.max_attempts:
+        return f"gave up after {c.attempts} attempts", since, lost
+    if now - since >= retry_for:
+        return f"gave up after {c.attempts} attempts over {_span(now - since)} (retry_for {_span(retry_for)})", since, lost
+    return None, since, lost
+
+
+def _span(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
 def _complete(db: DB, o: Outcome, store_dir: Path | None, folders: set[Path], *, now: float, actor: Actor) -> str:
@@ -141,7 +171,7 @@ def _complete(db: DB, o: Outcome, store_dir: Path | None, folders: set[Path], *,
     try:
         ok = journal.move_jobs(
             db,
-            [JobChange(c.job_id, c.file_id, "leased", "done", sets={"error": None, "error_kind": None, "lease_until": None, "result": json.dumps(o.result) if o.result else None}, token=c.token)],
+            [JobChange(c.job_id, c.file_id, "leased", "done", sets={"error": None, "error_kind": None, "lease_until": None, "failing_since": None, "result": json.dumps(o.result) if o.result else None}, token=c.token)],
             now=now,
             actor=actor,
         )[0]

@@ -39,7 +39,8 @@ def parse_step(text: str) -> Step:
     if raw is not None:
         args = [a.strip() for a in raw.split(",")]
         if not op.params:
-            raise UnknownOperation(f"operation {op.name!r} takes no parameters, got {raw!r}")
+            note = f" ({op.note})" if op.note else ""
+            raise UnknownOperation(f"operation {op.name!r} takes no parameters, got {raw!r}{note}")
         for i, arg in enumerate(args):
             key, eq, value = arg.partition("=")
             if eq:

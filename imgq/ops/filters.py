@@ -1,5 +1,5 @@
 """Filters: ``blur``, ``gaussian``, ``median``, ``bilateral``, ``canny``, ``invert``,
-``gray``, ``bw``, ``equalize``.
+``gray``, ``bw``, ``stretch``, ``equalize``.
 
 Neighbourhood filters extend the image at its edges by reflection (OpenCV's default,
 ``BORDER_REFLECT_101``; ``median`` replicates the edge), so a stripe cut out with a halo
@@ -174,21 +174,53 @@ def bw(a: cv.Arrays, *, threshold: int = 128) -> cv.Arrays:
 
 
 @register(
-    "equalize",
+    "stretch",
     Param("cutoff", parse_float(0.0, 49.0), 0.5, format_float, "percent of darkest and of brightest pixels clipped"),
     reach=lambda p: WHOLE_IMAGE,
 )
 @cv.image_op
-def equalize(a: cv.Arrays, *, cutoff: float = 0.5) -> cv.Arrays:
+def stretch(a: cv.Arrays, *, cutoff: float = 0.5) -> cv.Arrays:
     """Contrast stretching: the grey levels at the ``cutoff`` and 100 - ``cutoff``
     percentiles become black and white, everything between is spread linearly.
 
     One gain for all channels, so colours keep their hue. A flat image is unchanged.
     The percentiles are of the whole image, so this is not local.
-    Example chain: ``equalize:1``
+    Example chain: ``stretch:1``
     """
     lo, hi = np.percentile(cv.luminance(a), [cutoff, 100.0 - cutoff])
     if hi - lo < 1:
         return a
     gain = a.max_value / (hi - lo)
     return cv.Arrays(cv.scale_add(a.colour, gain, -lo * gain), a.alpha)
+
+
+@register(
+    "equalize",
+    reach=lambda p: WHOLE_IMAGE,
+    note="equalize equalises the histogram; the linear percentile stretch it once was is stretch, e.g. stretch:1",
+)
+@cv.image_op
+def equalize(a: cv.Arrays) -> cv.Arrays:
+    """Histogram equalisation: grey levels are remapped through the image's cumulative
+    histogram, so each part of the tonal range holds about as many pixels as any other
+    (where ``stretch`` only spreads the range linearly, this also spreads crowded tones).
+
+    Colour photos are equalised on their luma (Y of YCrCb), so hues stay; the remapping
+    keeps the order of grey levels. A flat image is unchanged. Example chain: ``equalize``
+    """
+    if a.grey:
+        return cv.Arrays(_equalized(a.colour, a.max_value), a.alpha)
+    ycc = cv2.cvtColor(a.colour, cv2.COLOR_RGB2YCrCb)
+    ycc[..., 0] = _equalized(np.ascontiguousarray(ycc[..., 0]), a.max_value)
+    return cv.Arrays(cv2.cvtColor(ycc, cv2.COLOR_YCrCb2RGB), a.alpha)
+
+
+def _equalized(grey: np.ndarray, top: int) -> np.ndarray:
+    """``grey`` remapped through its cumulative histogram onto 0..top (same dtype)."""
+    counts = np.bincount(grey.ravel(), minlength=top + 1)
+    cdf = np.cumsum(counts)
+    first = cdf[np.flatnonzero(counts)[0]]  # pixels at the darkest level present
+    if cdf[-1] == first:
+        return grey  # one level only: nothing to spread
+    lut = np.clip(np.round((cdf - first) * top / (cdf[-1] - first)), 0, top).astype(grey.dtype)
+    return lut[grey]

@@ -45,6 +45,8 @@ class Op:
     fit_box: Callable[[dict[str, Any]], tuple[int, int]] | None = None
     # An alias is canonicalised to another operation (thumb -> fit:120x90) for hashing.
     alias_of: tuple[str, dict[str, Any]] | None = None
+    # Said beside an error in a chain that uses the operation (a changed meaning, say).
+    note: str | None = None
 
     @property
     def array_func(self) -> Callable[..., Any] | None:
@@ -84,13 +86,14 @@ def register(
     reach: Callable[[dict[str, Any]], int] = zero_reach,
     fit_box: Callable[[dict[str, Any]], tuple[int, int]] | None = None,
     alias_of: tuple[str, dict[str, Any]] | None = None,
+    note: str | None = None,
 ) -> Callable[[Callable[..., Image.Image]], Callable[..., Image.Image]]:
     """Decorator: register ``func`` as the operation ``name``; the function is returned unchanged."""
 
     def deco(func: Callable[..., Image.Image]) -> Callable[..., Image.Image]:
         if name in OPS:
             raise ValueError(f"operation {name!r} registered twice")
-        OPS[name] = Op(name, func, tuple(params), reach, fit_box, alias_of)
+        OPS[name] = Op(name, func, tuple(params), reach, fit_box, alias_of, note)
         return func
 
     return deco

@@ -30,7 +30,9 @@ PARTS = {
     "split": ("bench_split", "one 100 MP image through bilateral: whole on 1 worker vs stripe jobs on 2 workers, peak memory per worker"),
     "ops": ("bench_ops", "brightness+contrast+sharpness on sets shaped like a published enhancer's (Tokyo, Crops), face detection"),
     "journal": ("bench_journal", "status, report, log, a no-op enqueue and scan on a journal of 100,000 files and 780,000 events built in SQLite"),
+    "watch": ("bench_watch", "imgq run --watch: seconds from a camera photo landing in the inbox (renamed in, or written slowly) to its verified copies"),
     "fleet": ("bench_fleet", "imgq work --hosts 127.0.0.11/2 (a real sshd here) vs local -j2: throughput, per-job overhead on tiny images, bytes staged"),
+    "tcp": ("bench_tcp", "one agent over SSH (--hosts) vs one connected back over TLS (--listen): photos/s, per-job cost on tiny jobs"),
 }
 
 
