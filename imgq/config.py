@@ -22,6 +22,10 @@ from imgq.errors import UsageError
 DEFAULT_RECIPES: dict[str, dict[str, str]] = {
     # artifact name -> operation chain; every chain of a recipe runs from one decode.
     "default": {"thumb": "thumb", "web": "web"},
+    # the sizes a gallery's pages choose from (srcset), by their long side; `imgq publish`
+    # enqueues it for the photos that lack it (not in `enqueue`, so the default recipe's
+    # jobs keep their identity and nothing already made is made again)
+    "gallery": {"gallery320": "fit:320x320", "gallery640": "fit:640x640", "gallery1280": "fit:1280x1280", "gallery1920": "fit:1920x1920"},
 }
 
 
@@ -51,6 +55,8 @@ class Settings:
         default_factory=lambda: {k: dict(v) for k, v in DEFAULT_RECIPES.items()}
     )
     destinations: list[str] = dataclasses.field(default_factory=list)
+    # where `imgq run` publishes the gallery after each run (its --publish); relative to imgq.toml
+    publish: Path | None = None
     # the recipes `imgq enqueue` applies when given no --recipe or --op
     enqueue: list[str] = dataclasses.field(default_factory=lambda: ["default"])
     config_path: Path | None = None
@@ -82,6 +88,7 @@ _SCALARS = {
     "backoff_max_seconds": float,
     "jpeg_quality": int,
     "backup_keep": int,
+    "publish": Path,
     "split_pixels": int,
     "split_stripes": int,
 }

@@ -43,7 +43,11 @@ from pathlib import Path
 
 from imgq.gallery import files as gf
 from imgq.gallery import pages as H
+from imgq.gallery import monitor
+from imgq.ledger import queue
 from imgq.ledger.database import DB
+from imgq.ledger.journal import Actor
+from imgq.config import DEFAULT_RECIPES
 from imgq.errors import StorageError, UsageError
 from imgq.original import Unsafe
 
@@ -53,6 +57,7 @@ SAFE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,100}")
 DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 # states whose files may have artifacts worth showing; failed and duplicate ones never do
 SHOWN_STATES = ("queued", "processed", "archived", "collected")
+GALLERY_RECIPE = "gallery"  # its outputs are the sizes photo pages choose from
 
 
 @dataclasses.dataclass
@@ -63,7 +68,14 @@ class PublishOptions:
     force: bool = False  # rewrite every file, whatever the manifest says
     thumb: str = "thumb"  # artifact names shown as thumbnail and as web version
     web: str = "web"
-    originals_urls: dict[str, str] = dataclasses.field(default_factory=dict)  # destination -> public URL
+    # destination -> URL its layout is published under ("*": every destination); a
+    # destination given no URL is linked relatively when it lies beside OUT, else not at all
+    originals_urls: dict[str, str] = dataclasses.field(default_factory=dict)
+    # the gallery recipe (artifact -> chain): its outputs are the sizes a photo page picks
+    # from; photos lacking its job get one when ``enqueue`` (see ``publish``)
+    gallery: dict[str, str] = dataclasses.field(default_factory=lambda: dict(DEFAULT_RECIPES[GALLERY_RECIPE]))
+    enqueue: bool = True  # never in a dry run
+    max_attempts: int = 0  # the gallery jobs' limit by count (imgq.toml's max_attempts; 0: none)
 
 
 @dataclasses.dataclass
@@ -78,6 +90,7 @@ class PublishReport:
     skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (id, why not shown)
     refused: list[str] = dataclasses.field(default_factory=list)  # links or files in the way, each named
     swept: list[tuple[str, int]] = dataclasses.field(default_factory=list)  # (OUT-relative path, dead writer's pid)
+    enqueued: list[str] = dataclasses.field(default_factory=list)  # ids given a gallery job by this publish
 
 
 @dataclasses.dataclass
@@ -147,24 +160,41 @@ def publish(
     except OSError as e:
         raise StorageError(f"cannot create {out}: {e.strerror or e}")
     report = PublishReport()
-    photos, outputs = _collect(db, store_dir, options, report)
-    outputs.update(_pages(photos, options))
+    if options.enqueue and options.gallery and not dry_run:
+        report.enqueued = _enqueue_gallery(db, options)
+    photos, outputs = _collect(db, out, store_dir, options, report)
+    outputs.update(_pages(db, photos, options))
     _apply(out, outputs, options, report, dry_run=dry_run, on_progress=on_progress)
     report.photos = [p.id for p in photos]
     return report
 
 
+def _enqueue_gallery(db: DB, options: PublishOptions) -> list[str]:
+    """Give every photo in the gallery that may still get one (processed or archived, not
+    collected) and lacks it the gallery recipe's job: existing sites get the large sizes
+    by publishing, whatever their ``enqueue`` list says; the next ``imgq work`` makes them
+    and the next publish shows them (until then a photo page shows the web version). A
+    photo not in the gallery yet is left to ``imgq enqueue``."""
+    chains = {GALLERY_RECIPE: options.gallery}
+    shown = {r[0] for r in db.all("SELECT DISTINCT file_id FROM artifacts WHERE name IN (?, ?)", (options.thumb, options.web))}
+    wanted = [i for i in queue.lacking(db, chains) if i in shown]
+    if not wanted:
+        return []
+    done = queue.enqueue(db, wanted, chains, max_attempts=options.max_attempts, actor=Actor(name="publish"))
+    return [r.file_id for r in done if r.created]
+
+
 # --------------------------------------------------------------------------- reading
 
 
-def _collect(db: DB, store_dir: Path, options: PublishOptions, report: PublishReport) -> tuple[list[H.Photo], dict[str, _Output]]:
-    names = (options.thumb, options.web)
+def _collect(db: DB, out: Path, store_dir: Path, options: PublishOptions, report: PublishReport) -> tuple[list[H.Photo], dict[str, _Output]]:
+    sized = set(options.gallery)
     arts: dict[str, dict[str, dict]] = defaultdict(dict)
     # the newest artifact of each name: a changed recipe's outputs replace the old ones
     for r in db.all(
         f"SELECT a.* FROM artifacts a JOIN files f ON f.id = a.file_id"
-        f" WHERE a.name IN (?, ?) AND f.state IN ({','.join('?' * len(SHOWN_STATES))}) ORDER BY a.id",
-        (*names, *SHOWN_STATES),
+        f" WHERE f.state IN ({','.join('?' * len(SHOWN_STATES))}) ORDER BY a.id",
+        SHOWN_STATES,
     ):
         arts[r["file_id"]][r["name"]] = dict(r)
     copies: dict[int | None, list[dict]] = defaultdict(list)
@@ -172,6 +202,8 @@ def _collect(db: DB, store_dir: Path, options: PublishOptions, report: PublishRe
     for r in db.all("SELECT file_id, artifact_id, destination, path, sha256 FROM copies ORDER BY destination, id"):
         (originals[r["file_id"]] if r["artifact_id"] is None else copies[r["artifact_id"]]).append(dict(r))
     faces = _faces(db)
+    boxes = _boxes(db)
+    here = Path(os.path.realpath(out))
 
     photos: list[H.Photo] = []
     outputs: dict[str, _Output] = {}
@@ -180,31 +212,34 @@ def _collect(db: DB, store_dir: Path, options: PublishOptions, report: PublishRe
     owner_slugs = fold_unique({f["owner"]: slug(f["owner"], dots=False) for f in rows})
     for f in rows:
         mine = arts.get(f["id"])
-        if not mine:
+        if not mine or not (options.thumb in mine or options.web in mine):
             continue
         pslug = photo_slugs[f["id"]]
         images: dict[str, H.Image] = {}
-        for role in names:
-            a = mine.get(role)
-            if a is None:
-                continue
+        web_sha = mine.get(options.web, {}).get("sha256")
+        for role, a in sorted(mine.items()):
+            if role in sized and a["sha256"] == web_sha:
+                continue  # a size the web version already is (a landscape photo's 640): one file
             sources = _artifact_sources(store_dir, a, copies.get(a["id"], []))
             if not sources:
                 report.skipped.append((f["id"], f"{role} artifact {a['path']} is missing from the store"))
                 continue
             ext = (os.path.splitext(a["path"])[1].lstrip(".").lower() or "img")[:5]
             rel = f"img/{pslug}.{slug(role, dots=False)}-{a['sha256'][:10]}.{ext if ext.isalnum() else 'img'}"
-            images[role] = H.Image(rel=rel, width=a["width"], height=a["height"], bytes=a["bytes"])
+            images[role] = H.Image(rel=rel, width=a["width"], height=a["height"], bytes=a["bytes"], name=role)
             outputs[rel] = _Output(sha256=a["sha256"], bytes=a["bytes"], sources=sources, file_id=f["id"])
-        if not images:
+        if not (options.thumb in images or options.web in images):
             continue
         thumb = images.get(options.thumb) or images[options.web]
         web = images.get(options.web) or thumb
+        renditions = tuple(sorted((i for n, i in images.items() if n in sized), key=lambda i: (i.width or 0, i.name)))
+        versions = tuple(i for n, i in images.items() if n not in sized and i is not thumb and i is not web)
         owner = f["owner"]
         oslug = owner_slugs[owner]
         taken = f["taken_at"]
         meta = _json(f["meta"]) or {}
         camera = " ".join(str(meta[k]).strip() for k in ("make", "model") if meta.get(k)) or None
+        turned = meta.get("orientation") in (5, 6, 7, 8)
         photos.append(
             H.Photo(
                 id=f["id"],
@@ -218,16 +253,37 @@ def _collect(db: DB, store_dir: Path, options: PublishOptions, report: PublishRe
                 camera=camera,
                 size=f["size"],
                 # as the photo is seen: EXIF orientations 5-8 turn it on its side
-                width=f["height"] if meta.get("orientation") in (5, 6, 7, 8) else f["width"],
-                height=f["width"] if meta.get("orientation") in (5, 6, 7, 8) else f["height"],
+                width=f["height"] if turned else f["width"],
+                height=f["width"] if turned else f["height"],
                 sha256=f["sha256"],
-                faces=faces.get(f["id"]),
+                faces=max(faces.get(f["id"], 0), len(boxes.get(f["id"], ()))) if f["id"] in faces or f["id"] in boxes else None,
                 thumb=thumb,
                 web=web,
-                originals=tuple(_original(c, options.originals_urls) for c in originals.get(f["id"], [])),
+                originals=tuple(_original(c, options.originals_urls, here) for c in originals.get(f["id"], [])),
+                renditions=renditions,
+                versions=versions,
+                boxes=tuple(boxes.get(f["id"], ())),
+                exif=tuple((label, str(meta[k])) for k, label in EXIF_SHOWN if meta.get(k)),
             )
         )
     return photos, outputs
+
+
+# what scan may record in a file's meta beyond the camera, and how a page labels it
+EXIF_SHOWN = (("lens", "Lens"), ("exposure", "Exposure"))
+
+
+def _boxes(db: DB) -> dict[str, list[H.Face]]:
+    """The faces found in each file, as fractions of the frame they were found in (the
+    latest scan of each file: a recipe run again replaces what it found)."""
+    latest = {r[0]: r for r in db.all("SELECT file_id, id, width, height FROM face_scans WHERE faces > 0 ORDER BY id")}
+    found: dict[str, list[H.Face]] = defaultdict(list)
+    for file_id, scan_id, w, h in latest.values():
+        if not w or not h:
+            continue
+        for x, y, bw, bh in db.all("SELECT x, y, w, h FROM faces WHERE scan_id = ? ORDER BY id", (scan_id,)):
+            found[file_id].append(H.Face(left=x / w, top=y / h, width=bw / w, height=bh / h))
+    return found
 
 
 def _json(text):
@@ -287,7 +343,11 @@ def _artifact_sources(store_dir: Path, artifact: dict, copies: list[dict]) -> li
     return found
 
 
-def _original(copy: dict, urls: dict[str, str]) -> H.Original:
+def _original(copy: dict, urls: dict[str, str], out: Path) -> H.Original:
+    """How a photo page shows an archived copy of its original: under the URL given for
+    its destination (``--originals-url``), else by a link relative to the gallery when
+    the destination lies beside OUT (in OUT's parent folder, so one web server serves
+    both), else as text. Never a file:// URL unless one was given as the URL."""
     dest, path = copy["destination"], copy["path"]
     rel = path
     if Path(path).is_absolute() and "://" not in dest:
@@ -296,21 +356,26 @@ def _original(copy: dict, urls: dict[str, str]) -> H.Original:
         except ValueError:
             rel = None
     label = f"{dest.rstrip('/')}/{rel}" if rel is not None and not Path(rel).is_absolute() else path
-    base = urls.get(dest) or urls.get(dest.rstrip("/"))
+    base = urls.get(dest) or urls.get(dest.rstrip("/")) or urls.get("*")
     if base is not None and rel is not None:
         url = base.rstrip("/") + "/" + "/".join(urllib.parse.quote(s, safe="") for s in Path(rel).parts)
         return H.Original(label=label, url=url)
-    if "://" not in dest:
-        full = Path(path) if Path(path).is_absolute() else Path(dest) / path
-        if full.is_absolute():
-            return H.Original(label=label, url=full.as_uri())
+    if "://" not in dest and rel is not None:
+        full = Path(os.path.realpath(Path(dest) / rel))
+        if out.parent != Path(out.anchor) and out.parent in full.parents and os.path.isfile(full):
+            # from OUT/photo/PAGE.html: up to OUT, up to its parent, down to the copy
+            up = os.path.relpath(full, out / "photo")
+            return H.Original(label=label, url="/".join(urllib.parse.quote(s, safe="") if s != ".." else s for s in Path(up).parts))
     return H.Original(label=label, url=None)
 
 
 # --------------------------------------------------------------------------- pages
 
 
-def _pages(photos: list[H.Photo], options: PublishOptions) -> dict[str, _Output]:
+RECENT = 12  # photos in the index's "Latest photos"
+
+
+def _pages(db: DB, photos: list[H.Photo], options: PublishOptions) -> dict[str, _Output]:
     site = options.title
     per = options.per_page
     pages: dict[str, str] = {"style.css": H.CSS}
@@ -332,22 +397,34 @@ def _pages(photos: list[H.Photo], options: PublishOptions) -> dict[str, _Output]
                 for p in chunk:
                     where[p.id] = name
 
-    for group in by_day.values():
-        for i, p in enumerate(group):
-            pages[f"photo/{p.slug}.html"] = H.photo_page(
-                site=site,
-                photo=p,
-                prev=group[i - 1] if i > 0 else None,
-                next=group[i + 1] if i + 1 < len(group) else None,
-                day_page=day_page[p.id],
-                owner_page=owner_page[p.id],
-            )
+    near: dict[str, dict] = defaultdict(dict)
+    for groups, prev, nxt in ((by_day, "day_prev", "day_next"), (by_owner, "owner_prev", "owner_next")):
+        for group in groups.values():
+            for i, p in enumerate(group):
+                near[p.id][prev] = group[i - 1] if i > 0 else None
+                near[p.id][nxt] = group[i + 1] if i + 1 < len(group) else None
+    for p in photos:
+        pages[f"photo/{p.slug}.html"] = H.photo_page(
+            site=site, photo=p, near=H.Neighbours(**near[p.id]), day_page=day_page[p.id], owner_page=owner_page[p.id]
+        )
 
-    # newest day first, photos without a date last
-    days = sorted(((d, len(g)) for d, g in by_day.items() if d != "undated"), reverse=True)
-    days += [("undated", len(by_day["undated"]))] if "undated" in by_day else []
-    owners = sorted(((g[0].owner, s, len(g)) for s, g in by_owner.items()), key=lambda x: (x[0].casefold(), x[1]))
-    pages["index.html"] = H.index_page(site=site, days=days, owners=owners, total=len(photos))
+    # newest first, photos without a date last; a group's cover is its newest photo
+    def group(title: str, page: str, g: list[H.Photo]) -> H.Group:
+        return H.Group(title=title, page=page, count=len(g), cover=g[-1], latest=g[-1].taken_at)
+
+    days = [group(H.day_title(d), f"date/{H.page_name(d, 1)}", by_day[d]) for d in sorted((d for d in by_day if d != "undated"), reverse=True)]
+    if "undated" in by_day:
+        days.append(group("Undated", f"date/{H.page_name('undated', 1)}", by_day["undated"]))
+    owners = [group(g[0].owner, f"owner/{H.page_name(s, 1)}", g) for s, g in by_owner.items()]
+    owners.sort(key=lambda o: (o.latest or "", o.title.casefold()), reverse=True)
+    dated = [p for p in photos if p.day != "undated"]
+    recent = list(reversed(dated[-RECENT:]))
+    pages["index.html"] = H.index_page(site=site, days=days, owners=owners, recent=recent, total=len(photos))
+
+    links = {p.id: f"photo/{p.slug}.html" for p in photos}
+    m = monitor.read(db, set(links))
+    pages["status.html"] = monitor.status_page(site=site, m=m, pages=links, shown=len(photos))
+    pages["failures.html"] = monitor.failures_page(site=site, m=m, pages=links)
 
     outputs = {}
     ids_by_page = {f"photo/{p.slug}.html": p.id for p in photos}

@@ -1,4 +1,4 @@
-"""The whole pipeline once: scan -> enqueue -> work -> archive -> collect.
+"""The whole pipeline once: scan -> enqueue -> work -> archive -> collect (-> publish).
 
 ``imgq run`` is the one-line cron job. Each step is the same library call its own
 command makes, in order, on one database; a step that fails for some items does not stop
@@ -17,6 +17,7 @@ from pathlib import Path
 from imgq import archive as archive_step
 from imgq import collect as collect_step
 from imgq import enqueue as enqueue_step
+from imgq import publish as publish_step
 from imgq import scan, work
 from imgq.ledger import queue
 from imgq.config import Settings
@@ -35,6 +36,8 @@ class RunOptions:
     min_copies: int | None = None
     collect: bool = True
     dry_run: bool = False  # on a ScratchDB: work is not run (see run())
+    publish_to: Path | None = None  # the gallery, brought up to date after archive and collect
+    publish: publish_step.PublishOptions = dataclasses.field(default_factory=publish_step.PublishOptions)
 
 
 @dataclasses.dataclass
@@ -44,6 +47,7 @@ class RunReport:
     work: work.WorkSummary | None = None
     archive: archive_step.ArchiveReport | None = None
     collect: collect_step.CollectReport | None = None
+    publish: publish_step.PublishReport | None = None
     stopped: bool = False  # asked to stop between steps (``run(stop=...)``); the later steps did not run
     would_process: list[str] = dataclasses.field(default_factory=list)  # a dry run's files with jobs due
 
@@ -57,6 +61,7 @@ class RunReport:
             or (self.work and self.work.failed)
             or (self.archive and self.archive.failed)
             or (self.collect and self.collect.problems)
+            or (self.publish and self.publish.refused)
         )
         return int(Exit.SOME_FAILED if failed else Exit.OK)
 
@@ -73,6 +78,9 @@ class RunReport:
             out["archive"] = archive_step.summary(self.archive)
         if self.collect is not None:
             out["collect"] = collect_step.summary(self.collect)
+        if self.publish is not None:
+            p = self.publish
+            out["publish"] = {"photos": len(p.photos), "changed": len(p.changed), "written": len(p.written), "removed": len(p.removed), "refused": len(p.refused)}
         return out
 
 
@@ -168,4 +176,11 @@ def run(
             assume=report.archive.planned,
         )
         on_step("collect", report.collect)
+    if opts.publish_to is not None and not stop():
+        # the gallery shows what this run archived; photos still processing join it next run
+        report.publish = publish_step.publish(
+            db, opts.publish_to, store_dir=settings.store_dir, options=opts.publish, dry_run=opts.dry_run,
+            on_progress=functools.partial(on_progress, "publish"),
+        )
+        on_step("publish", report.publish)
     return report

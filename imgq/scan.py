@@ -369,7 +369,8 @@ def _examine_open(orig: original.Original, item: dict, max_pixels: int) -> None:
     row["width"], row["height"] = probe.width, probe.height
     if probe.taken_at:
         row["taken_at"], row["taken_source"] = probe.taken_at, "exif"
-    meta = {k: v for k, v in {"make": probe.make, "model": probe.model, "orientation": probe.orientation}.items() if v}
+    meta = {k: v for k, v in {"make": probe.make, "model": probe.model, "orientation": probe.orientation,
+                              "lens": probe.lens, "exposure": probe.exposure}.items() if v}
     row["meta"] = json.dumps(meta, sort_keys=True) if meta else None
 
 

@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -43,10 +44,12 @@ def q(db_path, sql, *params):
 
 
 def pipeline(cwd: Path, inbox: Path) -> None:
-    """scan | enqueue | work, for real, in ``cwd`` (database ./imgq.db)."""
+    """scan | enqueue | work, for real, in ``cwd`` (database ./imgq.db), with the gallery
+    recipe as well, as a site that lists it in ``enqueue`` does (publish then has nothing
+    to enqueue)."""
     scan = imgq_subprocess("scan", "--settle", "0", inbox, cwd=cwd)
     assert scan.returncode in (0, 1), scan.stderr
-    imgq_subprocess("enqueue", cwd=cwd)
+    imgq_subprocess("enqueue", "--recipe", "default", "--recipe", "gallery", cwd=cwd)
     work = imgq_subprocess("work", "-j2", "--drain", cwd=cwd)
     assert work.returncode in (0, 1), work.stderr
 
@@ -107,9 +110,10 @@ class _Links(html.parser.HTMLParser):
                 self.urls.append(v)
 
 
-def check_links(out: Path) -> int:
-    """Every relative href/src of every page resolves to a file inside ``out``, and every
-    file:// link to an existing file. Returns how many links were checked."""
+def check_links(out: Path, *, beside: Path | None = None) -> int:
+    """Every relative href/src of every page resolves to a file inside ``out`` (or inside
+    ``beside``: an archive published beside the gallery), and every file:// link to an
+    existing file. Returns how many links were checked."""
     checked = 0
     for page in out.rglob("*.html"):
         parser = _Links()
@@ -125,7 +129,7 @@ def check_links(out: Path) -> int:
             elif parts.path:
                 target = (page.parent / urllib.parse.unquote(parts.path)).resolve()
                 assert target.is_file(), (page, url)
-                assert out.resolve() in target.parents, (page, url)
+                assert out.resolve() in target.parents or (beside is not None and beside.resolve() in target.parents), (page, url)
             checked += 1
     return checked
 
@@ -144,11 +148,16 @@ def test_publish_writes_a_complete_self_contained_gallery(site, run_imgq, db_pat
     assert {"2024-05-17", "2024-05-18", "2024-05-19"} < days  # and the day of the loose photo's file time
     assert {p.name for p in (out / "date").iterdir()} == {f"{d}.html" for d in days}
     assert len(list((out / "photo").iterdir())) == len(ids)
-    assert len(list((out / "img").iterdir())) == 2 * len(ids)
-    # images are the store's artifacts, byte for byte
-    for file_id, name, path in q(db_path, "SELECT file_id, name, path FROM artifacts"):
-        [img] = (out / "img").glob(f"{gallery.slug(file_id)}.{name}-*")
-        assert img.read_bytes() == (site / "imgq-store" / path).read_bytes()
+    # images are the store's artifacts, byte for byte: every thumbnail, web version and
+    # gallery size, except a size that is the web version's very bytes (one file for both)
+    expected = {}
+    for file_id, name, path, sha in q(db_path, "SELECT file_id, name, path, sha256 FROM artifacts"):
+        [(web_sha,)] = q(db_path, "SELECT sha256 FROM artifacts WHERE file_id = ? AND name = 'web'", file_id)
+        if not (name.startswith("gallery") and sha == web_sha):
+            expected[f"{gallery.slug(file_id)}.{name}"] = (site / "imgq-store" / path).read_bytes()
+    assert {"thumb", "web", "gallery320"} <= {k.rsplit(".", 1)[1] for k in expected}
+    published = {p.name.rsplit("-", 1)[0]: p.read_bytes() for p in (out / "img").iterdir()}
+    assert published == expected
     assert check_links(out) > 10 * len(ids)
     # no page needs JavaScript; none contains any
     assert not any(b"<script" in p.read_bytes().lower() for p in out.rglob("*.html"))
@@ -177,7 +186,7 @@ def test_hostile_names_and_exif_are_escaped(site, run_imgq, db_path):
 
 def test_metadata_on_the_photo_page(site, run_imgq, db_path):
     # the faces operation records boxes in its job's result; publish shows their count
-    [(job_id, file_id)] = q(db_path, "SELECT j.id, j.file_id FROM jobs j JOIN files f ON f.id = j.file_id WHERE f.path = 'alice/IMG_0001.jpg'")
+    [(job_id, file_id)] = q(db_path, "SELECT j.id, j.file_id FROM jobs j JOIN files f ON f.id = j.file_id WHERE f.path = 'alice/IMG_0001.jpg' AND j.recipe = 'default'")
     with sqlite3.connect(db_path) as c:
         c.execute("UPDATE jobs SET result = ? WHERE id = ?", (json.dumps({"faced": {"faces": [[1, 2, 30, 30], [40, 2, 30, 30]]}, "seconds": 0.1}), job_id))
     assert run_imgq("publish", "out").returncode == 0
@@ -217,9 +226,13 @@ def test_a_new_photo_rewrites_only_what_shows_it(site, run_imgq, db_path):
     slug = gallery.slug(new_id)
     assert {p for p in changed if not p.startswith("img/")} == {
         "index.html", "date/2023-01-02.html", "owner/dora.html", f"photo/{slug}.html", ".imgq-gallery.json",
+        "status.html",  # its counts
     }
-    assert {p.split("-")[0] for p in changed if p.startswith("img/")} == {f"img/{slug}.thumb", f"img/{slug}.web"}
+    assert {p.split("-")[0] for p in changed if p.startswith("img/")} == {f"img/{slug}.thumb", f"img/{slug}.web", f"img/{slug}.gallery320"}
     assert set(before) <= set(after)
+    # publish counts them too: 5 pages and 3 images written (the manifest aside), of all it holds
+    counts = json.loads(q(db_path, "SELECT counts FROM runs WHERE command = 'publish' ORDER BY id DESC LIMIT 1")[0][0])
+    assert counts["written"] == len(changed) - 1 == 8 and counts["unchanged"] == len(after) - 1 - 8
 
 
 def test_stale_pages_are_removed_and_foreign_files_kept(site, run_imgq):
@@ -311,32 +324,62 @@ def test_images_are_hard_linked_or_copied(site, run_imgq, db_path):
     assert copied.stat().st_mode & 0o444 == 0o444
 
 
-def test_links_to_archived_originals(site, run_imgq, db_path):
-    # what `imgq archive` records: a verified copy of the original at each destination
+def _archive_one(site: Path, db_path: Path) -> tuple[Path, Path]:
+    """What `imgq archive` records for the hostile photo: a verified copy of its original
+    at a local destination (site/archive) and one at an ssh:// destination."""
     [(file_id, sha, size, inbox, rel)] = q(db_path, "SELECT id, sha256, size, inbox, path FROM files WHERE path = ?", f"{HOSTILE_OWNER}/{HOSTILE_NAME}")
     dest = site / "archive"
     at = dest / "2024" / "2024-05-19" / HOSTILE_OWNER / HOSTILE_NAME
     at.parent.mkdir(parents=True)
     shutil.copyfile(Path(inbox) / rel, at)
     with sqlite3.connect(db_path) as c:
-        c.execute(
-            "INSERT INTO copies (file_id, artifact_id, destination, path, sha256, bytes, verified_at, created_at) VALUES (?, NULL, ?, ?, ?, ?, ?, ?)",
-            (file_id, str(dest), str(at), sha, size, time.time(), time.time()),
-        )
-        c.execute(
-            "INSERT INTO copies (file_id, artifact_id, destination, path, sha256, bytes, verified_at, created_at) VALUES (?, NULL, ?, ?, ?, ?, ?, ?)",
-            (file_id, "ssh://backup/srv/photos", "2024/2024-05-19/x.jpg", sha, size, time.time(), time.time()),
-        )
+        for destination, path in ((str(dest), str(at)), ("ssh://backup/srv/photos", "2024/2024-05-19/x.jpg")):
+            c.execute(
+                "INSERT INTO copies (file_id, artifact_id, destination, path, sha256, bytes, verified_at, created_at) VALUES (?, NULL, ?, ?, ?, ?, ?, ?)",
+                (file_id, destination, path, sha, size, time.time(), time.time()),
+            )
+    return dest, at
+
+
+def test_originals_are_never_linked_by_a_local_path_unless_asked(site, run_imgq, db_path):
+    # a file:// link is useless over HTTP and tells the world the server's paths
+    dest, at = _archive_one(site, db_path)
+    for out in ("out", "deep/er/out"):
+        assert run_imgq("publish", out).returncode == 0
+        pages = "".join(p.read_text() for p in (site / out).rglob("*.html"))
+        assert "file:" not in pages, out
+        hrefs = re.findall(r'href="([^"]*)"', pages)
+        assert not any(h.startswith(("file:", "/")) for h in hrefs), out
+    # only when asked for, explicitly
+    assert run_imgq("publish", "asked", "--originals-url", f"{dest}={dest.as_uri()}").returncode == 0
+    assert f'href="{html.escape(at.as_uri())}"' in (site / "asked" / page_of(db_path, HOSTILE_NAME)).read_text()
+
+
+def test_links_to_archived_originals(site, run_imgq, db_path, serve):
+    dest, at = _archive_one(site, db_path)
+    # the archive beside the gallery (both in site/): linked relatively, so the links work
+    # wherever one web server serves both
     assert run_imgq("publish", "out").returncode == 0
     page = (site / "out" / page_of(db_path, HOSTILE_NAME)).read_text()
-    assert f'href="{html.escape(at.as_uri())}"' in page
+    rel = "../../archive/2024/2024-05-19/" + urllib.parse.quote(HOSTILE_OWNER, safe="") + "/" + urllib.parse.quote(HOSTILE_NAME, safe="")
+    assert f'href="{html.escape(rel)}"' in page and f'class="download" href="{html.escape(rel)}"' in page
     assert "<li>ssh://backup/srv/photos/2024/2024-05-19/x.jpg</li>" in page
-    check_links(site / "out")  # the file:// link resolves to the copy
-    r = run_imgq("publish", "out2", "--originals-url", f"{dest}=https://archive.example.org/dig/")
-    assert r.returncode == 0, r.stderr
-    page = (site / "out2" / page_of(db_path, HOSTILE_NAME)).read_text()
+    check_links(site / "out", beside=dest)
+    base = serve(site)  # as `python -m http.server` in site/ serves it
+    page_url = base + "out/" + urllib.parse.quote(page_of(db_path, HOSTILE_NAME))
+    with urllib.request.urlopen(urllib.parse.urljoin(page_url, rel)) as r:
+        assert r.status == 200 and r.read() == at.read_bytes()
+    # a gallery elsewhere: no link at all (the copy is named as text)
+    assert run_imgq("publish", "deep/er/out").returncode == 0
+    page = (site / "deep/er/out" / page_of(db_path, HOSTILE_NAME)).read_text()
+    assert f"<li>{html.escape(str(dest))}/2024/2024-05-19/" in page and 'class="download"' not in page
+    # under a URL: for one destination, or for every destination
     url = "https://archive.example.org/dig/2024/2024-05-19/" + urllib.parse.quote(HOSTILE_OWNER, safe="") + "/" + urllib.parse.quote(HOSTILE_NAME, safe="")
-    assert f'href="{html.escape(url)}"' in page
+    for arg in (f"{dest}=https://archive.example.org/dig/", "https://archive.example.org/dig"):
+        r = run_imgq("publish", "out2", "--originals-url", arg, "--force")
+        assert r.returncode == 0, r.stderr
+        page = (site / "out2" / page_of(db_path, HOSTILE_NAME)).read_text()
+        assert f'href="{html.escape(url)}"' in page, arg
 
 
 def test_usage_errors(site, run_imgq):
@@ -494,5 +537,35 @@ def test_publish_after_a_real_archive(site, run_imgq, db_path):
     page = (site / "out" / page_of(db_path, HOSTILE_NAME)).read_text()
     [(copy_path,)] = q(db_path, "SELECT c.path FROM copies c JOIN files f ON f.id = c.file_id WHERE c.artifact_id IS NULL AND f.path LIKE ?", "%" + HOSTILE_NAME)
     original = (dest / copy_path) if not Path(copy_path).is_absolute() else Path(copy_path)
-    assert original.is_file() and f'href="{html.escape(original.as_uri())}"' in page
-    check_links(site / "out")
+    rel = os.path.relpath(original, site / "out" / "photo")
+    assert original.is_file() and f'href="{html.escape("/".join(urllib.parse.quote(s) if s != ".." else s for s in Path(rel).parts))}"' in page
+    check_links(site / "out", beside=dest)
+
+
+def test_lens_and_exposure_from_exif_on_the_photo_page(tmp_path, run_imgq, db_path):
+    """What the camera wrote of the lens and the exposure is recorded by scan and shown,
+    escaped like every EXIF string."""
+    from PIL import Image as PILImage
+
+    path = tmp_path / "inbox" / "erin" / "DSC_0100.jpg"
+    samples.make_photo(path, width=640, height=480, seed=12, taken=dt.datetime(2024, 6, 1, 9, 30), make="Nikon", model="Z6")
+    with PILImage.open(path) as im:
+        exif = im.getexif()
+        ifd = exif.get_ifd(0x8769)
+        ifd[0xA434] = '24-70mm <b>"f/4"</b>'  # LensModel
+        ifd[0x829A] = (1, 250)  # ExposureTime
+        ifd[0x829D] = (56, 10)  # FNumber
+        ifd[0x8827] = 400  # ISO
+        ifd[0x920A] = (35, 1)  # FocalLength
+        im.load()
+        im.save(path, exif=exif.tobytes(), quality=90)
+    old = path.stat().st_mtime - 600
+    os.utime(path, (old, old))
+    assert run_imgq("scan", "--settle", "0", tmp_path / "inbox").returncode == 0
+    [(meta,)] = q(db_path, "SELECT meta FROM files")
+    assert json.loads(meta)["exposure"] == "1/250 s · f/5.6 · ISO 400 · 35 mm"
+    assert run_imgq("enqueue").returncode == 0 and run_imgq("work", "-j1", "--drain").returncode == 0
+    assert run_imgq("publish", "out", "--no-enqueue").returncode == 0
+    page = next((tmp_path / "out" / "photo").iterdir()).read_text()
+    assert "<dt>Lens</dt><dd>24-70mm &lt;b&gt;&quot;f/4&quot;&lt;/b&gt;</dd>" in page
+    assert "<dt>Exposure</dt><dd>1/250 s · f/5.6 · ISO 400 · 35 mm</dd>" in page

@@ -274,3 +274,19 @@ def test_fold_unique_changes_only_clashing_slugs():
     assert got["bob"] == "bob"
     assert got["Ann"].startswith("Ann~") and got["ann"].startswith("ann~")
     assert got["Ann"].casefold() != got["ann"].casefold()
+
+
+def test_publish_enqueues_the_gallery_recipe_unless_told_or_dry(site, run_imgq, db_path):
+    """Photos in the gallery that lack the gallery recipe's job get one from publish (so an
+    existing site gets the large sizes by publishing); not with --no-enqueue, not in a dry
+    run, and never twice."""
+    def gallery_jobs():
+        return q(db_path, "SELECT count(*) FROM jobs WHERE recipe = 'gallery'")[0][0]
+
+    assert run_imgq("publish", "out", "--dry-run").returncode == 0 and gallery_jobs() == 0
+    assert run_imgq("publish", "out", "--no-enqueue").returncode == 0 and gallery_jobs() == 0
+    r = run_imgq("publish", "out")
+    assert r.returncode == 0 and "gallery recipe enqueued for 4 photo(s)" in r.stderr
+    assert gallery_jobs() == 4
+    again = run_imgq("publish", "out")
+    assert again.returncode == 0 and "enqueued" not in again.stderr and gallery_jobs() == 4

@@ -44,8 +44,11 @@ def test_recipes_lists_canonical_chains_and_hashes(tmp_path, run_imgq):
     r = run_imgq("recipes", "--json")
     assert r.returncode == 0, r.stderr
     rows = {x["name"]: x for x in map(json.loads, r.stdout.splitlines())}
-    assert list(rows) == ["default", "mono", "soft", "people"]
+    assert list(rows) == ["default", "gallery", "mono", "soft", "people"]
     assert rows["default"]["source"] == "built-in" and rows["default"]["chains"] == {"thumb": "fit:120x90", "web": "fit:640x480"}
+    # the sizes a published gallery chooses from; imgq publish enqueues it, enqueue does not
+    assert rows["gallery"]["source"] == "built-in" and rows["gallery"]["chains"]["gallery1920"] == "fit:1920x1920"
+    assert not rows["gallery"]["enqueued_by_default"]
     assert rows["people"]["chains"] == {"web": "fit:640x480|faces:0"} and rows["people"]["options"] == {"on_no_faces": "tag"}
     assert rows["people"]["source"] == "imgq.toml" and not rows["people"]["enqueued_by_default"]
     for name, row in rows.items():

@@ -126,3 +126,34 @@ def test_run_after_a_recipe_is_edited_makes_the_new_outputs(tmp_path, run_imgq, 
 
     third = run_imgq("run", root, "--to", tmp_path / "A", "--no-collect", "-j1")
     assert third.returncode == 0 and third.stdout == "", third.stderr
+
+
+def test_run_publishes_the_gallery_when_asked(tmp_path, run_imgq, db_path):
+    """`imgq run --publish DIR` (or publish = "DIR" in imgq.toml) does the whole job of
+    the dig's daemon: after archive and collect, the gallery is brought up to date."""
+    inbox, dest, site = tmp_path / "inbox", tmp_path / "backup", tmp_path / "site"
+    dest.mkdir()
+    samples.make_photo(inbox / "alice" / "IMG_1.jpg", seed=1, width=320, height=240)
+    r = run_imgq("run", "--settle", "0", inbox, "--to", dest, "--publish", site)
+    assert r.returncode == 0, r.stderr
+    [file_id] = r.stdout.split()
+    pages = {p.name for p in (site / "photo").iterdir()}
+    assert any(file_id.split("_")[-1].split(".")[0] in p or file_id in p for p in pages), pages
+    index = (site / "index.html").read_text()
+    assert "alice" in index
+    # the gallery's sizes were made in the same run, before collect took the original away
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("SELECT state FROM jobs WHERE recipe = 'gallery'").fetchall() == [("done",)]
+    assert conn.execute("SELECT state FROM files").fetchall() == [("collected",)]
+    conn.close()
+    assert "srcset" in next((site / "photo").iterdir()).read_text()
+    # from imgq.toml, relative to it: a new photo appears; a run with nothing new writes nothing
+    (tmp_path / "imgq.toml").write_text('settle = 0\npublish = "site"\ndestinations = ["backup"]\n')
+    samples.make_photo(inbox / "bob" / "IMG_2.jpg", seed=2, width=320, height=240)
+    r = run_imgq("run", inbox)
+    assert r.returncode == 0, r.stderr
+    assert "bob" in (site / "index.html").read_text()
+    before = {p: p.stat().st_mtime_ns for p in site.rglob("*") if p.is_file()}
+    r = run_imgq("run", "--json", inbox)
+    assert r.returncode == 0, r.stderr
+    assert {p: p.stat().st_mtime_ns for p in site.rglob("*") if p.is_file()} == before

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from imgq import enqueue as enqueue_step
+from imgq import select
 from imgq.cli import common
 from imgq.cli.options import ConfigOpt, DbOpt, IdsArg, JsonOpt, WaitOpt, completes, dry_run_option
 from imgq.config import DEFAULTS
@@ -23,6 +24,8 @@ Examples:
   imgq enqueue --op thumb --op 'fit:1920x1080' -
   imgq enqueue --split --stripes 8 --op 'median=5|web' big_1700000000_pano.tif
   imgq enqueue --op 'web|brightness=1.2|sharpness=1.5' --op 'web|faces'
+  imgq enqueue -r portraits --where 'faces>0'            # a second pass on what the first marked
+  imgq enqueue -r enhance --where owner=alice --where 'taken>=2024-05-01' --where 'taken<2024-06-01'
 """
 
 
@@ -34,6 +37,7 @@ def enqueue(
     split: Annotated[bool, typer.Option("--split", help=f"Split images over split_pixels (default {DEFAULTS.split_pixels // 1_000_000} MP) into stripe jobs that any workers or hosts run in parallel, then join them; the result is pixel-identical.")] = False,
     stripes: Annotated[Optional[int], typer.Option("--stripes", help=f"Stripes per split image (default {DEFAULTS.split_stripes}, or split_stripes in imgq.toml).", min=2, metavar="N", show_default=False)] = None,
     split_pixels: Annotated[Optional[int], typer.Option("--split-pixels", help=f"Split only images with more pixels than this (default {DEFAULTS.split_pixels}).", min=1, metavar="PIXELS", show_default=False)] = None,
+    where: Annotated[Optional[list[str]], typer.Option("--where", "-w", help="Only files meeting FIELD OP VALUE (repeatable, all must hold): state=archived, owner=alice, taken>=2024-05-01, tag=no_faces, faces>0, recipe=people, recipe!=enhance.", metavar="COND", show_default=False)] = None,
     dry_run: Annotated[bool, dry_run_option("print the files that would get jobs (--json: and the jobs).")] = False,
     db: DbOpt = None,
     config: ConfigOpt = None,
@@ -52,8 +56,11 @@ def enqueue(
     chains_by_recipe = enqueue_step.resolve_recipes(inv.settings, recipe, op)
     if max_attempts is not None:
         inv.settings.max_attempts = max_attempts
+    conditions = [select.parse(w) for w in where or []]
     common.require_known(inv.database, wanted)
-    with inv.recorded({"ids": wanted, "recipes": chains_by_recipe}, wait=wait) as run:
+    if conditions:  # the files meeting them (among the ids given): each offered as an id is
+        wanted = select.files(inv.database, conditions, wanted)
+    with inv.recorded({"ids": wanted, "recipes": chains_by_recipe, "where": where}, wait=wait) as run:
         results = enqueue_step.enqueue(
             inv.database, inv.settings, chains_by_recipe, now=time.time(), actor=Actor(name="enqueue"),
             file_ids=wanted, split=split, stripes=stripes, split_pixels=split_pixels,

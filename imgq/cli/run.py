@@ -13,6 +13,7 @@ from imgq import archive, destinations
 from imgq import enqueue as enqueue_step
 from imgq import collect as collect_step
 from imgq import backup as backup_step
+from imgq import publish as publish_step
 from imgq import run as run_step
 from imgq.cli import common, watching
 from imgq.cli.options import AcceptNewOpt, ConfigOpt, DbOpt, JsonOpt, SshConfigOpt, ToOpt, WaitOpt, completes, dry_run_option, settle_help
@@ -23,6 +24,7 @@ Examples:
   imgq run ~/Dropbox/dig-photos --to /mnt/backup --to ssh://nas/srv/photos
   imgq run --config /etc/imgq.toml /srv/inbox      # destinations from imgq.toml
   imgq run --watch /srv/inbox --to /mnt/backup     # stay running; a systemd unit: docs/archive.md
+  imgq run /srv/inbox --to /mnt/backup --publish /var/www/photos   # and the gallery
 
 \b
 crontab (every 10 minutes; a run still busy makes the next one exit quietly; cron's PATH
@@ -30,7 +32,7 @@ does not hold a virtualenv, so give imgq's full path, as `command -v imgq` print
   */10 * * * * cd /srv/imgq && /opt/imgq/bin/imgq run /srv/inbox --to /mnt/backup --to ssh://nas/photos
 """
 
-STEPS = ("run", "scan", "enqueue", "archive", "collect")
+STEPS = ("run", "scan", "enqueue", "archive", "collect", "publish")
 
 
 def run(
@@ -40,6 +42,7 @@ def run(
     recipe: Annotated[Optional[list[str]], typer.Option("--recipe", "-r", autocompletion=completes("recipes"), help="Recipe for new photos (repeatable; default: `enqueue` in imgq.toml, else default).", metavar="NAME", show_default=False)] = None,
     min_copies: Annotated[Optional[int], typer.Option("--min-copies", help="Copies that must verify before an original is deleted (default: one at every destination).", min=1, metavar="N", show_default=False)] = None,
     no_collect: Annotated[bool, typer.Option("--no-collect", help="Archive, but leave every original in the inbox.")] = False,
+    publish: Annotated[Optional[Path], typer.Option("--publish", help="After archiving, bring the gallery at DIR up to date, as `imgq publish DIR` does (default: publish in imgq.toml; none).", metavar="DIR", show_default=False)] = None,
     settle: Annotated[Optional[float], typer.Option(help=settle_help(""), metavar="SECONDS", show_default=False)] = None,
     dry_run: Annotated[bool, dry_run_option("scan and enqueue as they would, work nothing, and print the files this run would archive (those with jobs due: once processed); stderr names each copy and deletion.")] = False,
     ssh_config: SshConfigOpt = None,
@@ -84,6 +87,12 @@ def run(
     database = inv.database
     ssh = destinations.SshOptions(config=ssh_config, accept_new_host_keys=accept_new_host_keys)
     dests = archive.open_destinations(database, urls, ssh, inboxes=inboxes)  # overlap refused before anything is scanned or written
+    site = publish or _configured(settings.publish, settings)
+    gallery = settings.recipes.get(publish_step.GALLERY_RECIPE, {})
+    if site is not None and gallery:
+        # the sizes the gallery's photo pages choose from, made in this run's work step,
+        # while the originals are still in the inbox (collect comes before publish)
+        chains = {**chains, publish_step.GALLERY_RECIPE: gallery}
     opts = run_step.RunOptions(
         inboxes=inboxes,
         destinations=list(dests.values()),
@@ -92,9 +101,11 @@ def run(
         min_copies=min_copies,
         collect=not no_collect,
         dry_run=dry_run,
+        publish_to=site,
+        publish=publish_step.PublishOptions(gallery=gallery, max_attempts=settings.max_attempts),
     )
 
-    meters = {step: common.Meter(step) for step in ("scan", "archive")}  # drawn on a terminal only
+    meters = {step: common.Meter(step) for step in ("scan", "archive", "publish")}  # drawn on a terminal only
 
     def on_step(step: str, result) -> None:
         if step in meters:
@@ -131,6 +142,11 @@ def run(
         elif step == "collect":
             for v in result.problems:
                 common.warn(f"collect: keeping {v.path}: {v.reason}")
+        elif step == "publish":
+            for pid, why in result.skipped:
+                common.note(f"publish: {pid}: {why}")
+            for why in result.refused:
+                common.warn(f"publish: {why}")
 
     def on_work(r: tuple) -> None:
         if r[0] == "failed":
@@ -165,6 +181,14 @@ def run(
         for meter in meters.values():
             meter.stop()
         destinations.close_all(dests)
+
+
+def _configured(path: Path | None, settings) -> Path | None:
+    """A path from imgq.toml, relative to the file's folder."""
+    if path is None:
+        return None
+    base = settings.config_path.parent if settings.config_path else Path(".")
+    return path if path.is_absolute() else base / path
 
 
 def _backup(database, dests, keep: int) -> None:
@@ -220,4 +244,7 @@ def summary(counts: dict, seconds: float) -> str:
         c = counts["collect"]
         words = [f"{c['deleted']} deleted", *some(c["gone"], "already gone"), f"{c['keep']} kept", f"{c['wait']} waiting for copies"]
         parts.append("collect " + ", ".join(words))
+    if "publish" in counts:
+        c = counts["publish"]
+        parts.append(f"publish {c['photos']} photos, {c['written']} files written, {c['removed']} removed" + (f", {c['refused']} refused" if c["refused"] else ""))
     return f"run: {'; '.join(parts)}; in {common.duration(seconds)}"

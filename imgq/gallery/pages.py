@@ -18,27 +18,81 @@ import re
 import urllib.parse
 
 CSS = """\
-:root { color-scheme: light dark; --muted: #666; --line: #ccc; }
-body { font: 15px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 72rem; padding: 0 1rem 3rem; }
-header { border-bottom: 1px solid var(--line); margin-bottom: 1rem; }
-header p { margin: .3rem 0 .6rem; }
+:root {
+  color-scheme: light dark;
+  --bg: #f6f5f3; --fg: #1c1c1c; --muted: #595959; --line: #d8d6d2; --card: #ffffff;
+  --accent: #0b57d0; --tile: #e4e2de; --bad: #a50e0e; --face: #ffd400;
+}
+@media (prefers-color-scheme: dark) {
+  :root { --bg: #151515; --fg: #ececec; --muted: #a9a9a9; --line: #363636; --card: #202020;
+          --accent: #8ab4f8; --tile: #2a2a2a; --bad: #f28b82; }
+}
+* { box-sizing: border-box; }
+html { background: var(--bg); color: var(--fg); }
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; }
+a { color: var(--accent); }
+a:focus-visible { outline: 3px solid var(--accent); outline-offset: 2px; }
 .skip { position: absolute; left: -999px; }
-.skip:focus { left: 1rem; top: 1rem; background: Canvas; padding: .3rem; }
+.skip:focus { left: 1rem; top: 1rem; background: var(--card); padding: .3rem; z-index: 2; }
+header.top { display: flex; flex-wrap: wrap; align-items: baseline; gap: .2rem 1.2rem; padding: .55rem 1rem;
+  border-bottom: 1px solid var(--line); background: var(--card); }
+header.top .site { font-weight: 650; color: var(--fg); text-decoration: none; }
+header.top nav a { margin-right: .8rem; }
+.crumbs { margin: .8rem 0 0; font-size: .9rem; color: var(--muted); overflow-wrap: anywhere; }
+main { padding: 0 1rem 3rem; max-width: 120rem; margin: 0 auto; }
 h1 { font-size: 1.5rem; margin: .8rem 0 .2rem; overflow-wrap: anywhere; }
-h2 { font-size: 1.15rem; margin: 1.4rem 0 .4rem; }
-ul.grid { list-style: none; padding: 0; display: flex; flex-wrap: wrap; gap: .8rem; }
-ul.grid li { width: 132px; font-size: .8rem; overflow-wrap: anywhere; }
-ul.grid img { display: block; max-width: 120px; max-height: 90px; margin: 0 auto .2rem; border: 1px solid var(--line); }
-ul.grid .thumb { display: flex; align-items: center; justify-content: center; height: 96px; }
-ul.list { columns: 16rem; padding-left: 1.2rem; }
+h2 { font-size: 1.15rem; margin: 1.6rem 0 .6rem; }
 .muted { color: var(--muted); }
-nav.pages a, nav.pages span { display: inline-block; min-width: 1.6rem; padding: .1rem .3rem; text-align: center; }
-nav.pages [aria-current] { font-weight: bold; border: 1px solid var(--line); }
-figure { margin: 0; }
-figure img { max-width: 100%; height: auto; }
-dl.meta { display: grid; grid-template-columns: max-content 1fr; gap: .2rem 1rem; }
+.lede { margin: 0 0 1rem; color: var(--muted); }
+ul.grid { list-style: none; padding: 0; margin: 0; display: grid; gap: 6px;
+  grid-template-columns: repeat(auto-fill, minmax(min(14rem, calc(50% - 3px)), 1fr)); }
+ul.grid li { min-width: 0; }
+ul.grid a.thumb { display: block; position: relative; aspect-ratio: 4 / 3; background: var(--tile); overflow: hidden; border-radius: 3px; }
+ul.grid img { position: absolute; inset: 0; display: block; width: 100%; height: 100%; object-fit: cover; }
+ul.grid a.thumb:hover img { opacity: .88; }
+.cap { display: block; font-size: .78rem; line-height: 1.3; padding: .25rem .1rem .35rem; color: var(--muted);
+  overflow-wrap: anywhere; }
+.cap b { color: var(--fg); font-weight: 500; }
+ul.covers { grid-template-columns: repeat(auto-fill, minmax(min(15rem, 100%), 1fr)); gap: 14px; }
+ul.covers a.thumb { aspect-ratio: 3 / 2; }
+ul.covers .cap { font-size: .9rem; }
+ul.covers .cap b { font-weight: 600; }
+nav.pages { margin: .8rem 0; }
+nav.pages a, nav.pages span { display: inline-block; min-width: 1.8rem; padding: .15rem .35rem; text-align: center; }
+nav.pages [aria-current] { font-weight: bold; border: 1px solid var(--line); border-radius: 3px; }
+nav.step { display: flex; flex-wrap: wrap; gap: .3rem 1rem; align-items: baseline; margin: .4rem 0; font-size: .92rem; }
+nav.step .what { color: var(--muted); min-width: 7.5rem; }
+nav.step a { overflow-wrap: anywhere; }
+figure.stage { margin: .6rem 0 0; text-align: center; }
+/* the photo as large as the window allows: its width, or its height less the page's top
+   at the photo's aspect ratio (--r, set on the page), whichever is smaller */
+.frame { display: block; position: relative; margin: 0 auto; width: min(100%, calc((100vh - 12rem) * var(--r, 1.5))); }
+.frame img { display: block; width: 100%; height: auto; background: var(--tile); }
+.face { position: absolute; border: 2px solid var(--face); box-shadow: 0 0 0 1px #000; border-radius: 2px; }
+figure.stage figcaption { margin-top: .4rem; color: var(--muted); font-size: .9rem; line-height: 1.4; }
+.download { display: inline-block; margin: .6rem 0; padding: .35rem .8rem; border: 1px solid var(--accent);
+  border-radius: 4px; text-decoration: none; }
+.details { display: flex; flex-wrap: wrap; gap: 0 3rem; }
+dl.meta { display: grid; grid-template-columns: max-content minmax(0, 1fr); gap: .2rem 1rem; margin: 0; }
 dl.meta dt { color: var(--muted); }
 dl.meta dd { margin: 0; overflow-wrap: anywhere; }
+dl.meta ul { margin: 0; padding-left: 1.1rem; }
+ul.versions { grid-template-columns: repeat(auto-fill, minmax(min(18rem, 100%), 1fr)); }
+ul.versions a.thumb { aspect-ratio: auto; }
+ul.versions img { position: static; height: auto; object-fit: contain; }
+table { border-collapse: collapse; margin: .3rem 0 1rem; font-size: .92rem; }
+th, td { text-align: left; padding: .25rem .7rem .25rem 0; border-bottom: 1px solid var(--line); vertical-align: top;
+  overflow-wrap: break-word; }
+th { white-space: nowrap; }
+td code { word-break: break-all; }
+td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; }
+.scroll { overflow-x: auto; max-width: 100%; }
+.bad { color: var(--bad); }
+svg.plot { max-width: 100%; height: auto; color: var(--fg); }
+svg.plot .bar { fill: var(--accent); }
+svg.plot .bar.bad { fill: #d93025; }
+svg.plot .axis { stroke: var(--line); }
+svg.plot text { fill: var(--muted); font: 11px system-ui, sans-serif; }
 """
 
 # No script may run on any page, whatever ends up in it.
@@ -82,6 +136,7 @@ class Image:
     width: int | None
     height: int | None
     bytes: int
+    name: str = ""  # the artifact's name (thumb, web, gallery1280, web-brightness1.2, ...)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +145,16 @@ class Original:
 
     label: str
     url: str | None  # already a complete URL (percent-encoded); None: shown as text only
+
+
+@dataclasses.dataclass(frozen=True)
+class Face:
+    """A face found, as fractions (0-1) of the frame it was found in."""
+
+    left: float
+    top: float
+    width: float
+    height: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,13 +176,35 @@ class Photo:
     thumb: Image
     web: Image
     originals: tuple[Original, ...] = ()
+    renditions: tuple[Image, ...] = ()  # the gallery recipe's sizes (and web), smallest first
+    versions: tuple[Image, ...] = ()  # other outputs of recipes (enhancements, faces drawn)
+    boxes: tuple[Face, ...] = ()
+    exif: tuple[tuple[str, str], ...] = ()  # (label, text): lens, exposure, ... when recorded
+
+    def srcset(self, *, upto: int | None = None) -> tuple[Image, ...]:
+        """Images of this photo fit for a srcset (distinct widths, smallest first), at most
+        ``upto`` pixels wide (the smallest is always kept)."""
+        seen, out = set(), []
+        for i in sorted((self.thumb, self.web, *self.renditions), key=lambda i: (i.width or 0, i.rel)):
+            if not i.width or i.width in seen:
+                continue
+            if upto is not None and out and i.width > upto:
+                break
+            seen.add(i.width)
+            out.append(i)
+        return tuple(out)
 
 
 # --------------------------------------------------------------------------- pieces
 
+NAV = (("Home", "index.html"), ("Status", "status.html"), ("Failures", "failures.html"))
 
-def _page(*, title: str, site: str, root: str, body: str, crumbs: list[tuple[str, str | None]]) -> str:
+
+def _page(*, title: str, site: str, root: str, body: str, crumbs: list[tuple[str, str | None]], head: str = "") -> str:
     trail = " › ".join(f'<a href="{url}">{esc(text)}</a>' if url else f'<span aria-current="page">{esc(text)}</span>' for text, url in crumbs)
+    links = " ".join(f'<a href="{root}{url}">{text}</a>' for text, url in NAV)
+    # the home page is the whole trail: no breadcrumb there
+    crumbs_nav = f'<nav class="crumbs" aria-label="Breadcrumb">{trail}</nav>\n' if len(crumbs) > 1 else ""
     return (
         "<!doctype html>\n"
         '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
@@ -125,12 +212,14 @@ def _page(*, title: str, site: str, root: str, body: str, crumbs: list[tuple[str
         f'<meta http-equiv="Content-Security-Policy" content="{esc(CSP)}">\n'
         '<meta name="referrer" content="no-referrer">\n'
         '<meta name="generator" content="imgq publish">\n'
+        '<meta name="color-scheme" content="light dark">\n'
         f"<title>{esc(title)} · {esc(site)}</title>\n"
-        f'<link rel="stylesheet" href="{root}style.css">\n'
+        f'<link rel="stylesheet" href="{root}style.css">\n{head}'
         "</head>\n<body>\n"
         '<a class="skip" href="#main">Skip to content</a>\n'
-        f'<header>\n<nav aria-label="Breadcrumb"><p>{trail}</p></nav>\n</header>\n'
-        f'<main id="main">\n{body}</main>\n</body>\n</html>\n'
+        f'<header class="top">\n<a class="site" href="{root}index.html">{esc(site)}</a>\n'
+        f'<nav aria-label="Site">{links}</nav>\n</header>\n'
+        f'<main id="main">\n{crumbs_nav}{body}</main>\n</body>\n</html>\n'
     )
 
 
@@ -165,22 +254,43 @@ def _time_of(p: Photo) -> str:
     return p.taken_at.replace("T", " ")[:19]
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _src(root: str, i: Image) -> str:
+    return root + href(*i.rel.split("/"))
+
+
+def _img(root: str, p: Photo, *, sizes: str, upto: int, lazy: bool, alt: str | None = None) -> str:
+    """An <img> of ``p`` choosing among its renditions up to ``upto`` px wide."""
+    options = p.srcset(upto=upto)
+    best = options[-1]
+    size = f' width="{best.width}" height="{best.height}"' if best.width and best.height else ""
+    srcset = ", ".join(f"{_src(root, i)} {i.width}w" for i in options)
+    extra = f' srcset="{srcset}" sizes="{esc(sizes)}"' if len(options) > 1 else ""
+    loading = ' loading="lazy" decoding="async"' if lazy else ""
+    return f'<img src="{_src(root, best)}"{extra}{size}{loading} alt="{esc(alt_text(p) if alt is None else alt)}">'
+
+
+# a grid cell is at most about 16rem wide, and half a phone's width
+GRID_SIZES = "(max-width: 36rem) 50vw, 16rem"
+COVER_SIZES = "(max-width: 36rem) 100vw, 22rem"
+
+
 def _grid(photos: list[Photo], root: str, *, show_owner: bool, show_day: bool) -> str:
     items = []
-    for p in photos:
+    for n, p in enumerate(photos):
         page = href(*([".."] if root else []), "photo", p.slug + ".html")
-        t = p.thumb
-        size = f' width="{t.width}" height="{t.height}"' if t.width and t.height else ""
-        bits = [f'<a href="{page}">{esc(p.name)}</a>']
-        if show_owner:
-            bits.append(f'<span class="muted">{esc(p.owner)}</span>')
         when = _time_of(p)
+        bits = [f"<b>{esc(p.name)}</b>"]
         if when:
-            bits.append(f'<span class="muted">{esc(when if show_day else when[11:])}</span>')
+            bits.append(esc(when if show_day else when[11:]))
+        if show_owner:
+            bits.append(esc(p.owner))
         items.append(
-            f'<li><a class="thumb" href="{page}"><img src="{root}{href(*t.rel.split("/"))}"{size} alt="{esc(alt_text(p))}"></a>'
-            + "<br>".join(bits)
-            + "</li>"
+            f'<li><a class="thumb" href="{page}">{_img(root, p, sizes=GRID_SIZES, upto=640, lazy=n >= 24)}</a>'
+            f'<span class="cap">{"<br>".join(bits)}</span></li>'
         )
     return '<ul class="grid">\n' + "\n".join(items) + "\n</ul>\n"
 
@@ -209,25 +319,42 @@ def _pager(base: str, number: int, count: int) -> str:
 # --------------------------------------------------------------------------- pages
 
 
-def index_page(*, site: str, days: list[tuple[str, int]], owners: list[tuple[str, str, int]], total: int) -> str:
-    """The front page: every day and every photographer, with their photo counts."""
-    parts = [f"<h1>{esc(site)}</h1>\n<p>{total} photo{'s' if total != 1 else ''}.</p>\n"]
-    parts.append('<section aria-labelledby="by-owner">\n<h2 id="by-owner">By photographer</h2>\n<ul class="list">\n')
-    for owner, slug, n in owners:
-        parts.append(f'<li><a href="{href("owner", page_name(slug, 1))}">{esc(owner)}</a> <span class="muted">({n})</span></li>\n')
-    parts.append("</ul>\n</section>\n")
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """A day or a photographer on the index: its page, its size, its cover photo."""
+
+    title: str
+    page: str  # OUT-relative, e.g. "date/2024-05-17.html"
+    count: int
+    cover: Photo
+    latest: str | None  # the newest capture time in it
+
+
+def _covers(groups: list[Group], *, subtitle) -> str:
+    items = []
+    for n, g in enumerate(groups):
+        url = href(*g.page.split("/"))
+        alt = f"{g.title}: {alt_text(g.cover)}"
+        items.append(
+            f'<li><a class="thumb" href="{url}">{_img("", g.cover, sizes=COVER_SIZES, upto=640, lazy=n >= 24, alt=alt)}</a>'
+            f'<span class="cap"><a href="{url}"><b>{esc(g.title)}</b></a><br>{esc(subtitle(g))}</span></li>'
+        )
+    return '<ul class="grid covers">\n' + "\n".join(items) + "\n</ul>\n"
+
+
+def index_page(*, site: str, days: list[Group], owners: list[Group], recent: list[Photo], total: int) -> str:
+    """The front page: the newest photos, then every photographer and every day (newest
+    first), each shown by a cover photo with its count."""
+    parts = [f"<h1>{esc(site)}</h1>\n<p class=\"lede\">{_plural(total, 'photo')} by {_plural(len(owners), 'photographer')} on {_plural(len([d for d in days if d.page != 'date/undated.html']), 'day')}.</p>\n"]
+    if recent:
+        parts.append('<section aria-labelledby="recent">\n<h2 id="recent">Latest photos</h2>\n')
+        parts.append(_grid(recent, "", show_owner=True, show_day=True))
+        parts.append("</section>\n")
+    parts.append('<section aria-labelledby="by-owner">\n<h2 id="by-owner">By photographer</h2>\n')
+    parts.append(_covers(owners, subtitle=lambda g: f"{_plural(g.count, 'photo')}" + (f", latest {g.latest[:10]}" if g.latest else "")))
+    parts.append("</section>\n")
     parts.append('<section aria-labelledby="by-date">\n<h2 id="by-date">By date</h2>\n')
-    year = None
-    for day, n in days:
-        y = day[:4] if day != "undated" else "Undated"
-        if y != year:
-            if year is not None:
-                parts.append("</ul>\n")
-            parts.append(f"<h3>{esc(y)}</h3>\n<ul class=\"list\">\n")
-            year = y
-        parts.append(f'<li><a href="{href("date", page_name(day, 1))}">{esc(day_title(day))}</a> <span class="muted">({n})</span></li>\n')
-    if year is not None:
-        parts.append("</ul>\n")
+    parts.append(_covers(days, subtitle=lambda g: _plural(g.count, "photo")))
     parts.append("</section>\n")
     return _page(title="Home", site=site, root="", body="".join(parts), crumbs=[(site, None)])
 
@@ -237,7 +364,7 @@ def listing_page(*, site: str, kind: str, title: str, base: str, photos: list[Ph
     heading = f"{title}" + (f" — page {number} of {count}" if count > 1 else "")
     pager = _pager(base, number, count)
     body = (
-        f"<h1>{esc(heading)}</h1>\n<p class=\"muted\">{total} photo{'s' if total != 1 else ''}"
+        f"<h1>{esc(heading)}</h1>\n<p class=\"lede\">{_plural(total, 'photo')}"
         + (" by this photographer" if kind == "owner" else " this day")
         + ".</p>\n"
         + pager
@@ -250,18 +377,55 @@ def listing_page(*, site: str, kind: str, title: str, base: str, photos: list[Ph
     return _page(title=heading, site=site, root="../", body=body, crumbs=crumbs)
 
 
-def photo_page(*, site: str, photo: Photo, prev: Photo | None, next: Photo | None, day_page: str, owner_page: str) -> str:
-    """A photo's own page: its web version, its metadata, links to its originals."""
+@dataclasses.dataclass(frozen=True)
+class Neighbours:
+    """Where a photo stands in its day and in its photographer's photos."""
+
+    day_prev: Photo | None = None
+    day_next: Photo | None = None
+    owner_prev: Photo | None = None
+    owner_next: Photo | None = None
+
+
+def _step(what: str, prev: Photo | None, nxt: Photo | None, up: str, up_text: str, *, keys: bool) -> str:
+    bits = [f'<span class="what">{esc(what)}</span>']
+    rel_prev = ' rel="prev" accesskey="p"' if keys else ""
+    rel_next = ' rel="next" accesskey="n"' if keys else ""
+    bits.append(f'<a href="{href(prev.slug + ".html")}"{rel_prev}>‹ {esc(prev.name)}</a>' if prev else '<span class="muted">‹ first</span>')
+    bits.append(f'<a href="{up}">{esc(up_text)}</a>')
+    bits.append(f'<a href="{href(nxt.slug + ".html")}"{rel_next}>{esc(nxt.name)} ›</a>' if nxt else '<span class="muted">last ›</span>')
+    return f'<nav class="step" aria-label="{esc(what)}">{" ".join(bits)}</nav>\n'
+
+
+# the large image: the width of the window, or of its height less the page's top at the
+# photo's aspect ratio, whichever is smaller
+def _ratio(p: Photo) -> float:
+    return (p.web.width / p.web.height) if p.web.width and p.web.height else 1.5
+
+
+def _stage_sizes(p: Photo) -> str:
+    # (a media query cannot subtract the page's top, so the switch is at the photo's
+    # own aspect ratio: close enough to pick a size, and every validator reads it)
+    w, h = (p.web.width, p.web.height) if p.web.width and p.web.height else (3, 2)
+    return f"(min-aspect-ratio: {w}/{h}) calc((100vh - 12rem) * {_ratio(p):.4f}), calc(100vw - 2rem)"
+
+
+def photo_page(*, site: str, photo: Photo, near: Neighbours, day_page: str, owner_page: str) -> str:
+    """A photo's own page: the photo as large as the screen allows, previous and next in
+    its day and its photographer's photos, its metadata, other versions, originals."""
     p = photo
     w = p.web
-    size = f' width="{w.width}" height="{w.height}"' if w.width and w.height else ""
-    web_url = "../" + href(*w.rel.split("/"))
+    day_url = href("..", "date", day_page)
+    owner_url = href("..", "owner", owner_page)
     rows = [
         ("File", esc(p.name)),
-        ("Photographer", f'<a href="{href("..", "owner", owner_page)}">{esc(p.owner)}</a>'),
+        ("Photographer", f'<a href="{owner_url}">{esc(p.owner)}</a>'),
         ("Taken", esc(_time_of(p) or "unknown") + (' <span class="muted">(file time; no EXIF date)</span>' if p.taken_source == "mtime" else "")),
-        ("Day", f'<a href="{href("..", "date", day_page)}">{esc(day_title(p.day))}</a>'),
+        ("Day", f'<a href="{day_url}">{esc(day_title(p.day))}</a>'),
         ("Camera", esc(p.camera or "unknown")),
+    ]
+    rows += [(esc(k), esc(v)) for k, v in p.exif]
+    rows += [
         ("Size", esc(human_bytes(p.size)) + (f' <span class="muted">({p.size} bytes)</span>' if p.size and p.size >= 1000 else "")),
         ("Dimensions", esc(f"{p.width} × {p.height} pixels" if p.width and p.height else "unknown")),
     ]
@@ -270,9 +434,8 @@ def photo_page(*, site: str, photo: Photo, prev: Photo | None, next: Photo | Non
     rows.append(("Id", f"<code>{esc(p.id)}</code>"))
     if p.sha256:
         rows.append(("SHA-256", f"<code>{esc(p.sha256)}</code>"))
-    versions = [f'<a href="{web_url}">web version</a> <span class="muted">({esc(_dims(w))})</span>']
-    versions.append(f'<a href="../{href(*p.thumb.rel.split("/"))}">thumbnail</a> <span class="muted">({esc(_dims(p.thumb))})</span>')
-    rows.append(("Versions", ", ".join(versions)))
+    sizes = [f'<a href="../{href(*i.rel.split("/"))}">{esc(_dims(i))}</a>' for i in p.srcset()]
+    rows.append(("Sizes", ", ".join(sizes)))
     if p.originals:
         links = []
         for o in p.originals:
@@ -281,20 +444,41 @@ def photo_page(*, site: str, photo: Photo, prev: Photo | None, next: Photo | Non
     else:
         rows.append(("Archived originals", '<span class="muted">not archived yet</span>'))
     meta = "".join(f"<dt>{k}</dt><dd>{v}</dd>\n" for k, v in rows)
-    nav = []
-    if prev is not None:
-        nav.append(f'<a href="{href(prev.slug + ".html")}" rel="prev">‹ {esc(prev.name)}</a>')
-    if next is not None:
-        nav.append(f'<a href="{href(next.slug + ".html")}" rel="next">{esc(next.name)} ›</a>')
-    pager = f'<nav class="pages" aria-label="This day">{" · ".join(nav)}</nav>\n' if nav else ""
-    body = (
-        f"<h1>{esc(p.name)}</h1>\n{pager}"
-        f'<figure>\n<a href="{web_url}"><img src="{web_url}"{size} alt="{esc(alt_text(p))}"></a>\n'
-        f"<figcaption>{esc(p.owner)}{', ' + esc(_time_of(p)) if _time_of(p) else ''}</figcaption>\n</figure>\n"
-        f'<dl class="meta">\n{meta}</dl>\n{pager}'
+
+    faces = "".join(
+        f'<span class="face" style="left:{f.left * 100:.2f}%;top:{f.top * 100:.2f}%;width:{f.width * 100:.2f}%;height:{f.height * 100:.2f}%" title="face"></span>'
+        for f in p.boxes
     )
-    crumbs = [(site, "../index.html"), (day_title(p.day), href("..", "date", day_page)), (p.name, None)]
-    return _page(title=p.name, site=site, root="../", body=body, crumbs=crumbs)
+    big = _img("../", p, sizes=_stage_sizes(p), upto=100_000, lazy=False)
+    download = next((o for o in p.originals if o.url), None)
+    down = f'<a class="download" href="{esc(download.url)}" download>Download the original ({esc(human_bytes(p.size))})</a>\n' if download else ""
+    caption = esc(p.owner) + (f", {esc(_time_of(p))}" if _time_of(p) else "") + (f" · {esc(p.camera)}" if p.camera else "")
+    nav = _step("This day", near.day_prev, near.day_next, day_url, day_title(p.day), keys=True)
+    nav += _step("This photographer", near.owner_prev, near.owner_next, owner_url, p.owner, keys=False)
+    body = (
+        f"<h1>{esc(p.name)}</h1>\n{nav}"
+        f'<figure class="stage">\n<a class="frame" style="--r: {_ratio(p):.4f}" href="../{href(*p.srcset()[-1].rel.split("/"))}">{big}{faces}</a>\n'
+        f"<figcaption>{caption}{' · ' + _plural(len(p.boxes), 'face') + ' marked' if p.boxes else ''}</figcaption>\n</figure>\n"
+        f"{down}"
+    )
+    if p.versions:
+        body += '<section aria-labelledby="versions">\n<h2 id="versions">Versions</h2>\n<ul class="grid versions">\n'
+        for v in (w, *p.versions):
+            label = "as taken" if v is w else v.name
+            size = f' width="{v.width}" height="{v.height}"' if v.width and v.height else ""
+            body += (
+                f'<li><a class="thumb" href="../{href(*v.rel.split("/"))}"><img src="../{href(*v.rel.split("/"))}"{size} loading="lazy" alt="{esc(alt_text(p))}: {esc(label)}"></a>'
+                f'<span class="cap"><b>{esc(label)}</b><br>{esc(_dims(v))}</span></li>\n'
+            )
+        body += "</ul>\n</section>\n"
+    body += f'<section aria-labelledby="details">\n<h2 id="details">Details</h2>\n<dl class="meta">\n{meta}</dl>\n</section>\n'
+    crumbs = [(site, "../index.html"), (day_title(p.day), day_url), (p.name, None)]
+    head = ""
+    if near.day_prev:
+        head += f'<link rel="prev" href="{href(near.day_prev.slug + ".html")}">\n'
+    if near.day_next:
+        head += f'<link rel="next" href="{href(near.day_next.slug + ".html")}">\n'
+    return _page(title=p.name, site=site, root="../", body=body, crumbs=crumbs, head=head)
 
 
 def _dims(i: Image) -> str:

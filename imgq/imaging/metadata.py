@@ -20,6 +20,11 @@ _TAG_MAKE = 0x010F
 _TAG_MODEL = 0x0110
 _TAG_DATETIME = 0x0132
 _TAG_DATETIME_ORIGINAL = 0x9003
+_TAG_EXPOSURE_TIME = 0x829A
+_TAG_FNUMBER = 0x829D
+_TAG_ISO = 0x8827
+_TAG_FOCAL_LENGTH = 0x920A
+_TAG_LENS_MODEL = 0xA434
 
 # LibRaw's flip -> the EXIF orientation meaning the same turn
 _FLIP_ORIENTATION = {3: 3, 5: 8, 6: 6}
@@ -37,6 +42,8 @@ class Probe:
     taken_at: str | None = None  # "YYYY-MM-DDTHH:MM:SS" (DateTimeOriginal, else DateTime)
     make: str | None = None
     model: str | None = None
+    lens: str | None = None  # EXIF LensModel
+    exposure: str | None = None  # "1/250 s · f/5.6 · ISO 200 · 35 mm", what EXIF tells of it
     has_icc: bool = False
     progressive: bool = False
 
@@ -89,8 +96,9 @@ def _exif_datetime(value: object) -> str | None:
 
 
 def _metadata(exif: Image.Exif) -> dict:
-    """orientation, taken_at, make, model from EXIF; every lookup may fail harmlessly."""
-    out: dict = {"orientation": 1, "taken_at": None, "make": None, "model": None}
+    """orientation, taken_at, make, model, lens, exposure from EXIF; every lookup may
+    fail harmlessly."""
+    out: dict = {"orientation": 1, "taken_at": None, "make": None, "model": None, "lens": None, "exposure": None}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         _read_metadata(exif, out)
@@ -106,12 +114,42 @@ def _read_metadata(exif: Image.Exif, out: dict) -> None:
         out["model"] = _text_tag(exif.get(_TAG_MODEL))
         taken = None
         try:
-            taken = _exif_datetime(exif.get_ifd(_EXIF_IFD).get(_TAG_DATETIME_ORIGINAL))
+            ifd = exif.get_ifd(_EXIF_IFD)
+            taken = _exif_datetime(ifd.get(_TAG_DATETIME_ORIGINAL))
+            out["lens"] = _text_tag(ifd.get(_TAG_LENS_MODEL))
+            out["exposure"] = _exposure(ifd)
         except Exception:
             pass
         out["taken_at"] = taken or _exif_datetime(exif.get(_TAG_DATETIME))
     except Exception:
         pass
+
+
+def _number(value: object) -> float | None:
+    try:
+        n = float(value[0]) / float(value[1]) if isinstance(value, tuple) and len(value) == 2 else float(value)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    return n if 0 < n < 1e6 else None
+
+
+def _exposure(ifd) -> str | None:
+    """Exposure time, aperture, ISO and focal length as one line; None if none is known."""
+    parts = []
+    t = _number(ifd.get(_TAG_EXPOSURE_TIME))
+    if t:
+        parts.append(f"1/{round(1 / t)} s" if t < 0.5 else f"{t:g} s")
+    f = _number(ifd.get(_TAG_FNUMBER))
+    if f:
+        parts.append(f"f/{f:.1f}".replace(".0", ""))
+    iso = ifd.get(_TAG_ISO)
+    iso = iso[0] if isinstance(iso, tuple) and iso else iso
+    if isinstance(iso, int) and 0 < iso < 10_000_000:
+        parts.append(f"ISO {iso}")
+    mm = _number(ifd.get(_TAG_FOCAL_LENGTH))
+    if mm:
+        parts.append(f"{mm:g} mm")
+    return " · ".join(parts) or None
 
 
 def minimal_exif(taken_at: str | None, make: str | None, model: str | None) -> bytes | None:
