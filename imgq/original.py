@@ -170,10 +170,12 @@ class Original:
     def read_all(self) -> bytes:
         """Every byte of the opened file, read from its start."""
         os.lseek(self.fd, 0, os.SEEK_SET)
-        chunks = []
-        while chunk := os.read(self.fd, CHUNK):
+        # the size is known: one read takes it all, with no chunks to join (a copy of a
+        # whole photo less); the loop only runs if the file has grown since it was opened
+        chunks = [os.read(self.fd, max(self.stat.st_size + 1, CHUNK))]
+        while chunks[-1] and (chunk := os.read(self.fd, CHUNK)):
             chunks.append(chunk)
-        return b"".join(chunks)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def hash(self) -> tuple[int, str]:
         """(size, sha256) of the opened file's bytes now, read in full."""

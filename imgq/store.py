@@ -211,20 +211,66 @@ def staged_token(name: str) -> str | None:
     return m.group(1) if m else None
 
 
-def place(store: Path, moves: Iterable[tuple[str, str]]) -> None:
+def place(store: Path, moves: Iterable[tuple[str, str]], *, sync: bool = True) -> set[Path]:
     """Move staged files onto their final names (store-relative ``(staged, final)``
-    pairs), then fsync each folder once. Called only inside the fenced transaction that
-    completes their job; an OSError leaves that transaction to roll the job back."""
+    pairs), then fsync each folder once; returns the folders. Called only inside the
+    fenced transaction that completes their job; an OSError leaves that transaction to
+    roll the job back. ``sync=False`` leaves the fsyncs to the caller (``sync_folders``,
+    before its commit), so a batch of jobs syncs its folders together."""
     folders = set()
     for staged, final in moves:
         os.replace(store / staged, store / final)
         folders.add((store / final).parent)
-    for folder in folders:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    if sync:
+        sync_folders(folders)
+    return folders
+
+
+def sync_folders(folders: Iterable[Path]) -> None:
+    """fsync ``folders`` (several at once: see ``sync_files``); raises the first OSError."""
+    folders = list(dict.fromkeys(folders))
+    failed = _sync_all([(f, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) for f in folders])
+    if failed:
+        raise next(iter(failed.values()))
+
+
+def _sync_all(paths: list[tuple[Path, int]]) -> dict[Path, OSError]:
+    import concurrent.futures
+
+    def sync(item: tuple[Path, int]) -> OSError | None:
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            fd = os.open(item[0], item[1])
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            return e
+        return None
+
+    if len(paths) <= 1:
+        errors = [sync(p) for p in paths]
+    else:
+        with concurrent.futures.ThreadPoolExecutor(min(SYNC_THREADS, len(paths))) as pool:
+            errors = list(pool.map(sync, paths))
+    return {p: e for (p, _), e in zip(paths, errors) if e is not None}
+
+
+SYNC_THREADS = 8
+
+
+def sync_files(store: Path, names: Iterable[str]) -> dict[str, OSError]:
+    """fsync the store files ``names`` (store-relative), several at once; returns those
+    that could not be synced, with the error.
+
+    A batch of jobs' outputs is made durable here just before the transaction that
+    completes them: concurrent fsyncs share the file system's journal commits, where
+    fsyncs one after another each wait for their own (on this machine 3-9 ms each, more
+    than the work of a small job).
+    """
+    names = list(dict.fromkeys(names))
+    failed = _sync_all([(store / n, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC) for n in names])
+    return {n: failed[store / n] for n in names if store / n in failed}
 
 
 def discard(store: Path, names: Iterable[str]) -> None:

@@ -232,7 +232,9 @@ def process(claim: queue.Claim, settings: Settings) -> queue.Outcome:
             for name, r in rendered.items():
                 rel = store.artifact_path(claim.file_id, name, claim.spec_hash)
                 staged.append(store.staged_path(rel, claim.token))
-                saved = imaging.save(r, settings.store_dir / staged[-1], quality=settings.jpeg_quality)
+                # not fsynced here: settle() syncs a batch's files together before
+                # recording them, and the folder once the final name is set (store.place)
+                saved = imaging.save(r, settings.store_dir / staged[-1], quality=settings.jpeg_quality, durable=False)
                 artifacts.append(queue.Artifact(name, rel, saved.sha256, saved.bytes, saved.width, saved.height, staged=staged[-1]))
         result["seconds"] = round(time.monotonic() - started, 4)
         return queue.Outcome(claim, artifacts=artifacts, result=result)
@@ -356,13 +358,14 @@ def worker_main(settings: Settings, opts: WorkOptions, name: str, stop: Stop, re
 
 
 def settle(db: DB, outcomes: list[queue.Outcome], settings: Settings, *, actor: Actor, backoff: float | None = None, backoff_max: float | None = None) -> queue.Settled:
-    """Record outcomes in one transaction (``queue.settle``, fenced by each lease token)
-    and then do what follows a recorded outcome: a split image's stripe parts are removed
+    """Make the outcomes' files durable (``made_durable``), record them in one transaction
+    (``queue.settle``, fenced by each lease token) and then do what follows a recorded outcome: a split image's stripe parts are removed
     once its join is done. Local workers and the fleet coordinator both settle here, so
     what a settled job leaves behind cannot depend on where it ran. ``backoff`` and
     ``backoff_max`` default to the settings' (a lost host's jobs are requeued with none)."""
     if not outcomes:
         return queue.Settled()
+    outcomes = made_durable(outcomes, settings)
     settled = queue.settle(
         db, outcomes, actor=actor, store_dir=settings.store_dir,
         backoff=settings.backoff_seconds if backoff is None else backoff,
@@ -375,6 +378,26 @@ def settle(db: DB, outcomes: list[queue.Outcome], settings: Settings, *, actor: 
         if c.stage.startswith(splitting.JOIN) and c.job_id in done:
             store.remove_parts(settings.store_dir, c.file_id, c.spec_hash)  # only once the join is recorded
     return settled
+
+
+def made_durable(outcomes: list[queue.Outcome], settings: Settings) -> list[queue.Outcome]:
+    """The outcomes with every successful one's staged files on disk for good (fsynced,
+    all at once), so no completion is recorded before its bytes are durable. One whose
+    files cannot be synced becomes a transient error (retried; its files discarded)."""
+    names = [n for o in outcomes if o.error is None for n in o.staged()]
+    if not names:
+        return outcomes
+    failed = store.sync_files(settings.store_dir, names)
+    if not failed:
+        return outcomes
+    out = []
+    for o in outcomes:
+        bad = [(n, failed[n]) for n in o.staged() if n in failed] if o.error is None else []
+        if bad:
+            name, e = bad[0]
+            o = dataclasses.replace(o, error=f"cannot write {settings.store_dir / name}: {e.strerror or e}", kind="transient")
+        out.append(o)
+    return out
 
 
 def reports(settled: queue.Settled, outcomes: list[queue.Outcome] = ()) -> list[tuple]:

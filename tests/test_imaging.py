@@ -294,8 +294,11 @@ def test_draft_decodes_big_jpegs_at_reduced_scale(tmp_path):
     # portrait orientation swaps the axes the decode must cover
     q = write_jpeg(tmp_path / "rot.jpg", photo((4000, 3000)), exif_with(orientation=8), quality=80)
     r = render(q, {"web": "web"}, max_pixels=LIMIT)["web"]
-    # upright 360x480 is 480x360 as stored: 1/8 scale (500x375) still covers it
-    assert r.image.size == (360, 480) and r.source_size == (500, 375)
+    # upright 360x480 is 480x360 as stored; 1/8 scale (500x375) covers it, but not by
+    # DRAFT_MARGIN (1.5x): 1/4 scale (1000x750)
+    assert r.image.size == (360, 480) and r.source_size == (1000, 750)
+    # a smaller output needs less: 1/8 scale is 4x a thumb's 120x90
+    assert render(p, {"thumb": "thumb"}, max_pixels=LIMIT)["thumb"].source_size == (500, 375)
 
 
 @pytest.mark.slow  # camera-size decodes: seconds each
@@ -397,7 +400,7 @@ def test_render_and_save_every_input_mode(tmp_path, mode):
 
 
 def test_save_is_atomic_when_verification_fails(tmp_path, monkeypatch):
-    def fails(path, width, height):
+    def fails(path, width, height, **how):
         raise BadImage(f"truncated JPEG: {path}")
 
     monkeypatch.setattr(encode, "verify", fails)  # save verifies through encode.verify
@@ -427,6 +430,22 @@ except StorageError as e:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "cannot write" in out.stdout and "web.jpg" in out.stdout and "File too large" in out.stdout, out
     assert list(tmp_path.iterdir()) == []
+
+
+def test_verify_without_decoding_still_refuses_a_truncated_or_wrong_sized_jpeg(tmp_path):
+    # what save checks of the bytes it wrote (their sha256 is the encoder's): no decode
+    p = tmp_path / "w.jpg"
+    photo((64, 48)).save(p, quality=85)
+    assert verify(p, 64, 48, decode=False)
+    with pytest.raises(BadImage, match="wrong size"):
+        verify(p, 48, 64, decode=False)
+    data = p.read_bytes()
+    p.write_bytes(data[:-2])
+    with pytest.raises(BadImage, match="truncated JPEG"):
+        verify(p, 64, 48, decode=False)
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(BadImage, match="truncated"):
+        verify(p, 64, 48, decode=False)
 
 
 def test_verify_names_the_reason(tmp_path):
@@ -632,7 +651,7 @@ def test_render_from_checked_bytes_is_the_render_from_the_file_with_draft(tmp_pa
     p.unlink()  # nothing to reopen: every byte decoded comes from `data`
     src = imaging.Source(data, "inbox/alice/big.jpg")
     out = render(src, {"thumb": "thumb", "web": "web"}, max_pixels=LIMIT)
-    assert out["web"].source_size == (500, 375)  # DCT-scaled decode (1/8) still used
+    assert out["web"].source_size == (1000, 750)  # DCT-scaled decode (1/4: 1.5x the web version) still used
     assert out["web"].image.size == (360, 480)
     write_jpeg(p, photo((4000, 3000)), exif_with(orientation=6), quality=80)
     from_file = render(p, {"web": "web"}, max_pixels=LIMIT)["web"].image

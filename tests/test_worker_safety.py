@@ -223,6 +223,32 @@ def test_a_failed_move_into_place_rolls_the_completion_back(db, tmp_path):
     assert not (store_dir / art.staged).exists()
 
 
+def test_a_batch_is_recorded_only_once_its_files_are_synced_and_one_that_cannot_be_is_retried(db, tmp_path):
+    # workers write staged files without fsync and work.settle syncs a batch's files
+    # together before recording it: a file that cannot be synced (gone: a sweep, a disk)
+    # is never recorded as done; its job is retried, the others complete exactly once
+    from imgq import work
+
+    store_dir = tmp_path / "store"
+    with db.transaction():
+        for i in (1, 2, 3):
+            journal.add_file(db, {"id": f"f{i}", "inbox": str(tmp_path / "in"), "path": f"{i}.jpg", "owner": "a"}, state="seen", now=0.0)
+    queue.enqueue(db, ["f1", "f2", "f3"], {"default": {"web": "web"}}, now=0.0, max_attempts=3)
+    claims = queue.claim(db, owner="a", limit=3, lease_seconds=60)
+    arts = {c.file_id: _staged_jpeg(store_dir, c, "web", seed=i) for i, c in enumerate(claims)}
+    (store_dir / arts["f2"].staged).unlink()
+    settings = Settings(db=db.path, store=store_dir)
+    s = work.settle(db, [queue.Outcome(c, artifacts=[arts[c.file_id]]) for c in claims], settings, actor=journal.Actor())
+    by_file = {c.file_id: c.job_id for c in claims}
+    assert sorted(s.done) == sorted([by_file["f1"], by_file["f3"]]) and s.retrying == [by_file["f2"]]
+    assert dict(q(db.path, "SELECT file_id, state FROM jobs")) == {"f1": "done", "f2": "ready", "f3": "done"}
+    assert sorted(f for (f,) in q(db.path, "SELECT file_id FROM artifacts")) == ["f1", "f3"]
+    [(error,)] = q(db.path, "SELECT error FROM jobs WHERE file_id = 'f2'")
+    assert "cannot write" in error and arts["f2"].staged in error
+    for f in ("f1", "f3"):
+        assert sha256(store_dir / arts[f].path) == arts[f].sha256
+
+
 def test_sweep_removes_staged_files_of_attempts_that_lost_their_lease(db, tmp_path):
     store_dir = tmp_path / "store"
     _one_job(db, tmp_path)

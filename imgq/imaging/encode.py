@@ -51,14 +51,16 @@ def jpeg_ready(image: Image.Image, icc: bytes | None) -> tuple[Image.Image, byte
     return image, (icc if _icc_space(icc) == wanted else None)
 
 
-def save(rendered: Rendered, dest: str | os.PathLike, *, quality: int = 85) -> Saved:
+def save(rendered: Rendered, dest: str | os.PathLike, *, quality: int = 85, durable: bool = True) -> Saved:
     """Write ``rendered`` as a JPEG at ``dest`` atomically, and return what was written.
 
     The bytes go to a temporary name (containing ".imgq-tmp") in dest's folder, are
     flushed and fsynced, then verified: read back and compared by sha256 with the bytes
-    the encoder produced, the header's size checked, and (for outputs up to
-    FULL_VERIFY_PIXELS) decoded in full. Then they are renamed into place and the folder
-    fsynced. A reader never sees a partial file. On failure the temporary file is
+    the encoder produced, the header's size and the end marker checked (not decoded
+    again: the bytes are the encoder's, see ``_verify_written``). Then they are renamed
+    into place and the folder fsynced. ``durable=False`` skips both fsyncs, for a staged
+    file whose caller makes it durable later, before relying on it (``store.sync_files``
+    and ``store.place``, as settling does). A reader never sees a partial file. On failure the temporary file is
     removed and StorageError names the path and the reason.
     """
     dest = Path(dest)
@@ -81,37 +83,33 @@ def save(rendered: Rendered, dest: str | os.PathLike, *, quality: int = 85) -> S
             raise StorageError(f"cannot write {dest}: written file did not verify ({e})") from None
 
     try:
-        write_atomically(dest, lambda f: f.write(data), check=verify)
+        write_atomically(dest, lambda f: f.write(data), check=verify, sync=durable)
     except OSError as e:
         raise storage_error("write", dest, e) from None
     return Saved(digest, len(data), image.width, image.height)
 
 
-# Decoding a just-written output again costs as much as decoding the original once for a
-# full-size output (0.25 s for 27 MP here). Above this size the read-back sha256 (the
-# bytes on disk are exactly the encoder's) plus the header's size stand in for it.
-FULL_VERIFY_PIXELS = 4_000_000
-
-
 def _verify_written(path: Path, digest: str, width: int, height: int) -> None:
+    # The bytes read back are exactly the encoder's (sha256), and they are a whole JPEG of
+    # the expected size (header and end marker). Decoding them again would only test
+    # Pillow's decoder against its own encoder, at the cost of a decode (as much as the
+    # original's for a full-size output: the enhancement workload paid every decode twice).
     with open(path, "rb") as f:
         back = hashlib.sha256(f.read()).hexdigest()
     if back != digest:
         raise BadImage(f"{path} does not read back as written (sha256 {back[:12]}, expected {digest[:12]})")
-    if width * height <= FULL_VERIFY_PIXELS:
-        verify(path, width, height)
-        return
-    with _opened(path, width * height) as (im, _):
-        if im.size != (width, height):
-            raise BadImage(f"wrong size: {path} is {im.width}x{im.height}, expected {width}x{height}")
+    verify(path, width, height, decode=False)
 
 
-def verify(path: str | os.PathLike, width: int, height: int) -> bool:
+def verify(path: str | os.PathLike, width: int, height: int, *, decode: bool = True) -> bool:
     """True when ``path`` is an image that decodes completely to ``width`` x ``height``.
 
     Otherwise raises BadImage with the reason (empty, not an image, truncated, wrong
     size), or StorageError when the file cannot be read. The size is checked from the
     header before decoding, so a wrong or hostile file is never decoded in full.
+    ``decode=False`` checks the header's size and, for a JPEG, that the file ends with
+    the end-of-image marker, without decoding pixels: for files whose bytes are known
+    (by sha256) to be what an encoder produced.
     """
     path = Path(path)
     if _format_of(path) == "RAW":
@@ -123,6 +121,10 @@ def verify(path: str | os.PathLike, width: int, height: int) -> bool:
         with _opened(path, max(width * height, 1)) as (im, fmt):
             if im.size != (width, height):
                 raise BadImage(f"wrong size: {path} is {im.width}x{im.height}, expected {width}x{height}")
+            if not decode:
+                if fmt == "JPEG" and not _ends_with_eoi(path):
+                    raise BadImage(f"truncated JPEG: {path} (no end-of-image marker)")
+                return True
             try:
                 im.load()
             except Exception as e:
@@ -131,3 +133,14 @@ def verify(path: str | os.PathLike, width: int, height: int) -> bool:
         w, h = _header_size(path, sniff(_read_head(path)) or "JPEG")
         raise BadImage(f"wrong size: {path} is {w}x{h}, expected {width}x{height}") from None
     return True
+
+
+def _ends_with_eoi(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            if f.seek(0, os.SEEK_END) < 2:
+                return False
+            f.seek(-2, os.SEEK_END)
+            return f.read(2) == b"\xff\xd9"
+    except OSError as e:
+        raise storage_error("read", path, e) from None

@@ -12,11 +12,15 @@ from imgq.imaging.metadata import _icc_space
 from imgq.ops import fit_size
 
 # Decode JPEGs at the smallest DCT scale giving at least DRAFT_MARGIN times the largest
-# output. Measured on a 20 MP sample (thumb+web): margin 1 decodes at 1/8 in ~114 ms with
-# the web version at 42 dB PSNR against an exact Lanczos resize of the full decode;
-# margin 2 decodes at 1/4 in ~162 ms for 52 dB. 42 dB is indistinguishable by eye, so
-# speed wins; raise this for archival-quality derivatives.
-DRAFT_MARGIN = 1.0
+# output. A DCT-scaled decode is a block average: kept within a few percent of the output
+# size (margin 1: 6000x4000 decoded at 1/8, 750x500, for a 640x427 web version) it shows
+# as aliasing on text and fine lines, 27-33 dB from an exact Lanczos resize of the full
+# decode (tests/test_quality.py); at 1.5 every output is resampled from at least 1.5x
+# its size, 38-45 dB on the same pictures and 46-53 dB on ordinary photos. The price,
+# on bin/bench's 12-24 MP photos (1/4 scale instead of 1/8 for the larger ones): 4% more
+# CPU to decode (44.4 -> 46.3 ms; entropy decoding, most of the work, is the same at
+# every scale) and a larger resize, about what the faster resampler saves there.
+DRAFT_MARGIN = 1.5
 
 # orientation -> the transpose that makes the stored pixels upright (EXIF 2.3, 4.6.4)
 _UPRIGHT = {

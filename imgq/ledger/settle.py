@@ -85,18 +85,20 @@ def settle(
     ``store_dir`` after its token check and before the commit, so a final name changes
     only together with the record of what it holds. If a rename fails, that job's
     completion is rolled back (a savepoint) and it is retried as a transient error. The
+    folders of every file moved are fsynced together before the commit. The
     staged files of every outcome not completed (fenced out, failed, not placed) are
     removed after the commit; for those, no final name is ever touched.
     """
     rng = rng or _JITTER
     out = Settled()
     leftovers: list[str] = []
+    folders: set[Path] = set()  # of the files moved into place: fsynced together before COMMIT
     with db.transaction():
         now = db.when(now)
         for o in outcomes:
             c = o.claim
             if o.error is None:
-                status = _complete(db, o, store_dir, now=now, actor=actor)
+                status = _complete(db, o, store_dir, folders, now=now, actor=actor)
                 if status == "done":
                     out.done.append(c.job_id)
                     if processed := _file_done(db, c, now=now, actor=actor):
@@ -127,6 +129,9 @@ def settle(
                 out.failed.append((c.job_id, c.file_id, reason))
             else:
                 out.lost.append(c.job_id)
+        # every final name set above is durable before the commit records it; should an
+        # fsync fail, the whole batch rolls back and is retried (the names hold good bytes)
+        store.sync_folders(folders)
     if leftovers and store_dir is not None:
         store.discard(store_dir, leftovers)
     if out.done and store_dir is not None:
@@ -169,7 +174,7 @@ def _span(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
-def _complete(db: DB, o: Outcome, store_dir: Path | None, *, now: float, actor: Actor) -> str:
+def _complete(db: DB, o: Outcome, store_dir: Path | None, folders: set[Path], *, now: float, actor: Actor) -> str:
     """Make one successful job done: 'done', 'lost' (fenced out: nothing written, no
     file moved), or the reason its staged files could not be moved into place (then its
     completion is rolled back and the job is still leased by this attempt)."""
@@ -190,7 +195,7 @@ def _complete(db: DB, o: Outcome, store_dir: Path | None, *, now: float, actor: 
         try:
             # the token matched and this transaction holds the write lock until COMMIT:
             # no other attempt can complete the job in between
-            store.place(store_dir, moves)
+            folders |= store.place(store_dir, moves, sync=False)
         except OSError as e:
             db.execute("ROLLBACK TO complete")
             return f"{Path(c.inbox) / c.path}: cannot move its artifacts into place in the store {store_dir}: {e.strerror or e}"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from PIL import Image
 
+from imgq.ops import cv
+from imgq.ops.lazy import np
 from imgq.ops.registry import Param, format_size, parse_size, register
 
 THUMB_BOX = (120, 90)
@@ -13,6 +15,15 @@ WEB_BOX = (640, 480)
 # than REDUCING_GAP times the target, then finishes with Lanczos: much faster than a
 # full Lanczos from camera size, and indistinguishable at these gaps.
 REDUCING_GAP = 3.0
+
+
+# Shrinking by at least this factor on both sides uses the OpenCV Lanczos: filtered, then
+# sampled by cubic interpolation, it stays within 1 dB of Pillow's on photos and at least
+# 36 dB from it even on white noise (the worst case: 44 dB at 2x, 30 dB at 1.05x, where
+# cubic sampling cannot follow detail at the old pixel pitch). imgq decodes JPEGs at
+# least DRAFT_MARGIN (1.5) times as large as the largest output, so its fits shrink by
+# 1.5x or more and take the fast path; smaller shrinks are cheap in Pillow anyway.
+FAST_SHRINK = 1.5
 
 
 def fit_size(size: tuple[int, int], box: tuple[int, int]) -> tuple[int, int]:
@@ -39,9 +50,18 @@ def _ratio_half_up(num: int, den: int) -> int:
 
 
 def resize_to(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """``image`` resampled to exactly ``size`` with Lanczos (alpha handled premultiplied)."""
+    """``image`` resampled to exactly ``size`` with Lanczos (alpha handled premultiplied).
+
+    Shrinking an 8-bit grey or RGB image (every JPEG) by FAST_SHRINK or more goes through
+    OpenCV (``cv.lanczos_shrink``): the same Lanczos-3 filter in vectorised code, about
+    2.5 times faster than Pillow's; other modes, smaller shrinks and enlargements go
+    through Pillow.
+    """
     if image.size == size:
         return image
+    if image.mode in ("L", "RGB") and image.width >= FAST_SHRINK * size[0] and image.height >= FAST_SHRINK * size[1]:
+        a = cv.lanczos_shrink(np.asarray(image), size)
+        return Image.fromarray(a, image.mode)
     if image.mode in ("P", "PA", "1"):
         # Pillow resizes palette and bilevel images with nearest neighbour only
         image = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else ("L" if image.mode == "1" else "RGB"))
