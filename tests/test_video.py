@@ -281,6 +281,8 @@ def test_a_video_is_archived_with_verified_copies_then_collected_and_counted_apa
     status = json.loads(run_imgq("status", "--json").stdout)
     assert status["media"] == {"photos": 1, "videos": 2, "video_seconds": 9.0, "video_hours": round(9 / 3600, 3)}
     assert "media: 1 photos, 2 videos (9 s of video)" in run_imgq("status").stdout
+    # the photos view lists the videos too, saying which they are and how long
+    assert {p: (k, d) for p, k, d in q(db_path, "SELECT path, kind, duration FROM photos")} == {"ann/IMG_1.jpg": ("photo", None), "ann/walk.avi": ("video", 3.0), "bob/run.mp4": ("video", 6.0)}
     report = json.loads(run_imgq("report", "--last", "work", "--json").stdout)
     assert report["videos"] == {"read": 2, "seconds": 9.0, "hours": round(9 / 3600, 3)} and report["photos"]["read"] == 1
     assert "videos:     2 read, 9 s of video; 1 photos read" in run_imgq("report", "--last", "work").stdout
