@@ -34,6 +34,7 @@ class HookReport:
     failed: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)  # (file id, destination, why)
     waiting: int = 0  # still pending after this archive: failed, in backoff
     tried: set = dataclasses.field(default_factory=set)  # (file id, destination) run by this archive: once each
+    held: int = 0  # runs not tried after a failure in this archive (the catalogue is likely down): the next archive's
 
 
 def command_for(argv: Sequence[str], file_id: str, destination: str, path: str) -> list[str]:
@@ -54,11 +55,19 @@ def run_due(
     ignore_backoff: bool = False,
     report: HookReport | None = None,
 ) -> HookReport:
-    """Run each due hook (only ``file_id``'s if given) and record how it went."""
+    """Run each due hook (only ``file_id``'s if given) and record how it went.
+
+    After one failure in an archive the rest wait for the next archive (still pending,
+    no attempt counted): a catalogue that is down or hangs costs one run, at most one
+    timeout, per archive rather than one per file, so archive (and the collect after it
+    in ``imgq run``) is not held up by it."""
     rng = rng or random.Random()
     report = report or HookReport()
     for hook in hooks.due(db, now=clock(), file_id=file_id, ignore_backoff=ignore_backoff):
         if (hook["file_id"], hook["destination"]) in report.tried:
+            continue
+        if report.failed:
+            report.held += 1
             continue
         report.tried.add((hook["file_id"], hook["destination"]))
         why = _run(json.loads(hook["command"]), timeout)
