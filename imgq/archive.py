@@ -48,8 +48,11 @@ from imgq.destinations import (
     physical,
 )
 from imgq.backoff import delay as backoff_delay
-from imgq.errors import ImgqError, classify
+from imgq.errors import ImgqError, RouteFailed, classify
 from imgq.ledger import archive_targets, copies, journal
+from imgq.ledger import routes as routes_ledger
+from imgq.routing import ROUTE_COMMAND, Routing
+from imgq import routing as routing_lib
 from imgq.ledger.database import DB
 from imgq.ledger.journal import Actor
 
@@ -132,7 +135,8 @@ def _failed(db: DB, target, error: str, kind: str, *, now: float, actor: Actor, 
 
 def eligible(db: DB, destinations: Sequence[str], file_ids: Iterable[str] | None = None) -> list:
     """Files to look at: processed ones, and archived ones lacking an original's copy at
-    one of ``destinations`` (a destination added later)."""
+    one of ``destinations`` (a destination added later; with routing, those that may
+    take originals)."""
     marks = ",".join("?" * len(destinations))
     sql = (
         "SELECT * FROM files f WHERE (f.state = 'processed' OR (f.state = 'archived' AND"
@@ -161,8 +165,13 @@ def archive(
     on_progress: Callable[[int, int], None] = lambda done, total: None,
     dry_run: bool = False,
     stop: Callable[[], bool] = lambda: False,
+    routing: Routing | None = None,
 ) -> ArchiveReport:
-    """Copy every eligible file (see ``eligible``) to every destination, verified.
+    """Copy every eligible file (see ``eligible``) to every destination, verified; with
+    ``routing`` (``imgq.routing``), each item only to the destinations it routes it to,
+    and a file is archived when each is verified wherever it is routed. A route command
+    that fails for a file fails that file's archive (target 'route_command', transient,
+    retried with backoff); its other files go on.
 
     ``on_file(file_id, what, info)`` is told 'archived', 'failed' (info: Failure) and
     'copied' (info: (destination, path, how)) as they happen; ``on_progress(done,
@@ -192,7 +201,8 @@ def archive(
     sources = Sources(db, by_url, store_dir)
     if file_ids is not None:
         file_ids = list(file_ids)
-    files = eligible(db, list(by_url), file_ids)
+    takers = [u for u in routing.may_take_originals() if u in by_url] if routing else list(by_url)
+    files = eligible(db, takers, file_ids)
     if file_ids is not None:
         chosen = {f["id"] for f in files}
         states = dict(db.all("SELECT id, state FROM files WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(file_ids),)))
@@ -202,9 +212,22 @@ def archive(
             report.stopped = True
             break
         on_progress(n, len(files))
-        items = items_of(db, f, store_dir)
+        every = items_of(db, f, store_dir)
+        try:
+            routed = _routed(db, routing, f, every, report, clock=clock, actor=actor, backoff=backoff, backoff_max=backoff_max, ignore_backoff=ignore_backoff, rng=rng)
+        except RouteFailed as e:
+            failure = Failure(f["id"], ROUTE_COMMAND, str(e))
+            report.failed.append(failure)
+            on_file(f["id"], "failed", failure)
+            continue
+        if routed is None:
+            continue  # the route command's failure is in backoff
+        wants = {d.url: [i for i in every if routed is True or i.role in routed.get(d.url, ())] for d in destinations}
         complete = True
         for dest in destinations:
+            items = wants[dest.url]
+            if not items:
+                continue
             missing = _missing(db, f, dest.url, items)
             if not missing:
                 continue
@@ -234,18 +257,40 @@ def archive(
                 on_file(f["id"], "failed", failure)
                 continue
         if not complete:
-            complete = all(not _missing(db, f, d.url, items) for d in destinations)
+            complete = all(not _missing(db, f, d.url, wants[d.url]) for d in destinations)
         if complete and f["state"] == "processed":
             with db.transaction():
                 journal.move_file(
                     db, f["id"], "archived", now=clock(), actor=actor, expect=("processed",),
-                    detail=f"verified copies at {', '.join(d.url for d in destinations)}",
+                    detail=f"verified copies at {', '.join(d.url for d in destinations if wants[d.url])}",
                 )
             report.archived.append(f["id"])
             on_file(f["id"], "archived", None)
     if files:
         on_progress(len(files), len(files))
     return report
+
+
+def _routed(db: DB, routing: Routing | None, f, items: Sequence[Item], report: ArchiveReport, *, clock, actor, backoff, backoff_max, ignore_backoff, rng) -> dict[str, set[str]] | bool | None:
+    """Where the items of ``f`` go: True (everything everywhere: no routing), destination
+    -> item names, or None (the route command failed for it before and is in backoff).
+    Raises RouteFailed, recorded as the failure of the file's 'route_command' target."""
+    if routing is None:
+        return True
+    pairs = [(i.role, i.recipe) for i in items]
+    if not routing.command or routes_ledger.answer(db, f["id"], routing.command) is not None:
+        return routing_lib.route(db, routing, f, pairs, now=clock())
+    target = archive_targets.open_target(db, f["id"], ROUTE_COMMAND, now=clock(), actor=actor, detail="asking the route command")
+    if target["not_before"] > clock() and not ignore_backoff:
+        report.waiting += 1
+        return None
+    try:
+        out = routing_lib.route(db, routing, f, pairs, now=clock())
+    except RouteFailed as e:
+        _failed(db, target, str(e), "transient", now=clock(), actor=actor, backoff=backoff, backoff_max=backoff_max, rng=rng)
+        raise
+    archive_targets.succeeded(db, target, now=clock(), actor=actor)
+    return out
 
 
 class _Unvisited(Destination):
