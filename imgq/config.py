@@ -259,7 +259,7 @@ def load_settings(config: Path | None = None, db: str | None = None, *, config_s
             elif key == "route":
                 s.route = _route_rules(config, value)
             elif key == "route_command":
-                if isinstance(value, str) or not isinstance(value, list) or not value or not all(isinstance(a, str) and a for a in value):
+                if isinstance(value, str) or not isinstance(value, list) or not all(isinstance(a, str) and a for a in value):
                     raise UsageError(f'{config}: route_command must be a list (the program and its arguments, never run through a shell), e.g. route_command = ["/usr/local/bin/route-photo"]')
                 s.route_command = list(value)
             elif key == "enqueue":
