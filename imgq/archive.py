@@ -133,16 +133,24 @@ def _failed(db: DB, target, error: str, kind: str, *, now: float, actor: Actor, 
 # --- the step ----------------------------------------------------------------------------------
 
 
-def eligible(db: DB, destinations: Sequence[str], file_ids: Iterable[str] | None = None) -> list:
+def eligible(db: DB, destinations: Sequence[str], file_ids: Iterable[str] | None = None, routing: Routing | None = None) -> list:
     """Files to look at: processed ones, and archived ones lacking an original's copy at
-    one of ``destinations`` (a destination added later; with routing, those that may
-    take originals)."""
-    marks = ",".join("?" * len(destinations))
-    sql = (
-        "SELECT * FROM files f WHERE (f.state = 'processed' OR (f.state = 'archived' AND"
-        f" (SELECT count(DISTINCT c.destination) FROM copies c WHERE c.file_id = f.id AND c.artifact_id IS NULL AND c.destination IN ({marks})) < ?))"
-    )
-    params: list = [*destinations, len(set(destinations))]
+    one of ``destinations`` (a destination added later); with ``routing``, at one its
+    routes send the file's original to (one SQL condition: no file is looked at only to
+    find that nothing is routed to where it has no copy)."""
+    has_original = "EXISTS (SELECT 1 FROM copies c WHERE c.file_id = f.id AND c.artifact_id IS NULL AND c.destination = ?)"
+    if routing is None:
+        marks = ",".join("?" * len(destinations))
+        lacking = f"(SELECT count(DISTINCT c.destination) FROM copies c WHERE c.file_id = f.id AND c.artifact_id IS NULL AND c.destination IN ({marks})) < ?"
+        params: list = [*destinations, len(set(destinations))]
+    else:
+        terms, params = [], []
+        for url in dict.fromkeys(destinations):
+            goes, more = routing.sends_original_sql(url)
+            terms.append(f"({goes} AND NOT {has_original})")
+            params += [*more, url]
+        lacking = "(" + " OR ".join(terms) + ")" if terms else "0"
+    sql = f"SELECT * FROM files f WHERE (f.state = 'processed' OR (f.state = 'archived' AND {lacking}))"
     if file_ids is not None:
         sql += " AND f.id IN (SELECT value FROM json_each(?))"
         params.append(json.dumps(list(file_ids)))
@@ -201,8 +209,7 @@ def archive(
     sources = Sources(db, by_url, store_dir)
     if file_ids is not None:
         file_ids = list(file_ids)
-    takers = [u for u in routing.may_take_originals() if u in by_url] if routing else list(by_url)
-    files = eligible(db, takers, file_ids)
+    files = eligible(db, list(by_url), file_ids, routing)
     if file_ids is not None:
         chosen = {f["id"] for f in files}
         states = dict(db.all("SELECT id, state FROM files WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(file_ids),)))

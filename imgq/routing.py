@@ -82,6 +82,29 @@ class Routing:
             return self.urls
         return list(dict.fromkeys(r.to for r in self.rules if r.artifacts is None or ORIGINAL in r.artifacts))
 
+    def sends_original_sql(self, url: str) -> tuple[str, list]:
+        """An SQL condition on ``files f``: its routes send its original to ``url`` (the
+        rules by owner and recipe; the route command by its kept answer)."""
+        terms, params = [], []
+        for r in self.rules:
+            if r.to != url or (r.artifacts is not None and ORIGINAL not in r.artifacts):
+                continue
+            parts = ["1"]
+            if r.owners is not None:
+                parts.append("f.owner IN (SELECT value FROM json_each(?))")
+                params.append(json.dumps(sorted(r.owners)))
+            if r.recipes is not None:
+                parts.append("EXISTS (SELECT 1 FROM jobs j WHERE j.file_id = f.id AND j.state = 'done' AND j.recipe IN (SELECT value FROM json_each(?)))")
+                params.append(json.dumps(sorted(r.recipes)))
+            terms.append("(" + " AND ".join(parts) + ")")
+        if self.command:
+            terms.append(
+                "EXISTS (SELECT 1 FROM route_answers ra, json_each(ra.answer) e WHERE ra.file_id = f.id AND ra.command = ? AND e.key = ?"
+                " AND (e.type = 'null' OR EXISTS (SELECT 1 FROM json_each(e.value) i WHERE i.value = 'original')))"
+            )
+            params += [json.dumps(self.command), url]
+        return ("(" + " OR ".join(terms) + ")" if terms else "0"), params
+
     def takes(self) -> dict[str, list[str]]:
         """Per destination, what it takes, in words (for ``imgq status``)."""
         out: dict[str, list[str]] = {u: [] for u in self.urls}

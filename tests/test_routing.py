@@ -181,3 +181,24 @@ def test_a_route_command_that_fails_or_answers_garbage_is_recorded_and_retried_a
     assert run_imgq("collect").returncode == 0
     assert photos_in(inbox.root) == [] and q(db_path, "SELECT state FROM files") == [("collected",)]
     assert len(files_under(b)) == 3 and len(files_under(a)) == 3
+
+
+def test_a_rule_added_later_sends_archived_files_there_and_only_those_it_routes(tmp_path, run_imgq, db_path):
+    from imgq.archive import eligible
+    from imgq.ledger.database import DB
+
+    inbox = make_inbox(tmp_path, ("alice", ZOE))
+    a, zoe = tmp_path / "A", tmp_path / "zoe"
+    a.mkdir(), zoe.mkdir()
+    write_toml(tmp_path, f'destinations = ["{a}"]\n')
+    assert run_imgq("run", "--no-collect", inbox.root).returncode == 0
+    assert q(db_path, "SELECT DISTINCT state FROM files") == [("archived",)]
+    cfg = write_toml(tmp_path, f'destinations = ["{a}"]\n[[route]]\nto = "{zoe}"\nowners = ["{ZOE}"]\n[[route]]\nto = "{tmp_path / "web"}"\nartifacts = ["web"]\n')
+    r = routing.from_settings(None, load_settings(cfg))
+    [(zoes,)] = q(db_path, "SELECT id FROM files WHERE owner = ?", ZOE)
+    db = DB(db_path)
+    # only Zoë's file is looked at again: alice's is routed nowhere new that takes originals
+    assert [f["id"] for f in eligible(db, r.urls, routing=r)] == [zoes]
+    (tmp_path / "web").mkdir()
+    assert run_imgq("archive").returncode == 0
+    assert len(files_under(zoe)) == 3 and eligible(db, r.urls, routing=r) == []
