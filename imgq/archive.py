@@ -135,10 +135,9 @@ def _failed(db: DB, target, error: str, kind: str, *, now: float, actor: Actor, 
 
 def eligible(db: DB, destinations: Sequence[str], file_ids: Iterable[str] | None = None, routing: Routing | None = None) -> list:
     """Files to look at: processed ones, and archived ones lacking an original's copy at
-    one of ``destinations`` (a destination added later); with ``routing``, at one its
-    routes send the file's original to (one SQL condition: no file is looked at only to
-    find that nothing is routed to where it has no copy)."""
-    has_original = "EXISTS (SELECT 1 FROM copies c WHERE c.file_id = f.id AND c.artifact_id IS NULL AND c.destination = ?)"
+    one of ``destinations`` (a destination added later); with ``routing``, lacking what
+    their routes send to one of them (``Routing.lacking_sql``: no file is looked at only
+    to find that nothing is routed to where it has no copy)."""
     if routing is None:
         marks = ",".join("?" * len(destinations))
         lacking = f"(SELECT count(DISTINCT c.destination) FROM copies c WHERE c.file_id = f.id AND c.artifact_id IS NULL AND c.destination IN ({marks})) < ?"
@@ -146,9 +145,9 @@ def eligible(db: DB, destinations: Sequence[str], file_ids: Iterable[str] | None
     else:
         terms, params = [], []
         for url in dict.fromkeys(destinations):
-            goes, more = routing.sends_original_sql(url)
-            terms.append(f"({goes} AND NOT {has_original})")
-            params += [*more, url]
+            term, more = routing.lacking_sql(url)
+            terms.append(term)
+            params += more
         lacking = "(" + " OR ".join(terms) + ")" if terms else "0"
     sql = f"SELECT * FROM files f WHERE (f.state = 'processed' OR (f.state = 'archived' AND {lacking}))"
     if file_ids is not None:

@@ -82,12 +82,15 @@ class Routing:
             return self.urls
         return list(dict.fromkeys(r.to for r in self.rules if r.artifacts is None or ORIGINAL in r.artifacts))
 
-    def sends_original_sql(self, url: str) -> tuple[str, list]:
-        """An SQL condition on ``files f``: its routes send its original to ``url`` (the
-        rules by owner and recipe; the route command by its kept answer)."""
+    def lacking_sql(self, url: str) -> tuple[str, list]:
+        """An SQL condition on ``files f``: its routes send something to ``url`` that is not
+        there: the original (by a rule's owners and recipes, or the route command's kept
+        answer) without an original's copy there, or (a rule taking only artifacts) an
+        artifact it makes without any copy of the file there."""
+        original = "EXISTS (SELECT 1 FROM copies c WHERE c.file_id = f.id AND c.artifact_id IS NULL AND c.destination = ?)"
         terms, params = [], []
         for r in self.rules:
-            if r.to != url or (r.artifacts is not None and ORIGINAL not in r.artifacts):
+            if r.to != url:
                 continue
             parts = ["1"]
             if r.owners is not None:
@@ -96,13 +99,23 @@ class Routing:
             if r.recipes is not None:
                 parts.append("EXISTS (SELECT 1 FROM jobs j WHERE j.file_id = f.id AND j.state = 'done' AND j.recipe IN (SELECT value FROM json_each(?)))")
                 params.append(json.dumps(sorted(r.recipes)))
+            if r.artifacts is None or ORIGINAL in r.artifacts:
+                parts.append(f"NOT {original}")
+            else:
+                parts.append(
+                    "EXISTS (SELECT 1 FROM artifacts a JOIN jobs j ON j.id = a.job_id WHERE a.file_id = f.id AND j.state = 'done'"
+                    " AND a.name IN (SELECT value FROM json_each(?)))"
+                    " AND NOT EXISTS (SELECT 1 FROM copies c WHERE c.file_id = f.id AND c.destination = ?)"
+                )
+                params.append(json.dumps(sorted(r.artifacts)))
+            params.append(url)
             terms.append("(" + " AND ".join(parts) + ")")
         if self.command:
             terms.append(
-                "EXISTS (SELECT 1 FROM route_answers ra, json_each(ra.answer) e WHERE ra.file_id = f.id AND ra.command = ? AND e.key = ?"
-                " AND (e.type = 'null' OR EXISTS (SELECT 1 FROM json_each(e.value) i WHERE i.value = 'original')))"
+                "(EXISTS (SELECT 1 FROM route_answers ra, json_each(ra.answer) e WHERE ra.file_id = f.id AND ra.command = ? AND e.key = ?"
+                f" AND (e.type = 'null' OR EXISTS (SELECT 1 FROM json_each(e.value) i WHERE i.value = 'original'))) AND NOT {original})"
             )
-            params += [json.dumps(self.command), url]
+            params += [json.dumps(self.command), url, url]
         return ("(" + " OR ".join(terms) + ")" if terms else "0"), params
 
     def takes(self) -> dict[str, list[str]]:

@@ -183,7 +183,7 @@ def test_a_route_command_that_fails_or_answers_garbage_is_recorded_and_retried_a
     assert len(files_under(b)) == 3 and len(files_under(a)) == 3
 
 
-def test_a_rule_added_later_sends_archived_files_there_and_only_those_it_routes(tmp_path, run_imgq, db_path):
+def test_rules_added_later_send_archived_files_there_and_only_those_they_route(tmp_path, run_imgq, db_path):
     from imgq.archive import eligible
     from imgq.ledger.database import DB
 
@@ -197,8 +197,9 @@ def test_a_rule_added_later_sends_archived_files_there_and_only_those_it_routes(
     r = routing.from_settings(None, load_settings(cfg))
     [(zoes,)] = q(db_path, "SELECT id FROM files WHERE owner = ?", ZOE)
     db = DB(db_path)
-    # only Zoë's file is looked at again: alice's is routed nowhere new that takes originals
-    assert [f["id"] for f in eligible(db, r.urls, routing=r)] == [zoes]
+    # Zoë's file for her share, and both for the web server added later; nothing else
+    assert [f["id"] for f in eligible(db, [str(a), str(zoe)], routing=r)] == [zoes]
+    assert len(eligible(db, r.urls, routing=r)) == 2
     (tmp_path / "web").mkdir()
     assert run_imgq("archive").returncode == 0
-    assert len(files_under(zoe)) == 3 and eligible(db, r.urls, routing=r) == []
+    assert len(files_under(zoe)) == 3 and len(files_under(tmp_path / "web")) == 2 and eligible(db, r.urls, routing=r) == []
