@@ -48,8 +48,11 @@ from imgq.destinations import (
     physical,
 )
 from imgq.backoff import delay as backoff_delay
-from imgq.errors import ImgqError, classify
+from imgq.errors import ImgqError, RouteFailed, classify
 from imgq.ledger import archive_targets, copies, hooks, journal
+from imgq.ledger import routes as routes_ledger
+from imgq.routing import ROUTE_COMMAND, Routing
+from imgq import routing as routing_lib
 from imgq.ledger.database import DB
 from imgq.ledger.journal import Actor
 
@@ -131,15 +134,23 @@ def _failed(db: DB, target, error: str, kind: str, *, now: float, actor: Actor, 
 # --- the step ----------------------------------------------------------------------------------
 
 
-def eligible(db: DB, destinations: Sequence[str], file_ids: Iterable[str] | None = None) -> list:
+def eligible(db: DB, destinations: Sequence[str], file_ids: Iterable[str] | None = None, routing: Routing | None = None) -> list:
     """Files to look at: processed ones, and archived ones lacking an original's copy at
-    one of ``destinations`` (a destination added later)."""
-    marks = ",".join("?" * len(destinations))
-    sql = (
-        "SELECT * FROM files f WHERE (f.state = 'processed' OR (f.state = 'archived' AND"
-        f" (SELECT count(DISTINCT c.destination) FROM copies c WHERE c.file_id = f.id AND c.artifact_id IS NULL AND c.destination IN ({marks})) < ?))"
-    )
-    params: list = [*destinations, len(set(destinations))]
+    one of ``destinations`` (a destination added later); with ``routing``, lacking what
+    their routes send to one of them (``Routing.lacking_sql``: no file is looked at only
+    to find that nothing is routed to where it has no copy)."""
+    if routing is None:
+        marks = ",".join("?" * len(destinations))
+        lacking = f"(SELECT count(DISTINCT c.destination) FROM copies c WHERE c.file_id = f.id AND c.artifact_id IS NULL AND c.destination IN ({marks})) < ?"
+        params: list = [*destinations, len(set(destinations))]
+    else:
+        terms, params = [], []
+        for url in dict.fromkeys(destinations):
+            term, more = routing.lacking_sql(url)
+            terms.append(term)
+            params += more
+        lacking = "(" + " OR ".join(terms) + ")" if terms else "0"
+    sql = f"SELECT * FROM files f WHERE (f.state = 'processed' OR (f.state = 'archived' AND {lacking}))"
     if file_ids is not None:
         sql += " AND f.id IN (SELECT value FROM json_each(?))"
         params.append(json.dumps(list(file_ids)))
@@ -164,8 +175,13 @@ def archive(
     stop: Callable[[], bool] = lambda: False,
     on_archived: Sequence[str] = (),
     hook_timeout: float = 60.0,
+    routing: Routing | None = None,
 ) -> ArchiveReport:
-    """Copy every eligible file (see ``eligible``) to every destination, verified.
+    """Copy every eligible file (see ``eligible``) to every destination, verified; with
+    ``routing`` (``imgq.routing``), each item only to the destinations it routes it to,
+    and a file is archived when each is verified wherever it is routed. A route command
+    that fails for a file fails that file's archive (target 'route_command', transient,
+    retried with backoff); its other files go on.
 
     With ``on_archived`` (an argv), each verified copy of a file's original at a
     destination queues that command (``imgq.archive_hook``), run once the file's copies
@@ -200,7 +216,7 @@ def archive(
     sources = Sources(db, by_url, store_dir)
     if file_ids is not None:
         file_ids = list(file_ids)
-    files = eligible(db, list(by_url), file_ids)
+    files = eligible(db, list(by_url), file_ids, routing)
     if file_ids is not None:
         chosen = {f["id"] for f in files}
         states = dict(db.all("SELECT id, state FROM files WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(file_ids),)))
@@ -210,9 +226,22 @@ def archive(
             report.stopped = True
             break
         on_progress(n, len(files))
-        items = items_of(db, f, store_dir)
+        every = items_of(db, f, store_dir)
+        try:
+            routed = _routed(db, routing, f, every, report, clock=clock, actor=actor, backoff=backoff, backoff_max=backoff_max, ignore_backoff=ignore_backoff, rng=rng)
+        except RouteFailed as e:
+            failure = Failure(f["id"], ROUTE_COMMAND, str(e))
+            report.failed.append(failure)
+            on_file(f["id"], "failed", failure)
+            continue
+        if routed is None:
+            continue  # the route command's failure is in backoff
+        wants = {d.url: [i for i in every if routed is True or i.role in routed.get(d.url, ())] for d in destinations}
         complete = True
         for dest in destinations:
+            items = wants[dest.url]
+            if not items:
+                continue
             missing = _missing(db, f, dest.url, items)
             if not missing:
                 continue
@@ -242,12 +271,12 @@ def archive(
                 on_file(f["id"], "failed", failure)
                 continue
         if not complete:
-            complete = all(not _missing(db, f, d.url, items) for d in destinations)
+            complete = all(not _missing(db, f, d.url, wants[d.url]) for d in destinations)
         if complete and f["state"] == "processed":
             with db.transaction():
                 journal.move_file(
                     db, f["id"], "archived", now=clock(), actor=actor, expect=("processed",),
-                    detail=f"verified copies at {', '.join(d.url for d in destinations)}",
+                    detail=f"verified copies at {', '.join(d.url for d in destinations if wants[d.url])}",
                 )
             report.archived.append(f["id"])
             on_file(f["id"], "archived", None)
@@ -262,6 +291,28 @@ def archive(
 
 def _run_hooks(db: DB, report: ArchiveReport, **kw) -> None:
     archive_hook.run_due(db, report=report.hooks, **kw)
+
+
+def _routed(db: DB, routing: Routing | None, f, items: Sequence[Item], report: ArchiveReport, *, clock, actor, backoff, backoff_max, ignore_backoff, rng) -> dict[str, set[str]] | bool | None:
+    """Where the items of ``f`` go: True (everything everywhere: no routing), destination
+    -> item names, or None (the route command failed for it before and is in backoff).
+    Raises RouteFailed, recorded as the failure of the file's 'route_command' target."""
+    if routing is None:
+        return True
+    pairs = [(i.role, i.recipe) for i in items]
+    if not routing.command or routes_ledger.answer(db, f["id"], routing.command) is not None:
+        return routing_lib.route(db, routing, f, pairs, now=clock())
+    target = archive_targets.open_target(db, f["id"], ROUTE_COMMAND, now=clock(), actor=actor, detail="asking the route command")
+    if target["not_before"] > clock() and not ignore_backoff:
+        report.waiting += 1
+        return None
+    try:
+        out = routing_lib.route(db, routing, f, pairs, now=clock())
+    except RouteFailed as e:
+        _failed(db, target, str(e), "transient", now=clock(), actor=actor, backoff=backoff, backoff_max=backoff_max, rng=rng)
+        raise
+    archive_targets.succeeded(db, target, now=clock(), actor=actor)
+    return out
 
 
 class _Unvisited(Destination):

@@ -25,6 +25,7 @@ from imgq.ledger.database import DB
 from imgq.destinations import Destination, LocalDestination
 from imgq.errors import Exit
 from imgq.ledger.journal import Actor
+from imgq.routing import Routing
 
 
 @dataclasses.dataclass
@@ -38,6 +39,7 @@ class RunOptions:
     dry_run: bool = False  # on a ScratchDB: work is not run (see run())
     publish_to: Path | None = None  # the gallery, brought up to date after archive and collect
     publish: publish_step.PublishOptions = dataclasses.field(default_factory=publish_step.PublishOptions)
+    routing: Routing | None = None  # what goes where (imgq.routing); None: everything to each destination
 
 
 @dataclasses.dataclass
@@ -159,6 +161,7 @@ def run(
         stop=stop,
         on_archived=settings.on_archived,
         hook_timeout=settings.on_archived_timeout,
+        routing=opts.routing,
     )
     on_step("archive", report.archive)
 
@@ -176,6 +179,7 @@ def run(
             actor=Actor(name="run:collect"),
             dry_run=opts.dry_run,
             assume=report.archive.planned,
+            routing=opts.routing,
         )
         on_step("collect", report.collect)
     if opts.publish_to is not None and not stop():

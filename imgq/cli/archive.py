@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from imgq import archive as archive_lib
-from imgq import destinations
+from imgq import destinations, routing
 from imgq.cli import common
 from imgq.cli.options import AcceptNewOpt, SshConfigOpt, ToOpt, dry_run_option
 from imgq.errors import Exit, UsageError
@@ -38,12 +38,15 @@ def archive(
 ) -> None:
     """Copy processed originals and their artifacts to every destination, verified.
 
+    Without --to, the destinations and [[route]] rules of imgq.toml (and its
+    route_command) say what goes where; --to sends everything to each, overriding them.
+
     Layout: DEST/YYYY/YYYY-MM-DD/OWNER/NAME with the artifacts beside the original
     (NAME.thumb.jpg, NAME.web.jpg). Each copy is written under a temporary name, fsynced,
     read back and its sha256 compared, then renamed into place and recorded. A
     destination that is down or full fails only its own copies, which are retried with
     backoff on later runs. A file becomes archived when every destination holds a
-    verified copy of it and of all its artifacts; prints the id of each such file.
+    verified copy of it and of all its artifacts (routed: wherever its routes send each); prints the id of each such file.
 
     With --verify: re-reads every recorded copy, re-makes missing or corrupt ones from the
     original, the artifact store or another good copy, and prints the id of each file
@@ -66,13 +69,13 @@ def archive(
             if verify:
                 code = _verify(database, settings, dests, wanted, json, run, dry_run)
             else:
-                code = _archive(database, settings, dests, wanted, json, retry_now, run, dry_run)
+                code = _archive(database, settings, dests, wanted, json, retry_now, run, dry_run, routing.from_settings(to, settings))
             run["exit_code"] = code
     finally:
         destinations.close_all(dests)
 
 
-def _archive(database, settings, dests, wanted, json, retry_now, run, dry_run) -> int:
+def _archive(database, settings, dests, wanted, json, retry_now, run, dry_run, routes=None) -> int:
     def on_file(file_id, what, info):
         if what == "archived":
             common.out_json({"id": file_id, "state": "archived"}) if json else common.out(file_id)
@@ -102,6 +105,7 @@ def _archive(database, settings, dests, wanted, json, retry_now, run, dry_run) -
             dry_run=dry_run,
             on_archived=settings.on_archived,
             hook_timeout=settings.on_archived_timeout,
+            routing=routes,
         )
     return _render(report, run, started, dry_run)
 

@@ -570,10 +570,20 @@ def _m16_archive_hooks(db: "sqlite_utils.Database") -> None:
     db.execute("CREATE INDEX idx_archive_hooks_due ON archive_hooks (not_before) WHERE state = 'pending'")
 
 
+def _m17_route_answers(db: "sqlite_utils.Database") -> None:
+    # The route command's answer for each file (route_command in imgq.toml), kept so that
+    # it is asked once per file and collect knows where the original was sent without
+    # asking again; ``command`` is the argv (JSON) that answered: another command asks again.
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS route_answers (file_id TEXT PRIMARY KEY REFERENCES files(id), command TEXT NOT NULL,"
+        " answer TEXT NOT NULL, decided_at REAL NOT NULL)"
+    )
+
+
 MIGRATIONS: list[Callable[["sqlite_utils.Database"], None]] = [
     _m1_core, _m2_archive, _m3_faces, _m4_job_stages, _m5_hosts, _m6_destination_identity, _m7_meta, _m8_archive_target_states,
     _m9_views, _m10_journal_at_scale, _m11_owner_spellings, _m12_retry_for_a_time, _m13_run_of_each_event, _m14_video,
-    _m15_photos_of_every_kind, _m16_archive_hooks,
+    _m15_photos_of_every_kind, _m16_archive_hooks, _m17_route_answers,
 ]
 
 
