@@ -7,7 +7,6 @@ import time
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
 from imgq import status as status_lib
 from imgq.report import running_time
@@ -35,7 +34,7 @@ def status(
     the same facts as one JSON object for scripts.
     """
     database = common.Invocation("status", db, config).database
-    console = common.stdout()
+    console = None if json else common.stdout()  # rich only draws for people
     while True:
         snap = status_lib.snapshot(database, now=time.time(), failures=failures)
         if json:
@@ -54,6 +53,8 @@ def status(
 
 def render(console, snap: dict) -> None:
     """Draw a snapshot as tables for a person."""
+    from rich.table import Table  # not for --json
+
     t = Table(title="files", title_justify="left", show_edge=False)
     for s in snap["files"]:
         t.add_column(s, justify="right")
@@ -103,6 +104,8 @@ def render(console, snap: dict) -> None:
 def _render_fleet(console, fleet: list[dict]) -> None:
     """The hosts of `imgq work --hosts` and agents that connected to `--listen`: state
     (benched, and why; where a connect-back agent connected from), slots, jobs, recent rate."""
+    from rich.table import Table
+
     t = Table(title="hosts", title_justify="left", show_edge=False)
     for col in ("host", "state", "slots", "done", "in flight", "per min (5m)", "why"):
         t.add_column(col, justify="left" if col in ("host", "state", "why") else "right")
@@ -116,6 +119,8 @@ def _render_archive(console, archive: dict, collect: dict) -> None:
     """Archive destinations (copies, failing, last error) and why originals stay in the inbox."""
     dests = archive.get("destinations") or []
     if dests:
+        from rich.table import Table
+
         t = Table(title="archive", title_justify="left", show_edge=False)
         for col in ("destination", "copies", "MB", "failing", "in backoff", "last error"):
             t.add_column(col, justify="left" if col in ("destination", "last error") else "right")
