@@ -32,7 +32,7 @@ import random
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from imgq import overlap
+from imgq import archive_hook, overlap
 from imgq.archive_copies import ORIGINAL, Item, Sources, copy_item, items_of
 from imgq.archive_names import owner_of, plan, release, reserved
 from imgq.destinations import (
@@ -49,7 +49,7 @@ from imgq.destinations import (
 )
 from imgq.backoff import delay as backoff_delay
 from imgq.errors import ImgqError, classify
-from imgq.ledger import archive_targets, copies, journal
+from imgq.ledger import archive_targets, copies, hooks, journal
 from imgq.ledger.database import DB
 from imgq.ledger.journal import Actor
 
@@ -79,6 +79,7 @@ class ArchiveReport:
     planned: dict[tuple[str, str], Found] = dataclasses.field(default_factory=dict)
     plan: list[tuple[str, str, str, str]] = dataclasses.field(default_factory=list)  # dry run: (file id, destination, path, 'would copy' or 'found')
     stopped: bool = False  # ``stop()`` said so between two files: the rest is left to the next archive
+    hooks: archive_hook.HookReport = dataclasses.field(default_factory=archive_hook.HookReport)  # on_archived runs
 
 
 @dataclasses.dataclass
@@ -161,8 +162,15 @@ def archive(
     on_progress: Callable[[int, int], None] = lambda done, total: None,
     dry_run: bool = False,
     stop: Callable[[], bool] = lambda: False,
+    on_archived: Sequence[str] = (),
+    hook_timeout: float = 60.0,
 ) -> ArchiveReport:
     """Copy every eligible file (see ``eligible``) to every destination, verified.
+
+    With ``on_archived`` (an argv), each verified copy of a file's original at a
+    destination queues that command (``imgq.archive_hook``), run once the file's copies
+    are done and, if it fails, again by a later archive after a backoff; the copies do not
+    depend on it. Due retries run at the end, after every file.
 
     ``on_file(file_id, what, info)`` is told 'archived', 'failed' (info: Failure) and
     'copied' (info: (destination, path, how)) as they happen; ``on_progress(done,
@@ -221,7 +229,7 @@ def archive(
                 if dry_run:
                     _plan_missing(db, dest, phys.identity.get(dest.url), f, items, missing, report, clock=clock, on_file=on_file)
                 else:
-                    _copy_missing(db, dest, phys.identity.get(dest.url), f, items, missing, sources, report, clock=clock, on_file=on_file)
+                    _copy_missing(db, dest, phys.identity.get(dest.url), f, items, missing, sources, report, clock=clock, on_file=on_file, on_archived=on_archived, actor=actor)
                 archive_targets.succeeded(db, target, now=clock(), actor=actor)
             except (ImgqError, OSError) as e:
                 text = str(e) if isinstance(e, ImgqError) else f"{dest.url}: {e}"
@@ -243,9 +251,17 @@ def archive(
                 )
             report.archived.append(f["id"])
             on_file(f["id"], "archived", None)
+        if on_archived and not dry_run:
+            _run_hooks(db, report, clock=clock, timeout=hook_timeout, backoff=backoff, backoff_max=backoff_max, rng=rng, actor=actor, file_id=f["id"])
     if files:
         on_progress(len(files), len(files))
+    if on_archived and not dry_run:  # earlier archives' failed hooks whose backoff is over
+        _run_hooks(db, report, clock=clock, timeout=hook_timeout, backoff=backoff, backoff_max=backoff_max, rng=rng, actor=actor, ignore_backoff=ignore_backoff)
     return report
+
+
+def _run_hooks(db: DB, report: ArchiveReport, **kw) -> None:
+    archive_hook.run_due(db, report=report.hooks, **kw)
 
 
 class _Unvisited(Destination):
@@ -292,7 +308,7 @@ def _sweep(destinations: Sequence[Destination], phys: Physical, report: ArchiveR
             pass  # the copies themselves will say what is wrong with this destination
 
 
-def _copy_missing(db: DB, dest: Destination, ident: str | None, f, items, missing, sources: Sources, report: ArchiveReport, *, clock, on_file) -> None:
+def _copy_missing(db: DB, dest: Destination, ident: str | None, f, items, missing, sources: Sources, report: ArchiveReport, *, clock, on_file, on_archived=(), actor: Actor = Actor()) -> None:
     """Copy what ``dest`` lacks of one file, recording each copy as soon as it is verified.
 
     A reserved name found holding another file (NameTaken: on a case-insensitive
@@ -306,6 +322,8 @@ def _copy_missing(db: DB, dest: Destination, ident: str | None, f, items, missin
             for item in missing:
                 how = copy_item(dest, f["id"], item, paths[item.role], sources)
                 _record_copy(db, f["id"], item, dest.url, paths[item.role], now=clock(), ident=ident)
+                if on_archived and item.role == ORIGINAL:
+                    hooks.queue(db, f["id"], dest.url, paths[item.role], archive_hook.command_for(on_archived, f["id"], dest.url, paths[item.role]), now=clock(), actor=actor)
                 if how == "found":
                     report.found += 1
                 else:
@@ -491,5 +509,7 @@ def summary(report: ArchiveReport) -> dict:
         "down": sorted(report.down),
         "swept": len(report.swept),
         "aliases": [list(a) for a in report.aliases],
+        "hooks_ran": report.hooks.ran,
+        "hooks_failed": len(report.hooks.failed),
     }
 

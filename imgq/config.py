@@ -74,6 +74,10 @@ class Settings:
         default_factory=lambda: {k: dict(v) for k, v in DEFAULT_RECIPES.items()}
     )
     destinations: list[str] = dataclasses.field(default_factory=list)
+    # archive runs this argv (never a shell) with FILE_ID DESTINATION PATH appended after
+    # each verified copy of an original at a destination; failures are retried with backoff
+    on_archived: list[str] = dataclasses.field(default_factory=list)
+    on_archived_timeout: float = 60.0  # seconds before a running on_archived is killed (a failure)
     # where `imgq run` publishes the gallery after each run (its --publish); relative to imgq.toml
     publish: Path | None = None
     # the recipes `imgq enqueue` applies when given no --recipe or --op
@@ -112,6 +116,7 @@ _SCALARS = {
     "split_pixels": int,
     "split_stripes": int,
     "split_seconds": float,
+    "on_archived_timeout": float,
 }
 
 
@@ -206,6 +211,10 @@ def load_settings(config: Path | None = None, db: str | None = None, *, config_s
                     s.sources[f"recipes.{name}"] = where
             elif key == "destinations":
                 s.destinations = [str(d) for d in value]
+            elif key == "on_archived":
+                if not isinstance(value, list) or not value or not all(isinstance(a, str) and a for a in value):
+                    raise UsageError(f'{config}: on_archived must be a command as a list of strings (never a shell string), e.g. on_archived = ["/usr/local/bin/catalogue", "--add"]')
+                s.on_archived = list(value)
             elif key == "enqueue":
                 if not isinstance(value, list) or not value or not all(isinstance(n, str) for n in value):
                     raise UsageError(f'{config}: enqueue must be a list of recipe names, e.g. enqueue = ["default", "people"]')

@@ -157,6 +157,8 @@ def run(
         dry_run=opts.dry_run,
         on_progress=functools.partial(on_progress, "archive"),
         stop=stop,
+        on_archived=settings.on_archived,
+        hook_timeout=settings.on_archived_timeout,
     )
     on_step("archive", report.archive)
 

@@ -100,6 +100,8 @@ def _archive(database, settings, dests, wanted, json, retry_now, run, dry_run) -
             on_file=on_file,
             on_progress=meter,
             dry_run=dry_run,
+            on_archived=settings.on_archived,
+            hook_timeout=settings.on_archived_timeout,
         )
     return _render(report, run, started, dry_run)
 
@@ -119,6 +121,7 @@ def _render(report, run, started, dry_run) -> int:
         common.warn(f"destination unavailable: {why}; {n} file(s) will be retried there with backoff")
     if report.waiting:
         common.note(f"{report.waiting} copy task(s) still in backoff after earlier failures (see imgq status; --retry-now to try now)")
+    render_hooks(report.hooks)
     run["counts"] = archive_lib.summary(report)
     common.summary(
         f"archive: {len(report.archived)} {'would be archived' if dry_run else 'archived'}, {report.copied} {'to copy' if dry_run else 'copied'} ({report.bytes / 1e6:.1f} MB), "
@@ -126,6 +129,14 @@ def _render(report, run, started, dry_run) -> int:
     )
     unknown = any(state is None for _, state in report.skipped)
     return int(Exit.USAGE) if unknown else int(Exit.SOME_FAILED) if report.failed else 0
+
+
+def render_hooks(hooks) -> None:
+    """on_archived's failures on stderr: the copies stand, the hook is run again later."""
+    for file_id, url, why in hooks.failed:
+        common.warn(f"{file_id}: copied to {url}, but {why}; run again by a later archive")
+    if hooks.failed:
+        common.note(f"{hooks.waiting} on_archived run(s) pending, retried with backoff by later archives (table archive_hooks)")
 
 
 def _verify(database, settings, dests, wanted, json, run, dry_run=False) -> int:

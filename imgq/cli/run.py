@@ -139,6 +139,8 @@ def run(
                 common.note(f"archive: {url} is the same destination as {same} (one folder reached two ways): archived to once, counted as one copy")
             for url, rel in result.swept:
                 common.note(f"archive: {url}: removed {rel}, left by a copy that was killed")
+            for file_id, url, why in result.hooks.failed:
+                common.warn(f"archive: {file_id}: copied to {url}, but {why}; run again by a later archive")
         elif step == "collect":
             for v in result.problems:
                 common.warn(f"collect: keeping {v.path}: {v.reason}")
