@@ -3,6 +3,7 @@
 The shell completions ask ``imgq complete-values …`` on every Tab: that is answered here,
 before the command line is imported (typer, rich and the ledger take a quarter of a
 second), by the same function as the hidden command in ``imgq.cli.complete_values``.
+``imgq --version`` is answered here too, for the same reason.
 """
 
 import sys
@@ -10,6 +11,11 @@ import sys
 
 def main() -> None:
     argv = sys.argv[1:]
+    if argv == ["--version"]:  # as `imgq --version` always answered, without building the CLI
+        from imgq import __version__
+
+        sys.stdout.write(f"imgq {__version__}\n")
+        sys.exit(0)
     if argv[:1] == ["complete-values"]:
         from imgq import completion
 

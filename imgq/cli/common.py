@@ -14,15 +14,18 @@ import re
 import sqlite3
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
 
 from imgq.ledger import journal, runs
 from imgq.config import DEFAULTS, Settings, load_settings, locate_config
 from imgq.ledger.database import DB, ScratchDB, lock_path
 from imgq.errors import Busy, Exit, ImgqError, NoDatabase, NotFound, UsageError
 from imgq.cli.options import ConfigOpt, DbOpt, JsonOpt, WaitOpt  # noqa: F401  (cli/archive.py reads them here)
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 # What the root options (before the command) set, and what the command learned:
 #   debug        --debug or IMGQ_DEBUG=1: tracebacks
@@ -37,8 +40,14 @@ state: dict = {"debug": False, "verbosity": 0, "global_db": None, "global_config
 CREATES_DATABASE = frozenset({"scan", "enqueue", "work", "archive", "run"})
 
 
+# rich is imported by the functions that draw (stderr, stdout, progress), not here: a
+# command that prints only ids and lines (scan, enqueue from cron) starts without it.
+
+
 def stderr() -> Console:
     """The console for people: stderr, colour only on a terminal and never with NO_COLOR."""
+    from rich.console import Console
+
     return Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False)
 
 
@@ -51,15 +60,16 @@ class ReaderGone(Exception):
     exit_code = 0
 
 
-class _StdoutConsole(Console):
-    def on_broken_pipe(self) -> None:
-        # rich exits 1 when the reader goes away (imgq status | head); imgq stops quietly with 0
-        self.quiet = True
-        raise ReaderGone()
-
-
 def stdout() -> Console:
     """A console for reports people read on stdout (status, report): plain when piped."""
+    from rich.console import Console
+
+    class _StdoutConsole(Console):
+        def on_broken_pipe(self) -> None:
+            # rich exits 1 when the reader goes away (imgq status | head); imgq stops quietly with 0
+            self.quiet = True
+            raise ReaderGone()
+
     console = _StdoutConsole(no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False)
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console.width = 160  # a log or a mail: no terminal to fit, keep reasons on one line

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import re
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import click
 import typer
 from typer.core import TyperCommand
+
+if TYPE_CHECKING:
+    import click
 
 
 def first_sentence(text: str | None) -> str:
@@ -34,10 +36,17 @@ def first_sentence(text: str | None) -> str:
 def _word_for(param: click.Parameter) -> str:
     desc = getattr(param, "type_descriptor", None)
     annotation = getattr(desc, "annotation", None)
-    if annotation is int or getattr(param, "type", None) is click.INT or isinstance(getattr(param, "type", None), click.IntRange):
+    if annotation is int:
         return "N"
-    if annotation is float or isinstance(getattr(param, "type", None), (click.FloatRange,)) or getattr(param, "type", None) is click.FLOAT:
+    if annotation is float:
         return "NUMBER"
+    if desc is None:  # a Typer before 0.29 gives its options Click's types
+        import click  # only for --help: click costs a start 10 ms
+
+        if param.type is click.INT or isinstance(param.type, click.IntRange):
+            return "N"
+        if param.type is click.FLOAT or isinstance(param.type, click.FloatRange):
+            return "NUMBER"
     if getattr(desc, "is_path", False):
         return "PATH"
     return "TEXT"

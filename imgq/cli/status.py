@@ -7,7 +7,6 @@ import time
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
 from imgq import status as status_lib
 from imgq import routing
@@ -39,7 +38,7 @@ def status(
     database = inv.database
     routes = routing.from_settings(None, inv.settings)
     takes = routes.takes() if routes else None
-    console = common.stdout()
+    console = None if json else common.stdout()  # rich only draws for people
     while True:
         snap = status_lib.snapshot(database, now=time.time(), failures=failures, takes=takes)
         if json:
@@ -58,6 +57,8 @@ def status(
 
 def render(console, snap: dict) -> None:
     """Draw a snapshot as tables for a person."""
+    from rich.table import Table  # not for --json
+
     t = Table(title="files", title_justify="left", show_edge=False)
     for s in snap["files"]:
         t.add_column(s, justify="right")
@@ -107,6 +108,8 @@ def render(console, snap: dict) -> None:
 def _render_fleet(console, fleet: list[dict]) -> None:
     """The hosts of `imgq work --hosts` and agents that connected to `--listen`: state
     (benched, and why; where a connect-back agent connected from), slots, jobs, recent rate."""
+    from rich.table import Table
+
     t = Table(title="hosts", title_justify="left", show_edge=False)
     for col in ("host", "state", "slots", "done", "in flight", "per min (5m)", "why"):
         t.add_column(col, justify="left" if col in ("host", "state", "why") else "right")
@@ -120,6 +123,8 @@ def _render_archive(console, archive: dict, collect: dict) -> None:
     """Archive destinations (copies, failing, last error) and why originals stay in the inbox."""
     dests = archive.get("destinations") or []
     if dests:
+        from rich.table import Table
+
         t = Table(title="archive", title_justify="left", show_edge=False)
         routed = any("takes" in d for d in dests)
         for col in ("destination",) + (("takes",) if routed else ()) + ("copies", "MB", "failing", "in backoff", "last error"):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from imgq import recipes
 from imgq.ledger.database import DB
 
 NO_FACES = "no_faces"
@@ -74,6 +73,8 @@ def record(
             [(cur.lastrowid, file_id, job_id, *box) for box in boxes],
         )
         total += len(boxes)
+    from imgq import recipes  # the operations behind it (Pillow, OpenCV): not for `imgq status`
+
     _, options = recipes.split_spec(spec)
     policy = options["on_no_faces"]
     if policy != "keep" and found_none(result):

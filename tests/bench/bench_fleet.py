@@ -34,6 +34,11 @@ REPO = Path(__file__).resolve().parents[2]
 TINY_VERSION = 1
 
 
+# What the part needs to run here (bin/bench --check): see bench_local; the host is the
+# tests' sshd helper (tests/sshhosts.py, which imports pytest)
+NEEDS = {"modules": ["pytest", "sshhosts", "PIL", "imgq.samples"], "programs": ["/usr/sbin/sshd", "ssh", "ssh-keygen"], "optional": [], "root": True}
+
+
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     g = ap.add_argument_group("fleet")
     g.add_argument("--fleet-photos", type=int, default=96, metavar="N", help="camera-size photos for the throughput comparison (default 96)")

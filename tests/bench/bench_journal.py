@@ -25,6 +25,10 @@ READ_TARGET = 0.3
 NO_OP_TARGET = 1.0
 
 
+# What the part needs to run here (bin/bench --check): see bench_local
+NEEDS = {"modules": ["journal_sample"], "programs": [], "optional": [], "root": False}
+
+
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--journal-files", type=int, default=100_000, metavar="N", help="journal: files in the generated journal (default 100000)")
 

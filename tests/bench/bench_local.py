@@ -316,6 +316,11 @@ def check_outputs(photos, outputs: dict, *, upright_check: bool) -> list[str]:
 # --------------------------------------------------------------------------- the part
 
 
+# What the part needs to run here (bin/bench --check): Python modules, programs it cannot
+# do without, programs whose methods are skipped when missing, root
+NEEDS = {"modules": ["PIL", "numpy", "imgq.samples"], "programs": [], "optional": ["parallel", "vipsthumbnail", "convert"], "root": False}
+
+
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     g = ap.add_argument_group("local")
     g.add_argument("--photos", type=int, default=64, metavar="N", help="photos in the generated set (>= 24; default 64)")

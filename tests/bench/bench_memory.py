@@ -122,6 +122,10 @@ def child_main(argv) -> int:
     return 0
 
 
+# What the part needs to run here (bin/bench --check): see bench_local
+NEEDS = {"modules": ["PIL", "numpy", "imgq.samples", "imgq.work"], "programs": [], "optional": [], "root": False}
+
+
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     pass
 

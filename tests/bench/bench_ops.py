@@ -324,6 +324,11 @@ def faces_through_imgq(data: dict, work: Path, jobs: int) -> dict:
 # --------------------------------------------------------------------------- the part
 
 
+# What the part needs to run here (bin/bench --check): see bench_local; scikit-image
+# holds the astronaut, the one real face the face check has
+NEEDS = {"modules": ["PIL", "numpy", "cv2", "skimage.data", "imgq.ops", "imgq.samples"], "programs": [], "optional": [], "root": False}
+
+
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     g = ap.add_argument_group("ops")
     g.add_argument("--ops-sets", default="tokyo,crops", help="comma-separated subset of tokyo,crops (default: both)")

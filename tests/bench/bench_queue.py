@@ -246,6 +246,10 @@ def _child_result(target, args):
 # --------------------------------------------------------------------------- the part
 
 
+# What the part needs to run here (bin/bench --check): see bench_local
+NEEDS = {"modules": ["imgq.ledger.queue"], "programs": [], "optional": [], "root": False}
+
+
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     g = ap.add_argument_group("queue")
     g.add_argument("--queue-jobs", type=int, default=20_000, metavar="N", help="no-op jobs drained per measurement (default 20000)")

@@ -20,6 +20,10 @@ from pathlib import Path
 SIZE = (12288, 8192)  # 100.7 MP
 
 
+# What the part needs to run here (bin/bench --check): see bench_local
+NEEDS = {"modules": ["PIL", "numpy", "imgq.samples"], "programs": [], "optional": [], "root": False}
+
+
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--split-op", default="bilateral", metavar="CHAIN", help="operation chain for the split part (default: bilateral)")
 

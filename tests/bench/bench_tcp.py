@@ -27,6 +27,10 @@ REPO = Path(__file__).resolve().parents[2]
 TINY_OP = "fit:32x32"
 
 
+# What the part needs to run here (bin/bench --check): see bench_fleet
+NEEDS = {"modules": ["pytest", "sshhosts", "PIL", "imgq.samples"], "programs": ["/usr/sbin/sshd", "ssh", "ssh-keygen"], "optional": [], "root": True}
+
+
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     g = ap.add_argument_group("tcp")
     g.add_argument("--tcp-photos", type=int, default=96, metavar="N", help="camera-size photos (default 96)")

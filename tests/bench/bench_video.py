@@ -30,6 +30,10 @@ FFMPEG_JOB = (
 )
 
 
+# What the part needs to run here (bin/bench --check): see bench_local
+NEEDS = {"modules": ["imgq.imaging.video_encode"], "programs": ["ffmpeg", "parallel"], "optional": [], "root": False}
+
+
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--video-clips", type=int, default=10, metavar="N", help="video: clips in the throughput comparison (default 10)")
     ap.add_argument("--video-seconds", type=float, default=30, metavar="S", help="video: seconds each clip runs (default 30)")

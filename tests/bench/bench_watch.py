@@ -32,6 +32,10 @@ from pathlib import Path
 SIZE = (4000, 3000)  # 12 MP
 
 
+# What the part needs to run here (bin/bench --check): see bench_local
+NEEDS = {"modules": ["PIL", "imgq.samples"], "programs": [], "optional": [], "root": False}
+
+
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--watch-settle", type=float, default=2.0, metavar="S", help="settle time of the watcher (default 2)")
     ap.add_argument("--watch-photos", type=int, default=5, metavar="N", help="photos landed in each way (default 5)")

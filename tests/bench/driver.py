@@ -13,6 +13,7 @@ import datetime as dt
 import importlib
 import json
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -47,6 +48,7 @@ def parse_args(argv):
     ap.add_argument("--repeat", "-r", type=int, default=3, metavar="R", help="runs of each measurement; the median is reported (default 3)")
     ap.add_argument("--out", default=str(REPO / "bench-results.json"), metavar="PATH", help="JSON results file (default: bench-results.json in the repository)")
     ap.add_argument("--work", default=str(REPO / "bench-work"), metavar="DIR", help="cache of generated photos and scratch space (default: bench-work/)")
+    ap.add_argument("--check", action="store_true", help="measure nothing: say whether each part can run here (its Python modules, programs, root); exit 1 if one cannot")
     mods = {}
     for name, (module, _) in PARTS.items():
         mods[name] = importlib.import_module(module)
@@ -75,8 +77,40 @@ def header(machine: dict, tools: dict) -> str:
     return "\n".join(lines)
 
 
+def check(parts: list[str], mods: dict) -> int:
+    """Whether each part can run here, without running it: imports every Python module it
+    imports when it runs, finds every program it calls and sees whether it has the root it
+    needs. Prints one line per part; 0 when every part can run, else 1."""
+    from bench_util import IMGQ
+
+    sys.path.insert(0, str(REPO / "tests"))  # the tests' helpers the parts use (sshhosts, journal_sample)
+    missing_any = False
+    for name in parts:
+        needs = mods[name].NEEDS
+        missing = [] if os.access(IMGQ, os.X_OK) else [IMGQ]
+        for module in needs["modules"]:
+            try:
+                importlib.import_module(module)
+            except ImportError as e:
+                missing.append(f"{module} ({e})")
+        missing += [p for p in needs["programs"] if not _program(p)]
+        if needs["root"] and os.geteuid() != 0:
+            missing.append("root")
+        skipped = [p for p in needs["optional"] if not _program(p)]
+        missing_any |= bool(missing)
+        line = f"{name}: " + (f"cannot run: missing {', '.join(missing)}" if missing else "ready")
+        print(line + (f" (without {', '.join(skipped)}: their methods are skipped)" if skipped else ""), flush=True)
+    return 1 if missing_any else 0
+
+
+def _program(name: str) -> bool:
+    return os.access(name, os.X_OK) if os.path.isabs(name) else shutil.which(name) is not None
+
+
 def main(argv=None) -> int:
     args, parts, mods = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.check:
+        return check(parts, mods)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     started = time.time()
