@@ -31,7 +31,6 @@ from imgq.destinations import configured
 from imgq.errors import RouteFailed, UsageError
 from imgq.ledger import routes as answers
 from imgq.ledger.database import DB
-from imgq.recipes import OPTIONS as RECIPE_OPTIONS
 
 ORIGINAL = "original"
 # the archive target (file, 'route_command') that records the route command's failures
@@ -136,6 +135,8 @@ def from_settings(to: Sequence[str] | None, settings: Settings) -> Routing | Non
         return None
     rules = [Rule(configured(d, settings)) for d in settings.destinations]
     rules += [_rule(r, settings) for r in settings.route]
+    from imgq.recipes import OPTIONS as RECIPE_OPTIONS  # here: recipes loads the operations (Pillow), which status does without
+
     known = {ORIGINAL} | {name for chains in settings.recipes.values() for name in chains if name not in RECIPE_OPTIONS}
     return Routing(rules, list(settings.route_command), settings.route_timeout, frozenset(known))
 
