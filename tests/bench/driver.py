@@ -166,7 +166,11 @@ def main(argv=None) -> int:
 def _amount(value, unit: str) -> str:
     if value is None:
         return "-"
-    return f"{value:.2f}x" if unit == "x" else f"{fmt(float(value), 0)} {unit}"
+    if unit == "x":
+        return f"{value:.2f}x"
+    if unit == "s":  # seconds: start-up and journal times are fractions of one
+        return f"{value:.2f} s"
+    return f"{fmt(float(value), 0)} {unit}"
 
 
 def _has_problems(res: dict) -> bool:
