@@ -33,6 +33,11 @@ WaitOpt = Annotated[
     typer.Option("--wait/--no-wait", help="If another run of this step holds its lock: wait for it, or exit 0 quietly (default)."),
 ]
 
+TransfersOpt = Annotated[
+    Optional[int],
+    typer.Option("--transfers", help="Copies each destination makes at once (default: transfers in imgq.toml, else 4); the destinations proceed independently.", min=1, metavar="N", show_default=False),
+]
+
 
 def dry_run_option(what: str):
     """--dry-run/-n (as make and rsync): ``what`` says what is shown instead of done."""
