@@ -299,7 +299,8 @@ class _Transfers:
         self.open.setdefault(f["id"], [f, items, 0, False])[2] += 1
         pool = self.pools.get(dest.url)
         if pool is None:
-            pool = self.pools[dest.url] = ThreadPoolExecutor(max_workers=self.n, thread_name_prefix="imgq-copy")
+            most = getattr(dest, "max_transfers", self.n)  # an ssh:// destination: sshd's MaxSessions
+            pool = self.pools[dest.url] = ThreadPoolExecutor(max_workers=min(self.n, most), thread_name_prefix="imgq-copy")
         self.futures.append((pool.submit(self._run, job), job))
 
     def begun(self, f, items) -> None:

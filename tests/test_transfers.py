@@ -53,7 +53,7 @@ def test_transfers_copy_concurrently_to_local_and_ssh_destinations_all_verified(
     processed = run_imgq("work", "-j2").stdout.split()
     assert len(processed) >= 6
     url = f"ssh://{host.alias}{remote}"
-    r = run_imgq("archive", "--to", local, "--to", url, "--ssh-config", host.ssh_config, "--transfers", "4")
+    r = run_imgq("archive", "--to", local, "--to", url, "--ssh-config", host.ssh_config, "--transfers", "8")
     assert r.returncode == 0, r.stderr
     assert sorted(r.stdout.split()) == sorted(processed)
     rows = q(db_path, "SELECT destination, path, sha256 FROM copies")
@@ -63,7 +63,7 @@ def test_transfers_copy_concurrently_to_local_and_ssh_destinations_all_verified(
         assert sha((local if d == str(local) else remote) / path) == digest
     assert not list(tmp_path.rglob("*.imgq-tmp"))
     assert q(db_path, "SELECT count(*) FROM files WHERE state = 'archived'") == [(len(processed),)]
-    r = run_imgq("archive", "--to", local, "--to", url, "--ssh-config", host.ssh_config, "--transfers", "4")
+    r = run_imgq("archive", "--to", local, "--to", url, "--ssh-config", host.ssh_config, "--transfers", "8")
     assert r.returncode == 0 and r.stdout == "" and len(q(db_path, "SELECT * FROM copies")) == len(rows)
 
 

@@ -288,6 +288,11 @@ class SshDestination(SshFolder, Destination):
     """A folder on a host reached over SSH (Fabric): files travel over SFTP, checks run
     ``sha256sum`` there. Needs a POSIX shell and coreutils on the host."""
 
+    # Copies at once over the one connection: each holds an SFTP session and, while it
+    # verifies, a command's; with the archive's own session and command that is 10,
+    # OpenSSH's default MaxSessions (more are refused, and look like a lost connection).
+    max_transfers = 4
+
     def identity(self) -> str:
         self._connect()
         return self._identity
