@@ -27,6 +27,7 @@ copy; in place only when the damaged file is provably that copy's
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import json
 import queue
@@ -317,10 +318,17 @@ class _Transfers:
 
     def _run(self, job: _Job) -> None:
         try:
-            for item in job.missing:
-                if job.dest.url in self.down:
-                    raise DestinationUnavailable(self.down[job.dest.url])
-                job.done.append((item, copy_item(job.dest, job.f["id"], item, job.paths[item.role], _OnMain())))
+            if job.dest.url in self.down:
+                raise DestinationUnavailable(self.down[job.dest.url])
+            # one look at every name of the job, and (ssh://) one folder sync for all of
+            # them, before the job is handed back to be recorded
+            found = job.dest.check([job.paths[i.role] for i in job.missing])
+            with getattr(job.dest, "deferring_folder_syncs", contextlib.nullcontext)():
+                for item in job.missing:
+                    if job.dest.url in self.down:
+                        raise DestinationUnavailable(self.down[job.dest.url])
+                    rel = job.paths[item.role]
+                    job.done.append((item, copy_item(job.dest, job.f["id"], item, rel, _OnMain(), found=found[rel])))
         except BaseException as e:
             job.error = e
             if isinstance(e, DestinationUnavailable):

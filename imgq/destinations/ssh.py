@@ -8,6 +8,7 @@ written in its root at first use.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import re
@@ -88,7 +89,7 @@ s=$(wc -c < "$1") && h=$(sha256sum < "$1") && echo "$s ${h%% *}"
 # sha256 of the first $2 bytes of $1: the part of a killed copy to be continued
 _PREFIX_SCRIPT = r"""head -c "$2" -- "$1" | sha256sum"""
 RESUME_MIN = 1 << 20  # a killed copy's part this long or longer is continued, not sent again
-_SYNC_DIR_SCRIPT = r"""sync -- "$1" 2>/dev/null || sync"""
+_SYNC_DIR_SCRIPT = r"""for d do sync -- "$d" 2>/dev/null || { sync; break; }; done"""
 _DF_SCRIPT = r"""df -Pk -- "$1" | tail -n 1"""
 # The destination's identity: the marker file in its root, written at first use with a
 # random id ($3) under a temporary name ($2) and linked into place (ln refuses to replace,
@@ -362,7 +363,11 @@ class SshDestination(SshFolder, Destination):
             if got != Found(size, sha256):
                 raise StorageError(f"{self.url}: {rel} did not verify after writing (read back {got.bytes} bytes, sha256 {got.sha256[:12]}…)")
             self._rename_into_place(sftp, tmp, final, rel, replace)
-            self._sh(_SYNC_DIR_SCRIPT, [folder], f"syncing {folder}")
+            deferred = getattr(self._mine, "folders", None)
+            if deferred is None:
+                self._sh(_SYNC_DIR_SCRIPT, [folder], f"syncing {folder}")
+            else:
+                deferred.add(folder)  # synced once for all, before the caller records (deferring_folder_syncs)
         except BaseException:
             try:
                 if self._conn is not None:
@@ -370,6 +375,20 @@ class SshDestination(SshFolder, Destination):
             except Exception:
                 pass
             raise
+
+    @contextlib.contextmanager
+    def deferring_folder_syncs(self):
+        """Puts on this thread inside leave their folder's sync to the end of the block,
+        where each folder is synced once, in one command: a file's copies (original and
+        artifacts, one folder) cost one sync, not one each. Whoever records the copies
+        does so after the block, so nothing is recorded before its folder is synced."""
+        self._mine.folders = folders = set()
+        try:
+            yield
+        finally:
+            self._mine.folders = None
+            if folders:
+                self._sh(_SYNC_DIR_SCRIPT, sorted(folders), "syncing folders")
 
     def _resumable(self, sftp, src, tmp: str, length: int, rel: str):
         """(the sha256 of what of ``src`` is at ``tmp`` already, its length): a killed
