@@ -36,7 +36,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from imgq import overlap
+from imgq import archive_hook, overlap
 from imgq.archive_copies import ORIGINAL, Item, Sources, copy_item, items_of
 from imgq.archive_names import owner_of, plan, release, reserved
 from imgq.destinations import (
@@ -52,8 +52,11 @@ from imgq.destinations import (
     physical,
 )
 from imgq.backoff import delay as backoff_delay
-from imgq.errors import ImgqError, classify
-from imgq.ledger import archive_targets, copies, journal
+from imgq.errors import ImgqError, RouteFailed, classify
+from imgq.ledger import archive_targets, copies, hooks, journal
+from imgq.ledger import routes as routes_ledger
+from imgq.routing import ROUTE_COMMAND, Routing
+from imgq import routing as routing_lib
 from imgq.ledger.database import DB
 from imgq.ledger.journal import Actor
 
@@ -83,6 +86,7 @@ class ArchiveReport:
     planned: dict[tuple[str, str], Found] = dataclasses.field(default_factory=dict)
     plan: list[tuple[str, str, str, str]] = dataclasses.field(default_factory=list)  # dry run: (file id, destination, path, 'would copy' or 'found')
     stopped: bool = False  # ``stop()`` said so between two files: the rest is left to the next archive
+    hooks: archive_hook.HookReport = dataclasses.field(default_factory=archive_hook.HookReport)  # on_archived runs
 
 
 @dataclasses.dataclass
@@ -134,15 +138,23 @@ def _failed(db: DB, target, error: str, kind: str, *, now: float, actor: Actor, 
 # --- the step ----------------------------------------------------------------------------------
 
 
-def eligible(db: DB, destinations: Sequence[str], file_ids: Iterable[str] | None = None) -> list:
+def eligible(db: DB, destinations: Sequence[str], file_ids: Iterable[str] | None = None, routing: Routing | None = None) -> list:
     """Files to look at: processed ones, and archived ones lacking an original's copy at
-    one of ``destinations`` (a destination added later)."""
-    marks = ",".join("?" * len(destinations))
-    sql = (
-        "SELECT * FROM files f WHERE (f.state = 'processed' OR (f.state = 'archived' AND"
-        f" (SELECT count(DISTINCT c.destination) FROM copies c WHERE c.file_id = f.id AND c.artifact_id IS NULL AND c.destination IN ({marks})) < ?))"
-    )
-    params: list = [*destinations, len(set(destinations))]
+    one of ``destinations`` (a destination added later); with ``routing``, lacking what
+    their routes send to one of them (``Routing.lacking_sql``: no file is looked at only
+    to find that nothing is routed to where it has no copy)."""
+    if routing is None:
+        marks = ",".join("?" * len(destinations))
+        lacking = f"(SELECT count(DISTINCT c.destination) FROM copies c WHERE c.file_id = f.id AND c.artifact_id IS NULL AND c.destination IN ({marks})) < ?"
+        params: list = [*destinations, len(set(destinations))]
+    else:
+        terms, params = [], []
+        for url in dict.fromkeys(destinations):
+            term, more = routing.lacking_sql(url)
+            terms.append(term)
+            params += more
+        lacking = "(" + " OR ".join(terms) + ")" if terms else "0"
+    sql = f"SELECT * FROM files f WHERE (f.state = 'processed' OR (f.state = 'archived' AND {lacking}))"
     if file_ids is not None:
         sql += " AND f.id IN (SELECT value FROM json_each(?))"
         params.append(json.dumps(list(file_ids)))
@@ -165,9 +177,21 @@ def archive(
     on_progress: Callable[[int, int], None] = lambda done, total: None,
     dry_run: bool = False,
     stop: Callable[[], bool] = lambda: False,
+    on_archived: Sequence[str] = (),
+    hook_timeout: float = 60.0,
+    routing: Routing | None = None,
     transfers: int = 1,
 ) -> ArchiveReport:
-    """Copy every eligible file (see ``eligible``) to every destination, verified.
+    """Copy every eligible file (see ``eligible``) to every destination, verified; with
+    ``routing`` (``imgq.routing``), each item only to the destinations it routes it to,
+    and a file is archived when each is verified wherever it is routed. A route command
+    that fails for a file fails that file's archive (target 'route_command', transient,
+    retried with backoff); its other files go on.
+
+    With ``on_archived`` (an argv), each verified copy of a file's original at a
+    destination queues that command (``imgq.archive_hook``), run once the file's copies
+    are done and, if it fails, again by a later archive after a backoff; the copies do not
+    depend on it. Due retries run at the end, after every file.
 
     ``on_file(file_id, what, info)`` is told 'archived', 'failed' (info: Failure) and
     'copied' (info: (destination, path, how)) as they happen; ``on_progress(done,
@@ -202,11 +226,12 @@ def archive(
     sources = Sources(db, by_url, store_dir)
     if file_ids is not None:
         file_ids = list(file_ids)
-    files = eligible(db, list(by_url), file_ids)
+    files = eligible(db, list(by_url), file_ids, routing)
     if file_ids is not None:
         chosen = {f["id"] for f in files}
         states = dict(db.all("SELECT id, state FROM files WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(file_ids),)))
         report.skipped = [(i, states.get(i)) for i in dict.fromkeys(file_ids) if i not in chosen and states.get(i) != "archived"]
+    hook = dict(on_archived=on_archived, hook_timeout=hook_timeout, dry_run=dry_run)
     copying = _Transfers(destinations, transfers)
     try:
         for n, f in enumerate(files):
@@ -214,8 +239,21 @@ def archive(
                 report.stopped = True
                 break
             on_progress(n, len(files))
-            items = items_of(db, f, store_dir)
+            every = items_of(db, f, store_dir)
+            try:
+                routed = _routed(db, routing, f, every, report, clock=clock, actor=actor, backoff=backoff, backoff_max=backoff_max, ignore_backoff=ignore_backoff, rng=rng)
+            except RouteFailed as e:
+                failure = Failure(f["id"], ROUTE_COMMAND, str(e))
+                report.failed.append(failure)
+                on_file(f["id"], "failed", failure)
+                continue
+            if routed is None:
+                continue  # the route command's failure is in backoff
+            wants = {d.url: [i for i in every if routed is True or i.role in routed.get(d.url, ())] for d in destinations}
             for dest in destinations:
+                items = wants[dest.url]
+                if not items:
+                    continue
                 missing = _missing(db, f, dest.url, items)
                 if not missing:
                     continue
@@ -239,19 +277,47 @@ def archive(
                     _target_failed(db, f, dest, target, e, report, clock=clock, actor=actor, backoff=backoff, backoff_max=backoff_max, rng=rng, on_file=on_file)
                     continue
                 copying.submit(dest, f, items, target, missing, paths)
-            copying.begun(f, items)
+            copying.begun(f, wants)
             for done in copying.finished(wait=False):
-                _finish(db, done, destinations, phys, sources, report, clock=clock, actor=actor, backoff=backoff, backoff_max=backoff_max, rng=rng, on_file=on_file)
+                _finish(db, done, destinations, phys, sources, report, clock=clock, actor=actor, backoff=backoff, backoff_max=backoff_max, rng=rng, on_file=on_file, **hook)
     except BaseException:
         copying.cancel()  # what is begun ends whole and is recorded; nothing more starts
         raise
     finally:
         for done in copying.finished(wait=True):
-            _finish(db, done, destinations, phys, sources, report, clock=clock, actor=actor, backoff=backoff, backoff_max=backoff_max, rng=rng, on_file=on_file)
+            _finish(db, done, destinations, phys, sources, report, clock=clock, actor=actor, backoff=backoff, backoff_max=backoff_max, rng=rng, on_file=on_file, **hook)
         copying.close()
     if files:
         on_progress(len(files), len(files))
+    if on_archived and not dry_run:  # earlier archives' failed hooks whose backoff is over
+        _run_hooks(db, report, clock=clock, timeout=hook_timeout, backoff=backoff, backoff_max=backoff_max, rng=rng, actor=actor, ignore_backoff=ignore_backoff)
     return report
+
+
+def _run_hooks(db: DB, report: ArchiveReport, **kw) -> None:
+    archive_hook.run_due(db, report=report.hooks, **kw)
+
+
+def _routed(db: DB, routing: Routing | None, f, items: Sequence[Item], report: ArchiveReport, *, clock, actor, backoff, backoff_max, ignore_backoff, rng) -> dict[str, set[str]] | bool | None:
+    """Where the items of ``f`` go: True (everything everywhere: no routing), destination
+    -> item names, or None (the route command failed for it before and is in backoff).
+    Raises RouteFailed, recorded as the failure of the file's 'route_command' target."""
+    if routing is None:
+        return True
+    pairs = [(i.role, i.recipe) for i in items]
+    if not routing.command or routes_ledger.answer(db, f["id"], routing.command) is not None:
+        return routing_lib.route(db, routing, f, pairs, now=clock())
+    target = archive_targets.open_target(db, f["id"], ROUTE_COMMAND, now=clock(), actor=actor, detail="asking the route command")
+    if target["not_before"] > clock() and not ignore_backoff:
+        report.waiting += 1
+        return None
+    try:
+        out = routing_lib.route(db, routing, f, pairs, now=clock())
+    except RouteFailed as e:
+        _failed(db, target, str(e), "transient", now=clock(), actor=actor, backoff=backoff, backoff_max=backoff_max, rng=rng)
+        raise
+    archive_targets.succeeded(db, target, now=clock(), actor=actor)
+    return out
 
 
 class _ElsewhereOnMain(Exception):
@@ -297,17 +363,17 @@ class _Transfers:
 
     def submit(self, dest: Destination, f, items, target, missing, paths) -> None:
         job = _Job(dest, f, items, target, missing, paths)
-        self.open.setdefault(f["id"], [f, items, 0, False])[2] += 1
+        self.open.setdefault(f["id"], [f, None, 0, False])[2] += 1
         pool = self.pools.get(dest.url)
         if pool is None:
             most = getattr(dest, "max_transfers", self.n)  # an ssh:// destination: sshd's MaxSessions
             pool = self.pools[dest.url] = ThreadPoolExecutor(max_workers=min(self.n, most), thread_name_prefix="imgq-copy")
         self.futures.append((pool.submit(self._run, job), job))
 
-    def begun(self, f, items) -> None:
-        """Every job of ``f`` is submitted."""
-        entry = self.open.setdefault(f["id"], [f, items, 0, False])
-        entry[3] = True
+    def begun(self, f, wants) -> None:
+        """Every job of ``f`` is submitted (``wants``: destination -> its items)."""
+        entry = self.open.setdefault(f["id"], [f, wants, 0, False])
+        entry[1], entry[3] = wants, True
         self._settle(f["id"])
 
     def _settle(self, file_id: str) -> None:
@@ -338,7 +404,7 @@ class _Transfers:
 
     def finished(self, *, wait: bool):
         """Jobs done (``("copy", job)``) and files with none left (``("file", f,
-        items)``); waits for jobs while too many files are in flight, or with ``wait``
+        wants)``); waits for jobs while too many files are in flight, or with ``wait``
         until none is."""
         while True:
             while self.complete:
@@ -365,25 +431,30 @@ class _Transfers:
             pool.shutdown(wait=True)
 
 
-def _finish(db: DB, event, destinations, phys: Physical, sources: Sources, report: ArchiveReport, *, clock, actor, backoff, backoff_max, rng, on_file) -> None:
+def _finish(db: DB, event, destinations, phys: Physical, sources: Sources, report: ArchiveReport, *, clock, actor, backoff, backoff_max, rng, on_file, on_archived, hook_timeout, dry_run) -> None:
     """On the archive's thread: record what a job copied and how it ended, or move a
-    file whose jobs are all done to archived if every destination has all of it."""
+    file whose jobs are all done to archived if every destination has all it is sent
+    (``wants``: destination -> items), and run its on_archived hooks."""
     if event[0] == "file":
-        _, f, items = event
-        if f["state"] == "processed" and all(not _missing(db, f, d.url, items) for d in destinations):
+        _, f, wants = event
+        if f["state"] == "processed" and all(not _missing(db, f, d.url, wants[d.url]) for d in destinations):
             with db.transaction():
                 journal.move_file(
                     db, f["id"], "archived", now=clock(), actor=actor, expect=("processed",),
-                    detail=f"verified copies at {', '.join(d.url for d in destinations)}",
+                    detail=f"verified copies at {', '.join(d.url for d in destinations if wants[d.url])}",
                 )
             report.archived.append(f["id"])
             on_file(f["id"], "archived", None)
+        if on_archived and not dry_run:
+            _run_hooks(db, report, clock=clock, timeout=hook_timeout, backoff=backoff, backoff_max=backoff_max, rng=rng, actor=actor, file_id=f["id"])
         return
     job: _Job = event[1]
     dest, f = job.dest, job.f
     ident = phys.identity.get(dest.url)
     for item, how in job.done:
         _record_copy(db, f["id"], item, dest.url, job.paths[item.role], now=clock(), ident=ident)
+        if on_archived and item.role == ORIGINAL:
+            hooks.queue(db, f["id"], dest.url, job.paths[item.role], archive_hook.command_for(on_archived, f["id"], dest.url, job.paths[item.role]), now=clock(), actor=actor)
         if how == "found":
             report.found += 1
         else:
@@ -393,7 +464,7 @@ def _finish(db: DB, event, destinations, phys: Physical, sources: Sources, repor
     try:
         if isinstance(job.error, (NameTaken, NameRefused, _ElsewhereOnMain)):
             # a name to give up, or a source to find elsewhere: the rest, here, as ever
-            _copy_missing(db, dest, ident, f, job.items, _missing(db, f, dest.url, job.items), sources, report, clock=clock, on_file=on_file)
+            _copy_missing(db, dest, ident, f, job.items, _missing(db, f, dest.url, job.items), sources, report, clock=clock, on_file=on_file, on_archived=on_archived, actor=actor)
         elif job.error is not None:
             raise job.error
         archive_targets.succeeded(db, job.target, now=clock(), actor=actor)
@@ -456,7 +527,7 @@ def _sweep(destinations: Sequence[Destination], phys: Physical, report: ArchiveR
             pass  # the copies themselves will say what is wrong with this destination
 
 
-def _copy_missing(db: DB, dest: Destination, ident: str | None, f, items, missing, sources: Sources, report: ArchiveReport, *, clock, on_file) -> None:
+def _copy_missing(db: DB, dest: Destination, ident: str | None, f, items, missing, sources: Sources, report: ArchiveReport, *, clock, on_file, on_archived=(), actor: Actor = Actor()) -> None:
     """Copy what ``dest`` lacks of one file, recording each copy as soon as it is verified.
 
     A reserved name found holding another file (NameTaken: on a case-insensitive
@@ -470,6 +541,8 @@ def _copy_missing(db: DB, dest: Destination, ident: str | None, f, items, missin
             for item in missing:
                 how = copy_item(dest, f["id"], item, paths[item.role], sources)
                 _record_copy(db, f["id"], item, dest.url, paths[item.role], now=clock(), ident=ident)
+                if on_archived and item.role == ORIGINAL:
+                    hooks.queue(db, f["id"], dest.url, paths[item.role], archive_hook.command_for(on_archived, f["id"], dest.url, paths[item.role]), now=clock(), actor=actor)
                 if how == "found":
                     report.found += 1
                 else:
@@ -655,5 +728,7 @@ def summary(report: ArchiveReport) -> dict:
         "down": sorted(report.down),
         "swept": len(report.swept),
         "aliases": [list(a) for a in report.aliases],
+        "hooks_ran": report.hooks.ran,
+        "hooks_failed": len(report.hooks.failed),
     }
 

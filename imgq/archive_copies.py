@@ -32,6 +32,7 @@ class Item:
     ext: str = ""  # the artifact's extension (".jpg")
     inbox: str | None = None  # for the original: read by identity from inbox/rel (imgq.original)
     rel: str | None = None
+    recipe: str | None = None  # the recipe that made the artifact (routing by recipe)
 
 
 def items_of(db: DB, f, store_dir: Path) -> list[Item]:
@@ -39,12 +40,12 @@ def items_of(db: DB, f, store_dir: Path) -> list[Item]:
     items = [Item(ORIGINAL, None, f["sha256"], f["size"], Path(f["inbox"]) / f["path"], inbox=f["inbox"], rel=f["path"])]
     latest: dict[str, object] = {}
     for a in db.all(
-        "SELECT a.* FROM artifacts a JOIN jobs j ON j.id = a.job_id WHERE a.file_id = ? AND j.state = 'done' ORDER BY a.id",
+        "SELECT a.*, j.recipe FROM artifacts a JOIN jobs j ON j.id = a.job_id WHERE a.file_id = ? AND j.state = 'done' ORDER BY a.id",
         (f["id"],),
     ):
         latest[a["name"]] = a
     for name, a in sorted(latest.items()):
-        items.append(Item(name, a["id"], a["sha256"], a["bytes"], store_dir / a["path"], PurePosixPath(a["path"]).suffix))
+        items.append(Item(name, a["id"], a["sha256"], a["bytes"], store_dir / a["path"], PurePosixPath(a["path"]).suffix, recipe=a["recipe"]))
     return items
 
 

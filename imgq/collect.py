@@ -41,6 +41,8 @@ from imgq.destinations import Destination, Found, physical
 from imgq.errors import ImgqError
 from imgq.ledger.journal import Actor
 from imgq.original import Original, Unsafe
+from imgq import routing as routing_lib
+from imgq.routing import ORIGINAL, Routing
 
 # How long collect waits for the database's write lock to record a deletion before it
 # stops with DatabaseBusy (a hung process or an open sqlite3 shell must not hang cron).
@@ -108,6 +110,7 @@ def collect(
     on_verdict: Callable[[Verdict], None] = lambda v: None,
     lock_timeout: float = LOCK_TIMEOUT,
     assume: Mapping[tuple[str, str], Found] = {},
+    routing: Routing | None = None,
 ) -> CollectReport:
     """Delete every original that is safely archived (see the module docstring).
 
@@ -119,6 +122,9 @@ def collect(
     database's write lock is not free within ``lock_timeout`` seconds for a deletion.
     ``assume`` (dry runs only: the copies a dry run of archive would have made, by
     (destination, path)) are taken as read back good, without reading them.
+    With ``routing`` (``imgq.routing``), a file's required destinations are those its
+    rules (and the route command's kept answer) send its original to, never one that
+    takes only artifacts; ``min_copies`` counts copies among them.
     """
     if min_copies is None and not required:
         raise ValueError("collect needs the required destinations or a minimum number of copies")
@@ -144,16 +150,27 @@ def collect(
                 _decide(db, report, on_verdict, Verdict(f["id"], path, WAIT, f"same content as {f['twin_id']}, which is not archived yet"), dry_run, clock)
                 continue
             source = f["twin_id"]
+        need_f, req_f = need, set(required_ids)
+        if routing is not None:
+            routed = _original_routes(db, routing, f, source, clock)
+            if routed is None:
+                _decide(db, report, on_verdict, Verdict(f["id"], path, WAIT, "the route command has not said where it goes yet"), dry_run, clock)
+                continue
+            if not routed:
+                _decide(db, report, on_verdict, Verdict(f["id"], path, WAIT, "no route sends its original anywhere: it stays in the inbox"), dry_run, clock)
+                continue
+            req_f = {ident_of(u) for u in routed}
+            need_f = _Need([place.get(i, i) for i in dict.fromkeys(ident_of(u) for u in routed)], min_copies)
         copies = [_at_place(c, destinations, ident_of) for c in db.all("SELECT * FROM copies WHERE file_id = ? AND artifact_id IS NULL AND sha256 = ?", (source, f["sha256"]))]
         for c in copies:
             c["shown"] = place.get(c["place"], c["place"])
-        if min_copies is None or required:
-            copies = [c for c in copies if c["place"] in set(required_ids)]
-        pending.append((f, path, copies))
+        if min_copies is None or required or routing is not None:
+            copies = [c for c in copies if c["place"] in req_f]
+        pending.append((f, path, copies, need_f))
 
     found, unreachable = _check_copies(destinations, pending, assume)
     good_ids = []
-    for f, path, copies in pending:
+    for f, path, copies, need in pending:
         good, bad = [], []
         for c in copies:
             key = (c["destination"], c["path"])
@@ -188,6 +205,16 @@ def collect(
     return report
 
 
+def _original_routes(db: DB, routing: Routing, f, source: str, clock) -> list[str] | None:
+    """Where the routes send the original of ``f`` (whose copies are ``source``'s: itself,
+    or the twin it duplicates); None while the route command has not answered for it."""
+    row = f if source == f["id"] else db.one("SELECT * FROM files WHERE id = ?", (source,))
+    routed = routing_lib.route(db, routing, row, [(ORIGINAL, None)], now=clock(), ask=False)
+    if routed is None:
+        return None
+    return [u for u in routing.urls if ORIGINAL in routed.get(u, ())]
+
+
 @dataclasses.dataclass
 class _Need:
     """What makes enough copies: one at each required destination, or ``min_copies``."""
@@ -218,7 +245,7 @@ def _check_copies(destinations: dict[str, Destination], pending, assume: Mapping
     """Re-read every copy that matters (but those in ``assume``), one batch per
     destination: ({(url, path): Found or None}, {url: why it could not be checked})."""
     wanted: dict[str, set[str]] = {}
-    for _, _, copies in pending:
+    for _, _, copies, _ in pending:
         for c in copies:
             if (c["destination"], c["path"]) not in assume:
                 wanted.setdefault(c["destination"], set()).add(c["path"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+import unicodedata
 from pathlib import Path
 
 from imgq.errors import UsageError
@@ -42,6 +43,50 @@ class SlurmSettings:
     account: str | None = None  # --account
     cpus_per_task: int | None = None  # --cpus-per-task: the agent's slots default to it
     mem: str | None = None  # --mem: memory per agent, "4G", "500M" (a number: megabytes)
+
+
+@dataclasses.dataclass(frozen=True)
+class RouteRule:
+    """One ``[[route]]`` of imgq.toml: what goes to ``to``. A missing selector selects
+    everything: no ``artifacts`` = the original and every artifact (``original`` names
+    the original), no ``owners`` = every photographer (compared in NFC), no ``recipes`` =
+    every recipe (with ``recipes``, the artifacts those recipes made, and the original
+    of a file one of them processed). An empty list selects nothing: ``artifacts = []``
+    names a destination that takes only what the route command sends there."""
+
+    to: str
+    artifacts: tuple[str, ...] | None = None
+    owners: tuple[str, ...] | None = None
+    recipes: tuple[str, ...] | None = None
+
+
+_ROUTE_KEYS = ("to", "artifacts", "owners", "recipes")
+
+
+def _route_rules(config: Path, value) -> list[RouteRule]:
+    if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
+        raise UsageError(f'{config}: route must be an array of tables: [[route]] to = "/mnt/archive" artifacts = ["original"]')
+    rules = []
+    for n, table in enumerate(value, start=1):
+        unknown = [k for k in table if k not in _ROUTE_KEYS]
+        if unknown:
+            raise UsageError(f"{config}: route {n} has unknown setting(s) {', '.join(map(repr, unknown))}; known: {', '.join(_ROUTE_KEYS)}")
+        to = table.get("to")
+        if not isinstance(to, str) or not to:
+            raise UsageError(f'{config}: route {n} needs to = "DEST" (a folder or ssh://host/path)')
+        lists = {}
+        for key in ("artifacts", "owners", "recipes"):
+            if key not in table:
+                continue
+            v = table[key]
+            if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
+                raise UsageError(f'{config}: route {n} ({to}): {key} must be a list of names, e.g. {key} = ["{_ROUTE_EXAMPLES[key]}"]')
+            lists[key] = tuple(unicodedata.normalize("NFC", x) if key == "owners" else x for x in v)
+        rules.append(RouteRule(to, **lists))
+    return rules
+
+
+_ROUTE_EXAMPLES = {"artifacts": "web", "owners": "Zoë Müller", "recipes": "default"}
 
 
 _SLURM_KEYS = {"partition": str, "time": str, "account": str, "cpus_per_task": int, "mem": str}
@@ -75,6 +120,15 @@ class Settings:
         default_factory=lambda: {k: dict(v) for k, v in DEFAULT_RECIPES.items()}
     )
     destinations: list[str] = dataclasses.field(default_factory=list)
+    # archive runs this argv (never a shell) with FILE_ID DESTINATION PATH appended after
+    # each verified copy of an original at a destination; failures are retried with backoff
+    on_archived: list[str] = dataclasses.field(default_factory=list)
+    on_archived_timeout: float = 60.0  # seconds before a running on_archived is killed (a failure)
+    destinations: list[str] = dataclasses.field(default_factory=list)  # everything to each
+    route: list[RouteRule] = dataclasses.field(default_factory=list)  # [[route]]: what goes where
+    # argv of a command asked per file where its original and artifacts go (docs/archive.md)
+    route_command: list[str] = dataclasses.field(default_factory=list)
+    route_timeout: float = 30.0  # seconds the route command may take for one file
     # where `imgq run` publishes the gallery after each run (its --publish); relative to imgq.toml
     publish: Path | None = None
     # the recipes `imgq enqueue` applies when given no --recipe or --op
@@ -114,6 +168,8 @@ _SCALARS = {
     "split_pixels": int,
     "split_stripes": int,
     "split_seconds": float,
+    "on_archived_timeout": float,
+    "route_timeout": float,
 }
 
 
@@ -210,6 +266,16 @@ def load_settings(config: Path | None = None, db: str | None = None, *, config_s
                     s.sources[f"recipes.{name}"] = where
             elif key == "destinations":
                 s.destinations = [str(d) for d in value]
+            elif key == "on_archived":
+                if not isinstance(value, list) or not value or not all(isinstance(a, str) and a for a in value):
+                    raise UsageError(f'{config}: on_archived must be a command as a list of strings (never a shell string), e.g. on_archived = ["/usr/local/bin/catalogue", "--add"]')
+                s.on_archived = list(value)
+            elif key == "route":
+                s.route = _route_rules(config, value)
+            elif key == "route_command":
+                if isinstance(value, str) or not isinstance(value, list) or not all(isinstance(a, str) and a for a in value):
+                    raise UsageError(f'{config}: route_command must be a list (the program and its arguments, never run through a shell), e.g. route_command = ["/usr/local/bin/route-photo"]')
+                s.route_command = list(value)
             elif key == "enqueue":
                 if not isinstance(value, list) or not value or not all(isinstance(n, str) for n in value):
                     raise UsageError(f'{config}: enqueue must be a list of recipe names, e.g. enqueue = ["default", "people"]')
@@ -254,7 +320,7 @@ def effective(settings: Settings) -> list[dict]:
         if isinstance(value, Path):
             value = str(value)
         elif isinstance(value, list):
-            value = list(value)
+            value = [{k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(x).items() if v is not None} if dataclasses.is_dataclass(x) else x for x in value]
         rows.append({"key": key, "value": value, "source": source})
     for name, chains in settings.recipes.items():
         key = f"recipes.{name}"

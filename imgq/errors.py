@@ -62,6 +62,11 @@ class StorageError(Transient):
     """Writing or reading an artifact or a copy failed (disk full, I/O error)."""
 
 
+class RouteFailed(Transient):
+    """The route command (``route_command`` in imgq.toml) failed for a file, timed out, or
+    answered something that is not a valid route: that file's archive waits and is retried."""
+
+
 class HostUnreachable(Transient):
     """A host could not be reached or was lost."""
 

@@ -90,15 +90,20 @@ def plan(db: DB, recipe: str, chains: dict[str, str], *, template: str = DEFAULT
     chains) of the files given (default: every file), named by ``template``; files
     without the recipe's done job are listed in ``not_made``."""
     check_template(template)
-    digest = recipes.spec_hash(recipes.normalize_recipe(chains))
+    # a recipe's current version, for each kind of file it has chains for (a photo's
+    # jobs leave out its video chains, so their hash differs from a video's)
+    digests = [
+        recipes.spec_hash(recipes.normalize_recipe(part))
+        for kind in recipes.KINDS if recipes.has_chains(part := recipes.for_kind(chains, kind))
+    ]
     wanted = None if file_ids is None else list(dict.fromkeys(file_ids))
     rows = db.all(
         "SELECT a.name AS artifact, a.path, a.sha256, a.bytes, f.id AS file_id, f.owner, f.path AS inbox_path, f.taken_at"
         " FROM jobs j JOIN artifacts a ON a.job_id = j.id JOIN files f ON f.id = j.file_id"
-        " WHERE j.recipe = ? AND j.spec_hash = ? AND j.state = 'done' AND j.stage NOT LIKE 'stripe:%'"
+        " WHERE j.recipe = ? AND j.spec_hash IN (SELECT value FROM json_each(?)) AND j.state = 'done' AND j.stage NOT LIKE 'stripe:%'"
         + ("" if wanted is None else " AND j.file_id IN (SELECT value FROM json_each(?))")
         + " ORDER BY f.id, a.name",
-        (recipe, digest) if wanted is None else (recipe, digest, json.dumps(wanted)),
+        (recipe, json.dumps(digests)) if wanted is None else (recipe, json.dumps(digests), json.dumps(wanted)),
     )
     report = ExportReport()
     taken: dict[str, str] = {}  # folded name -> file id holding it
@@ -115,9 +120,9 @@ def plan(db: DB, recipe: str, chains: dict[str, str], *, template: str = DEFAULT
         report.not_made = [
             r[0] for r in db.all(
                 "SELECT f.id FROM files f WHERE f.state IN ('queued', 'processed', 'archived', 'collected')"
-                " AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.file_id = f.id AND j.recipe = ? AND j.spec_hash = ? AND j.state = 'done')"
+                " AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.file_id = f.id AND j.recipe = ? AND j.spec_hash IN (SELECT value FROM json_each(?)) AND j.state = 'done')"
                 " ORDER BY f.id",
-                (recipe, digest),
+                (recipe, json.dumps(digests)),
             )
         ]
     return report

@@ -68,6 +68,7 @@ class PublishOptions:
     force: bool = False  # rewrite every file, whatever the manifest says
     thumb: str = "thumb"  # artifact names shown as thumbnail and as web version
     web: str = "web"
+    preview: str = "preview"  # a video's artifact played on its page (else its first video artifact)
     # destination -> URL its layout is published under ("*": every destination); a
     # destination given no URL is linked relatively when it lies beside OUT, else not at all
     originals_urls: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -191,8 +192,10 @@ def _collect(db: DB, out: Path, store_dir: Path, options: PublishOptions, report
     sized = set(options.gallery)
     arts: dict[str, dict[str, dict]] = defaultdict(dict)
     # the newest artifact of each name: a changed recipe's outputs replace the old ones
+    # a video artifact's job result names its encoder (what a page's <source type> says)
     for r in db.all(
-        f"SELECT a.* FROM artifacts a JOIN files f ON f.id = a.file_id"
+        f"SELECT a.*, json_extract(j.result, '$.\"' || a.name || '\".encoder') AS encoder"
+        f" FROM artifacts a JOIN files f ON f.id = a.file_id LEFT JOIN jobs j ON j.id = a.job_id"
         f" WHERE f.state IN ({','.join('?' * len(SHOWN_STATES))}) ORDER BY a.id",
         SHOWN_STATES,
     ):
@@ -226,14 +229,16 @@ def _collect(db: DB, out: Path, store_dir: Path, options: PublishOptions, report
                 continue
             ext = (os.path.splitext(a["path"])[1].lstrip(".").lower() or "img")[:5]
             rel = f"img/{pslug}.{slug(role, dots=False)}-{a['sha256'][:10]}.{ext if ext.isalnum() else 'img'}"
-            images[role] = H.Image(rel=rel, width=a["width"], height=a["height"], bytes=a["bytes"], name=role)
+            images[role] = H.Image(rel=rel, width=a["width"], height=a["height"], bytes=a["bytes"], name=role, type=_video_type(a, ext))
             outputs[rel] = _Output(sha256=a["sha256"], bytes=a["bytes"], sources=sources, file_id=f["id"])
         if not (options.thumb in images or options.web in images):
             continue
         thumb = images.get(options.thumb) or images[options.web]
         web = images.get(options.web) or thumb
         renditions = tuple(sorted((i for n, i in images.items() if n in sized), key=lambda i: (i.width or 0, i.name)))
-        versions = tuple(i for n, i in images.items() if n not in sized and i is not thumb and i is not web)
+        movies = {n: i for n, i in images.items() if i.type}
+        versions = tuple(i for n, i in images.items() if n not in sized and n not in movies and i is not thumb and i is not web)
+        preview = movies.get(options.preview) or next(iter(movies.values()), None)
         owner = f["owner"]
         oslug = owner_slugs[owner]
         taken = f["taken_at"]
@@ -264,9 +269,27 @@ def _collect(db: DB, out: Path, store_dir: Path, options: PublishOptions, report
                 versions=versions,
                 boxes=tuple(boxes.get(f["id"], ())),
                 exif=tuple((label, str(meta[k])) for k, label in EXIF_SHOWN if meta.get(k)),
+                kind=f["kind"],
+                duration=f["duration"],
+                frame_rate=f["frame_rate"],
+                preview=preview,
+                movies=tuple(i for i in movies.values() if i is not preview),
             )
         )
     return photos, outputs
+
+
+def _video_type(artifact: dict, ext: str) -> str | None:
+    """The media type of a video artifact from the encoder its job recorded (ffmpeg's
+    H.264 MP4, OpenCV's VP8/VP9 WebM); None for a still image."""
+    encoder = (artifact.get("encoder") or "").lower()
+    if not encoder:
+        return None
+    if "webm" in encoder or ext == "webm":
+        return "video/webm"
+    if "mp4" in encoder or ext == "mp4":
+        return "video/mp4"
+    return f"video/{ext}" if ext.isalnum() else "video/octet-stream"
 
 
 # what scan may record in a file's meta beyond the camera, and how a page labels it

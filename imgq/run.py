@@ -26,6 +26,7 @@ from imgq.ledger.database import DB
 from imgq.destinations import Destination, LocalDestination
 from imgq.errors import Exit
 from imgq.ledger.journal import Actor
+from imgq.routing import Routing
 
 if TYPE_CHECKING:
     from imgq.fleet.coordinator import FleetOptions
@@ -44,6 +45,7 @@ class RunOptions:
     publish: publish_step.PublishOptions = dataclasses.field(default_factory=publish_step.PublishOptions)
     transfers: int = 4  # copies each destination makes at once (archive)
     fleet: "FleetOptions | None" = None  # work on hosts (imgq work --hosts): the coordinator's options
+    routing: Routing | None = None  # what goes where (imgq.routing); None: everything to each destination
 
 
 @dataclasses.dataclass
@@ -169,6 +171,9 @@ def run(
         on_progress=functools.partial(on_progress, "archive"),
         stop=stop,
         transfers=opts.transfers,
+        on_archived=settings.on_archived,
+        hook_timeout=settings.on_archived_timeout,
+        routing=opts.routing,
     )
     on_step("archive", report.archive)
 
@@ -186,6 +191,7 @@ def run(
             actor=Actor(name="run:collect"),
             dry_run=opts.dry_run,
             assume=report.archive.planned,
+            routing=opts.routing,
         )
         on_step("collect", report.collect)
     if opts.publish_to is not None and not stop():

@@ -20,8 +20,9 @@ WINDOWS = (60, 300, 900)
 JOB_REF = re.compile(r"(?:job[:#]?\s*|#)?(\d+)", re.IGNORECASE)
 
 
-def snapshot(db: DB, *, now: float, failures: int = 10) -> dict:
-    """A plain dict (JSON-ready) describing the whole pipeline at ``now``."""
+def snapshot(db: DB, *, now: float, failures: int = 10, takes: dict[str, list[str]] | None = None) -> dict:
+    """A plain dict (JSON-ready) describing the whole pipeline at ``now``; ``takes``: what
+    each destination takes under the routing in force (shown per destination)."""
     files = {s: 0 for s in FILE_STATES}
     files.update({r[0]: r[1] for r in db.all("SELECT state, count(*) FROM files GROUP BY state")})
     # photos and videos apart (duplicates and failures left out), and hours of video
@@ -88,12 +89,13 @@ def snapshot(db: DB, *, now: float, failures: int = 10) -> dict:
         "retrying": retrying,
         "faces": faces.summary(db),
         "owners_merged": owners.merged(db),  # one photographer's folder found under several spellings
-        **archive_and_collect(db, now=now, limit=failures),
+        **archive_and_collect(db, now=now, limit=failures, takes=takes),
     }
 
 
-def archive_and_collect(db: DB, *, now: float, limit: int = 10) -> dict:
-    """Per destination: copies held and copy tasks failing or in backoff; the originals
+def archive_and_collect(db: DB, *, now: float, limit: int = 10, takes: dict[str, list[str]] | None = None) -> dict:
+    """Per destination: copies held and copy tasks failing or in backoff, and (``takes``:
+    the routing in force, ``imgq.routing.Routing.takes``) what it takes; the originals
     ``collect`` keeps in the inbox and why."""
     dests: dict[str, dict] = {}
     for r in db.all("SELECT destination, count(*) AS n, coalesce(sum(bytes), 0) AS b, max(verified_at) AS v FROM copies GROUP BY destination"):
@@ -106,6 +108,9 @@ def archive_and_collect(db: DB, *, now: float, limit: int = 10) -> dict:
     ):
         d = dests.setdefault(r["destination"], {"destination": r["destination"], "copies": 0, "bytes": 0, "last_verified_at": None})
         d.update(failing=r["n"], in_backoff=r["waiting"], last_error=r["last"])
+    for url, what in (takes or {}).items():
+        d = dests.setdefault(url, {"destination": url, "copies": 0, "bytes": 0, "last_verified_at": None, "failing": 0, "in_backoff": 0, "last_error": None})
+        d["takes"] = "; ".join(what)
     failing = [
         dict(r)
         for r in db.all(

@@ -542,3 +542,44 @@ def test_ssh_destination_through_a_real_sshd(tmp_path, run_imgq, db_path, ssh_ho
     assert c.returncode == 0, c.stderr
     assert sorted(c.stdout.split()) == sorted(ids)
     assert not list(root.rglob("*.jpg")) and (root / "alice").is_dir()
+
+
+def test_on_archived_runs_once_per_copy_and_a_failing_command_is_retried_without_holding_up_collect(tmp_path, run_imgq, db_path):
+    inbox = small_inbox(tmp_path, per_owner=1)
+    ids = process(run_imgq, inbox)
+    dest = tmp_path / "A"
+    dest.mkdir()
+    calls, ok = tmp_path / "calls", tmp_path / "catalogue-up"
+    script = tmp_path / "catalogue"
+    # a catalogue that is down until catalogue-up exists; it records its arguments, one call a line
+    script.write_text(f'#!/bin/sh\n[ -e "{ok}" ] || {{ echo "catalogue is down" >&2; exit 3; }}\nprintf "%s|" "$@" >> "{calls}"\necho >> "{calls}"\n')
+    script.chmod(0o755)
+    (tmp_path / "imgq.toml").write_text(f'on_archived = ["{script}", "--add"]\nbackoff_seconds = 0.05\nbackoff_max_seconds = 0.1\n')
+
+    first = run_imgq("archive", "--to", dest)
+    assert first.returncode == 0, first.stderr  # the copies are made and stand
+    assert sorted(first.stdout.split()) == sorted(ids)
+    assert "catalogue is down" in first.stderr and not calls.exists()
+    hooks = q(db_path, "SELECT file_id, state, attempts, error FROM archive_hooks ORDER BY attempts DESC")
+    assert sorted(h[0] for h in hooks) == sorted(ids) and {h[1] for h in hooks} == {"pending"}
+    # the first failure is recorded; the others wait for the next archive rather than each costing a try (or a timeout)
+    assert hooks[0][2:] == (1, f"on_archived {script} exited 3: catalogue is down")
+    assert {h[2:] for h in hooks[1:]} == {(0, None)} and len(hooks) > 1
+    # a pending hook never holds up collect: the originals go once their copies re-verify
+    collect = run_imgq("collect", "--to", dest)
+    assert collect.returncode == 0, collect.stderr
+    assert {s for (s,) in q(db_path, "SELECT DISTINCT state FROM files WHERE id IN (SELECT file_id FROM archive_hooks)")} == {"collected"}
+
+    ok.touch()
+    time.sleep(0.2)  # the backoff is over
+    second = run_imgq("archive", "--to", dest)
+    assert second.returncode == 0, second.stderr
+    got = sorted(line.split("|")[:4] for line in calls.read_text().splitlines())
+    copies = q(db_path, "SELECT file_id, destination, path FROM copies WHERE artifact_id IS NULL ORDER BY file_id")
+    assert got == [["--add", f, d, p] for f, d, p in copies]
+    for f, d, p in copies:  # the path given is where the original's bytes are
+        assert sha(Path(d) / p) == q(db_path, "SELECT sha256 FROM files WHERE id = ?", f)[0][0]
+    assert {(s, e) for s, e in q(db_path, "SELECT state, error FROM archive_hooks")} == {("done", None)}
+    assert "pending -> done" in run_imgq("log", ids[0]).stdout
+    run_imgq("archive", "--to", dest)
+    assert len(calls.read_text().splitlines()) == len(ids)  # once per copy, never again

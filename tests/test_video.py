@@ -281,6 +281,8 @@ def test_a_video_is_archived_with_verified_copies_then_collected_and_counted_apa
     status = json.loads(run_imgq("status", "--json").stdout)
     assert status["media"] == {"photos": 1, "videos": 2, "video_seconds": 9.0, "video_hours": round(9 / 3600, 3)}
     assert "media: 1 photos, 2 videos (9 s of video)" in run_imgq("status").stdout
+    # the photos view lists the videos too, saying which they are and how long
+    assert {p: (k, d) for p, k, d in q(db_path, "SELECT path, kind, duration FROM photos")} == {"ann/IMG_1.jpg": ("photo", None), "ann/walk.avi": ("video", 3.0), "bob/run.mp4": ("video", 6.0)}
     report = json.loads(run_imgq("report", "--last", "work", "--json").stdout)
     assert report["videos"] == {"read": 2, "seconds": 9.0, "hours": round(9 / 3600, 3)} and report["photos"]["read"] == 1
     assert "videos:     2 read, 9 s of video; 1 photos read" in run_imgq("report", "--last", "work").stdout
@@ -599,3 +601,78 @@ def test_a_video_in_the_queue_does_not_bench_a_host_of_the_fleet(tmp_path, run_i
     assert "benched" not in work.stderr
     assert {r["state"] for r in files(db_path).values()} == {"processed"}
     assert q(db_path, "SELECT state, count(*) FROM hosts GROUP BY state") != [] and not q(db_path, "SELECT name FROM hosts WHERE state = 'benched'")
+
+
+# ---------------------------------------------------------------- the gallery plays them
+
+# Frames a gallery page (which has no script of its own) and plays its <video> muted.
+GALLERY_PLAYER = """<!doctype html><meta charset="utf-8"><title>play</title>
+<pre id="result">pending</pre>
+<iframe src="{page}" width="1000" height="900"></iframe>
+<script>
+window.addEventListener("load", () => {{
+  const d = document.querySelector("iframe").contentDocument;
+  const v = d.querySelector("video");
+  const report = () => {{
+    document.getElementById("result").textContent = JSON.stringify(v ? {{
+      src: v.currentSrc, readyState: v.readyState, duration: v.duration, width: v.videoWidth,
+      error: v.error ? v.error.code : null, scripts: d.querySelectorAll("script").length,
+    }} : null);
+  }};
+  if (!v) return report();
+  v.muted = true;
+  if (v.readyState >= 2) return report();
+  v.onloadeddata = v.onerror = report;
+  v.querySelector("source").onerror = report;
+  v.play().catch(() => {{}});
+}});
+</script>
+"""
+
+
+def test_a_published_video_plays_on_its_page_and_is_marked_on_the_grid(tmp_path, run_imgq, db_path, photo, serve):
+    import html
+    import re
+    import urllib.parse
+
+    from imgq import publish
+    from test_gallery import _chromium_exe, chromium
+
+    _chromium_exe()
+    inbox = tmp_path / "inbox"
+    photo(inbox / "ann" / "IMG_1.jpg")
+    if clips.have_ffmpeg():
+        clips.make_clip_ffmpeg(inbox / "ann" / "walk <&> \"1\".mp4", width=320, height=240, seconds=3)
+    else:
+        clips.make_clip(inbox / "ann" / "walk <&> \"1\".avi", width=320, height=240, frames=75, fps=25)
+    old = time.time() - 120
+    for p in inbox.rglob("*.*"):
+        os.utime(p, (old, old))
+    assert run_imgq("scan", inbox).returncode == 0 and run_imgq("enqueue").returncode == 0
+    assert run_imgq("work", "-j2", timeout=300).returncode == 0
+    www = tmp_path / "www"
+    (www / "archive").mkdir(parents=True)
+    assert run_imgq("archive", "--to", www / "archive").returncode == 0  # beside the gallery: the original is linked
+    r = run_imgq("publish", www / "g")
+    assert r.returncode == 0, r.stderr
+    [(vid, encoder)] = q(db_path, "SELECT f.id, json_extract(j.result, '$.preview.encoder') FROM files f JOIN jobs j ON j.file_id = f.id WHERE f.kind = 'video' AND j.result LIKE '%preview%'")
+    kind = "video/mp4" if "mp4" in encoder else "video/webm"
+    page = f"photo/{publish.slug(vid)}.html"
+    text = (www / "g" / page).read_text()
+    tag = re.search(r'<video controls preload="metadata" poster="\.\./img/[^"]+\.web-[0-9a-f]+\.jpg"[^>]*><source src="(\.\./img/[^"]+)" type="([^"]+)">', text)
+    assert tag and tag.group(2) == kind, text
+    assert "walk &lt;&amp;&gt; &quot;1&quot;" in text and "walk <&>" not in text  # the name stays text
+    assert "Running time</dt><dd>0:03" in text and "Download the original video" in text
+    original = re.search(r'<a class="download" href="([^"]+)" download>', text).group(1)
+    assert (www / "g" / "photo" / urllib.parse.unquote(html.unescape(original))).resolve().read_bytes() == next(p for p in inbox.rglob("walk*")).read_bytes()
+    day = next((www / "g" / "date").glob("*.html")).read_text()
+    assert day.count('<span class="badge" aria-hidden="true">▶ 0:03</span>') == 1  # the video's tile, not the photo's
+
+    (www / "play.html").write_text(GALLERY_PLAYER.format(page="g/" + page))
+    dom = chromium("--autoplay-policy=no-user-gesture-required", "--virtual-time-budget=10000", "--dump-dom", serve(www) + "play.html", timeout=60).stdout
+    m = re.search(r'<pre id="result">(.*?)</pre>', dom, re.S)
+    assert m and m.group(1) != "pending", dom[:2000]
+    played = json.loads(html.unescape(m.group(1)))
+    assert played["error"] is None and played["readyState"] >= 2 and played["scripts"] == 0, played
+    assert played["duration"] == pytest.approx(3.0, abs=0.1) and played["width"] > 0, played
+    assert played["src"].endswith(html.unescape(tag.group(1))[2:]), played

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from imgq import archive as archive_lib
-from imgq import destinations
+from imgq import destinations, routing
 from imgq.cli import common
 from imgq.cli.options import AcceptNewOpt, SshConfigOpt, ToOpt, TransfersOpt, dry_run_option
 from imgq.errors import Exit, UsageError
@@ -39,12 +39,15 @@ def archive(
 ) -> None:
     """Copy processed originals and their artifacts to every destination, verified.
 
+    Without --to, the destinations and [[route]] rules of imgq.toml (and its
+    route_command) say what goes where; --to sends everything to each, overriding them.
+
     Layout: DEST/YYYY/YYYY-MM-DD/OWNER/NAME with the artifacts beside the original
     (NAME.thumb.jpg, NAME.web.jpg). Each copy is written under a temporary name, fsynced,
     read back and its sha256 compared, then renamed into place and recorded. A
     destination that is down or full fails only its own copies, which are retried with
     backoff on later runs. A file becomes archived when every destination holds a
-    verified copy of it and of all its artifacts; prints the id of each such file.
+    verified copy of it and of all its artifacts (routed: wherever its routes send each); prints the id of each such file.
     Each destination makes up to --transfers copies at once, independently of the
     others; on an ssh:// destination a large copy that was killed is continued where it
     stopped, once the host has hashed the part already there to the same sha256.
@@ -72,13 +75,13 @@ def archive(
             if verify:
                 code = _verify(database, settings, dests, wanted, json, run, dry_run)
             else:
-                code = _archive(database, settings, dests, wanted, json, retry_now, run, dry_run)
+                code = _archive(database, settings, dests, wanted, json, retry_now, run, dry_run, routing.from_settings(to, settings))
             run["exit_code"] = code
     finally:
         destinations.close_all(dests)
 
 
-def _archive(database, settings, dests, wanted, json, retry_now, run, dry_run) -> int:
+def _archive(database, settings, dests, wanted, json, retry_now, run, dry_run, routes=None) -> int:
     def on_file(file_id, what, info):
         if what == "archived":
             common.out_json({"id": file_id, "state": "archived"}) if json else common.out(file_id)
@@ -107,6 +110,9 @@ def _archive(database, settings, dests, wanted, json, retry_now, run, dry_run) -
             on_progress=meter,
             dry_run=dry_run,
             transfers=settings.transfers,
+            on_archived=settings.on_archived,
+            hook_timeout=settings.on_archived_timeout,
+            routing=routes,
         )
     return _render(report, run, started, dry_run)
 
@@ -126,6 +132,7 @@ def _render(report, run, started, dry_run) -> int:
         common.warn(f"destination unavailable: {why}; {n} file(s) will be retried there with backoff")
     if report.waiting:
         common.note(f"{report.waiting} copy task(s) still in backoff after earlier failures (see imgq status; --retry-now to try now)")
+    render_hooks(report.hooks)
     run["counts"] = archive_lib.summary(report)
     common.summary(
         f"archive: {len(report.archived)} {'would be archived' if dry_run else 'archived'}, {report.copied} {'to copy' if dry_run else 'copied'} ({report.bytes / 1e6:.1f} MB), "
@@ -133,6 +140,14 @@ def _render(report, run, started, dry_run) -> int:
     )
     unknown = any(state is None for _, state in report.skipped)
     return int(Exit.USAGE) if unknown else int(Exit.SOME_FAILED) if report.failed else 0
+
+
+def render_hooks(hooks) -> None:
+    """on_archived's failures on stderr: the copies stand, the hook is run again later."""
+    for file_id, url, why in hooks.failed:
+        common.warn(f"{file_id}: copied to {url}, but {why}; run again by a later archive")
+    if hooks.failed:
+        common.note(f"{hooks.waiting} on_archived run(s) pending, retried with backoff by later archives (table archive_hooks)")
 
 
 def _verify(database, settings, dests, wanted, json, run, dry_run=False) -> int:

@@ -10,6 +10,7 @@ import typer
 from imgq import archive as archive_lib
 from imgq import backup as backup_step
 from imgq import destinations
+from imgq import routing
 from imgq.cli import common
 from imgq.cli.options import AcceptNewOpt, ConfigOpt, DbOpt, JsonOpt, SshConfigOpt, ToOpt
 from imgq.config import DEFAULTS
@@ -39,11 +40,14 @@ def backup(
 
     The snapshot is taken with SQLite's online backup, so workers may go on meanwhile;
     it is compressed, and written, read back and verified like every copy. `imgq run`
-    does this at its end. Older snapshots beyond --keep are removed. Prints the path of
+    does this at its end. With [[route]] rules in imgq.toml (and no --to), only the
+    destinations that take originals get it, never one for artifacts only. Older snapshots beyond --keep are removed. Prints the path of
     each snapshot put (DEST/REL); exits 1 if a destination could not take it.
     """
     inv = common.Invocation("backup", db, config)
-    urls = destinations.in_force(to, inv.settings) or inv.database.distinct("copies", "destination")
+    routes = routing.from_settings(to, inv.settings)
+    # with [[route]] rules: only where originals may go, never an artifacts-only destination
+    urls = (routes.may_take_originals() if routes else destinations.in_force(to, inv.settings)) or inv.database.distinct("copies", "destination")
     if not urls:
         raise UsageError("no destination: give --to DEST, or set destinations = [...] in imgq.toml")
     keep = keep or inv.settings.backup_keep

@@ -10,7 +10,7 @@ import typer
 
 from imgq import archive as archive_lib
 from imgq import collect as collect_lib
-from imgq import destinations
+from imgq import destinations, routing
 from imgq.cli import common
 from imgq.cli.options import AcceptNewOpt, ConfigOpt, DbOpt, IdsArg, JsonOpt, SshConfigOpt, ToOpt, WaitOpt, dry_run_option
 from imgq.errors import Exit, UsageError
@@ -47,7 +47,9 @@ def collect(
     archived to, named on stderr) for a file archived everywhere. With --min-copies N it
     means exactly N at distinct destinations, even for a file not archived at every
     destination yet (one is down): it goes, and the missing copies are not made later.
-    A duplicate goes with the photo it duplicates. Nothing outside the inbox is touched
+    With [[route]] rules or a route_command in imgq.toml (and no --to), enough means a
+    copy wherever the routes send the file's original (or N of those with --min-copies);
+    a destination that takes only artifacts never counts. A duplicate goes with the photo it duplicates. Nothing outside the inbox is touched
     and no symlink is followed; folders stay. Everything else stays with its reason,
     shown here and in `imgq status`.
 
@@ -68,7 +70,8 @@ def collect(
     database = inv.database
     common.require_known(database, wanted)
     urls = list(required)
-    if min_copies is not None and not to:
+    routes = routing.from_settings(to, inv.settings)
+    if min_copies is not None and not to and routes is None:
         # any destination holding copies counts
         urls = list(dict.fromkeys(urls + archive_lib.destination_urls(database)))
         required = []
@@ -104,6 +107,7 @@ def collect(
                 clock=time.time,
                 actor=Actor(name="collect"),
                 on_verdict=on_verdict,
+                routing=routes,
             )
             run["counts"] = collect_lib.summary(report)
             if not verbose:

@@ -342,7 +342,7 @@ def recorded_run(db: DB, command: str, args: dict):
     rec = {"counts": {}, "exit_code": int(Exit.OK)}
     run_id = runs.start(db, command, args, now=time.time())
     rec["id"] = run_id
-    outer, db.run_id = db.run_id, run_id  # every event written meanwhile names this run
+    outer, db.run_id = getattr(db, "run_id", None), run_id  # every event written meanwhile names this run
     try:
         yield rec
     except BaseException as e:

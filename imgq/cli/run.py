@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from imgq import archive, destinations
+from imgq import routing as routing_lib
 from imgq import enqueue as enqueue_step
 from imgq import collect as collect_step
 from imgq import backup as backup_step
@@ -118,7 +119,11 @@ def run(
         dry_run=dry_run,
         publish_to=site,
         publish=publish_step.PublishOptions(gallery=gallery, max_attempts=settings.max_attempts),
+        routing=routing_lib.from_settings(to, settings),
     )
+    # the journal's snapshots go where originals may go, never to a destination that
+    # takes only artifacts (a web server)
+    archives = {u: d for u, d in dests.items() if opts.routing is None or u in opts.routing.may_take_originals()}
 
     args = {"inboxes": [str(p) for p in inboxes], "to": urls}
     if fleet is not None:
@@ -157,6 +162,8 @@ def run(
                 common.note(f"archive: {url} is the same destination as {same} (one folder reached two ways): archived to once, counted as one copy")
             for url, rel in result.swept:
                 common.note(f"archive: {url}: removed {rel}, left by a copy that was killed")
+            for file_id, url, why in result.hooks.failed:
+                common.warn(f"archive: {file_id}: copied to {url}, but {why}; run again by a later archive")
         elif step == "collect":
             for v in result.problems:
                 common.warn(f"collect: keeping {v.path}: {v.reason}")
@@ -182,8 +189,8 @@ def run(
             mark = {"at": backup_step.last_event(database)}
 
             def after() -> None:  # each watched run backs the journal up as a cron run does
-                if dests and backup_step.changed_since(database, mark["at"]):
-                    _backup(database, dests, settings.backup_keep)
+                if archives and backup_step.changed_since(database, mark["at"]):
+                    _backup(database, archives, settings.backup_keep)
                 mark["at"] = backup_step.last_event(database)
 
             watching.serve(inv, opts, args, steps=STEPS, rescan=rescan or watching.RESCAN,
@@ -197,8 +204,8 @@ def run(
             rec["counts"]["seconds"] = round(time.time() - started, 3)
             common.summary(summary(report.counts(), rec["counts"]["seconds"]))
             rec["exit_code"] = report.exit_code
-            if not dry_run and dests and backup_step.changed_since(database, journal_at):
-                _backup(database, dests, settings.backup_keep)
+            if not dry_run and archives and backup_step.changed_since(database, journal_at):
+                _backup(database, archives, settings.backup_keep)
     finally:
         for meter in meters.values():
             meter.stop()

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from imgq import status as status_lib
+from imgq import routing
 from imgq.report import running_time
 from imgq.cli import common
 from imgq.cli.options import ConfigOpt, DbOpt, JsonOpt
@@ -34,10 +35,13 @@ def status(
     The report is for people (plain tables, colour only on a terminal); --json writes
     the same facts as one JSON object for scripts.
     """
-    database = common.Invocation("status", db, config).database
+    inv = common.Invocation("status", db, config)
+    database = inv.database
+    routes = routing.from_settings(None, inv.settings)
+    takes = routes.takes() if routes else None
     console = common.stdout()
     while True:
-        snap = status_lib.snapshot(database, now=time.time(), failures=failures)
+        snap = status_lib.snapshot(database, now=time.time(), failures=failures, takes=takes)
         if json:
             common.out_json(snap)
         else:
@@ -117,11 +121,13 @@ def _render_archive(console, archive: dict, collect: dict) -> None:
     dests = archive.get("destinations") or []
     if dests:
         t = Table(title="archive", title_justify="left", show_edge=False)
-        for col in ("destination", "copies", "MB", "failing", "in backoff", "last error"):
-            t.add_column(col, justify="left" if col in ("destination", "last error") else "right")
+        routed = any("takes" in d for d in dests)
+        for col in ("destination",) + (("takes",) if routed else ()) + ("copies", "MB", "failing", "in backoff", "last error"):
+            t.add_column(col, justify="left" if col in ("destination", "takes", "last error") else "right")
         for d in dests:
             t.add_row(
                 d["destination"],
+                *((common.printable(d.get("takes") or ("(its failures, per file)" if d["destination"] == routing.ROUTE_COMMAND else "nothing routed here")),) if routed else ()),
                 str(d["copies"]),
                 f"{d['bytes'] / 1e6:.1f}",
                 str(d["failing"]),

@@ -49,7 +49,7 @@ from imgq.destinations.base import (
 )
 from imgq.destinations.local import LocalDestination
 from imgq.destinations.physical import Physical, physical
-from imgq.destinations.resolve import canonical, close_all, in_force, open_all, open_destination
+from imgq.destinations.resolve import canonical, close_all, configured, in_force, open_all, open_destination
 from imgq.destinations.ssh import SshDestination, SshOptions, parse_ssh_url
 
 __all__ = [
@@ -69,6 +69,7 @@ __all__ = [
     "close_all",
     "hash_fd",
     "in_force",
+    "configured",
     "is_safe_name",
     "open_all",
     "open_destination",

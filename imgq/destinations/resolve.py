@@ -32,20 +32,21 @@ def open_destination(text: str, ssh: SshOptions = SshOptions()) -> Destination:
     return LocalDestination(url)
 
 
+def configured(text: str, settings: Settings) -> str:
+    """A destination named in imgq.toml, canonical: a relative path there is relative to
+    the file."""
+    base = settings.config_path.parent if settings.config_path else Path(".")
+    return canonical(text if text.startswith("ssh://") or os.path.isabs(os.path.expanduser(text)) else str(base / text))
+
+
 def in_force(to: list[str] | None, settings: Settings) -> list[str]:
-    """The destinations in force, canonical: ``to`` (--to), else imgq.toml's (relative
-    paths there are relative to the file), deduplicated in order."""
+    """The destinations in force, canonical: ``to`` (--to), else imgq.toml's
+    ``destinations`` then the ``to`` of each ``[[route]]``, deduplicated in order."""
     if to:
-        texts = list(to)
+        urls = [canonical(t) for t in to]
     else:
-        base = settings.config_path.parent if settings.config_path else Path(".")
-        texts = [t if t.startswith("ssh://") or os.path.isabs(os.path.expanduser(t)) else str(base / t) for t in settings.destinations]
-    out: list[str] = []
-    for t in texts:
-        url = canonical(t)
-        if url not in out:
-            out.append(url)
-    return out
+        urls = [configured(t, settings) for t in [*settings.destinations, *(r.to for r in settings.route)]]
+    return list(dict.fromkeys(urls))
 
 
 def open_all(urls: list[str], ssh: SshOptions) -> dict[str, Destination]:

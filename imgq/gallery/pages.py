@@ -50,6 +50,9 @@ ul.grid li { min-width: 0; }
 ul.grid a.thumb { display: block; position: relative; aspect-ratio: 4 / 3; background: var(--tile); overflow: hidden; border-radius: 3px; }
 ul.grid img { position: absolute; inset: 0; display: block; width: 100%; height: 100%; object-fit: cover; }
 ul.grid a.thumb:hover img { opacity: .88; }
+.badge { position: absolute; right: 4px; bottom: 4px; padding: 0 .35rem; border-radius: 3px; font-size: .75rem;
+  line-height: 1.5; background: rgba(0, 0, 0, .72); color: #fff; font-variant-numeric: tabular-nums; }
+.frame video { display: block; width: 100%; height: auto; background: #000; }
 .cap { display: block; font-size: .78rem; line-height: 1.3; padding: .25rem .1rem .35rem; color: var(--muted);
   overflow-wrap: anywhere; }
 .cap b { color: var(--fg); font-weight: 500; }
@@ -137,6 +140,7 @@ class Image:
     height: int | None
     bytes: int
     name: str = ""  # the artifact's name (thumb, web, gallery1280, web-brightness1.2, ...)
+    type: str | None = None  # a video's media type (video/mp4, video/webm); None: a still image
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,6 +184,15 @@ class Photo:
     versions: tuple[Image, ...] = ()  # other outputs of recipes (enhancements, faces drawn)
     boxes: tuple[Face, ...] = ()
     exif: tuple[tuple[str, str], ...] = ()  # (label, text): lens, exposure, ... when recorded
+    kind: str = "photo"  # or "video": thumb and web are then stills of it, poster of preview
+    duration: float | None = None  # a video's running time in seconds
+    frame_rate: float | None = None
+    preview: Image | None = None  # the video played on its page
+    movies: tuple[Image, ...] = ()  # its other video artifacts, linked
+
+    @property
+    def is_video(self) -> bool:
+        return self.kind == "video"
 
     def srcset(self, *, upto: int | None = None) -> tuple[Image, ...]:
         """Images of this photo fit for a srcset (distinct widths, smallest first), at most
@@ -245,7 +258,24 @@ def day_title(day: str) -> str:
 
 def alt_text(p: Photo) -> str:
     when = f", taken {p.day}" if p.day != "undated" else ""
-    return f"{p.name} by {p.owner}{when}"
+    video = f" (video, {running_time(p.duration)})" if p.is_video else ""
+    return f"{p.name} by {p.owner}{when}{video}"
+
+
+def running_time(seconds: float | None) -> str:
+    """A video's running time as people read it: 0:07, 12:34, 1:02:03 (whole seconds,
+    rounded; "unknown" when none was recorded)."""
+    if seconds is None:
+        return "unknown"
+    total = int(round(seconds))
+    h, rest = divmod(total, 3600)
+    m, sec = divmod(rest, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
+
+
+def _badge(p: Photo) -> str:
+    # a video's tile says so at a glance; the alt text says it to a screen reader
+    return f'<span class="badge" aria-hidden="true">▶ {esc(running_time(p.duration))}</span>' if p.is_video else ""
 
 
 def _time_of(p: Photo) -> str:
@@ -289,7 +319,7 @@ def _grid(photos: list[Photo], root: str, *, show_owner: bool, show_day: bool) -
         if show_owner:
             bits.append(esc(p.owner))
         items.append(
-            f'<li><a class="thumb" href="{page}">{_img(root, p, sizes=GRID_SIZES, upto=640, lazy=n >= 24)}</a>'
+            f'<li><a class="thumb" href="{page}">{_img(root, p, sizes=GRID_SIZES, upto=640, lazy=n >= 24)}{_badge(p)}</a>'
             f'<span class="cap">{"<br>".join(bits)}</span></li>'
         )
     return '<ul class="grid">\n' + "\n".join(items) + "\n</ul>\n"
@@ -429,6 +459,13 @@ def photo_page(*, site: str, photo: Photo, near: Neighbours, day_page: str, owne
         ("Size", esc(human_bytes(p.size)) + (f' <span class="muted">({p.size} bytes)</span>' if p.size and p.size >= 1000 else "")),
         ("Dimensions", esc(f"{p.width} × {p.height} pixels" if p.width and p.height else "unknown")),
     ]
+    if p.is_video:
+        rate = f", {p.frame_rate:g} frames a second" if p.frame_rate else ""
+        rows.append(("Running time", esc(running_time(p.duration)) + (f' <span class="muted">({p.duration:g} s{esc(rate)})</span>' if p.duration is not None else "")))
+        if p.preview:
+            rows.append(("Preview", f'<a href="../{href(*p.preview.rel.split("/"))}" type="{esc(p.preview.type)}">{esc(_dims(p.preview))}</a>'))
+        for m in p.movies:
+            rows.append((esc(m.name), f'<a href="../{href(*m.rel.split("/"))}" type="{esc(m.type)}">{esc(_dims(m))}</a>'))
     if p.faces is not None:
         rows.append(("Faces found", esc(p.faces)))
     rows.append(("Id", f"<code>{esc(p.id)}</code>"))
@@ -451,13 +488,19 @@ def photo_page(*, site: str, photo: Photo, near: Neighbours, day_page: str, owne
     )
     big = _img("../", p, sizes=_stage_sizes(p), upto=100_000, lazy=False)
     download = next((o for o in p.originals if o.url), None)
-    down = f'<a class="download" href="{esc(download.url)}" download>Download the original ({esc(human_bytes(p.size))})</a>\n' if download else ""
+    what = "video" if p.is_video else ""
+    down = f'<a class="download" href="{esc(download.url)}" download>Download the original{" " + what if what else ""} ({esc(human_bytes(p.size))})</a>\n' if download else ""
     caption = esc(p.owner) + (f", {esc(_time_of(p))}" if _time_of(p) else "") + (f" · {esc(p.camera)}" if p.camera else "")
+    if p.is_video:
+        caption += f" · {esc(running_time(p.duration))}"
+    stage = _video_stage(p, download) if p.is_video and p.preview else (
+        f'<a class="frame" style="--r: {_ratio(p):.4f}" href="../{href(*p.srcset()[-1].rel.split("/"))}">{big}{faces}</a>'
+    )
     nav = _step("This day", near.day_prev, near.day_next, day_url, day_title(p.day), keys=True)
     nav += _step("This photographer", near.owner_prev, near.owner_next, owner_url, p.owner, keys=False)
     body = (
         f"<h1>{esc(p.name)}</h1>\n{nav}"
-        f'<figure class="stage">\n<a class="frame" style="--r: {_ratio(p):.4f}" href="../{href(*p.srcset()[-1].rel.split("/"))}">{big}{faces}</a>\n'
+        f'<figure class="stage">\n{stage}\n'
         f"<figcaption>{caption}{' · ' + _plural(len(p.boxes), 'face') + ' marked' if p.boxes else ''}</figcaption>\n</figure>\n"
         f"{down}"
     )
@@ -479,6 +522,22 @@ def photo_page(*, site: str, photo: Photo, near: Neighbours, day_page: str, owne
     if near.day_next:
         head += f'<link rel="next" href="{href(near.day_next.slug + ".html")}">\n'
     return _page(title=p.name, site=site, root="../", body=body, crumbs=crumbs, head=head)
+
+
+def _video_stage(p: Photo, original: Original | None) -> str:
+    """The video played where a photo would be shown: its preview with the web still as
+    poster, the browser's own controls (no script), and links for a browser that cannot
+    play it."""
+    v = p.preview
+    src = f"../{href(*v.rel.split('/'))}"
+    size = f' width="{v.width}" height="{v.height}"' if v.width and v.height else ""
+    fallback = f'<a href="{src}">the preview</a>' + (f' or <a href="{esc(original.url)}">the original</a>' if original else "")
+    return (
+        f'<div class="frame" style="--r: {_ratio(p):.4f}">'
+        f'<video controls preload="metadata" poster="../{href(*p.web.rel.split("/"))}"{size} aria-label="{esc(alt_text(p))}">'
+        f'<source src="{src}" type="{esc(v.type)}">'
+        f"<p>This browser cannot play the video here: download {fallback}.</p></video></div>"
+    )
 
 
 def _dims(i: Image) -> str:

@@ -253,6 +253,7 @@ class ScratchDB(DB):
     def __init__(self, path: Path | str):
         self.path = Path(path)
         self._lock_fd = None
+        self.run_id: int | None = None  # as DB's: a dry run records its run in the copy
         conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
         try:
             _check_openable(self.path, True)  # what a real run would refuse (a folder, no such folder), refused

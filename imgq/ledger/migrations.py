@@ -538,9 +538,52 @@ def _m14_video(db: "sqlite_utils.Database") -> None:
     db.execute("CREATE INDEX IF NOT EXISTS idx_files_kind ON files (kind, state, duration)")
 
 
+def _m15_photos_of_every_kind(db: "sqlite_utils.Database") -> None:
+    # The photos view lists videos too (kind 'video'): it says which rows are videos and
+    # their running time. Recreated whole from its migration-9 text with the two columns
+    # inserted after format, so the view stays one definition a reader can find.
+    (sql,) = db.execute("SELECT sql FROM sqlite_master WHERE type = 'view' AND name = 'photos'").fetchone()
+    marker = "    f.format,\n"
+    if marker not in sql:
+        raise RuntimeError("migration 15: the photos view is not the one migration 9 made")
+    db.execute("DROP VIEW photos")
+    db.execute(sql.replace(marker, marker + "    f.kind,\n    f.duration,\n", 1))
+
+
+def _m16_archive_hooks(db: "sqlite_utils.Database") -> None:
+    # on_archived: a site's command run once per verified copy of a file's original at a
+    # destination (to update its catalogue). One row per (file, destination): pending
+    # until the command exits 0 (done); a failure (exit status, timeout, cannot start)
+    # keeps the reason and waits out a backoff before a later archive runs it again. The
+    # copy itself is recorded in copies and never depends on this row.
+    db["archive_hooks"].create(
+        {
+            "file_id": str, "destination": str, "path": str, "command": str, "state": str,
+            "attempts": int, "error": str, "not_before": float, "created_at": float, "updated_at": float,
+        },
+        pk=("file_id", "destination"),
+        not_null={"path", "command", "state", "attempts", "not_before", "created_at", "updated_at"},
+        defaults={"state": "pending", "attempts": 0, "not_before": 0},
+        foreign_keys=[("file_id", "files", "id")],
+    )
+    # the hooks due (pending or failed): a few among all the done ones
+    db.execute("CREATE INDEX idx_archive_hooks_due ON archive_hooks (not_before) WHERE state = 'pending'")
+
+
+def _m17_route_answers(db: "sqlite_utils.Database") -> None:
+    # The route command's answer for each file (route_command in imgq.toml), kept so that
+    # it is asked once per file and collect knows where the original was sent without
+    # asking again; ``command`` is the argv (JSON) that answered: another command asks again.
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS route_answers (file_id TEXT PRIMARY KEY REFERENCES files(id), command TEXT NOT NULL,"
+        " answer TEXT NOT NULL, decided_at REAL NOT NULL)"
+    )
+
+
 MIGRATIONS: list[Callable[["sqlite_utils.Database"], None]] = [
     _m1_core, _m2_archive, _m3_faces, _m4_job_stages, _m5_hosts, _m6_destination_identity, _m7_meta, _m8_archive_target_states,
     _m9_views, _m10_journal_at_scale, _m11_owner_spellings, _m12_retry_for_a_time, _m13_run_of_each_event, _m14_video,
+    _m15_photos_of_every_kind, _m16_archive_hooks, _m17_route_answers,
 ]
 
 
