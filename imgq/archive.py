@@ -26,9 +26,13 @@ copy; in place only when the damaged file is provably that copy's
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
 import json
+import queue
 import random
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -176,6 +180,7 @@ def archive(
     on_archived: Sequence[str] = (),
     hook_timeout: float = 60.0,
     routing: Routing | None = None,
+    transfers: int = 1,
 ) -> ArchiveReport:
     """Copy every eligible file (see ``eligible``) to every destination, verified; with
     ``routing`` (``imgq.routing``), each item only to the destinations it routes it to,
@@ -199,6 +204,11 @@ def archive(
     how 'would copy' (or 'found': a local destination already holds those bytes there),
     and ``report.planned`` holds what the copies would be. An ssh:// destination is not
     connected to: no name is known to be taken there.
+
+    ``transfers``: each destination copies up to that many files at once, on threads of
+    its own, and the destinations proceed independently (a slow one holds up the others
+    only once it is several files behind). The names are reserved and every copy recorded
+    on the calling thread, the only one that touches ``db``.
     """
     rng = rng or random.Random()
     report = ArchiveReport()
@@ -221,67 +231,62 @@ def archive(
         chosen = {f["id"] for f in files}
         states = dict(db.all("SELECT id, state FROM files WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(file_ids),)))
         report.skipped = [(i, states.get(i)) for i in dict.fromkeys(file_ids) if i not in chosen and states.get(i) != "archived"]
-    for n, f in enumerate(files):
-        if stop():
-            report.stopped = True
-            break
-        on_progress(n, len(files))
-        every = items_of(db, f, store_dir)
-        try:
-            routed = _routed(db, routing, f, every, report, clock=clock, actor=actor, backoff=backoff, backoff_max=backoff_max, ignore_backoff=ignore_backoff, rng=rng)
-        except RouteFailed as e:
-            failure = Failure(f["id"], ROUTE_COMMAND, str(e))
-            report.failed.append(failure)
-            on_file(f["id"], "failed", failure)
-            continue
-        if routed is None:
-            continue  # the route command's failure is in backoff
-        wants = {d.url: [i for i in every if routed is True or i.role in routed.get(d.url, ())] for d in destinations}
-        complete = True
-        for dest in destinations:
-            items = wants[dest.url]
-            if not items:
-                continue
-            missing = _missing(db, f, dest.url, items)
-            if not missing:
-                continue
-            complete = False
-            target = archive_targets.open_target(db, f["id"], dest.url, now=clock(), actor=actor, detail=_lacking(missing))
-            if dest.url in report.down:
-                _failed(db, target, report.down[dest.url], "transient", now=clock(), actor=actor, backoff=backoff, backoff_max=backoff_max, rng=rng)
-                report.failed.append(Failure(f["id"], dest.url, report.down[dest.url], down=True))
-                continue
-            if target["not_before"] > clock() and not ignore_backoff:
-                report.waiting += 1
-                continue
+    hook = dict(on_archived=on_archived, hook_timeout=hook_timeout, dry_run=dry_run)
+    copying = _Transfers(destinations, transfers)
+    try:
+        for n, f in enumerate(files):
+            if stop():
+                report.stopped = True
+                break
+            on_progress(n, len(files))
+            every = items_of(db, f, store_dir)
             try:
-                if dry_run:
-                    _plan_missing(db, dest, phys.identity.get(dest.url), f, items, missing, report, clock=clock, on_file=on_file)
-                else:
-                    _copy_missing(db, dest, phys.identity.get(dest.url), f, items, missing, sources, report, clock=clock, on_file=on_file, on_archived=on_archived, actor=actor)
-                archive_targets.succeeded(db, target, now=clock(), actor=actor)
-            except (ImgqError, OSError) as e:
-                text = str(e) if isinstance(e, ImgqError) else f"{dest.url}: {e}"
-                if isinstance(e, DestinationUnavailable):
-                    report.down[dest.url] = text
-                kind = "permanent" if isinstance(e, ImgqError) and classify(e) == "permanent" else "transient"
-                _failed(db, target, text, kind, now=clock(), actor=actor, backoff=backoff, backoff_max=backoff_max, rng=rng)
-                failure = Failure(f["id"], dest.url, text, kind, down=isinstance(e, DestinationUnavailable))
+                routed = _routed(db, routing, f, every, report, clock=clock, actor=actor, backoff=backoff, backoff_max=backoff_max, ignore_backoff=ignore_backoff, rng=rng)
+            except RouteFailed as e:
+                failure = Failure(f["id"], ROUTE_COMMAND, str(e))
                 report.failed.append(failure)
                 on_file(f["id"], "failed", failure)
                 continue
-        if not complete:
-            complete = all(not _missing(db, f, d.url, wants[d.url]) for d in destinations)
-        if complete and f["state"] == "processed":
-            with db.transaction():
-                journal.move_file(
-                    db, f["id"], "archived", now=clock(), actor=actor, expect=("processed",),
-                    detail=f"verified copies at {', '.join(d.url for d in destinations if wants[d.url])}",
-                )
-            report.archived.append(f["id"])
-            on_file(f["id"], "archived", None)
-        if on_archived and not dry_run:
-            _run_hooks(db, report, clock=clock, timeout=hook_timeout, backoff=backoff, backoff_max=backoff_max, rng=rng, actor=actor, file_id=f["id"])
+            if routed is None:
+                continue  # the route command's failure is in backoff
+            wants = {d.url: [i for i in every if routed is True or i.role in routed.get(d.url, ())] for d in destinations}
+            for dest in destinations:
+                items = wants[dest.url]
+                if not items:
+                    continue
+                missing = _missing(db, f, dest.url, items)
+                if not missing:
+                    continue
+                target = archive_targets.open_target(db, f["id"], dest.url, now=clock(), actor=actor, detail=_lacking(missing))
+                if dest.url in report.down:
+                    _failed(db, target, report.down[dest.url], "transient", now=clock(), actor=actor, backoff=backoff, backoff_max=backoff_max, rng=rng)
+                    report.failed.append(Failure(f["id"], dest.url, report.down[dest.url], down=True))
+                    continue
+                if target["not_before"] > clock() and not ignore_backoff:
+                    report.waiting += 1
+                    continue
+                try:
+                    if dry_run:
+                        _plan_missing(db, dest, phys.identity.get(dest.url), f, items, missing, report, clock=clock, on_file=on_file)
+                        archive_targets.succeeded(db, target, now=clock(), actor=actor)
+                        continue
+                    # the names are reserved here; the bytes travel on the destination's
+                    # own threads; what they did is recorded here, on this thread (_Transfers)
+                    paths = plan(db, dest, f, items, now=clock(), ident=phys.identity.get(dest.url))
+                except (ImgqError, OSError) as e:
+                    _target_failed(db, f, dest, target, e, report, clock=clock, actor=actor, backoff=backoff, backoff_max=backoff_max, rng=rng, on_file=on_file)
+                    continue
+                copying.submit(dest, f, items, target, missing, paths)
+            copying.begun(f, wants)
+            for done in copying.finished(wait=False):
+                _finish(db, done, destinations, phys, sources, report, clock=clock, actor=actor, backoff=backoff, backoff_max=backoff_max, rng=rng, on_file=on_file, **hook)
+    except BaseException:
+        copying.cancel()  # what is begun ends whole and is recorded; nothing more starts
+        raise
+    finally:
+        for done in copying.finished(wait=True):
+            _finish(db, done, destinations, phys, sources, report, clock=clock, actor=actor, backoff=backoff, backoff_max=backoff_max, rng=rng, on_file=on_file, **hook)
+        copying.close()
     if files:
         on_progress(len(files), len(files))
     if on_archived and not dry_run:  # earlier archives' failed hooks whose backoff is over
@@ -313,6 +318,169 @@ def _routed(db: DB, routing: Routing | None, f, items: Sequence[Item], report: A
         raise
     archive_targets.succeeded(db, target, now=clock(), actor=actor)
     return out
+
+
+class _ElsewhereOnMain(Exception):
+    """A copy thread's source is gone: copying from another destination's copy reads the
+    ledger, so it is done on the archive's own thread (``_finish``)."""
+
+
+class _OnMain:
+    def put_from_elsewhere(self, *args, **kwargs):
+        raise _ElsewhereOnMain()
+
+
+@dataclasses.dataclass
+class _Job:
+    """What one destination lacks of one file, copied on that destination's threads."""
+
+    dest: Destination
+    f: object
+    items: Sequence[Item]
+    target: object
+    missing: Sequence[Item]
+    paths: dict[str, str]
+    done: list[tuple[Item, str]] = dataclasses.field(default_factory=list)  # (item, how), in order
+    error: BaseException | None = None
+
+
+class _Transfers:
+    """Each destination's copying threads (up to ``n`` at once, a pool per destination, so
+    destinations proceed independently), and the files in flight. The threads only
+    check and put; ``finished`` hands their jobs, and then each file once it has no job
+    left, back to the archive's thread, which records them."""
+
+    WINDOW = 4  # files in flight per transfer slot before the archive waits for one
+
+    def __init__(self, destinations: Sequence[Destination], n: int):
+        self.n = max(1, n)
+        self.pools: dict[str, ThreadPoolExecutor] = {}
+        self.down: dict[str, str] = {}  # destination -> why, as its threads find it
+        self.open: dict[str, list] = {}  # file id -> [f, items, jobs outstanding, begun]
+        self.futures: list[tuple[Future, _Job]] = []
+        self.results: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self.complete: collections.deque = collections.deque()
+
+    def submit(self, dest: Destination, f, items, target, missing, paths) -> None:
+        job = _Job(dest, f, items, target, missing, paths)
+        self.open.setdefault(f["id"], [f, None, 0, False])[2] += 1
+        pool = self.pools.get(dest.url)
+        if pool is None:
+            most = getattr(dest, "max_transfers", self.n)  # an ssh:// destination: sshd's MaxSessions
+            pool = self.pools[dest.url] = ThreadPoolExecutor(max_workers=min(self.n, most), thread_name_prefix="imgq-copy")
+        self.futures.append((pool.submit(self._run, job), job))
+
+    def begun(self, f, wants) -> None:
+        """Every job of ``f`` is submitted (``wants``: destination -> its items)."""
+        entry = self.open.setdefault(f["id"], [f, wants, 0, False])
+        entry[1], entry[3] = wants, True
+        self._settle(f["id"])
+
+    def _settle(self, file_id: str) -> None:
+        entry = self.open[file_id]
+        if entry[2] == 0 and entry[3]:
+            del self.open[file_id]
+            self.complete.append(("file", entry[0], entry[1]))
+
+    def _run(self, job: _Job) -> None:
+        try:
+            if job.dest.url in self.down:
+                raise DestinationUnavailable(self.down[job.dest.url])
+            # one look at every name of the job, and (ssh://) one folder sync for all of
+            # them, before the job is handed back to be recorded
+            found = job.dest.check([job.paths[i.role] for i in job.missing])
+            with getattr(job.dest, "deferring_folder_syncs", contextlib.nullcontext)():
+                for item in job.missing:
+                    if job.dest.url in self.down:
+                        raise DestinationUnavailable(self.down[job.dest.url])
+                    rel = job.paths[item.role]
+                    job.done.append((item, copy_item(job.dest, job.f["id"], item, rel, _OnMain(), found=found[rel])))
+        except BaseException as e:
+            job.error = e
+            if isinstance(e, DestinationUnavailable):
+                self.down.setdefault(job.dest.url, str(e))
+        finally:
+            self.results.put(job)
+
+    def finished(self, *, wait: bool):
+        """Jobs done (``("copy", job)``) and files with none left (``("file", f,
+        wants)``); waits for jobs while too many files are in flight, or with ``wait``
+        until none is."""
+        while True:
+            while self.complete:
+                yield self.complete.popleft()
+            if not any(e[2] for e in self.open.values()):
+                return
+            try:
+                job = self.results.get(block=wait or len(self.open) > self.n * self.WINDOW)
+            except queue.Empty:
+                return
+            yield ("copy", job)
+            self.open[job.f["id"]][2] -= 1
+            self._settle(job.f["id"])
+
+    def cancel(self) -> None:
+        """Jobs not begun are dropped (their names stay reserved for the next archive)."""
+        for fut, job in self.futures:
+            if fut.cancel():
+                self.open[job.f["id"]][2] -= 1
+                self.open[job.f["id"]][3] = False
+
+    def close(self) -> None:
+        for pool in self.pools.values():
+            pool.shutdown(wait=True)
+
+
+def _finish(db: DB, event, destinations, phys: Physical, sources: Sources, report: ArchiveReport, *, clock, actor, backoff, backoff_max, rng, on_file, on_archived, hook_timeout, dry_run) -> None:
+    """On the archive's thread: record what a job copied and how it ended, or move a
+    file whose jobs are all done to archived if every destination has all it is sent
+    (``wants``: destination -> items), and run its on_archived hooks."""
+    if event[0] == "file":
+        _, f, wants = event
+        if f["state"] == "processed" and all(not _missing(db, f, d.url, wants[d.url]) for d in destinations):
+            with db.transaction():
+                journal.move_file(
+                    db, f["id"], "archived", now=clock(), actor=actor, expect=("processed",),
+                    detail=f"verified copies at {', '.join(d.url for d in destinations if wants[d.url])}",
+                )
+            report.archived.append(f["id"])
+            on_file(f["id"], "archived", None)
+        if on_archived and not dry_run:
+            _run_hooks(db, report, clock=clock, timeout=hook_timeout, backoff=backoff, backoff_max=backoff_max, rng=rng, actor=actor, file_id=f["id"])
+        return
+    job: _Job = event[1]
+    dest, f = job.dest, job.f
+    ident = phys.identity.get(dest.url)
+    for item, how in job.done:
+        _record_copy(db, f["id"], item, dest.url, job.paths[item.role], now=clock(), ident=ident)
+        if on_archived and item.role == ORIGINAL:
+            hooks.queue(db, f["id"], dest.url, job.paths[item.role], archive_hook.command_for(on_archived, f["id"], dest.url, job.paths[item.role]), now=clock(), actor=actor)
+        if how == "found":
+            report.found += 1
+        else:
+            report.copied += 1
+            report.bytes += item.bytes
+        on_file(f["id"], "copied", (dest.url, job.paths[item.role], how))
+    try:
+        if isinstance(job.error, (NameTaken, NameRefused, _ElsewhereOnMain)):
+            # a name to give up, or a source to find elsewhere: the rest, here, as ever
+            _copy_missing(db, dest, ident, f, job.items, _missing(db, f, dest.url, job.items), sources, report, clock=clock, on_file=on_file, on_archived=on_archived, actor=actor)
+        elif job.error is not None:
+            raise job.error
+        archive_targets.succeeded(db, job.target, now=clock(), actor=actor)
+    except (ImgqError, OSError) as e:
+        _target_failed(db, f, dest, job.target, e, report, clock=clock, actor=actor, backoff=backoff, backoff_max=backoff_max, rng=rng, on_file=on_file)
+
+
+def _target_failed(db: DB, f, dest: Destination, target, e: BaseException, report: ArchiveReport, *, clock, actor, backoff, backoff_max, rng, on_file) -> None:
+    text = str(e) if isinstance(e, ImgqError) else f"{dest.url}: {e}"
+    if isinstance(e, DestinationUnavailable):
+        report.down.setdefault(dest.url, text)
+    kind = "permanent" if isinstance(e, ImgqError) and classify(e) == "permanent" else "transient"
+    _failed(db, target, text, kind, now=clock(), actor=actor, backoff=backoff, backoff_max=backoff_max, rng=rng)
+    failure = Failure(f["id"], dest.url, text, kind, down=isinstance(e, DestinationUnavailable))
+    report.failed.append(failure)
+    on_file(f["id"], "failed", failure)
 
 
 class _Unvisited(Destination):

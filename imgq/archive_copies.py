@@ -118,13 +118,19 @@ def _source_of(item: Item):
     return open_original
 
 
-def copy_item(dest: Destination, file_id: str, item: Item, rel: str, sources: Sources, *, replace: Found | None = None) -> str:
+_LOOK = object()
+
+
+def copy_item(dest: Destination, file_id: str, item: Item, rel: str, sources: Sources, *, replace: Found | None = None, found=_LOOK) -> str:
     """Make sure ``rel`` at ``dest`` holds ``item``; returns 'found', 'copied' or
     'copied from WHERE' (another destination's copy, when the local source is gone).
 
     A name holding anything else is never written over (NameTaken), unless it holds
-    exactly ``replace``: a damaged copy proven to be this item's (verify)."""
-    found = dest.check([rel])[rel]
+    exactly ``replace``: a damaged copy proven to be this item's (verify). ``found``:
+    what ``dest.check`` just said is at ``rel``, if the caller looked (for many at once);
+    the final rename never replaces a file whatever it said."""
+    if found is _LOOK:
+        found = dest.check([rel])[rel]
     if found == Found(item.bytes, item.sha256):
         return "found"
     if found is not None and found != replace:

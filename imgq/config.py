@@ -112,6 +112,7 @@ class Settings:
     backoff_max_seconds: float = 300.0
     jpeg_quality: int = 85
     backup_keep: int = 5  # journal snapshots kept at each destination (imgq backup, imgq run)
+    transfers: int = 4  # copies each archive destination makes at once (imgq archive, imgq run)
     split_pixels: int = 40_000_000  # with --split, larger images become stripe jobs
     split_stripes: int = 4
     split_seconds: float = 120.0  # with --split, longer videos become chunk jobs (split_stripes of them)
@@ -162,6 +163,7 @@ _SCALARS = {
     "backoff_max_seconds": float,
     "jpeg_quality": int,
     "backup_keep": int,
+    "transfers": int,
     "publish": Path,
     "split_pixels": int,
     "split_stripes": int,
@@ -252,6 +254,8 @@ def load_settings(config: Path | None = None, db: str | None = None, *, config_s
                     setattr(s, key, _SCALARS[key](value))
                 except (TypeError, ValueError):
                     raise UsageError(f"{config}: {key} = {value!r} is not a valid {_SCALARS[key].__name__}")
+                if key == "transfers" and s.transfers < 1:
+                    raise UsageError(f"{config}: transfers = {value!r}: at least 1 copy at a time")
             elif key == "recipes":
                 if not isinstance(value, dict):
                     raise UsageError(f"{config}: [recipes] must be a table of tables")

@@ -13,6 +13,7 @@ import functools
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from imgq import archive as archive_step
 from imgq import collect as collect_step
@@ -27,6 +28,9 @@ from imgq.errors import Exit
 from imgq.ledger.journal import Actor
 from imgq.routing import Routing
 
+if TYPE_CHECKING:
+    from imgq.fleet.coordinator import FleetOptions
+
 
 @dataclasses.dataclass
 class RunOptions:
@@ -39,6 +43,8 @@ class RunOptions:
     dry_run: bool = False  # on a ScratchDB: work is not run (see run())
     publish_to: Path | None = None  # the gallery, brought up to date after archive and collect
     publish: publish_step.PublishOptions = dataclasses.field(default_factory=publish_step.PublishOptions)
+    transfers: int = 4  # copies each destination makes at once (archive)
+    fleet: "FleetOptions | None" = None  # work on hosts (imgq work --hosts): the coordinator's options
     routing: Routing | None = None  # what goes where (imgq.routing); None: everything to each destination
 
 
@@ -140,7 +146,12 @@ def run(
         )]
         on_step("work", report.would_process)
     elif db.one("SELECT 1 FROM jobs WHERE state IN ('ready', 'leased') LIMIT 1"):
-        report.work = work.work(settings, work.WorkOptions(processes=opts.processes, mode="once", run_id=db.run_id), on_report=on_work)
+        if opts.fleet is not None:
+            from imgq.fleet import coordinator  # the SSH stack loads only when hosts are used
+
+            report.work = coordinator.work(settings, dataclasses.replace(opts.fleet, mode="once"), db, on_report=on_work)
+        else:
+            report.work = work.work(settings, work.WorkOptions(processes=opts.processes, mode="once", run_id=db.run_id), on_report=on_work)
         on_step("work", report.work)
         if report.work.interrupted:
             return report
@@ -159,6 +170,7 @@ def run(
         dry_run=opts.dry_run,
         on_progress=functools.partial(on_progress, "archive"),
         stop=stop,
+        transfers=opts.transfers,
         on_archived=settings.on_archived,
         hook_timeout=settings.on_archived_timeout,
         routing=opts.routing,

@@ -10,7 +10,7 @@ import typer
 from imgq import archive as archive_lib
 from imgq import destinations, routing
 from imgq.cli import common
-from imgq.cli.options import AcceptNewOpt, SshConfigOpt, ToOpt, dry_run_option
+from imgq.cli.options import AcceptNewOpt, SshConfigOpt, ToOpt, TransfersOpt, dry_run_option
 from imgq.errors import Exit, UsageError
 from imgq.ledger.journal import Actor
 
@@ -28,6 +28,7 @@ def archive(
     to: ToOpt = None,
     verify: Annotated[bool, typer.Option("--verify", help="Re-read every recorded copy (at --to, default all); re-make missing or corrupt ones.")] = False,
     retry_now: Annotated[bool, typer.Option("--retry-now", help="Also try copies still waiting out the backoff after a failure.")] = False,
+    transfers: TransfersOpt = None,
     dry_run: Annotated[bool, dry_run_option("print the files that would become archived and name on stderr each copy that would be made (DEST/PATH). An ssh:// destination is not connected to. With --verify: read every copy, repair none.")] = False,
     ssh_config: SshConfigOpt = None,
     accept_new_host_keys: AcceptNewOpt = False,
@@ -47,6 +48,9 @@ def archive(
     destination that is down or full fails only its own copies, which are retried with
     backoff on later runs. A file becomes archived when every destination holds a
     verified copy of it and of all its artifacts (routed: wherever its routes send each); prints the id of each such file.
+    Each destination makes up to --transfers copies at once, independently of the
+    others; on an ssh:// destination a large copy that was killed is continued where it
+    stopped, once the host has hashed the part already there to the same sha256.
 
     With --verify: re-reads every recorded copy, re-makes missing or corrupt ones from the
     original, the artifact store or another good copy, and prints the id of each file
@@ -54,6 +58,8 @@ def archive(
     """
     inv = common.Invocation("archive", db, config, dry_run=dry_run)
     settings = inv.settings
+    if transfers is not None:
+        settings.transfers = transfers
     wanted = common.read_ids(ids)
     urls = destinations.in_force(to, settings)
     database = inv.database
@@ -103,6 +109,7 @@ def _archive(database, settings, dests, wanted, json, retry_now, run, dry_run, r
             on_file=on_file,
             on_progress=meter,
             dry_run=dry_run,
+            transfers=settings.transfers,
             on_archived=settings.on_archived,
             hook_timeout=settings.on_archived_timeout,
             routing=routes,

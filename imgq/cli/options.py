@@ -33,6 +33,11 @@ WaitOpt = Annotated[
     typer.Option("--wait/--no-wait", help="If another run of this step holds its lock: wait for it, or exit 0 quietly (default)."),
 ]
 
+TransfersOpt = Annotated[
+    Optional[int],
+    typer.Option("--transfers", help="Copies each destination makes at once (default: transfers in imgq.toml, else 4); the destinations proceed independently.", min=1, metavar="N", show_default=False),
+]
+
 
 def dry_run_option(what: str):
     """--dry-run/-n (as make and rsync): ``what`` says what is shown instead of done."""
@@ -90,6 +95,9 @@ RemoteImgqOpt = Annotated[
     str,
     typer.Option("--remote-imgq", help="The command that runs imgq on the hosts (a hosts-file line may give its own).", metavar="COMMAND"),
 ]
+HostsOpt = Annotated[Optional[list[str]], typer.Option("--hosts", help="Work on these hosts over SSH: [user@]host[:port][/slots], comma-separated or repeated.", metavar="HOSTS", show_default=False)]
+HostsFileOpt = Annotated[Optional[Path], typer.Option("--hosts-file", help="Work on the hosts listed in FILE, one per line with an optional remote imgq command; re-read while running (a new line joins, a removed one drains).", metavar="FILE", show_default=False)]
+ListenOpt = Annotated[Optional[str], typer.Option("--listen", help="Admit agents that connect back (`imgq agent --connect`, started by a scheduler or a site script) on ADDR[:PORT]; `:0` (or an empty ADDR or PORT) means all addresses, a free port. They prove this run's secret over TLS; see --agent-file.", metavar="ADDR[:PORT]", show_default=False)]
 
 
 def settle_help(what: str) -> str:

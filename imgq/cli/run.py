@@ -17,7 +17,7 @@ from imgq import backup as backup_step
 from imgq import publish as publish_step
 from imgq import run as run_step
 from imgq.cli import common, watching
-from imgq.cli.options import AcceptNewOpt, ConfigOpt, DbOpt, JsonOpt, SshConfigOpt, ToOpt, WaitOpt, completes, dry_run_option, settle_help
+from imgq.cli.options import AcceptNewOpt, ConfigOpt, DbOpt, HostsFileOpt, HostsOpt, JsonOpt, RemoteImgqOpt, SshConfigOpt, ToOpt, TransfersOpt, WaitOpt, completes, dry_run_option, fleet_options, settle_help
 from imgq.errors import UsageError
 
 EPILOG = """\b
@@ -26,6 +26,7 @@ Examples:
   imgq run --config /etc/imgq.toml /srv/inbox      # destinations from imgq.toml
   imgq run --watch /srv/inbox --to /mnt/backup     # stay running; a systemd unit: docs/archive.md
   imgq run /srv/inbox --to /mnt/backup --publish /var/www/photos   # and the gallery
+  imgq run /srv/inbox --to ssh://nas/photos --hosts gpu1,gpu2 --transfers 8   # work on hosts
 
 \b
 crontab (every 10 minutes; a run still busy makes the next one exit quietly; cron's PATH
@@ -39,7 +40,11 @@ STEPS = ("run", "scan", "enqueue", "archive", "collect", "publish")
 def run(
     inboxes: Annotated[list[Path], typer.Argument(help="Inbox folders: one subfolder per photographer.", metavar="INBOX...", show_default=False)],
     to: ToOpt = None,
-    processes: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Local worker processes (default: all cores).", min=1, metavar="N", show_default=False)] = None,
+    processes: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Local worker processes (default: all cores; with --hosts, none unless given).", min=1, metavar="N", show_default=False)] = None,
+    hosts: HostsOpt = None,
+    hosts_file: HostsFileOpt = None,
+    remote_imgq: RemoteImgqOpt = "imgq",
+    transfers: TransfersOpt = None,
     recipe: Annotated[Optional[list[str]], typer.Option("--recipe", "-r", autocompletion=completes("recipes"), help="Recipe for new photos (repeatable; default: `enqueue` in imgq.toml, else default).", metavar="NAME", show_default=False)] = None,
     min_copies: Annotated[Optional[int], typer.Option("--min-copies", help="Copies that must verify before an original is deleted (default: one at every destination).", min=1, metavar="N", show_default=False)] = None,
     no_collect: Annotated[bool, typer.Option("--no-collect", help="Archive, but leave every original in the inbox.")] = False,
@@ -58,7 +63,9 @@ def run(
 ) -> None:
     """Run the whole pipeline once: scan, enqueue, work, archive, collect.
 
-    The one-line cron job. Every step runs even if an earlier one failed for some files
+    The one-line cron job. With --hosts or --hosts-file the work step runs on those hosts
+    over SSH, as `imgq work --hosts` does (docs/fleet.md), and this machine archives
+    what they made. Every step runs even if an earlier one failed for some files
     (a bad photo never keeps the good ones in the inbox). Prints the id of each file
     archived by this run (--json: one object per step with its counts). Exits 0 if
     nothing failed in this run, 1 otherwise; a second run on an unchanged inbox changes
@@ -94,10 +101,18 @@ def run(
         # the sizes the gallery's photo pages choose from, made in this run's work step,
         # while the originals are still in the inbox (collect comes before publish)
         chains = {**chains, publish_step.GALLERY_RECIPE: gallery}
+    fleet = None
+    if hosts or hosts_file:  # the work step on hosts over SSH, as `imgq work --hosts` does
+        fleet = fleet_options(
+            hosts=hosts or [], hosts_file=hosts_file, remote_imgq=remote_imgq, ssh_config=ssh_config,
+            accept_new_host_keys=accept_new_host_keys, local_processes=processes or 0, mode="once",
+        )
     opts = run_step.RunOptions(
         inboxes=inboxes,
         destinations=list(dests.values()),
         processes=processes or os.cpu_count() or 1,
+        transfers=transfers or settings.transfers,
+        fleet=fleet,
         recipes=chains,
         min_copies=min_copies,
         collect=not no_collect,
@@ -110,6 +125,9 @@ def run(
     # takes only artifacts (a web server)
     archives = {u: d for u, d in dests.items() if opts.routing is None or u in opts.routing.may_take_originals()}
 
+    args = {"inboxes": [str(p) for p in inboxes], "to": urls}
+    if fleet is not None:
+        args.update(hosts=[e.name for e in fleet.hosts], hosts_file=str(hosts_file) if hosts_file else None)
     meters = {step: common.Meter(step) for step in ("scan", "archive", "publish")}  # drawn on a terminal only
 
     def on_step(step: str, result) -> None:
@@ -158,6 +176,10 @@ def run(
     def on_work(r: tuple) -> None:
         if r[0] == "failed":
             common.warn(f"work: failed: {r[3]}")
+        elif r[0] == "host" and (r[2] == "benched" or (r[2] == "joined" and r[3])):
+            common.warn(f"work: host {r[1]} {r[2]}" + (f": {r[3]}" if r[3] else ""))
+        elif r[0] == "warning":
+            common.warn(f"work: {r[1]}")
 
     def on_progress(step: str, done: int, total: int) -> None:
         meters[step](done, total)
@@ -171,10 +193,10 @@ def run(
                     _backup(database, archives, settings.backup_keep)
                 mark["at"] = backup_step.last_event(database)
 
-            watching.serve(inv, opts, {"inboxes": [str(p) for p in inboxes], "to": urls}, steps=STEPS, rescan=rescan or watching.RESCAN,
+            watching.serve(inv, opts, args, steps=STEPS, rescan=rescan or watching.RESCAN,
                            notify=not no_notify, on_step=on_step, on_work=on_work, on_progress=on_progress, summary=summary, after=after)
             return
-        with inv.recorded({"inboxes": [str(p) for p in inboxes], "to": urls}, wait=wait, locks=STEPS) as rec:
+        with inv.recorded(args, wait=wait, locks=STEPS) as rec:
             started = time.time()
             journal_at = backup_step.last_event(database)
             report = run_step.run(database, settings, opts, on_step=on_step, on_work=on_work, on_progress=on_progress)

@@ -14,7 +14,7 @@ import typer
 from imgq import report as report_lib
 from imgq import work as work_step
 from imgq.cli import common
-from imgq.cli.options import AcceptNewOpt, ConfigOpt, ConnectTimeoutOpt, DbOpt, JsonOpt, RemoteImgqOpt, SshConfigOpt, fleet_options, remote_command
+from imgq.cli.options import AcceptNewOpt, ConfigOpt, ConnectTimeoutOpt, DbOpt, HostsFileOpt, HostsOpt, JsonOpt, ListenOpt, RemoteImgqOpt, SshConfigOpt, fleet_options, remote_command
 from imgq.config import DEFAULTS
 from imgq.errors import Exit, UsageError
 from imgq.ledger import queue
@@ -43,8 +43,8 @@ def work(
     max_attempts: Annotated[Optional[int], typer.Option("--max-attempts", help="At most N attempts for a transiently failing job, here (default: the job's own limit, none unless enqueued with one; a transient failure is retried for retry_for seconds, a day by default).", min=1, metavar="N", show_default=False)] = None,
     poll: Annotated[float, typer.Option("--poll", help="Seconds between polls of an empty queue.", min=0.05, metavar="SECONDS")] = 1.0,
     report: Annotated[Optional[Path], typer.Option("--report", help="When the run ends, write its report (`imgq report --run ID`) to FILE: JSON if FILE ends in .json, else text.", metavar="FILE", show_default=False)] = None,
-    hosts: Annotated[Optional[list[str]], typer.Option("--hosts", help="Work on these hosts over SSH: [user@]host[:port][/slots], comma-separated or repeated.", metavar="HOSTS", show_default=False)] = None,
-    hosts_file: Annotated[Optional[Path], typer.Option("--hosts-file", help="Work on the hosts listed in FILE, one per line with an optional remote imgq command; re-read while running (a new line joins, a removed one drains).", metavar="FILE", show_default=False)] = None,
+    hosts: HostsOpt = None,
+    hosts_file: HostsFileOpt = None,
     slots: Annotated[Optional[int], typer.Option("--slots", help="Worker slots per host without /slots (default: its cores).", min=1, metavar="N", show_default=False)] = None,
     prefetch: Annotated[Optional[int], typer.Option("--prefetch", help="Jobs sent to a host ahead of its free slots (default: as many as its slots).", min=0, metavar="N", show_default=False)] = None,
     transfers: Annotated[int, typer.Option("--transfers", help="Inputs read and sent at once per host.", min=1, metavar="N")] = 2,
@@ -56,7 +56,7 @@ def work(
     ssh_config: SshConfigOpt = None,
     accept_new_host_keys: AcceptNewOpt = False,
     connect_timeout: ConnectTimeoutOpt = None,
-    listen: Annotated[Optional[str], typer.Option("--listen", help="Admit agents that connect back (`imgq agent --connect`, started by a scheduler or a site script) on ADDR[:PORT]; `:0` (or an empty ADDR or PORT) means all addresses, a free port. They prove this run's secret over TLS; see --agent-file.", metavar="ADDR[:PORT]", show_default=False)] = None,
+    listen: ListenOpt = None,
     advertise: Annotated[Optional[str], typer.Option("--advertise", help="The host name or address agents should dial (default: the listening address, or that of the interface of the default route).", metavar="HOST", show_default=False)] = None,
     agent_file: Annotated[Optional[Path], typer.Option("--agent-file", help="With --listen: write what agents need (address, secret, certificate fingerprint) to FILE, mode 0600, removed when the run ends; `imgq agent --secret-file FILE` reads it. Default: imgq-agent.env beside the database.", metavar="FILE", show_default=False, dir_okay=False)] = None,
     host_timeout: Annotated[float, typer.Option("--host-timeout", help="Seconds of silence (agents beat every second) after which a host is lost and its jobs run elsewhere.", min=2.0, metavar="SECONDS")] = 5.0,

@@ -87,11 +87,11 @@ def is_temp_of(entry: str, name: str) -> bool:
     return entry.startswith(f".{name}.") and entry.endswith(TEMP_MARK)
 
 
-def copy_hashing(src, out, source_name: str = "the source") -> tuple[int, str]:
-    """Copy src to out; (bytes, sha256) of what was read. A failure to read is the
-    source's (SourceUnavailable), a failure to write is the caller's to classify."""
-    h = hashlib.sha256()
-    n = 0
+def copy_hashing(src, out, source_name: str = "the source", *, h=None, n: int = 0) -> tuple[int, str]:
+    """Copy src to out; (bytes, sha256) of what was read (after the first ``n`` bytes
+    hashed into ``h``, when a copy is continued). A failure to read is the source's
+    (SourceUnavailable), a failure to write is the caller's to classify."""
+    h = hashlib.sha256() if h is None else h
     while True:
         try:
             chunk = src.read(CHUNK)

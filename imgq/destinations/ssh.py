@@ -8,15 +8,19 @@ written in its root at first use.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import re
 import secrets
 import stat
+import threading
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 from imgq.destinations.base import (
     CHECK_BATCH,
+    CHUNK,
     MARKER,
     REMOTE_TEMP_AGE,
     SWEEP_DEPTH,
@@ -82,7 +86,10 @@ _SYNC_CHECK_SCRIPT = r"""
 sync -- "$1" 2>/dev/null || sync
 s=$(wc -c < "$1") && h=$(sha256sum < "$1") && echo "$s ${h%% *}"
 """
-_SYNC_DIR_SCRIPT = r"""sync -- "$1" 2>/dev/null || sync"""
+# sha256 of the first $2 bytes of $1: the part of a killed copy to be continued
+_PREFIX_SCRIPT = r"""head -c "$2" -- "$1" | sha256sum"""
+RESUME_MIN = 1 << 20  # a killed copy's part this long or longer is continued, not sent again
+_SYNC_DIR_SCRIPT = r"""for d do sync -- "$d" 2>/dev/null || { sync; break; }; done"""
 _DF_SCRIPT = r"""df -Pk -- "$1" | tail -n 1"""
 # The destination's identity: the marker file in its root, written at first use with a
 # random id ($3) under a temporary name ($2) and linked into place (ln refuses to replace,
@@ -135,15 +142,43 @@ class SshFolder:
         self.url = url.rstrip("/")  # canonical (resolve.canonical): parsed above, no trailing slash
         self.options = options
         self._conn = None
-        self._sftp = None
+        self._sftp = None  # the first thread's SFTP session
+        self._lock = threading.RLock()  # connecting, closing
+        self._mine = threading.local()  # each thread's own SFTP session over the one connection
+        self._sessions: list = []
+        self._generation = 0  # connections made: a thread's session of an older one is gone
+        self._first_taken = False
         self._dirs_ok: set[str] = set()
         self._identity = ""
 
     def _connect(self):
+        """(connection, this thread's SFTP session): concurrent copies (archive
+        --transfers) each use a session of their own over the one SSH connection."""
+        with self._lock:
+            conn, generation = self._connect_once()
+        mine = self._mine
+        if getattr(mine, "generation", None) != generation or mine.sftp is None:
+            from imgq import ssh as remote
+
+            with self._lock:
+                if self._sftp is not None and not self._first_taken:
+                    sftp = self._sftp  # the session the connection was checked with
+                    self._first_taken = True
+                else:
+                    try:
+                        sftp = remote.open_sftp(conn)
+                    except HostUnreachable as e:
+                        self.close()
+                        raise DestinationUnavailable(f"{self.url}: {e}") from e
+                    self._sessions.append(sftp)
+                mine.sftp, mine.generation = sftp, generation
+        return conn, mine.sftp
+
+    def _connect_once(self):
         from imgq import ssh as remote
 
         if self._conn is not None and self._conn.transport is not None and self._conn.transport.is_active():
-            return self._conn, self._sftp
+            return self._conn, self._generation
         self.close()
         try:
             self._conn = remote.connect(
@@ -156,6 +191,8 @@ class SshFolder:
         except HostUnreachable as e:
             self.close()
             raise DestinationUnavailable(f"{self.url}: {e}") from e
+        self._generation += 1
+        self._first_taken = False
         try:
             st = self._sftp.stat(self.root)
         except OSError as e:
@@ -163,7 +200,7 @@ class SshFolder:
         if not stat.S_ISDIR(st.st_mode):
             raise DestinationUnavailable(f"{self.url}: {self.root} is not a folder")
         self._identity = self._read_marker()
-        return self._conn, self._sftp
+        return self._conn, self._generation
 
     def _read_marker(self) -> str:
         from imgq import ssh as remote
@@ -182,14 +219,18 @@ class SshFolder:
         return "marker:" + m.group(1)
 
     def close(self) -> None:
-        for thing in (self._sftp, self._conn):
-            try:
-                if thing is not None:
-                    thing.close()
-            except Exception:
-                pass
-        self._sftp = self._conn = None
-        self._dirs_ok.clear()
+        with self._lock:
+            for thing in (*self._sessions, self._sftp, self._conn):
+                try:
+                    if thing is not None:
+                        thing.close()
+                except Exception:
+                    pass
+            self._sftp = self._conn = None
+            self._sessions = []
+            self._first_taken = False
+            self._generation += 1
+            self._dirs_ok.clear()
 
     def _error(self, exc: BaseException, doing: str) -> ImgqError:
         """StorageError for what the remote file system refused; DestinationUnavailable
@@ -248,6 +289,11 @@ class SshDestination(SshFolder, Destination):
     """A folder on a host reached over SSH (Fabric): files travel over SFTP, checks run
     ``sha256sum`` there. Needs a POSIX shell and coreutils on the host."""
 
+    # Copies at once over the one connection: each holds an SFTP session and, while it
+    # verifies, a command's; with the archive's own session and command that is 10,
+    # OpenSSH's default MaxSessions (more are refused, and look like a lost connection).
+    max_transfers = 4
+
     def identity(self) -> str:
         self._connect()
         return self._identity
@@ -270,16 +316,30 @@ class SshDestination(SshFolder, Destination):
         # not store.write_atomically: the file is on another host, written over SFTP and
         # synced, checked and renamed by commands run there (same steps, same temp name)
         tmp = f"{folder}/{temp_name(name)}"
+        resume = 0  # bytes of a killed copy of this name, now at tmp, to be continued
         try:
-            for entry in sftp.listdir(folder):
-                if is_temp_of(entry, name):
-                    sftp.remove(f"{folder}/{entry}")  # a killed copy's leftovers
+            leftovers = sorted((e for e in sftp.listdir_attr(folder) if is_temp_of(e.filename, name)), key=lambda e: -(e.st_size or 0))
+            for entry in leftovers:  # a killed copy's: the largest is continued, the rest go
+                left = f"{folder}/{entry.filename}"
+                if not resume and RESUME_MIN <= (entry.st_size or 0) < size and stat.S_ISREG(entry.st_mode or 0):
+                    try:
+                        sftp.rename(left, tmp)  # ours now (plain rename: never onto a name in use)
+                        resume = entry.st_size
+                        continue
+                    except OSError:
+                        pass
+                sftp.remove(left)
         except Exception as e:
             raise self._error(e, f"listing {folder}") from e
         try:
             with open_source(source) as src:
+                h, start = self._resumable(sftp, src, tmp, resume, rel) if resume else (hashlib.sha256(), 0)
                 try:
-                    out = sftp.open(tmp, "wbx")
+                    if start:
+                        out = sftp.open(tmp, "r+b")
+                        out.seek(start)
+                    else:
+                        out = sftp.open(tmp, "wbx")
                 except Exception as e:
                     err = self._error(e, f"writing {rel}")
                     if type(err) is StorageError and not is_safe_name(name):
@@ -288,7 +348,7 @@ class SshDestination(SshFolder, Destination):
                 try:
                     with out:
                         out.set_pipelined(True)
-                        written, digest = copy_hashing(src, out, str(getattr(source, "shown", source)))
+                        written, digest = copy_hashing(src, out, str(getattr(source, "shown", source)), h=h, n=start)
                 except Exception as e:
                     err = self._error(e, f"writing {rel}")
                     if type(err) is StorageError and self._full(size):
@@ -303,14 +363,63 @@ class SshDestination(SshFolder, Destination):
             if got != Found(size, sha256):
                 raise StorageError(f"{self.url}: {rel} did not verify after writing (read back {got.bytes} bytes, sha256 {got.sha256[:12]}…)")
             self._rename_into_place(sftp, tmp, final, rel, replace)
-            self._sh(_SYNC_DIR_SCRIPT, [folder], f"syncing {folder}")
+            deferred = getattr(self._mine, "folders", None)
+            if deferred is None:
+                self._sh(_SYNC_DIR_SCRIPT, [folder], f"syncing {folder}")
+            else:
+                deferred.add(folder)  # synced once for all, before the caller records (deferring_folder_syncs)
         except BaseException:
             try:
-                if self._sftp is not None:
-                    self._sftp.remove(tmp)
+                if self._conn is not None:
+                    sftp.remove(tmp)
             except Exception:
                 pass
             raise
+
+    @contextlib.contextmanager
+    def deferring_folder_syncs(self):
+        """Puts on this thread inside leave their folder's sync to the end of the block,
+        where each folder is synced once, in one command: a file's copies (original and
+        artifacts, one folder) cost one sync, not one each. Whoever records the copies
+        does so after the block, so nothing is recorded before its folder is synced."""
+        self._mine.folders = folders = set()
+        try:
+            yield
+        finally:
+            self._mine.folders = None
+            if folders:
+                self._sh(_SYNC_DIR_SCRIPT, sorted(folders), "syncing folders")
+
+    def _resumable(self, sftp, src, tmp: str, length: int, rel: str):
+        """(the sha256 of what of ``src`` is at ``tmp`` already, its length): a killed
+        copy's first ``length`` bytes are kept only if the host hashes them to what ours
+        hash to; otherwise ``tmp`` is removed and the copy starts over (a fresh hash, 0).
+        The whole file is still verified there before it is renamed into place."""
+        h = hashlib.sha256()
+        n = 0
+        while n < length:
+            try:
+                chunk = src.read(min(CHUNK, length - n))
+            except OSError as e:
+                raise SourceUnavailable(f"cannot read {getattr(src, 'name', 'the source')}: {e.strerror or e}") from e
+            if not chunk:
+                break
+            h.update(chunk)
+            n += len(chunk)
+        if n == length:
+            r = self._sh(_PREFIX_SCRIPT, [tmp, str(length)], f"checking the part of {rel} a killed copy left")
+            if r.exit_status == 0 and r.stdout.decode(errors="replace").split()[:1] == [h.hexdigest()]:
+                try:
+                    sftp.truncate(tmp, length)
+                    return h, length
+                except Exception as e:
+                    raise self._error(e, f"continuing {rel}") from e
+        try:
+            src.seek(0)
+            sftp.remove(tmp)
+        except Exception as e:
+            raise self._error(e, f"starting {rel} over") from e
+        return hashlib.sha256(), 0
 
     def _rename_into_place(self, sftp, tmp: str, final: str, rel: str, replace: Found | None) -> None:
         """SFTP's plain rename (not posix-rename) never replaces: OpenSSH's server links

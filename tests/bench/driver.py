@@ -33,6 +33,7 @@ PARTS = {
     "journal": ("bench_journal", "status, report, log, a no-op enqueue and scan on a journal of 100,000 files and 780,000 events built in SQLite"),
     "watch": ("bench_watch", "imgq run --watch: seconds from a camera photo landing in the inbox (renamed in, or written slowly) to its verified copies"),
     "fleet": ("bench_fleet", "imgq work --hosts 127.0.0.11/2 (a real sshd here) vs local -j2: throughput, per-job overhead on tiny images, bytes staged"),
+    "archive": ("bench_archive", "imgq archive --transfers 4 vs rclone copy --transfers 4 and rsync -a, same files, to a local folder and over SSH: MB/s"),
     "video": ("bench_video", "1080p clips: imgq (scan | enqueue; work -j2) vs parallel -j2 ffmpeg, poster + preview; one long clip in 2 chunks vs whole"),
     "tcp": ("bench_tcp", "one agent over SSH (--hosts) vs one connected back over TLS (--listen): photos/s, per-job cost on tiny jobs"),
 }
