@@ -33,6 +33,7 @@ PARTS = {
     "watch": ("bench_watch", "imgq run --watch: seconds from a camera photo landing in the inbox (renamed in, or written slowly) to its verified copies"),
     "fleet": ("bench_fleet", "imgq work --hosts 127.0.0.11/2 (a real sshd here) vs local -j2: throughput, per-job overhead on tiny images, bytes staged"),
     "tcp": ("bench_tcp", "one agent over SSH (--hosts) vs one connected back over TLS (--listen): photos/s, per-job cost on tiny jobs"),
+    "coordinator": ("bench_coordinator", "jobs/s one coordinator sustains with 32 cheap agents connected back (--shared-root), and where its CPU goes"),
     "slurm": ("bench_slurm", "imgq work --slurm 2 (a one-node Slurm cluster here) vs local -j2 and --hosts: throughput, agent start-up, per-job cost TCP vs SSH"),
 }
 
