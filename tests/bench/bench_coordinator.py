@@ -4,22 +4,23 @@ coordinator only claims, dispatches and settles), and where its CPU goes.
 
 - ``imgq work --listen 127.0.0.1 --shared-root INBOX --follow`` on an empty queue;
 - N agents (``imgq agent --secret-file --slots 1 --shared-root INBOX``, default 32) dial
-  it; when all are up, the tiny images (160x120) are enqueued through ``fit:32x32``
+  it (``--host-timeout 60``: 32 Pythons starting on 2 cores miss beats); when all are up, the tiny images (160x120) are enqueued through ``fit:32x32``
   (next to no rendering), and the clock runs until every job is done;
 - jobs/s (wall, enqueue to all done) and the coordinator's CPU per job (its process's
   utime + stime over the same span). On this 2-core machine the agents compete with the
   coordinator for the CPUs, so the wall rate is the machine's limit; ``1000 / CPU ms per
   job`` is what one coordinator core would feed with the agents elsewhere.
-- ``--coord-profile``: the coordinator runs under cProfile; the top functions by
-  cumulative and own time are printed and kept in the JSON.
+- ``--coord-profile``: py-spy samples the coordinator, every thread, while the jobs run
+  (``pip install py-spy`` into .venv; bin/bench does not install it); the functions
+  with the most samples, on their own and with what they call, are printed and kept
+  in the JSON.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
+import collections
 import os
-import pstats
 import shutil
 import signal
 import sqlite3
@@ -50,9 +51,8 @@ def _one(inbox: Path, out: Path, *, agents: int, jobs: int, profile: bool, say) 
     out.mkdir(parents=True)
     _imgq(["scan", inbox], out)
     env = imgq_env()
-    prof = out / "coordinator.prof"
-    head = [PYTHON, "-m", "cProfile", "-o", str(prof), "-m", "imgq"] if profile else [IMGQ]
-    coord = subprocess.Popen([*head, "work", "--listen", "127.0.0.1", "--agent-file", out / "run.env", "--shared-root", inbox, "--follow", "--poll", "0.2"],
+    prof = out / "coordinator.stacks"
+    coord = subprocess.Popen([IMGQ, "work", "--listen", "127.0.0.1", "--agent-file", out / "run.env", "--shared-root", inbox, "--follow", "--poll", "0.2", "--host-timeout", "60"],
                              cwd=out, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(out / "coordinator.err", "wb"))
     procs = []
     try:
@@ -70,6 +70,11 @@ def _one(inbox: Path, out: Path, *, agents: int, jobs: int, profile: bool, say) 
                 raise RuntimeError("agents did not all connect in 180 s")
             time.sleep(0.2)
         say(f"coordinator: {agents} agents up; enqueueing {jobs} jobs")
+        spy = None
+        if profile:
+            spy = subprocess.Popen([str(Path(PYTHON).parent / "py-spy"), "record", "-p", str(coord.pid), "-f", "raw", "-o", str(prof), "-r", "200", "--nonblocking"],
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1.0)
         cpu0, t0 = _cpu(coord.pid), time.perf_counter()
         _imgq(["enqueue", "--op", TINY_OP], out)
         while db.execute("SELECT count(*) FROM jobs WHERE state = 'done'").fetchone()[0] < jobs:
@@ -77,6 +82,9 @@ def _one(inbox: Path, out: Path, *, agents: int, jobs: int, profile: bool, say) 
                 raise RuntimeError(f"the coordinator exited {coord.returncode}: {(out / 'coordinator.err').read_text()[-800:]}")
             time.sleep(0.02)
         wall, cpu = time.perf_counter() - t0, _cpu(coord.pid) - cpu0
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(timeout=60)
         first, last = db.execute("SELECT min(at), max(at) FROM events WHERE entity = 'job' AND to_state IN ('leased', 'done')").fetchone()
         db.close()
     finally:
@@ -93,12 +101,27 @@ def _one(inbox: Path, out: Path, *, agents: int, jobs: int, profile: bool, say) 
     res = {"wall": wall, "jobs_per_s": jobs / wall, "steady_jobs_per_s": jobs / (last - first), "coordinator_cpu_ms_per_job": 1000 * cpu / jobs,
            "one_core_feeds_jobs_per_s": jobs / cpu if cpu else None}
     if profile and prof.exists():
-        res["profile"] = {}
-        for key in ("cumulative", "tottime"):
-            s = io.StringIO()
-            pstats.Stats(str(prof), stream=s).sort_stats(key).print_stats(30)
-            res["profile"][key] = s.getvalue()
+        res["profile"] = _top(prof)
     return res
+
+
+def _top(stacks: Path, n: int = 25) -> dict:
+    """py-spy's collapsed stacks -> the functions with most samples: on their own
+    (the innermost frame) and inclusive (anywhere on the stack), as % of all samples."""
+    own, incl, total = collections.Counter(), collections.Counter(), 0
+    for line in stacks.read_text().splitlines():
+        frames, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        k = int(count)
+        total += k
+        names = [f.split(" (")[0] + " " + f.rsplit("/", 1)[-1].rstrip(")") if "(" in f else f for f in frames.split(";")[1:]]
+        if names:
+            own[names[-1]] += k
+        for name in set(names):
+            incl[name] += k
+    pct = lambda c: [f"{100 * v / total:5.1f}%  {k}" for k, v in c.most_common(n)]  # noqa: E731
+    return {"samples": total, "self": pct(own), "inclusive": pct(incl)}
 
 
 def run(args, ctx) -> dict:
@@ -130,7 +153,7 @@ def render(res: dict) -> str:
            f"  coordinator CPU per job: {fmt(res['coordinator_cpu_ms_per_job'], 3)} ms -> one coordinator core feeds {fmt(res['one_core_feeds_jobs_per_s'], 0)} jobs/s",
            f"  load average at the end: {', '.join(f'{x:.1f}' for x in res['load_average'])}"]
     prof = (res["runs"][-1].get("profile") or {}) if res["runs"] else {}
-    for key in ("tottime", "cumulative"):
+    for key in ("self", "inclusive"):
         if key in prof:
-            out += [f"  coordinator profile, by {key} (last run):", prof[key]]
+            out += [f"  coordinator, every thread, py-spy: % of {prof['samples']} samples, {key} (last run):"] + ["    " + x for x in prof[key]]
     return "\n".join(out)
