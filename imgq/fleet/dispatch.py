@@ -98,27 +98,33 @@ class Dispatch:
                 continue
             claims = queue.claim(self.db, owner=h.actor().name, limit=want, lease_seconds=self.settings.lease_seconds,
                                  actor=h.actor(), max_attempts=self.opts.max_attempts, max_lost=self.settings.max_lost)
+            files = self._files(claims)  # one query for the batch, not two per job
             for c in claims:
                 h.inflight[c.job_id] = c
-                if c.stage or self._is_video(c):
+                row = files.get(c.file_id)
+                if c.stage or (row is not None and row["kind"] == "video"):
                     self._run_here(h, c)
                 else:
-                    self._send(h, c)
+                    self._send(h, c, row)
             if len(claims) < want:
                 self.dry_until = time.time() + self.opts.poll
                 return
 
-    def _is_video(self, c: queue.Claim) -> bool:
-        """A video's jobs run here for now: the agents' replies are checked as images
-        (arrival.receive), and a video's inputs and previews are moved whole, in memory,
-        by the fleet's frames; both would have to stream first."""
-        row = self.db.one("SELECT kind FROM files WHERE id = ?", (c.file_id,))
-        return row is not None and row["kind"] == "video"
+    def _files(self, claims: list[queue.Claim]) -> dict:
+        """The claimed jobs' files: kind (a video's jobs run here for now: the agents'
+        replies are checked as images, arrival.receive, and a video's inputs and previews
+        are moved whole, in memory, by the fleet's frames; both would have to stream
+        first), and the sha256 and size the input sent must have."""
+        ids = sorted({c.file_id for c in claims})
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        return {r["id"]: r for r in self.db.all(f"SELECT id, kind, sha256, size FROM files WHERE id IN ({marks})", ids)}
 
     def _run_here(self, h: Host, c: queue.Claim) -> None:
         """A stripe or join of a split image or video (imgq enqueue --split) reads and
         writes intermediate parts in this machine's store, and a video's job streams what
-        the fleet cannot (``_is_video``), so they run here, in a pool of local processes
+        the fleet cannot (``_files``), so they run here, in a pool of local processes
         (one per core, so parts still run in parallel), counted in flight on the host that
         claimed it."""
         if self.stages is None:
@@ -136,11 +142,10 @@ class Dispatch:
 
         fut.add_done_callback(done)
 
-    def _send(self, h: Host, c: queue.Claim) -> None:
+    def _send(self, h: Host, c: queue.Claim, row) -> None:
         """Queue a job for the host; its header carries the sha256 and size the journal
-        recorded for the input, which the bytes sent (or, with --shared-root, the bytes
-        the agent opens) must have."""
-        row = self.db.one("SELECT sha256, size FROM files WHERE id = ?", (c.file_id,))
+        recorded for the input (``row``), which the bytes sent (or, with --shared-root,
+        the bytes the agent opens) must have."""
         header = {"type": "job", "job": c.job_id, "spec": c.spec, "spec_hash": c.spec_hash,
                   "max_pixels": self.settings.max_pixels, "quality": self.settings.jpeg_quality,
                   "sha256": row["sha256"], "size": row["size"]}
