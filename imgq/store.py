@@ -251,12 +251,23 @@ def _sync_all(paths: list[tuple[Path, int]]) -> dict[Path, OSError]:
     if len(paths) <= 1:
         errors = [sync(p) for p in paths]
     else:
-        with concurrent.futures.ThreadPoolExecutor(min(SYNC_THREADS, len(paths))) as pool:
-            errors = list(pool.map(sync, paths))
+        errors = list(_sync_pool(concurrent.futures).map(sync, paths))
     return {p: e for (p, _), e in zip(paths, errors) if e is not None}
 
 
 SYNC_THREADS = 8
+_POOL: tuple[int, object] | None = None  # (pid, executor): one pool per process, kept
+
+
+def _sync_pool(futures):
+    """The process's fsync threads, made on first use and kept: a pool per call started
+    a thread per file each time (the fleet coordinator spent more of its loop starting
+    threads than syncing). A forked child (local workers) makes its own: the parent's
+    threads do not exist there."""
+    global _POOL
+    if _POOL is None or _POOL[0] != os.getpid():
+        _POOL = (os.getpid(), futures.ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="imgq-fsync"))
+    return _POOL[1]
 
 
 def sync_files(store: Path, names: Iterable[str]) -> dict[str, OSError]:

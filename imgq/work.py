@@ -382,9 +382,9 @@ def settle(db: DB, outcomes: list[queue.Outcome], settings: Settings, *, actor: 
 
 def made_durable(outcomes: list[queue.Outcome], settings: Settings) -> list[queue.Outcome]:
     """The outcomes with every successful one's staged files on disk for good (fsynced,
-    all at once), so no completion is recorded before its bytes are durable. One whose
+    all at once; those already fsynced as they were written, ``Outcome.durable``, not again), so no completion is recorded before its bytes are durable. One whose
     files cannot be synced becomes a transient error (retried; its files discarded)."""
-    names = [n for o in outcomes if o.error is None for n in o.staged()]
+    names = [n for o in outcomes if o.error is None and not o.durable for n in o.staged()]
     if not names:
         return outcomes
     failed = store.sync_files(settings.store_dir, names)

@@ -22,6 +22,7 @@ stays pending. Settings that matter for the tests, each measured here:
 - ``ProctrackType=proctrack/linuxproc``, ``TaskPlugin=task/none``: no cgroups, no systemd;
 - ``SlurmUser=root``: the tests run as root (as CI does), with no terminal.
 
+Without pytest (``bin/bench slurm``): ``SlurmCluster(folder).start()`` and ``close()``.
 Fixture: ``slurm_cluster``, session-scoped (one cluster for the whole run; each test
 cancels its own jobs, and ``cancel_all()`` is there for the rest). Tests skip, saying why,
 where the packages are missing (bin/test installs ``slurmctld slurmd slurm-client munge``)
@@ -42,7 +43,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import pytest
+try:  # bin/bench slurm starts a cluster too, and bin/bench does not install pytest
+    import pytest
+except ImportError:
+    pytest = None
 
 NODE = "imgqnode"
 CPUS = 4
@@ -270,14 +274,16 @@ def _stop_leftovers() -> None:
         c.close()
 
 
-@pytest.fixture(scope="session")
-def slurm_cluster(tmp_path_factory):
-    """A running one-node cluster (4 CPUs) for the whole session; SLURM_CONF exported."""
-    why = missing()
-    if why:
-        pytest.skip(why)
-    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm")).start()
-    try:
-        yield cluster
-    finally:
-        cluster.close()
+if pytest is not None:
+
+    @pytest.fixture(scope="session")
+    def slurm_cluster(tmp_path_factory):
+        """A running one-node cluster (4 CPUs) for the whole session; SLURM_CONF exported."""
+        why = missing()
+        if why:
+            pytest.skip(why)
+        cluster = SlurmCluster(tmp_path_factory.mktemp("slurm")).start()
+        try:
+            yield cluster
+        finally:
+            cluster.close()

@@ -39,7 +39,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
+try:
+    import pytest
+    fixture = pytest.fixture
+except ImportError:  # bin/bench (fleet, tcp, slurm) uses SshFleet, and does not install pytest
+    def fixture(*args, **kwargs):
+        return args[0] if args and callable(args[0]) else (lambda f: f)
 
 SSHD = "/usr/sbin/sshd"  # absolute: sshd refuses to re-exec itself from a relative path
 SSH_KEYGEN = shutil.which("ssh-keygen") or "/usr/bin/ssh-keygen"
@@ -353,7 +358,7 @@ def _kill_leftovers() -> None:
         host.kill()
 
 
-@pytest.fixture(scope="module")
+@fixture(scope="module")
 def ssh_fleet(tmp_path_factory):
     """Three running hosts (host11, host12, host13) shared by the tests of one module."""
     fleet = SshFleet(tmp_path_factory.mktemp("sshfleet"))
@@ -364,7 +369,7 @@ def ssh_fleet(tmp_path_factory):
         fleet.close()
 
 
-@pytest.fixture
+@fixture
 def ssh_hosts(tmp_path_factory):
     """Factory: ``ssh_hosts(n, known=True) -> list[SshHost]`` in a fleet private to the test."""
     fleet: SshFleet | None = None

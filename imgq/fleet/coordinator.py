@@ -299,29 +299,50 @@ class Fleet:
     # --- settling -----------------------------------------------------------------------
 
     def _settle(self) -> None:
-        for (name, here), items in list(self.pending.items()):
+        """Everything that arrived since the last tick, from every host, in one settle:
+        one fsync round and one transaction per tick instead of one per host (with many
+        agents a tick holds replies from most of them). Each outcome's events still name
+        the host it ran on (``Outcome.actor``)."""
+        if not self.pending:
+            return
+        batch: list[tuple[Host, bool, Arrived]] = []
+        for (name, here), items in self.pending.items():
             h = self.roster.hosts[name]
-            outcomes = [a.outcome for a in items]
-            for o in outcomes:
-                h.inflight.pop(o.claim.job_id, None)
-            fenced = {o.claim.job_id for o in outcomes} & self.fenced
-            self.fenced -= fenced
-            actor = Actor(host=socket.gethostname(), name="fleet-coordinator") if here else h.actor()
-            # fenced: an arrival for a job whose lease is gone never reaches a final name
-            # (settle moves staged files only after the token check, else removes them)
-            settled = settle(self.db, outcomes, self.settings, actor=actor)
-            self._report_settled(None if here else h, settled, outcomes)
+            for a in items:
+                h.inflight.pop(a.outcome.claim.job_id, None)
+                batch.append((h, here, a))
+        self.pending.clear()
+        here_actor = Actor(host=socket.gethostname(), name="fleet-coordinator")
+        outcomes = [dataclasses.replace(a.outcome, actor=here_actor if here else h.actor()) for h, here, a in batch]
+        fenced = {o.claim.job_id for o in outcomes} & self.fenced
+        self.fenced -= fenced
+        # fenced: an arrival for a job whose lease is gone never reaches a final name
+        # (settle moves staged files only after the token check, else removes them)
+        settled = settle(self.db, outcomes, self.settings, actor=here_actor)
+        done, failed = set(settled.done), {j for j, _, _ in settled.failed}
+        by_host: dict[str, list[queue.Outcome]] = defaultdict(list)
+        for (h, here, a), o in zip(batch, outcomes):
+            if not here:
+                by_host[h.name].append(o)
+        for name, mine in by_host.items():
+            jobs = {o.claim.job_id for o in mine}
+            self.counts[name]["done"] += len(jobs & done)
+            self.counts[name]["failed"] += len(jobs & failed)
+        for r in reports(settled, outcomes):
+            self.summary.count(r)
+            self.on_report(r)
+        # a host on which jobs keep failing for reasons of its own is benched
+        for h, here, a in batch:
             if here:
                 continue
-            # a host on which jobs keep failing for reasons of its own is benched
-            agent_errors = [a.outcome for a in items if a.hosts_fault and a.outcome.error and a.outcome.kind == "transient" and a.outcome.claim.job_id not in fenced]
-            if settled.done:
+            o = a.outcome
+            if o.claim.job_id in done:
                 h.errors_in_row = 0
                 h.failures = 0
-            h.errors_in_row += len(agent_errors)
-            if agent_errors and h.errors_in_row >= hosts.FAILS_IN_A_ROW and h.state == "up":
-                self.roster.bench(h, f"{h.errors_in_row} jobs in a row failed on it; the last: {agent_errors[-1].error}")
-        self.pending.clear()
+            elif a.hosts_fault and o.error and o.kind == "transient" and o.claim.job_id not in fenced:
+                h.errors_in_row += 1
+                if h.errors_in_row >= hosts.FAILS_IN_A_ROW and h.state == "up":
+                    self.roster.bench(h, f"{h.errors_in_row} jobs in a row failed on it; the last: {o.error}")
 
     def _requeue(self, h: Host, why: str) -> None:
         """A lost host's jobs go back to the queue now, not when their leases expire; the

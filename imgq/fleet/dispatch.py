@@ -27,6 +27,8 @@ from imgq.fleet.roster import Host, Roster
 from imgq.ledger import queue
 from imgq.ledger.database import DB
 
+STORE_THREADS = 8  # arrivals checked and stored at once (see Dispatch.__init__)
+
 
 @dataclasses.dataclass
 class Arrived:
@@ -50,7 +52,10 @@ class Dispatch:
     def __init__(self, settings: Settings, opts, db: DB, roster: Roster, events: stdqueue.Queue):
         self.settings, self.opts, self.db, self.roster, self.events = settings, opts, db, roster, events
         self.dry_until = 0.0  # the last claim found nothing: don't ask again before this
-        self.store_pool = concurrent.futures.ThreadPoolExecutor(max(2, opts.transfers), thread_name_prefix="imgq-store")
+        # storing an arrival is mostly waiting for its two fsyncs (file, folder: 3-9 ms
+        # each here); with two threads that capped a coordinator near 300 jobs/s however
+        # many agents it had, and concurrent fsyncs share the file system's journal commits
+        self.store_pool = concurrent.futures.ThreadPoolExecutor(max(STORE_THREADS, opts.transfers), thread_name_prefix="imgq-store")
         self.stages = None  # a process pool for stages of split images, which need this store
 
     def _arrived(self, h: Host, lk, outcome: queue.Outcome, hosts_fault: bool) -> None:
@@ -93,27 +98,33 @@ class Dispatch:
                 continue
             claims = queue.claim(self.db, owner=h.actor().name, limit=want, lease_seconds=self.settings.lease_seconds,
                                  actor=h.actor(), max_attempts=self.opts.max_attempts, max_lost=self.settings.max_lost)
+            files = self._files(claims)  # one query for the batch, not two per job
             for c in claims:
                 h.inflight[c.job_id] = c
-                if c.stage or self._is_video(c):
+                row = files.get(c.file_id)
+                if c.stage or (row is not None and row["kind"] == "video"):
                     self._run_here(h, c)
                 else:
-                    self._send(h, c)
+                    self._send(h, c, row)
             if len(claims) < want:
                 self.dry_until = time.time() + self.opts.poll
                 return
 
-    def _is_video(self, c: queue.Claim) -> bool:
-        """A video's jobs run here for now: the agents' replies are checked as images
-        (arrival.receive), and a video's inputs and previews are moved whole, in memory,
-        by the fleet's frames; both would have to stream first."""
-        row = self.db.one("SELECT kind FROM files WHERE id = ?", (c.file_id,))
-        return row is not None and row["kind"] == "video"
+    def _files(self, claims: list[queue.Claim]) -> dict:
+        """The claimed jobs' files: kind (a video's jobs run here for now: the agents'
+        replies are checked as images, arrival.receive, and a video's inputs and previews
+        are moved whole, in memory, by the fleet's frames; both would have to stream
+        first), and the sha256 and size the input sent must have."""
+        ids = sorted({c.file_id for c in claims})
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        return {r["id"]: r for r in self.db.all(f"SELECT id, kind, sha256, size FROM files WHERE id IN ({marks})", ids)}
 
     def _run_here(self, h: Host, c: queue.Claim) -> None:
         """A stripe or join of a split image or video (imgq enqueue --split) reads and
         writes intermediate parts in this machine's store, and a video's job streams what
-        the fleet cannot (``_is_video``), so they run here, in a pool of local processes
+        the fleet cannot (``_files``), so they run here, in a pool of local processes
         (one per core, so parts still run in parallel), counted in flight on the host that
         claimed it."""
         if self.stages is None:
@@ -131,11 +142,10 @@ class Dispatch:
 
         fut.add_done_callback(done)
 
-    def _send(self, h: Host, c: queue.Claim) -> None:
+    def _send(self, h: Host, c: queue.Claim, row) -> None:
         """Queue a job for the host; its header carries the sha256 and size the journal
-        recorded for the input, which the bytes sent (or, with --shared-root, the bytes
-        the agent opens) must have."""
-        row = self.db.one("SELECT sha256, size FROM files WHERE id = ?", (c.file_id,))
+        recorded for the input (``row``), which the bytes sent (or, with --shared-root,
+        the bytes the agent opens) must have."""
         header = {"type": "job", "job": c.job_id, "spec": c.spec, "spec_hash": c.spec_hash,
                   "max_pixels": self.settings.max_pixels, "quality": self.settings.jpeg_quality,
                   "sha256": row["sha256"], "size": row["size"]}
@@ -229,7 +239,8 @@ class Dispatch:
         hosts_fault = True
         try:
             artifacts = arrival.receive(c, header, blob, self.settings.store_dir, max_pixels=self.settings.max_pixels)
-            outcome = queue.Outcome(c, artifacts=artifacts, result=header.get("result"))
+            # receive fsyncs each artifact before its rename to the staged name: durable
+            outcome = queue.Outcome(c, artifacts=artifacts, result=header.get("result"), durable=True)
         except (arrival.BadReply, arrival.ArtifactRejected) as e:
             # the host sent something it should not have: bench it, its jobs run elsewhere
             self.events.put(("bad", h, lk, f"bad reply: {e} ({Path(c.inbox) / c.path})"))

@@ -41,6 +41,8 @@ class Outcome:
     error: str | None = None  # set on failure
     kind: str = "transient"  # 'permanent', 'transient', or 'lost' (its worker died running it)
     parts: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (staged, final) stripe files, store-relative
+    durable: bool = False  # its staged files were fsynced as they were written (a host's artifacts, arrival.receive)
+    actor: Actor | None = None  # who recorded it, when not the settle's actor (the host it ran on: one settle for many hosts)
 
     def moves(self) -> list[tuple[str, str]]:
         """(staged, final) store-relative names to move into place on completion."""
@@ -74,6 +76,8 @@ def settle(
 ) -> Settled:
     """Record the outcomes of claimed jobs in one transaction, each fenced by its token.
 
+    Each outcome's events name ``o.actor`` if it has one, else ``actor``.
+
     Success makes the job ``done`` with its verified artifacts, and the file
     ``processed`` once all its jobs are done. A transient error puts the job back with
     exponential, jittered backoff until it has been failing for ``retry_for`` seconds
@@ -93,10 +97,12 @@ def settle(
     out = Settled()
     leftovers: list[str] = []
     folders: set[Path] = set()  # of the files moved into place: fsynced together before COMMIT
+    batch_actor = actor
     with db.transaction():
         now = db.when(now)
         for o in outcomes:
             c = o.claim
+            actor = o.actor or batch_actor
             if o.error is None:
                 status = _complete(db, o, store_dir, folders, now=now, actor=actor)
                 if status == "done":

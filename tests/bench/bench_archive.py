@@ -33,6 +33,9 @@ REPO = Path(__file__).resolve().parents[2]
 SET_VERSION = 1
 
 
+NEEDS = {"modules": ["sshhosts", "PIL", "imgq.samples"], "programs": ["/usr/sbin/sshd", "ssh", "ssh-keygen", "rclone", "rsync"], "optional": [], "root": True}
+
+
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     g = ap.add_argument_group("archive")
     g.add_argument("--archive-files", type=int, default=32, metavar="N", help="files archived (default 32)")

@@ -36,6 +36,8 @@ PARTS = {
     "archive": ("bench_archive", "imgq archive --transfers 4 vs rclone copy --transfers 4 and rsync -a, same files, to a local folder and over SSH: MB/s"),
     "video": ("bench_video", "1080p clips: imgq (scan | enqueue; work -j2) vs parallel -j2 ffmpeg, poster + preview; one long clip in 2 chunks vs whole"),
     "tcp": ("bench_tcp", "one agent over SSH (--hosts) vs one connected back over TLS (--listen): photos/s, per-job cost on tiny jobs"),
+    "coordinator": ("bench_coordinator", "jobs/s one coordinator sustains with 32 cheap agents connected back (--shared-root), and where its CPU goes"),
+    "slurm": ("bench_slurm", "imgq work --slurm 2 (a one-node Slurm cluster here) vs local -j2 and --hosts: throughput, agent start-up, per-job cost TCP vs SSH"),
 }
 
 
