@@ -171,6 +171,7 @@ class AgentJob:
     slurm_state: str = ""  # squeue's %T, as last seen
     slurm_reason: str = ""  # squeue's %r, as last seen (TimeLimit, NodeDown, ...)
     exit_status: int | None = None  # srun's, once it has exited
+    cancelled_here: bool = False  # cancel_all cancelled it (its end, if Slurm says no other, is that)
     proc: subprocess.Popen | None = dataclasses.field(default=None, repr=False)
     output: collections.deque = dataclasses.field(default_factory=lambda: collections.deque(maxlen=OUTPUT_LINES), repr=False)
 
@@ -206,6 +207,10 @@ class AgentJob:
 
     def _end(self) -> None:
         why = ENDED_WHY.get(self.slurm_state, self.slurm_state.lower() or "")
+        if self.cancelled_here and self.slurm_state in ("", "PENDING", "RUNNING", "COMPLETING", "CONFIGURING"):
+            # our own cancel ended it and its srun exited before squeue showed CANCELLED (or
+            # the job left squeue first, as under load): say so, not "ending" for good
+            why = "cancelled"
         # Slurm's reason adds to a failure (NodeDown); on a cancelled job it is the stale
         # pending reason (Resources), and a state that says it already needs no echo
         telling = self.slurm_reason and self.slurm_state not in ("CANCELLED", "COMPLETED") and self.slurm_reason.lower() not in why.replace(" ", "")
@@ -344,6 +349,9 @@ class SlurmJobs:
         """Cancel every agent's job, pending or running, wait (up to ``timeout``) for the
         sruns to exit, and poll once more. Safe to call twice."""
         self.cancelled = True
+        for j in self.jobs:
+            if j.state != "ended":
+                j.cancelled_here = True
         live = [j.proc for j in self.jobs if j.proc is not None and j.proc.poll() is None]
         for p in live:
             try:
