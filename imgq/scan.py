@@ -364,14 +364,9 @@ def _examine_open(orig: original.Original, item: dict, max_pixels: int) -> None:
         )
         return
     row["format"] = fmt
-    try:
-        # the header is read from the same open file that was hashed (pread: no reopening)
-        probe = imaging.probe(imaging.Source.from_fd(orig.fd, shown), max_pixels=max_pixels)
-    except Permanent as e:
-        item["error"] = str(e)
-        return
-    except (ImgqError, OSError) as e:
-        item["problem"] = f"cannot read it: {e}; the next scan tries again"
+    # the header is read from the same open file that was hashed (pread: no reopening)
+    probe = _probed(item, lambda: imaging.probe(imaging.Source.from_fd(orig.fd, shown), max_pixels=max_pixels))
+    if probe is None:
         return
     row["width"], row["height"] = probe.width, probe.height
     if probe.taken_at:
@@ -381,18 +376,25 @@ def _examine_open(orig: original.Original, item: dict, max_pixels: int) -> None:
     row["meta"] = json.dumps(meta, sort_keys=True) if meta else None
 
 
+def _probed(item: dict, probe):
+    """``probe()``, or None with the reason set on ``item``: a bad file is an ``error``
+    (recorded as failed), a file that cannot be read now a ``problem`` (tried again)."""
+    try:
+        return probe()
+    except Permanent as e:
+        item["error"] = str(e)
+    except (ImgqError, OSError) as e:
+        item["problem"] = f"cannot read it: {e}; the next scan tries again"
+    return None
+
+
 def _examine_video(orig: original.Original, item: dict, fmt: str) -> None:
     """A video: its container, frame size, rate, running time, rotation, codecs and
     creation time (the container's, else the modification time kept from before)."""
     row = item["row"]
     row["format"], row["kind"] = fmt, "video"
-    try:
-        probe = imaging.probe_video(orig.fd, item["shown"], fmt)
-    except Permanent as e:
-        item["error"] = str(e)
-        return
-    except (ImgqError, OSError) as e:
-        item["problem"] = f"cannot read it: {e}; the next scan tries again"
+    probe = _probed(item, lambda: imaging.probe_video(orig.fd, item["shown"], fmt))
+    if probe is None:
         return
     row["width"], row["height"] = probe.width, probe.height
     row["duration"], row["frame_rate"] = probe.duration, probe.fps
