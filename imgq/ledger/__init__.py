@@ -2,7 +2,8 @@
 writes to it.
 
 Lives here: the database opener, its write lock and clock (``database``), the schema's
-versioned steps (``migrations``), every state transition of files and jobs with its event
+versioned steps (``migrations``, the steps themselves in ``schema_tables`` and
+``schema_growth``), every state transition of files and jobs with its event
 (``journal``), the queue's claims and leases (``queue``), the fenced completion of what
 workers report with the artifacts it records (``settle``, re-exported by ``queue``), the
 faces a completed job found (``faces``), what collect checked (``checks``), the run records (``runs``), archive targets and hosts with their checked
