@@ -7,8 +7,9 @@ Lives here: ``coordinator`` (imgq work --hosts: the loop, its events, settling, 
 (local workers beside the hosts), ``agent`` (imgq agent), ``link`` (one agent's
 connection), ``protocol`` (the frames: their one definition), ``arrival`` (checking and
 storing what an agent sends back), ``hosts`` (host lists, hosts files, preflight; reading
-the hosts table), ``listen`` (agents that connect back: ``--listen``, ``agent
---connect``, their admission) and ``tls`` (the TLS stream, certificate and proof they use).
+the hosts table), ``listen`` (agents that connect back: ``--listen``, their admission),
+``join`` (the agent's side: ``agent --connect``, its credentials), ``tcp`` (addresses and
+the TCP transport both use) and ``tls`` (the TLS stream, certificate and proof they use).
 The SSH transport is ``imgq.ssh``, through Fabric. Host state is written
 by ``imgq.ledger.hosts`` only.
 

@@ -21,15 +21,17 @@ Both ends, and the transport the fleet's ``AgentLink`` speaks frames over:
 The secret and fingerprint reach an agent as ``NAME=VALUE`` lines (``agent_env``,
 ``credentials``): on its stdin, in a file, or in its environment; never on its
 command line, which every user of the machine can read.
+
+This module is the coordinator's side (``Listener``, ``Arrival``); the agent's side is
+``imgq.fleet.join`` and what both share (addresses, ``TcpTransport``) ``imgq.fleet.tcp``.
+Their public names are re-exported here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hmac
-import ipaddress
 import os
-import re
 import secrets
 import socket
 import ssl
@@ -38,146 +40,40 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from imgq.errors import HostUnreachable, ImgqError, UsageError
+from imgq.errors import HostUnreachable, UsageError
 from imgq.fleet import hosts, protocol, tls
-
-AUTH_TIMEOUT = 10.0  # TLS handshake + challenge + proof, all of it
-AUTH_HEADER = 4096  # the largest frame accepted before authentication
-HELLO_TIMEOUT = 60.0  # an admitted agent's hello (a cold Python importing OpenCV)
-MAX_PENDING = 32  # connections being checked at once; more are closed at once
-DIAL_RETRY = 30.0  # an agent retries connecting this long (the coordinator may be starting)
-ENV_CONNECT, ENV_SECRET, ENV_FINGERPRINT, ENV_NAME = "IMGQ_AGENT_CONNECT", "IMGQ_AGENT_SECRET", "IMGQ_AGENT_FINGERPRINT", "IMGQ_AGENT_NAME"
-_NAME_CHARS = re.compile(r"[^A-Za-z0-9._:@+=/-]")
-
-
-class AgentRefused(ImgqError):
-    """The agent will not work for the server it dialled (not the pinned certificate), or
-    the coordinator would not admit it (wrong secret)."""
+from imgq.fleet.join import (  # noqa: F401  (re-exported: the agent's side)
+    Credentials,
+    StreamIO,
+    credentials,
+    dial,
+    parse_credentials,
+    read_credential_lines,
+)
+from imgq.fleet.tcp import (  # noqa: F401  (re-exported: what both sides share)
+    AUTH_HEADER,
+    AUTH_TIMEOUT,
+    DIAL_RETRY,
+    ENV_CONNECT,
+    ENV_FINGERPRINT,
+    ENV_NAME,
+    ENV_SECRET,
+    HELLO_TIMEOUT,
+    MAX_PENDING,
+    AgentRefused,
+    TcpTransport,
+    _close,
+    _join,
+    _send,
+    _unspecified,
+    clean_name,
+    parse_address,
+    route_address,
+)
 
 
 class _Refused(Exception):
     """Why a connection was not admitted (logged with its peer, never raised further)."""
-
-
-def parse_address(text: str, *, default_port: int | None = 0) -> tuple[str, int]:
-    """``ADDR[:PORT]``, ``:PORT``, ``PORT``, ``[v6]:PORT`` -> (host, port); host "" is all
-    addresses. UsageError for anything else (or no port where one is needed)."""
-    t = text.strip()
-    host, port = t, None
-    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?", t)
-    if m:
-        host, port = m.group(1), m.group(2)
-    elif t.isdigit():
-        host, port = "", t
-    elif t.count(":") == 1:
-        host, port = t.split(":")
-    if port is None:
-        if default_port is None:
-            raise UsageError(f"{text!r}: give the port too (HOST:PORT)")
-        port = default_port
-    try:
-        port = int(port)
-    except ValueError:
-        raise UsageError(f"{text!r}: the port must be a number") from None
-    if not 0 <= port <= 65535 or (default_port is None and port == 0):
-        raise UsageError(f"{text!r}: port {port} is out of range")
-    if host and not re.fullmatch(r"[A-Za-z0-9._:-]+", host):
-        raise UsageError(f"{text!r}: not a host name or address")
-    return host, port
-
-
-def _unspecified(host: str) -> bool:
-    """All addresses ("", 0.0.0.0, ::): agents need another address to dial."""
-    if not host:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_unspecified
-    except ValueError:
-        return False  # a host name
-
-
-def _join(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def clean_name(name, peer: str) -> str:
-    """The name an agent gave (a job label: ``slurm:1234.0``), made safe for a table and a
-    terminal; ``tcp:PEER`` if it gave none."""
-    if not isinstance(name, str) or not name.strip():
-        return f"tcp:{peer}"
-    return _NAME_CHARS.sub("_", name.strip())[:80]
-
-
-def route_address(towards: str | None = None) -> str:
-    """The address of this machine's interface that routes towards ``towards`` (default:
-    the default route), found by connecting a UDP socket (no packet is sent); the host
-    name's address or 127.0.0.1 when there is no route."""
-    for target in ([towards] if towards else []) + ["192.0.2.1"]:
-        try:
-            with socket.socket(socket.AF_INET6 if ":" in target else socket.AF_INET, socket.SOCK_DGRAM) as s:
-                s.connect((target, 9))
-                addr = s.getsockname()[0]
-                if addr and not ipaddress.ip_address(addr).is_unspecified:
-                    return addr
-        except (OSError, ValueError):
-            continue
-    try:
-        return socket.gethostbyname(socket.gethostname())
-    except OSError:
-        return "127.0.0.1"
-
-
-# --- the transport AgentLink uses -------------------------------------------------------
-
-
-class TcpTransport:
-    """An admitted agent's TLS stream, as ``AgentLink`` uses a transport: ``read(n)``
-    exactly n bytes, b"" at a clean end between frames; every failure (timeout, reset,
-    end inside a frame) a ``HostUnreachable`` naming the agent and its peer address."""
-
-    def __init__(self, stream: tls.TlsStream, name: str, peer: str):
-        self.stream, self.name, self.peer = stream, name, peer
-
-    def _lost(self, exc: BaseException, doing: str) -> HostUnreachable:
-        if isinstance(exc, TimeoutError):
-            why = f"nothing for {self.stream.timeout:g} s" if self.stream.timeout else "timed out"
-        elif isinstance(exc, ssl.SSLError):
-            why = f"TLS error ({exc.reason or exc})"
-        else:
-            why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        return HostUnreachable(f"{self.name} ({self.peer}): {why} while {doing}")
-
-    def set_timeout(self, seconds: float | None) -> None:
-        self.stream.timeout = seconds
-
-    def write(self, data) -> None:
-        try:
-            self.stream.write(data)
-        except OSError as e:
-            raise self._lost(e, "sending to the agent") from e
-
-    def read(self, n: int):
-        try:
-            data = self.stream.read(n)
-        except OSError as e:
-            raise self._lost(e, "reading from the agent") from e
-        if 0 < len(data) < n:
-            raise HostUnreachable(f"{self.name} ({self.peer}): the connection ended inside a frame")
-        return data
-
-    def why_ended(self) -> str:
-        # its stderr is wherever its launcher put it (a Slurm job's output file)
-        return f"agent closed its connection from {self.peer} (ended or killed)"
-
-    def end(self) -> None:
-        """The agent reads the end of its input: it stops its slots and exits."""
-        self.stream.end_output()
-
-    def close(self, grace: float = 0.0) -> None:
-        deadline = time.monotonic() + grace
-        while grace and not self.stream.ended and time.monotonic() < deadline:
-            time.sleep(0.05)  # the reader sees the agent close its side
-        self.stream.close()
 
 
 # --- the coordinator's side -------------------------------------------------------------
@@ -353,150 +249,3 @@ class Listener:
             stream.close()
             return
         self.on_agent(Arrival(name, peer, transport, hello, hosts.check_hello(hello)))
-
-
-def _send(stream: tls.TlsStream, header: dict) -> None:
-    for piece in protocol.encode(header):
-        stream.write(piece)
-
-
-def _close(conn: socket.socket) -> None:
-    try:
-        conn.close()
-    except OSError:
-        pass
-
-
-# --- the agent's side -------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Credentials:
-    """What an agent needs to join a run: where to dial, the secret, the pinned fingerprint."""
-
-    connect: str | None
-    secret: bytes
-    fingerprint: str
-
-
-def parse_credentials(text: str, *, where: str) -> dict[str, str]:
-    """NAME=VALUE lines (``Listener.credentials``); blank lines and ``#`` comments skipped."""
-    out = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        name, sep, value = line.partition("=")
-        if not sep or name.strip() not in (ENV_CONNECT, ENV_SECRET, ENV_FINGERPRINT, ENV_NAME):
-            raise UsageError(f"{where}: expected {ENV_SECRET}=… and {ENV_FINGERPRINT}=… lines, found {name.strip()[:40]!r}")
-        out[name.strip()] = value.strip()
-    return out
-
-
-def read_credential_lines(stream) -> str:
-    """Lines from ``stream`` up to a blank line or its end, once secret and fingerprint
-    have both come (a pipe a launcher keeps open must not hang us)."""
-    lines = []
-    while True:
-        line = stream.readline()
-        if isinstance(line, bytes):
-            line = line.decode("utf-8", "replace")
-        if not line or not line.strip():
-            break
-        lines.append(line)
-        text = "".join(lines)
-        if f"{ENV_SECRET}=" in text and f"{ENV_FINGERPRINT}=" in text:
-            break
-    return "".join(lines)
-
-
-def credentials(values: dict[str, str], *, connect: str | None, fingerprint: str | None, where: str) -> Credentials:
-    """Checked credentials from ``values`` (NAME=VALUE), an explicit address and pin winning."""
-    secret_hex = values.get(ENV_SECRET, "")
-    try:
-        secret = bytes.fromhex(secret_hex)
-    except ValueError:
-        secret = b""
-    if len(secret) < 16:
-        raise UsageError(f"no usable {ENV_SECRET} in {where} (the hex secret of the coordinator's run)")
-    pin = fingerprint or values.get(ENV_FINGERPRINT)
-    if not pin:
-        raise UsageError(f"no {ENV_FINGERPRINT} in {where} (the sha256 of the coordinator's certificate)")
-    try:
-        pin = tls.normal_fingerprint(pin)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    return Credentials(connect or values.get(ENV_CONNECT), secret, pin)
-
-
-def dial(address: str, creds: Credentials, *, name: str, retry_for: float = DIAL_RETRY, timeout: float = AUTH_TIMEOUT) -> tls.TlsStream:
-    """Connect to the coordinator at ``address`` (retried for ``retry_for`` s while it is
-    refused), check its certificate against the pin before sending anything, prove the
-    secret; the stream, ready for the agent's hello. HostUnreachable if it cannot be
-    reached; AgentRefused if it is not the pinned coordinator or refuses the proof."""
-    host, port = parse_address(address, default_port=None)
-    give_up, delay = time.monotonic() + retry_for, 0.1
-    while True:
-        try:
-            sock = socket.create_connection((host, port), timeout=timeout)
-            break
-        except OSError as e:
-            if time.monotonic() + delay > give_up:
-                raise HostUnreachable(f"cannot connect to the coordinator at {address}: {e.strerror or e}") from None
-            time.sleep(delay)
-            delay = min(2.0, delay * 2)
-    tls.tune(sock)
-    stream = tls.TlsStream(sock, tls.client_context(), server_side=False)
-    stream.deadline = time.monotonic() + timeout
-    try:
-        stream.handshake()
-        got = stream.peer_fingerprint()
-        if got is None or not hmac.compare_digest(got, creds.fingerprint):
-            raise AgentRefused(f"the server at {address} is not this run's coordinator: its certificate's sha256 is {got}, "
-                               f"the pinned one is {creds.fingerprint} (another run, or someone in between); nothing was sent to it")
-        msg = protocol.read_message(stream.read, max_header=AUTH_HEADER)
-        if msg is None or msg[0]["type"] != "challenge" or not isinstance(msg[0].get("challenge"), str):
-            raise AgentRefused(f"the coordinator at {address} did not send a challenge")
-        challenge = bytes.fromhex(msg[0]["challenge"])
-        _send(stream, {"type": "auth", "proof": tls.proof(creds.secret, challenge, creds.fingerprint), "name": name, "protocol": protocol.PROTOCOL})
-        msg = protocol.read_message(stream.read, max_header=AUTH_HEADER)
-        if msg is None or msg[0]["type"] != "welcome":
-            raise AgentRefused(f"the coordinator at {address} refused this agent: wrong secret (a secret of another run?)")
-    except (OSError, protocol.ProtocolError, ValueError) as e:
-        stream.close()
-        if isinstance(e, TimeoutError):
-            raise HostUnreachable(f"the coordinator at {address} did not answer within {timeout:g} s") from None
-        raise HostUnreachable(f"lost the coordinator at {address} while joining: {e}") from None
-    except AgentRefused:
-        stream.close()
-        raise
-    stream.deadline = None
-    return stream
-
-
-class StreamIO:
-    """A ``TlsStream`` as the agent's stdin and stdout (``read``; ``write`` + ``flush``).
-    Small writes wait for ``flush``, so a small message (a beat, an error, a small
-    reply) leaves as one TLS record in one packet, not one per piece. The caller
-    serialises writers (the agent's write lock)."""
-
-    SMALL = 64 * 1024
-
-    def __init__(self, stream: tls.TlsStream):
-        self.stream = stream
-        self.pending: list = []
-
-    def read(self, n: int):
-        return self.stream.read(n)
-
-    def write(self, data) -> None:
-        if len(data) <= self.SMALL:
-            self.pending.append(bytes(data))
-            return
-        self.flush()
-        self.stream.write(data)
-
-    def flush(self) -> None:
-        if self.pending:
-            data, self.pending = b"".join(self.pending), []
-            self.stream.write(data)
