@@ -1,4 +1,6 @@
 """A destination that is a folder on a host reached over SSH: ``ssh://[user@]host[:port]/path``.
+Here is its copy logic (put, check, fetch, list, remove, sweep); the connection, URL and
+marker are imgq.destinations.ssh_folder, the scripts run on the host ssh_scripts.
 
 Files travel over SFTP; checks run ``sha256sum`` there (the host needs a POSIX shell and
 coreutils). Folders are walked with SFTP ``lstat``, never through a symlink. What the
@@ -9,19 +11,14 @@ written in its root at first use.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
-import re
-import secrets
 import stat
-import threading
 from collections.abc import Iterable
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from imgq.destinations.base import (
     CHECK_BATCH,
     CHUNK,
-    MARKER,
     REMOTE_TEMP_AGE,
     SWEEP_DEPTH,
     Destination,
@@ -30,7 +27,6 @@ from imgq.destinations.base import (
     NameRefused,
     NameTaken,
     SourceUnavailable,
-    check_component,
     copy_hashing,
     is_safe_name,
     is_temp_name,
@@ -39,250 +35,22 @@ from imgq.destinations.base import (
     source_changed,
     split_rel,
 )
-from imgq.errors import HostUnreachable, ImgqError, StorageError, UsageError
+from imgq.destinations.ssh_folder import SshFolder, SshOptions, parse_ssh_url
+from imgq.destinations.ssh_scripts import (
+    _CHECK_SCRIPT,
+    _DF_SCRIPT,
+    _PREFIX_SCRIPT,
+    _SWEEP_SCRIPT,
+    _SYNC_CHECK_SCRIPT,
+    _SYNC_DIR_SCRIPT,
+    _parse_found,
+)
+from imgq.errors import ImgqError, StorageError
 from imgq.store import temp_name
 
-_MARKER_TEXT = re.compile(r"imgq-destination ([0-9a-f]{32})")
+__all__ = ["RESUME_MIN", "SshDestination", "SshFolder", "SshOptions", "parse_ssh_url"]
 
-
-@dataclasses.dataclass(frozen=True)
-class SshOptions:
-    """How to reach ``ssh://`` destinations (see imgq.remote.connect)."""
-
-    config: Path | None = None
-    accept_new_host_keys: bool = False
-    connect_timeout: float | None = None
-
-
-_SSH_URL = re.compile(r"^ssh://(?P<where>[^/]+)(?P<path>/.*)$")
-
-# Run by `sh -c SCRIPT sh ROOT REL...`: one line per REL, "SIZE SHA256", or "-" when there
-# is no regular file there or a folder on the way is a symlink (never read through one, as
-# the local walk with O_NOFOLLOW). Paths arrive as arguments, never inside the script.
-_CHECK_SCRIPT = r"""
-root=$1
-shift
-for rel do
-  p=$root
-  rest=$rel
-  ok=1
-  while :; do
-    case $rest in */*) ;; *) break ;; esac
-    p="$p/${rest%%/*}"
-    rest=${rest#*/}
-    if [ -h "$p" ] || [ ! -d "$p" ]; then ok=0; break; fi
-  done
-  f="$p/$rest"
-  if [ $ok = 1 ] && [ -f "$f" ] && [ ! -h "$f" ]; then
-    s=$(wc -c < "$f") && h=$(sha256sum < "$f") && echo "$s ${h%% *}" || echo "!"
-  else
-    echo "-"
-  fi
-done
-"""
-# fsync one file (coreutils sync FILE; a plain `sync` where that is not understood), then
-# report its size and hash the way _CHECK_SCRIPT does.
-_SYNC_CHECK_SCRIPT = r"""
-sync -- "$1" 2>/dev/null || sync
-s=$(wc -c < "$1") && h=$(sha256sum < "$1") && echo "$s ${h%% *}"
-"""
-# sha256 of the first $2 bytes of $1: the part of a killed copy to be continued
-_PREFIX_SCRIPT = r"""head -c "$2" -- "$1" | sha256sum"""
 RESUME_MIN = 1 << 20  # a killed copy's part this long or longer is continued, not sent again
-_SYNC_DIR_SCRIPT = r"""for d do sync -- "$d" 2>/dev/null || { sync; break; }; done"""
-_DF_SCRIPT = r"""df -Pk -- "$1" | tail -n 1"""
-# The destination's identity: the marker file in its root, written at first use with a
-# random id ($3) under a temporary name ($2) and linked into place (ln refuses to replace,
-# so of two first uses at once one id wins and both read it back); mv -n where the file
-# system has no hard links (FAT). Read back on every connection. It is on the remote host,
-# so this script writes it, not store.write_atomically.
-_MARKER_SCRIPT = r"""
-m="$1/.imgq-destination"
-if [ ! -e "$m" ] && [ ! -h "$m" ]; then
-  t="$1/$2"
-  printf 'imgq-destination %s\n' "$3" > "$t" && { sync -- "$t" 2>/dev/null || sync; } &&
-  { ln -- "$t" "$m" 2>/dev/null || { [ -e "$m" ] || mv -n -- "$t" "$m"; }; }
-  rm -f -- "$t"
-fi
-if [ -f "$m" ] && [ ! -h "$m" ]; then head -c 200 -- "$m"; fi
-"""
-# Temporary names of killed copies, up to the depth imgq writes at, never through a
-# symlink (find -P); the writer's pid is another machine's, so age tells ($2 minutes).
-_SWEEP_SCRIPT = r"""
-find "$1" -mindepth 1 -maxdepth "$3" -type f -name '.*.imgq-tmp' -mmin "+$2" -print -delete 2>/dev/null
-exit 0
-"""
-
-
-def parse_ssh_url(text: str):
-    """(HostSpec, root) from ``ssh://[user@]host[:port]/path``; ``/~/x`` is x in the login folder."""
-    from imgq.ssh import parse_host_spec
-
-    m = _SSH_URL.match(text)
-    if not m:
-        raise UsageError(f"bad destination {text!r}: expected ssh://[user@]host[:port]/path")
-    spec = parse_host_spec(m["where"])
-    if spec.slots:
-        raise UsageError(f"bad destination {text!r}: /SLOTS has no meaning for a destination")
-    path = m["path"]
-    root = path[3:] if path.startswith("/~/") else path
-    root = root.rstrip("/") or "/"
-    if not root or any(p in (".", "..") for p in PurePosixPath(root).parts):
-        raise UsageError(f"bad destination {text!r}: the path may not contain . or ..")
-    return spec, root
-
-
-class SshFolder:
-    """The connection to a folder on a host: one SSH connection (Fabric) and SFTP session,
-    opened on first use and again after a loss, the folder's marker read on every
-    connection; shell scripts run there with paths as arguments, never inside the script."""
-
-    def __init__(self, url: str, options: SshOptions = SshOptions()):
-        self.spec, self.root = parse_ssh_url(url)
-        self.url = url.rstrip("/")  # canonical (resolve.canonical): parsed above, no trailing slash
-        self.options = options
-        self._conn = None
-        self._sftp = None  # the first thread's SFTP session
-        self._lock = threading.RLock()  # connecting, closing
-        self._mine = threading.local()  # each thread's own SFTP session over the one connection
-        self._sessions: list = []
-        self._generation = 0  # connections made: a thread's session of an older one is gone
-        self._first_taken = False
-        self._dirs_ok: set[str] = set()
-        self._identity = ""
-
-    def _connect(self):
-        """(connection, this thread's SFTP session): concurrent copies (archive
-        --transfers) each use a session of their own over the one SSH connection."""
-        with self._lock:
-            conn, generation = self._connect_once()
-        mine = self._mine
-        if getattr(mine, "generation", None) != generation or mine.sftp is None:
-            from imgq import ssh as remote
-
-            with self._lock:
-                if self._sftp is not None and not self._first_taken:
-                    sftp = self._sftp  # the session the connection was checked with
-                    self._first_taken = True
-                else:
-                    try:
-                        sftp = remote.open_sftp(conn)
-                    except HostUnreachable as e:
-                        self.close()
-                        raise DestinationUnavailable(f"{self.url}: {e}") from e
-                    self._sessions.append(sftp)
-                mine.sftp, mine.generation = sftp, generation
-        return conn, mine.sftp
-
-    def _connect_once(self):
-        from imgq import ssh as remote
-
-        if self._conn is not None and self._conn.transport is not None and self._conn.transport.is_active():
-            return self._conn, self._generation
-        self.close()
-        try:
-            self._conn = remote.connect(
-                self.spec,
-                ssh_config=self.options.config,
-                accept_new_host_keys=self.options.accept_new_host_keys,
-                connect_timeout=self.options.connect_timeout,
-            )
-            self._sftp = remote.open_sftp(self._conn)
-        except HostUnreachable as e:
-            self.close()
-            raise DestinationUnavailable(f"{self.url}: {e}") from e
-        self._generation += 1
-        self._first_taken = False
-        try:
-            st = self._sftp.stat(self.root)
-        except OSError as e:
-            raise DestinationUnavailable(f"{self.url}: {self.root} is not there ({e.strerror or e}); the destination folder must exist") from e
-        if not stat.S_ISDIR(st.st_mode):
-            raise DestinationUnavailable(f"{self.url}: {self.root} is not a folder")
-        self._identity = self._read_marker()
-        return self._conn, self._generation
-
-    def _read_marker(self) -> str:
-        from imgq import ssh as remote
-
-        try:
-            r = remote.run(self._conn, ["sh", "-c", _MARKER_SCRIPT, "sh", self.root, temp_name(MARKER), secrets.token_hex(16)], timeout=60)
-        except HostUnreachable as e:
-            self.close()
-            raise DestinationUnavailable(f"{self.url}: {e} while reading its {MARKER}") from e
-        m = _MARKER_TEXT.fullmatch(r.stdout.decode(errors="replace").strip())
-        if not m:
-            raise DestinationUnavailable(
-                f"{self.url}: cannot read or write {self.root}/{MARKER}, the file that tells this destination apart from others"
-                f" ({r.stderr.decode(errors='replace').strip() or 'unexpected content'}); imgq needs it to count copies"
-            )
-        return "marker:" + m.group(1)
-
-    def close(self) -> None:
-        with self._lock:
-            for thing in (*self._sessions, self._sftp, self._conn):
-                try:
-                    if thing is not None:
-                        thing.close()
-                except Exception:
-                    pass
-            self._sftp = self._conn = None
-            self._sessions = []
-            self._first_taken = False
-            self._generation += 1
-            self._dirs_ok.clear()
-
-    def _error(self, exc: BaseException, doing: str) -> ImgqError:
-        """StorageError for what the remote file system refused; DestinationUnavailable
-        when the connection is the problem."""
-        import socket
-
-        if isinstance(exc, ImgqError):
-            return exc
-        conn = self._conn
-        alive = conn is not None and conn.transport is not None and conn.transport.is_active()
-        if alive and isinstance(exc, OSError) and not isinstance(exc, (socket.timeout, TimeoutError)):
-            return StorageError(f"{self.url}: {exc.strerror or exc or type(exc).__name__} while {doing}")
-        self.close()
-        return DestinationUnavailable(f"{self.url}: connection lost while {doing} ({type(exc).__name__}: {exc})")
-
-    def _sh(self, script: str, args: list[str], doing: str, timeout: float = 600.0):
-        from imgq import ssh as remote
-
-        conn, _ = self._connect()
-        try:
-            return remote.run(conn, ["sh", "-c", script, "sh", *args], timeout=timeout)
-        except HostUnreachable as e:
-            self.close()
-            raise DestinationUnavailable(f"{self.url}: {e} while {doing}") from e
-
-    def _abs(self, rel: str) -> str:
-        return str(PurePosixPath(self.root, *split_rel(rel)))
-
-    def _make_dir(self, parts: list[str]) -> str:
-        """root/parts, created as needed, every component checked not to be a symlink."""
-        _, sftp = self._connect()
-        path = PurePosixPath(self.root)
-        for part in parts:
-            path = path / check_component(part)
-            key = str(path)
-            if key in self._dirs_ok:
-                continue
-            try:
-                try:
-                    st = sftp.lstat(key)
-                except FileNotFoundError:
-                    try:
-                        sftp.mkdir(key, 0o755)
-                    except OSError:
-                        pass  # made meanwhile, or the lstat below says why not
-                    st = sftp.lstat(key)
-            except Exception as e:
-                raise self._error(e, f"creating folder {key}") from e
-            if not stat.S_ISDIR(st.st_mode):
-                raise StorageError(f"{self.url}: {key} is a symlink or not a folder; imgq never writes through one")
-            self._dirs_ok.add(key)
-        return str(path)
 
 
 class SshDestination(SshFolder, Destination):
@@ -506,8 +274,3 @@ class SshDestination(SshFolder, Destination):
             return int(fields[3]) * 1024
         except (IndexError, ValueError):
             raise StorageError(f"{self.url}: cannot read free space from df: {r.stdout!r} {r.stderr!r}")
-
-
-def _parse_found(line: str) -> Found | None:
-    m = re.fullmatch(r"(\d+) ([0-9a-f]{64})", line.strip())
-    return Found(int(m.group(1)), m.group(2)) if m else None

@@ -1,0 +1,56 @@
+"""The shell scripts an ``ssh://`` destination runs on its host (a POSIX shell and
+coreutils there) to check, sync, measure and sweep its copies, and the reading of their
+"SIZE SHA256" answers. Paths arrive as arguments, never inside a script.
+"""
+
+from __future__ import annotations
+
+import re
+
+from imgq.destinations.base import Found
+
+# Run by `sh -c SCRIPT sh ROOT REL...`: one line per REL, "SIZE SHA256", or "-" when there
+# is no regular file there or a folder on the way is a symlink (never read through one, as
+# the local walk with O_NOFOLLOW). Paths arrive as arguments, never inside the script.
+_CHECK_SCRIPT = r"""
+root=$1
+shift
+for rel do
+  p=$root
+  rest=$rel
+  ok=1
+  while :; do
+    case $rest in */*) ;; *) break ;; esac
+    p="$p/${rest%%/*}"
+    rest=${rest#*/}
+    if [ -h "$p" ] || [ ! -d "$p" ]; then ok=0; break; fi
+  done
+  f="$p/$rest"
+  if [ $ok = 1 ] && [ -f "$f" ] && [ ! -h "$f" ]; then
+    s=$(wc -c < "$f") && h=$(sha256sum < "$f") && echo "$s ${h%% *}" || echo "!"
+  else
+    echo "-"
+  fi
+done
+"""
+# fsync one file (coreutils sync FILE; a plain `sync` where that is not understood), then
+# report its size and hash the way _CHECK_SCRIPT does.
+_SYNC_CHECK_SCRIPT = r"""
+sync -- "$1" 2>/dev/null || sync
+s=$(wc -c < "$1") && h=$(sha256sum < "$1") && echo "$s ${h%% *}"
+"""
+# sha256 of the first $2 bytes of $1: the part of a killed copy to be continued
+_PREFIX_SCRIPT = r"""head -c "$2" -- "$1" | sha256sum"""
+_SYNC_DIR_SCRIPT = r"""for d do sync -- "$d" 2>/dev/null || { sync; break; }; done"""
+_DF_SCRIPT = r"""df -Pk -- "$1" | tail -n 1"""
+# Temporary names of killed copies, up to the depth imgq writes at, never through a
+# symlink (find -P); the writer's pid is another machine's, so age tells ($2 minutes).
+_SWEEP_SCRIPT = r"""
+find "$1" -mindepth 1 -maxdepth "$3" -type f -name '.*.imgq-tmp' -mmin "+$2" -print -delete 2>/dev/null
+exit 0
+"""
+
+
+def _parse_found(line: str) -> Found | None:
+    m = re.fullmatch(r"(\d+) ([0-9a-f]{64})", line.strip())
+    return Found(int(m.group(1)), m.group(2)) if m else None
