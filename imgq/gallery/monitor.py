@@ -14,7 +14,7 @@ import dataclasses
 import datetime as dt
 from collections import Counter
 
-from imgq.gallery.pages import _page, _plural, esc
+from imgq.gallery.markup import _page, _plural, esc
 from imgq.ledger.database import DB
 
 FILE_STATES = ("seen", "queued", "processed", "archived", "collected", "duplicate", "failed")
