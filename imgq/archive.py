@@ -18,27 +18,26 @@ an exponential backoff while the other destinations proceed. A file becomes ``ar
 only when every destination of the run holds a verified copy of the original and of all
 its artifacts. Every write goes through the ledger.
 
-``verify`` re-reads every recorded copy and re-makes missing or corrupt ones from the
-original (if it is still in the inbox and unchanged), the artifact store, or another good
-copy; in place only when the damaged file is provably that copy's
-(``archive_names.owner_of``).
+``verify`` (``imgq.archive_verify``, re-exported here) re-reads every recorded copy and
+re-makes missing or corrupt ones from the original (if it is still in the inbox and
+unchanged), the artifact store, or another good copy; in place only when the damaged file
+is provably that copy's (``archive_names.owner_of``). The copying threads of
+``--transfers`` are ``imgq.archive_transfers``'s.
 """
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import dataclasses
 import json
-import queue
 import random
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from imgq import archive_hook, overlap
 from imgq.archive_copies import ORIGINAL, Item, Sources, copy_item, items_of
-from imgq.archive_names import owner_of, plan, release, reserved
+from imgq.archive_names import plan, release, reserved
+from imgq.archive_transfers import _ElsewhereOnMain, _Job, _Transfers
+from imgq.archive_verify import Problem, VerifyReport, _failed, _record_copy, verify  # noqa: F401  (re-exported: cli/archive.py)
 from imgq.destinations import (
     Destination,
     DestinationUnavailable,
@@ -51,7 +50,6 @@ from imgq.destinations import (
     open_all,
     physical,
 )
-from imgq.backoff import delay as backoff_delay
 from imgq.errors import ImgqError, RouteFailed, classify
 from imgq.ledger import archive_targets, copies, hooks, journal
 from imgq.ledger import routes as routes_ledger
@@ -89,28 +87,6 @@ class ArchiveReport:
     hooks: archive_hook.HookReport = dataclasses.field(default_factory=archive_hook.HookReport)  # on_archived runs
 
 
-@dataclasses.dataclass
-class Problem:
-    file_id: str
-    destination: str
-    path: str
-    problem: str  # what was wrong
-    repaired: bool
-    detail: str = ""  # how it was repaired, or why it could not be
-
-
-@dataclasses.dataclass
-class VerifyReport:
-    checked: int = 0
-    good: int = 0
-    problems: list[Problem] = dataclasses.field(default_factory=list)
-    unreachable: dict[str, str] = dataclasses.field(default_factory=dict)
-
-
-def _record_copy(db: DB, file_id: str, item: Item, destination: str, path: str, *, now: float, ident: str | None = None) -> None:
-    copies.record_copy(db, file_id, artifact_id=item.artifact_id, destination=destination, path=path, sha256=item.sha256, size=item.bytes, now=now, ident=ident)
-
-
 def _copies_at(db: DB, file_id: str, destination: str) -> dict[str, str]:
     return {r["path"]: r["sha256"] for r in db.all("SELECT path, sha256 FROM copies WHERE file_id = ? AND destination = ?", (file_id, destination))}
 
@@ -124,15 +100,6 @@ def _missing(db: DB, f, dest_url: str, items: Sequence[Item]) -> list[Item]:
 def _lacking(missing: Sequence[Item]) -> str:
     return "lacks " + ", ".join(i.role for i in missing)
 
-
-# --- targets: per file and destination, with backoff ------------------------------------
-
-
-def _failed(db: DB, target, error: str, kind: str, *, now: float, actor: Actor, backoff: float, backoff_max: float, rng: random.Random) -> float:
-    attempts = target["attempts"] + 1
-    delay = backoff_delay(attempts, backoff, backoff_max, rng)
-    archive_targets.failed(db, target, error, kind, attempts=attempts, not_before=now + delay, now=now, actor=actor)
-    return delay
 
 
 # --- the step ----------------------------------------------------------------------------------
@@ -320,117 +287,6 @@ def _routed(db: DB, routing: Routing | None, f, items: Sequence[Item], report: A
     return out
 
 
-class _ElsewhereOnMain(Exception):
-    """A copy thread's source is gone: copying from another destination's copy reads the
-    ledger, so it is done on the archive's own thread (``_finish``)."""
-
-
-class _OnMain:
-    def put_from_elsewhere(self, *args, **kwargs):
-        raise _ElsewhereOnMain()
-
-
-@dataclasses.dataclass
-class _Job:
-    """What one destination lacks of one file, copied on that destination's threads."""
-
-    dest: Destination
-    f: object
-    items: Sequence[Item]
-    target: object
-    missing: Sequence[Item]
-    paths: dict[str, str]
-    done: list[tuple[Item, str]] = dataclasses.field(default_factory=list)  # (item, how), in order
-    error: BaseException | None = None
-
-
-class _Transfers:
-    """Each destination's copying threads (up to ``n`` at once, a pool per destination, so
-    destinations proceed independently), and the files in flight. The threads only
-    check and put; ``finished`` hands their jobs, and then each file once it has no job
-    left, back to the archive's thread, which records them."""
-
-    WINDOW = 4  # files in flight per transfer slot before the archive waits for one
-
-    def __init__(self, destinations: Sequence[Destination], n: int):
-        self.n = max(1, n)
-        self.pools: dict[str, ThreadPoolExecutor] = {}
-        self.down: dict[str, str] = {}  # destination -> why, as its threads find it
-        self.open: dict[str, list] = {}  # file id -> [f, items, jobs outstanding, begun]
-        self.futures: list[tuple[Future, _Job]] = []
-        self.results: queue.SimpleQueue[_Job] = queue.SimpleQueue()
-        self.complete: collections.deque = collections.deque()
-
-    def submit(self, dest: Destination, f, items, target, missing, paths) -> None:
-        job = _Job(dest, f, items, target, missing, paths)
-        self.open.setdefault(f["id"], [f, None, 0, False])[2] += 1
-        pool = self.pools.get(dest.url)
-        if pool is None:
-            most = getattr(dest, "max_transfers", self.n)  # an ssh:// destination: sshd's MaxSessions
-            pool = self.pools[dest.url] = ThreadPoolExecutor(max_workers=min(self.n, most), thread_name_prefix="imgq-copy")
-        self.futures.append((pool.submit(self._run, job), job))
-
-    def begun(self, f, wants) -> None:
-        """Every job of ``f`` is submitted (``wants``: destination -> its items)."""
-        entry = self.open.setdefault(f["id"], [f, wants, 0, False])
-        entry[1], entry[3] = wants, True
-        self._settle(f["id"])
-
-    def _settle(self, file_id: str) -> None:
-        entry = self.open[file_id]
-        if entry[2] == 0 and entry[3]:
-            del self.open[file_id]
-            self.complete.append(("file", entry[0], entry[1]))
-
-    def _run(self, job: _Job) -> None:
-        try:
-            if job.dest.url in self.down:
-                raise DestinationUnavailable(self.down[job.dest.url])
-            # one look at every name of the job, and (ssh://) one folder sync for all of
-            # them, before the job is handed back to be recorded
-            found = job.dest.check([job.paths[i.role] for i in job.missing])
-            with getattr(job.dest, "deferring_folder_syncs", contextlib.nullcontext)():
-                for item in job.missing:
-                    if job.dest.url in self.down:
-                        raise DestinationUnavailable(self.down[job.dest.url])
-                    rel = job.paths[item.role]
-                    job.done.append((item, copy_item(job.dest, job.f["id"], item, rel, _OnMain(), found=found[rel])))
-        except BaseException as e:
-            job.error = e
-            if isinstance(e, DestinationUnavailable):
-                self.down.setdefault(job.dest.url, str(e))
-        finally:
-            self.results.put(job)
-
-    def finished(self, *, wait: bool):
-        """Jobs done (``("copy", job)``) and files with none left (``("file", f,
-        wants)``); waits for jobs while too many files are in flight, or with ``wait``
-        until none is."""
-        while True:
-            while self.complete:
-                yield self.complete.popleft()
-            if not any(e[2] for e in self.open.values()):
-                return
-            try:
-                job = self.results.get(block=wait or len(self.open) > self.n * self.WINDOW)
-            except queue.Empty:
-                return
-            yield ("copy", job)
-            self.open[job.f["id"]][2] -= 1
-            self._settle(job.f["id"])
-
-    def cancel(self) -> None:
-        """Jobs not begun are dropped (their names stay reserved for the next archive)."""
-        for fut, job in self.futures:
-            if fut.cancel():
-                self.open[job.f["id"]][2] -= 1
-                self.open[job.f["id"]][3] = False
-
-    def close(self) -> None:
-        for pool in self.pools.values():
-            pool.shutdown(wait=True)
-
-
 def _finish(db: DB, event, destinations, phys: Physical, sources: Sources, report: ArchiveReport, *, clock, actor, backoff, backoff_max, rng, on_file, on_archived, hook_timeout, dry_run) -> None:
     """On the archive's thread: record what a job copied and how it ended, or move a
     file whose jobs are all done to archived if every destination has all it is sent
@@ -556,151 +412,6 @@ def _copy_missing(db: DB, dest: Destination, ident: str | None, f, items, missin
             safe = safe or isinstance(e, NameRefused)
             release(db, dest.url, f["id"])
             missing = _missing(db, f, dest.url, items)
-
-
-# --- verify ----------------------------------------------------------------------------------
-
-
-def verify(
-    db: DB,
-    destinations: dict[str, Destination],
-    *,
-    store_dir: Path,
-    file_ids: Iterable[str] | None = None,
-    clock: Callable[[], float],
-    actor: Actor = Actor(),
-    backoff: float = 5.0,
-    backoff_max: float = 3600.0,
-    rng: random.Random | None = None,
-    on_problem: Callable[[Problem], None] = lambda p: None,
-    dry_run: bool = False,
-) -> VerifyReport:
-    """Re-read every recorded copy at ``destinations``; re-make missing or corrupt ones.
-
-    A good copy gets a fresh ``verified_at``. A bad one is re-made from the original in
-    the inbox (if unchanged), the artifact store, or another good copy; if it cannot be,
-    its ``copies`` row is removed (it is no copy), the reason is kept on its archive
-    target, and an archived file goes back to processed so that ``collect`` keeps the
-    original and the next ``archive`` makes the copy again. With ``dry_run`` every copy
-    is read but none is repaired: each bad one is a problem, not repaired.
-    """
-    rng = rng or random.Random()
-    report = VerifyReport()
-    rows = _recorded_copies(db, list(destinations), file_ids)
-    sources = Sources(db, destinations, store_dir)
-    good, bad = _read_back(rows, destinations, report)
-    sources.bad.update((r["destination"], r["path"]) for r, _, _ in bad)
-    copies.mark_verified(db, good, now=clock())
-    for r, problem, got in bad:
-        if dry_run:
-            p = Problem(r["file_id"], r["destination"], r["path"], problem, False, "dry run: would be re-made or, if it cannot be, forgotten")
-            report.problems.append(p)
-            on_problem(p)
-            continue
-        dest = destinations[r["destination"]]
-        item = Item(
-            r["artifact_name"] or ORIGINAL,
-            r["artifact_id"],
-            r["sha256"],
-            r["bytes"],
-            (store_dir / r["store_path"]) if r["artifact_id"] else Path(r["inbox"]) / r["inbox_path"],
-            inbox=None if r["artifact_id"] else r["inbox"],
-            rel=None if r["artifact_id"] else r["inbox_path"],
-        )
-        try:
-            if dest.url in report.unreachable:
-                raise DestinationUnavailable(report.unreachable[dest.url])
-            owner = owner_of(db, dest, r, got)
-            if owner:
-                # Not provably this copy's file: repairing it in place could overwrite
-                # another photo's only copy. Drop the record and the name; the next
-                # archive copies the photo again under a name of its own.
-                _unrecord(db, r, f"{r['path']} {problem}; {owner}", now=clock(), actor=actor, backoff=backoff, backoff_max=backoff_max, rng=rng)
-                release(db, r["destination"], r["file_id"])
-                p = Problem(r["file_id"], dest.url, r["path"], problem, False, f"{owner}; not repaired in place: the next imgq archive copies it under another name")
-                report.problems.append(p)
-                on_problem(p)
-                continue
-            how = _repair(dest, r, item, sources, replace=got)
-            _record_copy(db, r["file_id"], item, dest.url, r["path"], now=clock(), ident=r["destination_id"])
-            sources.bad.discard((dest.url, r["path"]))
-            p = Problem(r["file_id"], dest.url, r["path"], problem, True, _how_repaired(how, item))
-        except (ImgqError, OSError) as e:
-            if isinstance(e, DestinationUnavailable):
-                report.unreachable[dest.url] = str(e)
-            p = Problem(r["file_id"], dest.url, r["path"], problem, False, str(e))
-            _unrecord(db, r, f"{r['path']} {problem}; not repaired: {e}", now=clock(), actor=actor, backoff=backoff, backoff_max=backoff_max, rng=rng)
-        report.problems.append(p)
-        on_problem(p)
-    return report
-
-
-def _recorded_copies(db: DB, urls: list[str], file_ids: Iterable[str] | None) -> list:
-    if not urls:
-        return []
-    sql = (
-        "SELECT c.*, f.inbox, f.path AS inbox_path, f.state, a.path AS store_path, a.name AS artifact_name"
-        " FROM copies c JOIN files f ON f.id = c.file_id LEFT JOIN artifacts a ON a.id = c.artifact_id"
-        " WHERE c.destination IN (SELECT value FROM json_each(?))"
-    )
-    params = [json.dumps(urls)]
-    if file_ids is not None:
-        sql += " AND c.file_id IN (SELECT value FROM json_each(?))"
-        params.append(json.dumps(list(file_ids)))
-    return db.all(sql + " ORDER BY c.destination, c.path", params)
-
-
-def _read_back(rows, destinations: dict[str, Destination], report: VerifyReport) -> tuple[list[int], list[tuple]]:
-    """Check every row's copy, one batch per destination: (ids of good copies, [(row, problem)])."""
-    good, bad = [], []
-    for url, dest in destinations.items():
-        mine = [r for r in rows if r["destination"] == url]
-        if not mine:
-            continue
-        try:
-            found = dest.check([r["path"] for r in mine])
-        except ImgqError as e:
-            report.unreachable[url] = str(e)
-            continue
-        for r in mine:
-            report.checked += 1
-            got = found[r["path"]]
-            if got == Found(r["bytes"], r["sha256"]):
-                good.append(r["id"])
-            elif got is None:
-                bad.append((r, "missing", None))
-            else:
-                bad.append((r, f"corrupt: {got.bytes} bytes, sha256 {got.sha256[:12]}…, expected {r['bytes']} bytes, {r['sha256'][:12]}…", got))
-    report.good = len(good)
-    return good, bad
-
-
-def _how_repaired(how: str, item: Item) -> str:
-    if how == "copied":
-        return "re-made from " + ("the artifact store" if item.artifact_id else "the original in the inbox")
-    if how == "found":
-        return "good on a second look"
-    return "re-" + how.replace("copied", "made", 1)  # "re-made from DEST/PATH"
-
-
-def _repair(dest: Destination, r, item: Item, sources: Sources, *, replace: Found | None = None) -> str:
-    # The inbox original (or the stored artifact) is a source only while it has the
-    # recorded bytes: put() hashes as it reads and refuses a changed file, and then
-    # another destination's good copy is used instead. Only ``replace`` (the damaged
-    # bytes just read, proven this copy's by owner_of) may be written over.
-    if r["state"] == "collected" and item.artifact_id is None:
-        return "copied from " + sources.put_from_elsewhere(dest, item, r["file_id"], r["path"], replace=replace)
-    return copy_item(dest, r["file_id"], item, r["path"], sources, replace=replace)
-
-
-def _unrecord(db: DB, r, reason: str, *, now: float, actor: Actor, backoff: float, backoff_max: float, rng: random.Random) -> None:
-    target = archive_targets.open_target(db, r["file_id"], r["destination"], now=now, actor=actor, detail=f"{r['path']}: no good copy")
-    with db.transaction():
-        copies.unrecord_copy(db, r, reason, now=now, actor=actor)
-        state = db.one("SELECT state FROM files WHERE id = ?", (r["file_id"],))["state"]
-        if state == "archived":
-            journal.move_file(db, r["file_id"], "processed", now=now, actor=actor, expect=("archived",), detail=f"{r['destination']}: {reason}")
-    _failed(db, target, f"{r['destination']}: {reason}", "transient", now=now, actor=actor, backoff=backoff, backoff_max=backoff_max, rng=rng)
 
 
 def open_destinations(db: DB, urls: list[str], ssh: SshOptions = SshOptions(), *, inboxes: Iterable[str | Path] = ()) -> dict[str, Destination]:
