@@ -68,16 +68,18 @@ def imgq_subprocess(
     )
 
 
-def wait_for(predicate, timeout=60.0, step=0.02):
+def wait_for(predicate, timeout=60.0, step=0.02, show=None):
     """The first true value of ``predicate()``, polled every ``step`` seconds; fails the
-    test after ``timeout``."""
+    test after ``timeout``, saying what ``show()`` (if given) last returned: the state a
+    flaky wait ended in is what its diagnosis needs."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(step)
-    raise AssertionError("condition not reached in time")
+    seen = f": last seen {show()!r}" if show is not None else ""
+    raise AssertionError(f"condition not reached in {timeout:g} s{seen}")
 
 
 @pytest.fixture

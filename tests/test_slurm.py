@@ -98,7 +98,8 @@ def test_srun_agents_run_as_jobs_with_the_secret_in_their_environment_only(clust
         assert not [c for c in cmdlines() if secret.encode() in c]
     assert [j.state for j in jobs.jobs] == ["ended"] * 3  # cancel_all polled once more
     wait_for(lambda: not cluster.squeue(), timeout=30, step=0.1)
-    wait_for(lambda: [j.describe().split(" (")[0] for j in jobs.poll()] == ["ended: cancelled"] * 3, timeout=30, step=0.1)
+    ended = lambda: [j.describe() for j in jobs.poll()]  # noqa: E731
+    wait_for(lambda: [d.split(" (")[0] for d in ended()] == ["ended: cancelled"] * 3, timeout=30, step=0.1, show=ended)
 
 
 @pytest.mark.slow
