@@ -77,7 +77,7 @@ def _slot_init(channel_fd: int | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from imgq import work
 
-    work._one_thread_per_worker()
+    work.tune_worker_process()
 
 
 def _slot_job(job_id: int, spec: dict, spec_hash: str, max_pixels: int, quality: int, src_root: str, src_rel: str, out_dir: str) -> dict:
