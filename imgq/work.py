@@ -198,7 +198,7 @@ def worker_main(settings: Settings, opts: WorkOptions, name: str, stop: Stop, re
                 limit = 1
             else:
                 limit = max(1, min(MAX_BATCH, int(TARGET_BATCH_SECONDS / max(per_job, 1e-4))))
-            claims = queue.claim(db, owner=name, limit=limit, lease_seconds=settings.lease_seconds, actor=actor, max_attempts=opts.max_attempts, max_lost=settings.max_lost)
+            claims = queue.claim(db, owner=name, limit=limit, lease_seconds=settings.lease_seconds, actor=actor, max_attempts=opts.max_attempts, max_lost=settings.max_lost, workers=opts.processes)
             if not claims:
                 if opts.mode == "once":
                     break  # jobs in backoff or held by live workers are left for a later run
