@@ -165,12 +165,10 @@ def tune_worker_process() -> None:
     job reuses them (tests/test_worker_memory.py). Blocks above 32 MiB (a 12 MP photo
     decoded at full size) still go back at once, so a worker's memory stays bounded.
     """
-    try:
-        import cv2
-
-        cv2.setNumThreads(1)
-    except ImportError:
-        pass
+    if "cv2" in sys.modules:
+        sys.modules["cv2"].setNumThreads(1)
+    else:  # read by OpenCV when first imported: a worker with nothing to do never loads it (0.1 s)
+        os.environ["OPENCV_FOR_THREADS_NUM"] = "1"
     try:
         import ctypes
 
