@@ -19,7 +19,7 @@ import pytest
 
 from conftest import imgq_env
 from imgq import archive_names, samples
-from imgq.destinations import Found, LocalDestination, SourceUnavailable, SshOptions, canonical, open_destination, parse_ssh_url
+from imgq.destinations import DestinationUnavailable, Found, LocalDestination, SourceUnavailable, SshOptions, canonical, open_destination, parse_ssh_url
 from imgq.errors import InvalidTransition, StorageError, UsageError
 from imgq.ledger import archive_targets
 from imgq.ledger.database import DB
@@ -381,6 +381,24 @@ def test_a_full_destination_fails_only_its_own_copies_and_a_rerun_finishes(tmp_p
     for file_id in ids:
         assert not Path(paths[file_id]).exists()
         assert q(db_path, "SELECT count(*) FROM copies WHERE file_id = ? AND artifact_id IS NULL", file_id) == [(2,)]
+
+
+def test_a_full_ssh_destination_is_unavailable_and_keeps_no_partial_copy(tmp_path, tiny_tmpfs, ssh_hosts):
+    """The bytes of a copy stream into a command on the host: a disk that fills up under it
+    is the whole destination's trouble (no space, transient), not a garbled copy."""
+    [host] = ssh_hosts(1)
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(3 << 20))
+    dest = open_destination(f"ssh://{host.alias}{tiny_tmpfs}", SshOptions(config=host.ssh_config))
+    try:
+        with pytest.raises(DestinationUnavailable, match="no space left for 2024/big.bin"):
+            dest.put(src, "2024/big.bin", sha256=sha(src), size=src.stat().st_size)
+        small = tmp_path / "small.bin"
+        small.write_bytes(b"still room for this")
+        dest.put(small, "2024/small.bin", sha256=sha(small), size=small.stat().st_size)  # the connection is fine
+    finally:
+        dest.close()
+    assert sorted(p.name for p in (tiny_tmpfs / "2024").iterdir()) == ["small.bin"]  # no partial file, no temporary one
 
 
 def test_verify_finds_and_repairs_corrupt_and_missing_copies(tmp_path, run_imgq, db_path):

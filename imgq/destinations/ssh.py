@@ -2,8 +2,10 @@
 Here is its copy logic (put, check, fetch, list, remove, sweep); the connection, URL and
 marker are imgq.destinations.ssh_folder, the scripts run on the host ssh_scripts.
 
-Files travel over SFTP; checks run ``sha256sum`` there (the host needs a POSIX shell and
-coreutils). Folders are walked with SFTP ``lstat``, never through a symlink. What the
+A copy's bytes are the standard input of one command run there (``_PUT_SCRIPT``: ``cat``
+into the temporary name, ``sync``, then the read-back through ``sha256sum``), so writing
+and verifying a copy is one round trip; folders are made, and files renamed into place,
+over SFTP. Checks run ``sha256sum`` there (the host needs a POSIX shell and coreutils). Folders are walked with SFTP ``lstat``, never through a symlink. What the
 destination is (``identity``) is the random id in the ``.imgq-destination`` marker file
 written in its root at first use.
 """
@@ -40,12 +42,12 @@ from imgq.destinations.ssh_scripts import (
     _CHECK_SCRIPT,
     _DF_SCRIPT,
     _PREFIX_SCRIPT,
+    _PUT_SCRIPT,
     _SWEEP_SCRIPT,
-    _SYNC_CHECK_SCRIPT,
     _SYNC_DIR_SCRIPT,
     _parse_found,
 )
-from imgq.errors import ImgqError, StorageError
+from imgq.errors import HostUnreachable, ImgqError, StorageError
 from imgq.store import temp_name
 
 __all__ = ["RESUME_MIN", "SshDestination", "SshFolder", "SshOptions", "parse_ssh_url"]
@@ -53,12 +55,20 @@ __all__ = ["RESUME_MIN", "SshDestination", "SshFolder", "SshOptions", "parse_ssh
 RESUME_MIN = 1 << 20  # a killed copy's part this long or longer is continued, not sent again
 
 
+class _Sink:
+    """What copy_hashing writes to: the stdin of the command that writes the copy."""
+
+    def __init__(self, write):
+        self.write = write
+
+
 class SshDestination(SshFolder, Destination):
-    """A folder on a host reached over SSH (Fabric): files travel over SFTP, checks run
-    ``sha256sum`` there. Needs a POSIX shell and coreutils on the host."""
+    """A folder on a host reached over SSH (Fabric): files travel as the stdin of a command
+    that writes, syncs and hashes them there; folders and renames go over SFTP. Needs a
+    POSIX shell and coreutils on the host."""
 
     # Copies at once over the one connection: each holds an SFTP session and, while it
-    # verifies, a command's; with the archive's own session and command that is 10,
+    # writes or checks, a command's; with the archive's own session and command that is 10,
     # OpenSSH's default MaxSessions (more are refused, and look like a lost connection).
     max_transfers = 4
 
@@ -76,58 +86,48 @@ class SshDestination(SshFolder, Destination):
         return out
 
     def put(self, source, rel: str, *, sha256: str, size: int, replace: Found | None = None) -> None:
+        from imgq import ssh as remote
+
         parts = split_rel(rel)
         name = parts[-1]
         folder = self._make_dir(parts[:-1])
-        _, sftp = self._connect()
+        conn, sftp = self._connect()
         final = f"{folder}/{name}"
-        # not store.write_atomically: the file is on another host, written over SFTP and
-        # synced, checked and renamed by commands run there (same steps, same temp name)
-        tmp = f"{folder}/{temp_name(name)}"
-        resume = 0  # bytes of a killed copy of this name, now at tmp, to be continued
-        try:
-            leftovers = sorted((e for e in sftp.listdir_attr(folder) if is_temp_of(e.filename, name)), key=lambda e: -(e.st_size or 0))
-            for entry in leftovers:  # a killed copy's: the largest is continued, the rest go
-                left = f"{folder}/{entry.filename}"
-                if not resume and RESUME_MIN <= (entry.st_size or 0) < size and stat.S_ISREG(entry.st_mode or 0):
-                    try:
-                        sftp.rename(left, tmp)  # ours now (plain rename: never onto a name in use)
-                        resume = entry.st_size
-                        continue
-                    except OSError:
-                        pass
-                sftp.remove(left)
-        except Exception as e:
-            raise self._error(e, f"listing {folder}") from e
+        # not store.write_atomically: the file is on another host, written, synced, read
+        # back and hashed by one command run there (_PUT_SCRIPT: same steps, same temp name)
+        tmp_name = temp_name(name)
+        tmp = f"{folder}/{tmp_name}"
+        # a killed copy of this name, big enough to be worth continuing, becomes ours now;
+        # smaller ones are removed by the command that writes the copy (no listing needed)
+        resume = self._take_over_part(sftp, folder, name, tmp, size) if size > RESUME_MIN else 0
         try:
             with open_source(source) as src:
                 h, start = self._resumable(sftp, src, tmp, resume, rel) if resume else (hashlib.sha256(), 0)
+                shown = str(getattr(source, "shown", source))
                 try:
-                    if start:
-                        out = sftp.open(tmp, "r+b")
-                        out.seek(start)
-                    else:
-                        out = sftp.open(tmp, "wbx")
-                except Exception as e:
-                    err = self._error(e, f"writing {rel}")
-                    if type(err) is StorageError and not is_safe_name(name):
-                        raise NameRefused(f"{self.url}: the destination cannot hold the name {name!r} ({err})") from e
-                    raise err from e
-                try:
-                    with out:
-                        out.set_pipelined(True)
-                        written, digest = copy_hashing(src, out, str(getattr(source, "shown", source)), h=h, n=start)
-                except Exception as e:
-                    err = self._error(e, f"writing {rel}")
-                    if type(err) is StorageError and self._full(size):
-                        err = DestinationUnavailable(f"{self.url}: no space left for {rel} ({size} bytes)")
-                    raise err from e
+                    r, (written, digest) = remote.run_feeding(
+                        conn, ["sh", "-c", _PUT_SCRIPT, "sh", folder, name, tmp_name, str(start)],
+                        lambda write: copy_hashing(src, _Sink(write), shown, h=h, n=start), timeout=600.0,
+                    )
+                except HostUnreachable as e:
+                    self.close()
+                    raise DestinationUnavailable(f"{self.url}: {e} while writing {rel}") from e
+            said = r.stderr.decode(errors="replace").strip()
+            if r.exit_status == 4:
+                if not is_safe_name(name):
+                    raise NameRefused(f"{self.url}: the destination cannot hold the name {name!r} ({said})")
+                raise StorageError(f"{self.url}: cannot write {rel}: {said or 'cannot create it'}")
+            if r.exit_status == 5:
+                if self._full(size):
+                    raise DestinationUnavailable(f"{self.url}: no space left for {rel} ({size} bytes)")
+                raise StorageError(f"{self.url}: {said or 'a write failed'} while writing {rel}")
+            if r.exit_status == 6:
+                raise StorageError(f"{self.url}: {said} while continuing {rel}")
             if (written, digest) != (size, sha256):
                 raise source_changed(source, written, digest, size, sha256)
-            r = self._sh(_SYNC_CHECK_SCRIPT, [tmp], f"verifying {rel}")
             got = _parse_found(r.stdout.decode(errors="replace").strip())
             if r.exit_status == 127 or got is None:
-                raise StorageError(f"{self.url}: cannot verify {rel}: {r.stderr.decode(errors='replace').strip() or 'no answer'} (the host needs sh, wc and sha256sum)")
+                raise StorageError(f"{self.url}: cannot verify {rel}: {said or 'no answer'} (the host needs sh, cat, wc and sha256sum)")
             if got != Found(size, sha256):
                 raise StorageError(f"{self.url}: {rel} did not verify after writing (read back {got.bytes} bytes, sha256 {got.sha256[:12]}…)")
             self._rename_into_place(sftp, tmp, final, rel, replace)
@@ -143,6 +143,27 @@ class SshDestination(SshFolder, Destination):
             except Exception:
                 pass
             raise
+
+    def _take_over_part(self, sftp, folder: str, name: str, tmp: str, size: int) -> int:
+        """The largest killed copy of ``name`` in ``folder`` (1 MiB or more, smaller than
+        ``size``) renamed to ``tmp``: its length, or 0 if there is none. The other killed
+        copies of the name are removed."""
+        resume = 0
+        try:
+            leftovers = sorted((e for e in sftp.listdir_attr(folder) if is_temp_of(e.filename, name)), key=lambda e: -(e.st_size or 0))
+            for entry in leftovers:  # a killed copy's: the largest is continued, the rest go
+                left = f"{folder}/{entry.filename}"
+                if not resume and RESUME_MIN <= (entry.st_size or 0) < size and stat.S_ISREG(entry.st_mode or 0):
+                    try:
+                        sftp.rename(left, tmp)  # ours now (plain rename: never onto a name in use)
+                        resume = entry.st_size
+                        continue
+                    except OSError:
+                        pass
+                sftp.remove(left)
+        except Exception as e:
+            raise self._error(e, f"listing {folder}") from e
+        return resume
 
     @contextlib.contextmanager
     def deferring_folder_syncs(self):

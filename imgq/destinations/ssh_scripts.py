@@ -33,11 +33,28 @@ for rel do
   fi
 done
 """
-# fsync one file (coreutils sync FILE; a plain `sync` where that is not understood), then
-# report its size and hash the way _CHECK_SCRIPT does.
-_SYNC_CHECK_SCRIPT = r"""
-sync -- "$1" 2>/dev/null || sync
-s=$(wc -c < "$1") && h=$(sha256sum < "$1") && echo "$s ${h%% *}"
+# A copy's bytes, on stdin, into its temporary name, fsynced (coreutils sync FILE; a plain
+# `sync` where that is not understood), read back and reported as _CHECK_SCRIPT does, all
+# in one command: `sh -c SCRIPT sh FOLDER NAME TEMP OFFSET`. With OFFSET 0 the killed
+# copies of NAME in FOLDER are removed and TEMP is created (never over an existing file:
+# noclobber, O_EXCL); otherwise TEMP is a killed copy's part of exactly OFFSET bytes that
+# the bytes continue. Exit 4: TEMP cannot be created (a name the file system refuses), 5:
+# the bytes cannot be written (full?), 6: the part to continue is not what it was.
+_PUT_SCRIPT = r"""
+set -C
+f=$1/$3
+if [ "$4" = 0 ]; then
+  for t in "$1"/."$2".*.imgq-tmp; do
+    if [ "$t" != "$f" ] && { [ -f "$t" ] || [ -h "$t" ]; }; then rm -f -- "$t"; fi
+  done
+  : > "$f" || exit 4
+elif [ -h "$f" ] || [ ! -f "$f" ] || [ "$(wc -c < "$f")" -ne "$4" ]; then
+  echo "the part of a killed copy to be continued changed" >&2
+  exit 6
+fi
+cat >> "$f" || exit 5
+sync -- "$f" 2>/dev/null || sync
+s=$(wc -c < "$f") && h=$(sha256sum < "$f") && echo "$s ${h%% *}"
 """
 # sha256 of the first $2 bytes of $1: the part of a killed copy to be continued
 _PREFIX_SCRIPT = r"""head -c "$2" -- "$1" | sha256sum"""
