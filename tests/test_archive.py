@@ -508,6 +508,29 @@ def test_an_archive_target_keeps_its_history_and_refuses_illegal_changes(tmp_pat
 # --- ssh:// ----------------------------------------------------------------------------------
 
 
+def test_both_host_sha256_programs_answer_what_hashlib_answers(tmp_path, ssh_hosts):
+    """The scripts hash with OpenSSL where the host has one that hashes "abc" right, else
+    with coreutils' sha256sum: both, through a real sshd, give the sha256 of the bytes."""
+    from imgq import ssh as remote
+    from imgq.destinations import ssh_scripts
+
+    [host] = ssh_hosts(1)
+    conn = remote.connect(host.alias, ssh_config=host.ssh_config)
+    try:
+        probe = remote.run(conn, ["sh", "-c", ssh_scripts.H256_PROBE]).stdout.decode()
+        assert "openssl" in ssh_scripts.h256_function(probe)  # this machine has a working OpenSSL
+        assert "sha256sum" in ssh_scripts.h256_function("") and "sha256sum" in ssh_scripts.h256_function("0" * 64 + " *stdin")
+        (tmp_path / "d").mkdir()
+        files = {"d/empty": b"", "d/big": os.urandom(3_000_001), "d/x y $(z)": b"abc"}
+        for rel, data in files.items():
+            (tmp_path / rel).write_bytes(data)
+        for h256 in (ssh_scripts.h256_function(probe), ssh_scripts.h256_function(None)):
+            r = remote.run(conn, ["sh", "-c", h256 + ssh_scripts._CHECK_SCRIPT, "sh", str(tmp_path), *files, "d/none"])
+            assert r.stdout.decode().splitlines() == [f"{len(d)} {hashlib.sha256(d).hexdigest()}" for d in files.values()] + ["-"], h256
+    finally:
+        remote.close(conn)
+
+
 def test_ssh_destination_through_a_real_sshd(tmp_path, run_imgq, db_path, ssh_hosts):
     [host] = ssh_hosts(1)
     config = host.ssh_config

@@ -34,7 +34,7 @@ Examples:
 
 
 def work(
-    processes: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Local worker processes (default: all cores; with --hosts, none unless given).", min=1, metavar="N", show_default=False)] = None,
+    processes: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Local worker processes (default: all cores; with --hosts, --listen or --slurm, none unless given).", min=1, metavar="N", show_default=False)] = None,
     drain: Annotated[bool, typer.Option("--drain", help="Exit when no job is left (default).")] = False,
     follow: Annotated[bool, typer.Option("--follow", help="Keep polling for new jobs until SIGINT/SIGTERM.")] = False,
     once: Annotated[bool, typer.Option("--once", help="Exit when no job is due now: jobs waiting out a retry backoff are left for the next run (for cron).")] = False,

@@ -3,11 +3,12 @@ Here is its copy logic (put, check, fetch, list, remove, sweep); the connection,
 marker are imgq.destinations.ssh_folder, the scripts run on the host ssh_scripts.
 
 A copy's bytes are the standard input of one command run there (``_PUT_SCRIPT``: ``cat``
-into the temporary name, ``sync``, then the read-back through ``sha256sum``), so writing
-and verifying a copy is one round trip; folders are made, and files renamed into place,
-over SFTP. Checks run ``sha256sum`` there (the host needs a POSIX shell and coreutils). Folders are walked with SFTP ``lstat``, never through a symlink. What the
-destination is (``identity``) is the random id in the ``.imgq-destination`` marker file
-written in its root at first use.
+into the temporary name, ``sync``, then the read-back through the host's sha256), so
+writing and verifying a copy is one round trip; folders are made, and files renamed into
+place, over SFTP. Checks hash there too (the host needs a POSIX shell and coreutils; see
+``SshFolder`` for which sha256 program). Folders are walked with SFTP ``lstat``, never
+through a symlink. What the destination is (``identity``) is the random id in the
+``.imgq-destination`` marker file written in its root at first use.
 """
 
 from __future__ import annotations
@@ -67,10 +68,10 @@ class SshDestination(SshFolder, Destination):
     that writes, syncs and hashes them there; folders and renames go over SFTP. Needs a
     POSIX shell and coreutils on the host."""
 
-    # Copies at once over the one connection: each holds an SFTP session and, while it
-    # writes or checks, a command's; with the archive's own session and command that is 10,
-    # OpenSSH's default MaxSessions (more are refused, and look like a lost connection).
-    max_transfers = 4
+    # Copies at once: each thread has a connection of its own (SshFolder), so sshd's
+    # MaxSessions is no limit; its MaxStartups (10 by default) is: more connections than
+    # that opened at once are refused at random while they authenticate.
+    max_transfers = 8
 
     def identity(self) -> str:
         self._connect()
@@ -106,11 +107,11 @@ class SshDestination(SshFolder, Destination):
                 shown = str(getattr(source, "shown", source))
                 try:
                     r, (written, digest) = remote.run_feeding(
-                        conn, ["sh", "-c", _PUT_SCRIPT, "sh", folder, name, tmp_name, str(start)],
+                        conn, ["sh", "-c", self._script(_PUT_SCRIPT), "sh", folder, name, tmp_name, str(start)],
                         lambda write: copy_hashing(src, _Sink(write), shown, h=h, n=start), timeout=600.0,
                     )
                 except HostUnreachable as e:
-                    self.close()
+                    self._drop_mine()
                     raise DestinationUnavailable(f"{self.url}: {e} while writing {rel}") from e
             said = r.stderr.decode(errors="replace").strip()
             if r.exit_status == 4:
@@ -138,7 +139,7 @@ class SshDestination(SshFolder, Destination):
                 deferred.add(folder)  # synced once for all, before the caller records (deferring_folder_syncs)
         except BaseException:
             try:
-                if self._conn is not None:
+                if self._alive():
                     sftp.remove(tmp)
             except Exception:
                 pass
