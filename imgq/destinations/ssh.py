@@ -244,10 +244,20 @@ class SshDestination(SshFolder, Destination):
     def check(self, rels: Iterable[str]) -> dict[str, Found | None]:
         rels = list(rels)
         out: dict[str, Found | None] = {}
-        for i in range(0, len(rels), CHECK_BATCH):
-            batch = rels[i : i + CHECK_BATCH]
-            for rel in batch:
-                split_rel(rel)
+        _, sftp = self._connect()
+        there = []
+        for rel in rels:
+            split_rel(rel)
+            try:
+                sftp.lstat(self._abs(rel))
+            except FileNotFoundError:
+                out[rel] = None  # nothing there: an SFTP round trip says so, no command needed
+                continue
+            except Exception:
+                pass  # the command below decides, or says what is wrong
+            there.append(rel)
+        for i in range(0, len(there), CHECK_BATCH):
+            batch = there[i : i + CHECK_BATCH]
             r = self._sh(_CHECK_SCRIPT, [self.root, *batch], "checking copies")
             lines = r.stdout.decode(errors="replace").splitlines()
             if r.exit_status == 127 or len(lines) != len(batch):
@@ -256,7 +266,7 @@ class SshDestination(SshFolder, Destination):
                 if line == "!":
                     raise StorageError(f"{self.url}: cannot read {rel}")
                 out[rel] = None if line == "-" else _parse_found(line)
-        return out
+        return {rel: out[rel] for rel in rels}
 
     def fetch(self, rel: str, local: Path) -> None:
         _, sftp = self._connect()
