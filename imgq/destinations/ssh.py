@@ -72,6 +72,7 @@ class SshDestination(SshFolder, Destination):
     # MaxSessions is no limit; its MaxStartups (10 by default) is: more connections than
     # that opened at once are refused at random while they authenticate.
     max_transfers = 8
+    _folder_fsync: bool | None = None  # can its SFTP server fsync a folder? None: not tried yet
 
     def identity(self) -> str:
         self._connect()
@@ -134,7 +135,7 @@ class SshDestination(SshFolder, Destination):
             self._rename_into_place(sftp, tmp, final, rel, replace)
             deferred = getattr(self._mine, "folders", None)
             if deferred is None:
-                self._sh(_SYNC_DIR_SCRIPT, [folder], f"syncing {folder}")
+                self._sync_folders([folder])
             else:
                 deferred.add(folder)  # synced once for all, before the caller records (deferring_folder_syncs)
         except BaseException:
@@ -178,7 +179,29 @@ class SshDestination(SshFolder, Destination):
         finally:
             self._mine.folders = None
             if folders:
-                self._sh(_SYNC_DIR_SCRIPT, sorted(folders), "syncing folders")
+                self._sync_folders(sorted(folders))
+
+    def _sync_folders(self, folders: list[str]) -> None:
+        """fsync each folder (its new names on disk). Over SFTP where the server can:
+        OpenSSH's sftp-server opens a folder like a file and fsyncs the handle
+        (fsync@openssh.com), one round trip each and no command started; else with
+        ``sync FOLDER`` run there. Any doubt (refused, unsupported) falls back to the command."""
+        from paramiko.sftp import CMD_EXTENDED
+
+        _, sftp = self._connect()
+        if self._folder_fsync is not False:
+            try:
+                for d in folders:
+                    with sftp.open(d, "r") as handle:
+                        sftp._request(CMD_EXTENDED, "fsync@openssh.com", handle.handle)
+                self._folder_fsync = True
+                return
+            except Exception as e:
+                if not self._alive():
+                    raise self._error(e, "syncing folders") from e
+                if self._folder_fsync is None:
+                    self._folder_fsync = False  # this server cannot: the command from now on
+        self._sh(_SYNC_DIR_SCRIPT, folders, "syncing folders")
 
     def _resumable(self, sftp, src, tmp: str, length: int, rel: str):
         """(the sha256 of what of ``src`` is at ``tmp`` already, its length): a killed
