@@ -108,7 +108,7 @@ class SshDestination(SshFolder, Destination):
                 shown = str(getattr(source, "shown", source))
                 try:
                     r, (written, digest) = remote.run_feeding(
-                        conn, ["sh", "-c", self._script(_PUT_SCRIPT), "sh", folder, name, tmp_name, str(start)],
+                        conn, ["sh", "-c", self._script(_PUT_SCRIPT, size=size), "sh", folder, name, tmp_name, str(start)],
                         lambda write: copy_hashing(src, _Sink(write), shown, h=h, n=start), timeout=600.0,
                     )
                 except HostUnreachable as e:

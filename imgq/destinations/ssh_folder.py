@@ -19,6 +19,7 @@ from imgq.errors import HostUnreachable, ImgqError, StorageError, UsageError
 from imgq.store import temp_name
 
 _MARKER_TEXT = re.compile(r"imgq-destination ([0-9a-f]{32})")
+SMALL_FILE = 1 << 20  # hashed on the host by coreutils' sha256sum whatever else is there (SshFolder._script)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,8 +155,12 @@ class SshFolder:
             raise DestinationUnavailable(f"{self.url}: {e} while looking for a sha256 program") from e
         return h256_function(r.stdout.decode(errors="replace"))
 
-    def _script(self, script: str) -> str:
-        """``script`` with the ``h256`` function it may call."""
+    def _script(self, script: str, *, size: int | None = None) -> str:
+        """``script`` with the ``h256`` function it may call: for files of ``size`` up to
+        1 MiB coreutils' (it starts in half the time of OpenSSL, which pays off from about
+        a megabyte on, measured here), else the host's faster one."""
+        if size is not None and size <= SMALL_FILE:
+            return h256_function(None) + script
         return self._h256 + script
 
     def _read_marker(self, conn) -> str:
