@@ -524,7 +524,7 @@ def test_run_with_an_agent_started_by_hand_processes_archives_and_collects(tmp_p
     hand, its secret on stdin), then this machine archives and collects what it made."""
     inbox = samples.make_inbox(tmp_path / "inbox", photographers=("alice",), per_owner=2, size=(640, 480), with_broken=False,
                                with_duplicate=False, with_rotated=False, with_loose=False)
-    originals = {p.name: p.read_bytes() for p in inbox.rglob("*.jpg")}
+    originals = {p.name: p.read_bytes() for p in inbox.root.rglob("*.jpg")}
     dest = tmp_path / "A"
     dest.mkdir()
     p = start(tmp_path, "run", inbox, "--to", dest, "--listen", "127.0.0.1", "--agent-file", tmp_path / "run.env")
@@ -551,7 +551,7 @@ def test_run_with_an_agent_started_by_hand_processes_archives_and_collects(tmp_p
     assert_each_job_done_exactly_once(db)
     assert query(db, "SELECT DISTINCT host FROM events WHERE entity = 'job' AND to_state = 'done'") == [("by-hand",)]
     assert set(s for (s,) in query(db, "SELECT state FROM files")) == {"collected"}
-    assert not [q for q in inbox.rglob("*") if q.is_file()]  # collected: the inbox is empty, each original verified at A
+    assert not [q for q in inbox.root.rglob("*") if q.is_file()]  # collected: the inbox is empty, each original verified at A
     copied = {q.name: q.read_bytes() for q in dest.rglob("*.jpg") if q.name in originals}
     assert copied == originals
     assert not (tmp_path / "run.env").exists()  # the secret does not outlive the run

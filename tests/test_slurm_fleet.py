@@ -178,7 +178,7 @@ def test_run_with_slurm_agents_processes_archives_and_collects(cluster, tmp_path
     imgq.toml), then this machine archives and collects; the agent's job ends with the step."""
     inbox = samples.make_inbox(tmp_path / "inbox", photographers=("alice",), per_owner=2, size=(640, 480), with_broken=False,
                                with_duplicate=False, with_rotated=False, with_loose=False)
-    originals = {p.name: p.read_bytes() for p in inbox.rglob("*.jpg")}
+    originals = {p.name: p.read_bytes() for p in inbox.root.rglob("*.jpg")}
     dest = tmp_path / "A"
     dest.mkdir()
     (tmp_path / "imgq.toml").write_text("[slurm]\ncpus_per_task = 2\n")
@@ -192,6 +192,6 @@ def test_run_with_slurm_agents_processes_archives_and_collects(cluster, tmp_path
     assert query(db, "SELECT slots FROM hosts WHERE name = ?", (host,)) == [(2,)]  # the [slurm] table's cpus_per_task
     assert re.search(rf"^imgq: work: {host} ended: (exited|cancelled)", r.stderr, re.M), r.stderr
     assert set(s for (s,) in query(db, "SELECT state FROM files")) == {"collected"}
-    assert not [q for q in inbox.rglob("*") if q.is_file()]
+    assert not [q for q in inbox.root.rglob("*") if q.is_file()]
     assert {q.name: q.read_bytes() for q in dest.rglob("*.jpg") if q.name in originals} == originals
     wait_for(lambda: not cluster.squeue(), timeout=15, step=0.1)  # the run cancelled its job
