@@ -54,9 +54,9 @@ for rel do
   fi
 done
 """
-# A copy's bytes, on stdin, into its temporary name, fsynced (coreutils sync FILE; a plain
-# `sync` where that is not understood), read back and reported as _CHECK_SCRIPT does, all
-# in one command: `sh -c SCRIPT sh FOLDER NAME TEMP OFFSET`. With OFFSET 0 the killed
+# A copy's bytes, on stdin, into its temporary name, fsynced (dd's conv=fsync: written and
+# synced by one program), read back and reported as _CHECK_SCRIPT does, all in one command
+# (each program started costs the host a fork and an exec, so there are few): `sh -c SCRIPT sh FOLDER NAME TEMP OFFSET`. With OFFSET 0 the killed
 # copies of NAME in FOLDER are removed and TEMP is created (never over an existing file:
 # noclobber, O_EXCL; by `true`, not `:`, whose failed redirection would end the shell
 # before it can say why); otherwise TEMP is a killed copy's part of exactly OFFSET bytes that
@@ -74,9 +74,8 @@ elif [ -h "$f" ] || [ ! -f "$f" ] || [ "$(wc -c < "$f")" -ne "$4" ]; then
   echo "the part of a killed copy to be continued changed" >&2
   exit 6
 fi
-cat >> "$f" || exit 5
-sync -- "$f" 2>/dev/null || sync
-s=$(wc -c < "$f") && h=$(h256 < "$f") && echo "$s ${h%% *}"
+dd of="$f" bs=1M iflag=fullblock oflag=append conv=notrunc,fsync status=none || exit 5
+r=$(wc -c < "$f" && h256 < "$f") && set -- $r && echo "$1 $2"
 """
 # sha256 of the first $2 bytes of $1: the part of a killed copy to be continued
 _PREFIX_SCRIPT = r"""head -c "$2" -- "$1" | h256"""
