@@ -54,6 +54,22 @@ DEFAULT_IDLE_TIMEOUT = 60.0
 DEFAULT_WORKDIR = "~/.imgq/agent"
 _SESSION = re.compile(r"s-(\d+)-[0-9a-f]{8}$")
 _SPEC_HASH = re.compile(r"[0-9a-f]{8,64}$")
+_TOKEN = re.compile(r"[0-9a-f]{8,64}$")
+
+
+def _store_id(folder: str | None) -> str | None:
+    """The database id in a store's owner marker (``store.own``), or None: what tells
+    the coordinator that the store this agent sees is its own."""
+    if not folder:
+        return None
+    import json
+
+    from imgq import store
+
+    try:
+        return str(json.loads((Path(folder) / store.OWNER_MARK).read_text())["database_id"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _die_with_parent() -> None:
@@ -80,22 +96,33 @@ def _slot_init(channel_fd: int | None = None) -> None:
     work._one_thread_per_worker()
 
 
-def _slot_job(job_id: int, spec: dict, spec_hash: str, max_pixels: int, quality: int, src_root: str, src_rel: str, out_dir: str) -> dict:
+def _slot_job(job_id: int, spec: dict, spec_hash: str, max_pixels: int, quality: int, src_root: str, src_rel: str, out_dir: str,
+              stored: tuple[str, str] | None = None) -> dict:
     """Run one job in a slot: the local worker's own ``process`` with the store in the
-    session folder and a file id made from the job id."""
+    session folder and a file id made from the job id; or, with ``stored`` (file id,
+    lease token: the coordinator's, ``--shared-store``), with ``out_dir`` the shared
+    store itself, so the slot writes the staged names a local worker would, and
+    fsyncs them before the reply says they are there."""
     import dataclasses
 
     from imgq.ledger import queue
-    from imgq import work
+    from imgq import store, work
     from imgq.config import Settings
 
-    claim = queue.Claim(job_id, f"job{job_id}", "", spec, spec_hash, "", 1, 1, src_root, src_rel)
+    file_id, token = stored or (f"job{job_id}", "")
+    claim = queue.Claim(job_id, file_id, "", spec, spec_hash, token, 1, 1, src_root, src_rel)
     settings = Settings(store=Path(out_dir), max_pixels=max_pixels, jpeg_quality=quality)
-    # The outputs stay under their staged names in the agent's private session folder:
-    # the reply is read from there, and the coordinator stages what arrives and moves it
-    # into place only in the fenced completion.
+    # Without a shared store the outputs stay under their staged names in the agent's
+    # private session folder: the reply is read from there, and the coordinator stages
+    # what arrives. Either way, only the coordinator's fenced completion moves them into place.
     o = work.process(claim, settings)
-    return {"error": o.error, "kind": o.kind, "result": o.result, "artifacts": [dataclasses.asdict(a) for a in o.artifacts or []]}
+    if stored and o.error is None:
+        failed = store.sync_files(settings.store_dir, o.staged())
+        if failed:
+            store.discard(settings.store_dir, o.staged())
+            name, e = next(iter(failed.items()))
+            return {"error": f"cannot write {settings.store_dir / name}: {e.strerror or e}", "kind": "transient", "result": None, "artifacts": []}
+    return {"error": o.error, "kind": o.kind, "result": o.result, "artifacts": [dataclasses.asdict(a) for a in o.artifacts or []], "stored": bool(stored)}
 
 
 def _libraries() -> tuple[dict, dict]:
@@ -126,13 +153,17 @@ def _sweep_sessions(root: Path) -> None:
 
 
 class Agent:
-    def __init__(self, *, slots: int | None, workdir: str, shared_root: str | None, idle_timeout: float, stdin, stdout, channel_fd: int | None = None):
+    def __init__(self, *, slots: int | None, workdir: str, shared_root: str | None, idle_timeout: float, stdin, stdout, channel_fd: int | None = None,
+                 shared_store: str | None = None):
         self.stdin, self.stdout, self.channel_fd = stdin, stdout, channel_fd
         # inside a Slurm job, the CPUs Slurm gave it (the node's other cores are others')
         self.cores = slurm.cpus_from_env() or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
         self.slots = slots or self.cores
         self.idle_timeout = idle_timeout
         self.shared_root = os.path.realpath(os.path.expanduser(shared_root)) if shared_root else None
+        # the coordinator's store, seen here at the same path (--shared-store): slots
+        # write artifacts there under their staged names when a job says so
+        self.shared_store = os.path.realpath(os.path.expanduser(shared_store)) if shared_store else None
         root = Path(os.path.expanduser(workdir))
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         _sweep_sessions(root)
@@ -173,6 +204,7 @@ class Agent:
             "python": sys.version.split()[0], "cores": self.cores, "slots": self.slots,
             "free_disk": self.free_disk(), "libs": libs, "errors": errors,
             "pid": os.getpid(), "workdir": str(self.session), "shared_root": self.shared_root,
+            "shared_store": self.shared_store, "store_id": _store_id(self.shared_store),
         })
 
     # --- slots -------------------------------------------------------------------------
@@ -234,7 +266,15 @@ class Agent:
         if self.broken:
             self._refuse(job_id, "transient", f"host cannot render: {self.broken}")
             return
-        args = (job_id, spec, spec_hash, int(header["max_pixels"]), int(header["quality"]), src_root, src_rel, str(self.session / "out"))
+        out_dir, stored = str(self.session / "out"), None
+        if header.get("store") is not None:
+            try:
+                stored = self._store_names(header["store"])
+            except ValueError as e:
+                self._refuse(job_id, "permanent", f"bad job message: {e}")
+                return
+            out_dir = self.shared_store
+        args = (job_id, spec, spec_hash, int(header["max_pixels"]), int(header["quality"]), src_root, src_rel, out_dir, stored)
         try:
             fut = self.pool.submit(_slot_job, *args)
         except concurrent.futures.BrokenExecutor:
@@ -243,6 +283,19 @@ class Agent:
         with self.jobs_lock:
             self.jobs[job_id] = fut
         fut.add_done_callback(lambda f, j=job_id: self.finished.put((j, f)))
+
+    def _store_names(self, given) -> tuple[str, str]:
+        """(file id, lease token) of a job to be written into the shared store, checked:
+        they become the staged names, so no folder separator, no hidden or relative
+        name, a token of hex digits."""
+        if not self.shared_store:
+            raise ValueError("the job asks for the shared store, but this agent was started without --shared-store")
+        file_id, token = (given.get("file"), given.get("token")) if isinstance(given, dict) else (None, None)
+        if not isinstance(file_id, str) or not file_id or "/" in file_id or "\0" in file_id or file_id.startswith("."):
+            raise ValueError(f"bad file id {str(file_id)[:80]!r} for the shared store")
+        if not isinstance(token, str) or not _TOKEN.match(token):
+            raise ValueError(f"bad lease token {str(token)[:40]!r} for the shared store")
+        return file_id, token
 
     def _refuse(self, job_id: int, kind: str, message: str) -> None:
         self.send({"type": "error", "job": job_id, "kind": kind, "message": message})
@@ -315,6 +368,10 @@ class Agent:
     def _reply(self, job_id: int, r: dict) -> None:
         if r["error"] is not None:
             self.send({"type": "error", "job": job_id, "kind": r["kind"], "message": r["error"], "input": str(self.session / "in" / str(job_id))})
+            return
+        if r.get("stored"):  # written, checked and fsynced in the shared store by the slot: only the header goes
+            out = [{k: a[k] for k in ("name", "sha256", "bytes", "width", "height")} for a in r["artifacts"]]
+            self.send({"type": "done", "job": job_id, "artifacts": out, "result": r["result"], "stored": True})
             return
         out, blobs = [], []
         for a in r["artifacts"]:
@@ -394,20 +451,21 @@ def _grow_pipe(fd: int) -> None:
         pass  # not a pipe, or over /proc/sys/fs/pipe-max-size
 
 
-def main(*, slots: int | None = None, workdir: str = DEFAULT_WORKDIR, shared_root: str | None = None, idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> int:
+def main(*, slots: int | None = None, workdir: str = DEFAULT_WORKDIR, shared_root: str | None = None, idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+         shared_store: str | None = None) -> int:
     """Serve the protocol on this process's stdin/stdout until stdin closes."""
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     _grow_pipe(0)
     # Nothing but frames may reach the real stdout: stray prints go to stderr instead.
     sys.stdout = sys.stderr
-    agent = Agent(slots=slots, workdir=workdir, shared_root=shared_root, idle_timeout=idle_timeout, stdin=stdin, stdout=stdout)
+    agent = Agent(slots=slots, workdir=workdir, shared_root=shared_root, idle_timeout=idle_timeout, stdin=stdin, stdout=stdout, shared_store=shared_store)
     signal.signal(signal.SIGTERM, lambda *_: agent.quit(int(Exit.TERMINATED)))
     signal.signal(signal.SIGINT, lambda *_: agent.quit(int(Exit.INTERRUPTED)))
     return agent.serve()
 
 
 def main_connect(creds, *, name: str, slots: int | None = None, workdir: str = DEFAULT_WORKDIR, shared_root: str | None = None,
-                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> int:
+                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT, shared_store: str | None = None) -> int:
     """Dial the coordinator (``imgq.fleet.listen.dial``: the pinned certificate, the
     secret's proof) and serve the protocol over that connection until it closes. Exit
     status 1 with a message if the coordinator cannot be reached or is not the pinned one."""
@@ -421,7 +479,7 @@ def main_connect(creds, *, name: str, slots: int | None = None, workdir: str = D
         return 1
     io = listen.StreamIO(stream)
     agent = Agent(slots=slots, workdir=workdir, shared_root=shared_root, idle_timeout=idle_timeout, stdin=io, stdout=io,
-                  channel_fd=stream.sock.fileno())
+                  channel_fd=stream.sock.fileno(), shared_store=shared_store)
     signal.signal(signal.SIGTERM, lambda *_: agent.quit(int(Exit.TERMINATED)))
     signal.signal(signal.SIGINT, lambda *_: agent.quit(int(Exit.INTERRUPTED)))
     return agent.serve()

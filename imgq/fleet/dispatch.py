@@ -18,7 +18,7 @@ import queue as stdqueue
 import time
 from pathlib import Path
 
-from imgq import work
+from imgq import store, work
 from imgq.config import Settings
 from imgq.errors import ImgqError, classify
 from imgq.fleet import arrival, link, protocol
@@ -57,6 +57,7 @@ class Dispatch:
         # many agents it had, and concurrent fsyncs share the file system's journal commits
         self.store_pool = concurrent.futures.ThreadPoolExecutor(max(STORE_THREADS, opts.transfers), thread_name_prefix="imgq-store")
         self.stages = None  # a process pool for stages of split images, which need this store
+        self._inboxes: dict[str, str | None] = {}  # inbox -> its path under the shared root + "/" (None: outside)
 
     def _arrived(self, h: Host, lk, outcome: queue.Outcome, hosts_fault: bool) -> None:
         self.events.put(("outcome", h, lk, Arrived(h, lk, outcome, hosts_fault)))
@@ -69,6 +70,7 @@ class Dispatch:
             entry, ssh_config=opts.ssh_config, accept_new_host_keys=opts.accept_new_host_keys,
             connect_timeout=opts.connect_timeout, slots=entry.spec.slots or opts.slots,
             shared_root=str(opts.shared_root) if opts.shared_root else None,
+            shared_store=str(self.settings.store_dir.absolute()) if opts.shared_store else None,
         )
         return self.make_link(h, entry.name, link.SshTransport(conn, proc), hello)
 
@@ -82,49 +84,45 @@ class Dispatch:
             on_lost=lambda lk, reason, misbehaved: self.events.put(("lost", h, lk, reason, misbehaved)),
             read_input=lambda lk, claim, header, path: self.read_input(h, lk, claim, header, path),
             reply_limit=lambda hd, size: self.reply_limit(h, hd, size), spill_dir=self.settings.store_dir,
+            shares_store=self.shares_store(hello),
         )
 
     # --- claiming and sending -----------------------------------------------------------
 
     def claim(self, *, stopping: bool) -> None:
+        """Fill every host up to ``slots + prefetch`` jobs in flight: one claim (one
+        transaction) for all of them, the least loaded first in the deal."""
         if stopping or time.time() < self.dry_until:
             return
+        wants = []
         for h in sorted(self.roster.up(), key=lambda h: len(h.inflight) / max(1, h.link.slots)):
             if h.draining:
                 continue
             prefetch = self.opts.prefetch if self.opts.prefetch is not None else h.link.slots
             want = h.link.slots + prefetch - len(h.inflight)
-            if want <= 0:
-                continue
-            claims = queue.claim(self.db, owner=h.actor().name, limit=want, lease_seconds=self.settings.lease_seconds,
-                                 actor=h.actor(), max_attempts=self.opts.max_attempts, max_lost=self.settings.max_lost)
-            files = self._files(claims)  # one query for the batch, not two per job
+            if want > 0:
+                wants.append((h, want))
+        if not wants:
+            return
+        lists = queue.claim_many(self.db, [(h.actor().name, h.actor(), want) for h, want in wants], lease_seconds=self.settings.lease_seconds,
+                                 max_attempts=self.opts.max_attempts, max_lost=self.settings.max_lost)
+        for (h, _), claims in zip(wants, lists):
             for c in claims:
                 h.inflight[c.job_id] = c
-                row = files.get(c.file_id)
-                if c.stage or (row is not None and row["kind"] == "video"):
+                # a video's jobs run here for now: the agents' replies are checked as
+                # images (arrival), and a video's inputs and previews are moved whole, in
+                # memory, by the fleet's frames; both would have to stream first
+                if c.stage or c.kind == "video":
                     self._run_here(h, c)
                 else:
-                    self._send(h, c, row)
-            if len(claims) < want:
-                self.dry_until = time.time() + self.opts.poll
-                return
-
-    def _files(self, claims: list[queue.Claim]) -> dict:
-        """The claimed jobs' files: kind (a video's jobs run here for now: the agents'
-        replies are checked as images, arrival.receive, and a video's inputs and previews
-        are moved whole, in memory, by the fleet's frames; both would have to stream
-        first), and the sha256 and size the input sent must have."""
-        ids = sorted({c.file_id for c in claims})
-        if not ids:
-            return {}
-        marks = ",".join("?" * len(ids))
-        return {r["id"]: r for r in self.db.all(f"SELECT id, kind, sha256, size FROM files WHERE id IN ({marks})", ids)}
+                    self._send(h, c)
+        if sum(map(len, lists)) < sum(w for _, w in wants):
+            self.dry_until = time.time() + self.opts.poll
 
     def _run_here(self, h: Host, c: queue.Claim) -> None:
         """A stripe or join of a split image or video (imgq enqueue --split) reads and
         writes intermediate parts in this machine's store, and a video's job streams what
-        the fleet cannot (``_files``), so they run here, in a pool of local processes
+        the fleet cannot (``claim``), so they run here, in a pool of local processes
         (one per core, so parts still run in parallel), counted in flight on the host that
         claimed it."""
         if self.stages is None:
@@ -142,13 +140,17 @@ class Dispatch:
 
         fut.add_done_callback(done)
 
-    def _send(self, h: Host, c: queue.Claim, row) -> None:
+    def _send(self, h: Host, c: queue.Claim) -> None:
         """Queue a job for the host; its header carries the sha256 and size the journal
-        recorded for the input (``row``), which the bytes sent (or, with --shared-root,
-        the bytes the agent opens) must have."""
+        recorded for the input (the claim's), which the bytes sent (or, with
+        --shared-root, the bytes the agent opens) must have. To an agent that writes
+        into this store (``shares_store``) it also names the file and the lease token,
+        from which the agent's slot makes the same staged names a local worker would."""
         header = {"type": "job", "job": c.job_id, "spec": c.spec, "spec_hash": c.spec_hash,
                   "max_pixels": self.settings.max_pixels, "quality": self.settings.jpeg_quality,
-                  "sha256": row["sha256"], "size": row["size"]}
+                  "sha256": c.sha256, "size": c.size}
+        if h.link.shares_store:
+            header["store"] = {"file": c.file_id, "token": c.token}
         # a path only to an agent started with a shared root (a connect-back agent's
         # launcher may not have given it one: it gets the bytes, as without --shared-root)
         rel = self._under_shared_root(c) if h.link.hello.get("shared_root") else None
@@ -158,18 +160,29 @@ class Dispatch:
         else:
             h.link.send_job(c, header, Path(c.inbox) / c.path)
 
+    def shares_store(self, hello: dict) -> bool:
+        """Whether an agent writes its artifacts into this store itself (``imgq work
+        --shared-store``): it must have been started with ``--shared-store`` and have
+        found there the marker of this database's store (``store.own``), so it is this
+        store, not a copy or another database's."""
+        return bool(self.opts.shared_store) and bool(hello.get("shared_store")) and hello.get("store_id") == self.db.id
+
     def _under_shared_root(self, c: queue.Claim) -> str | None:
         """The input's path relative to --shared-root, or None: then its bytes are sent.
         Only the inbox root is resolved (it may be a link to a share, as for
-        ``Original``); the path below it is sent as recorded, and the agent opens it
-        without following a symlink."""
+        ``Original``; once per inbox and run); the path below it is sent as recorded,
+        and the agent opens it without following a symlink."""
         if self.opts.shared_root is None:
             return None
-        root, inbox = os.path.realpath(self.opts.shared_root), os.path.realpath(c.inbox)
-        if os.path.commonpath([inbox, root]) != root:
-            return None
-        rel = os.path.relpath(inbox, root)
-        return c.path if rel == "." else f"{rel}/{c.path}"
+        if c.inbox not in self._inboxes:
+            root, inbox = os.path.realpath(self.opts.shared_root), os.path.realpath(c.inbox)
+            if os.path.commonpath([inbox, root]) != root:
+                self._inboxes[c.inbox] = None
+            else:
+                rel = os.path.relpath(inbox, root)
+                self._inboxes[c.inbox] = "" if rel == "." else rel + "/"
+        prefix = self._inboxes[c.inbox]
+        return None if prefix is None else prefix + c.path
 
     def read_input(self, h: Host, lk: link.AgentLink, c: queue.Claim, header: dict, path: Path):
         """In a sender thread: the input's bytes, read by identity (no symlink followed,
@@ -207,6 +220,10 @@ class Dispatch:
         c = self._held(h, header)
         if header["type"] != "done":
             return 0
+        if header.get("stored") is not None:
+            if header["stored"] is not True or h.link is None or not h.link.shares_store:
+                raise arrival.BadReply(f"job {c.job_id}: the reply says its artifacts are in the shared store, which this agent was not asked to write")
+            return 0  # checked in on_message: nothing follows the header
         cap = arrival.reply_limit(c.spec, self.settings.max_pixels)
         if blob_size <= cap:  # (over it, the frame is refused as too big before anything else)
             arrival.check_reply(c, header, blob_size, max_pixels=self.settings.max_pixels)
@@ -221,6 +238,10 @@ class Dispatch:
         if len(h.answered) > 2 * len(h.inflight) + 64:  # forget replies to jobs settled since
             h.answered = {j: x for j, x in h.answered.items() if h.inflight.get(j) is x}
         h.answered[c.job_id] = c
+        if header["type"] == "done" and header.get("stored"):
+            blob.close()
+            self._accept_stored(h, lk, c, header)
+            return
         if header["type"] == "done":
             self.store_pool.submit(self._store, h, lk, c, header, blob)
             return
@@ -234,6 +255,21 @@ class Dispatch:
         elif src not in text:
             text = f"{src}: {text}"  # always name the file, once
         self._arrived(h, lk, queue.Outcome(c, error=f"{text} (on {h.name})" if kind == "transient" else text, kind=kind), True)
+
+    def _accept_stored(self, h: Host, lk: link.AgentLink, c: queue.Claim, header: dict) -> None:
+        """In the reader thread: a reply whose artifacts the agent wrote into the shared
+        store (``arrival.accept_stored``: a few kB read and hashed, no decode, no write
+        here). A file missing, of another size or sha256 fails the attempt (transient,
+        counted against the host, its files removed): the job retries, and a host that
+        keeps doing it is benched. A header that breaks the protocol raises BadReply."""
+        try:
+            artifacts = arrival.accept_stored(c, header, self.settings.store_dir, max_pixels=self.settings.max_pixels)
+        except arrival.ArtifactRejected as e:
+            store.discard(self.settings.store_dir, arrival.staged_names(c))
+            self._arrived(h, lk, queue.Outcome(c, error=f"{Path(c.inbox) / c.path}: {e} (on {h.name})", kind="transient"), True)
+            return
+        # the agent's slot fsynced each file before it replied: durable
+        self._arrived(h, lk, queue.Outcome(c, artifacts=artifacts, result=header.get("result"), durable=True), True)
 
     def _store(self, h: Host, lk: link.AgentLink, c: queue.Claim, header: dict, blob: protocol.Blob) -> None:
         hosts_fault = True

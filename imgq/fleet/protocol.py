@@ -11,9 +11,11 @@ a ``job``, the artifacts of a ``done`` reply laid end to end. Raw bytes never go
 JSON, so a 6 MB photo costs one copy into the channel, not a base64 pass.
 
 Coordinator to agent:
-  ``job``     {job, spec, spec_hash, max_pixels, quality[, path]} + the input's bytes
-              (``path``, relative to the agent's shared root, replaces the bytes when
-              the host sees the same files; the blob is then empty)
+  ``job``     {job, spec, spec_hash, max_pixels, quality, sha256, size[, path][, store]}
+              + the input's bytes (``path``, relative to the agent's shared root,
+              replaces the bytes when the host sees the same files; the blob is then
+              empty; ``store``: {file, token}, the agent writes the artifacts into the
+              shared store under the staged names these make, ``--shared-store``)
   ``cancel``  {job}: the coordinator lost the job's lease; drop it if not started
   ``ping``    {}: the coordinator is alive (an agent that hears nothing for a while exits)
 
@@ -21,6 +23,7 @@ Agent to coordinator:
   ``hello``   {protocol, version, python, cores, slots, free_disk, libs, errors, ...}
   ``beat``    {running, waiting, free_disk}, every second
   ``done``    {job, artifacts: [{name, sha256, bytes, width, height}], result} + bytes
+              (``stored: true`` and no bytes: they are in the shared store)
   ``error``   {job, kind: permanent|transient, message}
   ``fatal``   {message}: the agent cannot go on (it exits after sending it)
 
