@@ -101,12 +101,12 @@ def _slot_job(job_id: int, spec: dict, spec_hash: str, max_pixels: int, quality:
     """Run one job in a slot: the local worker's own ``process`` with the store in the
     session folder and a file id made from the job id; or, with ``stored`` (file id,
     lease token: the coordinator's, ``--shared-store``), with ``out_dir`` the shared
-    store itself, so the slot writes the staged names a local worker would, and
-    fsyncs them before the reply says they are there."""
+    store itself, so the slot writes the staged names a local worker would (the agent
+    fsyncs them before its reply says they are there: ``Agent._reply_stored``)."""
     import dataclasses
 
     from imgq.ledger import queue
-    from imgq import store, work
+    from imgq import work
     from imgq.config import Settings
 
     file_id, token = stored or (f"job{job_id}", "")
@@ -116,12 +116,6 @@ def _slot_job(job_id: int, spec: dict, spec_hash: str, max_pixels: int, quality:
     # private session folder: the reply is read from there, and the coordinator stages
     # what arrives. Either way, only the coordinator's fenced completion moves them into place.
     o = work.process(claim, settings)
-    if stored and o.error is None:
-        failed = store.sync_files(settings.store_dir, o.staged())
-        if failed:
-            store.discard(settings.store_dir, o.staged())
-            name, e = next(iter(failed.items()))
-            return {"error": f"cannot write {settings.store_dir / name}: {e.strerror or e}", "kind": "transient", "result": None, "artifacts": []}
     return {"error": o.error, "kind": o.kind, "result": o.result, "artifacts": [dataclasses.asdict(a) for a in o.artifacts or []], "stored": bool(stored)}
 
 
@@ -178,6 +172,7 @@ class Agent:
         self.heard = time.monotonic()
         self.stopping = threading.Event()
         self.pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self.sync_pool = concurrent.futures.ThreadPoolExecutor(max(2, self.slots), thread_name_prefix="imgq-agent-sync")
         self.broken: str | None = None  # why this agent cannot render (a library missing)
 
     # --- output ------------------------------------------------------------------------
@@ -358,18 +353,42 @@ class Agent:
                 if exc is not None:
                     self.send({"type": "error", "job": job_id, "kind": "transient", "message": f"internal error {type(exc).__name__}: {exc}"})
                     continue
+                r = fut.result()
+                if r.get("stored") and r["error"] is None:
+                    # fsynced in a thread of its own: the slot renders the next job meanwhile
+                    # (an fsync can take longer than a small job's rendering)
+                    self.sync_pool.submit(self._reply_stored, job_id, r)
+                    continue
                 try:
-                    self._reply(job_id, fut.result())
+                    self._reply(job_id, r)
                 except Exception as e:  # a bug of ours must cost this job a retry, not every later reply
                     self.send({"type": "error", "job": job_id, "kind": "transient", "message": f"internal error replying: {type(e).__name__}: {e}"})
             finally:
                 self._cleanup(job_id)
 
+    def _reply_stored(self, job_id: int, r: dict) -> None:
+        """A job written into the shared store: its files made durable, then its header
+        sent (only what is on disk for good is reported there); a file that cannot be
+        synced fails the job (transient), its files removed."""
+        from imgq import store
+
+        try:
+            staged = [a["staged"] for a in r["artifacts"] if a.get("staged")]
+            failed = store.sync_files(Path(self.shared_store), staged)
+            if failed:
+                store.discard(Path(self.shared_store), staged)
+                name, e = next(iter(failed.items()))
+                self.send({"type": "error", "job": job_id, "kind": "transient", "message": f"cannot write {Path(self.shared_store) / name}: {e.strerror or e}"})
+                return
+            self._reply(job_id, r)
+        except Exception as e:
+            self.send({"type": "error", "job": job_id, "kind": "transient", "message": f"internal error replying: {type(e).__name__}: {e}"})
+
     def _reply(self, job_id: int, r: dict) -> None:
         if r["error"] is not None:
             self.send({"type": "error", "job": job_id, "kind": r["kind"], "message": r["error"], "input": str(self.session / "in" / str(job_id))})
             return
-        if r.get("stored"):  # written, checked and fsynced in the shared store by the slot: only the header goes
+        if r.get("stored"):  # written and checked in the shared store by the slot, fsynced here: only the header goes
             out = [{k: a[k] for k in ("name", "sha256", "bytes", "width", "height")} for a in r["artifacts"]]
             self.send({"type": "done", "job": job_id, "artifacts": out, "result": r["result"], "stored": True})
             return
