@@ -14,9 +14,10 @@ coordinator only claims, dispatches and settles), and where its CPU goes.
   coordinator for the CPUs, so the wall rate is the machine's limit; ``1000 / CPU ms per
   job`` is what one coordinator core would feed with the agents elsewhere.
 - ``--coord-profile``: py-spy samples the coordinator, every thread, while the jobs run
-  (``pip install py-spy`` into .venv; bin/bench does not install it); the functions
-  with the most samples, on their own and with what they call, are printed and kept
-  in the JSON.
+  (``pip install py-spy`` into .venv; bin/bench does not install it), only the samples
+  of the thread holding the GIL (``--gil``: Python at work, not threads waiting in
+  recv, poll or a queue, which otherwise fill most samples); the functions with the
+  most samples, on their own and with what they call, are printed and kept in the JSON.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def _one(inbox: Path, out: Path, *, agents: int, jobs: int, profile: bool, say, 
         say(f"coordinator: {agents} agents up; enqueueing {jobs} jobs")
         spy = None
         if profile:
-            spy = subprocess.Popen([str(Path(PYTHON).parent / "py-spy"), "record", "-p", str(coord.pid), "-f", "raw", "-o", str(prof), "-r", "200", "--nonblocking"],
+            spy = subprocess.Popen([str(Path(PYTHON).parent / "py-spy"), "record", "-p", str(coord.pid), "-f", "raw", "-o", str(prof), "-r", "200", "--nonblocking", "--gil"],
                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1.0)
         cpu0, t0 = _cpu(coord.pid), time.perf_counter()
@@ -175,5 +176,5 @@ def render(res: dict) -> str:
     prof = (res["runs"][-1].get("profile") or {}) if res["runs"] else {}
     for key in ("self", "inclusive"):
         if key in prof:
-            out += [f"  coordinator, every thread, py-spy: % of {prof['samples']} samples, {key} (last run):"] + ["    " + x for x in prof[key]]
+            out += [f"  coordinator, the thread holding the GIL, py-spy: % of {prof['samples']} samples, {key} (last run):"] + ["    " + x for x in prof[key]]
     return "\n".join(out)
