@@ -243,6 +243,28 @@ def _check_written(path, frames: int, name: str) -> None:
         cap.release()
 
 
+def check_video(path, *, frames: int, width: int | None = None, height: int | None = None, name: str) -> None:
+    """The video at ``path`` (made elsewhere: an agent's reply) opens, holds ``frames``
+    frames (within one, as ``_check_written`` allows) and, when given, is ``width`` x
+    ``height``; BadVideo naming ``name`` otherwise."""
+    cv2 = _cv2()
+    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    try:
+        if not cap.isOpened():
+            raise BadVideo(f"{name} does not open as a video")
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        if abs(n - frames) > 1:
+            raise BadVideo(f"{name} holds {n} frames, {frames} stated")
+        if width is not None and (w, h) != (width, height):
+            raise BadVideo(f"{name} is {w}x{h}, {width}x{height} stated")
+        ok, frame = cap.read()
+        if not ok or frame is None:
+            raise BadVideo(f"{name}: no frame decodes")
+    finally:
+        cap.release()
+
+
 def _keep(out: Path, frames: int, size: tuple[int, int], fps: float, encoder: str, ext: str, dest, name: str) -> VideoSaved:
     """Verify the encoded file ``out`` and copy it, hashed, atomically to ``dest``."""
     _check_written(out, frames, name)

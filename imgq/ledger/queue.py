@@ -201,8 +201,14 @@ def claim(
     actor: Actor = Actor(),
     max_attempts: int | None = None,
     max_lost: int = 5,
+    workers: int = 1,
 ) -> list[Claim]:
     """Lease up to ``limit`` due jobs (ready and due, or leased with an expired lease).
+
+    ``workers``: how many workers share the queue. When fewer than ``limit x workers``
+    jobs are due, a claim takes its fair share (rounded up) rather than a whole batch,
+    so the last jobs of a run are spread over the workers instead of one working
+    through a batch while the others have nothing left.
 
     ``max_attempts``, when given, overrides the jobs' own limit for this worker (``imgq
     work --max-attempts``; 0: no limit by count).
@@ -212,7 +218,7 @@ def claim(
     instead of being handed out again, so an input that kills its worker cannot loop
     forever.
     """
-    return claim_many(db, [(owner, actor, limit)], lease_seconds=lease_seconds, now=now, max_attempts=max_attempts, max_lost=max_lost)[0]
+    return claim_many(db, [(owner, actor, limit)], lease_seconds=lease_seconds, now=now, max_attempts=max_attempts, max_lost=max_lost, workers=workers)[0]
 
 
 _DUE = (
@@ -233,18 +239,24 @@ def claim_many(
     now: float | None = None,
     max_attempts: int | None = None,
     max_lost: int = 5,
+    workers: int = 1,
 ) -> list[list[Claim]]:
     """``claim`` for several claimants in one transaction (the fleet coordinator, for
     every agent that has room, once per tick instead of once per agent): ``wants`` is
     one ``(owner, actor, limit)`` per claimant; returns each one's claims, in order.
     The due jobs are dealt out one at a time in turn, so every claimant gets its share
-    of a short queue; each lease names its own owner and each event its own actor."""
+    of a short queue; each lease names its own owner and each event its own actor.
+    ``workers``: for one claimant, ``claim``'s fair share of a short queue."""
     out: list[list[Claim]] = [[] for _ in wants]
     total = sum(max(0, w[2]) for w in wants)
     if total <= 0:
         return out
     with db.transaction():
         now = db.when(now)
+        if workers > 1 and len(wants) == 1 and total > 1:
+            due = db.one("SELECT count(*) FROM (SELECT 1 FROM jobs WHERE state = 'ready' AND not_before <= ? LIMIT ?)", (now, total * workers))[0]
+            total = max(1, min(total, -(-due // workers)))
+            wants = [(wants[0][0], wants[0][1], total)]
         rows = db.all(_DUE, (now, total, now, total))
         changes: list[list[JobChange]] = [[] for _ in wants]
         exhausted = []
