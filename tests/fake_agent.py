@@ -21,6 +21,15 @@ way MODE says is wrong:
   twice        the right reply, sent twice
 
 Only the first job gets the bad reply; the process then waits to be cut off.
+
+Started with ``--shared-store PATH`` (``imgq work --shared-store``), it says so in its
+hello like the real agent, and two more modes write every job's artifacts into that
+store with the real worker code and reply with their header only (``stored``), right,
+except the first job's:
+
+  stored_missing   one artifact's file removed before the reply
+  stored_sha       one artifact's file changed after it was written (same size, still a
+                   whole JPEG; only its sha256 tells)
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ from imgq import __version__
 from imgq.fleet import protocol
 
 MODE = sys.argv[1]
+SHARED_STORE = sys.argv[sys.argv.index("--shared-store") + 1] if "--shared-store" in sys.argv else None
 OUT = sys.stdout.buffer
 LOCK = threading.Lock()
 
@@ -83,6 +93,32 @@ def render(header: dict, blob: bytes) -> tuple[list[dict], list[bytes], dict]:
     listed = [{"name": a.name, "sha256": a.sha256, "bytes": a.bytes, "width": a.width, "height": a.height} for a in o.artifacts]
     blobs = [(work / "out" / (a.staged or a.path)).read_bytes() for a in o.artifacts]  # as the real agent: from the staged outputs
     return listed, blobs, o.result or {}
+
+
+def stored(header: dict, blob: bytes, first: bool) -> None:
+    """A job written into the shared store by the real worker code, the reply its header
+    only; the first job's files damaged as MODE says."""
+    from imgq.ledger import queue
+    from imgq import work as worker
+    from imgq.config import Settings
+
+    work = Path(tempfile.mkdtemp(prefix="fake-agent-"))
+    (work / "in").mkdir()
+    (work / "in" / "input").write_bytes(blob if header.get("path") is None else (Path(os.environ.get("FAKE_SHARED_ROOT", "/")) / header["path"]).read_bytes())
+    job, given = header["job"], header["store"]
+    claim = queue.Claim(job, given["file"], "", header["spec"], header["spec_hash"], given["token"], 1, 1, str(work / "in"), "input")
+    o = worker.process(claim, Settings(store=Path(SHARED_STORE), max_pixels=header["max_pixels"], jpeg_quality=header["quality"]))
+    assert o.error is None, o.error
+    if first:
+        victim = Path(SHARED_STORE) / o.artifacts[0].staged
+        if MODE == "stored_missing":
+            victim.unlink()
+        else:
+            data = bytearray(victim.read_bytes())
+            data[len(data) // 2] ^= 0xFF  # inside the entropy-coded data: size and markers unchanged
+            victim.write_bytes(bytes(data))
+    listed = [{"name": a.name, "sha256": a.sha256, "bytes": a.bytes, "width": a.width, "height": a.height} for a in o.artifacts]
+    send({"type": "done", "job": job, "artifacts": listed, "result": o.result or {}, "stored": True})
 
 
 def misbehave(header: dict, blob: bytes) -> None:
@@ -144,10 +180,18 @@ def misbehave(header: dict, blob: bytes) -> None:
         raise SystemExit(f"fake agent: unknown mode {MODE}")
 
 
+def store_id() -> str | None:
+    if SHARED_STORE is None:
+        return None
+    from imgq.store import OWNER_MARK
+
+    return json.loads((Path(SHARED_STORE) / OWNER_MARK).read_text())["database_id"]
+
+
 def main() -> None:
     send({"type": "hello", "protocol": protocol.PROTOCOL, "version": __version__, "python": sys.version.split()[0],
           "cores": 1, "slots": 1, "free_disk": 10 << 30, "libs": {}, "errors": {}, "pid": os.getpid(),
-          "workdir": "/nonexistent", "shared_root": None})
+          "workdir": "/nonexistent", "shared_root": None, "shared_store": SHARED_STORE, "store_id": store_id()})
     threading.Thread(target=beats, daemon=True).start()
     answered = False
     while True:
@@ -155,7 +199,10 @@ def main() -> None:
         if msg is None:
             os._exit(0)  # the coordinator closed the session
         header, blob = msg
-        if header["type"] == "job" and not answered:
+        if header["type"] == "job" and MODE.startswith("stored_"):
+            stored(header, bytes(blob), first=not answered)
+            answered = True
+        elif header["type"] == "job" and not answered:
             answered = True
             misbehave(header, bytes(blob))
 

@@ -326,6 +326,53 @@ def test_two_connect_back_agents_match_local_byte_for_byte(tmp_path):
     assert "connected from 127.0.0.1" in imgq(tmp_path / "listen", "status").stdout
 
 
+def test_agents_writing_into_a_shared_store_match_local_byte_for_byte(tmp_path):
+    """--shared-root and --shared-store, the cluster setting: an agent that sees the
+    store writes its artifacts there itself and sends only their header (``up: ...,
+    writes into the shared store``); one whose --shared-store is not this store (no
+    marker of this database there) is told apart, warned about, and sends its artifacts
+    as before. Either way the outputs are byte for byte local -j2's."""
+    inbox = samples.make_inbox(tmp_path / "inbox", per_owner=3, size=(1200, 900), with_broken=False)
+    runs = {}
+    for name in ("local", "shared"):
+        cwd = tmp_path / name
+        cwd.mkdir()
+        assert imgq(cwd, "scan", inbox).returncode == 0
+        assert imgq(cwd, "enqueue").returncode == 0
+        if name == "local":
+            r = imgq(cwd, "work", "-j", "2")
+            code, err = r.returncode, r.stderr
+        else:
+            (tmp_path / "elsewhere").mkdir()
+            p, creds = start_coordinator(cwd, "--shared-root", tmp_path, "--shared-store", "-v")
+            shares = start_agent(cwd, "--secret-file", cwd / "run.env", "--shared-root", tmp_path, "--shared-store", cwd / "imgq-store", "--name", "shares")
+            apart = start_agent(cwd, "--secret-file", cwd / "run.env", "--shared-root", tmp_path, "--shared-store", tmp_path / "elsewhere", "--name", "apart")
+            try:
+                out, err = p.communicate(timeout=120)
+                code = p.returncode
+                for a in (shares, apart):
+                    a.wait(15)
+                    assert a.returncode == 0, a.communicate()[1]
+            finally:
+                for x in (p, shares, apart):
+                    if x.poll() is None:
+                        x.kill()
+            assert re.search(r"host shares up: 1 slots, from 127\.0\.0\.1:\d+, writes into the shared store", err), err
+            assert f"host apart does not write into this store ({tmp_path / 'elsewhere'} there is not an imgq store): its artifacts come over the connection" in err
+            assert not re.search(r"host apart up: .*shared store", err)
+            db = cwd / "imgq.db"
+            assert done_by(db, "shares") > 0 and done_by(db, "apart") > 0
+            assert_each_job_done_exactly_once(db)
+            assert list((tmp_path / "elsewhere").iterdir()) == []  # nothing written where it was not asked to
+            store = cwd / "imgq-store"
+            assert [q for q in store.rglob(".*") if q.name != ".imgq-store"] == []  # no staged or temporary leftovers
+        assert code == 0, err
+        rows = query(cwd / "imgq.db", "SELECT f.path, a.name, a.path FROM artifacts a JOIN files f ON f.id = a.file_id")
+        runs[name] = {(p_, n): (cwd / "imgq-store" / ap).read_bytes() for p_, n, ap in rows}
+    assert runs["shared"].keys() == runs["local"].keys() and len(runs["local"]) >= 18
+    assert [k for k in runs["local"] if runs["local"][k] != runs["shared"][k]] == []
+
+
 def test_hostile_connections_are_dropped_and_logged_and_the_run_completes(tmp_path, slow_inbox):
     queue_slow_jobs(tmp_path, slow_inbox)
     p, creds = start_coordinator(tmp_path)

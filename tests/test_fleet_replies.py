@@ -263,3 +263,40 @@ def test_a_recipe_that_skips_photos_without_faces_is_a_valid_empty_reply(ssh_hos
     assert made == {"default": 2, "people": 0, "marked": 1}
     fleet = {x["host"]: x for x in json.loads(imgq(cwd, "status", "--json").stdout)["fleet"]}
     assert fleet[h.alias]["state"] == "stopped" and fleet[h.alias]["done"] == 6
+
+
+# --- --shared-store: the agent writes its artifacts into our store -------------------------------
+
+
+@pytest.mark.parametrize("mode", ["stored_missing", "stored_sha"])
+def test_a_shared_store_artifact_missing_or_changed_is_not_accepted_and_the_job_retries(ssh_hosts, tmp_path, queued, mode):
+    """With --shared-store the agent writes each artifact into the store under its
+    attempt's staged name and sends only the header. The fake agent's first reply names
+    a file it removed (stored_missing) or changed after writing (stored_sha): that
+    attempt is not completed, its files are removed, and the job is retried (here, by
+    the same host, whose later replies are right); every job ends done once, with
+    artifacts whose bytes are what the journal records."""
+    (fake,) = ssh_hosts(1)
+    db = copy_queue(queued, tmp_path / "run")
+    cwd = db.parent
+    (cwd / "imgq.toml").write_text("backoff_seconds = 0\n")
+    hosts_file = cwd / "hosts.txt"
+    hosts_file.write_text(f"{fake.alias}/1 {sys.executable} {FAKE_AGENT} {mode}\n")
+    r = imgq(cwd, "work", "--hosts-file", hosts_file, "--ssh-config", fake.ssh_config, "--remote-imgq", REMOTE_IMGQ,
+             "--host-timeout", "5", "--prefetch", "1", "--shared-store", "-v")
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    assert f"host {fake.alias} up: 1 slots, writes into the shared store" in r.stderr
+    assert_each_job_done_once(db)
+    why = {"stored_missing": "is not in the shared store", "stored_sha": "does not have the sha256 the host sent"}[mode]
+    retried = query(db, "SELECT job_id, detail FROM events WHERE entity = 'job' AND from_state = 'leased' AND to_state = 'ready'")
+    assert len(retried) == 1 and why in retried[0][1], retried
+    assert query(db, "SELECT attempts FROM jobs WHERE id = ?", (retried[0][0],)) == [(2,)]
+    store = cwd / "imgq-store"
+    import hashlib
+
+    for path, sha in query(db, "SELECT path, sha256 FROM artifacts"):
+        assert hashlib.sha256((store / path).read_bytes()).hexdigest() == sha
+    assert [p for p in store.rglob("*") if p.name.startswith(".") and p.name != OWNER_MARK] == []
+    st = imgq(cwd, "status", "--json")
+    assert {h["host"]: h["state"] for h in json.loads(st.stdout)["fleet"]} == {fake.alias: "stopped"}

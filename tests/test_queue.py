@@ -168,3 +168,57 @@ def test_processes_contending_claim_each_job_once(tmp_path, workers):
     assert d.one("SELECT count(*) FROM events WHERE entity='job' AND to_state='leased'")[0] == 600
     assert d.one("SELECT count(*) FROM events WHERE entity='job' AND to_state='done'")[0] == 600
     assert d.one("SELECT count(*) FROM files WHERE state = 'processed'")[0] == 600
+
+
+def test_claim_many_deals_the_due_jobs_in_turn_each_lease_its_own(db):
+    """The fleet coordinator claims for every agent with room in one transaction: a short
+    queue is shared out in turn (the first in the list does not take it all), and each
+    lease and event names its own claimant."""
+    seed(db, 5)
+    a, b, c = Actor(host="h1", name="h1:agent1"), Actor(host="h2", name="h2:agent2"), Actor(host="h3", name="h3:agent3")
+    got = queue.claim_many(db, [("h1:agent1", a, 4), ("h2:agent2", b, 4), ("h3:agent3", c, 1)], lease_seconds=30, now=10.0)
+    assert [len(x) for x in got] == [2, 2, 1]
+    assert len({c_.job_id for x in got for c_ in x}) == 5
+    for (owner, actor, _), claims in zip([("h1:agent1", a, 4), ("h2:agent2", b, 4), ("h3:agent3", c, 1)], got):
+        for cl in claims:
+            row = db.one("SELECT lease_owner, host, lease_token FROM jobs WHERE id = ?", (cl.job_id,))
+            assert (row["lease_owner"], row["host"], row["lease_token"]) == (owner, actor.host, cl.token)
+            ev = db.one("SELECT host, actor FROM events WHERE job_id = ? AND to_state = 'leased'", (cl.job_id,))
+            assert (ev["host"], ev["actor"]) == (actor.host, actor.name)
+            assert cl.kind == db.one("SELECT kind FROM files WHERE id = ?", (cl.file_id,))[0]
+    assert queue.claim_many(db, [("x", a, 3)], lease_seconds=30, now=11.0) == [[]]
+
+
+def test_one_settle_of_mixed_outcomes_records_each_as_alone(db):
+    """A batch as the coordinator settles it, replies of many agents at once: both jobs
+    of one photo done in the batch make it processed once (after both); a late reply
+    from a lost lease is fenced out; a transient error is retried; a permanent one fails
+    its photo. Each event names the outcome's own actor."""
+    seed(db, 4, recipes={"default": {"thumb": "thumb"}, "more": {"web": "fit:64x64"}})
+    claims = queue.claim(db, owner="a", limit=8, lease_seconds=5, now=10.0)
+    by_file = {}
+    for c in claims:
+        by_file.setdefault(c.file_id, []).append(c)
+    [f0a, f0b], [f1a, f1b], [f2a, _], [f3a, _] = (by_file[f"f{i}"] for i in range(4))
+    # f2's first job is taken over by another worker: our reply is late
+    assert queue.heartbeat(db, [(c.job_id, c.token) for c in claims if c is not f2a], lease_seconds=30, now=14.0) == set()
+    [taken] = queue.claim(db, owner="b", limit=1, lease_seconds=30, now=16.0)
+    assert taken.job_id == f2a.job_id
+    h1, h2 = Actor(host="h1", name="h1:agent"), Actor(host="h2", name="h2:agent")
+    s = queue.settle(db, [
+        queue.Outcome(f0a, artifacts=[], actor=h1), queue.Outcome(f1a, error="disk hiccup", kind="transient", actor=h2),
+        queue.Outcome(f2a, artifacts=[], actor=h1), queue.Outcome(f0b, artifacts=[], actor=h2),
+        queue.Outcome(f3a, error="not an image", kind="permanent", actor=h1), queue.Outcome(f1b, artifacts=[], actor=h1),
+    ], now=17.0, rng=random.Random(1))
+    assert sorted(s.done) == sorted([f0a.job_id, f0b.job_id, f1b.job_id])
+    assert s.lost == [f2a.job_id] and s.retrying == [f1a.job_id] and [x[0] for x in s.failed] == [f3a.job_id]
+    assert s.processed == ["f0"]
+    files = dict(db.all("SELECT id, state FROM files"))
+    assert files == {"f0": "processed", "f1": "queued", "f2": "queued", "f3": "failed"}
+    assert db.one("SELECT count(*) FROM events WHERE entity = 'file' AND to_state = 'processed'")[0] == 1
+    done_events = {r["job_id"]: (r["host"], r["actor"]) for r in db.all("SELECT job_id, host, actor FROM events WHERE to_state = 'done'")}
+    assert done_events == {f0a.job_id: ("h1", "h1:agent"), f0b.job_id: ("h2", "h2:agent"), f1b.job_id: ("h1", "h1:agent")}
+    # the file's event comes after both its jobs' and names the job that completed it
+    ev = db.all("SELECT id, entity, job_id FROM events WHERE file_id = 'f0' AND (to_state = 'done' OR to_state = 'processed') ORDER BY id")
+    assert [e["entity"] for e in ev] == ["job", "job", "file"] and ev[-1]["job_id"] == f0b.job_id
+    assert db.one("SELECT state, lease_owner FROM jobs WHERE id = ?", (f2a.job_id,))[:] == ("leased", "b")

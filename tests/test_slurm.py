@@ -377,6 +377,7 @@ def test_slurm_without_slurms_commands_says_what_is_missing(run_imgq, tmp_path):
     # squeue's own rows as Slurm 22.05 printed them here (a time limit takes ~90 s to see: Slurm's
     # smallest limit is a minute, checked every 30 s; the test cluster showed exactly these)
     ([("RUNNING", "None"), ("COMPLETING", "TimeLimit"), ("TIMEOUT", "TimeLimit")], "hit its time limit"),
+    ([("RUNNING", "None"), ("COMPLETING", "TimeLimit")], "hit its time limit"),  # said while Slurm is still ending it
     ([("RUNNING", "None"), ("CANCELLED", "None")], "cancelled"),
     ([("PENDING", "Resources"), ("CANCELLED", "Resources")], "cancelled"),  # not for want of resources
     ([("RUNNING", "None"), ("NODE_FAIL", "NodeDown")], "its node failed (NodeDown)"),
@@ -389,3 +390,16 @@ def test_how_an_agents_job_ended_in_words(rows, said):
         job._seen("12", state, reason)
     assert (job.state, job.reason) == ("ended", said)
     assert job.describe() == f"ended: {said}"
+
+
+def test_an_agent_ended_for_its_time_limit_is_said_so_when_srun_exits_before_squeue_knows():
+    """srun can exit before squeue shows the job TIMEOUT (or even COMPLETING): slurmstepd's
+    own line on srun's output says why (the words of Slurm 22.05's slurmstepd)."""
+    job = slurm.AgentJob(0, "imgq-x-0")
+    job._seen("12", "RUNNING", "None")
+    job.output.append("slurmstepd: error: *** STEP 12.0 ON node1 CANCELLED AT 2026-11-30T02:31:07 DUE TO TIME LIMIT ***")
+    job.exit_status = 0
+    job._end()  # as SlurmJobs.poll does once srun has exited
+    assert job.state == "ended" and job.reason.startswith("hit its time limit ("), job.reason
+    job._seen("12", "TIMEOUT", "TimeLimit")  # squeue catches up: same words
+    assert job.reason.startswith("hit its time limit")

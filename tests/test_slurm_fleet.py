@@ -195,3 +195,72 @@ def test_run_with_slurm_agents_processes_archives_and_collects(cluster, tmp_path
     assert not [q for q in inbox.root.rglob("*") if q.is_file()]
     assert {q.name: q.read_bytes() for q in dest.rglob("*.jpg") if q.name in originals} == originals
     wait_for(lambda: not cluster.squeue(), timeout=15, step=0.1)  # the run cancelled its job
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
+
+
+def test_an_agent_whose_job_hits_its_time_limit_mid_job_loses_its_jobs_to_others(cluster, tmp_path, slow_inbox):
+    """``--slurm-arg=--time=1``: Slurm's smallest limit, one minute, and slurmctld looks
+    for jobs over their limit on a 30 s sweep, so the agent is killed 60-90 s after it
+    started (OverTimeLimit is 0 and KillWait 2 s in the test cluster: nothing left to
+    shorten). So that it is mid-job when its time runs out without spending a core on
+    that minute, its slot is frozen (SIGSTOP) once it has done a job (so it holds the
+    next ones and beats, as a busy agent does); then another
+    worker (``imgq work -j 1`` on the same database) does the other jobs meanwhile. At
+    the limit the agent's leased jobs go back at once (leases of 300 s: not by expiry)
+    and the other worker completes them, each job exactly once; stderr and ``imgq
+    status`` say the agent's job hit its time limit."""
+    assert imgq(tmp_path, "scan", slow_inbox).returncode == 0
+    assert imgq(tmp_path, "enqueue", "--op", SLOW_OPS[0]).returncode == 0
+    db = tmp_path / "imgq.db"
+    total = query(db, "SELECT count(*) FROM jobs")[0][0]
+    p = start(tmp_path, "work", "--drain", "--slurm", "1", "--slurm-arg=--time=1", "--slurm-arg=--cpus-per-task=1",
+              "--listen", "127.0.0.1", "--lease", "300", "--prefetch", "1")
+    other = None
+    try:
+        def agent_actor():  # once it has done a job: its slot has started, it is serving (and beating)
+            return query(db, "SELECT host, actor FROM events WHERE entity = 'job' AND to_state = 'done' AND host LIKE 'slurm:%' LIMIT 1") if db.exists() else []
+
+        [(agent, actor)] = wait_for(agent_actor, timeout=90, step=0.05)
+        slots = _children(int(actor.rsplit(":agent", 1)[1]))
+        assert slots
+        for pid in slots:
+            os.kill(pid, signal.SIGSTOP)
+        started = time.monotonic()
+        held = {j for (j,) in query(db, "SELECT id FROM jobs WHERE state = 'leased' AND host = ?", (agent,))}
+        assert 1 <= len(held) <= 2
+        # the wait for the limit, put to use: the agent's job runs under a one-minute limit ...
+        assert [(j["name"].startswith("imgq-"), j["state"]) for j in cluster.squeue()] == [(True, "RUNNING")]
+        assert cluster.run("squeue", "-h", "-o", "%l").stdout.split() == ["1:00"]
+        # ... another worker does every job but those the frozen agent holds, which nobody takes
+        other = start(tmp_path, "work", "--drain", "-j", "1")
+        wait_for(lambda: query(db, "SELECT count(*) FROM jobs WHERE state = 'done'")[0][0] >= total - len(held), timeout=60, step=0.2)
+        assert {j for (j,) in query(db, "SELECT id FROM jobs WHERE state != 'done'")} == held
+        assert {j for (j,) in query(db, "SELECT id FROM jobs WHERE state = 'leased' AND host = ?", (agent,))} == held
+        assert status(tmp_path)[agent]["state"] == "up"
+        out, err = p.communicate(timeout=150)
+        ended = time.monotonic()
+        other.communicate(timeout=30)
+    finally:
+        for x in (p, other):
+            if x is not None and x.poll() is None:
+                x.kill()
+                x.communicate()
+    assert p.returncode == 0, err
+    assert other.returncode == 0
+    assert ended - started < 120
+    assert_each_job_done_exactly_once(db)
+    # the held jobs went back when Slurm ended the agent, and were done once, by the other
+    # worker: requeued as the agent's connection closed, or (the one in its slot, which Slurm
+    # kills too) failed by the agent itself as it went, a slot having died under it
+    for j in held:
+        hosts = query(db, "SELECT host FROM events WHERE entity = 'job' AND to_state = 'done' AND job_id = ?", (j,))
+        assert len(hosts) == 1 and hosts[0][0] != agent, hosts
+        back = query(db, "SELECT at, detail FROM events WHERE entity = 'job' AND job_id = ? AND from_state = 'leased' AND to_state = 'ready'", (j,))
+        assert len(back) == 1 and (f"host {agent} lost" in back[0][1] or f"slot on the host died (killed or out of memory) (on {agent})" in back[0][1]), back
+    assert re.search(rf"^imgq: {agent} ended: hit its time limit", err, re.M), err
+    row = status(tmp_path)[agent]
+    assert row["state"] == "benched" and "hit its time limit" in row["reason"], row
+    assert not cluster.squeue()

@@ -130,6 +130,7 @@ complete -c imgq -n '__imgq_at "imgq work"' -l 'slots' -x -d 'Worker slots per h
 complete -c imgq -n '__imgq_at "imgq work"' -l 'prefetch' -x -d 'Jobs sent to a host ahead of its free slots (default: as many as its slots)'
 complete -c imgq -n '__imgq_at "imgq work"' -l 'transfers' -x -d 'Inputs read and sent at once per host'
 complete -c imgq -n '__imgq_at "imgq work"' -l 'shared-root' -r -F -d 'The hosts see the inbox at the same path under PATH: send paths, not bytes'
+complete -c imgq -n '__imgq_at "imgq work"' -l 'shared-store' -d 'The hosts see the store at the same path (a cluster file system): agents write artifacts into it themselves and send only their sizes and sha256, which this machine checks before the fenced completion'
 complete -c imgq -n '__imgq_at "imgq work"' -l 'slurm' -x -d 'Start N agents as Slurm jobs, one srun each (cancelled when this run ends, even by SIGKILL); they connect back to this machine'
 complete -c imgq -n '__imgq_at "imgq work"' -l 'slurm-arg' -x -d 'With --slurm: one more srun/sbatch option for every agent\'s job, e.g. --slurm-arg=--qos=high (repeatable; after [slurm] in imgq.toml, so it wins)'
 complete -c imgq -n '__imgq_at "imgq work"' -l 'sbatch' -d 'With --slurm: submit the agents as one sbatch array job instead of srun children (scancelled when the run ends)'

@@ -31,6 +31,7 @@ def agent(
     slots: Annotated[Optional[int], typer.Option("--slots", help="Worker processes (default: the host's cores; inside a Slurm job, the CPUs Slurm gave it).", min=1, metavar="N", show_default=False)] = None,
     workdir: Annotated[str, typer.Option("--workdir", help="Folder for session folders (one per agent, removed when it exits).", metavar="DIR")] = agent_lib.DEFAULT_WORKDIR,
     shared_root: Annotated[Optional[str], typer.Option("--shared-root", help="Read inputs sent as paths under this folder (hosts that see the coordinator's files).", metavar="PATH", show_default=False)] = None,
+    shared_store: Annotated[Optional[str], typer.Option("--shared-store", help="The coordinator's store, seen here at the same path: write artifacts there (under per-attempt names) instead of sending them back, when the coordinator asks (`imgq work --shared-store`).", metavar="PATH", show_default=False)] = None,
     idle_timeout: Annotated[float, typer.Option("--idle-timeout", help="Exit after this many seconds without a message from the coordinator.", min=1.0, metavar="SECONDS")] = agent_lib.DEFAULT_IDLE_TIMEOUT,
     connect: Annotated[Optional[str], typer.Option("--connect", help="Dial the coordinator at HOST:PORT (`imgq work --listen`) instead of serving stdin/stdout (default with --secret-file: the address in it).", metavar="HOST:PORT", show_default=False)] = None,
     secret_file: Annotated[Optional[Path], typer.Option("--secret-file", help="Read the run's secret and certificate fingerprint (and address) from FILE: the coordinator's --agent-file.", metavar="FILE", show_default=False, dir_okay=False)] = None,
@@ -39,14 +40,14 @@ def agent(
 ) -> None:
     """Serve one coordinator: render the jobs it sends, send back the artifacts."""
     if connect is None and secret_file is None:
-        raise typer.Exit(agent_lib.main(slots=slots, workdir=workdir, shared_root=shared_root, idle_timeout=idle_timeout))
+        raise typer.Exit(agent_lib.main(slots=slots, workdir=workdir, shared_root=shared_root, idle_timeout=idle_timeout, shared_store=shared_store))
     from imgq.fleet import listen, slurm
 
     creds = _credentials(listen, secret_file, connect=connect, fingerprint=fingerprint)
     if not creds.connect:
         raise UsageError("no coordinator to dial: give --connect HOST:PORT (or IMGQ_AGENT_CONNECT in the secret file)")
     label = name or os.environ.get(listen.ENV_NAME) or slurm.agent_label() or f"tcp:{socket.gethostname()}:{os.getpid()}"
-    raise typer.Exit(agent_lib.main_connect(creds, name=label, slots=slots, workdir=workdir, shared_root=shared_root, idle_timeout=idle_timeout))
+    raise typer.Exit(agent_lib.main_connect(creds, name=label, slots=slots, workdir=workdir, shared_root=shared_root, idle_timeout=idle_timeout, shared_store=shared_store))
 
 
 def _credentials(listen, secret_file: Path | None, *, connect: str | None, fingerprint: str | None):

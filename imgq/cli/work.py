@@ -30,6 +30,7 @@ Examples:
   imgq work --hosts-file hosts.txt --follow          # re-read: edit it to add/drain hosts
   imgq work --listen :7700 --agent-file ~/run.env    # agents connect: imgq agent --secret-file ~/run.env
   imgq work --slurm 8 --slurm-arg=--partition=batch  # 8 agents as Slurm jobs (docs/fleet.md)
+  imgq work --slurm 32 --shared-root /scratch/photos --shared-store   # a cluster filesystem: nothing but headers cross
 """
 
 
@@ -49,6 +50,7 @@ def work(
     prefetch: Annotated[Optional[int], typer.Option("--prefetch", help="Jobs sent to a host ahead of its free slots (default: as many as its slots).", min=0, metavar="N", show_default=False)] = None,
     transfers: Annotated[int, typer.Option("--transfers", help="Inputs read and sent at once per host.", min=1, metavar="N")] = 2,
     shared_root: Annotated[Optional[Path], typer.Option("--shared-root", help="The hosts see the inbox at the same path under PATH: send paths, not bytes.", metavar="PATH", show_default=False)] = None,
+    shared_store: Annotated[bool, typer.Option("--shared-store", help="The hosts see the store at the same path (a cluster file system): agents write artifacts into it themselves and send only their sizes and sha256, which this machine checks before the fenced completion.")] = False,
     slurm: SlurmOpt = None,
     slurm_arg: SlurmArgOpt = None,
     sbatch: SbatchOpt = False,
@@ -108,7 +110,7 @@ def work(
     if hosts or hosts_file or listen is not None or launcher is not None:
         fleet_opts = fleet_options(
             hosts=hosts or [], hosts_file=hosts_file, remote_imgq=remote_imgq, slots=slots, prefetch=prefetch, transfers=transfers,
-            shared_root=shared_root, ssh_config=ssh_config, accept_new_host_keys=accept_new_host_keys, connect_timeout=connect_timeout,
+            shared_root=shared_root, shared_store=shared_store, ssh_config=ssh_config, accept_new_host_keys=accept_new_host_keys, connect_timeout=connect_timeout,
             host_timeout=host_timeout, local_processes=processes or 0, mode=opts.mode, max_attempts=max_attempts, poll=poll, **agents,
         )
     database = inv.database

@@ -56,6 +56,22 @@ DEFAULT_IDLE_TIMEOUT = 60.0
 DEFAULT_WORKDIR = "~/.imgq/agent"
 _SESSION = re.compile(r"s-(\d+)-[0-9a-f]{8}$")
 _SPEC_HASH = re.compile(r"[0-9a-f]{8,64}$")
+_TOKEN = re.compile(r"[0-9a-f]{8,64}$")
+
+
+def _store_id(folder: str | None) -> str | None:
+    """The database id in a store's owner marker (``store.own``), or None: what tells
+    the coordinator that the store this agent sees is its own."""
+    if not folder:
+        return None
+    import json
+
+    from imgq import store
+
+    try:
+        return str(json.loads((Path(folder) / store.OWNER_MARK).read_text())["database_id"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _libraries() -> tuple[dict, dict]:
@@ -86,13 +102,17 @@ def _sweep_sessions(root: Path) -> None:
 
 
 class Agent:
-    def __init__(self, *, slots: int | None, workdir: str, shared_root: str | None, idle_timeout: float, stdin, stdout, channel_fd: int | None = None):
+    def __init__(self, *, slots: int | None, workdir: str, shared_root: str | None, idle_timeout: float, stdin, stdout, channel_fd: int | None = None,
+                 shared_store: str | None = None):
         self.stdin, self.stdout, self.channel_fd = stdin, stdout, channel_fd
         # inside a Slurm job, the CPUs Slurm gave it (the node's other cores are others')
         self.cores = slurm.cpus_from_env() or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
         self.slots = slots or self.cores
         self.idle_timeout = idle_timeout
         self.shared_root = os.path.realpath(os.path.expanduser(shared_root)) if shared_root else None
+        # the coordinator's store, seen here at the same path (--shared-store): slots
+        # write artifacts there under their staged names when a job says so
+        self.shared_store = os.path.realpath(os.path.expanduser(shared_store)) if shared_store else None
         root = Path(os.path.expanduser(workdir))
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         _sweep_sessions(root)
@@ -107,6 +127,7 @@ class Agent:
         self.heard = time.monotonic()
         self.stopping = threading.Event()
         self.pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self.sync_pool = concurrent.futures.ThreadPoolExecutor(max(2, self.slots), thread_name_prefix="imgq-agent-sync")
         self.broken: str | None = None  # why this agent cannot render (a library missing)
 
     # --- output ------------------------------------------------------------------------
@@ -133,6 +154,7 @@ class Agent:
             "python": sys.version.split()[0], "cores": self.cores, "slots": self.slots,
             "free_disk": self.free_disk(), "libs": libs, "errors": errors,
             "pid": os.getpid(), "workdir": str(self.session), "shared_root": self.shared_root,
+            "shared_store": self.shared_store, "store_id": _store_id(self.shared_store),
         })
 
     # --- slots -------------------------------------------------------------------------
@@ -203,8 +225,16 @@ class Agent:
             return
         stage = header.get("stage") or ""
         in_place = src_root != str(self.session / "in")  # read where it is: checked by the slot as a stream
-        args = (job_id, spec, spec_hash, int(header["max_pixels"]), int(header["quality"]), src_root, src_rel, str(self.session / "out"),
-                stage, header["sha256"] if in_place else None, header["size"] if in_place else None)
+        out_dir, stored = str(self.session / "out"), None
+        if header.get("store") is not None:
+            try:
+                stored = self._store_names(header["store"], stage)
+            except ValueError as e:
+                self._refuse(job_id, "permanent", f"bad job message: {e}")
+                return
+            out_dir = self.shared_store
+        args = (job_id, spec, spec_hash, int(header["max_pixels"]), int(header["quality"]), src_root, src_rel, out_dir,
+                stage, header["sha256"] if in_place else None, header["size"] if in_place else None, stored)
         try:
             fut = self.pool.submit(slot.slot_job, *args)
         except concurrent.futures.BrokenExecutor:
@@ -213,6 +243,21 @@ class Agent:
         with self.jobs_lock:
             self.jobs[job_id] = fut
         fut.add_done_callback(lambda f, j=job_id: self.finished.put((j, f)))
+
+    def _store_names(self, given, stage: str = "") -> tuple[str, str]:
+        """(file id, lease token) of a job to be written into the shared store, checked:
+        they become the staged names, so no folder separator, no hidden or relative
+        name, a token of hex digits; a photo's whole job only (no stage)."""
+        if not self.shared_store:
+            raise ValueError("the job asks for the shared store, but this agent was started without --shared-store")
+        if stage:
+            raise ValueError(f"a {stage} job cannot be written into the shared store")
+        file_id, token = (given.get("file"), given.get("token")) if isinstance(given, dict) else (None, None)
+        if not isinstance(file_id, str) or not file_id or "/" in file_id or "\0" in file_id or file_id.startswith("."):
+            raise ValueError(f"bad file id {str(file_id)[:80]!r} for the shared store")
+        if not isinstance(token, str) or not _TOKEN.match(token):
+            raise ValueError(f"bad lease token {str(token)[:40]!r} for the shared store")
+        return file_id, token
 
     def _refuse(self, job_id: int, kind: str, message: str) -> None:
         self.send({"type": "error", "job": job_id, "kind": kind, "message": message})
@@ -284,18 +329,46 @@ class Agent:
                 if exc is not None:
                     self.send({"type": "error", "job": job_id, "kind": "transient", "message": f"internal error {type(exc).__name__}: {exc}"})
                     continue
+                r = fut.result()
+                if r.get("stored") and r["error"] is None:
+                    # fsynced in a thread of its own: the slot renders the next job meanwhile
+                    # (an fsync can take longer than a small job's rendering)
+                    self.sync_pool.submit(self._reply_stored, job_id, r)
+                    continue
                 try:
-                    self._reply(job_id, fut.result())
+                    self._reply(job_id, r)
                 except Exception as e:  # a bug of ours must cost this job a retry, not every later reply
                     self.send({"type": "error", "job": job_id, "kind": "transient", "message": f"internal error replying: {type(e).__name__}: {e}"})
             finally:
                 self._cleanup(job_id)
+
+    def _reply_stored(self, job_id: int, r: dict) -> None:
+        """A job written into the shared store: its files made durable, then its header
+        sent (only what is on disk for good is reported there); a file that cannot be
+        synced fails the job (transient), its files removed."""
+        from imgq import store
+
+        try:
+            staged = [a["staged"] for a in r["artifacts"] if a.get("staged")]
+            failed = store.sync_files(Path(self.shared_store), staged)
+            if failed:
+                store.discard(Path(self.shared_store), staged)
+                name, e = next(iter(failed.items()))
+                self.send({"type": "error", "job": job_id, "kind": "transient", "message": f"cannot write {Path(self.shared_store) / name}: {e.strerror or e}"})
+                return
+            self._reply(job_id, r)
+        except Exception as e:
+            self.send({"type": "error", "job": job_id, "kind": "transient", "message": f"internal error replying: {type(e).__name__}: {e}"})
 
     def _reply(self, job_id: int, r: dict) -> None:
         """A job's ``done`` (its artifacts, or a chunk's parts, streamed from the session
         folder: a video is never read whole into memory) or its ``error``."""
         if r["error"] is not None:
             self.send({"type": "error", "job": job_id, "kind": r["kind"], "message": r["error"], "input": str(self.session / "in" / str(job_id))})
+            return
+        if r.get("stored"):  # written and checked in the shared store by the slot, fsynced here: only the header goes
+            out = [{k: a[k] for k in ("name", "sha256", "bytes", "width", "height")} for a in r["artifacts"]]
+            self.send({"type": "done", "job": job_id, "artifacts": out, "result": r["result"], "stored": True})
             return
         out, files = [], []
         for a in r["artifacts"]:
@@ -383,20 +456,21 @@ def _grow_pipe(fd: int) -> None:
         pass  # not a pipe, or over /proc/sys/fs/pipe-max-size
 
 
-def main(*, slots: int | None = None, workdir: str = DEFAULT_WORKDIR, shared_root: str | None = None, idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> int:
+def main(*, slots: int | None = None, workdir: str = DEFAULT_WORKDIR, shared_root: str | None = None, idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+         shared_store: str | None = None) -> int:
     """Serve the protocol on this process's stdin/stdout until stdin closes."""
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     _grow_pipe(0)
     # Nothing but frames may reach the real stdout: stray prints go to stderr instead.
     sys.stdout = sys.stderr
-    agent = Agent(slots=slots, workdir=workdir, shared_root=shared_root, idle_timeout=idle_timeout, stdin=stdin, stdout=stdout)
+    agent = Agent(slots=slots, workdir=workdir, shared_root=shared_root, idle_timeout=idle_timeout, stdin=stdin, stdout=stdout, shared_store=shared_store)
     signal.signal(signal.SIGTERM, lambda *_: agent.quit(int(Exit.TERMINATED)))
     signal.signal(signal.SIGINT, lambda *_: agent.quit(int(Exit.INTERRUPTED)))
     return agent.serve()
 
 
 def main_connect(creds, *, name: str, slots: int | None = None, workdir: str = DEFAULT_WORKDIR, shared_root: str | None = None,
-                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> int:
+                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT, shared_store: str | None = None) -> int:
     """Dial the coordinator (``imgq.fleet.listen.dial``: the pinned certificate, the
     secret's proof) and serve the protocol over that connection until it closes. Exit
     status 1 with a message if the coordinator cannot be reached or is not the pinned one."""
@@ -410,7 +484,7 @@ def main_connect(creds, *, name: str, slots: int | None = None, workdir: str = D
         return 1
     io = listen.StreamIO(stream)
     agent = Agent(slots=slots, workdir=workdir, shared_root=shared_root, idle_timeout=idle_timeout, stdin=io, stdout=io,
-                  channel_fd=stream.sock.fileno())
+                  channel_fd=stream.sock.fileno(), shared_store=shared_store)
     signal.signal(signal.SIGTERM, lambda *_: agent.quit(int(Exit.TERMINATED)))
     signal.signal(signal.SIGINT, lambda *_: agent.quit(int(Exit.INTERRUPTED)))
     return agent.serve()

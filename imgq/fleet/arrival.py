@@ -23,12 +23,20 @@ A video's job (``receive_all`` with its ``videos.VideoFacts``) sends its stills,
 as above, and its video artifacts, each checked as a video of the container it names,
 of its stated frame count and size, never as a JPEG; a chunk of a split video sends its
 parts instead, which become the outcome's ``parts`` (staged, final) moves.
+
+With a shared store (``imgq work --shared-store``, a photo's job) no bytes follow the
+header: the agent wrote each artifact into the store under the staged name this
+attempt's lease token makes, and ``accept_stored`` checks the header as above, then each
+file (a regular file of the stated size, sha256 and frame size, a whole JPEG) where it is.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
 import re
+import stat
 import threading
 from pathlib import Path
 
@@ -56,6 +64,7 @@ class BadReply(protocol.ProtocolError):
     sizes that do not add up. The host is at fault, not the photo."""
 
 
+@functools.lru_cache(maxsize=256)  # asked for every reply; a run has a few recipes
 def fit_bounds(chain: str, max_pixels: int) -> tuple[int | None, int | None, int]:
     """(max width, max height, max pixels) of what ``chain`` can make from an input of at
     most ``max_pixels``: the smallest box of its fit steps (no operation enlarges)."""
@@ -85,11 +94,12 @@ def reply_limit(spec: dict, max_pixels: int, video=None) -> int:
     return sum(videos.video_limit(c, max_pixels, video) if recipes.is_video_chain(c) else artifact_limit(c, max_pixels) for c in chains.values())
 
 
-def check_reply(claim: queue.Claim, header: dict, blob_size: int, *, max_pixels: int, video=None) -> list[dict]:
+def check_reply(claim: queue.Claim, header: dict, blob_size: int, *, max_pixels: int, video=None, stored: bool = False) -> list[dict]:
     """The artifacts a ``done`` header lists, checked against the job's recipe (see the
     module docstring); BadReply naming what is wrong. For a video's job (``video``: its
     ``videos.VideoFacts``) its video artifacts are checked as ``imgq.fleet.videos`` says;
-    a chunk of a split video lists parts instead (``check_parts``)."""
+    a chunk of a split video lists parts instead (``check_parts``). ``stored``: the agent
+    wrote them into the shared store (``accept_stored``), no bytes follow."""
     job = f"job {claim.job_id}"
     chains, options = recipes.split_spec(claim.spec)
     listed, result = header.get("artifacts"), header.get("result")
@@ -116,7 +126,10 @@ def check_reply(claim: queue.Claim, header: dict, blob_size: int, *, max_pixels:
     if missing:
         raise BadReply(f"{job}: the reply lacks artifact {', '.join(missing)} of the recipe ({len(listed)} of {len(chains)} sent)")
     total = sum(a["bytes"] for a in listed)
-    if total != blob_size:
+    if stored:
+        if blob_size:
+            raise BadReply(f"{job}: the reply says its artifacts are in the shared store but sends {blob_size} bytes")
+    elif total != blob_size:
         raise BadReply(f"{job}: the reply's artifacts add up to {total} bytes but {blob_size} bytes follow")
     return [{k: a[k] for k in _FIELDS | ({"ext"} if "ext" in a else set())} for a in listed]
 
@@ -246,6 +259,101 @@ def _write_checked(dest: Path, data, check_file, *, sha256: str, name: str) -> N
             raise ArtifactRejected(f"does not verify: {e}") from None
 
     store.write_atomically(dest, write, check=check)
+
+
+def accept_stored(claim: queue.Claim, header: dict, store_dir: Path, *, max_pixels: int) -> list[queue.Artifact]:
+    """The artifacts of a ``done`` reply whose agent wrote them into the shared store
+    itself (``imgq work --shared-store``): the header checked as ``check_reply`` says
+    (BadReply), then each file under the staged name the coordinator computes (from the
+    file, recipe and this attempt's lease token: never a name the agent sent) must be a
+    regular file, not a link, of the stated size, whose bytes have the stated sha256 and
+    are a whole JPEG (start and end markers) of the stated width and height (its frame
+    header); else ArtifactRejected. The agent's slot checked it as written (as a local
+    worker does: sha256, header, end marker) and fsynced it before the reply, so what is
+    left to guard here is a file missing (a host that does not see this store), torn or
+    changed since: reading and hashing a few kB is cheap, decoding it again is not."""
+    listed = check_reply(claim, header, 0, max_pixels=max_pixels, stored=True)
+    out = []
+    for a in listed:
+        rel = store.artifact_path(claim.file_id, a["name"], claim.spec_hash)
+        staged = store.staged_path(rel, claim.token)
+        _check_stored(store_dir / staged, a)
+        out.append(queue.Artifact(a["name"], rel, a["sha256"], a["bytes"], a["width"], a["height"], staged=staged))
+    return out
+
+
+def staged_names(claim: queue.Claim) -> list[str]:
+    """Every staged name an attempt at ``claim`` may have written, one per artifact of its recipe."""
+    chains, _ = recipes.split_spec(claim.spec)
+    return [store.staged_path(store.artifact_path(claim.file_id, name, claim.spec_hash), claim.token) for name in chains]
+
+
+def _check_stored(path: Path, a: dict) -> None:
+    name = a["name"]
+    try:
+        # the photo's folder and the file, neither followed if a link: what is read (and
+        # then moved into place) is in the store
+        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            fd = os.open(path.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=folder)
+        finally:
+            os.close(folder)
+    except FileNotFoundError:
+        raise ArtifactRejected(f"artifact {name} is not in the shared store ({path}): does the host see this store at the same path?") from None
+    except OSError as e:
+        raise ArtifactRejected(f"artifact {name} in the shared store ({path}) cannot be opened: {e.strerror or e}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ArtifactRejected(f"artifact {name} in the shared store ({path}) is not a regular file")
+        if st.st_size != a["bytes"]:
+            raise ArtifactRejected(f"artifact {name} in the shared store ({path}) has {st.st_size} bytes, the host said {a['bytes']}")
+        data = os.read(fd, st.st_size + 1)
+        while len(data) <= st.st_size:  # a file of a network file system may come in pieces
+            more = os.read(fd, st.st_size + 1 - len(data))
+            if not more:
+                break
+            data += more
+    except OSError as e:
+        raise ArtifactRejected(f"artifact {name} in the shared store ({path}) cannot be read: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+    if len(data) != a["bytes"] or hashlib.sha256(data).hexdigest() != a["sha256"]:
+        raise ArtifactRejected(f"artifact {name} in the shared store ({path}) does not have the sha256 the host sent (changed or torn since it was written)")
+    if data[:3] != b"\xff\xd8\xff" or data[-2:] != b"\xff\xd9":
+        raise ArtifactRejected(f"artifact {name} in the shared store ({path}) is not a whole JPEG")
+    size = jpeg_size(data)
+    if size != (a["width"], a["height"]):
+        raise ArtifactRejected(f"artifact {name} in the shared store ({path}) is {size[0]}x{size[1]} by its header, the host said {a['width']}x{a['height']}"
+                               if size else f"artifact {name} in the shared store ({path}) has no JPEG frame header")
+
+
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame markers (not DHT, JPG, DAC)
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's frame header, walking its segments (a few: APPn,
+    DQT, DHT) without decoding anything; None if there is none before the scan."""
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # no length
+            i += 2
+            continue
+        if marker == 0xDA or marker == 0xD9:  # the scan (or the end) before any frame header
+            return None
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        if marker in _SOF:
+            if i + 9 > n:
+                return None
+            return int.from_bytes(data[i + 7 : i + 9], "big"), int.from_bytes(data[i + 5 : i + 7], "big")
+        i += 2 + length
+    return None
 
 
 # imaging sets Pillow's pixel limit and warning filters process-wide while it decodes: two

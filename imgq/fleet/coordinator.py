@@ -70,6 +70,7 @@ class FleetOptions:
     prefetch: int | None = None  # jobs in flight per host beyond its slots; None: = slots
     transfers: int = 2  # inputs read and sent at once, per host
     shared_root: Path | None = None
+    shared_store: bool = False  # the hosts see the store at the same path: agents write artifacts there themselves
     ssh_config: Path | None = None
     accept_new_host_keys: bool = False
     connect_timeout: float | None = None
@@ -166,6 +167,10 @@ class Fleet:
             on_agent=lambda arrival: self.events.put(("agent", None, arrival)),
             on_log=lambda line: self.events.put(("log", None, line)),
         )
+        if self.opts.shared_root is not None:
+            self.listener.agent_options += ["--shared-root", str(Path(self.opts.shared_root).absolute())]
+        if self.opts.shared_store:
+            self.listener.agent_options += ["--shared-store", str(self.settings.store_dir.absolute())]
         if self.opts.agent_file is not None:
             self.listener.write_agent_file(self.opts.agent_file)
         self.listener.start()
@@ -230,11 +235,16 @@ class Fleet:
     def _launched(self, r: tuple) -> None:
         """A launcher's word on an agent's job, ``("slurm", name, job id, state, why)``:
         until the agent joins under that name (then the roster keeps its row), the hosts
-        table shows the job, pending and why, running, or ended and why."""
-        if r[0] != "slurm" or r[2] is None or r[1] in self.roster.hosts:
+        table shows the job, pending and why, running, or ended and why; after, how its
+        job ended is added to why the agent is benched (time limit, cancelled, ...)."""
+        if r[0] != "slurm" or r[2] is None:
             return
         name, job_id, state, why = r[1], r[2], r[3], r[4]
         detail = f"slurm job {job_id} {state}" + (f": {why}" if why else "")
+        if name in self.roster.hosts:  # it joined: its row says why it left, and now how its job ended
+            if state == "ended":
+                self.roster.job_ended(self.roster.hosts[name], detail)
+            return
         if state == "ended":
             row = self.db.one("SELECT state FROM hosts WHERE name = ?", (name,))
             if row is not None and row["state"] == "new":  # a job that never joined

@@ -19,7 +19,7 @@ import queue as stdqueue
 import time
 from pathlib import Path
 
-from imgq import work
+from imgq import store, work
 from imgq.config import Settings
 from imgq.split.plan import JOIN
 from imgq.errors import ImgqError, classify
@@ -59,6 +59,7 @@ class Dispatch:
         # many agents it had, and concurrent fsyncs share the file system's journal commits
         self.store_pool = concurrent.futures.ThreadPoolExecutor(max(STORE_THREADS, opts.transfers), thread_name_prefix="imgq-store")
         self.stages = None  # a process pool for stages of split images, which need this store
+        self._inboxes: dict[str, str | None] = {}  # inbox -> its path under the shared root + "/" (None: outside)
         self.here: set[int] = set()  # jobs running in that pool (no host may answer for them)
         # by lease token (one attempt; a job sent again is a new one): a video's jobs sent
         # to hosts, with the journal's facts of it, which bound its replies...
@@ -78,6 +79,7 @@ class Dispatch:
             entry, ssh_config=opts.ssh_config, accept_new_host_keys=opts.accept_new_host_keys,
             connect_timeout=opts.connect_timeout, slots=entry.spec.slots or opts.slots,
             shared_root=str(opts.shared_root) if opts.shared_root else None,
+            shared_store=str(self.settings.store_dir.absolute()) if opts.shared_store else None,
         )
         return self.make_link(h, entry.name, link.SshTransport(conn, proc), hello)
 
@@ -91,46 +93,52 @@ class Dispatch:
             on_lost=lambda lk, reason, misbehaved: self.events.put(("lost", h, lk, reason, misbehaved)),
             read_input=lambda lk, claim, header, path: self.read_input(h, lk, claim, header, path),
             reply_limit=lambda hd, size: self.reply_limit(h, hd, size), spill_dir=self.settings.store_dir,
+            shares_store=self.shares_store(hello),
         )
 
     # --- claiming and sending -----------------------------------------------------------
 
     def claim(self, *, stopping: bool) -> None:
+        """Fill every host up to ``slots + prefetch`` jobs in flight: one claim (one
+        transaction) for all of them, the least loaded first in the deal."""
         if stopping or time.time() < self.dry_until:
             return
+        wants = []
         for h in sorted(self.roster.up(), key=lambda h: len(h.inflight) / max(1, h.link.slots)):
             if h.draining:
                 continue
             prefetch = self.opts.prefetch if self.opts.prefetch is not None else h.link.slots
             want = h.link.slots + prefetch - len(h.inflight)
-            if want <= 0:
-                continue
-            claims = queue.claim(self.db, owner=h.actor().name, limit=want, lease_seconds=self.settings.lease_seconds,
-                                 actor=h.actor(), max_attempts=self.opts.max_attempts, max_lost=self.settings.max_lost)
-            files = self._files(claims)  # one query for the batch, not two per job
+            if want > 0:
+                wants.append((h, want))
+        if not wants:
+            return
+        lists = queue.claim_many(self.db, [(h.actor().name, h.actor(), want) for h, want in wants], lease_seconds=self.settings.lease_seconds,
+                                 max_attempts=self.opts.max_attempts, max_lost=self.settings.max_lost)
+        videos_ = self._videos([c for claims in lists for c in claims])
+        for (h, _), claims in zip(wants, lists):
             for c in claims:
                 h.inflight[c.job_id] = c
-                row = files.get(c.file_id)
-                video = row is not None and row["kind"] == "video"
-                if c.stage and not video:
+                if c.stage and c.kind != "video":
                     self._run_here(h, c)
                 else:
-                    if video:
-                        self.videos[c.token] = videos.VideoFacts(row["size"], row["duration"], row["frame_rate"])
-                    self._send(h, c, row)
-            if len(claims) < want:
-                self.dry_until = time.time() + self.opts.poll
-                return
+                    if c.kind == "video":
+                        row = videos_.get(c.file_id) or {}
+                        self.videos[c.token] = videos.VideoFacts(c.size, row.get("duration"), row.get("frame_rate"))
+                    self._send(h, c)
+        if sum(map(len, lists)) < sum(w for _, w in wants):
+            self.dry_until = time.time() + self.opts.poll
 
-    def _files(self, claims: list[queue.Claim]) -> dict:
-        """The claimed jobs' files: kind (a video's input is streamed, and its replies
-        checked as ``videos`` says, within limits from its running time and frame rate),
-        and the sha256 and size the input sent must have."""
-        ids = sorted({c.file_id for c in claims})
+    def _videos(self, claims: list[queue.Claim]) -> dict:
+        """The running time and frame rate of the claimed videos (a video's input is
+        streamed, and its replies checked as ``videos`` says, within limits from them);
+        one query for the batch, none when it has no video (the claim itself carries every
+        file's kind, sha256 and size)."""
+        ids = sorted({c.file_id for c in claims if c.kind == "video"})
         if not ids:
             return {}
         marks = ",".join("?" * len(ids))
-        return {r["id"]: r for r in self.db.all(f"SELECT id, kind, sha256, size, duration, frame_rate FROM files WHERE id IN ({marks})", ids)}
+        return {r["id"]: dict(r) for r in self.db.all(f"SELECT id, duration, frame_rate FROM files WHERE id IN ({marks})", ids)}
 
     def _run_here(self, h: Host, c: queue.Claim) -> None:
         """A stripe or join of a split image (imgq enqueue --split) reads and writes
@@ -155,17 +163,23 @@ class Dispatch:
 
         fut.add_done_callback(done)
 
-    def _send(self, h: Host, c: queue.Claim, row) -> None:
+    def _send(self, h: Host, c: queue.Claim) -> None:
         """Queue a job for the host; its header carries the sha256 and size the journal
-        recorded for the input (``row``), which the bytes sent (or, with --shared-root,
-        the bytes the agent opens) must have."""
+        recorded for the input (the claim's), which the bytes sent (or, with
+        --shared-root, the bytes the agent opens) must have. To an agent that writes
+        into this store (``shares_store``) it also names the file and the lease token,
+        from which the agent's slot makes the same staged names a local worker would."""
         header = {"type": "job", "job": c.job_id, "spec": c.spec, "spec_hash": c.spec_hash,
                   "max_pixels": self.settings.max_pixels, "quality": self.settings.jpeg_quality,
-                  "sha256": row["sha256"], "size": row["size"]}
+                  "sha256": c.sha256, "size": c.size}
         if c.token in self.videos:
             header["kind"] = "video"
             if c.stage:
                 header["stage"] = c.stage  # a chunk of a split video, or their join
+        elif h.link.shares_store and not c.stage:
+            # a photo's artifacts, written by the agent into this store (videos and their
+            # parts still come over the connection, checked as videos)
+            header["store"] = {"file": c.file_id, "token": c.token}
         # a path only to an agent started with a shared root (a connect-back agent's
         # launcher may not have given it one: it gets the bytes, as without --shared-root)
         rel = self._under_shared_root(c) if h.link.hello.get("shared_root") else None
@@ -175,18 +189,29 @@ class Dispatch:
         needs_bytes = rel is None or c.stage.startswith(f"{JOIN}:")
         h.link.send_job(c, header, Path(c.inbox) / c.path if needs_bytes else None)
 
+    def shares_store(self, hello: dict) -> bool:
+        """Whether an agent writes its artifacts into this store itself (``imgq work
+        --shared-store``): it must have been started with ``--shared-store`` and have
+        found there the marker of this database's store (``store.own``), so it is this
+        store, not a copy or another database's."""
+        return bool(self.opts.shared_store) and bool(hello.get("shared_store")) and hello.get("store_id") == self.db.id
+
     def _under_shared_root(self, c: queue.Claim) -> str | None:
         """The input's path relative to --shared-root, or None: then its bytes are sent.
         Only the inbox root is resolved (it may be a link to a share, as for
-        ``Original``); the path below it is sent as recorded, and the agent opens it
-        without following a symlink."""
+        ``Original``; once per inbox and run); the path below it is sent as recorded,
+        and the agent opens it without following a symlink."""
         if self.opts.shared_root is None:
             return None
-        root, inbox = os.path.realpath(self.opts.shared_root), os.path.realpath(c.inbox)
-        if os.path.commonpath([inbox, root]) != root:
-            return None
-        rel = os.path.relpath(inbox, root)
-        return c.path if rel == "." else f"{rel}/{c.path}"
+        if c.inbox not in self._inboxes:
+            root, inbox = os.path.realpath(self.opts.shared_root), os.path.realpath(c.inbox)
+            if os.path.commonpath([inbox, root]) != root:
+                self._inboxes[c.inbox] = None
+            else:
+                rel = os.path.relpath(inbox, root)
+                self._inboxes[c.inbox] = "" if rel == "." else rel + "/"
+        prefix = self._inboxes[c.inbox]
+        return None if prefix is None else prefix + c.path
 
     def read_input(self, h: Host, lk: link.AgentLink, c: queue.Claim, header: dict, path: Path):
         """In a sender thread: the input's bytes, read by identity (no symlink followed,
@@ -252,6 +277,10 @@ class Dispatch:
         c = self._held(h, header)
         if header["type"] != "done":
             return 0
+        if header.get("stored") is not None:
+            if header["stored"] is not True or h.link is None or not h.link.shares_store or c.token in self.videos or c.stage:
+                raise arrival.BadReply(f"job {c.job_id}: the reply says its artifacts are in the shared store, which this agent was not asked to write")
+            return 0  # checked in on_message: nothing follows the header
         video = self.videos.get(c.token)
         cap = arrival.reply_limit(c.spec, self.settings.max_pixels, video)
         if blob_size <= cap:  # (over it, the frame is refused as too big before anything else)
@@ -276,6 +305,10 @@ class Dispatch:
             self.videos.pop(c.token, None)
             self._arrived(h, lk, queue.Outcome(c, error=changed[0], kind=changed[1]), False)
             return
+        if header["type"] == "done" and header.get("stored"):
+            blob.close()
+            self._accept_stored(h, lk, c, header)
+            return
         if header["type"] == "done":
             self.store_pool.submit(self._store, h, lk, c, header, blob)
             return
@@ -290,6 +323,21 @@ class Dispatch:
         elif src not in text:
             text = f"{src}: {text}"  # always name the file, once
         self._arrived(h, lk, queue.Outcome(c, error=f"{text} (on {h.name})" if kind == "transient" else text, kind=kind), True)
+
+    def _accept_stored(self, h: Host, lk: link.AgentLink, c: queue.Claim, header: dict) -> None:
+        """In the reader thread: a reply whose artifacts the agent wrote into the shared
+        store (``arrival.accept_stored``: a few kB read and hashed, no decode, no write
+        here). A file missing, of another size or sha256 fails the attempt (transient,
+        counted against the host, its files removed): the job retries, and a host that
+        keeps doing it is benched. A header that breaks the protocol raises BadReply."""
+        try:
+            artifacts = arrival.accept_stored(c, header, self.settings.store_dir, max_pixels=self.settings.max_pixels)
+        except arrival.ArtifactRejected as e:
+            store.discard(self.settings.store_dir, arrival.staged_names(c))
+            self._arrived(h, lk, queue.Outcome(c, error=f"{Path(c.inbox) / c.path}: {e} (on {h.name})", kind="transient"), True)
+            return
+        # the agent's slot fsynced each file before it replied: durable
+        self._arrived(h, lk, queue.Outcome(c, artifacts=artifacts, result=header.get("result"), durable=True), True)
 
     def _store(self, h: Host, lk: link.AgentLink, c: queue.Claim, header: dict, blob: protocol.Blob) -> None:
         hosts_fault = True

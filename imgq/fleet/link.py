@@ -42,19 +42,22 @@ SMALL_FRAME = 64 * 1024  # a frame whose blob is at most this is written in one 
 AGENT_START_TIMEOUT = 60.0  # a cold Python importing Pillow and OpenCV on a slow disk
 
 
-def agent_argv(entry: HostEntry, *, slots: int | None, shared_root: str | None, idle_timeout: float | None = None) -> list[str]:
+def agent_argv(entry: HostEntry, *, slots: int | None, shared_root: str | None, idle_timeout: float | None = None, shared_store: str | None = None) -> list[str]:
     """The remote command line that starts the agent (a list: every word gets quoted)."""
     argv = [*entry.remote_imgq, "agent"]
     if slots:
         argv += ["--slots", str(slots)]
     if shared_root:
         argv += ["--shared-root", shared_root]
+    if shared_store:
+        argv += ["--shared-store", shared_store]
     if idle_timeout:
         argv += ["--idle-timeout", f"{idle_timeout:g}"]
     return argv
 
 
-def start_agent(entry: HostEntry, *, ssh_config=None, accept_new_host_keys=False, connect_timeout=None, slots=None, shared_root=None) -> tuple[ssh.Connection, ssh.RemoteProcess, dict]:
+def start_agent(entry: HostEntry, *, ssh_config=None, accept_new_host_keys=False, connect_timeout=None, slots=None, shared_root=None,
+                shared_store=None) -> tuple[ssh.Connection, ssh.RemoteProcess, dict]:
     """Connect, start the agent, read its hello: (connection, process, hello).
 
     HostUnreachable when the host cannot be reached; PreflightFailed when the agent does
@@ -62,7 +65,7 @@ def start_agent(entry: HostEntry, *, ssh_config=None, accept_new_host_keys=False
     """
     conn = ssh.connect(entry.spec, ssh_config=ssh_config, accept_new_host_keys=accept_new_host_keys, connect_timeout=connect_timeout)
     try:
-        argv = agent_argv(entry, slots=slots, shared_root=shared_root)
+        argv = agent_argv(entry, slots=slots, shared_root=shared_root, shared_store=shared_store)
         proc = ssh.start_process(conn, argv, io_timeout=AGENT_START_TIMEOUT)
         try:
             msg = protocol.read_message(proc.read, max_header=protocol.REPLY_HEADER)
@@ -120,8 +123,10 @@ class AgentLink:
 
     def __init__(self, name: str, transport, hello: dict, *, host_timeout: float, transfers: int,
                  on_message: Callable, on_lost: Callable, read_input: Callable,
-                 reply_limit: Callable[[dict, int], int] = lambda header, size: 0, spill_dir: Path | None = None):
+                 reply_limit: Callable[[dict, int], int] = lambda header, size: 0, spill_dir: Path | None = None,
+                 shares_store: bool = False):
         self.name, self.transport, self.hello = name, transport, hello
+        self.shares_store = shares_store  # the agent writes artifacts into our store (--shared-store)
         self.slots = int(hello["slots"])
         self.host_timeout = host_timeout
         self.on_message, self.on_lost, self.read_input = on_message, on_lost, read_input
@@ -149,26 +154,44 @@ class AgentLink:
         self.outbox.put((None, header, None))
 
     def _sender(self) -> None:
+        carry = None
         while not self.closed.is_set():
+            if carry is None:
+                try:
+                    carry = self.outbox.get(timeout=0.5)
+                except stdqueue.Empty:
+                    continue
+            # the frames that are queued go out in one write (one TLS record, one
+            # syscall) while they carry no input to read; an input is read by itself,
+            # so --transfers senders still read inputs side by side
+            batch, carry = [carry], None
+            while batch[-1][2] is None and len(batch) < 64:
+                try:
+                    item = self.outbox.get_nowait()
+                except stdqueue.Empty:
+                    break
+                if item[2] is not None:
+                    carry = item
+                    break
+                batch.append(item)
+            frames = []
+            for claim, header, path in batch:
+                blob = b""
+                if path is not None:
+                    blob = self.read_input(self, claim, header, path)
+                    if blob is None:
+                        continue  # unreadable here: the fleet has settled it already
+                frames.append((header, blob))
             try:
-                claim, header, path = self.outbox.get(timeout=0.5)
-            except stdqueue.Empty:
-                continue
-            blob = b""
-            if path is not None:
-                blob = self.read_input(self, claim, header, path)
-                if blob is None:
-                    continue  # unreadable here: the fleet has settled it already
-            try:
-                if isinstance(blob, protocol.Blob):
-                    self._write_streamed(header, blob)
+                if len(frames) == 1 and isinstance(frames[0][1], protocol.Blob):  # an input read alone, streamed
+                    self._write_streamed(*frames[0])
                 else:
-                    self._write(header, blob)
+                    self._write(frames)
             except HostUnreachable as e:
                 self.lose(str(e))
                 return
             except OSError as e:  # a file of a streamed frame failed here mid-frame: the frame cannot be finished
-                self.lose(f"cannot finish sending job {header.get('job')}: {e.strerror or e}")
+                self.lose(f"cannot finish sending job {frames[0][0].get('job')}: {e.strerror or e}")
                 return
 
     def _write_streamed(self, header: dict, blob: protocol.Blob) -> None:
@@ -185,17 +208,29 @@ class AgentLink:
             blob.close()
         self.bytes_out += len(first)
 
-    def _write(self, header: dict, blob) -> None:
-        pieces = protocol.encode(header, blob)
-        if len(pieces[1]) <= SMALL_FRAME:  # one write, one record or packet, not two
-            pieces = [bytes(pieces[0]) + bytes(pieces[1]), b""]
+    def _write(self, frames: list[tuple[dict, bytes]]) -> None:
+        """Write frames in order: small ones together in one piece, a big blob by itself."""
+        pieces: list = []
+        small = bytearray()
+        for header, blob in frames:
+            head, body = protocol.encode(header, blob)
+            if len(body) <= SMALL_FRAME:  # one write, one record or packet, not two
+                small += head
+                small += body
+            else:
+                if small:
+                    pieces.append(bytes(small))
+                    small = bytearray()
+                pieces += [head, body]
+        if small:
+            pieces.append(bytes(small))
         with self.write_lock:
-            for piece in filter(len, pieces):
+            for piece in pieces:
                 # a memoryview: paramiko's sendall slices what it has left to send after
                 # each packet, and slicing bytes copies, which made a 6 MB photo cost
                 # ~150 copies of its remainder (5x the CPU of the crypto itself)
                 self.transport.write(memoryview(piece))
-        self.bytes_out += len(pieces[0]) + len(pieces[1])
+        self.bytes_out += sum(len(p) for p in pieces)
 
     # --- receiving ---------------------------------------------------------------------
 

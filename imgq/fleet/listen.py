@@ -114,6 +114,7 @@ class Listener:
         self._slots = threading.BoundedSemaphore(max_pending)
         self.max_pending = max_pending
         self.closed = threading.Event()
+        self.agent_options: list[str] = []  # more options for agent_argv (paths the agents share with us)
         self.thread = threading.Thread(target=self._accept_loop, daemon=True, name="imgq-listen")
 
     # --- what agents need -------------------------------------------------------------
@@ -129,8 +130,9 @@ class Listener:
         return "".join(f"{k}={v}\n" for k, v in self.agent_env().items()).encode()
 
     def agent_argv(self, imgq: tuple[str, ...] = ("imgq",)) -> list[str]:
-        """The command line that starts an agent for this run (no secret in it)."""
-        return [*imgq, "agent", "--connect", self.advertise]
+        """The command line that starts an agent for this run (no secret in it), with
+        ``agent_options`` (the run's ``--shared-root`` and ``--shared-store``)."""
+        return [*imgq, "agent", "--connect", self.advertise, *self.agent_options]
 
     def write_agent_file(self, path: Path) -> None:
         """``credentials`` into ``path``, mode 0600 from the first byte, replaced atomically."""

@@ -15,11 +15,13 @@ is in the frame's length before its first byte, so a video of any size is stream
 
 Coordinator to agent:
   ``job``     {job, spec, spec_hash, max_pixels, quality, sha256, size[, path][, kind]
-              [, stage][, parts]} + the input's bytes, then the bytes of each of
+              [, stage][, parts][, store]} + the input's bytes, then the bytes of each of
               ``parts`` (``path``, relative to the agent's shared root, replaces the
               input's bytes when the host sees the same files; ``kind`` "video" and
               ``stage`` "stripe:I/N" or "join:N" for a chunk or the join of a split
-              video; ``parts`` [{name, index, sha256, bytes}]: the chunks a join joins)
+              video; ``parts`` [{name, index, sha256, bytes}]: the chunks a join joins;
+              ``store`` {file, token}, a photo's job only: the agent writes the artifacts
+              into the shared store under the staged names these make, ``--shared-store``)
   ``cancel``  {job}: the coordinator lost the job's lease; drop it if not started
   ``ping``    {}: the coordinator is alive (an agent that hears nothing for a while exits)
 
@@ -29,7 +31,8 @@ Agent to coordinator:
   ``done``    {job, artifacts: [{name, sha256, bytes, width, height[, ext]}], result
               [, parts: [{name, sha256, bytes}]]} + the artifacts' bytes, then the
               parts' (a video artifact names its ``ext``, mp4 or webm; a chunk of a
-              split video sends ``parts`` and no artifact)
+              split video sends ``parts`` and no artifact); ``stored: true`` and no
+              bytes: the artifacts are in the shared store
   ``error``   {job, kind: permanent|transient, message}
   ``fatal``   {message}: the agent cannot go on (it exits after sending it)
 

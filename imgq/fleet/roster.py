@@ -40,6 +40,7 @@ class Host:
     answered: dict = dataclasses.field(default_factory=dict)  # job id -> the Claim its agent replied to (reader thread only)
     draining: bool = False
     label: str | None = None  # a connect-back agent's name (its own, or its launcher's)
+    job_end: str | None = None  # how its launcher's job ended ("slurm job 12 ended: hit its time limit")
     peer: str | None = None  # a connect-back agent's address
 
     @property
@@ -160,7 +161,9 @@ class Roster:
         hello, now = agent.hello, time.time()
         self.move(h, "up", now=now, reason=None if h.dialled else f"connected from {h.peer}", benched_until=None, slots=agent.slots, version=hello.get("version"),
                   cores=hello.get("cores"), free_disk=hello.get("free_disk"), seen_at=now)
-        self.on_report(("host", h.name, "up", f"{agent.slots} slots" + ("" if h.dialled else f", from {h.peer}")))
+        self.on_report(("host", h.name, "up", f"{agent.slots} slots" + ("" if h.dialled else f", from {h.peer}") + (", writes into the shared store" if agent.shares_store else "")))
+        if getattr(self.opts, "shared_store", False) and not agent.shares_store:
+            self.on_report(("warning", f"host {h.name} does not write into this store ({_why_not_shared(hello)}): its artifacts come over the connection"))
 
     def unique_name(self, name: str) -> str:
         """``name``, or ``name~2``, ``name~3``…: not the name of a host of this run that
@@ -206,12 +209,24 @@ class Roster:
         h.failures += 1
         h.errors_in_row = 0
         h.benched_until = now + hosts.bench_delay(h.failures)
+        if h.job_end and h.job_end not in reason:  # its job's end, told before the link's
+            reason = f"{reason}; {h.job_end}"
         h.reason = reason
         if h.draining:
             self.remove(h, now)
             return
         self.move(h, "benched", now=now, reason=reason, benched_until=h.benched_until, failures=h.failures, add={"lost": 1} if lost else None)
         self.on_report(("host", h.name, "benched", reason))
+
+    def job_ended(self, h: Host, detail: str) -> None:
+        """How the launcher's job of a connect-back agent ended (``slurm job 12 ended:
+        hit its time limit``): added to why it is benched (its connection usually ends
+        first: the loss is noticed at once, how the job ended a moment later), or kept
+        for when it is."""
+        h.job_end = detail
+        if h.state == "benched" and detail not in (h.reason or ""):
+            h.reason = f"{h.reason}; {detail}" if h.reason else detail
+            self.move(h, "benched", reason=h.reason)
 
     def remove(self, h: Host, now: float) -> None:
         if h.link is not None:
@@ -232,3 +247,12 @@ class Roster:
             # still trying: a host benched before stays benched, with its reason
             self.move(h, "benched" if h.failures else "stopped", now=now, reason=h.reason)
         return held
+
+
+def _why_not_shared(hello: dict) -> str:
+    """Why an agent's hello shows it does not see this run's store (``--shared-store``)."""
+    if not hello.get("shared_store"):
+        return "its agent was not started with --shared-store"
+    if not hello.get("store_id"):
+        return f"{hello['shared_store']} there is not an imgq store"
+    return f"{hello['shared_store']} there is another database's store"

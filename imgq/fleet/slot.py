@@ -39,11 +39,14 @@ def slot_init(channel_fd: int | None = None) -> None:
 
 
 def slot_job(job_id: int, spec: dict, spec_hash: str, max_pixels: int, quality: int, src_root: str, src_rel: str, out_dir: str,
-              stage: str = "", sha256: str | None = None, size: int | None = None) -> dict:
+              stage: str = "", sha256: str | None = None, size: int | None = None, stored: tuple[str, str] | None = None) -> dict:
     """Run one job in a slot: the local worker's own ``process`` with the store in the
     session folder and a file id made from the job id. ``stage``: a chunk of a split
     video; ``sha256`` and ``size``: an input read in place (a video under the shared
-    root), which ``process`` checks as a stream before it decodes a frame."""
+    root), which ``process`` checks as a stream before it decodes a frame. ``stored``
+    (file id, lease token: the coordinator's, ``--shared-store``, a photo's job):
+    ``out_dir`` is the shared store itself, and the slot writes the staged names a local
+    worker would (the agent fsyncs them before its reply says they are there)."""
     import dataclasses
 
     from imgq import recipes
@@ -52,8 +55,8 @@ def slot_job(job_id: int, spec: dict, spec_hash: str, max_pixels: int, quality: 
     from imgq import work
     from imgq.config import Settings
 
-    file_id = f"job{job_id}"
-    claim = queue.Claim(job_id, file_id, "", spec, spec_hash, "", 1, 1, src_root, src_rel, stage, sha256, size)
+    file_id, token = stored or (f"job{job_id}", "")
+    claim = queue.Claim(job_id, file_id, "", spec, spec_hash, token, 1, 1, src_root, src_rel, stage, sha256, size)
     settings = Settings(store=Path(out_dir), max_pixels=max_pixels, jpeg_quality=quality)
     # The outputs stay under their staged names in the agent's private session folder:
     # the reply is read from there, and the coordinator stages what arrives and moves it
@@ -71,7 +74,7 @@ def slot_job(job_id: int, spec: dict, spec_hash: str, max_pixels: int, quality: 
         _, index, count = splitting.parse_stage(stage)
         finals = {splitting.part_path(file_id, n, spec_hash, index, count, ext="vpart"): n for n in chains}
         parts = [{"name": finals[final], "staged": staged} for staged, final in o.parts]
-    return {"error": o.error, "kind": o.kind, "result": o.result, "artifacts": artifacts, "parts": parts}
+    return {"error": o.error, "kind": o.kind, "result": o.result, "artifacts": artifacts, "parts": parts, "stored": bool(stored)}
 
 
 def file_digest(path: Path) -> tuple[int, str]:

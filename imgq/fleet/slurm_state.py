@@ -34,6 +34,11 @@ ENDED_WHY = {  # Slurm's end states, in words
     "REVOKED": "revoked",
 }
 
+# what slurmstepd writes to srun's output when Slurm ends a step (``*** STEP 12.0 ON node
+# CANCELLED AT 2026-01-01T00:00:00 DUE TO TIME LIMIT ***``): how it ended, in words, while
+# squeue still shows the job RUNNING or COMPLETING (srun can exit before squeue catches up)
+_DUE_TO = {"TIME LIMIT": "hit its time limit", "PREEMPTION": "preempted", "NODE FAILURE": "its node failed"}
+_STEP_ENDED = re.compile(r"\*\*\* (?:STEP|JOB) \S+ ON \S+ CANCELLED AT \S+ DUE TO ([A-Z ]+?) \*\*\*")
 _QUEUED = re.compile(r"\bjob (\d+) queued and waiting for resources")
 _ALLOCATED = re.compile(r"\bjob (\d+) has been allocated resources")
 
@@ -117,6 +122,12 @@ class AgentJob:
 
     def _end(self) -> None:
         why = ENDED_WHY.get(self.slurm_state, self.slurm_state.lower() or "")
+        if self.slurm_state in ("", "COMPLETING") or self.slurm_state in RUNNING:
+            said = [m.group(1) for m in map(_STEP_ENDED.search, list(self.output)) if m]
+            if said and said[-1] in _DUE_TO:  # squeue lags behind: slurmstepd has said why
+                why = _DUE_TO[said[-1]]
+            elif self.slurm_state == "COMPLETING" and self.slurm_reason == "TimeLimit":
+                why = ENDED_WHY["TIMEOUT"]  # being ended for its time limit: TIMEOUT once done
         if self.cancelled_here and self.slurm_state in ("", "PENDING", "RUNNING", "COMPLETING", "CONFIGURING"):
             # our own cancel ended it and its srun exited before squeue showed CANCELLED (or
             # the job left squeue first, as under load): say so, not "ending" for good

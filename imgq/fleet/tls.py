@@ -34,6 +34,7 @@ import time
 
 CHUNK = 1 << 20  # plaintext encrypted and sent per socket write
 RECV = 1 << 18
+READ_AHEAD = 1 << 16  # reads up to this size are served from a buffer of decrypted bytes
 PROOF_LABEL = b"imgq agent proof v1\0"
 
 
@@ -156,6 +157,10 @@ class TlsStream:
         self.deadline: float | None = None  # absolute (monotonic): every read/write before it
         self.timeout: float | None = None  # else: each socket wait at most this long
         self.ended = False
+        self._set_timeout: object = ()  # what the socket's timeout was last set to (each setting is a syscall)
+        self._raw = bytearray(RECV)  # what one recv brings, before TLS decrypts it
+        self._plain = bytearray()  # decrypted, not yet returned by read()
+        self._chunk = bytearray(READ_AHEAD)
 
     # --- plumbing ---------------------------------------------------------------------
 
@@ -165,8 +170,12 @@ class TlsStream:
             if left <= 0:
                 raise Deadline("deadline passed")
             self.sock.settimeout(left)
-        else:
+            self._set_timeout = left
+        elif self._set_timeout != self.timeout:
+            # only when it changes: both the reader and the writers come here for every
+            # record, and each settimeout is an ioctl
             self.sock.settimeout(self.timeout)
+            self._set_timeout = self.timeout
 
     def _flush(self) -> None:
         """Send what the TLS object has made (handshake, alerts, tickets)."""
@@ -180,11 +189,11 @@ class TlsStream:
     def _fill(self) -> bool:
         """Feed the TLS object the next bytes from the socket; False at its end."""
         self._wait()
-        data = self.sock.recv(RECV)
-        if not data:
+        k = self.sock.recv_into(self._raw)  # into one buffer, not a new 256 kB object per recv
+        if not k:
             return False
-        with self.tls_lock:
-            self.incoming.write(data)
+        with memoryview(self._raw) as view, self.tls_lock:
+            self.incoming.write(view[:k])
         return True
 
     def handshake(self) -> None:
@@ -225,9 +234,31 @@ class TlsStream:
                 return 0
 
     def read(self, n: int) -> bytes | bytearray:
-        """Exactly n bytes; fewer only if the stream ended (b"" if before the first)."""
+        """Exactly n bytes; fewer only if the stream ended (b"" if before the first).
+
+        Small reads are served from what TLS has already decrypted: a frame's length,
+        header length and header (three reads) usually come from one record in one call
+        into TLS. A large read (a photo) goes straight into its own buffer."""
+        plain = self._plain
+        if len(plain) >= n:
+            out = bytes(plain[:n])
+            del plain[:n]  # from the front of a bytearray: no copy of the rest
+            return out
+        if n - len(plain) <= READ_AHEAD:
+            with memoryview(self._chunk) as view:
+                while len(plain) < n:
+                    k = self.read_some(view)
+                    if not k:
+                        break
+                    plain += view[:k]
+            out = bytes(plain[:n])
+            del plain[:n]
+            return out
         buf = bytearray(n)
-        view, got = memoryview(buf), 0
+        got = len(plain)
+        buf[:got] = plain
+        plain.clear()
+        view = memoryview(buf)
         try:
             while got < n:
                 k = self.read_some(view[got:])

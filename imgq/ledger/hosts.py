@@ -11,6 +11,7 @@ A host's state changes like a file's or a job's: checked against the lifecycle b
                                       benched ◀───┴── (lost, misbehaved, failing)
     connecting, up, draining ─▶ stopped (the coordinator ends)
     new, connecting, up, benched ─▶ removed (no longer listed)
+    benched ─▶ benched (more of why: how a lost agent's Slurm job ended, told after the loss)
 
 ``new`` may follow any state: the table outlives a coordinator, and each run starts its
 hosts afresh. Counters and heartbeat times (``add_counts``) are not state changes and
@@ -33,7 +34,7 @@ TRANSITIONS: dict[str | None, set[str]] = {
     "connecting": {"new", "up", "benched", "removed", "stopped"},
     "up": {"new", "draining", "benched", "removed", "stopped"},
     "draining": {"new", "up", "benched", "removed", "stopped"},
-    "benched": {"new", "connecting", "removed"},
+    "benched": {"new", "connecting", "removed", "benched"},
     "removed": {"new"},
     "stopped": {"new"},
 }

@@ -149,6 +149,35 @@ def move_file(
     return from_state
 
 
+def move_files(db: DB, changes: Sequence[tuple[str, str, str, int | None, Actor]], *, now: float | None = None) -> None:
+    """Move many files at once, each ``(file id, from, to, job id, actor)``, with one
+    event each: the batch form of ``move_file`` for a caller that has read every file's
+    state in this transaction (settling a batch of completed jobs). Each update is fenced
+    by its ``from`` state; one that does not apply is a bug (RuntimeError: the
+    transaction rolls back). Not for moves to ``failed`` (those promote duplicates:
+    ``move_file``)."""
+    _require_tx(db)
+    if not changes:
+        return
+    now = db.when(now)
+    for _, from_state, to_state, _, _ in changes:
+        check("file", from_state, to_state)
+        if to_state == "failed":
+            raise InvalidTransition("move_files does not fail files: use move_file (duplicates are promoted)")
+    cur = db.conn.executemany(
+        "UPDATE files SET state = ?, error = NULL, updated_at = ? WHERE id = ? AND state = ?",
+        [(to_state, now, file_id, from_state) for file_id, from_state, to_state, _, _ in changes],
+    )
+    if cur.rowcount != len(changes):
+        raise RuntimeError(f"move_files: {cur.rowcount} of {len(changes)} files were in the state the caller read")
+    run_id = getattr(db, "run_id", None)
+    db.conn.executemany(
+        "INSERT INTO events (at, entity, file_id, job_id, from_state, to_state, host, actor, detail, run_id)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(now, "file", file_id, job_id, from_state, to_state, actor.host, actor.name, None, run_id) for file_id, from_state, to_state, job_id, actor in changes],
+    )
+
+
 def refresh_stat(db: DB, file_id: str, *, size: int, mtime_ns: int) -> None:
     """Remember a new size and mtime for a file whose content did not change (a sync
     client re-wrote it): no state change, so no event."""
@@ -203,16 +232,25 @@ class JobChange:
     sets: dict = dataclasses.field(default_factory=dict)
     token: str | None = None
     detail: object = None
+    actor: Actor | None = None  # who makes it, when not the batch's actor
 
 
-def move_jobs(db: DB, changes: Sequence[JobChange], *, now: float | None = None, actor: Actor = Actor()) -> list[bool]:
-    """Apply job changes in the caller's transaction; one event per applied change.
+def move_jobs(db: DB, changes: Sequence[JobChange], *, now: float | None = None, actor: Actor = Actor(), checked: bool = False) -> list[bool]:
+    """Apply job changes in the caller's transaction; one event per applied change
+    (naming the change's actor, else ``actor``).
 
     Returns, per change, whether it applied: a fenced change whose job has moved on
     (another worker reclaimed it) does not apply and writes nothing.
+
+    ``checked``: the caller has read in this transaction that every change applies (its
+    job is in ``from_state``, with its token); the updates then run as one statement
+    per shape of change instead of one per job, and one that does not apply is a bug
+    (RuntimeError: the transaction rolls back).
     """
     _require_tx(db)
     now = db.when(now)
+    if checked:
+        return _move_jobs_checked(db, changes, now=now, actor=actor)
     applied: list[bool] = []
     events = []
     for c in changes:
@@ -226,7 +264,8 @@ def move_jobs(db: DB, changes: Sequence[JobChange], *, now: float | None = None,
         ok = db.execute(sql, params).rowcount == 1
         applied.append(ok)
         if ok:
-            events.append((now, "job", c.file_id, c.job_id, c.from_state, c.to_state, actor.host, actor.name, _text(c.detail), getattr(db, "run_id", None)))
+            who = c.actor or actor
+            events.append((now, "job", c.file_id, c.job_id, c.from_state, c.to_state, who.host, who.name, _text(c.detail), getattr(db, "run_id", None)))
     if events:
         db.conn.executemany(
             "INSERT INTO events (at, entity, file_id, job_id, from_state, to_state, host, actor, detail, run_id)"
@@ -234,6 +273,27 @@ def move_jobs(db: DB, changes: Sequence[JobChange], *, now: float | None = None,
             events,
         )
     return applied
+
+
+def _move_jobs_checked(db: DB, changes: Sequence[JobChange], *, now: float, actor: Actor) -> list[bool]:
+    groups: dict[tuple, list] = {}
+    for c in changes:
+        check("job", c.from_state, c.to_state)
+        sets = dict(c.sets, state=c.to_state, updated_at=now)
+        shape = (tuple(sets), c.token is not None)
+        groups.setdefault(shape, []).append([*sets.values(), c.job_id, c.from_state] + ([c.token] if c.token is not None else []))
+    for (keys, fenced), rows in groups.items():
+        sql = f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in keys)} WHERE id = ? AND state = ?" + (" AND lease_token = ?" if fenced else "")
+        cur = db.conn.executemany(sql, rows)
+        if cur.rowcount != len(rows):
+            raise RuntimeError(f"move_jobs: {cur.rowcount} of {len(rows)} checked job changes applied")
+    run_id = getattr(db, "run_id", None)
+    db.conn.executemany(
+        "INSERT INTO events (at, entity, file_id, job_id, from_state, to_state, host, actor, detail, run_id)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(now, "job", c.file_id, c.job_id, c.from_state, c.to_state, (c.actor or actor).host, (c.actor or actor).name, _text(c.detail), run_id) for c in changes],
+    )
+    return [True] * len(changes)
 
 
 def history(db: DB, file_id: str) -> list[dict]:

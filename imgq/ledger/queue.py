@@ -30,7 +30,7 @@ from imgq.errors import InvalidTransition
 from imgq.ledger.journal import Actor, JobChange
 from imgq.ledger.settle import Outcome, Settled, fail_job, settle
 
-__all__ = ["Claim", "Artifact", "SplitPolicy", "EnqueueResult", "Outcome", "Settled", "enqueue", "lacking", "claim",
+__all__ = ["Claim", "Artifact", "SplitPolicy", "EnqueueResult", "Outcome", "Settled", "enqueue", "lacking", "claim", "claim_many",
            "heartbeat", "settle", "release", "retry", "pending", "ENQUEUEABLE"]
 
 ENQUEUEABLE = {"seen", "queued", "processed", "archived"}
@@ -54,6 +54,7 @@ class Claim:
     # what scan recorded of the original: the worker decodes only bytes that match them
     sha256: str | None = None
     size: int | None = None
+    kind: str | None = None  # the file's kind (photo, video), as the claim found it
 
 
 @dataclasses.dataclass
@@ -217,32 +218,63 @@ def claim(
     instead of being handed out again, so an input that kills its worker cannot loop
     forever.
     """
+    return claim_many(db, [(owner, actor, limit)], lease_seconds=lease_seconds, now=now, max_attempts=max_attempts, max_lost=max_lost, workers=workers)[0]
+
+
+_DUE = (
+    "SELECT * FROM (SELECT j.id, j.file_id, j.recipe, j.spec, j.spec_hash, j.state, j.attempts, j.max_attempts, j.lost, j.lease_owner,"
+    " j.stage, f.inbox, f.path, f.sha256, f.size, f.kind FROM jobs j JOIN files f ON f.id = j.file_id"
+    " WHERE j.state = 'ready' AND j.not_before <= ? ORDER BY j.not_before, j.id LIMIT ?)"
+    " UNION ALL SELECT * FROM (SELECT j.id, j.file_id, j.recipe, j.spec, j.spec_hash, j.state, j.attempts, j.max_attempts, j.lost,"
+    " j.lease_owner, j.stage, f.inbox, f.path, f.sha256, f.size, f.kind FROM jobs j JOIN files f ON f.id = j.file_id"
+    " WHERE j.state = 'leased' AND j.lease_until < ? ORDER BY j.lease_until LIMIT ?)"
+)
+
+
+def claim_many(
+    db: DB,
+    wants: Sequence[tuple[str, Actor, int]],
+    *,
+    lease_seconds: float,
+    now: float | None = None,
+    max_attempts: int | None = None,
+    max_lost: int = 5,
+    workers: int = 1,
+) -> list[list[Claim]]:
+    """``claim`` for several claimants in one transaction (the fleet coordinator, for
+    every agent that has room, once per tick instead of once per agent): ``wants`` is
+    one ``(owner, actor, limit)`` per claimant; returns each one's claims, in order.
+    The due jobs are dealt out one at a time in turn, so every claimant gets its share
+    of a short queue; each lease names its own owner and each event its own actor.
+    ``workers``: for one claimant, ``claim``'s fair share of a short queue."""
+    out: list[list[Claim]] = [[] for _ in wants]
+    total = sum(max(0, w[2]) for w in wants)
+    if total <= 0:
+        return out
     with db.transaction():
         now = db.when(now)
-        if workers > 1 and limit > 1:
-            due = db.one("SELECT count(*) FROM (SELECT 1 FROM jobs WHERE state = 'ready' AND not_before <= ? LIMIT ?)", (now, limit * workers))[0]
-            limit = max(1, min(limit, -(-due // workers)))
-        rows = db.all(
-            "SELECT * FROM (SELECT j.id, j.file_id, j.recipe, j.spec, j.spec_hash, j.state, j.attempts, j.max_attempts, j.lost, j.lease_owner,"
-            " j.stage, f.inbox, f.path, f.sha256, f.size FROM jobs j JOIN files f ON f.id = j.file_id"
-            " WHERE j.state = 'ready' AND j.not_before <= ? ORDER BY j.not_before, j.id LIMIT ?)"
-            " UNION ALL SELECT * FROM (SELECT j.id, j.file_id, j.recipe, j.spec, j.spec_hash, j.state, j.attempts, j.max_attempts, j.lost,"
-            " j.lease_owner, j.stage, f.inbox, f.path, f.sha256, f.size FROM jobs j JOIN files f ON f.id = j.file_id"
-            " WHERE j.state = 'leased' AND j.lease_until < ? ORDER BY j.lease_until LIMIT ?)",
-            (now, limit, now, limit),
-        )
-        changes, claims, exhausted = [], [], []
+        if workers > 1 and len(wants) == 1 and total > 1:
+            due = db.one("SELECT count(*) FROM (SELECT 1 FROM jobs WHERE state = 'ready' AND not_before <= ? LIMIT ?)", (now, total * workers))[0]
+            total = max(1, min(total, -(-due // workers)))
+            wants = [(wants[0][0], wants[0][1], total)]
+        rows = db.all(_DUE, (now, total, now, total))
+        changes: list[list[JobChange]] = [[] for _ in wants]
+        exhausted = []
+        turn, given = 0, 0
         for r in rows:
-            if len(claims) >= limit:
+            if given >= total:
                 break
             limit_attempts = max_attempts or r["max_attempts"]
             reclaimed = r["state"] == "leased"  # its worker was lost
             if reclaimed and (r["lost"] + 1 >= max_lost or (limit_attempts and r["attempts"] >= limit_attempts)):
                 exhausted.append(r)
                 continue
+            while len(out[turn]) >= wants[turn][2]:  # the next claimant with room (one has: given < total)
+                turn = (turn + 1) % len(wants)
+            owner, actor, _ = wants[turn]
             token = secrets.token_hex(8)
             detail = None if r["state"] == "ready" else f"lease of {r['lease_owner']} expired; reclaimed"
-            changes.append(
+            changes[turn].append(
                 JobChange(
                     r["id"],
                     r["file_id"],
@@ -259,14 +291,19 @@ def claim(
                     detail=detail,
                 )
             )
-            claims.append(
-                Claim(r["id"], r["file_id"], r["recipe"], json.loads(r["spec"]), r["spec_hash"], token, r["attempts"] + 1, limit_attempts, r["inbox"], r["path"], r["stage"], r["sha256"], r["size"])
+            out[turn].append(
+                Claim(r["id"], r["file_id"], r["recipe"], json.loads(r["spec"]), r["spec_hash"], token, r["attempts"] + 1, limit_attempts,
+                      r["inbox"], r["path"], r["stage"], r["sha256"], r["size"], r["kind"])
             )
-        journal.move_jobs(db, changes, now=now, actor=actor)
+            given += 1
+            turn = (turn + 1) % len(wants)
+        for (owner, actor, _), mine in zip(wants, changes):
+            if mine:  # each read just now in this transaction, in the state it moves from
+                journal.move_jobs(db, mine, now=now, actor=actor, checked=True)
         for r in exhausted:
             reason = f"its worker was lost {r['lost'] + 1} time(s) running it, the last {r['lease_owner']} (killed, hung or cut off)"
-            fail_job(db, r["id"], r["file_id"], r["recipe"], "leased", None, reason, "transient", now=now, actor=actor)
-    return claims
+            fail_job(db, r["id"], r["file_id"], r["recipe"], "leased", None, reason, "transient", now=now, actor=wants[0][1])
+    return out
 
 
 def heartbeat(db: DB, held: Sequence[tuple[int, str]], *, lease_seconds: float, now: float | None = None) -> set[int]:

@@ -100,15 +100,18 @@ def settle(
     batch_actor = actor
     with db.transaction():
         now = db.when(now)
+        # the successes first, all together: one read of their leases, their files moved
+        # into place, then one statement per kind of row for the lot (no statement per job)
+        statuses = _complete_all(db, [o for o in outcomes if o.error is None], store_dir, folders, now=now, actor=batch_actor)
+        completed = []
         for o in outcomes:
             c = o.claim
             actor = o.actor or batch_actor
             if o.error is None:
-                status = _complete(db, o, store_dir, folders, now=now, actor=actor)
+                status = statuses[id(o)]
                 if status == "done":
                     out.done.append(c.job_id)
-                    if processed := _file_done(db, c, now=now, actor=actor):
-                        out.processed.append(processed)
+                    completed.append((c, actor))
                     continue
                 if status == "lost":
                     leftovers += o.staged()
@@ -135,13 +138,16 @@ def settle(
                 out.failed.append((c.job_id, c.file_id, reason))
             else:
                 out.lost.append(c.job_id)
+        out.processed += _files_done(db, completed, now=now)
         # every final name set above is durable before the commit records it; should an
         # fsync fail, the whole batch rolls back and is retried (the names hold good bytes)
         store.sync_folders(folders)
     if leftovers and store_dir is not None:
         store.discard(store_dir, leftovers)
     if out.done and store_dir is not None:
-        _clear_dead_attempts(db, store_dir, [o.claim for o in outcomes if o.claim.job_id in set(out.done)])
+        done = set(out.done)
+        # only a job's second or later attempt can find what an earlier one left
+        _clear_dead_attempts(db, store_dir, [o.claim for o in outcomes if o.claim.job_id in done and o.claim.attempts > 1])
     return out
 
 
@@ -150,7 +156,11 @@ def _clear_dead_attempts(db: DB, store_dir: Path, done: Sequence["Claim"]) -> No
     (a worker killed mid-write leaves a temporary or staged file named by its lease
     token): once a job is done no earlier token of it is live again, and a file of a
     token still leased (another job of the same photo, in flight) is kept. Without this
-    such a file would wait for the sweep at the start of a later ``imgq work``."""
+    such a file would wait for the sweep at the start of a later ``imgq work``. The
+    caller passes the jobs completed by a second or later attempt: a first attempt had
+    no earlier one (the folders of other jobs of the photo are swept when those complete)."""
+    if not done:
+        return
     def live(token: str) -> bool:
         return db.one("SELECT 1 FROM jobs WHERE state = 'leased' AND lease_token = ?", (token,)) is not None
 
@@ -180,55 +190,80 @@ def _span(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
-def _complete(db: DB, o: Outcome, store_dir: Path | None, folders: set[Path], *, now: float, actor: Actor) -> str:
-    """Make one successful job done: 'done', 'lost' (fenced out: nothing written, no
-    file moved), or the reason its staged files could not be moved into place (then its
-    completion is rolled back and the job is still leased by this attempt)."""
-    c = o.claim
-    moves = o.moves()
-    if moves and store_dir is None:
-        raise ValueError("settle needs store_dir to move staged artifacts into place")
-    db.execute("SAVEPOINT complete")
-    try:
-        ok = journal.move_jobs(
-            db,
-            [JobChange(c.job_id, c.file_id, "leased", "done", sets={"error": None, "error_kind": None, "lease_until": None, "failing_since": None, "result": json.dumps(o.result) if o.result else None}, token=c.token)],
-            now=now,
-            actor=actor,
-        )[0]
-        if not ok:
-            return "lost"
+def _complete_all(db: DB, outs: Sequence[Outcome], store_dir: Path | None, folders: set[Path], *, now: float, actor: Actor) -> dict[int, str]:
+    """Make successful jobs done, all in the caller's transaction: ``id(outcome)`` ->
+    'done', 'lost' (fenced out: nothing written, no file moved), or the reason its
+    staged files could not be moved into place (nothing recorded: the job is still
+    leased by this attempt, and the caller retries it).
+
+    One query reads which of them still hold their lease token; this transaction holds
+    the write lock until COMMIT, so no other attempt can take or complete one of them
+    in between, and their files are moved onto their final names now (the folders to
+    fsync are added to ``folders``). Then the jobs, their events and their artifacts
+    are written one statement per kind of row, not per job."""
+    if not outs:
+        return {}
+    ids = [o.claim.job_id for o in outs]
+    live = dict(db.conn.execute("SELECT id, lease_token FROM jobs WHERE state = 'leased' AND id IN (SELECT value FROM json_each(?))", (json.dumps(ids),)).fetchall())
+    status: dict[int, str] = {}
+    done: list[Outcome] = []
+    for o in outs:
+        c = o.claim
+        if live.pop(c.job_id, None) != c.token:  # popped: the same job twice in a batch completes once
+            status[id(o)] = "lost"
+            continue
+        moves = o.moves()
+        if moves and store_dir is None:
+            raise ValueError("settle needs store_dir to move staged artifacts into place")
         try:
             # the token matched and this transaction holds the write lock until COMMIT:
             # no other attempt can complete the job in between
             folders |= store.place(store_dir, moves, sync=False)
         except OSError as e:
-            db.execute("ROLLBACK TO complete")
-            return f"{Path(c.inbox) / c.path}: cannot move its artifacts into place in the store {store_dir}: {e.strerror or e}"
-        db.conn.executemany(
-            "INSERT INTO artifacts (job_id, file_id, name, path, sha256, bytes, width, height, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(c.job_id, c.file_id, a.name, a.path, a.sha256, a.bytes, a.width, a.height, now) for a in o.artifacts or []],
-        )
+            status[id(o)] = f"{Path(c.inbox) / c.path}: cannot move its artifacts into place in the store {store_dir}: {e.strerror or e}"
+            continue
+        status[id(o)] = "done"
+        done.append(o)
+    if not done:
+        return status
+    journal.move_jobs(
+        db,
+        [JobChange(o.claim.job_id, o.claim.file_id, "leased", "done", token=o.claim.token, actor=o.actor,
+                   sets={"error": None, "error_kind": None, "lease_until": None, "failing_since": None, "result": json.dumps(o.result) if o.result else None})
+         for o in done],
+        now=now, actor=actor, checked=True,
+    )
+    db.conn.executemany(
+        "INSERT INTO artifacts (job_id, file_id, name, path, sha256, bytes, width, height, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(o.claim.job_id, o.claim.file_id, a.name, a.path, a.sha256, a.bytes, a.width, a.height, now) for o in done for a in o.artifacts or []],
+    )
+    for o in done:
+        c = o.claim
         faces.record(db, job_id=c.job_id, file_id=c.file_id, recipe=c.recipe, spec=c.spec, result=o.result, artifacts=o.artifacts or [], now=now)
         if c.stage.startswith("stripe:"):
-            _join_when_striped(db, c, now=now, actor=actor)
-        return "done"
-    except BaseException:
-        db.execute("ROLLBACK TO complete")
-        raise
-    finally:
-        db.execute("RELEASE complete")
+            _join_when_striped(db, c, now=now, actor=o.actor or actor)
+    return status
 
 
-def _file_done(db: DB, c: Claim, *, now: float, actor: Actor) -> str | None:
-    """Move the file to processed once all its jobs are done; returns its id if it moved."""
-    left = db.one("SELECT count(*) FROM jobs WHERE file_id = ? AND state != 'done'", (c.file_id,))[0]
-    state = db.one("SELECT state FROM files WHERE id = ?", (c.file_id,))["state"]
-    if left == 0 and state == "queued":
-        journal.move_file(db, c.file_id, "processed", now=now, actor=actor, job_id=c.job_id)
-        return c.file_id
-    return None
+def _files_done(db: DB, completed: Sequence[tuple["Claim", Actor]], *, now: float) -> list[str]:
+    """Move to processed every file of these just completed jobs that has all its jobs
+    done (one query for the lot); returns their ids. The event names the job (and its
+    actor) that completed the file last in the batch."""
+    last: dict[str, tuple["Claim", Actor]] = {}
+    for c, who in completed:
+        last[c.file_id] = (c, who)
+    if not last:
+        return []
+    rows = db.all(
+        "SELECT f.id, f.state, (SELECT count(*) FROM jobs j WHERE j.file_id = f.id AND j.state != 'done') AS left"
+        " FROM files f WHERE f.id IN (SELECT value FROM json_each(?))",
+        (json.dumps(list(last)),),
+    )
+    ready = {r["id"] for r in rows if r["left"] == 0 and r["state"] == "queued"}
+    moves = [(fid, "queued", "processed", c.job_id, who) for fid, (c, who) in last.items() if fid in ready]
+    journal.move_files(db, moves, now=now)
+    return [m[0] for m in moves]
 
 
 def _join_when_striped(db: DB, c: Claim, *, now: float, actor: Actor) -> None:

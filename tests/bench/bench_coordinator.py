@@ -2,8 +2,11 @@
 cheap agents connected back over TLS in ``--shared-root`` mode (the cluster setting: the
 coordinator only claims, dispatches and settles), and where its CPU goes.
 
-- ``imgq work --listen 127.0.0.1 --shared-root INBOX --follow`` on an empty queue;
-- N agents (``imgq agent --secret-file --slots 1 --shared-root INBOX``, default 32) dial
+- ``imgq work --listen 127.0.0.1 --shared-root INBOX --shared-store --follow`` on an
+  empty queue (``--shared-store`` only where the imgq measured has it: an older checkout
+  on ``PYTHONPATH``, for a before and after, runs as it did);
+- N agents (``imgq agent --secret-file --slots 1 --shared-root INBOX --shared-store
+  STORE``, default 32) dial
   it (``--host-timeout 60``: 32 Pythons starting on 2 cores miss beats); when all are up, the tiny images (160x120) are enqueued through ``fit:32x32``
   (next to no rendering), and the clock runs until every job is done;
 - jobs/s (wall, enqueue to all done) and the coordinator's CPU per job (its process's
@@ -11,9 +14,10 @@ coordinator only claims, dispatches and settles), and where its CPU goes.
   coordinator for the CPUs, so the wall rate is the machine's limit; ``1000 / CPU ms per
   job`` is what one coordinator core would feed with the agents elsewhere.
 - ``--coord-profile``: py-spy samples the coordinator, every thread, while the jobs run
-  (``pip install py-spy`` into .venv; bin/bench does not install it); the functions
-  with the most samples, on their own and with what they call, are printed and kept
-  in the JSON.
+  (``pip install py-spy`` into .venv; bin/bench does not install it), only the samples
+  of the thread holding the GIL (``--gil``: Python at work, not threads waiting in
+  recv, poll or a queue, which otherwise fill most samples); the functions with the
+  most samples, on their own and with what they call, are printed and kept in the JSON.
 """
 
 from __future__ import annotations
@@ -46,7 +50,17 @@ def _cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _one(inbox: Path, out: Path, *, agents: int, jobs: int, profile: bool, say) -> dict:
+def _shares_store() -> bool:
+    """Whether the imgq measured has ``--shared-store`` (agents write artifacts into the
+    store themselves); an older one (``PYTHONPATH`` at another checkout, for a before
+    and after) is measured without it, as it ran."""
+    from bench_util import IMGQ, imgq_env
+
+    r = subprocess.run([IMGQ, "work", "--help"], env=imgq_env({"COLUMNS": "300"}), stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    return "--shared-store" in r.stdout
+
+
+def _one(inbox: Path, out: Path, *, agents: int, jobs: int, profile: bool, say, shared_store: bool = False) -> dict:
     from bench_fleet import _imgq
     from bench_util import IMGQ, PYTHON, imgq_env
 
@@ -55,7 +69,8 @@ def _one(inbox: Path, out: Path, *, agents: int, jobs: int, profile: bool, say) 
     _imgq(["scan", inbox], out)
     env = imgq_env()
     prof = out / "coordinator.stacks"
-    coord = subprocess.Popen([IMGQ, "work", "--listen", "127.0.0.1", "--agent-file", out / "run.env", "--shared-root", inbox, "--follow", "--poll", "0.2", "--host-timeout", "60"],
+    store = ["--shared-store"] if shared_store else []
+    coord = subprocess.Popen([IMGQ, "work", "--listen", "127.0.0.1", "--agent-file", out / "run.env", "--shared-root", inbox, *store, "--follow", "--poll", "0.2", "--host-timeout", "60"],
                              cwd=out, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(out / "coordinator.err", "wb"))
     procs = []
     try:
@@ -64,7 +79,8 @@ def _one(inbox: Path, out: Path, *, agents: int, jobs: int, profile: bool, say) 
                 raise RuntimeError(f"imgq work --listen exited {coord.returncode}: {(out / 'coordinator.err').read_text()[-800:]}")
             time.sleep(0.05)
         for i in range(agents):
-            procs.append(subprocess.Popen([IMGQ, "agent", "--secret-file", out / "run.env", "--slots", "1", "--shared-root", inbox, "--workdir", out / "agents", "--name", f"a{i:02d}"],
+            procs.append(subprocess.Popen([IMGQ, "agent", "--secret-file", out / "run.env", "--slots", "1", "--shared-root", inbox, *(store and [*store, out / "imgq-store"]),
+                                           "--workdir", out / "agents", "--name", f"a{i:02d}"],
                                           cwd=out, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         db = sqlite3.connect(out / "imgq.db", timeout=30)
         deadline = time.monotonic() + 180
@@ -75,7 +91,7 @@ def _one(inbox: Path, out: Path, *, agents: int, jobs: int, profile: bool, say) 
         say(f"coordinator: {agents} agents up; enqueueing {jobs} jobs")
         spy = None
         if profile:
-            spy = subprocess.Popen([str(Path(PYTHON).parent / "py-spy"), "record", "-p", str(coord.pid), "-f", "raw", "-o", str(prof), "-r", "200", "--nonblocking"],
+            spy = subprocess.Popen([str(Path(PYTHON).parent / "py-spy"), "record", "-p", str(coord.pid), "-f", "raw", "-o", str(prof), "-r", "200", "--nonblocking", "--gil"],
                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1.0)
         cpu0, t0 = _cpu(coord.pid), time.perf_counter()
@@ -134,13 +150,14 @@ def run(args, ctx) -> dict:
     work = Path(ctx["work"])
     inbox = _tiny_set(work, args.coord_jobs)
     runs = []
+    shared_store = _shares_store()
     for r in range(args.repeat):
         say(f"coordinator: round {r + 1}/{args.repeat}")
-        runs.append(_one(inbox, work / "runs" / "coordinator", agents=args.coord_agents, jobs=args.coord_jobs, profile=args.coord_profile, say=say))
+        runs.append(_one(inbox, work / "runs" / "coordinator", agents=args.coord_agents, jobs=args.coord_jobs, profile=args.coord_profile, say=say, shared_store=shared_store))
     shutil.rmtree(work / "runs" / "coordinator", ignore_errors=True)
     feeds = median([r["one_core_feeds_jobs_per_s"] for r in runs if r["one_core_feeds_jobs_per_s"]])
     return {
-        "agents": args.coord_agents, "jobs": args.coord_jobs, "op": TINY_OP, "repeat": args.repeat, "runs": runs,
+        "agents": args.coord_agents, "jobs": args.coord_jobs, "op": TINY_OP, "repeat": args.repeat, "runs": runs, "shared_store": shared_store,
         "jobs_per_s": median([r["jobs_per_s"] for r in runs]), "coordinator_cpu_ms_per_job": median([r["coordinator_cpu_ms_per_job"] for r in runs]),
         "one_core_feeds_jobs_per_s": feeds, "load_average": os.getloadavg(),
         "targets": [{"part": "coordinator", "name": "jobs/s one coordinator core feeds (shared root, tiny jobs)", "value": feeds, "target": 1000, "unit": "jobs/s"}],
@@ -150,7 +167,8 @@ def run(args, ctx) -> dict:
 def render(res: dict) -> str:
     from bench_util import fmt
 
-    out = [f"coordinator: {res['jobs']} tiny jobs ({res['op']}) through {res['agents']} agents connected back over TLS, --shared-root; "
+    out = [f"coordinator: {res['jobs']} tiny jobs ({res['op']}) through {res['agents']} agents connected back over TLS, --shared-root"
+           + (" --shared-store" if res.get("shared_store") else "") + "; "
            f"median of {res['repeat']} runs",
            f"  jobs/s, enqueue to all done (this machine: the agents share its 2 cores): {fmt(res['jobs_per_s'])}",
            f"  coordinator CPU per job: {fmt(res['coordinator_cpu_ms_per_job'], 3)} ms -> one coordinator core feeds {fmt(res['one_core_feeds_jobs_per_s'], 0)} jobs/s",
@@ -158,5 +176,5 @@ def render(res: dict) -> str:
     prof = (res["runs"][-1].get("profile") or {}) if res["runs"] else {}
     for key in ("self", "inclusive"):
         if key in prof:
-            out += [f"  coordinator, every thread, py-spy: % of {prof['samples']} samples, {key} (last run):"] + ["    " + x for x in prof[key]]
+            out += [f"  coordinator, the thread holding the GIL, py-spy: % of {prof['samples']} samples, {key} (last run):"] + ["    " + x for x in prof[key]]
     return "\n".join(out)
