@@ -4,9 +4,10 @@ and one long clip in chunk jobs on two workers against the same clip unchunked.
 The clips are made once (cached under --work) by ffmpeg's lavfi ``testsrc2`` with a sine
 tone: 1080p, 30 fps, H.264/AAC, as a phone would record. Both methods make, per clip, a
 poster still fitting 640x480 (JPEG) and a preview fitting 640x480 at most 30 fps, H.264
-veryfast crf 28 with AAC audio (imgq's ``preview`` settings); imgq reads the clip once
-for both (a recipe ``web`` + ``preview``) and picks the poster among eight frames, ffmpeg
-runs twice (the middle frame, then the preview). imgq is timed around ``scan | enqueue;
+veryfast crf 28, yuv420p, High profile, AAC 128 kbit/s, moov in front (faststart) for the
+web: imgq's ``preview`` settings; imgq reads the clip once for both (a recipe ``web`` +
+``preview``) and picks the poster among eight frames, ffmpeg runs twice (the middle
+frame, then the preview), each with its own choice of threads. imgq is timed around ``scan | enqueue;
 work -j2 --drain`` from a fresh database; ``parallel -j2`` around its whole run. The
 chunked figure is ``enqueue --split --stripes 2`` against plain ``enqueue``, both timed
 around ``work -j2 --drain``. Every output's duration is checked with ffprobe.
@@ -26,7 +27,7 @@ RECIPE = '[recipes.bench]\nweb = "web"\npreview = "preview"\n'
 FFMPEG_JOB = (
     'ffmpeg -v error -nostdin -y -ss {mid} -i {clip} -frames:v 1 -vf scale=640:480:force_original_aspect_ratio=decrease -q:v 4 {out}.poster.jpg'
     ' && ffmpeg -v error -nostdin -y -i {clip} -map 0:v -map 0:a? -vf "scale=640:480:force_original_aspect_ratio=decrease:force_divisible_by=2,fps=30"'
-    " -c:v libx264 -preset veryfast -pix_fmt yuv420p -profile:v high -crf 28 -c:a aac -b:a 128k {out}.preview.mp4"
+    " -c:v libx264 -preset veryfast -pix_fmt yuv420p -profile:v high -crf 28 -c:a aac -b:a 128k -movflags +faststart {out}.preview.mp4"
 )
 
 
