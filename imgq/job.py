@@ -54,6 +54,7 @@ def _video_original(claim: queue.Claim) -> original.Original | None:
 # the part a chunk job leaves its poster candidate in (not an artifact name: those start
 # with a letter or digit)
 POSTER_PART = "_poster"
+AUDIO_PART = "_audio."  # + the artifact: chunk 0 encodes each video chain's audio, the join copies it
 
 
 def _video_chunk(claim: queue.Claim, settings: Settings, orig: original.Original, chains: dict[str, str], index: int, count: int, staged: list[str], threads: int) -> tuple[dict, list]:
@@ -73,10 +74,13 @@ def _video_chunk(claim: queue.Claim, settings: Settings, orig: original.Original
     if not movies:
         return {"chunk": [index, count], "parts": {}}, moves
     poster = dest_for(POSTER_PART) if len(movies) < len(chains) else None
-    made = imaging.encode_chunks(orig.fd, orig.shown, movies, index, count, dest_for, scratch=settings.store_dir, threads=threads, poster_dest=poster)
-    if poster is not None and not poster.exists():  # not made in one pass: the join samples the poster
-        staged.pop(staged.index(moves[0][0]))
-        moves.pop(0)
+    audio = (lambda name: dest_for(AUDIO_PART + name)) if index == 0 else None
+    made = imaging.encode_chunks(orig.fd, orig.shown, movies, index, count, dest_for, scratch=settings.store_dir, threads=threads, poster_dest=poster, audio_dest=audio)
+    # a poster candidate or an audio part is made only by ffmpeg alone, and audio only where
+    # there is some: what was not written is not moved (the join then does without)
+    for move in [m for m in moves if not (settings.store_dir / m[0]).exists()]:
+        moves.remove(move)
+        staged.remove(move[0])
     return {"chunk": [index, count], "parts": made}, moves
 
 
@@ -102,7 +106,8 @@ def _process_video(claim: queue.Claim, settings: Settings, orig: original.Origin
         made = {}
         for name, chain in movies.items():
             parts = [settings.store_dir / splitting.part_path(claim.file_id, name, claim.spec_hash, i, chunks, ext="vpart") for i in range(chunks)]
-            made[name] = imaging.join_chunks(orig.fd, orig.shown, chain, parts, lambda ext, name=name: dest_for(name, ext), scratch=settings.store_dir)
+            audio = settings.store_dir / splitting.part_path(claim.file_id, AUDIO_PART + name, claim.spec_hash, 0, chunks, ext="vpart")
+            made[name] = imaging.join_chunks(orig.fd, orig.shown, chain, parts, lambda ext, name=name: dest_for(name, ext), scratch=settings.store_dir, audio=audio)
         if stills and movies:
             poster = imaging.pick_poster([settings.store_dir / splitting.part_path(claim.file_id, POSTER_PART, claim.spec_hash, i, chunks, ext="vpart") for i in range(chunks)])
     elif movies and stills:

@@ -76,3 +76,31 @@ def test_workers_share_the_cores_among_their_video_threads():
     assert video_threads(1) == cores  # one worker: every core for its ffmpeg
     assert video_threads(cores) == 1  # -j N on N cores: one thread each
     assert video_threads(4 * cores) == 1
+
+
+@needs_ffmpeg
+def test_chunk_zero_encodes_the_audio_and_the_join_copies_it(tmp_path):
+    from test_video import ffprobe_streams, stream_facts
+
+    clip = clips.make_clip_ffmpeg(tmp_path / "in.mp4", width=320, height=240, seconds=3, fps=25)
+    fd = _open(clip)
+    try:
+        whole = video_encode.encode_video(fd, "in.mp4", "preview", lambda ext: tmp_path / f"whole.{ext}")
+        parts = [tmp_path / f"part{i}.vpart" for i in range(2)]
+        for i in range(2):
+            video_encode.encode_chunks(fd, "in.mp4", {"preview": "preview"}, i, 2, lambda art, i=i: parts[i],
+                                       audio_dest=(lambda art: tmp_path / f"{art}.audio") if i == 0 else None)
+        assert (tmp_path / "preview.audio").stat().st_size > 0
+        copied = video_encode.join_chunks(fd, "in.mp4", "preview", parts, lambda ext: tmp_path / f"copied.{ext}", audio=tmp_path / "preview.audio")
+        encoded = video_encode.join_chunks(fd, "in.mp4", "preview", parts, lambda ext: tmp_path / f"encoded.{ext}")  # no audio part: from the original
+    finally:
+        os.close(fd)
+    assert whole.frames == copied.frames == encoded.frames == 75 and copied.encoder == encoded.encoder == "ffmpeg libx264/aac mp4, joined from chunks"
+    assert stream_facts(tmp_path / "copied.mp4") == stream_facts(tmp_path / "whole.mp4")
+
+    def audio(path):
+        [a] = [s for s in ffprobe_streams(path)["streams"] if s["codec_type"] == "audio"]
+        return a["codec_name"], float(a["duration"])
+
+    (codec, seconds), (codec2, seconds2) = audio(tmp_path / "copied.mp4"), audio(tmp_path / "whole.mp4")
+    assert codec == codec2 == "aac" and seconds == pytest.approx(seconds2, abs=0.05) and seconds == pytest.approx(3.0, abs=0.1)

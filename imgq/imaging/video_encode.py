@@ -379,7 +379,7 @@ def _video_pass():
 # ---------------------------------------------------------------- chunks of a long video
 
 
-def encode_chunks(fd: int, name: str, chains: dict[str, str], index: int, count: int, dest_for, *, ffmpeg: str | None = "ffmpeg", scratch=None, threads: int = 0, poster_dest=None) -> dict[str, dict]:
+def encode_chunks(fd: int, name: str, chains: dict[str, str], index: int, count: int, dest_for, *, ffmpeg: str | None = "ffmpeg", scratch=None, threads: int = 0, poster_dest=None, audio_dest=None) -> dict[str, dict]:
     """Chunk ``index`` of ``count`` of every video chain, from one decode of that share
     of the source frames: each written atomically to ``dest_for(artifact)`` as a part,
     H.264 MP4 without audio through the ffmpeg program (the join copies it), else MJPG
@@ -390,10 +390,12 @@ def encode_chunks(fd: int, name: str, chains: dict[str, str], index: int, count:
     seeks to the keyframe before the chunk's first frame; with ``poster_dest`` it also
     writes there the best poster candidate among the samples in this chunk's share
     (``video_pass.pick_poster`` chooses among the chunks'). Other chains leave nothing
-    at ``poster_dest``: the join samples the poster itself."""
+    at ``poster_dest``: the join samples the poster itself. With ``audio_dest`` (chunk 0:
+    ``audio_dest(artifact)``), plain chains' audio is encoded there too (where the
+    original has audio), off the join's path: the join copies it."""
     program = _program(ffmpeg)
     if _plain(chains, program):
-        return _video_pass().encode_plain_chunk(fd, name, chains, index, count, dest_for, program=program, scratch=scratch, threads=threads, poster_dest=poster_dest)
+        return _video_pass().encode_plain_chunk(fd, name, chains, index, count, dest_for, program=program, scratch=scratch, threads=threads, poster_dest=poster_dest, audio_dest=audio_dest)
     cap = _source(fd, name)
     with scratch_dir(scratch) as tmpdir:
         readings, sinks, outs = {}, {}, {}
@@ -437,11 +439,12 @@ def encode_chunks(fd: int, name: str, chains: dict[str, str], index: int, count:
         return made
 
 
-def join_chunks(fd: int, name: str, chain_text: str, parts: list, dest_for, *, ffmpeg: str | None = "ffmpeg", scratch=None) -> VideoSaved:
+def join_chunks(fd: int, name: str, chain_text: str, parts: list, dest_for, *, ffmpeg: str | None = "ffmpeg", scratch=None, audio=None) -> VideoSaved:
     """The video artifact of ``chain_text`` from the parts ``encode_chunks`` wrote, in
     order: H.264 parts are joined by stream copy (no second encode) with the original's
-    audio over the whole range; otherwise every part's frames are encoded once more as
-    ``encode_video`` would. The frames are exactly those of one pass."""
+    audio over the whole range (copied from ``audio`` where a chunk encoded it there);
+    otherwise every part's frames are encoded once more as ``encode_video`` would. The
+    frames are exactly those of one pass."""
     cv2 = _cv2()
     program = _program(ffmpeg)
     parts = [Path(os.path.abspath(p)) for p in parts]  # the concat list resolves names from its own folder
@@ -471,7 +474,10 @@ def join_chunks(fd: int, name: str, chain_text: str, parts: list, dest_for, *, f
         # millisecond, and the join would drift by that much at every boundary
         listing.write_text("".join("file '" + str(p).replace("'", "'\\''") + f"'\nduration {n / r.fps:.6f}\n" for p, n in zip(parts, counts)))
         out = Path(tmpdir) / "out.mp4"
-        cmd = [program, "-v", "error", "-nostdin", "-y", "-f", "concat", "-safe", "0", "-i", str(listing), *_audio_of(fd, r.params)]
+        sound = _audio_of(fd, r.params)
+        if audio is not None and Path(audio).is_file() and Path(audio).stat().st_size:
+            sound = ["-i", str(audio), "-map", "0:v", "-map", "1:a", "-c:a", "copy"]  # encoded by chunk 0
+        cmd = [program, "-v", "error", "-nostdin", "-y", "-f", "concat", "-safe", "0", "-i", str(listing), *sound]
         cmd += ["-c:v", "copy", "-movflags", "+faststart", "-f", "mp4", str(out)]
         done = subprocess.run(cmd, capture_output=True, pass_fds=(fd,), check=False)
         if done.returncode != 0:

@@ -74,12 +74,14 @@ def encode_plain(fd: int, name: str, chains: dict[str, str], dest_for, *, progra
     return made, (frame_image(best.frame) if best is not None else None)
 
 
-def encode_plain_chunk(fd: int, name: str, chains: dict[str, str], index: int, count: int, dest_for, *, program: str, scratch=None, threads: int = 0, poster_dest=None) -> dict[str, dict]:
+def encode_plain_chunk(fd: int, name: str, chains: dict[str, str], index: int, count: int, dest_for, *, program: str, scratch=None, threads: int = 0, poster_dest=None, audio_dest=None) -> dict[str, dict]:
     """Chunk ``index`` of ``count`` of every chain (all plain) from one ffmpeg process
     over the chunk's share of the source frames: each written atomically to
     ``dest_for(artifact)`` as an H.264 MP4 part without audio (empty where the chain
     keeps no frame of the share); with ``poster_dest``, the best poster candidate among
-    the samples in the chunk's share of the whole clip written there (``save_candidate``).
+    the samples in the chunk's share of the whole clip written there (``save_candidate``);
+    with ``audio_dest``, each chain's audio over its range as AAC at ``audio_dest(artifact)``
+    (nothing where the original has none), which the join copies.
     Returns {artifact: {frames, encoder}} as ``video_encode.encode_chunks``."""
     readings, info = _readings(fd, name, chains, (index, count))
     total = info["frames"]
@@ -88,9 +90,12 @@ def encode_plain_chunk(fd: int, name: str, chains: dict[str, str], index: int, c
     samples = sorted({s for s in poster_samples(total) if lo <= s < hi}) if poster_dest is not None else []
     expected = {art: _kept(r, total) for art, r in readings.items()}
     wanted = {art: r for art, r in readings.items() if expected[art] > 0}
+    sounds = list(readings) if audio_dest is not None and _has_audio(fd) else []
     with scratch_dir(scratch) as tmpdir:
         outs = {art: Path(tmpdir) / f"{art}.mp4" for art in wanted}
-        cands = _run(program, fd, name, wanted, outs, info, samples, Path(tmpdir) / "ffmpeg.err", whole=False, audio=False, threads=threads) if wanted or samples else []
+        extra = {art: Path(tmpdir) / f"{art}.m4a" for art in sounds}
+        cands = _run(program, fd, name, wanted, outs, info, samples, Path(tmpdir) / "ffmpeg.err", whole=False, audio=False, threads=threads,
+                     sounds={art: (readings[art], extra[art]) for art in sounds}) if wanted or samples or sounds else []
         made = {}
         for art, r in readings.items():
             n = _frames_of(outs[art]) if art in wanted else 0
@@ -108,6 +113,16 @@ def encode_plain_chunk(fd: int, name: str, chains: dict[str, str], index: int, c
             made[art] = {"frames": n, "encoder": "ffmpeg libx264 mp4"}
         if poster_dest is not None:
             save_candidate(poster_dest, _best(cands))
+        for art, out in extra.items():
+            if not out.is_file() or not out.stat().st_size:
+                raise BadVideo(f"chunk {index + 1} of {count} of {name}: ffmpeg wrote no audio")
+
+            def copy(f, out=out) -> None:
+                with open(out, "rb") as src:
+                    while chunk := src.read(1 << 20):
+                        f.write(chunk)
+
+            write_atomically(Path(audio_dest(art)), copy)
     return made
 
 
@@ -210,8 +225,12 @@ def _span(readings: dict[str, _Reading], samples: list[int]) -> tuple[int, int |
     return lo, max([r.stop for r in readings.values()] + [s + 1 for s in samples])
 
 
-def _command(program: str, fd: int, readings: dict[str, _Reading], outs: dict[str, Path], src_fps: float, samples: list[int], *, whole: bool, audio: bool, threads: int) -> list[str]:
-    lo, hi = _span(readings, samples)
+def _command(program: str, fd: int, readings: dict[str, _Reading], outs: dict[str, Path], src_fps: float, samples: list[int], *, whole: bool, audio: bool, threads: int,
+             sounds: dict | None = None) -> list[str]:
+    """The ffmpeg command: input 0 the video over the span the pass decodes, then one
+    input per chain's audio range (``audio``: mapped into each chain's output; or
+    ``sounds``, {artifact: (reading, path)}: each written alone as AAC)."""
+    lo, hi = _span(readings, samples) if readings or samples else (0, 1)
     cmd = [program, "-v", "error", "-nostdin", "-y"]
     if threads > 0:
         cmd += ["-filter_complex_threads", str(threads), "-threads", str(threads)]  # the decoder's
@@ -222,19 +241,19 @@ def _command(program: str, fd: int, readings: dict[str, _Reading], outs: dict[st
         cmd += ["-t", f"{(hi + 0.5) / src_fps - start:.6f}"]  # a frame more than needed: select drops it
     cmd += ["-i", f"/dev/fd/{fd}"]
     arts = list(readings)
-    if audio:
-        for art in arts:  # each chain's audio over its own time range, as a second reading of the file
-            p = readings[art].params
-            cmd += ["-ss", f"{p['start']:g}", *(["-to", f"{p['end']:g}"] if p["end"] > 0 else []), "-i", f"/dev/fd/{fd}"]
+    ranges = [readings[art] for art in arts] if audio else [r for r, _ in (sounds or {}).values()]
+    for r in ranges:  # each chain's audio over its own time range, as another reading of the file
+        cmd += ["-ss", f"{r.params['start']:g}", *(["-to", f"{r.params['end']:g}"] if r.params["end"] > 0 else []), "-i", f"/dev/fd/{fd}"]
     branches = len(arts) + (1 if samples else 0)
-    graph = [f"[0:v]split={branches}" + "".join(f"[s{i}]" for i in range(branches))]
-    for i, art in enumerate(arts):
-        r, rate = readings[art], _rate(readings[art].fps)
-        graph.append(f"[s{i}]select='{_select(r, lo)}',setpts='N*{rate.denominator}/({rate.numerator}*TB)',"
-                     f"scale={r.size[0]}:{r.size[1]}:flags=area,setsar=1[o{i}]")
-    if samples:
-        graph.append(f"[s{len(arts)}]select='" + "+".join(f"eq((n+{lo}),{s})" for s in samples) + "'[poster]")
-    cmd += ["-filter_complex", ";".join(graph)]
+    if branches:
+        graph = [f"[0:v]split={branches}" + "".join(f"[s{i}]" for i in range(branches))]
+        for i, art in enumerate(arts):
+            r, rate = readings[art], _rate(readings[art].fps)
+            graph.append(f"[s{i}]select='{_select(r, lo)}',setpts='N*{rate.denominator}/({rate.numerator}*TB)',"
+                         f"scale={r.size[0]}:{r.size[1]}:flags=area,setsar=1[o{i}]")
+        if samples:
+            graph.append(f"[s{len(arts)}]select='" + "+".join(f"eq((n+{lo}),{s})" for s in samples) + "'[poster]")
+        cmd += ["-filter_complex", ";".join(graph)]
     for i, art in enumerate(arts):
         r, rate = readings[art], _rate(readings[art].fps)
         cmd += ["-map", f"[o{i}]"] + (["-map", f"{i + 1}:a?", "-c:a", "aac", "-b:a", "128k"] if audio else ["-an"])
@@ -242,16 +261,18 @@ def _command(program: str, fd: int, readings: dict[str, _Reading], outs: dict[st
         cmd += (["-movflags", "+faststart"] if whole else []) + ["-f", "mp4", str(outs[art])]
     if samples:
         cmd += ["-map", "[poster]", "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "bgr24", "pipe:1"]
+    for k, (_, out) in enumerate((sounds or {}).values()):
+        cmd += ["-map", f"{k + 1}:a", "-vn", "-c:a", "aac", "-b:a", "128k", "-f", "mp4", str(out)]
     return cmd
 
 
 def _run(program: str, fd: int, name: str, readings: dict[str, _Reading], outs: dict[str, Path], info: dict, samples: list[int], err_path: Path,
-         *, whole: bool, audio: bool, threads: int) -> list[Candidate]:
+         *, whole: bool, audio: bool, threads: int, sounds: dict | None = None) -> list[Candidate]:
     """Run the one ffmpeg process; returns the poster samples it decoded that can still
     be chosen, scored (the best that qualifies and the first: no more in memory)."""
     import numpy as np
 
-    cmd = _command(program, fd, readings, outs, info["fps"], samples, whole=whole, audio=audio, threads=threads)
+    cmd = _command(program, fd, readings, outs, info["fps"], samples, whole=whole, audio=audio, threads=threads, sounds=sounds)
     w, h = info["size"]
     first = best = None
     with open(err_path, "w+b") as err:
