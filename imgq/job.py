@@ -57,7 +57,7 @@ POSTER_PART = "_poster"
 AUDIO_PART = "_audio."  # + the artifact: chunk 0 encodes each video chain's audio, the join copies it
 
 
-def _video_chunk(claim: queue.Claim, settings: Settings, orig: original.Original, chains: dict[str, str], index: int, count: int, staged: list[str], threads: int) -> tuple[dict, list]:
+def _video_chunk(claim: queue.Claim, settings: Settings, orig: original.Original, chains: dict[str, str], index: int, count: int, staged: list[str], threads: int, side_parts: bool) -> tuple[dict, list]:
     """Chunk ``index`` of ``count`` of a long video: each video chain's share of the
     frames encoded as a part, staged like an artifact, and where the recipe has stills,
     the best poster candidate of the chunk's share (the join job makes the stills and
@@ -73,8 +73,8 @@ def _video_chunk(claim: queue.Claim, settings: Settings, orig: original.Original
 
     if not movies:
         return {"chunk": [index, count], "parts": {}}, moves
-    poster = dest_for(POSTER_PART) if len(movies) < len(chains) else None
-    audio = (lambda name: dest_for(AUDIO_PART + name)) if index == 0 else None
+    poster = dest_for(POSTER_PART) if side_parts and len(movies) < len(chains) else None
+    audio = (lambda name: dest_for(AUDIO_PART + name)) if side_parts and index == 0 else None
     made = imaging.encode_chunks(orig.fd, orig.shown, movies, index, count, dest_for, scratch=settings.store_dir, threads=threads, poster_dest=poster, audio_dest=audio)
     # a poster candidate or an audio part is made only by ffmpeg alone, and audio only where
     # there is some: what was not written is not moved (the join then does without)
@@ -127,12 +127,15 @@ def _process_video(claim: queue.Claim, settings: Settings, orig: original.Origin
     return artifacts, result
 
 
-def process(claim: queue.Claim, settings: Settings, *, threads: int = 0) -> queue.Outcome:
+def process(claim: queue.Claim, settings: Settings, *, threads: int = 0, side_parts: bool = True) -> queue.Outcome:
     """Run one claimed job: one decode, every artifact written and verified under its
     per-attempt name (store.staged_path with the lease token). Nothing is renamed onto a
     final name here: queue.settle does that if this attempt still holds its lease.
-    ``threads`` > 0: the threads a video job's ffmpeg decodes and encodes with (the
-    cores over the workers that share them); 0 leaves ffmpeg its own choice."""
+    ``threads`` > 0: the threads a video job's ffmpeg decodes and scales with (the
+    cores over the workers that share them); 0 leaves ffmpeg its own choice.
+    ``side_parts``: a video chunk also leaves its poster candidate and (chunk 0) the
+    audio for the join; False where only the chains' parts travel (an agent's chunk: the
+    join then samples the poster and encodes the audio itself)."""
     src = original.shown_path(os.path.join(original.fs_path(claim.inbox), original.fs_path(claim.path)))  # named in every error
     started = time.monotonic()
     staged: list[str] = []  # written so far, removed if the job fails
@@ -143,7 +146,7 @@ def process(claim: queue.Claim, settings: Settings, *, threads: int = 0) -> queu
         if video is not None:
             with video:
                 if kind == "stripe":
-                    result, parts = _video_chunk(claim, settings, video, chains, index, count, staged, threads)
+                    result, parts = _video_chunk(claim, settings, video, chains, index, count, staged, threads, side_parts)
                     result["seconds"] = round(time.monotonic() - started, 4)
                     return queue.Outcome(claim, artifacts=[], result=result, parts=parts)
                 artifacts, result = _process_video(claim, settings, video, chains, staged, chunks=count if kind == splitting.JOIN else 0, threads=threads)

@@ -19,7 +19,7 @@ import pytest
 
 from conftest import imgq_env
 from imgq import archive_names, samples
-from imgq.destinations import Found, LocalDestination, SourceUnavailable, SshOptions, canonical, open_destination, parse_ssh_url
+from imgq.destinations import DestinationUnavailable, Found, LocalDestination, SourceUnavailable, SshOptions, canonical, open_destination, parse_ssh_url
 from imgq.errors import InvalidTransition, StorageError, UsageError
 from imgq.ledger import archive_targets
 from imgq.ledger.database import DB
@@ -383,6 +383,24 @@ def test_a_full_destination_fails_only_its_own_copies_and_a_rerun_finishes(tmp_p
         assert q(db_path, "SELECT count(*) FROM copies WHERE file_id = ? AND artifact_id IS NULL", file_id) == [(2,)]
 
 
+def test_a_full_ssh_destination_is_unavailable_and_keeps_no_partial_copy(tmp_path, tiny_tmpfs, ssh_hosts):
+    """The bytes of a copy stream into a command on the host: a disk that fills up under it
+    is the whole destination's trouble (no space, transient), not a garbled copy."""
+    [host] = ssh_hosts(1)
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(3 << 20))
+    dest = open_destination(f"ssh://{host.alias}{tiny_tmpfs}", SshOptions(config=host.ssh_config))
+    try:
+        with pytest.raises(DestinationUnavailable, match="no space left for 2024/big.bin"):
+            dest.put(src, "2024/big.bin", sha256=sha(src), size=src.stat().st_size)
+        small = tmp_path / "small.bin"
+        small.write_bytes(b"still room for this")
+        dest.put(small, "2024/small.bin", sha256=sha(small), size=small.stat().st_size)  # the connection is fine
+    finally:
+        dest.close()
+    assert sorted(p.name for p in (tiny_tmpfs / "2024").iterdir()) == ["small.bin"]  # no partial file, no temporary one
+
+
 def test_verify_finds_and_repairs_corrupt_and_missing_copies(tmp_path, run_imgq, db_path):
     inbox = small_inbox(tmp_path, with_broken=False, with_duplicate=False, with_loose=False, with_rotated=False)
     ids = process(run_imgq, inbox)
@@ -488,6 +506,29 @@ def test_an_archive_target_keeps_its_history_and_refuses_illegal_changes(tmp_pat
 
 
 # --- ssh:// ----------------------------------------------------------------------------------
+
+
+def test_both_host_sha256_programs_answer_what_hashlib_answers(tmp_path, ssh_hosts):
+    """The scripts hash with OpenSSL where the host has one that hashes "abc" right, else
+    with coreutils' sha256sum: both, through a real sshd, give the sha256 of the bytes."""
+    from imgq import ssh as remote
+    from imgq.destinations import ssh_scripts
+
+    [host] = ssh_hosts(1)
+    conn = remote.connect(host.alias, ssh_config=host.ssh_config)
+    try:
+        probe = remote.run(conn, ["sh", "-c", ssh_scripts.H256_PROBE]).stdout.decode()
+        assert "openssl" in ssh_scripts.h256_function(probe)  # this machine has a working OpenSSL
+        assert "sha256sum" in ssh_scripts.h256_function("") and "sha256sum" in ssh_scripts.h256_function("0" * 64 + " *stdin")
+        (tmp_path / "d").mkdir()
+        files = {"d/empty": b"", "d/big": os.urandom(3_000_001), "d/x y $(z)": b"abc"}
+        for rel, data in files.items():
+            (tmp_path / rel).write_bytes(data)
+        for h256 in (ssh_scripts.h256_function(probe), ssh_scripts.h256_function(None)):
+            r = remote.run(conn, ["sh", "-c", h256 + ssh_scripts._CHECK_SCRIPT, "sh", str(tmp_path), *files, "d/none"])
+            assert r.stdout.decode().splitlines() == [f"{len(d)} {hashlib.sha256(d).hexdigest()}" for d in files.values()] + ["-"], h256
+    finally:
+        remote.close(conn)
 
 
 def test_ssh_destination_through_a_real_sshd(tmp_path, run_imgq, db_path, ssh_hosts):

@@ -517,3 +517,43 @@ def test_a_launcher_starts_agents_that_join_the_run(tmp_path, slow_inbox):
     listening = [r for r in reports if r[0] == "listening"]
     assert len(listening) == 1 and listening[0][2].startswith("127.0.0.1:")
     assert not list(tmp_path.glob("*.env"))  # no --agent-file: nothing written
+
+
+def test_run_with_an_agent_started_by_hand_processes_archives_and_collects(tmp_path):
+    """`imgq run --listen`: the work step waits for an agent that connects back (started by
+    hand, its secret on stdin), then this machine archives and collects what it made."""
+    inbox = samples.make_inbox(tmp_path / "inbox", photographers=("alice",), per_owner=2, size=(640, 480), with_broken=False,
+                               with_duplicate=False, with_rotated=False, with_loose=False)
+    originals = {p.name: p.read_bytes() for p in inbox.root.rglob("*.jpg")}
+    dest = tmp_path / "A"
+    dest.mkdir()
+    p = start(tmp_path, "run", inbox, "--to", dest, "--listen", "127.0.0.1", "--agent-file", tmp_path / "run.env")
+    agent = None
+    try:
+        wait_for(lambda: (tmp_path / "run.env").exists(), 60, "the run listens for agents", proc=p)
+        time.sleep(1.0)
+        assert p.poll() is None  # no agent yet: the work step waits for one
+        creds = listen.parse_credentials((tmp_path / "run.env").read_text(), where="run.env")
+        agent = start_agent(tmp_path, "--connect", creds[listen.ENV_CONNECT], env={listen.ENV_NAME: "by-hand"},
+                            stdin_text=(tmp_path / "run.env").read_text())
+        out, err = p.communicate(timeout=120)
+        agent.wait(15)  # the run ended its work step and closed the connection: the agent exits
+        assert agent.returncode == 0, agent.communicate()[1]
+    finally:
+        for x in (p, agent):
+            if x is not None and x.poll() is None:
+                x.kill()
+                x.communicate()
+    assert p.returncode == 0, err
+    db = tmp_path / "imgq.db"
+    assert sorted(out.split()) == sorted(i for (i,) in query(db, "SELECT id FROM files"))
+    assert "listening on 127.0.0.1:" in err and re.search(r"^imgq: work: host by-hand joined: 127\.0\.0\.1:\d+$", err, re.M), err
+    assert_each_job_done_exactly_once(db)
+    assert query(db, "SELECT DISTINCT host FROM events WHERE entity = 'job' AND to_state = 'done'") == [("by-hand",)]
+    assert set(s for (s,) in query(db, "SELECT state FROM files")) == {"collected"}
+    assert not [q for q in inbox.root.rglob("*") if q.is_file()]  # collected: the inbox is empty, each original verified at A
+    copied = {q.name: q.read_bytes() for q in dest.rglob("*.jpg") if q.name in originals}
+    assert copied == originals
+    assert not (tmp_path / "run.env").exists()  # the secret does not outlive the run
+    [(args,)] = query(db, "SELECT args FROM runs WHERE command = 'run'")
+    assert json.loads(args)["listen"] == "127.0.0.1"

@@ -10,6 +10,7 @@ crops, enlarged to 100 px and set on a grey field); its 100 non-face crops as we
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -26,6 +27,7 @@ BASE = os.path.dirname(skimage_data.__file__)
 WITH_PEOPLE = {"astronaut.png", "camera.png"}
 
 
+@functools.lru_cache(maxsize=1)
 def face_free() -> dict[str, Image.Image]:
     out = {}
     for name in sorted(os.listdir(BASE)):
@@ -66,7 +68,12 @@ def test_at_most_one_picture_in_fifty_without_people_gets_a_face():
 def test_the_first_cascade_alone_is_fooled_by_texture():
     # what the verification is for: without it, the same pictures give false faces
     pictures = face_free()
-    assert sum(bool(detect_faces(im, verify=False)) for im in pictures.values()) > len(pictures) // 50
+    bar, fooled = len(pictures) // 50, 0
+    for im in pictures.values():  # until the bar is passed: the rest would only add time
+        fooled += bool(detect_faces(im, verify=False))
+        if fooled > bar:
+            break
+    assert fooled > bar
 
 
 @pytest.mark.parametrize("side", [256, 512, 1024, 2048, 3000])

@@ -55,6 +55,24 @@ def test_claim_complete_processed(db):
     assert {r[0] for r in db.all("SELECT state FROM files")} == {"processed"}
 
 
+def test_the_last_jobs_are_shared_among_the_workers_that_claim_them(db):
+    # a batch sized for a long queue must not take the last jobs from the other workers:
+    # with 10 left and 2 workers, one claim takes 5, not 8 (the other worker idled while
+    # this one worked through its batch: the tail of every -j2 run)
+    seed(db, 10)
+    alone = queue.claim(db, owner="a", limit=8, lease_seconds=30, now=10.0)
+    assert len(alone) == 8  # one worker: a whole batch
+    queue.release(db, alone, now=10.0)
+    first = queue.claim(db, owner="a", limit=8, lease_seconds=30, now=10.0, workers=2)
+    second = queue.claim(db, owner="b", limit=8, lease_seconds=30, now=10.0, workers=2)
+    third = queue.claim(db, owner="a", limit=8, lease_seconds=30, now=10.0, workers=2)
+    assert [len(first), len(second), len(third)] == [5, 3, 1]  # each takes its share of what is left
+    seed_more = queue.enqueue(db, [f"f{i}" for i in range(10)], {"default": {"web": "web"}}, now=10.0, max_attempts=3)
+    assert sum(len(r.created) for r in seed_more) == 10
+    assert len(queue.claim(db, owner="a", limit=2, lease_seconds=30, now=11.0, workers=2)) == 2  # plenty left: the full batch
+    assert len(queue.claim(db, owner="a", limit=8, lease_seconds=30, now=11.0, workers=3)) == 3  # 9 left, 3 workers
+
+
 def test_expired_lease_is_reclaimed_and_stale_worker_is_fenced(db):
     seed(db, 1)
     [stale] = queue.claim(db, owner="a", limit=1, lease_seconds=5, now=10.0)

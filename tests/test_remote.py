@@ -105,6 +105,32 @@ def test_run_feeds_input_larger_than_the_channel_window(conn):
     assert r.ok and r.stdout == data
 
 
+def test_run_feeding_streams_stdin_and_a_command_that_stops_reading_is_answered_not_raised(conn, tmp_path):
+    chunks = [os.urandom(3_000_000) for _ in range(6)]  # 18 MB: more than any channel window
+
+    def feed(write):
+        for c in chunks:
+            write(c)
+        return len(chunks)
+
+    r, fed = remote.run_feeding(conn, ["sh", "-c", "wc -c; sha256sum"], lambda write: (write(b"".join(chunks)), 1)[1])
+    assert r.ok and fed == 1 and r.stdout.decode().split()[0] == str(18_000_000)
+    r, fed = remote.run_feeding(conn, ["sh", "-c", 'cat > "$1" && sha256sum < "$1"', "sh", str(tmp_path / "x")], feed)
+    assert r.ok and fed == 6 and (tmp_path / "x").read_bytes() == b"".join(chunks)
+    # a command that ends before reading its input: its status and stderr, the rest unsent
+    r, fed = remote.run_feeding(conn, ["sh", "-c", "echo cannot write >&2; exit 5"], feed)
+    assert (r.exit_status, r.stderr, fed) == (5, b"cannot write\n", 6)
+    # feed fails half-way: the command sees the end of its input and is waited for
+    def broken(write):
+        write(chunks[0])
+        raise OSError("the source went away")
+
+    with pytest.raises(OSError, match="went away"):
+        remote.run_feeding(conn, ["sh", "-c", 'cat > "$1"; echo done > "$1.end"', "sh", str(tmp_path / "y")], broken)
+    assert (tmp_path / "y").read_bytes() == chunks[0] and (tmp_path / "y.end").exists()
+    assert remote.run(conn, ["true"]).ok  # the connection survives all of it
+
+
 def test_run_times_out_instead_of_hanging(conn):
     t = time.monotonic()
     with pytest.raises(HostUnreachable, match="timed out"):

@@ -92,6 +92,16 @@ def test_overlapping_runs_and_usage(tmp_path, inbox, run_imgq, db_path):
         os.close(fd)
 
 
+def test_run_checks_the_agent_options_as_work_does(tmp_path, inbox, run_imgq, db_path):
+    (tmp_path / "A").mkdir()
+    for args, words in ((["--sbatch"], "--sbatch goes with --slurm N"), (["--slurm-arg=--qos=high"], "--slurm-arg goes with --slurm N"),
+                        (["--advertise", "coord"], "--advertise and --agent-file go with --listen or --slurm"),
+                        (["--listen", "127.0.0.1", "--agent-file", tmp_path / "no" / "run.env"], "does not exist")):
+        r = run_imgq("run", inbox, "--to", tmp_path / "A", *args)
+        assert r.returncode == 2 and words in r.stderr, (args, r.stderr)
+    assert not db_path.exists() or q(db_path, "SELECT count(*) FROM files") == [(0,)]  # refused before anything ran
+
+
 def test_run_after_a_recipe_is_edited_makes_the_new_outputs(tmp_path, run_imgq, db_path):
     """`imgq run` enqueues by the same rule as `imgq enqueue`: a recipe edited in imgq.toml
     between two runs gives the files it affects new jobs, and the second run makes,

@@ -171,3 +171,27 @@ def test_status_shows_a_pending_agents_job_and_how_it_ended(cluster, tmp_path):
     after = status(tmp_path)[name]
     assert after["state"] == "removed" and re.fullmatch(r"slurm job \d+ ended: cancelled.*", after["reason"]), after
     wait_for(lambda: [j["name"] for j in cluster.squeue()] == ["hog"], timeout=15, step=0.1)
+
+
+def test_run_with_slurm_agents_processes_archives_and_collects(cluster, tmp_path):
+    """`imgq run --slurm 1`: the work step on one Slurm agent (its job sized by [slurm] in
+    imgq.toml), then this machine archives and collects; the agent's job ends with the step."""
+    inbox = samples.make_inbox(tmp_path / "inbox", photographers=("alice",), per_owner=2, size=(640, 480), with_broken=False,
+                               with_duplicate=False, with_rotated=False, with_loose=False)
+    originals = {p.name: p.read_bytes() for p in inbox.root.rglob("*.jpg")}
+    dest = tmp_path / "A"
+    dest.mkdir()
+    (tmp_path / "imgq.toml").write_text("[slurm]\ncpus_per_task = 2\n")
+    r = imgq(tmp_path, "run", inbox, "--to", dest, "--slurm", "1", "--listen", "127.0.0.1")
+    assert r.returncode == 0, r.stderr
+    db = tmp_path / "imgq.db"
+    [host] = slurm_hosts(db)
+    assert sorted(r.stdout.split()) == sorted(i for (i,) in query(db, "SELECT id FROM files"))
+    assert_each_job_done_exactly_once(db)
+    assert query(db, "SELECT DISTINCT host FROM events WHERE entity = 'job' AND to_state = 'done'") == [(host,)]
+    assert query(db, "SELECT slots FROM hosts WHERE name = ?", (host,)) == [(2,)]  # the [slurm] table's cpus_per_task
+    assert re.search(rf"^imgq: work: {host} ended: (exited|cancelled)", r.stderr, re.M), r.stderr
+    assert set(s for (s,) in query(db, "SELECT state FROM files")) == {"collected"}
+    assert not [q for q in inbox.root.rglob("*") if q.is_file()]
+    assert {q.name: q.read_bytes() for q in dest.rglob("*.jpg") if q.name in originals} == originals
+    wait_for(lambda: not cluster.squeue(), timeout=15, step=0.1)  # the run cancelled its job

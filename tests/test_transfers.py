@@ -53,12 +53,20 @@ def test_transfers_copy_concurrently_to_local_and_ssh_destinations_all_verified(
     processed = run_imgq("work", "-j2").stdout.split()
     assert len(processed) >= 6
     url = f"ssh://{host.alias}{remote}"
+    log_before = host.log()
     r = run_imgq("archive", "--to", local, "--to", url, "--ssh-config", host.ssh_config, "--transfers", "8")
     assert r.returncode == 0, r.stderr
     assert sorted(r.stdout.split()) == sorted(processed)
     rows = q(db_path, "SELECT destination, path, sha256 FROM copies")
     assert {d for d, _, _ in rows} == {str(local), url}
     assert len([1 for d, _, _ in rows if d == url]) == len([1 for d, _, _ in rows if d == str(local)]) >= 3 * len(processed)
+    # one command on the host per copy (it writes, syncs and verifies it), one per connection
+    # (one per copying thread, and the archive's own) to read the marker, plus the sweep and
+    # the choice of sha256 program: checking free names and syncing folders take no command
+    # (SFTP does them)
+    log = host.log()[len(log_before):]
+    commands, connections = log.count("Starting session: command"), log.count("Accepted publickey")
+    assert 1 <= connections <= 8 + 1 and commands <= len([1 for d, _, _ in rows if d == url]) + connections + 2, (commands, connections)
     for d, path, digest in rows:  # every copy, at both, holds what the ledger says
         assert sha((local if d == str(local) else remote) / path) == digest
     assert not list(tmp_path.rglob("*.imgq-tmp"))

@@ -579,28 +579,51 @@ def test_several_video_chains_come_from_one_decode_each_with_its_size_rate_range
         assert stream_facts(tmp_path / f"{art}.mp4")[0] == 100
 
 
-def test_a_video_in_the_queue_does_not_bench_a_host_of_the_fleet(tmp_path, run_imgq, db_path, photo, ssh_hosts):
-    """`imgq work --hosts` with a video in the queue: the agents' replies are checked as
-    images, and a video's preview is not one, so the host was benched for "not a JPEG"
-    and the jobs were left for nobody. Until the fleet streams and checks video, a
-    video's jobs run on the coordinator, beside the photos' on the hosts."""
+def test_a_video_through_work_hosts_runs_on_the_host_and_gives_the_outputs_local_work_gives(tmp_path, run_imgq, photo, ssh_hosts):
+    """`imgq work --hosts` with a video in the queue: its jobs run on the host (the
+    original streamed down, the preview and stills streamed back and checked as what
+    they are: a video, JPEGs), and every artifact is byte for byte what local work makes.
+    (Until the fleet streamed and checked video, a video's jobs ran on the coordinator.)"""
     import sys
 
     [host] = ssh_hosts(1)
     inbox = tmp_path / "inbox"
     photo(inbox / "ann" / "IMG_1.jpg")
-    clips.make_clip(inbox / "ann" / "walk.avi", width=320, height=240, frames=30, fps=15)
+    if clips.have_ffmpeg():  # H.264 with audio: the preview is ffmpeg's, the audio goes along
+        clips.make_clip_ffmpeg(inbox / "ann" / "walk.mp4", width=320, height=240, seconds=2)
+    else:
+        clips.make_clip(inbox / "ann" / "walk.avi", width=320, height=240, frames=30, fps=15)
     old = time.time() - 120
     for p in inbox.rglob("*.*"):
         os.utime(p, (old, old))
-    assert run_imgq("scan", inbox).returncode == 0
-    assert run_imgq("enqueue").returncode == 0
     remote = str(Path(sys.executable).parent / "imgq")
-    work = run_imgq("work", "--drain", "--hosts", f"{host.alias}/1", "--ssh-config", host.ssh_config, "--remote-imgq", remote, timeout=300)
-    assert work.returncode == 0, work.stderr
-    assert "benched" not in work.stderr
-    assert {r["state"] for r in files(db_path).values()} == {"processed"}
-    assert q(db_path, "SELECT state, count(*) FROM hosts GROUP BY state") != [] and not q(db_path, "SELECT name FROM hosts WHERE state = 'benched'")
+    hosts = ["--hosts", f"{host.alias}/1", "--ssh-config", host.ssh_config, "--remote-imgq", remote]
+    made = {}
+    for db, how in (("local.db", ["-j1"]), ("hosts.db", hosts), ("shared.db", [*hosts, "--shared-root", inbox])):
+        assert run_imgq("--db", db, "scan", inbox).returncode == 0
+        assert run_imgq("--db", db, "enqueue").returncode == 0
+        work = run_imgq("--db", db, "work", "--drain", *how, timeout=300)
+        assert work.returncode == 0, work.stderr
+        assert "benched" not in work.stderr
+        assert {r["state"] for r in files(tmp_path / db).values()} == {"processed"}
+        store = tmp_path / f"{Path(db).stem}-store"
+        rows = q(tmp_path / db, "SELECT f.kind, a.name, a.path, a.sha256, a.bytes, a.width, a.height FROM artifacts a JOIN files f ON f.id = a.file_id")
+        made[db] = {(kind, name): (path.rpartition(".")[2], digest, size, w, h) for kind, name, path, digest, size, w, h in rows}
+        for kind, name, path, digest, *_ in rows:
+            assert sha256_of(store / path) == digest
+        made[db + " results"] = {r for (r,) in q(tmp_path / db, "SELECT json_extract(result, '$.preview') FROM jobs j JOIN files f ON f.id = j.file_id WHERE f.kind = 'video'")}
+    assert set(made["hosts.db"]) == {("photo", "thumb"), ("photo", "web"), ("video", "thumb"), ("video", "web"), ("video", "preview")}
+    for db in ("hosts.db", "shared.db"):
+        assert made[db] == made["local.db"] and made[db + " results"] == made["local.db results"], db
+        # the video's job ran on the host, not here
+        ran = q(tmp_path / db, "SELECT f.kind, e.host FROM events e JOIN files f ON f.id = e.file_id WHERE e.entity = 'job' AND e.to_state = 'done'")
+        assert {h for k, h in ran if k == "video"} == {host.alias}, ran
+        assert not q(tmp_path / db, "SELECT name FROM hosts WHERE state = 'benched'")
+    assert made["hosts.db"][("video", "preview")][0] in ("mp4", "webm")
+    # staged, the video went down the wire; with --shared-root the host read it in place
+    sent = {db: json.loads(c)["bytes_out"] for db in ("hosts.db", "shared.db") for (c,) in q(tmp_path / db, "SELECT counts FROM runs WHERE command = 'work'")}
+    video = next(p for p in inbox.rglob("walk.*"))
+    assert sent["hosts.db"] - sent["shared.db"] >= video.stat().st_size, sent
 
 
 # ---------------------------------------------------------------- the gallery plays them

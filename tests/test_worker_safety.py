@@ -330,7 +330,9 @@ def test_a_signal_to_the_process_group_stops_work_within_seconds(tmp_path, run_i
         ids = run_imgq("scan", inbox).stdout.split()
         run_imgq("enqueue", "--op", "fit:3000x2000", "-", input="\n".join(ids))
     elif state == "draining":
-        one_big_photo(tmp_path, run_imgq)
+        # a job of seconds (bilateral on 24 MP), so the signal lands inside it: a plain
+        # fit of the photo sometimes finished within the 0.2 s below, and the run with it
+        one_big_photo(tmp_path, run_imgq, op="fit:6000x4000|bilateral")
     else:
         (tmp_path / "empty").mkdir()
         assert run_imgq("scan", tmp_path / "empty").returncode == 0  # the database exists, the queue is empty

@@ -108,6 +108,24 @@ def detail(message: str) -> None:
         warn(message)
 
 
+def fleet_report(r: tuple, prefix: str = "") -> None:
+    """A report of the fleet (``imgq work`` and ``imgq run`` on hosts or agents) about its
+    hosts, connect-back agents and Slurm jobs, or a warning, in words on stderr: trouble
+    always, the door for agents and hosts drained or removed unless -q, the rest with -v.
+    ``prefix`` starts each line (``imgq run`` says which step speaks)."""
+    if r[0] == "host" and (r[2] == "benched" or (r[2] == "joined" and r[3])):
+        warn(f"{prefix}host {r[1]} {r[2]}" + (f": {r[3]}" if r[3] else ""))
+    elif r[0] == "host":  # up, joined, draining, removed: no problem
+        (note if r[2] in ("draining", "removed") else detail)(f"{prefix}host {r[1]} {r[2]}" + (f": {r[3]}" if r[3] else ""))
+    elif r[0] == "listening":
+        _, bound, advertised, fingerprint, path = r
+        note(f"{prefix}listening on {bound} for agents: they dial {advertised}, certificate sha256 {fingerprint}" + (f"; their secret is in {path} (imgq agent --secret-file {path})" if path else ""))
+    elif r[0] == "warning":
+        warn(f"{prefix}{r[1]}")
+    elif r[0] == "slurm":  # an agent's job: ("slurm", label, job id, state, reason)
+        warn(f"{prefix}{r[1]} {r[3]}" + (f": {r[4]}" if r[4] else ""))
+
+
 def summary(line: str) -> None:
     """The line that sums up a step for a person: on a terminal (a cron mail stays
     empty when nothing went wrong), or anywhere with -v; never with -q."""

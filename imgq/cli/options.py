@@ -99,6 +99,13 @@ HostsOpt = Annotated[Optional[list[str]], typer.Option("--hosts", help="Work on 
 HostsFileOpt = Annotated[Optional[Path], typer.Option("--hosts-file", help="Work on the hosts listed in FILE, one per line with an optional remote imgq command; re-read while running (a new line joins, a removed one drains).", metavar="FILE", show_default=False)]
 ListenOpt = Annotated[Optional[str], typer.Option("--listen", help="Admit agents that connect back (`imgq agent --connect`, started by a scheduler or a site script) on ADDR[:PORT]; `:0` (or an empty ADDR or PORT) means all addresses, a free port. They prove this run's secret over TLS; see --agent-file.", metavar="ADDR[:PORT]", show_default=False)]
 
+# -- agents that connect back (work and run: --listen, --slurm) -----------------------------
+AdvertiseOpt = Annotated[Optional[str], typer.Option("--advertise", help="The host name or address agents should dial (default: the listening address, or that of the interface of the default route).", metavar="HOST", show_default=False)]
+AgentFileOpt = Annotated[Optional[Path], typer.Option("--agent-file", help="With --listen: write what agents need (address, secret, certificate fingerprint) to FILE, mode 0600, removed when the run ends; `imgq agent --secret-file FILE` reads it. Default: imgq-agent.env beside the database.", metavar="FILE", show_default=False, dir_okay=False)]
+SlurmOpt = Annotated[Optional[int], typer.Option("--slurm", help="Start N agents as Slurm jobs, one srun each (cancelled when this run ends, even by SIGKILL); they connect back to this machine. Job options: [slurm] in imgq.toml, then --slurm-arg. Each agent's slots: the CPUs Slurm gave it.", min=1, metavar="N", show_default=False)]
+SlurmArgOpt = Annotated[Optional[list[str]], typer.Option("--slurm-arg", help="With --slurm: one more srun/sbatch option for every agent's job, e.g. --slurm-arg=--qos=high (repeatable; after [slurm] in imgq.toml, so it wins).", metavar="ARG", show_default=False)]
+SbatchOpt = Annotated[bool, typer.Option("--sbatch", help="With --slurm: submit the agents as one sbatch array job instead of srun children (scancelled when the run ends).")]
+
 
 def settle_help(what: str) -> str:
     """The help of --settle, with the default from the settings."""
@@ -140,3 +147,34 @@ def fleet_options(*, hosts: list[str], hosts_file: Optional[Path], remote_imgq: 
     from imgq.fleet import coordinator  # the SSH stack loads only when hosts are used
 
     return coordinator.FleetOptions(hosts=host_entries(hosts, None, remote_imgq), hosts_file=hosts_file, remote_imgq=remote_command(remote_imgq), **kw)
+
+
+def connect_back(*, listen: Optional[str], advertise: Optional[str], agent_file: Optional[Path], slurm: Optional[int],
+                 slurm_arg: Optional[list[str]], sbatch: bool, settings, remote_imgq: str) -> dict:
+    """--listen, --slurm N [--slurm-arg ARG]... [--sbatch], --advertise and --agent-file, as
+    ``imgq work`` and ``imgq run`` take them, checked now: the ``FleetOptions`` keywords
+    (``listen``, ``advertise``, ``agent_file``, ``launcher``). With --listen the agents'
+    credentials go to ``imgq-agent.env`` beside the database unless --agent-file says where."""
+    launcher = _slurm_launcher(slurm, slurm_arg or [], sbatch, settings, remote_imgq)
+    if (advertise is not None or agent_file is not None) and listen is None and launcher is None:
+        raise UsageError("--advertise and --agent-file go with --listen or --slurm")
+    if listen is not None and agent_file is None:
+        agent_file = Path(settings.db).parent / "imgq-agent.env"
+    if agent_file is not None and not agent_file.parent.is_dir():
+        raise UsageError(f"--agent-file {agent_file}: folder {agent_file.parent} does not exist")
+    return {"listen": listen, "advertise": advertise, "agent_file": agent_file, "launcher": launcher}
+
+
+def _slurm_launcher(agents: Optional[int], args: list[str], sbatch: bool, settings, remote_imgq: str):
+    """--slurm N [--slurm-arg ARG]... [--sbatch] as the fleet's launcher, checked now."""
+    if agents is None:
+        if args or sbatch:
+            raise UsageError(f"{'--slurm-arg' if args else '--sbatch'} goes with --slurm N")
+        return None
+    from imgq.fleet import slurm as slurm_lib  # only commands that use Slurm load it
+
+    opts = slurm_lib.SlurmOptions(agents=agents, args=slurm_lib.check_args(args), sbatch=sbatch)
+    slurm_lib.require_commands(sbatch)
+    # the agents run the coordinator's own imgq (clusters share it), unless told otherwise
+    imgq = remote_command(remote_imgq) if remote_imgq != "imgq" else None
+    return slurm_lib.SlurmLauncher(opts, settings.slurm, imgq=imgq)

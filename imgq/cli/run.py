@@ -17,7 +17,10 @@ from imgq import backup as backup_step
 from imgq import publish as publish_step
 from imgq import run as run_step
 from imgq.cli import common, watching
-from imgq.cli.options import AcceptNewOpt, ConfigOpt, DbOpt, HostsFileOpt, HostsOpt, JsonOpt, RemoteImgqOpt, SshConfigOpt, ToOpt, TransfersOpt, WaitOpt, completes, dry_run_option, fleet_options, settle_help
+from imgq.cli.options import (
+    AcceptNewOpt, AdvertiseOpt, AgentFileOpt, ConfigOpt, DbOpt, HostsFileOpt, HostsOpt, JsonOpt, ListenOpt, RemoteImgqOpt, SbatchOpt, SlurmArgOpt, SlurmOpt,
+    SshConfigOpt, ToOpt, TransfersOpt, WaitOpt, completes, connect_back, dry_run_option, fleet_options, settle_help,
+)
 from imgq.errors import UsageError
 
 EPILOG = """\b
@@ -27,6 +30,8 @@ Examples:
   imgq run --watch /srv/inbox --to /mnt/backup     # stay running; a systemd unit: docs/archive.md
   imgq run /srv/inbox --to /mnt/backup --publish /var/www/photos   # and the gallery
   imgq run /srv/inbox --to ssh://nas/photos --hosts gpu1,gpu2 --transfers 8   # work on hosts
+  imgq run /srv/inbox --to /mnt/backup --slurm 8 --slurm-arg=--partition=batch  # on Slurm agents
+  imgq run /srv/inbox --to /mnt/backup --listen :7700   # agents connect: imgq agent --secret-file imgq-agent.env
 
 \b
 crontab (every 10 minutes; a run still busy makes the next one exit quietly; cron's PATH
@@ -40,10 +45,16 @@ STEPS = ("run", "scan", "enqueue", "archive", "collect", "publish")
 def run(
     inboxes: Annotated[list[Path], typer.Argument(help="Inbox folders: one subfolder per photographer.", metavar="INBOX...", show_default=False)],
     to: ToOpt = None,
-    processes: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Local worker processes (default: all cores; with --hosts, none unless given).", min=1, metavar="N", show_default=False)] = None,
+    processes: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Local worker processes (default: all cores; with --hosts, --listen or --slurm, none unless given).", min=1, metavar="N", show_default=False)] = None,
     hosts: HostsOpt = None,
     hosts_file: HostsFileOpt = None,
     remote_imgq: RemoteImgqOpt = "imgq",
+    slurm: SlurmOpt = None,
+    slurm_arg: SlurmArgOpt = None,
+    sbatch: SbatchOpt = False,
+    listen: ListenOpt = None,
+    advertise: AdvertiseOpt = None,
+    agent_file: AgentFileOpt = None,
     transfers: TransfersOpt = None,
     recipe: Annotated[Optional[list[str]], typer.Option("--recipe", "-r", autocompletion=completes("recipes"), help="Recipe for new photos (repeatable; default: `enqueue` in imgq.toml, else default).", metavar="NAME", show_default=False)] = None,
     min_copies: Annotated[Optional[int], typer.Option("--min-copies", help="Copies that must verify before an original is deleted (default: one at every destination).", min=1, metavar="N", show_default=False)] = None,
@@ -65,7 +76,9 @@ def run(
 
     The one-line cron job. With --hosts or --hosts-file the work step runs on those hosts
     over SSH, as `imgq work --hosts` does (docs/fleet.md), and this machine archives
-    what they made. Every step runs even if an earlier one failed for some files
+    what they made. With --slurm N the agents are Slurm jobs, and with --listen agents
+    started some other way (`imgq agent --connect`) connect back, as with `imgq work`;
+    they are started only when this run has jobs, and end with its work step. Every step runs even if an earlier one failed for some files
     (a bad photo never keeps the good ones in the inbox). Prints the id of each file
     archived by this run (--json: one object per step with its counts). Exits 0 if
     nothing failed in this run, 1 otherwise; a second run on an unchanged inbox changes
@@ -92,6 +105,8 @@ def run(
     if not urls:
         raise UsageError("no destination: give --to DEST, or set destinations = [...] in imgq.toml")
     chains = enqueue_step.resolve_recipes(settings, recipe)  # a bad recipe is a usage error before anything runs
+    agents = connect_back(listen=listen, advertise=advertise, agent_file=agent_file, slurm=slurm, slurm_arg=slurm_arg, sbatch=sbatch,
+                          settings=settings, remote_imgq=remote_imgq)
     database = inv.database
     ssh = destinations.SshOptions(config=ssh_config, accept_new_host_keys=accept_new_host_keys)
     dests = archive.open_destinations(database, urls, ssh, inboxes=inboxes)  # overlap refused before anything is scanned or written
@@ -102,10 +117,11 @@ def run(
         # while the originals are still in the inbox (collect comes before publish)
         chains = {**chains, publish_step.GALLERY_RECIPE: gallery}
     fleet = None
-    if hosts or hosts_file:  # the work step on hosts over SSH, as `imgq work --hosts` does
+    if hosts or hosts_file or listen is not None or agents["launcher"] is not None:
+        # the work step on hosts over SSH or on agents that connect back, as `imgq work` does it
         fleet = fleet_options(
             hosts=hosts or [], hosts_file=hosts_file, remote_imgq=remote_imgq, ssh_config=ssh_config,
-            accept_new_host_keys=accept_new_host_keys, local_processes=processes or 0, mode="once",
+            accept_new_host_keys=accept_new_host_keys, local_processes=processes or 0, mode="once", **agents,
         )
     opts = run_step.RunOptions(
         inboxes=inboxes,
@@ -127,7 +143,9 @@ def run(
 
     args = {"inboxes": [str(p) for p in inboxes], "to": urls}
     if fleet is not None:
-        args.update(hosts=[e.name for e in fleet.hosts], hosts_file=str(hosts_file) if hosts_file else None)
+        args.update(hosts=[e.name for e in fleet.hosts], hosts_file=str(hosts_file) if hosts_file else None, listen=listen)
+        if agents["launcher"] is not None:
+            args.update(slurm=slurm, sbatch=sbatch)
     meters = {step: common.Meter(step) for step in ("scan", "archive", "publish")}  # drawn on a terminal only
 
     def on_step(step: str, result) -> None:
@@ -176,10 +194,8 @@ def run(
     def on_work(r: tuple) -> None:
         if r[0] == "failed":
             common.warn(f"work: failed: {r[3]}")
-        elif r[0] == "host" and (r[2] == "benched" or (r[2] == "joined" and r[3])):
-            common.warn(f"work: host {r[1]} {r[2]}" + (f": {r[3]}" if r[3] else ""))
-        elif r[0] == "warning":
-            common.warn(f"work: {r[1]}")
+        else:
+            common.fleet_report(r, "work: ")  # hosts, agents, Slurm jobs, warnings, as imgq work says them
 
     def on_progress(step: str, done: int, total: int) -> None:
         meters[step](done, total)

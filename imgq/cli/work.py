@@ -14,7 +14,7 @@ import typer
 from imgq import report as report_lib
 from imgq import work as work_step
 from imgq.cli import common
-from imgq.cli.options import AcceptNewOpt, ConfigOpt, ConnectTimeoutOpt, DbOpt, HostsFileOpt, HostsOpt, JsonOpt, ListenOpt, RemoteImgqOpt, SshConfigOpt, fleet_options, remote_command
+from imgq.cli.options import AcceptNewOpt, AdvertiseOpt, AgentFileOpt, ConfigOpt, ConnectTimeoutOpt, DbOpt, HostsFileOpt, HostsOpt, JsonOpt, ListenOpt, RemoteImgqOpt, SbatchOpt, SlurmArgOpt, SlurmOpt, SshConfigOpt, connect_back, fleet_options
 from imgq.config import DEFAULTS
 from imgq.errors import Exit, UsageError
 from imgq.ledger import queue
@@ -34,7 +34,7 @@ Examples:
 
 
 def work(
-    processes: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Local worker processes (default: all cores; with --hosts, none unless given).", min=1, metavar="N", show_default=False)] = None,
+    processes: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Local worker processes (default: all cores; with --hosts, --listen or --slurm, none unless given).", min=1, metavar="N", show_default=False)] = None,
     drain: Annotated[bool, typer.Option("--drain", help="Exit when no job is left (default).")] = False,
     follow: Annotated[bool, typer.Option("--follow", help="Keep polling for new jobs until SIGINT/SIGTERM.")] = False,
     once: Annotated[bool, typer.Option("--once", help="Exit when no job is due now: jobs waiting out a retry backoff are left for the next run (for cron).")] = False,
@@ -49,16 +49,16 @@ def work(
     prefetch: Annotated[Optional[int], typer.Option("--prefetch", help="Jobs sent to a host ahead of its free slots (default: as many as its slots).", min=0, metavar="N", show_default=False)] = None,
     transfers: Annotated[int, typer.Option("--transfers", help="Inputs read and sent at once per host.", min=1, metavar="N")] = 2,
     shared_root: Annotated[Optional[Path], typer.Option("--shared-root", help="The hosts see the inbox at the same path under PATH: send paths, not bytes.", metavar="PATH", show_default=False)] = None,
-    slurm: Annotated[Optional[int], typer.Option("--slurm", help="Start N agents as Slurm jobs, one srun each (cancelled when this run ends, even by SIGKILL); they connect back to this machine. Job options: [slurm] in imgq.toml, then --slurm-arg. Each agent's slots: the CPUs Slurm gave it.", min=1, metavar="N", show_default=False)] = None,
-    slurm_arg: Annotated[Optional[list[str]], typer.Option("--slurm-arg", help="With --slurm: one more srun/sbatch option for every agent's job, e.g. --slurm-arg=--qos=high (repeatable; after [slurm] in imgq.toml, so it wins).", metavar="ARG", show_default=False)] = None,
-    sbatch: Annotated[bool, typer.Option("--sbatch", help="With --slurm: submit the agents as one sbatch array job instead of srun children (scancelled when the run ends).")] = False,
+    slurm: SlurmOpt = None,
+    slurm_arg: SlurmArgOpt = None,
+    sbatch: SbatchOpt = False,
     remote_imgq: RemoteImgqOpt = "imgq",
     ssh_config: SshConfigOpt = None,
     accept_new_host_keys: AcceptNewOpt = False,
     connect_timeout: ConnectTimeoutOpt = None,
     listen: ListenOpt = None,
-    advertise: Annotated[Optional[str], typer.Option("--advertise", help="The host name or address agents should dial (default: the listening address, or that of the interface of the default route).", metavar="HOST", show_default=False)] = None,
-    agent_file: Annotated[Optional[Path], typer.Option("--agent-file", help="With --listen: write what agents need (address, secret, certificate fingerprint) to FILE, mode 0600, removed when the run ends; `imgq agent --secret-file FILE` reads it. Default: imgq-agent.env beside the database.", metavar="FILE", show_default=False, dir_okay=False)] = None,
+    advertise: AdvertiseOpt = None,
+    agent_file: AgentFileOpt = None,
     host_timeout: Annotated[float, typer.Option("--host-timeout", help="Seconds of silence (agents beat every second) after which a host is lost and its jobs run elsewhere.", min=2.0, metavar="SECONDS")] = 5.0,
     db: DbOpt = None,
     config: ConfigOpt = None,
@@ -101,20 +101,15 @@ def work(
     if lease is not None:
         settings.lease_seconds = lease
     opts = work_step.WorkOptions(processes=processes or os.cpu_count() or 1, mode="follow" if follow else ("once" if once else "drain"), batch=batch, poll=poll, max_attempts=max_attempts)
-    launcher = _slurm_launcher(slurm, slurm_arg or [], sbatch, settings, remote_imgq)
+    agents = connect_back(listen=listen, advertise=advertise, agent_file=agent_file, slurm=slurm, slurm_arg=slurm_arg, sbatch=sbatch,
+                          settings=settings, remote_imgq=remote_imgq)
+    launcher = agents["launcher"]
     fleet_opts = None
-    if (advertise is not None or agent_file is not None) and listen is None and launcher is None:
-        raise UsageError("--advertise and --agent-file go with --listen or --slurm")
-    if listen is not None and agent_file is None:
-        agent_file = Path(settings.db).parent / "imgq-agent.env"
-    if agent_file is not None and not agent_file.parent.is_dir():
-        raise UsageError(f"--agent-file {agent_file}: folder {agent_file.parent} does not exist")
     if hosts or hosts_file or listen is not None or launcher is not None:
         fleet_opts = fleet_options(
             hosts=hosts or [], hosts_file=hosts_file, remote_imgq=remote_imgq, slots=slots, prefetch=prefetch, transfers=transfers,
             shared_root=shared_root, ssh_config=ssh_config, accept_new_host_keys=accept_new_host_keys, connect_timeout=connect_timeout,
-            host_timeout=host_timeout, local_processes=processes or 0, mode=opts.mode, max_attempts=max_attempts, poll=poll,
-            listen=listen, advertise=advertise, agent_file=agent_file, launcher=launcher,
+            host_timeout=host_timeout, local_processes=processes or 0, mode=opts.mode, max_attempts=max_attempts, poll=poll, **agents,
         )
     database = inv.database
     err = common.stderr()
@@ -137,17 +132,8 @@ def work(
             common.detail(f"job {r[1]} done")
         elif r[0] == "retrying":
             common.detail(f"job {r[1]} will be retried: {r[2]}")
-        elif r[0] == "host" and (r[2] == "benched" or (r[2] == "joined" and r[3])):
-            common.warn(f"host {r[1]} {r[2]}" + (f": {r[3]}" if r[3] else ""))
-        elif r[0] == "host":  # up, joined, draining, removed: no problem
-            (common.note if r[2] in ("draining", "removed") else common.detail)(f"host {r[1]} {r[2]}" + (f": {r[3]}" if r[3] else ""))
-        elif r[0] == "listening":
-            _, bound, advertised, fingerprint, path = r
-            common.note(f"listening on {bound} for agents: they dial {advertised}, certificate sha256 {fingerprint}" + (f"; their secret is in {path} (imgq agent --secret-file {path})" if path else ""))
-        elif r[0] == "warning":
-            common.warn(r[1])
-        elif r[0] == "slurm":  # an agent's job: ("slurm", label, job id, state, reason)
-            common.warn(f"{r[1]} {r[3]}" + (f": {r[4]}" if r[4] else ""))
+        else:
+            common.fleet_report(r)  # hosts, agents, Slurm jobs, warnings
 
     run_ids: list[int] = []
     slurm_args = {"slurm": slurm, "sbatch": sbatch} if launcher is not None else {}
@@ -186,20 +172,6 @@ def work(
         elif summary.failed:
             run["exit_code"] = int(Exit.SOME_FAILED)
 
-
-def _slurm_launcher(agents: int | None, args: list[str], sbatch: bool, settings, remote_imgq: str):
-    """--slurm N [--slurm-arg ARG]... [--sbatch] as the fleet's launcher, checked now."""
-    if agents is None:
-        if args or sbatch:
-            raise UsageError(f"{'--slurm-arg' if args else '--sbatch'} goes with --slurm N")
-        return None
-    from imgq.fleet import slurm as slurm_lib
-
-    opts = slurm_lib.SlurmOptions(agents=agents, args=slurm_lib.check_args(args), sbatch=sbatch)
-    slurm_lib.require_commands(sbatch)
-    # the agents run the coordinator's own imgq (clusters share it), unless told otherwise
-    imgq = remote_command(remote_imgq) if remote_imgq != "imgq" else None
-    return slurm_lib.SlurmLauncher(opts, settings.slurm, imgq=imgq)
 
 
 @contextlib.contextmanager

@@ -2,10 +2,13 @@
 Here is its copy logic (put, check, fetch, list, remove, sweep); the connection, URL and
 marker are imgq.destinations.ssh_folder, the scripts run on the host ssh_scripts.
 
-Files travel over SFTP; checks run ``sha256sum`` there (the host needs a POSIX shell and
-coreutils). Folders are walked with SFTP ``lstat``, never through a symlink. What the
-destination is (``identity``) is the random id in the ``.imgq-destination`` marker file
-written in its root at first use.
+A copy's bytes are the standard input of one command run there (``_PUT_SCRIPT``: ``cat``
+into the temporary name, ``sync``, then the read-back through the host's sha256), so
+writing and verifying a copy is one round trip; folders are made, and files renamed into
+place, over SFTP. Checks hash there too (the host needs a POSIX shell and coreutils; see
+``SshFolder`` for which sha256 program). Folders are walked with SFTP ``lstat``, never
+through a symlink. What the destination is (``identity``) is the random id in the
+``.imgq-destination`` marker file written in its root at first use.
 """
 
 from __future__ import annotations
@@ -40,12 +43,12 @@ from imgq.destinations.ssh_scripts import (
     _CHECK_SCRIPT,
     _DF_SCRIPT,
     _PREFIX_SCRIPT,
+    _PUT_SCRIPT,
     _SWEEP_SCRIPT,
-    _SYNC_CHECK_SCRIPT,
     _SYNC_DIR_SCRIPT,
     _parse_found,
 )
-from imgq.errors import ImgqError, StorageError
+from imgq.errors import HostUnreachable, ImgqError, StorageError
 from imgq.store import temp_name
 
 __all__ = ["RESUME_MIN", "SshDestination", "SshFolder", "SshOptions", "parse_ssh_url"]
@@ -53,14 +56,23 @@ __all__ = ["RESUME_MIN", "SshDestination", "SshFolder", "SshOptions", "parse_ssh
 RESUME_MIN = 1 << 20  # a killed copy's part this long or longer is continued, not sent again
 
 
-class SshDestination(SshFolder, Destination):
-    """A folder on a host reached over SSH (Fabric): files travel over SFTP, checks run
-    ``sha256sum`` there. Needs a POSIX shell and coreutils on the host."""
+class _Sink:
+    """What copy_hashing writes to: the stdin of the command that writes the copy."""
 
-    # Copies at once over the one connection: each holds an SFTP session and, while it
-    # verifies, a command's; with the archive's own session and command that is 10,
-    # OpenSSH's default MaxSessions (more are refused, and look like a lost connection).
-    max_transfers = 4
+    def __init__(self, write):
+        self.write = write
+
+
+class SshDestination(SshFolder, Destination):
+    """A folder on a host reached over SSH (Fabric): files travel as the stdin of a command
+    that writes, syncs and hashes them there; folders and renames go over SFTP. Needs a
+    POSIX shell and coreutils on the host."""
+
+    # Copies at once: each thread has a connection of its own (SshFolder), so sshd's
+    # MaxSessions is no limit; its MaxStartups (10 by default) is: more connections than
+    # that opened at once are refused at random while they authenticate.
+    max_transfers = 8
+    _folder_fsync: bool | None = None  # can its SFTP server fsync a folder? None: not tried yet
 
     def identity(self) -> str:
         self._connect()
@@ -76,15 +88,69 @@ class SshDestination(SshFolder, Destination):
         return out
 
     def put(self, source, rel: str, *, sha256: str, size: int, replace: Found | None = None) -> None:
+        from imgq import ssh as remote
+
         parts = split_rel(rel)
         name = parts[-1]
         folder = self._make_dir(parts[:-1])
-        _, sftp = self._connect()
+        conn, sftp = self._connect()
         final = f"{folder}/{name}"
-        # not store.write_atomically: the file is on another host, written over SFTP and
-        # synced, checked and renamed by commands run there (same steps, same temp name)
-        tmp = f"{folder}/{temp_name(name)}"
-        resume = 0  # bytes of a killed copy of this name, now at tmp, to be continued
+        # not store.write_atomically: the file is on another host, written, synced, read
+        # back and hashed by one command run there (_PUT_SCRIPT: same steps, same temp name)
+        tmp_name = temp_name(name)
+        tmp = f"{folder}/{tmp_name}"
+        # a killed copy of this name, big enough to be worth continuing, becomes ours now;
+        # smaller ones are removed by the command that writes the copy (no listing needed)
+        resume = self._take_over_part(sftp, folder, name, tmp, size) if size > RESUME_MIN else 0
+        try:
+            with open_source(source) as src:
+                h, start = self._resumable(sftp, src, tmp, resume, rel) if resume else (hashlib.sha256(), 0)
+                shown = str(getattr(source, "shown", source))
+                try:
+                    r, (written, digest) = remote.run_feeding(
+                        conn, ["sh", "-c", self._script(_PUT_SCRIPT, size=size), "sh", folder, name, tmp_name, str(start)],
+                        lambda write: copy_hashing(src, _Sink(write), shown, h=h, n=start), timeout=600.0,
+                    )
+                except HostUnreachable as e:
+                    self._drop_mine()
+                    raise DestinationUnavailable(f"{self.url}: {e} while writing {rel}") from e
+            said = r.stderr.decode(errors="replace").strip()
+            if r.exit_status == 4:
+                if not is_safe_name(name):
+                    raise NameRefused(f"{self.url}: the destination cannot hold the name {name!r} ({said})")
+                raise StorageError(f"{self.url}: cannot write {rel}: {said or 'cannot create it'}")
+            if r.exit_status == 5:
+                if self._full(size):
+                    raise DestinationUnavailable(f"{self.url}: no space left for {rel} ({size} bytes)")
+                raise StorageError(f"{self.url}: {said or 'a write failed'} while writing {rel}")
+            if r.exit_status == 6:
+                raise StorageError(f"{self.url}: {said} while continuing {rel}")
+            if (written, digest) != (size, sha256):
+                raise source_changed(source, written, digest, size, sha256)
+            got = _parse_found(r.stdout.decode(errors="replace").strip())
+            if r.exit_status == 127 or got is None:
+                raise StorageError(f"{self.url}: cannot verify {rel}: {said or 'no answer'} (the host needs sh, cat, wc and sha256sum)")
+            if got != Found(size, sha256):
+                raise StorageError(f"{self.url}: {rel} did not verify after writing (read back {got.bytes} bytes, sha256 {got.sha256[:12]}…)")
+            self._rename_into_place(sftp, tmp, final, rel, replace)
+            deferred = getattr(self._mine, "folders", None)
+            if deferred is None:
+                self._sync_folders([folder])
+            else:
+                deferred.add(folder)  # synced once for all, before the caller records (deferring_folder_syncs)
+        except BaseException:
+            try:
+                if self._alive():
+                    sftp.remove(tmp)
+            except Exception:
+                pass
+            raise
+
+    def _take_over_part(self, sftp, folder: str, name: str, tmp: str, size: int) -> int:
+        """The largest killed copy of ``name`` in ``folder`` (1 MiB or more, smaller than
+        ``size``) renamed to ``tmp``: its length, or 0 if there is none. The other killed
+        copies of the name are removed."""
+        resume = 0
         try:
             leftovers = sorted((e for e in sftp.listdir_attr(folder) if is_temp_of(e.filename, name)), key=lambda e: -(e.st_size or 0))
             for entry in leftovers:  # a killed copy's: the largest is continued, the rest go
@@ -99,50 +165,7 @@ class SshDestination(SshFolder, Destination):
                 sftp.remove(left)
         except Exception as e:
             raise self._error(e, f"listing {folder}") from e
-        try:
-            with open_source(source) as src:
-                h, start = self._resumable(sftp, src, tmp, resume, rel) if resume else (hashlib.sha256(), 0)
-                try:
-                    if start:
-                        out = sftp.open(tmp, "r+b")
-                        out.seek(start)
-                    else:
-                        out = sftp.open(tmp, "wbx")
-                except Exception as e:
-                    err = self._error(e, f"writing {rel}")
-                    if type(err) is StorageError and not is_safe_name(name):
-                        raise NameRefused(f"{self.url}: the destination cannot hold the name {name!r} ({err})") from e
-                    raise err from e
-                try:
-                    with out:
-                        out.set_pipelined(True)
-                        written, digest = copy_hashing(src, out, str(getattr(source, "shown", source)), h=h, n=start)
-                except Exception as e:
-                    err = self._error(e, f"writing {rel}")
-                    if type(err) is StorageError and self._full(size):
-                        err = DestinationUnavailable(f"{self.url}: no space left for {rel} ({size} bytes)")
-                    raise err from e
-            if (written, digest) != (size, sha256):
-                raise source_changed(source, written, digest, size, sha256)
-            r = self._sh(_SYNC_CHECK_SCRIPT, [tmp], f"verifying {rel}")
-            got = _parse_found(r.stdout.decode(errors="replace").strip())
-            if r.exit_status == 127 or got is None:
-                raise StorageError(f"{self.url}: cannot verify {rel}: {r.stderr.decode(errors='replace').strip() or 'no answer'} (the host needs sh, wc and sha256sum)")
-            if got != Found(size, sha256):
-                raise StorageError(f"{self.url}: {rel} did not verify after writing (read back {got.bytes} bytes, sha256 {got.sha256[:12]}…)")
-            self._rename_into_place(sftp, tmp, final, rel, replace)
-            deferred = getattr(self._mine, "folders", None)
-            if deferred is None:
-                self._sh(_SYNC_DIR_SCRIPT, [folder], f"syncing {folder}")
-            else:
-                deferred.add(folder)  # synced once for all, before the caller records (deferring_folder_syncs)
-        except BaseException:
-            try:
-                if self._conn is not None:
-                    sftp.remove(tmp)
-            except Exception:
-                pass
-            raise
+        return resume
 
     @contextlib.contextmanager
     def deferring_folder_syncs(self):
@@ -156,7 +179,29 @@ class SshDestination(SshFolder, Destination):
         finally:
             self._mine.folders = None
             if folders:
-                self._sh(_SYNC_DIR_SCRIPT, sorted(folders), "syncing folders")
+                self._sync_folders(sorted(folders))
+
+    def _sync_folders(self, folders: list[str]) -> None:
+        """fsync each folder (its new names on disk). Over SFTP where the server can:
+        OpenSSH's sftp-server opens a folder like a file and fsyncs the handle
+        (fsync@openssh.com), one round trip each and no command started; else with
+        ``sync FOLDER`` run there. Any doubt (refused, unsupported) falls back to the command."""
+        from paramiko.sftp import CMD_EXTENDED
+
+        _, sftp = self._connect()
+        if self._folder_fsync is not False:
+            try:
+                for d in folders:
+                    with sftp.open(d, "r") as handle:
+                        sftp._request(CMD_EXTENDED, "fsync@openssh.com", handle.handle)
+                self._folder_fsync = True
+                return
+            except Exception as e:
+                if not self._alive():
+                    raise self._error(e, "syncing folders") from e
+                if self._folder_fsync is None:
+                    self._folder_fsync = False  # this server cannot: the command from now on
+        self._sh(_SYNC_DIR_SCRIPT, folders, "syncing folders")
 
     def _resumable(self, sftp, src, tmp: str, length: int, rel: str):
         """(the sha256 of what of ``src`` is at ``tmp`` already, its length): a killed
@@ -222,10 +267,20 @@ class SshDestination(SshFolder, Destination):
     def check(self, rels: Iterable[str]) -> dict[str, Found | None]:
         rels = list(rels)
         out: dict[str, Found | None] = {}
-        for i in range(0, len(rels), CHECK_BATCH):
-            batch = rels[i : i + CHECK_BATCH]
-            for rel in batch:
-                split_rel(rel)
+        _, sftp = self._connect()
+        there = []
+        for rel in rels:
+            split_rel(rel)
+            try:
+                sftp.lstat(self._abs(rel))
+            except FileNotFoundError:
+                out[rel] = None  # nothing there: an SFTP round trip says so, no command needed
+                continue
+            except Exception:
+                pass  # the command below decides, or says what is wrong
+            there.append(rel)
+        for i in range(0, len(there), CHECK_BATCH):
+            batch = there[i : i + CHECK_BATCH]
             r = self._sh(_CHECK_SCRIPT, [self.root, *batch], "checking copies")
             lines = r.stdout.decode(errors="replace").splitlines()
             if r.exit_status == 127 or len(lines) != len(batch):
@@ -234,7 +289,7 @@ class SshDestination(SshFolder, Destination):
                 if line == "!":
                     raise StorageError(f"{self.url}: cannot read {rel}")
                 out[rel] = None if line == "-" else _parse_found(line)
-        return out
+        return {rel: out[rel] for rel in rels}
 
     def fetch(self, rel: str, local: Path) -> None:
         _, sftp = self._connect()

@@ -1,5 +1,5 @@
 """The connection to a folder on a host reached over SSH (``ssh://[user@]host[:port]/path``):
-the URL's parsing, how to reach it (SshOptions), one SSH connection with an SFTP session per
+the URL's parsing, how to reach it (SshOptions), an SSH connection and SFTP session per
 thread, the ``.imgq-destination`` marker read (and written at first use) on every connection,
 and shell scripts run there. What is copied there, and how, is imgq.destinations.ssh.
 """
@@ -14,10 +14,12 @@ import threading
 from pathlib import Path, PurePosixPath
 
 from imgq.destinations.base import MARKER, DestinationUnavailable, check_component, split_rel
+from imgq.destinations.ssh_scripts import H256_PROBE, h256_function
 from imgq.errors import HostUnreachable, ImgqError, StorageError, UsageError
 from imgq.store import temp_name
 
 _MARKER_TEXT = re.compile(r"imgq-destination ([0-9a-f]{32})")
+SMALL_FILE = 1 << 20  # hashed on the host by coreutils' sha256sum whatever else is there (SshFolder._script)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,82 +68,107 @@ def parse_ssh_url(text: str):
 
 
 class SshFolder:
-    """The connection to a folder on a host: one SSH connection (Fabric) and SFTP session,
-    opened on first use and again after a loss, the folder's marker read on every
-    connection; shell scripts run there with paths as arguments, never inside the script."""
+    """The connection to a folder on a host: an SSH connection (Fabric) and SFTP session per
+    thread that uses it, opened on first use and again after a loss, the folder's marker
+    read on every connection; shell scripts run there with paths as arguments, never
+    inside the script.
+
+    One connection per thread, not one shared: concurrent copies (``archive
+    --transfers``) then each have an sshd of their own on the host and a paramiko
+    transport of their own here, and the bytes move about a third faster than over one
+    connection (``bin/bench archive``, docs/archive.md); a connection also never holds more
+    than two sessions (its SFTP and one command), far below sshd's MaxSessions."""
 
     def __init__(self, url: str, options: SshOptions = SshOptions()):
         self.spec, self.root = parse_ssh_url(url)
         self.url = url.rstrip("/")  # canonical (resolve.canonical): parsed above, no trailing slash
         self.options = options
-        self._conn = None
-        self._sftp = None  # the first thread's SFTP session
-        self._lock = threading.RLock()  # connecting, closing
-        self._mine = threading.local()  # each thread's own SFTP session over the one connection
-        self._sessions: list = []
-        self._generation = 0  # connections made: a thread's session of an older one is gone
-        self._first_taken = False
+        self._lock = threading.RLock()  # the list of links, the identity
+        self._mine = threading.local()  # this thread's link: (connection, SFTP session, epoch)
+        self._links: list[tuple] = []  # every open (connection, SFTP session), for close()
+        self._epoch = 0  # close() makes every link older than this one stale
         self._dirs_ok: set[str] = set()
-        self._identity = ""
+        self._identity = ""  # the marker's id, read by the first connection; every later one must read the same
+        self._h256 = h256_function(None)  # the scripts' sha256 program, chosen on connecting
 
     def _connect(self):
-        """(connection, this thread's SFTP session): concurrent copies (archive
-        --transfers) each use a session of their own over the one SSH connection."""
-        with self._lock:
-            conn, generation = self._connect_once()
+        """(connection, SFTP session) of the calling thread, connected (and the marker
+        read) if it has none or lost it."""
         mine = self._mine
-        if getattr(mine, "generation", None) != generation or mine.sftp is None:
-            from imgq import ssh as remote
+        link = getattr(mine, "link", None)
+        if link is not None and mine.epoch == self._epoch and link[0].transport is not None and link[0].transport.is_active():
+            return link
+        if link is not None:
+            self._drop(link)
+        epoch = self._epoch
+        link = self._open_link()
+        with self._lock:
+            self._links.append(link)
+        mine.link, mine.epoch = link, epoch
+        return link
 
-            with self._lock:
-                if self._sftp is not None and not self._first_taken:
-                    sftp = self._sftp  # the session the connection was checked with
-                    self._first_taken = True
-                else:
-                    try:
-                        sftp = remote.open_sftp(conn)
-                    except HostUnreachable as e:
-                        self.close()
-                        raise DestinationUnavailable(f"{self.url}: {e}") from e
-                    self._sessions.append(sftp)
-                mine.sftp, mine.generation = sftp, generation
-        return conn, mine.sftp
-
-    def _connect_once(self):
+    def _open_link(self):
         from imgq import ssh as remote
 
-        if self._conn is not None and self._conn.transport is not None and self._conn.transport.is_active():
-            return self._conn, self._generation
-        self.close()
         try:
-            self._conn = remote.connect(
+            conn = remote.connect(
                 self.spec,
                 ssh_config=self.options.config,
                 accept_new_host_keys=self.options.accept_new_host_keys,
                 connect_timeout=self.options.connect_timeout,
             )
-            self._sftp = remote.open_sftp(self._conn)
         except HostUnreachable as e:
-            self.close()
             raise DestinationUnavailable(f"{self.url}: {e}") from e
-        self._generation += 1
-        self._first_taken = False
         try:
-            st = self._sftp.stat(self.root)
-        except OSError as e:
-            raise DestinationUnavailable(f"{self.url}: {self.root} is not there ({e.strerror or e}); the destination folder must exist") from e
-        if not stat.S_ISDIR(st.st_mode):
-            raise DestinationUnavailable(f"{self.url}: {self.root} is not a folder")
-        self._identity = self._read_marker()
-        return self._conn, self._generation
+            try:
+                sftp = remote.open_sftp(conn)
+            except HostUnreachable as e:
+                raise DestinationUnavailable(f"{self.url}: {e}") from e
+            try:
+                st = sftp.stat(self.root)
+            except OSError as e:
+                raise DestinationUnavailable(f"{self.url}: {self.root} is not there ({e.strerror or e}); the destination folder must exist") from e
+            if not stat.S_ISDIR(st.st_mode):
+                raise DestinationUnavailable(f"{self.url}: {self.root} is not a folder")
+            identity = self._read_marker(conn)
+            with self._lock:
+                if not self._identity:
+                    self._identity = identity
+                    self._h256 = self._choose_h256(conn)
+                elif identity != self._identity:
+                    raise DestinationUnavailable(
+                        f"{self.url}: its {MARKER} changed while in use ({self._identity} became {identity}): another folder is there now"
+                    )
+        except BaseException:
+            remote.close(conn)
+            raise
+        return conn, sftp
 
-    def _read_marker(self) -> str:
+    def _choose_h256(self, conn) -> str:
+        """The ``h256`` function for this host's scripts: OpenSSL's sha256 if the host has
+        an OpenSSL that hashes a known input right, else coreutils' (ssh_scripts)."""
         from imgq import ssh as remote
 
         try:
-            r = remote.run(self._conn, ["sh", "-c", _MARKER_SCRIPT, "sh", self.root, temp_name(MARKER), secrets.token_hex(16)], timeout=60)
+            r = remote.run(conn, ["sh", "-c", H256_PROBE], timeout=60)
         except HostUnreachable as e:
-            self.close()
+            raise DestinationUnavailable(f"{self.url}: {e} while looking for a sha256 program") from e
+        return h256_function(r.stdout.decode(errors="replace"))
+
+    def _script(self, script: str, *, size: int | None = None) -> str:
+        """``script`` with the ``h256`` function it may call: for files of ``size`` up to
+        1 MiB coreutils' (it starts in half the time of OpenSSL, which pays off from about
+        a megabyte on, measured here), else the host's faster one."""
+        if size is not None and size <= SMALL_FILE:
+            return h256_function(None) + script
+        return self._h256 + script
+
+    def _read_marker(self, conn) -> str:
+        from imgq import ssh as remote
+
+        try:
+            r = remote.run(conn, ["sh", "-c", _MARKER_SCRIPT, "sh", self.root, temp_name(MARKER), secrets.token_hex(16)], timeout=60)
+        except HostUnreachable as e:
             raise DestinationUnavailable(f"{self.url}: {e} while reading its {MARKER}") from e
         m = _MARKER_TEXT.fullmatch(r.stdout.decode(errors="replace").strip())
         if not m:
@@ -151,19 +178,40 @@ class SshFolder:
             )
         return "marker:" + m.group(1)
 
-    def close(self) -> None:
+    def _alive(self) -> bool:
+        """Whether the calling thread's connection is up (False: it has none)."""
+        link = getattr(self._mine, "link", None)
+        return link is not None and self._mine.epoch == self._epoch and link[0].transport is not None and link[0].transport.is_active()
+
+    def _drop(self, link) -> None:
+        from imgq import ssh as remote
+
         with self._lock:
-            for thing in (*self._sessions, self._sftp, self._conn):
-                try:
-                    if thing is not None:
-                        thing.close()
-                except Exception:
-                    pass
-            self._sftp = self._conn = None
-            self._sessions = []
-            self._first_taken = False
-            self._generation += 1
+            if link in self._links:
+                self._links.remove(link)
+        for close in (link[1].close, lambda: remote.close(link[0])):
+            try:
+                close()
+            except Exception:
+                pass
+
+    def _drop_mine(self) -> None:
+        """Close the calling thread's connection (lost, or in doubt): its next use connects again."""
+        link = getattr(self._mine, "link", None)
+        if link is not None:
+            self._mine.link = None
+            self._drop(link)
+
+    def close(self) -> None:
+        """Close every thread's connection; the next use connects anew and reads the
+        marker afresh (within one use, every connection must find the same)."""
+        with self._lock:
+            links, self._links = self._links, []
+            self._epoch += 1
             self._dirs_ok.clear()
+            self._identity = ""
+        for link in links:
+            self._drop(link)
 
     def _error(self, exc: BaseException, doing: str) -> ImgqError:
         """StorageError for what the remote file system refused; DestinationUnavailable
@@ -172,11 +220,9 @@ class SshFolder:
 
         if isinstance(exc, ImgqError):
             return exc
-        conn = self._conn
-        alive = conn is not None and conn.transport is not None and conn.transport.is_active()
-        if alive and isinstance(exc, OSError) and not isinstance(exc, (socket.timeout, TimeoutError)):
+        if self._alive() and isinstance(exc, OSError) and not isinstance(exc, (socket.timeout, TimeoutError)):
             return StorageError(f"{self.url}: {exc.strerror or exc or type(exc).__name__} while {doing}")
-        self.close()
+        self._drop_mine()
         return DestinationUnavailable(f"{self.url}: connection lost while {doing} ({type(exc).__name__}: {exc})")
 
     def _sh(self, script: str, args: list[str], doing: str, timeout: float = 600.0):
@@ -184,9 +230,9 @@ class SshFolder:
 
         conn, _ = self._connect()
         try:
-            return remote.run(conn, ["sh", "-c", script, "sh", *args], timeout=timeout)
+            return remote.run(conn, ["sh", "-c", self._script(script), "sh", *args], timeout=timeout)
         except HostUnreachable as e:
-            self.close()
+            self._drop_mine()
             raise DestinationUnavailable(f"{self.url}: {e} while {doing}") from e
 
     def _abs(self, rel: str) -> str:

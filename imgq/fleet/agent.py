@@ -13,9 +13,11 @@ What it promises:
   original (``imgq.original``: no symlink followed below the root, a regular file) and
   used only if their sha256 and size are the ones the job header carries (the journal's);
   the verified bytes are what its slot renders.
-- A job frame may carry exactly the input's recorded size; its bytes are streamed to
-  ``in/<job>`` as they arrive, never held whole in memory, and checked against the
-  header's sha256 before a slot sees them.
+- A job frame may carry exactly the input's recorded size (plus a video join's parts,
+  ``imgq.fleet.stages``); its bytes are streamed to ``in/<job>`` as they arrive, never
+  held whole in memory, and checked against the header's sha256 before a slot sees them. A video under the shared root is not copied:
+  the slot opens it in place by identity and checks its sha256 as a stream. Replies
+  (a video's preview, a chunk's parts) are streamed from the session folder in pieces.
 - It says hello first (version, cores, free disk, whether Pillow and OpenCV import), then
   a heartbeat every second, so the coordinator notices a dead or frozen host within
   seconds.
@@ -25,14 +27,14 @@ What it promises:
 - Started with ``--connect`` (``main_connect``), it dials the coordinator instead and
   speaks the same frames over that TLS connection (``imgq.fleet.listen``); the
   connection closing is its stdin closing: it exits, busy or not.
+
+What runs in a slot process is ``imgq.fleet.slot``.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import ctypes
 import errno
-import hashlib
 import multiprocessing as mp
 import os
 import queue as stdqueue
@@ -47,55 +49,13 @@ from pathlib import Path
 
 from imgq import __version__
 from imgq.errors import Exit
-from imgq.fleet import protocol, slurm
+from imgq.fleet import protocol, slot, slurm, stages
 
 BEAT_SECONDS = 1.0
 DEFAULT_IDLE_TIMEOUT = 60.0
 DEFAULT_WORKDIR = "~/.imgq/agent"
 _SESSION = re.compile(r"s-(\d+)-[0-9a-f]{8}$")
 _SPEC_HASH = re.compile(r"[0-9a-f]{8,64}$")
-
-
-def _die_with_parent() -> None:
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:  # not Linux: the slot still exits when its task pipe closes
-        pass
-
-
-def _slot_init(channel_fd: int | None = None) -> None:
-    """In each slot process: never touch the protocol channel, die with the agent."""
-    _die_with_parent()
-    devnull = os.open(os.devnull, os.O_RDWR)
-    os.dup2(devnull, 0)  # a slot holding the channel open would hide the agent's death
-    os.dup2(2, 1)  # anything a library prints goes to stderr, not into the frames
-    if channel_fd is not None:  # the connection to the coordinator (--connect): the same
-        try:
-            os.close(channel_fd)
-        except OSError:
-            pass
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from imgq import work
-
-    work._one_thread_per_worker()
-
-
-def _slot_job(job_id: int, spec: dict, spec_hash: str, max_pixels: int, quality: int, src_root: str, src_rel: str, out_dir: str) -> dict:
-    """Run one job in a slot: the local worker's own ``process`` with the store in the
-    session folder and a file id made from the job id."""
-    import dataclasses
-
-    from imgq.ledger import queue
-    from imgq import work
-    from imgq.config import Settings
-
-    claim = queue.Claim(job_id, f"job{job_id}", "", spec, spec_hash, "", 1, 1, src_root, src_rel)
-    settings = Settings(store=Path(out_dir), max_pixels=max_pixels, jpeg_quality=quality)
-    # The outputs stay under their staged names in the agent's private session folder:
-    # the reply is read from there, and the coordinator stages what arrives and moves it
-    # into place only in the fenced completion.
-    o = work.process(claim, settings)
-    return {"error": o.error, "kind": o.kind, "result": o.result, "artifacts": [dataclasses.asdict(a) for a in o.artifacts or []]}
 
 
 def _libraries() -> tuple[dict, dict]:
@@ -178,7 +138,7 @@ class Agent:
     # --- slots -------------------------------------------------------------------------
 
     def start_pool(self) -> None:
-        self.pool = concurrent.futures.ProcessPoolExecutor(self.slots, mp_context=mp.get_context("fork"), initializer=_slot_init, initargs=(self.channel_fd,))
+        self.pool = concurrent.futures.ProcessPoolExecutor(self.slots, mp_context=mp.get_context("fork"), initializer=slot.slot_init, initargs=(self.channel_fd,))
         # start every slot now, before the heartbeat thread exists, rather than on demand
         for f in [self.pool.submit(time.sleep, 0) for _ in range(self.slots)]:
             f.result()
@@ -193,15 +153,21 @@ class Agent:
 
     def job_limit(self, header: dict, blob_size: int) -> int:
         """How many bytes a message from the coordinator may carry: a staged job, its
-        input's recorded size exactly; anything else, nothing."""
-        if header["type"] != "job" or "path" in header:
+        input's recorded size exactly (nothing if it is read in place under the shared
+        root), plus the parts a video's join lists; anything else, nothing."""
+        if header["type"] != "job":
             return 0
-        size = header.get("size")
-        if type(size) is not int or size < 0:
-            raise protocol.ProtocolError(f"job {header.get('job')!r}: no input size in the job header")
-        if blob_size != size:
-            raise protocol.ProtocolError(f"job {header.get('job')!r}: {blob_size} input bytes sent, {size} recorded")
-        return size
+        extra = stages.parts_size(header)
+        if "path" in header:
+            expected = extra
+        else:
+            size = header.get("size")
+            if type(size) is not int or size < 0:
+                raise protocol.ProtocolError(f"job {header.get('job')!r}: no input size in the job header")
+            expected = size + extra
+        if blob_size != expected:
+            raise protocol.ProtocolError(f"job {header.get('job')!r}: {blob_size} input bytes sent, {expected} stated")
+        return expected
 
     def on_job(self, header: dict, blob: protocol.Blob) -> None:
         job_id = header.get("job")
@@ -211,15 +177,16 @@ class Agent:
             return
         try:
             try:
+                spec, spec_hash = header["spec"], str(header["spec_hash"])
+                if not _SPEC_HASH.match(spec_hash):
+                    raise ValueError(f"bad spec hash {spec_hash!r}")
+                stages.check_stage(header)
+                from imgq import recipes
+
+                recipes.normalize_recipe(spec)  # artifact names become file names: checked first
                 src_root, src_rel = self._input(job_id, header, blob)
             finally:
                 blob.close()  # a staged input not moved to in/<job> (refused) is removed
-            spec, spec_hash = header["spec"], str(header["spec_hash"])
-            if not _SPEC_HASH.match(spec_hash):
-                raise ValueError(f"bad spec hash {spec_hash!r}")
-            from imgq import recipes
-
-            recipes.normalize_recipe(spec)  # artifact names become file names: checked first
         except OSError as e:  # the host's disk (full, read-only) or its view of the shared root
             self._refuse(job_id, "transient", f"input not available on the host: {e.strerror or e}")
             return
@@ -234,12 +201,15 @@ class Agent:
         if self.broken:
             self._refuse(job_id, "transient", f"host cannot render: {self.broken}")
             return
-        args = (job_id, spec, spec_hash, int(header["max_pixels"]), int(header["quality"]), src_root, src_rel, str(self.session / "out"))
+        stage = header.get("stage") or ""
+        in_place = src_root != str(self.session / "in")  # read where it is: checked by the slot as a stream
+        args = (job_id, spec, spec_hash, int(header["max_pixels"]), int(header["quality"]), src_root, src_rel, str(self.session / "out"),
+                stage, header["sha256"] if in_place else None, header["size"] if in_place else None)
         try:
-            fut = self.pool.submit(_slot_job, *args)
+            fut = self.pool.submit(slot.slot_job, *args)
         except concurrent.futures.BrokenExecutor:
             self._pool_broken()
-            fut = self.pool.submit(_slot_job, *args)
+            fut = self.pool.submit(slot.slot_job, *args)
         with self.jobs_lock:
             self.jobs[job_id] = fut
         fut.add_done_callback(lambda f, j=job_id: self.finished.put((j, f)))
@@ -256,11 +226,15 @@ class Agent:
         if not isinstance(sha256, str) or type(size) is not int:
             raise ValueError("the job header has no sha256 and size of its input")
         dest = self.session / "in" / str(job_id)
+        if header.get("parts"):  # a video's join: its chunks follow the input, into out/job<job>/parts
+            stages.take_parts(self.session, job_id, header, blob, 0 if path is not None else size)
         # not store.write_atomically: in/<job> is this agent's private scratch input, read
         # only by this job after it is written and removed with the session
         if path is None:
             if isinstance(blob, protocol.FileBlob):
                 os.replace(blob.path, dest)
+                if blob.size != size:
+                    os.truncate(dest, size)  # the parts after it are in their own files now
             else:
                 dest.write_bytes(bytes(blob))
             if protocol.sha256_of(protocol.FileBlob(dest, size)) != sha256:
@@ -271,6 +245,11 @@ class Agent:
         from imgq import original
 
         try:
+            if header.get("kind") == "video":
+                # read in place, never copied nor held: the slot opens it by identity and
+                # checks its sha256 as a stream before decoding (job.process)
+                original.Original(self.shared_root, str(path)).close()
+                return self.shared_root, str(path)
             with original.Original(self.shared_root, str(path)) as o:
                 data = o.read_verified(sha256, size)
         except FileNotFoundError:
@@ -313,19 +292,29 @@ class Agent:
                 self._cleanup(job_id)
 
     def _reply(self, job_id: int, r: dict) -> None:
+        """A job's ``done`` (its artifacts, or a chunk's parts, streamed from the session
+        folder: a video is never read whole into memory) or its ``error``."""
         if r["error"] is not None:
             self.send({"type": "error", "job": job_id, "kind": r["kind"], "message": r["error"], "input": str(self.session / "in" / str(job_id))})
             return
-        out, blobs = [], []
+        out, files = [], []
         for a in r["artifacts"]:
             # where the slot wrote it: a per-attempt name when the worker stages its outputs
-            data = (self.session / "out" / (a.get("staged") or a["path"])).read_bytes()
-            if len(data) != a["bytes"] or hashlib.sha256(data).hexdigest() != a["sha256"]:
+            path = self.session / "out" / (a.get("staged") or a["path"])
+            if slot.file_digest(path) != (a["bytes"], a["sha256"]):
                 self.send({"type": "error", "job": job_id, "kind": "transient", "message": f"artifact {a['name']} changed on the host's disk after it was written"})
                 return
-            out.append({k: a[k] for k in ("name", "sha256", "bytes", "width", "height")})
-            blobs.append(data)
-        self.send({"type": "done", "job": job_id, "artifacts": out, "result": r["result"]}, b"".join(blobs))
+            out.append({k: a[k] for k in ("name", "sha256", "bytes", "width", "height", "ext") if k in a})
+            files.append((path, a["bytes"]))
+        header = {"type": "done", "job": job_id, "artifacts": out, "result": r["result"]}
+        if r.get("parts"):
+            header["parts"] = []
+            for p in r["parts"]:
+                path = self.session / "out" / p["staged"]
+                size, digest = slot.file_digest(path)
+                header["parts"].append({"name": p["name"], "sha256": digest, "bytes": size})
+                files.append((path, size))
+        self.send(header, protocol.FilesBlob(files) if files else b"")
 
     # --- liveness ----------------------------------------------------------------------
 

@@ -16,7 +16,13 @@ then the bytes end to end. Nothing it says is trusted, and it is checked in two 
   and lands under the name the coordinator computes (never one sent to it).
 
 ``reply_limit`` is the most a ``done`` frame of a job may carry, derived from the recipe
-and ``max_pixels``; the link refuses a bigger frame before reading it.
+and ``max_pixels`` (and, for a video's job, its running time: ``imgq.fleet.videos``); the
+link refuses a bigger frame before reading it.
+
+A video's job (``receive_all`` with its ``videos.VideoFacts``) sends its stills, checked
+as above, and its video artifacts, each checked as a video of the container it names,
+of its stated frame count and size, never as a JPEG; a chunk of a split video sends its
+parts instead, which become the outcome's ``parts`` (staged, final) moves.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from imgq.ops import get, parse_chain
 # up to 255 APP2 segments of 64 kB (16.3 MB), EXIF one APP1 segment.
 JPEG_BYTES_PER_PIXEL = 8
 METADATA_BYTES = 17 << 20
-_SHA256 = re.compile(r"[0-9a-f]{64}$")
+SHA256 = re.compile(r"[0-9a-f]{64}$")
 _FIELDS = {"name", "sha256", "bytes", "width", "height"}
 
 
@@ -68,15 +74,22 @@ def artifact_limit(chain: str, max_pixels: int) -> int:
     return fit_bounds(chain, max_pixels)[2] * JPEG_BYTES_PER_PIXEL + METADATA_BYTES
 
 
-def reply_limit(spec: dict, max_pixels: int) -> int:
-    """The most blob bytes a ``done`` reply for a job of this recipe can carry."""
+def reply_limit(spec: dict, max_pixels: int, video=None) -> int:
+    """The most blob bytes a ``done`` reply for a job of this recipe can carry (for a
+    video's job, ``video`` holds the journal's facts of it: ``videos.VideoFacts``)."""
     chains, _ = recipes.split_spec(spec)
-    return sum(artifact_limit(c, max_pixels) for c in chains.values())
+    if video is None:
+        return sum(artifact_limit(c, max_pixels) for c in chains.values())
+    from imgq.fleet import videos
+
+    return sum(videos.video_limit(c, max_pixels, video) if recipes.is_video_chain(c) else artifact_limit(c, max_pixels) for c in chains.values())
 
 
-def check_reply(claim: queue.Claim, header: dict, blob_size: int, *, max_pixels: int) -> list[dict]:
+def check_reply(claim: queue.Claim, header: dict, blob_size: int, *, max_pixels: int, video=None) -> list[dict]:
     """The artifacts a ``done`` header lists, checked against the job's recipe (see the
-    module docstring); BadReply naming what is wrong."""
+    module docstring); BadReply naming what is wrong. For a video's job (``video``: its
+    ``videos.VideoFacts``) its video artifacts are checked as ``imgq.fleet.videos`` says;
+    a chunk of a split video lists parts instead (``check_parts``)."""
     job = f"job {claim.job_id}"
     chains, options = recipes.split_spec(claim.spec)
     listed, result = header.get("artifacts"), header.get("result")
@@ -84,13 +97,17 @@ def check_reply(claim: queue.Claim, header: dict, blob_size: int, *, max_pixels:
         raise BadReply(f"{job}: the reply's artifacts are not a list ({type(listed).__name__})")
     if result is not None and not isinstance(result, dict):
         raise BadReply(f"{job}: the reply's result is not an object")
+    if claim.stage.startswith("stripe:") or "parts" in header:
+        if video is None or not claim.stage.startswith("stripe:") or listed:
+            raise BadReply(f"{job}: a reply with parts is only for the chunk of a split video, and has no artifact")
+        return []
     if faces.skips(options, result) and isinstance(result, dict) and result.get("skipped"):
         if listed or blob_size:
             raise BadReply(f"{job}: the reply says the photo was skipped (on_no_faces = skip) but sends artifacts")
         return []
     seen: dict[str, int] = {}
     for a in listed:
-        _check_entry(job, a, chains, max_pixels)
+        _check_entry(job, a, chains, max_pixels, video, result)
         seen[a["name"]] = seen.get(a["name"], 0) + 1
     twice = sorted(n for n, k in seen.items() if k > 1)
     missing = sorted(set(chains) - set(seen))
@@ -101,10 +118,23 @@ def check_reply(claim: queue.Claim, header: dict, blob_size: int, *, max_pixels:
     total = sum(a["bytes"] for a in listed)
     if total != blob_size:
         raise BadReply(f"{job}: the reply's artifacts add up to {total} bytes but {blob_size} bytes follow")
-    return [{k: a[k] for k in _FIELDS} for a in listed]
+    return [{k: a[k] for k in _FIELDS | ({"ext"} if "ext" in a else set())} for a in listed]
 
 
-def _check_entry(job: str, a, chains: dict, max_pixels: int) -> None:
+def check_parts(claim: queue.Claim, header: dict, blob_size: int, *, max_pixels: int, video) -> list[dict]:
+    """The parts a chunk's ``done`` header lists (``videos.check_parts``), adding up to
+    the blob; BadReply naming what is wrong."""
+    from imgq.fleet import videos
+
+    job = f"job {claim.job_id}"
+    parts = videos.check_parts(job, header.get("parts"), claim.spec, max_pixels, video, header.get("result"))
+    total = sum(p["bytes"] for p in parts)
+    if total != blob_size:
+        raise BadReply(f"{job}: the reply's parts add up to {total} bytes but {blob_size} bytes follow")
+    return parts
+
+
+def _check_entry(job: str, a, chains: dict, max_pixels: int, video=None, result=None) -> None:
     if not isinstance(a, dict) or not _FIELDS <= set(a):
         raise BadReply(f"{job}: an artifact entry is not an object with {', '.join(sorted(_FIELDS))}")
     name = a["name"]
@@ -113,11 +143,20 @@ def _check_entry(job: str, a, chains: dict, max_pixels: int) -> None:
     for k in ("bytes", "width", "height"):
         if type(a[k]) is not int or a[k] < 1:
             raise BadReply(f"{job}: artifact {name}: {k} = {str(a[k])[:40]!r} is not a positive whole number")
-    if not isinstance(a["sha256"], str) or not _SHA256.match(a["sha256"]):
+    if not isinstance(a["sha256"], str) or not SHA256.match(a["sha256"]):
         raise BadReply(f"{job}: artifact {name}: {str(a['sha256'])[:80]!r} is not a sha256")
     bw, bh, pixels = fit_bounds(chains[name], max_pixels)
     if a["width"] * a["height"] > pixels or (bw is not None and (a["width"] > bw or a["height"] > bh)):
         raise BadReply(f"{job}: artifact {name}: {a['width']}x{a['height']} is larger than its chain can make")
+    if recipes.is_video_chain(chains[name]):
+        if video is None:
+            raise BadReply(f"{job}: the reply sends a video artifact {name} for a photo")
+        from imgq.fleet import videos
+
+        videos.check_video_entry(job, a, chains[name], max_pixels, video, result)
+        return
+    if "ext" in a:
+        raise BadReply(f"{job}: artifact {name} is a still (a JPEG) but the reply names a container for it")
     cap = artifact_limit(chains[name], max_pixels)
     if a["bytes"] > cap:
         raise BadReply(f"{job}: artifact {name}: {a['bytes']} bytes is more than its chain can make ({cap})")
@@ -128,20 +167,85 @@ def receive(claim: queue.Claim, header: dict, blob: protocol.Blob | bytes | memo
     says (BadReply), then each artifact's bytes: the sha256 and size stated, a JPEG that
     decodes at the stated width and height (ArtifactRejected), landing in the store
     atomically (temporary name, fsync, rename, folder fsync)."""
+    return receive_all(claim, header, blob, store_dir, max_pixels=max_pixels)[0]
+
+
+def receive_all(claim: queue.Claim, header: dict, blob: protocol.Blob | bytes | memoryview, store_dir: Path, *, max_pixels: int,
+                video=None) -> tuple[list[queue.Artifact], list[tuple[str, str]]]:
+    """``receive`` for any job: (artifacts, parts). A video's job (``video``: its
+    ``videos.VideoFacts``) may send video artifacts, each checked as a video of its
+    container, frame count and size, never as a JPEG; a chunk of a split video sends
+    its parts, returned as the (staged, final) moves of ``queue.Outcome.parts``. Every
+    file is streamed from ``blob`` to its staged name: never held whole in memory."""
     if not isinstance(blob, protocol.Blob):
         blob = protocol.MemoryBlob(blob)
-    listed = check_reply(claim, header, blob.size, max_pixels=max_pixels)
+    if "parts" in header or claim.stage.startswith("stripe:"):
+        return [], _receive_parts(claim, header, blob, store_dir, max_pixels=max_pixels, video=video)
+    listed = check_reply(claim, header, blob.size, max_pixels=max_pixels, video=video)
     out, offset = [], 0
     for a in listed:
         name, size = a["name"], a["bytes"]
-        rel = store.artifact_path(claim.file_id, name, claim.spec_hash)
+        rel = store.artifact_path(claim.file_id, name, claim.spec_hash, a.get("ext", "jpg"))
         # written under this attempt's staged name: queue.settle moves it onto ``rel``
         # only if the lease still holds (a late reply never replaces a recorded result)
         staged = store.staged_path(rel, claim.token)
-        _write_verified(store_dir / staged, blob.chunks(offset, size), a["width"], a["height"], sha256=a["sha256"], name=name)
+        if "ext" in a:
+            from imgq.fleet import videos
+
+            frames = videos.frames_stated(f"job {claim.job_id}", header.get("result"), name)
+            check = lambda tmp, a=a, frames=frames: videos.verify_video(  # noqa: E731
+                tmp, kind={videos.VIDEO_EXTS[a["ext"]]}, frames=frames, width=a["width"], height=a["height"], what=f"video artifact {a['name']} from the host")
+            _write_checked(store_dir / staged, blob.chunks(offset, size), check, sha256=a["sha256"], name=name)
+        else:
+            _write_verified(store_dir / staged, blob.chunks(offset, size), a["width"], a["height"], sha256=a["sha256"], name=name)
         offset += size
         out.append(queue.Artifact(name, rel, a["sha256"], size, a["width"], a["height"], staged=staged))
-    return out
+    return out, []
+
+
+def _receive_parts(claim: queue.Claim, header: dict, blob: protocol.Blob, store_dir: Path, *, max_pixels: int, video) -> list[tuple[str, str]]:
+    """A chunk's parts, each checked (sha256, size, a video of its frames) and written to
+    its staged name; the (staged, final) moves."""
+    from imgq import split as splitting
+    from imgq.fleet import videos
+
+    if video is None:
+        raise BadReply(f"job {claim.job_id}: a reply with parts for a photo's job")
+    kind, index, count = splitting.parse_stage(claim.stage)
+    listed = check_parts(claim, header, blob.size, max_pixels=max_pixels, video=video)
+    moves, offset = [], 0
+    for p in listed:
+        final = splitting.part_path(claim.file_id, p["name"], claim.spec_hash, index, count, ext="vpart")
+        staged = store.staged_path(final, claim.token)
+        frames = videos.frames_stated(f"job {claim.job_id}", header.get("result"), p["name"], where="parts")
+        check = lambda tmp, p=p, frames=frames: videos.verify_video(  # noqa: E731
+            tmp, kind=videos.PART_KINDS, frames=frames, what=f"chunk {index + 1} of {count} of {p['name']} from the host")
+        _write_checked(store_dir / staged, blob.chunks(offset, p["bytes"]), check, sha256=p["sha256"], name=p["name"])
+        offset += p["bytes"]
+        moves.append((staged, final))
+    return moves
+
+
+def _write_checked(dest: Path, data, check_file, *, sha256: str, name: str) -> None:
+    """``data`` (chunks) written under a temporary name beside ``dest``, hashed as
+    written, its sha256 compared and ``check_file(tmp)`` run (a video's own check),
+    then renamed to ``dest``; ArtifactRejected if either fails."""
+    h = hashlib.sha256()
+
+    def write(f) -> None:
+        for chunk in data:
+            h.update(chunk)
+            f.write(chunk)
+
+    def check(tmp: Path) -> None:
+        if h.hexdigest() != sha256:
+            raise ArtifactRejected(f"{name} arrived damaged (its sha256 differs from what the host sent)")
+        try:
+            check_file(Path(tmp))
+        except BadImage as e:  # BadVideo is one
+            raise ArtifactRejected(f"does not verify: {e}") from None
+
+    store.write_atomically(dest, write, check=check)
 
 
 # imaging sets Pillow's pixel limit and warning filters process-wide while it decodes: two

@@ -350,6 +350,7 @@ class Fleet:
         if not h.inflight:
             return
         outcomes = [queue.Outcome(c, error=why, kind="lost") for c in h.inflight.values()]
+        self.dispatch.forget(h.inflight.values())
         h.inflight.clear()
         settled = settle(self.db, outcomes, self.settings, actor=h.actor(), backoff=0.0, backoff_max=0.0)
         self._report_settled(h, settled, outcomes)

@@ -1,8 +1,9 @@
 """Moving work to the hosts and results back: each host's link to its agent, claiming
 jobs on the agents' behalf (``slots + prefetch`` in flight per host, so the next input is
-already there when a slot frees up), sending each job with its input read by identity,
-running the stages of split images on this machine, and checking what comes back before
-anything is stored.
+already there when a slot frees up), sending each job with its input read by identity
+(a video's streamed in bounded pieces, ``staging``), running the stages of split images
+and the joins of split videos on this machine, and checking what comes back before
+anything is stored (a video's artifacts and chunk parts as videos: ``videos``).
 
 Results reach the coordinator thread as ``("outcome", host, link, Arrived)`` events on
 its queue; nothing here settles a job.
@@ -20,8 +21,9 @@ from pathlib import Path
 
 from imgq import work
 from imgq.config import Settings
+from imgq.split.plan import JOIN
 from imgq.errors import ImgqError, classify
-from imgq.fleet import arrival, link, protocol
+from imgq.fleet import arrival, link, protocol, staging, videos
 from imgq.fleet.hosts import HostEntry
 from imgq.fleet.roster import Host, Roster
 from imgq.ledger import queue
@@ -57,6 +59,13 @@ class Dispatch:
         # many agents it had, and concurrent fsyncs share the file system's journal commits
         self.store_pool = concurrent.futures.ThreadPoolExecutor(max(STORE_THREADS, opts.transfers), thread_name_prefix="imgq-store")
         self.stages = None  # a process pool for stages of split images, which need this store
+        self.here: set[int] = set()  # jobs running in that pool (no host may answer for them)
+        # by lease token (one attempt; a job sent again is a new one): a video's jobs sent
+        # to hosts, with the journal's facts of it, which bound its replies...
+        self.videos: dict[str, videos.VideoFacts] = {}
+        # ...and attempts whose input changed (or could not be read) here while it was
+        # streamed: (message, kind), the outcome whatever the agent answers
+        self.changed: dict[str, tuple[str, str]] = {}
 
     def _arrived(self, h: Host, lk, outcome: queue.Outcome, hosts_fault: bool) -> None:
         self.events.put(("outcome", h, lk, Arrived(h, lk, outcome, hosts_fault)))
@@ -102,31 +111,34 @@ class Dispatch:
             for c in claims:
                 h.inflight[c.job_id] = c
                 row = files.get(c.file_id)
-                if c.stage or (row is not None and row["kind"] == "video"):
+                video = row is not None and row["kind"] == "video"
+                if c.stage and not video:
                     self._run_here(h, c)
                 else:
+                    if video:
+                        self.videos[c.token] = videos.VideoFacts(row["size"], row["duration"], row["frame_rate"])
                     self._send(h, c, row)
             if len(claims) < want:
                 self.dry_until = time.time() + self.opts.poll
                 return
 
     def _files(self, claims: list[queue.Claim]) -> dict:
-        """The claimed jobs' files: kind (a video's jobs run here for now: the agents'
-        replies are checked as images, arrival.receive, and a video's inputs and previews
-        are moved whole, in memory, by the fleet's frames; both would have to stream
-        first), and the sha256 and size the input sent must have."""
+        """The claimed jobs' files: kind (a video's input is streamed, and its replies
+        checked as ``videos`` says, within limits from its running time and frame rate),
+        and the sha256 and size the input sent must have."""
         ids = sorted({c.file_id for c in claims})
         if not ids:
             return {}
         marks = ",".join("?" * len(ids))
-        return {r["id"]: r for r in self.db.all(f"SELECT id, kind, sha256, size FROM files WHERE id IN ({marks})", ids)}
+        return {r["id"]: r for r in self.db.all(f"SELECT id, kind, sha256, size, duration, frame_rate FROM files WHERE id IN ({marks})", ids)}
 
     def _run_here(self, h: Host, c: queue.Claim) -> None:
-        """A stripe or join of a split image or video (imgq enqueue --split) reads and
-        writes intermediate parts in this machine's store, and a video's job streams what
-        the fleet cannot (``_files``), so they run here, in a pool of local processes
-        (one per core, so parts still run in parallel), counted in flight on the host that
-        claimed it."""
+        """A stripe or join of a split image (imgq enqueue --split) reads and writes
+        intermediate stripes in this machine's store, so they run here, in a pool of local
+        processes (one per core, so stripes still run in parallel), counted in flight on
+        the host that claimed it. (A split video's chunks and join run on the hosts: the
+        parts come back like artifacts, and go out with the join's input.)"""
+        self.here.add(c.job_id)
         if self.stages is None:
             # spawn, not fork: this process has threads (paramiko's, ours)
             self.stages = concurrent.futures.ProcessPoolExecutor(os.cpu_count() or 1, mp_context=mp.get_context("spawn"))
@@ -138,6 +150,7 @@ class Dispatch:
                 outcome.claim = c  # a copy came back from the other process: ours is in flight
             except Exception as e:
                 outcome = queue.Outcome(c, error=f"{Path(c.inbox) / c.path}: {type(e).__name__}: {e}", kind="transient")
+            self.here.discard(c.job_id)
             self._arrived(h, None, outcome, False)
 
         fut.add_done_callback(done)
@@ -149,14 +162,18 @@ class Dispatch:
         header = {"type": "job", "job": c.job_id, "spec": c.spec, "spec_hash": c.spec_hash,
                   "max_pixels": self.settings.max_pixels, "quality": self.settings.jpeg_quality,
                   "sha256": row["sha256"], "size": row["size"]}
+        if c.token in self.videos:
+            header["kind"] = "video"
+            if c.stage:
+                header["stage"] = c.stage  # a chunk of a split video, or their join
         # a path only to an agent started with a shared root (a connect-back agent's
         # launcher may not have given it one: it gets the bytes, as without --shared-root)
         rel = self._under_shared_root(c) if h.link.hello.get("shared_root") else None
         if rel is not None:
             header["path"] = rel
-            h.link.send_job(c, header, None)
-        else:
-            h.link.send_job(c, header, Path(c.inbox) / c.path)
+        # a join's chunks go with it even when its original is read in place
+        needs_bytes = rel is None or c.stage.startswith(f"{JOIN}:")
+        h.link.send_job(c, header, Path(c.inbox) / c.path if needs_bytes else None)
 
     def _under_shared_root(self, c: queue.Claim) -> str | None:
         """The input's path relative to --shared-root, or None: then its bytes are sent.
@@ -175,10 +192,14 @@ class Dispatch:
         """In a sender thread: the input's bytes, read by identity (no symlink followed,
         a regular file) and sent only if their sha256 and size are the journal's; else
         None, with the outcome a local worker would report (changed in the inbox, a
-        symlink or FIFO swapped in: permanent, naming the file; an I/O error: transient)."""
+        symlink or FIFO swapped in: permanent, naming the file; an I/O error: transient).
+        A video's input is a ``protocol.Blob`` streamed from the opened file, checked as
+        it goes (``_video_input``)."""
         from imgq import original
 
         try:
+            if header.get("kind") == "video":  # streamed from the open handle, hashed as it goes
+                return self._video_input(c, header)
             with original.open_original(c.inbox, c.path) as o:
                 return o.read_verified(header["sha256"], header["size"])
         except ImgqError as e:
@@ -189,6 +210,30 @@ class Dispatch:
         self._arrived(h, lk, outcome, False)
         return None
 
+    def _video_input(self, c: queue.Claim, header: dict) -> protocol.Blob:
+        """A video's input, streamed (``staging.StreamedOriginal``); for a join, its
+        original (unless read in place under the shared root) and then every chunk's parts
+        from the store, listed in the header with their sha256 (``staging.join_parts``)."""
+        from imgq import original
+
+        blobs: list[protocol.Blob] = []
+        try:
+            if "path" not in header:
+                o = original.open_original(c.inbox, c.path)
+                try:
+                    blobs.append(staging.StreamedOriginal(o, header["sha256"], header["size"], lambda text, kind, c=c: self.changed.__setitem__(c.token, (text, kind))))
+                except BaseException:
+                    o.close()
+                    raise
+            if c.stage.startswith(f"{JOIN}:"):
+                header["parts"], files = staging.join_parts(self.settings.store_dir, c, videos.movies(c.spec))
+                blobs.append(protocol.FilesBlob(files))
+        except BaseException:
+            for b in blobs:
+                b.close()
+            raise
+        return blobs[0] if len(blobs) == 1 else protocol.ChainedBlob(blobs)
+
     # --- what comes back ----------------------------------------------------------------
 
     def _held(self, h: Host, header: dict) -> queue.Claim:
@@ -196,7 +241,7 @@ class Dispatch:
         not yet answered (a reply for any other job, or a second one, breaks the protocol)."""
         job = header.get("job")
         c = h.inflight.get(job) if type(job) is int else None
-        if c is None or c.stage or h.answered.get(job) is c:
+        if c is None or job in self.here or h.answered.get(job) is c:
             raise arrival.BadReply(f"a {header['type']!r} reply for job {str(job)[:40]}, which was not sent to this host or was answered already")
         return c
 
@@ -207,9 +252,13 @@ class Dispatch:
         c = self._held(h, header)
         if header["type"] != "done":
             return 0
-        cap = arrival.reply_limit(c.spec, self.settings.max_pixels)
+        video = self.videos.get(c.token)
+        cap = arrival.reply_limit(c.spec, self.settings.max_pixels, video)
         if blob_size <= cap:  # (over it, the frame is refused as too big before anything else)
-            arrival.check_reply(c, header, blob_size, max_pixels=self.settings.max_pixels)
+            if "parts" in header or c.stage.startswith("stripe:"):
+                arrival.check_parts(c, header, blob_size, max_pixels=self.settings.max_pixels, video=video)
+            else:
+                arrival.check_reply(c, header, blob_size, max_pixels=self.settings.max_pixels, video=video)
         return cap
 
     def on_message(self, h: Host, lk: link.AgentLink, header: dict, blob: protocol.Blob) -> None:
@@ -221,9 +270,16 @@ class Dispatch:
         if len(h.answered) > 2 * len(h.inflight) + 64:  # forget replies to jobs settled since
             h.answered = {j: x for j, x in h.answered.items() if h.inflight.get(j) is x}
         h.answered[c.job_id] = c
+        changed = self.changed.pop(c.token, None)
+        if changed is not None:  # what we sent was not the journal's bytes: not the host's doing
+            blob.close()
+            self.videos.pop(c.token, None)
+            self._arrived(h, lk, queue.Outcome(c, error=changed[0], kind=changed[1]), False)
+            return
         if header["type"] == "done":
             self.store_pool.submit(self._store, h, lk, c, header, blob)
             return
+        self.videos.pop(c.token, None)
         message, kind, staged = header.get("message"), header.get("kind"), header.get("input")
         if not isinstance(message, str) or kind not in ("permanent", "transient") or not isinstance(staged, (str, type(None))):
             raise arrival.BadReply(f"job {c.job_id}: an error reply needs a message and a kind of permanent or transient")
@@ -238,9 +294,10 @@ class Dispatch:
     def _store(self, h: Host, lk: link.AgentLink, c: queue.Claim, header: dict, blob: protocol.Blob) -> None:
         hosts_fault = True
         try:
-            artifacts = arrival.receive(c, header, blob, self.settings.store_dir, max_pixels=self.settings.max_pixels)
-            # receive fsyncs each artifact before its rename to the staged name: durable
-            outcome = queue.Outcome(c, artifacts=artifacts, result=header.get("result"), durable=True)
+            artifacts, parts = arrival.receive_all(c, header, blob, self.settings.store_dir, max_pixels=self.settings.max_pixels,
+                                                   video=self.videos.pop(c.token, None))
+            # receive fsyncs each file before its rename to the staged name: durable
+            outcome = queue.Outcome(c, artifacts=artifacts, result=header.get("result"), parts=parts, durable=True)
         except (arrival.BadReply, arrival.ArtifactRejected) as e:
             # the host sent something it should not have: bench it, its jobs run elsewhere
             self.events.put(("bad", h, lk, f"bad reply: {e} ({Path(c.inbox) / c.path})"))
@@ -254,6 +311,13 @@ class Dispatch:
         finally:
             blob.close()
         self._arrived(h, lk, outcome, hosts_fault)
+
+    def forget(self, claims) -> None:
+        """Attempts that are over without a reply (their host was lost): drop what was
+        kept to check their replies."""
+        for c in claims:
+            self.videos.pop(c.token, None)
+            self.changed.pop(c.token, None)
 
     def close(self) -> None:
         self.store_pool.shutdown(wait=False, cancel_futures=True)

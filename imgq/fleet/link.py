@@ -12,7 +12,8 @@ The link never touches the database: it hands what arrives to a callback, and th
   missing a library is never given a job.
 - Jobs are sent by ``transfers`` sender threads, each reading an input from disk while
   another is on the wire. The input goes as raw bytes after a small JSON header (no
-  name from the inbox in it) or, with a shared root, as a path under that root.
+  name from the inbox in it) or, with a shared root, as a path under that root. A
+  video's input is a ``protocol.Blob`` streamed from disk in 1 MiB pieces.
 - Every read from the agent waits at most ``host_timeout`` seconds; the agent beats
   every second, so silence means the host is dead, hung or cut off, and the link reports
   it lost.
@@ -114,7 +115,8 @@ class AgentLink:
     when the link dies (``misbehaved``: the agent broke the protocol, not the network).
     ``reply_limit(header, blob_size)`` says how many blob bytes a message may carry (or
     raises ProtocolError); ``read_input(link, claim, header, path)`` returns the bytes to
-    send for a job, or None."""
+    send for a job (or a ``protocol.Blob`` to stream, which the link closes once sent),
+    or None."""
 
     def __init__(self, name: str, transport, hello: dict, *, host_timeout: float, transfers: int,
                  on_message: Callable, on_lost: Callable, read_input: Callable,
@@ -158,10 +160,30 @@ class AgentLink:
                 if blob is None:
                     continue  # unreadable here: the fleet has settled it already
             try:
-                self._write(header, blob)
+                if isinstance(blob, protocol.Blob):
+                    self._write_streamed(header, blob)
+                else:
+                    self._write(header, blob)
             except HostUnreachable as e:
                 self.lose(str(e))
                 return
+            except OSError as e:  # a file of a streamed frame failed here mid-frame: the frame cannot be finished
+                self.lose(f"cannot finish sending job {header.get('job')}: {e.strerror or e}")
+                return
+
+    def _write_streamed(self, header: dict, blob: protocol.Blob) -> None:
+        """A frame whose input is streamed from disk (a video) in ``protocol.CHUNK``
+        pieces, never held whole: other frames wait until it has gone."""
+        first, pieces = protocol.encode_streamed(header, blob)
+        try:
+            with self.write_lock:
+                self.transport.write(memoryview(first))
+                for piece in pieces:
+                    self.transport.write(piece)
+                    self.bytes_out += len(piece)
+        finally:
+            blob.close()
+        self.bytes_out += len(first)
 
     def _write(self, header: dict, blob) -> None:
         pieces = protocol.encode(header, blob)

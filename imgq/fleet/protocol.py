@@ -8,26 +8,36 @@ started it on)::
 
 The header says what the message is (``type``) and describes the blob: the input photo of
 a ``job``, the artifacts of a ``done`` reply laid end to end. Raw bytes never go through
-JSON, so a 6 MB photo costs one copy into the channel, not a base64 pass.
+JSON, so a 6 MB photo costs one copy into the channel, not a base64 pass. A blob's size
+is in the frame's length before its first byte, so a video of any size is streamed in
+``CHUNK`` pieces from disk and into a file on the other side (``encode_streamed``,
+``FilesBlob``, spilling): neither side ever holds it whole in memory.
 
 Coordinator to agent:
-  ``job``     {job, spec, spec_hash, max_pixels, quality[, path]} + the input's bytes
-              (``path``, relative to the agent's shared root, replaces the bytes when
-              the host sees the same files; the blob is then empty)
+  ``job``     {job, spec, spec_hash, max_pixels, quality, sha256, size[, path][, kind]
+              [, stage][, parts]} + the input's bytes, then the bytes of each of
+              ``parts`` (``path``, relative to the agent's shared root, replaces the
+              input's bytes when the host sees the same files; ``kind`` "video" and
+              ``stage`` "stripe:I/N" or "join:N" for a chunk or the join of a split
+              video; ``parts`` [{name, index, sha256, bytes}]: the chunks a join joins)
   ``cancel``  {job}: the coordinator lost the job's lease; drop it if not started
   ``ping``    {}: the coordinator is alive (an agent that hears nothing for a while exits)
 
 Agent to coordinator:
   ``hello``   {protocol, version, python, cores, slots, free_disk, libs, errors, ...}
   ``beat``    {running, waiting, free_disk}, every second
-  ``done``    {job, artifacts: [{name, sha256, bytes, width, height}], result} + bytes
+  ``done``    {job, artifacts: [{name, sha256, bytes, width, height[, ext]}], result
+              [, parts: [{name, sha256, bytes}]]} + the artifacts' bytes, then the
+              parts' (a video artifact names its ``ext``, mp4 or webm; a chunk of a
+              split video sends ``parts`` and no artifact)
   ``error``   {job, kind: permanent|transient, message}
   ``fatal``   {message}: the agent cannot go on (it exits after sending it)
 
 Every frame is checked against what its message may carry before its body is read: the
 header is at most ``max_header`` bytes, and the blob at most what the reader's ``limit``
 allows for that header (a ``done`` reply: what the job's recipe can make at the
-settings' pixel limit; a ``job``: the input's recorded size; anything else: nothing).
+settings' pixel limit, and of a video its running time; a ``job``: the input's recorded
+size plus the parts a join lists; anything else: nothing).
 A frame over its limit is a protocol error from the sender, refused before a byte of
 its blob is held. Large blobs are streamed into a temporary file (``spill_dir``) rather
 than held in memory.
@@ -86,6 +96,48 @@ class MemoryBlob(Blob):
 
     def __bytes__(self) -> bytes:
         return bytes(self.view)
+
+
+class FilesBlob(Blob):
+    """Files laid end to end, streamed from disk in ``CHUNK`` pieces when sent: an
+    agent's artifacts and parts, a join's parts (never read whole into memory).
+    ``parts`` is a list of (path, size); each file must still have its size."""
+
+    def __init__(self, parts: list[tuple[Path, int]]):
+        self.parts = [(Path(p), n) for p, n in parts]
+        self.size = sum(n for _, n in self.parts)
+
+    def chunks(self, offset: int = 0, size: int | None = None) -> Iterator[memoryview]:
+        if offset or size is not None:
+            raise ValueError("a FilesBlob is streamed whole")
+        for path, n in self.parts:
+            left = n
+            with open(path, "rb") as f:
+                while left > 0:
+                    data = f.read(min(CHUNK, left))
+                    if not data:
+                        raise OSError(f"{path} is shorter than the {n} bytes it had")
+                    left -= len(data)
+                    yield memoryview(data)
+
+
+class ChainedBlob(Blob):
+    """Blobs laid end to end, streamed one after the other (a join's input: the original,
+    then the chunks it joins); closing it closes each."""
+
+    def __init__(self, blobs: list[Blob]):
+        self.blobs = blobs
+        self.size = sum(b.size for b in blobs)
+
+    def chunks(self, offset: int = 0, size: int | None = None) -> Iterator[memoryview]:
+        if offset or size is not None:
+            raise ValueError("a ChainedBlob is streamed whole")
+        for b in self.blobs:
+            yield from b.chunks()
+
+    def close(self) -> None:
+        for b in self.blobs:
+            b.close()
 
 
 class FileBlob(Blob):
@@ -197,8 +249,23 @@ def encode(header: dict, blob: bytes | memoryview = b"") -> list[bytes | memoryv
     return [FRAME.pack(HEAD.size + len(head) + len(blob)) + HEAD.pack(len(head)) + head, memoryview(blob)]
 
 
-def write_message(stream: BinaryIO, header: dict, blob: bytes | memoryview = b"") -> None:
-    """Write one message to a binary stream and flush it (the caller serialises writers)."""
-    for piece in encode(header, blob):
-        stream.write(piece)
+def encode_streamed(header: dict, blob: Blob) -> tuple[bytes, Iterator[memoryview]]:
+    """One frame whose blob is streamed: the frame's length and header (the blob's size
+    is known before its first byte goes), then the blob's pieces of at most ``CHUNK``
+    bytes. A video of any size is sent without being held in memory."""
+    head = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    return FRAME.pack(HEAD.size + len(head) + blob.size) + HEAD.pack(len(head)) + head, blob.chunks()
+
+
+def write_message(stream: BinaryIO, header: dict, blob: bytes | memoryview | Blob = b"") -> None:
+    """Write one message to a binary stream and flush it (the caller serialises writers).
+    A ``Blob`` is streamed piece by piece."""
+    if isinstance(blob, Blob):
+        first, pieces = encode_streamed(header, blob)
+        stream.write(first)
+        for piece in pieces:
+            stream.write(piece)
+    else:
+        for piece in encode(header, blob):
+            stream.write(piece)
     stream.flush()

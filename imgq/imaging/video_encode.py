@@ -217,11 +217,12 @@ def _audio_of(fd: int, params: dict) -> list[str]:
     return [*cut, "-i", f"/dev/fd/{fd}", "-map", "0:v", "-map", "1:a?", "-c:a", "aac", "-b:a", "128k"]
 
 
-def _x264(params: dict, threads: int = 0) -> list[str]:
-    """The H.264 encoder's arguments; ``threads`` > 0 fixes its threads (0: x264's own
-    choice, about 1.5 a core: right for one job alone, too many for one job per core)."""
-    out = ["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-profile:v", "high"]
-    out += ["-threads", str(threads)] if threads > 0 else []
+def _x264(params: dict) -> list[str]:
+    """The H.264 encoder's arguments. One thread: x264's output depends on its thread
+    count, and with one it is the same bytes on every host and with any ``-j`` (its own
+    choice, 1.5 a core, also oversubscribed one worker a core); a preview is small
+    beside the decoding, which takes the threads a job is given, exactly."""
+    out = ["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-profile:v", "high", "-threads", "1"]
     return out + (["-b:v", f"{params['kbps']}k"] if params["kbps"] else ["-crf", str(params["crf"])])
 
 
@@ -249,6 +250,28 @@ def _check_written(path, frames: int, name: str) -> None:
         n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         if not cap.isOpened() or abs(n - frames) > 1:
             raise BadVideo(f"the video made of {name} did not verify: {n} frames read back, {frames} written")
+    finally:
+        cap.release()
+
+
+def check_video(path, *, frames: int, width: int | None = None, height: int | None = None, name: str) -> None:
+    """The video at ``path`` (made elsewhere: an agent's reply) opens, holds ``frames``
+    frames (within one, as ``_check_written`` allows) and, when given, is ``width`` x
+    ``height``; BadVideo naming ``name`` otherwise."""
+    cv2 = _cv2()
+    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    try:
+        if not cap.isOpened():
+            raise BadVideo(f"{name} does not open as a video")
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        if abs(n - frames) > 1:
+            raise BadVideo(f"{name} holds {n} frames, {frames} stated")
+        if width is not None and (w, h) != (width, height):
+            raise BadVideo(f"{name} is {w}x{h}, {width}x{height} stated")
+        ok, frame = cap.read()
+        if not ok or frame is None:
+            raise BadVideo(f"{name}: no frame decodes")
     finally:
         cap.release()
 
@@ -296,8 +319,8 @@ def encode_videos(fd: int, name: str, chains: dict[str, str], dest_for, *, ffmpe
     it is missing, None, or the chain asks for vp8/vp9). The encoders write under
     ``scratch`` (``store.scratch_dir``: give a folder on the store's file system).
     Plain H.264 chains (no per-frame steps) are made by the ffmpeg program alone
-    (``video_pass``); ``threads`` > 0 fixes the threads each ffmpeg decodes and
-    encodes with (0: its own choice)."""
+    (``video_pass``); ``threads`` > 0 fixes the threads their ffmpeg decodes and
+    scales with (0: its own choice); x264 always encodes with one (``_x264``)."""
     program = _program(ffmpeg)
     if _plain(chains, program):
         return _video_pass().encode_plain(fd, name, chains, dest_for, program=program, scratch=scratch, threads=threads)[0]
@@ -309,7 +332,7 @@ def encode_videos(fd: int, name: str, chains: dict[str, str], dest_for, *, ffmpe
                 r = readings[art] = _reading(cap, chain, None)
                 if _uses_ffmpeg(r.params, program, name):
                     outs[art] = (Path(tmpdir) / f"{art}.mp4", "mp4", "ffmpeg libx264" + ("/aac" if _has_audio(fd) else "") + " mp4")
-                    cmd = _ffmpeg_raw_input(program, r.size, r.fps) + _audio_of(fd, r.params) + _x264(r.params, threads)
+                    cmd = _ffmpeg_raw_input(program, r.size, r.fps) + _audio_of(fd, r.params) + _x264(r.params)
                     sinks[art] = _FfmpegSink(cmd + ["-movflags", "+faststart", "-f", "mp4", str(outs[art][0])], name, fd, Path(tmpdir) / f"{art}.err")
                 else:
                     fourcc = "VP90" if r.params.get("codec") == "vp9" else "VP80"
@@ -404,7 +427,7 @@ def encode_chunks(fd: int, name: str, chains: dict[str, str], index: int, count:
                 r = readings[art] = _reading(cap, chain, (index, count))
                 if _uses_ffmpeg(r.params, program, name):
                     outs[art] = (Path(tmpdir) / f"{art}.mp4", "ffmpeg libx264 mp4")
-                    cmd = _ffmpeg_raw_input(program, r.size, r.fps) + _x264(r.params, threads) + ["-an", "-f", "mp4", str(outs[art][0])]
+                    cmd = _ffmpeg_raw_input(program, r.size, r.fps) + _x264(r.params) + ["-an", "-f", "mp4", str(outs[art][0])]
                     sinks[art] = _FfmpegSink(cmd, name, None, Path(tmpdir) / f"{art}.err")
                 else:
                     outs[art] = (Path(tmpdir) / f"{art}.avi", "opencv mjpg avi")

@@ -257,7 +257,7 @@ def _command(program: str, fd: int, readings: dict[str, _Reading], outs: dict[st
     for i, art in enumerate(arts):
         r, rate = readings[art], _rate(readings[art].fps)
         cmd += ["-map", f"[o{i}]"] + (["-map", f"{i + 1}:a?", "-c:a", "aac", "-b:a", "128k"] if audio else ["-an"])
-        cmd += _x264(r.params, threads) + ["-fps_mode", "passthrough", "-r", f"{rate.numerator}/{rate.denominator}"]
+        cmd += _x264(r.params) + ["-fps_mode", "passthrough", "-r", f"{rate.numerator}/{rate.denominator}"]
         cmd += (["-movflags", "+faststart"] if whole else []) + ["-f", "mp4", str(outs[art])]
     if samples:
         cmd += ["-map", "[poster]", "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "bgr24", "pipe:1"]

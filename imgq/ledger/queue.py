@@ -200,8 +200,14 @@ def claim(
     actor: Actor = Actor(),
     max_attempts: int | None = None,
     max_lost: int = 5,
+    workers: int = 1,
 ) -> list[Claim]:
     """Lease up to ``limit`` due jobs (ready and due, or leased with an expired lease).
+
+    ``workers``: how many workers share the queue. When fewer than ``limit x workers``
+    jobs are due, a claim takes its fair share (rounded up) rather than a whole batch,
+    so the last jobs of a run are spread over the workers instead of one working
+    through a batch while the others have nothing left.
 
     ``max_attempts``, when given, overrides the jobs' own limit for this worker (``imgq
     work --max-attempts``; 0: no limit by count).
@@ -213,6 +219,9 @@ def claim(
     """
     with db.transaction():
         now = db.when(now)
+        if workers > 1 and limit > 1:
+            due = db.one("SELECT count(*) FROM (SELECT 1 FROM jobs WHERE state = 'ready' AND not_before <= ? LIMIT ?)", (now, limit * workers))[0]
+            limit = max(1, min(limit, -(-due // workers)))
         rows = db.all(
             "SELECT * FROM (SELECT j.id, j.file_id, j.recipe, j.spec, j.spec_hash, j.state, j.attempts, j.max_attempts, j.lost, j.lease_owner,"
             " j.stage, f.inbox, f.path, f.sha256, f.size FROM jobs j JOIN files f ON f.id = j.file_id"

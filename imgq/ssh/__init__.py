@@ -13,9 +13,10 @@ from imgq.ssh.connect import (
     CHANNEL_WINDOW, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IO_TIMEOUT, Connection, close, connect, describe, open_sftp,
 )
 from imgq.ssh.hostspec import HostSpec, parse_host_spec, remote_command
-from imgq.ssh.process import RemoteProcess, RemoteResult, run, start_process
+from imgq.ssh.process import RemoteProcess, RemoteResult, run, run_feeding, start_process
 
 __all__ = [
     "CHANNEL_WINDOW", "DEFAULT_CONNECT_TIMEOUT", "DEFAULT_IO_TIMEOUT", "Connection", "HostSpec", "RemoteProcess",
-    "RemoteResult", "close", "connect", "describe", "open_sftp", "parse_host_spec", "remote_command", "run", "start_process",
+    "RemoteResult", "close", "connect", "describe", "open_sftp", "parse_host_spec", "remote_command", "run", "run_feeding",
+    "start_process",
 ]

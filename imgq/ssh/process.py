@@ -13,6 +13,7 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import fabric
@@ -67,8 +68,6 @@ def run(
     """
     doing = f"running {argv[0]}"
     chan = _open_exec(conn, argv, doing)
-    out, err = bytearray(), bytearray()
-    deadline = time.monotonic() + timeout
     try:
         if input:
             # fed from a thread: a command that answers as it reads (cat) would otherwise
@@ -76,6 +75,85 @@ def run(
             threading.Thread(target=_feed, args=(chan, input), daemon=True).start()
         else:
             chan.shutdown_write()
+        return _collect(conn, chan, argv, doing, timeout)
+    finally:
+        chan.close()
+
+
+# A piece of stdin handed to paramiko at once (a memoryview of the caller's buffer): its
+# sendall re-slices what is left after every packet, which for a whole bytes object is a
+# copy of the rest each time (quadratic in the buffer); a view is sliced for free.
+SEND_PIECE = 1 << 20
+
+
+def run_feeding(
+    conn: fabric.Connection,
+    argv: list[str],
+    feed: Callable[[Callable[[bytes], None]], object],
+    *,
+    timeout: float = DEFAULT_IO_TIMEOUT,
+    io_timeout: float = DEFAULT_IO_TIMEOUT,
+) -> tuple[RemoteResult, object]:
+    """Run ``argv`` on the host with its stdin streamed by ``feed(write)``: ``feed`` calls
+    ``write(data)`` as it goes (a large file is never held whole) and returns what it
+    likes; then EOF, and the output is collected as ``run`` collects it, within
+    ``timeout`` seconds. Returns (the result, what ``feed`` returned).
+
+    A command that ends before reading all of its input is no error here: what is left
+    is not sent (``write`` returns at once) and its exit status and stderr are returned.
+    If ``feed`` raises, the command gets EOF and is waited for (briefly) before the
+    exception goes on, so nothing it does outlives this call. HostUnreachable if the
+    host is lost, or takes more than ``io_timeout`` seconds to take more input.
+
+    The output is read once the input is sent: for commands that answer at the end (a
+    command writing more than a channel window while it reads would wait for ever)."""
+    doing = f"running {argv[0]}"
+    chan = _open_exec(conn, argv, doing)
+    chan.settimeout(io_timeout)
+    ended = False
+
+    def write(data) -> None:
+        nonlocal ended
+        if ended:
+            return
+        view = memoryview(data)
+        try:
+            for at in range(0, len(view), SEND_PIECE):
+                chan.sendall(view[at : at + SEND_PIECE])
+        except socket.timeout as exc:
+            raise translate(conn, exc, f"sending to {argv[0]}") from exc
+        except NETWORK_ERRORS as exc:
+            if not (chan.closed or chan.eof_received or chan.exit_status_ready()) or not chan.get_transport().is_active():
+                raise translate(conn, exc, f"sending to {argv[0]}") from exc
+            ended = True  # the command stopped reading: its status says why
+        finally:
+            view.release()
+
+    try:
+        try:
+            fed = feed(write)
+        except BaseException:
+            try:
+                chan.shutdown_write()
+                _collect(conn, chan, argv, doing, min(timeout, 30.0))
+            except Exception:
+                pass
+            raise
+        if not ended:
+            try:
+                chan.shutdown_write()
+            except NETWORK_ERRORS:
+                pass  # closed meanwhile: its status says why
+        return _collect(conn, chan, argv, doing, timeout), fed
+    finally:
+        chan.close()
+
+
+def _collect(conn, chan: paramiko.Channel, argv, doing: str, timeout: float) -> RemoteResult:
+    """The command's stdout, stderr and exit status, once it has ended and closed its output."""
+    out, err = bytearray(), bytearray()
+    deadline = time.monotonic() + timeout
+    try:
         while True:
             while chan.recv_ready():
                 out += chan.recv(1 << 20)
@@ -96,8 +174,6 @@ def run(
             raise EOFError("connection lost")
     except NETWORK_ERRORS as exc:
         raise translate(conn, exc, doing) from exc
-    finally:
-        chan.close()
     return RemoteResult(list(argv), status, bytes(out), bytes(err))
 
 

@@ -241,13 +241,20 @@ def _run(argv, cwd: Path) -> float:
 
 
 def _decode_one(task) -> None:
+    """The ceiling decodes at the DCT scale imgq decodes at (its draft margin: a 1/4
+    rather than 1/8 scale for the largest photos, which text and fine lines need to stay
+    within 35 dB, tests/test_quality.py), so that "imgq / ceiling" compares like with like.
+    The bare loop keeps the plain margin of a simple script."""
     from PIL import Image
+
+    from imgq.imaging.pixels import DRAFT_MARGIN
 
     src, _ = task
     with Image.open(src) as im:
         sideways = im.getexif().get(0x0112, 1) in (5, 6, 7, 8)
         web_size = fit((im.height, im.width) if sideways else im.size, WEB)
-        im.draft("RGB", (web_size[1], web_size[0]) if sideways else web_size)
+        need = (web_size[1], web_size[0]) if sideways else web_size
+        im.draft("RGB", (round(need[0] * DRAFT_MARGIN), round(need[1] * DRAFT_MARGIN)))
         im.load()
 
 
@@ -362,7 +369,7 @@ def run(args, ctx) -> dict:
         "magick": ("parallel -j{j} ImageMagick jpeg:size (1 call/photo)", lambda o: run_magick(photos, inbox, o, args.jobs, magick),
                    None if have_parallel and magick else "parallel or ImageMagick not installed"),
         "bare": ("bare Pillow loop, {j} processes (no queue)", lambda o: run_bare(photos, inbox, o, args.jobs), None),
-        "decode": ("ceiling: DCT-scaled decode only, {j} processes", lambda o: run_bare(photos, inbox, o, args.jobs, decode_only=True), None),
+        "decode": ("ceiling: DCT-scaled decode only (imgq's scale), {j} processes", lambda o: run_bare(photos, inbox, o, args.jobs, decode_only=True), None),
     }
     wanted = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in wanted if m not in methods]
