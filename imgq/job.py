@@ -51,9 +51,16 @@ def _video_original(claim: queue.Claim) -> original.Original | None:
         raise
 
 
-def _video_chunk(claim: queue.Claim, settings: Settings, orig: original.Original, chains: dict[str, str], index: int, count: int, staged: list[str]) -> tuple[dict, list]:
+# the part a chunk job leaves its poster candidate in (not an artifact name: those start
+# with a letter or digit)
+POSTER_PART = "_poster"
+AUDIO_PART = "_audio."  # + the artifact: chunk 0 encodes each video chain's audio, the join copies it
+
+
+def _video_chunk(claim: queue.Claim, settings: Settings, orig: original.Original, chains: dict[str, str], index: int, count: int, staged: list[str], threads: int, side_parts: bool) -> tuple[dict, list]:
     """Chunk ``index`` of ``count`` of a long video: each video chain's share of the
-    frames encoded as a part, staged like an artifact (the join job makes the stills and
+    frames encoded as a part, staged like an artifact, and where the recipe has stills,
+    the best poster candidate of the chunk's share (the join job makes the stills and
     joins the parts). Returns the job's result and the parts' (staged, final) moves."""
     movies = {n: c for n, c in chains.items() if recipes.is_video_chain(c)}
     moves = []
@@ -64,23 +71,28 @@ def _video_chunk(claim: queue.Claim, settings: Settings, orig: original.Original
         moves.append((staged[-1], final))
         return settings.store_dir / staged[-1]
 
-    made = imaging.encode_chunks(orig.fd, orig.shown, movies, index, count, dest_for, scratch=settings.store_dir) if movies else {}
+    if not movies:
+        return {"chunk": [index, count], "parts": {}}, moves
+    poster = dest_for(POSTER_PART) if side_parts and len(movies) < len(chains) else None
+    audio = (lambda name: dest_for(AUDIO_PART + name)) if side_parts and index == 0 else None
+    made = imaging.encode_chunks(orig.fd, orig.shown, movies, index, count, dest_for, scratch=settings.store_dir, threads=threads, poster_dest=poster, audio_dest=audio)
+    # a poster candidate or an audio part is made only by ffmpeg alone, and audio only where
+    # there is some: what was not written is not moved (the join then does without)
+    for move in [m for m in moves if not (settings.store_dir / m[0]).exists()]:
+        moves.remove(move)
+        staged.remove(move[0])
     return {"chunk": [index, count], "parts": made}, moves
 
 
-def _process_video(claim: queue.Claim, settings: Settings, orig: original.Original, chains: dict[str, str], staged: list[str], *, chunks: int = 0) -> tuple[list, dict]:
+def _process_video(claim: queue.Claim, settings: Settings, orig: original.Original, chains: dict[str, str], staged: list[str], *, chunks: int = 0, threads: int = 0) -> tuple[list, dict]:
     """A video's artifacts: its stills from a representative frame, its video chains
-    encoded (``imaging.encode_video``), or with ``chunks`` joined from the parts of that
-    many chunk jobs; (artifacts, result) with the encoder of each."""
+    encoded (``imaging.encode_videos``: with the poster frame from the same decode where
+    ffmpeg makes them alone), or with ``chunks`` joined from the parts of that many
+    chunk jobs (the poster among their candidates); (artifacts, result) with the encoder
+    of each."""
     stills = {n: c for n, c in chains.items() if not recipes.is_video_chain(c)}
     movies = {n: c for n, c in chains.items() if recipes.is_video_chain(c)}
     artifacts, result = [], {}
-    if stills:
-        for name, r in imaging.render_stills(orig.fd, orig.shown, stills, max_pixels=settings.max_pixels).items():
-            rel = store.artifact_path(claim.file_id, name, claim.spec_hash)
-            staged.append(store.staged_path(rel, claim.token))
-            saved = imaging.save(r, settings.store_dir / staged[-1], quality=settings.jpeg_quality)
-            artifacts.append(queue.Artifact(name, rel, saved.sha256, saved.bytes, saved.width, saved.height, staged=staged[-1]))
     rels: dict[str, tuple[str, str]] = {}  # artifact -> (final, staged)
 
     def dest_for(name: str, ext: str) -> Path:
@@ -89,13 +101,25 @@ def _process_video(claim: queue.Claim, settings: Settings, orig: original.Origin
         rels[name] = (rel, staged[-1])
         return settings.store_dir / staged[-1]
 
+    poster = None
     if chunks:
         made = {}
         for name, chain in movies.items():
             parts = [settings.store_dir / splitting.part_path(claim.file_id, name, claim.spec_hash, i, chunks, ext="vpart") for i in range(chunks)]
-            made[name] = imaging.join_chunks(orig.fd, orig.shown, chain, parts, lambda ext, name=name: dest_for(name, ext), scratch=settings.store_dir)
+            audio = settings.store_dir / splitting.part_path(claim.file_id, AUDIO_PART + name, claim.spec_hash, 0, chunks, ext="vpart")
+            made[name] = imaging.join_chunks(orig.fd, orig.shown, chain, parts, lambda ext, name=name: dest_for(name, ext), scratch=settings.store_dir, audio=audio)
+        if stills and movies:
+            poster = imaging.pick_poster([settings.store_dir / splitting.part_path(claim.file_id, POSTER_PART, claim.spec_hash, i, chunks, ext="vpart") for i in range(chunks)])
+    elif movies and stills:
+        made, poster = imaging.encode_videos_and_poster(orig.fd, orig.shown, movies, dest_for, scratch=settings.store_dir, threads=threads)
     else:
-        made = imaging.encode_videos(orig.fd, orig.shown, movies, dest_for, scratch=settings.store_dir) if movies else {}  # one decode for all
+        made = imaging.encode_videos(orig.fd, orig.shown, movies, dest_for, scratch=settings.store_dir, threads=threads) if movies else {}  # one decode for all
+    if stills:
+        for name, r in imaging.render_stills(orig.fd, orig.shown, stills, max_pixels=settings.max_pixels, poster=poster).items():
+            rel = store.artifact_path(claim.file_id, name, claim.spec_hash)
+            staged.append(store.staged_path(rel, claim.token))
+            saved = imaging.save(r, settings.store_dir / staged[-1], quality=settings.jpeg_quality)
+            artifacts.append(queue.Artifact(name, rel, saved.sha256, saved.bytes, saved.width, saved.height, staged=staged[-1]))
     for name, saved in made.items():
         rel, staged_as = rels[name]
         artifacts.append(queue.Artifact(name, rel, saved.sha256, saved.bytes, saved.width, saved.height, staged=staged_as))
@@ -103,10 +127,15 @@ def _process_video(claim: queue.Claim, settings: Settings, orig: original.Origin
     return artifacts, result
 
 
-def process(claim: queue.Claim, settings: Settings) -> queue.Outcome:
+def process(claim: queue.Claim, settings: Settings, *, threads: int = 0, side_parts: bool = True) -> queue.Outcome:
     """Run one claimed job: one decode, every artifact written and verified under its
     per-attempt name (store.staged_path with the lease token). Nothing is renamed onto a
-    final name here: queue.settle does that if this attempt still holds its lease."""
+    final name here: queue.settle does that if this attempt still holds its lease.
+    ``threads`` > 0: the threads a video job's ffmpeg decodes and scales with (the
+    cores over the workers that share them); 0 leaves ffmpeg its own choice.
+    ``side_parts``: a video chunk also leaves its poster candidate and (chunk 0) the
+    audio for the join; False where only the chains' parts travel (an agent's chunk: the
+    join then samples the poster and encodes the audio itself)."""
     src = original.shown_path(os.path.join(original.fs_path(claim.inbox), original.fs_path(claim.path)))  # named in every error
     started = time.monotonic()
     staged: list[str] = []  # written so far, removed if the job fails
@@ -117,10 +146,10 @@ def process(claim: queue.Claim, settings: Settings) -> queue.Outcome:
         if video is not None:
             with video:
                 if kind == "stripe":
-                    result, parts = _video_chunk(claim, settings, video, chains, index, count, staged)
+                    result, parts = _video_chunk(claim, settings, video, chains, index, count, staged, threads, side_parts)
                     result["seconds"] = round(time.monotonic() - started, 4)
                     return queue.Outcome(claim, artifacts=[], result=result, parts=parts)
-                artifacts, result = _process_video(claim, settings, video, chains, staged, chunks=count if kind == splitting.JOIN else 0)
+                artifacts, result = _process_video(claim, settings, video, chains, staged, chunks=count if kind == splitting.JOIN else 0, threads=threads)
             result["seconds"] = round(time.monotonic() - started, 4)
             return queue.Outcome(claim, artifacts=artifacts, result=result)
         if kind == "stripe":

@@ -179,9 +179,22 @@ def tune_worker_process() -> None:
     mallopt(_M_TRIM_THRESHOLD, TRIM_ABOVE)
 
 
+def video_threads(processes: int) -> int:
+    """The threads each worker's ffmpeg decodes and scales a video with (it encodes with
+    one: the same bytes whatever the threads): this machine's cores shared among the
+    workers (``-j 2`` on 2 cores: one each, so two workers make about twice what one
+    makes; ``-j 1``: every core for the one)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, processes))
+
+
 def worker_main(settings: Settings, opts: WorkOptions, name: str, stop: Stop, reports: mp.Queue) -> None:
     """Body of one worker process; reports ('done'|'failed'|'processed', ...) tuples."""
     tune_worker_process()
+    threads = video_threads(opts.processes)
     db = DB(settings.db)
     db.run_id = opts.run_id
     actor = Actor(host=socket.gethostname(), name=name)
@@ -220,7 +233,7 @@ def worker_main(settings: Settings, opts: WorkOptions, name: str, stop: Stop, re
                 if c.job_id in beat.lost:
                     continue
                 t0 = time.monotonic()
-                outcomes.append(process(c, settings))
+                outcomes.append(process(c, settings, threads=threads))
                 elapsed = time.monotonic() - t0
                 per_job = elapsed if per_job is None else 0.8 * per_job + 0.2 * elapsed
                 # Quick jobs are settled together (one transaction for many); a slow job is

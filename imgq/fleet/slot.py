@@ -61,7 +61,8 @@ def slot_job(job_id: int, spec: dict, spec_hash: str, max_pixels: int, quality: 
     # The outputs stay under their staged names in the agent's private session folder:
     # the reply is read from there, and the coordinator stages what arrives and moves it
     # into place only in the fenced completion.
-    o = work.process(claim, settings)
+    # only the chains' parts travel back (videos.check_parts): no poster candidate, no audio part
+    o = work.process(claim, settings, side_parts=False)
     chains, _ = recipes.split_spec(spec)
     artifacts = []
     for a in o.artifacts or []:

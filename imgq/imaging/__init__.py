@@ -21,6 +21,10 @@ Modules, each importing only those above it in this list:
   through the ffmpeg program, else VP8/VP9 WebM through OpenCV), in chunks on frame
   boundaries (``encode_chunks``) and their join (``join_chunks``); ``check_video``
   checks a video made elsewhere (an agent's) before it is stored;
+- ``video_pass``: plain H.264 chains (no per-frame step) made by the ffmpeg program alone,
+  one process decoding once for every chain and the poster's samples
+  (``encode_videos_and_poster``), a chunk's likewise with its poster candidate, and the
+  join's choice among those (``pick_poster``); ``video_encode`` hands them over to it;
 - ``encode``: ``save`` encodes a rendered artifact as JPEG atomically and verifies it;
   ``verify`` checks that a file on disk decodes fully to the expected size.
 
@@ -39,10 +43,11 @@ from imgq.imaging.pixels import working_image
 from imgq.imaging.render import Rendered, render
 from imgq.imaging.source import Source
 from imgq.imaging.video import VIDEO_FORMAT_NAMES, VIDEO_FORMATS, VideoProbe, probe_video, render_stills, sniff_video
-from imgq.imaging.video_encode import VideoSaved, check_video, encode_chunks, encode_video, encode_videos, join_chunks
+from imgq.imaging.video_encode import VideoSaved, check_video, encode_chunks, encode_video, encode_videos, encode_videos_and_poster, join_chunks
+from imgq.imaging.video_pass import pick_poster
 
 __all__ = [
     "FORMATS", "FORMAT_NAMES", "SUPPORTED", "Probe", "Rendered", "Saved", "Source",
     "jpeg_ready", "minimal_exif", "probe", "render", "save", "sniff", "verify", "working_image",
-    "VIDEO_FORMATS", "VIDEO_FORMAT_NAMES", "VideoProbe", "VideoSaved", "check_video", "encode_chunks", "encode_video", "encode_videos", "join_chunks", "probe_video", "render_stills", "sniff_video",
+    "VIDEO_FORMATS", "VIDEO_FORMAT_NAMES", "VideoProbe", "VideoSaved", "check_video", "encode_chunks", "encode_video", "encode_videos", "encode_videos_and_poster", "join_chunks", "pick_poster", "probe_video", "render_stills", "sniff_video",
 ]

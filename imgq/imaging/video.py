@@ -229,51 +229,72 @@ POSTER_SAMPLES = 8
 DARK_MEAN, FLAT_STD = 16.0, 6.0
 
 
-def poster_frame(fd: int, name: str):
-    """The representative frame of the video at ``fd``, upright (rotation applied), as
-    an RGB PIL image: among a few frames sampled across it, the one with most detail
-    (variance of the Laplacian) that is neither near-black nor near-uniform; the first
-    frame if none qualifies. Raises BadVideo when no frame decodes."""
+def poster_samples(frames: int) -> list[int]:
+    """The frame indexes the poster is chosen among, in order (repeats possible in a
+    clip of few frames): the middles of ``POSTER_SAMPLES`` equal spans."""
+    if frames <= 1:
+        return [0]
+    return [int((i + 0.5) * frames / POSTER_SAMPLES) for i in range(POSTER_SAMPLES)]
+
+
+def poster_score(frame) -> float | None:
+    """How much detail a sampled frame (BGR) has, as the variance of the Laplacian of
+    it shrunk to 160 pixels wide; None for a frame that cannot be a poster (near-black
+    or near-uniform). The same frame always scores the same, wherever it was decoded."""
+    cv2 = _cv2()
+    small = cv2.resize(frame, (160, max(1, 160 * frame.shape[0] // frame.shape[1])), interpolation=cv2.INTER_AREA)
+    grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
+    if grey.mean() < DARK_MEAN or grey.std() < FLAT_STD:
+        return None
+    return float(cv2.Laplacian(grey, cv2.CV_64F).var())
+
+
+def frame_image(frame):
+    """A BGR frame as an RGB PIL image."""
     import numpy as np
     from PIL import Image
 
+    return Image.fromarray(np.ascontiguousarray(frame[..., ::-1]), "RGB")
+
+
+def poster_frame(fd: int, name: str):
+    """The representative frame of the video at ``fd``, upright (rotation applied), as
+    an RGB PIL image: among a few frames sampled across it (``poster_samples``), the
+    one with most detail (``poster_score``) that is neither near-black nor
+    near-uniform; the first frame if none qualifies. Raises BadVideo when no frame
+    decodes. Each sample is a seek (a decode from the keyframe before it): where the
+    video is decoded whole anyway, ``video_pass`` scores the samples on the way."""
     cv2 = _cv2()
     cap = cv2.VideoCapture(fd_path(fd), cv2.CAP_FFMPEG)
     try:
         frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         best, best_score, first = None, -1.0, None
-        for i in range(POSTER_SAMPLES):
-            at = int((i + 0.5) * frames / POSTER_SAMPLES) if frames > 1 else 0
+        for at in poster_samples(frames):
             cap.set(cv2.CAP_PROP_POS_FRAMES, at)
             ok, frame = cap.read()
             if not ok or frame is None:
                 continue
             first = frame if first is None else first
-            small = cv2.resize(frame, (160, max(1, 160 * frame.shape[0] // frame.shape[1])), interpolation=cv2.INTER_AREA)
-            grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
-            if grey.mean() < DARK_MEAN or grey.std() < FLAT_STD:
-                continue
-            score = float(cv2.Laplacian(grey, cv2.CV_64F).var())
-            if score > best_score:
+            score = poster_score(frame)
+            if score is not None and score > best_score:
                 best, best_score = frame, score
-            if frames <= 1:
-                break
     finally:
         cap.release()
     chosen = best if best is not None else first
     if chosen is None:
         raise BadVideo(f"corrupt video: {name} (no frame decodes)")
-    return Image.fromarray(np.ascontiguousarray(chosen[..., ::-1]), "RGB")
+    return frame_image(chosen)
 
 
-def render_stills(fd: int, name: str, chains: dict[str, str], *, max_pixels: int) -> dict:
+def render_stills(fd: int, name: str, chains: dict[str, str], *, max_pixels: int, poster=None) -> dict:
     """Every still chain of a recipe (thumb, web, ...) run on the video's poster frame
-    (``poster_frame``), as ``render`` runs them on a photo: {artifact: Rendered}."""
+    (``poster``, an RGB PIL image already chosen, else ``poster_frame``), as ``render``
+    runs them on a photo: {artifact: Rendered}."""
     import io
 
     from imgq.imaging.render import render
     from imgq.imaging.source import Source
 
     buf = io.BytesIO()
-    poster_frame(fd, name).save(buf, "BMP")  # lossless and quick; render decodes it once
+    (poster if poster is not None else poster_frame(fd, name)).save(buf, "BMP")  # lossless and quick; render decodes it once
     return render(Source(buf.getvalue(), name), chains, max_pixels=max_pixels)

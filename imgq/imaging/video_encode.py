@@ -13,6 +13,7 @@ writer (VP8/VP9 WebM, no audio). What is written is read back before it is kept.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 import shutil
@@ -61,6 +62,7 @@ class _Reading:
     keep: object
     size: tuple[int, int]
     fps: float
+    ratio: Fraction = Fraction(1)  # output over source frame rate, at most 1 (``_thinning``)
 
 
 def _source(fd: int, name: str):
@@ -72,10 +74,15 @@ def _source(fd: int, name: str):
     return cap
 
 
+def _thinning(src_fps: float, out_fps: float) -> Fraction:
+    """The share of the source's frames kept (1 when none is dropped), exact."""
+    return min(Fraction(1), Fraction(out_fps).limit_denominator(1001) / Fraction(src_fps).limit_denominator(1001))
+
+
 def _keeps(src_fps: float, out_fps: float):
     """Whether frame ``j`` (counted from the start of the time range) is kept when
     ``src_fps`` is thinned to ``out_fps``: the frames where the output clock ticks."""
-    r = Fraction(out_fps).limit_denominator(1001) / Fraction(src_fps).limit_denominator(1001)
+    r = _thinning(src_fps, out_fps)
     if r >= 1:
         return lambda j: True
     return lambda j: j == 0 or (j * r).__floor__() > ((j - 1) * r).__floor__()
@@ -100,7 +107,7 @@ def _reading(cap, chain_text: str, chunk: tuple[int, int] | None) -> _Reading:
         if index < count - 1:
             stop = first + span * (index + 1) // count  # the last chunk reads to the end
     fw, fh = fit_size((w, h), params["size"])
-    return _Reading(params, steps, first, begin, stop, _keeps(src_fps, out_fps), (max(2, fw - fw % 2), max(2, fh - fh % 2)), out_fps)
+    return _Reading(params, steps, first, begin, stop, _keeps(src_fps, out_fps), (max(2, fw - fw % 2), max(2, fh - fh % 2)), out_fps, _thinning(src_fps, out_fps))
 
 
 def _shape(frame, r: _Reading):
@@ -211,7 +218,11 @@ def _audio_of(fd: int, params: dict) -> list[str]:
 
 
 def _x264(params: dict) -> list[str]:
-    out = ["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-profile:v", "high"]
+    """The H.264 encoder's arguments. One thread: x264's output depends on its thread
+    count, and with one it is the same bytes on every host and with any ``-j`` (its own
+    choice, 1.5 a core, also oversubscribed one worker a core); a preview is small
+    beside the decoding, which takes the threads a job is given, exactly."""
+    out = ["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-profile:v", "high", "-threads", "1"]
     return out + (["-b:v", f"{params['kbps']}k"] if params["kbps"] else ["-crf", str(params["crf"])])
 
 
@@ -300,14 +311,19 @@ def _run_sinks(cap, readings: dict, sinks: dict) -> dict[str, int]:
     return counts
 
 
-def encode_videos(fd: int, name: str, chains: dict[str, str], dest_for, *, ffmpeg: str | None = "ffmpeg", scratch=None) -> dict[str, VideoSaved]:
+def encode_videos(fd: int, name: str, chains: dict[str, str], dest_for, *, ffmpeg: str | None = "ffmpeg", scratch=None, threads: int = 0) -> dict[str, VideoSaved]:
     """Every video chain of ``chains`` (artifact -> a chain starting with ``video`` or
     ``preview``) made from one decode of the video at ``fd``, each verified and written
     atomically to ``dest_for(artifact, ext)`` (the extension depends on the encoder:
     mp4 through the ``ffmpeg`` program, looked up on PATH, or webm through OpenCV where
     it is missing, None, or the chain asks for vp8/vp9). The encoders write under
-    ``scratch`` (``store.scratch_dir``: give a folder on the store's file system)."""
+    ``scratch`` (``store.scratch_dir``: give a folder on the store's file system).
+    Plain H.264 chains (no per-frame steps) are made by the ffmpeg program alone
+    (``video_pass``); ``threads`` > 0 fixes the threads their ffmpeg decodes and
+    scales with (0: its own choice); x264 always encodes with one (``_x264``)."""
     program = _program(ffmpeg)
+    if _plain(chains, program):
+        return _video_pass().encode_plain(fd, name, chains, dest_for, program=program, scratch=scratch, threads=threads)[0]
     cap = _source(fd, name)
     with scratch_dir(scratch) as tmpdir:
         readings, sinks, outs = {}, {}, {}
@@ -334,21 +350,75 @@ def encode_videos(fd: int, name: str, chains: dict[str, str], dest_for, *, ffmpe
         }
 
 
-def encode_video(fd: int, name: str, chain_text: str, dest_for, *, ffmpeg: str | None = "ffmpeg", scratch=None) -> VideoSaved:
+def encode_videos_and_poster(fd: int, name: str, chains: dict[str, str], dest_for, *, ffmpeg: str | None = "ffmpeg", scratch=None, threads: int = 0) -> tuple[dict[str, VideoSaved], object]:
+    """``encode_videos``, and the poster frame (an RGB PIL image, chosen as
+    ``video.poster_frame`` chooses it) from the same decode when the ffmpeg program makes
+    the chains alone; None otherwise (the caller samples it: ``render_stills``)."""
+    program = _program(ffmpeg)
+    if _plain(chains, program):
+        return _video_pass().encode_plain(fd, name, chains, dest_for, program=program, scratch=scratch, threads=threads, poster=True)
+    return encode_videos(fd, name, chains, dest_for, ffmpeg=ffmpeg, scratch=scratch, threads=threads), None
+
+
+def encode_video(fd: int, name: str, chain_text: str, dest_for, *, ffmpeg: str | None = "ffmpeg", scratch=None, threads: int = 0) -> VideoSaved:
     """One video chain (``encode_videos``); ``dest_for(ext)`` gives the path to write."""
-    return encode_videos(fd, name, {"video": chain_text}, lambda art, ext: dest_for(ext), ffmpeg=ffmpeg, scratch=scratch)["video"]
+    return encode_videos(fd, name, {"video": chain_text}, lambda art, ext: dest_for(ext), ffmpeg=ffmpeg, scratch=scratch, threads=threads)["video"]
+
+
+def _plain(chains: dict[str, str], program: str | None) -> bool:
+    """Whether every chain is one the ffmpeg program makes alone: H.264 (``auto`` or
+    ``h264`` with the program installed) and no per-frame step after ``video``."""
+    if not chains or program is None or not _selects_exactly(program):
+        return False
+    for chain in chains.values():
+        params, steps = video_params(chain)
+        if steps or params.get("codec", "auto") not in ("auto", "h264"):
+            return False
+    return True
+
+
+@functools.lru_cache(maxsize=8)
+def _selects_exactly(program: str) -> bool:
+    """Whether the ffmpeg program has ``-fps_mode`` (5.1 and later; a build from git
+    names no version and is taken as recent): ``video_pass`` passes the frames it picks
+    through as they are, where an older one would fill the gaps between them."""
+    import re
+
+    try:
+        out = subprocess.run([program, "-version"], capture_output=True, text=True, timeout=30, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    m = re.match(r"ffmpeg version n?(\d+)\.(\d+)", out)
+    return m is None or (int(m.group(1)), int(m.group(2))) >= (5, 1)
+
+
+def _video_pass():
+    # imported when used: video_pass builds on this module's readings and checks
+    from imgq.imaging import video_pass
+
+    return video_pass
 
 
 # ---------------------------------------------------------------- chunks of a long video
 
 
-def encode_chunks(fd: int, name: str, chains: dict[str, str], index: int, count: int, dest_for, *, ffmpeg: str | None = "ffmpeg", scratch=None) -> dict[str, dict]:
+def encode_chunks(fd: int, name: str, chains: dict[str, str], index: int, count: int, dest_for, *, ffmpeg: str | None = "ffmpeg", scratch=None, threads: int = 0, poster_dest=None, audio_dest=None) -> dict[str, dict]:
     """Chunk ``index`` of ``count`` of every video chain, from one decode of that share
     of the source frames: each written atomically to ``dest_for(artifact)`` as a part,
     H.264 MP4 without audio through the ffmpeg program (the join copies it), else MJPG
     AVI through OpenCV (the join encodes it). A chunk whose frames the frame-rate cap
-    all drops is an empty part. Returns {artifact: {frames, encoder}}."""
+    all drops is an empty part. Returns {artifact: {frames, encoder}}.
+
+    Plain H.264 chains are made by the ffmpeg program alone (``video_pass``), which
+    seeks to the keyframe before the chunk's first frame; with ``poster_dest`` it also
+    writes there the best poster candidate among the samples in this chunk's share
+    (``video_pass.pick_poster`` chooses among the chunks'). Other chains leave nothing
+    at ``poster_dest``: the join samples the poster itself. With ``audio_dest`` (chunk 0:
+    ``audio_dest(artifact)``), plain chains' audio is encoded there too (where the
+    original has audio), off the join's path: the join copies it."""
     program = _program(ffmpeg)
+    if _plain(chains, program):
+        return _video_pass().encode_plain_chunk(fd, name, chains, index, count, dest_for, program=program, scratch=scratch, threads=threads, poster_dest=poster_dest, audio_dest=audio_dest)
     cap = _source(fd, name)
     with scratch_dir(scratch) as tmpdir:
         readings, sinks, outs = {}, {}, {}
@@ -392,11 +462,12 @@ def encode_chunks(fd: int, name: str, chains: dict[str, str], index: int, count:
         return made
 
 
-def join_chunks(fd: int, name: str, chain_text: str, parts: list, dest_for, *, ffmpeg: str | None = "ffmpeg", scratch=None) -> VideoSaved:
+def join_chunks(fd: int, name: str, chain_text: str, parts: list, dest_for, *, ffmpeg: str | None = "ffmpeg", scratch=None, audio=None) -> VideoSaved:
     """The video artifact of ``chain_text`` from the parts ``encode_chunks`` wrote, in
     order: H.264 parts are joined by stream copy (no second encode) with the original's
-    audio over the whole range; otherwise every part's frames are encoded once more as
-    ``encode_video`` would. The frames are exactly those of one pass."""
+    audio over the whole range (copied from ``audio`` where a chunk encoded it there);
+    otherwise every part's frames are encoded once more as ``encode_video`` would. The
+    frames are exactly those of one pass."""
     cv2 = _cv2()
     program = _program(ffmpeg)
     parts = [Path(os.path.abspath(p)) for p in parts]  # the concat list resolves names from its own folder
@@ -426,7 +497,10 @@ def join_chunks(fd: int, name: str, chain_text: str, parts: list, dest_for, *, f
         # millisecond, and the join would drift by that much at every boundary
         listing.write_text("".join("file '" + str(p).replace("'", "'\\''") + f"'\nduration {n / r.fps:.6f}\n" for p, n in zip(parts, counts)))
         out = Path(tmpdir) / "out.mp4"
-        cmd = [program, "-v", "error", "-nostdin", "-y", "-f", "concat", "-safe", "0", "-i", str(listing), *_audio_of(fd, r.params)]
+        sound = _audio_of(fd, r.params)
+        if audio is not None and Path(audio).is_file() and Path(audio).stat().st_size:
+            sound = ["-i", str(audio), "-map", "0:v", "-map", "1:a", "-c:a", "copy"]  # encoded by chunk 0
+        cmd = [program, "-v", "error", "-nostdin", "-y", "-f", "concat", "-safe", "0", "-i", str(listing), *sound]
         cmd += ["-c:v", "copy", "-movflags", "+faststart", "-f", "mp4", str(out)]
         done = subprocess.run(cmd, capture_output=True, pass_fds=(fd,), check=False)
         if done.returncode != 0:

@@ -4,9 +4,10 @@ and one long clip in chunk jobs on two workers against the same clip unchunked.
 The clips are made once (cached under --work) by ffmpeg's lavfi ``testsrc2`` with a sine
 tone: 1080p, 30 fps, H.264/AAC, as a phone would record. Both methods make, per clip, a
 poster still fitting 640x480 (JPEG) and a preview fitting 640x480 at most 30 fps, H.264
-veryfast crf 28 with AAC audio (imgq's ``preview`` settings); imgq reads the clip once
-for both (a recipe ``web`` + ``preview``) and picks the poster among eight frames, ffmpeg
-runs twice (the middle frame, then the preview). imgq is timed around ``scan | enqueue;
+veryfast crf 28, yuv420p, High profile, AAC 128 kbit/s, moov in front (faststart) for the
+web: imgq's ``preview`` settings; imgq reads the clip once for both (a recipe ``web`` +
+``preview``) and picks the poster among eight frames, ffmpeg runs twice (the middle
+frame, then the preview), each with its own choice of threads. imgq is timed around ``scan | enqueue;
 work -j2 --drain`` from a fresh database; ``parallel -j2`` around its whole run. The
 chunked figure is ``enqueue --split --stripes 2`` against plain ``enqueue``, both timed
 around ``work -j2 --drain``. Every output's duration is checked with ffprobe.
@@ -26,7 +27,7 @@ RECIPE = '[recipes.bench]\nweb = "web"\npreview = "preview"\n'
 FFMPEG_JOB = (
     'ffmpeg -v error -nostdin -y -ss {mid} -i {clip} -frames:v 1 -vf scale=640:480:force_original_aspect_ratio=decrease -q:v 4 {out}.poster.jpg'
     ' && ffmpeg -v error -nostdin -y -i {clip} -map 0:v -map 0:a? -vf "scale=640:480:force_original_aspect_ratio=decrease:force_divisible_by=2,fps=30"'
-    " -c:v libx264 -preset veryfast -pix_fmt yuv420p -profile:v high -crf 28 -c:a aac -b:a 128k {out}.preview.mp4"
+    " -c:v libx264 -preset veryfast -pix_fmt yuv420p -profile:v high -crf 28 -c:a aac -b:a 128k -movflags +faststart {out}.preview.mp4"
 )
 
 
@@ -64,21 +65,21 @@ def _duration(path: Path) -> float:
 
 
 def _imgq(scratch: Path, inbox: Path, *, split: bool = False) -> dict:
-    from bench_util import IMGQ, imgq_env
+    from bench_util import IMGQ, CpuMeter, imgq_env
 
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     (scratch / "imgq.toml").write_text(RECIPE)
     env = imgq_env()
     flags = "--split --split-seconds 1 --stripes 2 " if split else ""
-    t0 = time.perf_counter()
+    t0, whole = time.perf_counter(), CpuMeter()
     p = subprocess.run(["bash", "-c", f'"$1" scan "$2" | "$1" enqueue {flags}--recipe bench -', "bash", IMGQ, str(inbox)],
                        cwd=scratch, env=env, capture_output=True, text=True)
     if p.returncode:
         raise RuntimeError(f"imgq scan | enqueue failed: {p.stderr[-500:]}")
-    t1 = time.perf_counter()
+    t1, working = time.perf_counter(), CpuMeter()
     w = subprocess.run([IMGQ, "work", "-j2", "--drain"], cwd=scratch, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    t2 = time.perf_counter()
+    t2, work_cpu, all_cpu = time.perf_counter(), working.stop(), whole.stop()
     if w.returncode:
         raise RuntimeError(f"imgq work failed: {w.stderr[-500:]}")
     import sqlite3
@@ -88,19 +89,24 @@ def _imgq(scratch: Path, inbox: Path, *, split: bool = False) -> dict:
         jobs = c.execute("SELECT count(*) FROM jobs").fetchone()[0]
     previews = [scratch / "imgq-store" / p for n, p in arts if n == "preview"]
     stills = [p for n, p in arts if n == "web"]
-    return {"wall": t2 - t0, "work_wall": t2 - t1, "jobs": jobs, "previews": previews, "stills": len(stills)}
+    return {"wall": t2 - t0, "work_wall": t2 - t1, "jobs": jobs, "previews": previews, "stills": len(stills),
+            "cpu": all_cpu["cpu_children"], "work_cpu": work_cpu["cpu_children"], "others_share": all_cpu.get("others_share"),
+            "work_others_share": work_cpu.get("others_share")}
 
 
 def _parallel(scratch: Path, clips: list[Path], seconds: float) -> dict:
+    from bench_util import CpuMeter
+
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     job = FFMPEG_JOB.format(mid=f"{seconds / 2:g}", clip="{}", out=f"{scratch}/{{/.}}")
-    t0 = time.perf_counter()
+    t0, meter = time.perf_counter(), CpuMeter()
     p = subprocess.run(["parallel", "-j2", "--halt", "now,fail=1", job, ":::", *map(str, clips)], capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, meter.stop()
     if p.returncode:
         raise RuntimeError(f"parallel ffmpeg failed: {p.stderr[-500:]}")
-    return {"wall": wall, "previews": sorted(scratch.glob("*.preview.mp4")), "stills": len(list(scratch.glob("*.poster.jpg")))}
+    return {"wall": wall, "previews": sorted(scratch.glob("*.preview.mp4")), "stills": len(list(scratch.glob("*.poster.jpg"))),
+            "cpu": cpu["cpu_children"], "others_share": cpu.get("others_share")}
 
 
 def _problems(res: dict, count: int, seconds: float) -> list[str]:
@@ -153,11 +159,21 @@ def run(args, ctx) -> dict:
     par_wall = median([x["wall"] for x in runs["parallel"]])
     whole = median([x["work_wall"] for x in runs["whole"]])
     chunked = median([x["work_wall"] for x in runs["chunked"]])
+    def cpu(name: str, key: str = "cpu") -> float:
+        return median([x[key] for x in runs[name]])
+
+    def others(name: str, key: str = "others_share") -> float | None:
+        shares = [x[key] for x in runs[name] if x.get(key) is not None]
+        return max(shares) if shares else None
+
     methods = {
-        "imgq": {"wall": imgq_wall, "work_wall": median([x["work_wall"] for x in runs["imgq"]]), "problems": problems["imgq"]},
-        "parallel -j2 ffmpeg": {"wall": par_wall, "problems": problems["parallel"]},
-        "long clip, whole (1 job)": {"wall": whole, "jobs": runs["whole"][0]["jobs"], "problems": problems["whole"]},
-        "long clip, 2 chunks + join": {"wall": chunked, "jobs": runs["chunked"][0]["jobs"], "problems": problems["chunked"]},
+        "imgq": {"wall": imgq_wall, "work_wall": median([x["work_wall"] for x in runs["imgq"]]), "problems": problems["imgq"],
+                 "cpu": cpu("imgq"), "others_share": others("imgq")},
+        "parallel -j2 ffmpeg": {"wall": par_wall, "problems": problems["parallel"], "cpu": cpu("parallel"), "others_share": others("parallel")},
+        "long clip, whole (1 job)": {"wall": whole, "jobs": runs["whole"][0]["jobs"], "problems": problems["whole"],
+                                     "cpu": cpu("whole", "work_cpu"), "others_share": others("whole", "work_others_share")},
+        "long clip, 2 chunks + join": {"wall": chunked, "jobs": runs["chunked"][0]["jobs"], "problems": problems["chunked"],
+                                       "cpu": cpu("chunked", "work_cpu"), "others_share": others("chunked", "work_others_share")},
     }
     for name, m in methods.items():
         seconds = long_secs if name.startswith("long") else total
@@ -168,6 +184,7 @@ def run(args, ctx) -> dict:
     return {
         "clips": n, "clip_seconds": secs, "long_seconds": long_secs, "frame": "1920x1080 30 fps H.264/AAC",
         "load_average": load, "methods": methods, "ratio": ratio, "chunk_speedup": speedup,
+        "cpu_ratio": methods["parallel -j2 ffmpeg"]["cpu"] / methods["imgq"]["cpu"],
         "targets": [
             {"part": "video", "name": f"imgq clips/min vs parallel -j2 ffmpeg ({n} x {secs:g} s 1080p)", "value": ratio, "target": 1.0, "unit": "x"},
             {"part": "video", "name": f"{long_secs:g} s clip in 2 chunks vs whole, 2 workers", "value": speedup, "target": 1.6, "unit": "x"},
@@ -182,11 +199,14 @@ def render(res: dict) -> str:
            f"load average before/after each round: {res['load_average']}"]
     rows = []
     for name, m in res["methods"].items():
-        rows.append([name, fmt(m["wall"]), fmt(m.get("clips_per_minute")), fmt(m["realtime_per_core"], 2) + "x",
-                     "; ".join(m["problems"][:2]) or "ok"])
+        share = m.get("others_share")
+        rows.append([name, fmt(m["wall"]), fmt(m.get("clips_per_minute")), fmt(m["realtime_per_core"], 2) + "x", fmt(m.get("cpu")),
+                     "-" if share is None else f"{100 * share:.0f}%", "; ".join(m["problems"][:2]) or "ok"])
     out.append("")
-    out.append(table(["method", "wall s", "clips/min", "realtime per core", "outputs"], rows, right={1, 2, 3}))
+    out.append(table(["method", "wall s", "clips/min", "realtime per core", "CPU s", "others' CPU", "outputs"], rows, right={1, 2, 3, 4, 5}))
     out.append("")
-    out.append(f"imgq / ffmpeg throughput: {res['ratio']:.2f}x; chunks vs whole on 2 workers: {res['chunk_speedup']:.2f}x "
-               f"(imgq's work step alone: {fmt(res['methods']['imgq']['work_wall'])} s)")
+    out.append(f"imgq / ffmpeg throughput: {res['ratio']:.2f}x (by CPU seconds: {res['cpu_ratio']:.2f}x); chunks vs whole on 2 workers: "
+               f"{res['chunk_speedup']:.2f}x (imgq's work step alone: {fmt(res['methods']['imgq']['work_wall'])} s; long clip: work step only)")
+    if any((m.get("others_share") or 0) > 0.1 for m in res["methods"].values()):
+        out.append("others' CPU above 10%: walls and their ratios are disturbed; the CPU seconds stay comparable")
     return "\n".join(out)
