@@ -512,12 +512,12 @@ def test_a_worker_killed_mid_chunk_leaves_the_chunk_to_another_and_the_join_is_s
 
 
 def test_without_ffmpeg_chunks_are_mjpg_parts_joined_into_the_frames_of_one_pass(tmp_path):
-    from imgq.imaging import video_encode as v
+    from imgq.imaging import video_chunks as v, video_encode
 
     clip = clips.make_clip(tmp_path / "in.avi", width=320, height=240, frames=125, fps=50)  # capped at 30 fps
     fd = os.open(clip, os.O_RDONLY)
     try:
-        one = v.encode_video(fd, "in.avi", "preview", lambda ext: tmp_path / f"one.{ext}", ffmpeg=None)
+        one = video_encode.encode_video(fd, "in.avi", "preview", lambda ext: tmp_path / f"one.{ext}", ffmpeg=None)
         parts = []
         for i in range(3):
             made = v.encode_chunks(fd, "in.avi", {"preview": "preview"}, i, 3, lambda art, i=i: tmp_path / f"part{i}.vpart", ffmpeg=None)

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from imgq.imaging import video, video_encode, video_pass
+from imgq.imaging import video, video_chunks, video_encode, video_pass
 from imgq.samples import video as clips
 from test_video import read_video
 
@@ -54,8 +54,8 @@ def test_the_poster_from_the_one_pass_is_the_sampled_frame_with_most_detail_and_
         for i in range(3):
             parts.append(tmp_path / f"part{i}.vpart")
             candidates.append(tmp_path / f"poster{i}.vpart")
-            video_encode.encode_chunks(fd, "in.avi", {"preview": "preview"}, i, 3, lambda art, i=i: parts[i], poster_dest=candidates[i])
-        joined = video_encode.join_chunks(fd, "in.avi", "preview", parts, lambda ext: tmp_path / f"joined.{ext}")
+            video_chunks.encode_chunks(fd, "in.avi", {"preview": "preview"}, i, 3, lambda art, i=i: parts[i], poster_dest=candidates[i])
+        joined = video_chunks.join_chunks(fd, "in.avi", "preview", parts, lambda ext: tmp_path / f"joined.{ext}")
     finally:
         os.close(fd)
     assert made["preview"].frames == joined.frames == 80
@@ -88,11 +88,11 @@ def test_chunk_zero_encodes_the_audio_and_the_join_copies_it(tmp_path):
         whole = video_encode.encode_video(fd, "in.mp4", "preview", lambda ext: tmp_path / f"whole.{ext}")
         parts = [tmp_path / f"part{i}.vpart" for i in range(2)]
         for i in range(2):
-            video_encode.encode_chunks(fd, "in.mp4", {"preview": "preview"}, i, 2, lambda art, i=i: parts[i],
+            video_chunks.encode_chunks(fd, "in.mp4", {"preview": "preview"}, i, 2, lambda art, i=i: parts[i],
                                        audio_dest=(lambda art: tmp_path / f"{art}.audio") if i == 0 else None)
         assert (tmp_path / "preview.audio").stat().st_size > 0
-        copied = video_encode.join_chunks(fd, "in.mp4", "preview", parts, lambda ext: tmp_path / f"copied.{ext}", audio=tmp_path / "preview.audio")
-        encoded = video_encode.join_chunks(fd, "in.mp4", "preview", parts, lambda ext: tmp_path / f"encoded.{ext}")  # no audio part: from the original
+        copied = video_chunks.join_chunks(fd, "in.mp4", "preview", parts, lambda ext: tmp_path / f"copied.{ext}", audio=tmp_path / "preview.audio")
+        encoded = video_chunks.join_chunks(fd, "in.mp4", "preview", parts, lambda ext: tmp_path / f"encoded.{ext}")  # no audio part: from the original
     finally:
         os.close(fd)
     assert whole.frames == copied.frames == encoded.frames == 75 and copied.encoder == encoded.encoder == "ffmpeg libx264/aac mp4, joined from chunks"

@@ -43,7 +43,8 @@ from imgq.imaging.pixels import working_image
 from imgq.imaging.render import Rendered, render
 from imgq.imaging.source import Source
 from imgq.imaging.video import VIDEO_FORMAT_NAMES, VIDEO_FORMATS, VideoProbe, probe_video, render_stills, sniff_video
-from imgq.imaging.video_encode import VideoSaved, check_video, encode_chunks, encode_video, encode_videos, encode_videos_and_poster, join_chunks
+from imgq.imaging.video_chunks import encode_chunks, join_chunks
+from imgq.imaging.video_encode import VideoSaved, check_video, encode_video, encode_videos, encode_videos_and_poster
 from imgq.imaging.video_pass import pick_poster
 
 __all__ = [

@@ -82,7 +82,7 @@ def encode_plain_chunk(fd: int, name: str, chains: dict[str, str], index: int, c
     the samples in the chunk's share of the whole clip written there (``save_candidate``);
     with ``audio_dest``, each chain's audio over its range as AAC at ``audio_dest(artifact)``
     (nothing where the original has none), which the join copies.
-    Returns {artifact: {frames, encoder}} as ``video_encode.encode_chunks``."""
+    Returns {artifact: {frames, encoder}} as ``video_chunks.encode_chunks``."""
     readings, info = _readings(fd, name, chains, (index, count))
     total = info["frames"]
     # the poster samples in [lo, hi) of the whole clip cut in the same proportions: each to one chunk
