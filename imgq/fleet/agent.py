@@ -49,56 +49,13 @@ from pathlib import Path
 
 from imgq import __version__
 from imgq.errors import Exit
-from imgq.fleet import protocol, slot, slurm, stages
+from imgq.fleet import agent_host as host, protocol, slot, slurm, stages
 
 BEAT_SECONDS = 1.0
 DEFAULT_IDLE_TIMEOUT = 60.0
 DEFAULT_WORKDIR = "~/.imgq/agent"
-_SESSION = re.compile(r"s-(\d+)-[0-9a-f]{8}$")
 _SPEC_HASH = re.compile(r"[0-9a-f]{8,64}$")
 _TOKEN = re.compile(r"[0-9a-f]{8,64}$")
-
-
-def _store_id(folder: str | None) -> str | None:
-    """The database id in a store's owner marker (``store.own``), or None: what tells
-    the coordinator that the store this agent sees is its own."""
-    if not folder:
-        return None
-    import json
-
-    from imgq import store
-
-    try:
-        return str(json.loads((Path(folder) / store.OWNER_MARK).read_text())["database_id"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _libraries() -> tuple[dict, dict]:
-    """Versions of the imaging libraries, and the import error of each that fails."""
-    libs, errors = {}, {}
-    for name, module in (("pillow", "PIL"), ("opencv", "cv2"), ("numpy", "numpy")):
-        try:
-            mod = __import__(module)
-            libs[name] = getattr(mod, "__version__", "?")
-        except Exception as e:  # ImportError, or a broken build raising anything at import
-            libs[name] = None
-            errors[name] = f"{type(e).__name__}: {e}".strip()[:300]
-    return libs, errors
-
-
-def _sweep_sessions(root: Path) -> None:
-    """Remove session folders of agents that are gone (killed with SIGKILL, host crashed)."""
-    for d in root.glob("s-*"):
-        m = _SESSION.match(d.name)
-        if not m or not d.is_dir() or d.is_symlink():
-            continue
-        try:
-            os.kill(int(m.group(1)), 0)
-        except ProcessLookupError:
-            shutil.rmtree(d, ignore_errors=True)
-        except PermissionError:
-            pass
 
 
 class Agent:
@@ -115,7 +72,7 @@ class Agent:
         self.shared_store = os.path.realpath(os.path.expanduser(shared_store)) if shared_store else None
         root = Path(os.path.expanduser(workdir))
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        _sweep_sessions(root)
+        host.sweep_sessions(root)
         self.session = root / f"s-{os.getpid()}-{secrets.token_hex(4)}"
         self.session.mkdir(mode=0o700)
         (self.session / "in").mkdir()
@@ -146,7 +103,7 @@ class Agent:
             return 0
 
     def hello(self) -> None:
-        libs, errors = _libraries()
+        libs, errors = host.libraries()
         if errors:
             self.broken = "; ".join(f"{k}: {v}" for k, v in errors.items())
         self.send({
@@ -154,7 +111,7 @@ class Agent:
             "python": sys.version.split()[0], "cores": self.cores, "slots": self.slots,
             "free_disk": self.free_disk(), "libs": libs, "errors": errors,
             "pid": os.getpid(), "workdir": str(self.session), "shared_root": self.shared_root,
-            "shared_store": self.shared_store, "store_id": _store_id(self.shared_store),
+            "shared_store": self.shared_store, "store_id": host.store_id(self.shared_store),
         })
 
     # --- slots -------------------------------------------------------------------------
@@ -445,22 +402,11 @@ class Agent:
             # 'ping' only refreshes `heard`; unknown types are ignored (a newer coordinator)
 
 
-def _grow_pipe(fd: int) -> None:
-    """A 1 MB pipe buffer instead of 64 kB: sshd hands a photo to us in 16x fewer writes,
-    and both sides wake up 16x less often (Linux; elsewhere nothing changes)."""
-    try:
-        import fcntl
-
-        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
-    except (OSError, ValueError):
-        pass  # not a pipe, or over /proc/sys/fs/pipe-max-size
-
-
 def main(*, slots: int | None = None, workdir: str = DEFAULT_WORKDIR, shared_root: str | None = None, idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
          shared_store: str | None = None) -> int:
     """Serve the protocol on this process's stdin/stdout until stdin closes."""
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
-    _grow_pipe(0)
+    host.grow_pipe(0)
     # Nothing but frames may reach the real stdout: stray prints go to stderr instead.
     sys.stdout = sys.stderr
     agent = Agent(slots=slots, workdir=workdir, shared_root=shared_root, idle_timeout=idle_timeout, stdin=stdin, stdout=stdout, shared_store=shared_store)
