@@ -46,6 +46,7 @@ class RunOptions:
     transfers: int = 4  # copies each destination makes at once (archive)
     fleet: "FleetOptions | None" = None  # work on hosts (imgq work --hosts): the coordinator's options
     routing: Routing | None = None  # what goes where (imgq.routing); None: everything to each destination
+    split: bool = False  # as imgq enqueue --split: huge images in stripes, long videos in chunks (thresholds: settings)
 
 
 @dataclasses.dataclass
@@ -133,7 +134,7 @@ def run(
 
     # the rule of `imgq enqueue`: new photos get their jobs, and so do the files a
     # recipe edited in imgq.toml affects
-    report.enqueued = enqueue_step.enqueue(db, settings, opts.recipes, now=clock(), actor=Actor(name="run:enqueue"))
+    report.enqueued = enqueue_step.enqueue(db, settings, opts.recipes, now=clock(), actor=Actor(name="run:enqueue"), split=opts.split)
     on_step("enqueue", report.enqueued)
 
     if stop():

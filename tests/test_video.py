@@ -465,6 +465,25 @@ def test_a_long_video_split_into_chunks_joins_to_the_frames_and_duration_of_one_
 
 
 @needs_ffmpeg
+def test_imgq_run_split_chunks_long_videos_and_archives_the_joined_preview(tmp_path, run_imgq, db_path):
+    # the whole job in one command splits as `imgq enqueue --split` does (split_seconds
+    # and split_stripes from imgq.toml), so a cron or --watch service chunks long videos too
+    inbox = tmp_path / "inbox"
+    clips.make_clip_ffmpeg(inbox / "ann" / "long.mp4", width=320, height=240, seconds=4, fps=25)
+    old = time.time() - 120
+    os.utime(inbox / "ann" / "long.mp4", (old, old))
+    (tmp_path / "imgq.toml").write_text('split_seconds = 2\nsplit_stripes = 2\n[recipes.clip]\nmovie = "preview"\n')
+    (tmp_path / "A").mkdir()
+    r = run_imgq("run", "--split", "--recipe", "clip", "-j2", "--to", tmp_path / "A", inbox, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert sorted(s for (s,) in q(db_path, "SELECT stage FROM jobs")) == ["join:2", "stripe:0/2", "stripe:1/2"]
+    assert q(db_path, "SELECT state FROM files") == [("collected",)]
+    [(result,)] = q(db_path, "SELECT result FROM jobs WHERE stage LIKE 'join%'")
+    assert "joined from chunks" in json.loads(result)["movie"]["encoder"]
+    assert [p.suffix for p in (tmp_path / "A").rglob("*.mp4")].count(".mp4") == 2  # the original and its preview
+
+
+@needs_ffmpeg
 def test_a_worker_killed_mid_chunk_leaves_the_chunk_to_another_and_the_join_is_still_exact(tmp_path, run_imgq, db_path):
     import signal
     import subprocess

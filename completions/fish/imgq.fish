@@ -293,6 +293,7 @@ complete -c imgq -n '__imgq_at "imgq run"' -l 'transfers' -x -d 'Copies each des
 complete -c imgq -n '__imgq_at "imgq run"' -s 'r' -l 'recipe' -x -a '(__imgq_values recipes)' -d 'Recipe for new photos (repeatable; default: `enqueue` in imgq.toml, else default)'
 complete -c imgq -n '__imgq_at "imgq run"' -l 'min-copies' -x -d 'Copies that must verify before an original is deleted (default: one at every destination)'
 complete -c imgq -n '__imgq_at "imgq run"' -l 'no-collect' -d 'Archive, but leave every original in the inbox'
+complete -c imgq -n '__imgq_at "imgq run"' -l 'split' -d 'As `imgq enqueue --split`: images over split_pixels become stripe jobs and videos longer than split_seconds chunk jobs (split_stripes of them, from imgq.toml), run in parallel by the workers or hosts and joined'
 complete -c imgq -n '__imgq_at "imgq run"' -l 'publish' -r -F -d 'After archiving, bring the gallery at DIR up to date, as `imgq publish DIR` does (default: publish in imgq.toml; none)'
 complete -c imgq -n '__imgq_at "imgq run"' -l 'settle' -x -d 'Skip files modified less than this many seconds ago'
 complete -c imgq -n '__imgq_at "imgq run"' -s 'n' -l 'dry-run' -d 'Change nothing (no database made or written, no file written or deleted); scan and enqueue as they would, work nothing, and print the files this run would archive (those with jobs due: once processed); stderr names each copy and deletion'
