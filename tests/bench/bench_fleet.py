@@ -94,22 +94,27 @@ def _measure(method: str, inbox: Path, out: Path, *, slots: int, ssh_config: Pat
     _imgq(["enqueue"], out)
     fleet = ["--hosts", f"host11/{slots}", "--ssh-config", ssh_config, "--remote-imgq", imgq_path]
     argv = {"local": ["-j", slots], "staged": fleet, "shared": [*fleet, "--shared-root", inbox]}[method]
-    res = _work(argv, out)
-    conn = sqlite3.connect(out / "imgq.db")
+    return {**_work(argv, out), **run_timeline(out / "imgq.db")}
+
+
+def run_timeline(db: Path) -> dict:
+    """What the journal of one `imgq work` says about it: from its start to the first
+    claim (``startup``), first claim to last job done (``steady``), jobs done and not,
+    each artifact's sha256 by (path, name), and the bytes its hosts moved."""
+    conn = sqlite3.connect(db)
     try:
         first = conn.execute("SELECT min(at) FROM events WHERE entity = 'job' AND to_state = 'leased'").fetchone()[0]
         last = conn.execute("SELECT max(at) FROM events WHERE entity = 'job' AND to_state = 'done'").fetchone()[0]
-        started = conn.execute("SELECT started_at FROM runs WHERE command = 'work'").fetchone()[0]
-        res["jobs"] = conn.execute("SELECT count(*) FROM jobs WHERE state = 'done'").fetchone()[0]
-        res["not_done"] = conn.execute("SELECT count(*) FROM jobs WHERE state != 'done'").fetchone()[0]
-        counts = json.loads(conn.execute("SELECT counts FROM runs WHERE command = 'work'").fetchone()[0] or "{}")
-        res["artifacts"] = {(p, n): s for p, n, s in conn.execute("SELECT f.path, a.name, a.sha256 FROM artifacts a JOIN files f ON f.id = a.file_id")}
+        started, counts = conn.execute("SELECT started_at, counts FROM runs WHERE command = 'work'").fetchone()
+        counts = json.loads(counts or "{}")
+        res = {
+            "jobs": conn.execute("SELECT count(*) FROM jobs WHERE state = 'done'").fetchone()[0],
+            "not_done": conn.execute("SELECT count(*) FROM jobs WHERE state != 'done'").fetchone()[0],
+            "artifacts": {(p, n): s for p, n, s in conn.execute("SELECT f.path, a.name, a.sha256 FROM artifacts a JOIN files f ON f.id = a.file_id")},
+        }
     finally:
         conn.close()
-    res["steady"] = last - first
-    res["startup"] = first - started
-    res["bytes_out"], res["bytes_in"] = counts.get("bytes_out"), counts.get("bytes_in")
-    return res
+    return {**res, "steady": last - first, "startup": first - started, "bytes_out": counts.get("bytes_out"), "bytes_in": counts.get("bytes_in")}
 
 
 def _round(methods, inbox, out_root, kind, args, fleet, imgq_path, results, say) -> None:

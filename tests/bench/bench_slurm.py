@@ -57,26 +57,14 @@ def _argv(method: str, ssh_config: Path) -> list:
 
 
 def _measure(method: str, inbox: Path, out: Path, *, ssh_config: Path, op: str | None) -> dict:
-    import sqlite3
-
-    from bench_fleet import _imgq, _work
+    from bench_fleet import _imgq, _work, run_timeline
 
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     _imgq(["scan", inbox], out)
     _imgq(["enqueue", *(["--op", op] if op else [])], out)
     res = _work(_argv(method, ssh_config), out)
-    conn = sqlite3.connect(out / "imgq.db")
-    try:
-        first = conn.execute("SELECT min(at) FROM events WHERE entity = 'job' AND to_state = 'leased'").fetchone()[0]
-        last = conn.execute("SELECT max(at) FROM events WHERE entity = 'job' AND to_state = 'done'").fetchone()[0]
-        started = conn.execute("SELECT started_at FROM runs WHERE command = 'work'").fetchone()[0]
-        res["not_done"] = conn.execute("SELECT count(*) FROM jobs WHERE state != 'done'").fetchone()[0]
-        res["artifacts"] = {(p, n): s for p, n, s in conn.execute("SELECT f.path, a.name, a.sha256 FROM artifacts a JOIN files f ON f.id = a.file_id")}
-    finally:
-        conn.close()
-    res["steady"], res["startup"] = last - first, first - started
-    return res
+    return {**res, **run_timeline(out / "imgq.db")}
 
 
 def run(args, ctx) -> dict:

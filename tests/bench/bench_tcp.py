@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 import time
@@ -73,7 +72,7 @@ def _reaped_cpu(pid: int) -> float:
 
 
 def _measure(method: str, inbox: Path, out: Path, *, slots: int, ssh_config: Path, op: str | None, sshd_pid: int | None = None) -> dict:
-    from bench_fleet import _imgq, _work
+    from bench_fleet import _imgq, _work, run_timeline
     from bench_util import IMGQ
 
     shutil.rmtree(out, ignore_errors=True)
@@ -92,17 +91,7 @@ def _measure(method: str, inbox: Path, out: Path, *, slots: int, ssh_config: Pat
                 time.sleep(0.05)  # the session ends just after the coordinator
             time.sleep(0.3)
             res["agent_cpu"] = _reaped_cpu(sshd_pid) - before
-    conn = sqlite3.connect(out / "imgq.db")
-    try:
-        first = conn.execute("SELECT min(at) FROM events WHERE entity = 'job' AND to_state = 'leased'").fetchone()[0]
-        last = conn.execute("SELECT max(at) FROM events WHERE entity = 'job' AND to_state = 'done'").fetchone()[0]
-        started = conn.execute("SELECT started_at FROM runs WHERE command = 'work'").fetchone()[0]
-        res["not_done"] = conn.execute("SELECT count(*) FROM jobs WHERE state != 'done'").fetchone()[0]
-        res["artifacts"] = {(p, n): s for p, n, s in conn.execute("SELECT f.path, a.name, a.sha256 FROM artifacts a JOIN files f ON f.id = a.file_id")}
-    finally:
-        conn.close()
-    res["steady"], res["startup"] = last - first, first - started
-    return res
+    return {**res, **run_timeline(out / "imgq.db")}
 
 
 def run(args, ctx) -> dict:
