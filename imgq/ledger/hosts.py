@@ -24,6 +24,7 @@ import os
 import socket
 
 from imgq.errors import InvalidTransition
+from imgq.ledger import journal
 from imgq.ledger.database import DB
 
 NEW = None  # the "from" state of a host the table has never seen
@@ -74,11 +75,7 @@ def move(db: DB, name: str, to_state: str, *, now: float, add: dict[str, int] | 
             db.execute(f"UPDATE hosts SET {', '.join(f'{k} = ?' for k in sets)} WHERE name = ?", (*sets.values(), name))
         for key, n in (add or {}).items():
             db.execute(f"UPDATE hosts SET {key} = coalesce({key}, 0) + ? WHERE name = ?", (n, name))
-        db.execute(
-            "INSERT INTO events (at, entity, file_id, job_id, from_state, to_state, host, actor, detail, run_id)"
-            " VALUES (?, 'host', NULL, NULL, ?, ?, ?, ?, ?, ?)",
-            (now, from_state, to_state, name, coordinator, fields.get("reason"), getattr(db, "run_id", None)),
-        )
+        journal.record_events(db, [(now, "host", None, None, from_state, to_state, name, coordinator, fields.get("reason"))])
     return from_state
 
 

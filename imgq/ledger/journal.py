@@ -78,12 +78,19 @@ class Actor:
     name: str | None = None
 
 
-def _event(db: DB, *, now: float, entity: str, file_id, job_id, from_state, to_state, actor: Actor, detail) -> None:
-    db.execute(
+def record_events(db: DB, rows) -> None:
+    """Append events: rows of (at, entity, file_id, job_id, from_state, to_state, host,
+    actor, detail), each naming the run the database is working for (``db.run_id``)."""
+    run_id = getattr(db, "run_id", None)
+    db.conn.executemany(
         "INSERT INTO events (at, entity, file_id, job_id, from_state, to_state, host, actor, detail, run_id)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (now, entity, file_id, job_id, from_state, to_state, actor.host, actor.name, _text(detail), getattr(db, "run_id", None)),
+        [(*row, run_id) for row in rows],
     )
+
+
+def _event(db: DB, *, now: float, entity: str, file_id, job_id, from_state, to_state, actor: Actor, detail) -> None:
+    record_events(db, [(now, entity, file_id, job_id, from_state, to_state, actor.host, actor.name, _text(detail))])
 
 
 def _text(detail) -> str | None:
@@ -170,12 +177,7 @@ def move_files(db: DB, changes: Sequence[tuple[str, str, str, int | None, Actor]
     )
     if cur.rowcount != len(changes):
         raise RuntimeError(f"move_files: {cur.rowcount} of {len(changes)} files were in the state the caller read")
-    run_id = getattr(db, "run_id", None)
-    db.conn.executemany(
-        "INSERT INTO events (at, entity, file_id, job_id, from_state, to_state, host, actor, detail, run_id)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [(now, "file", file_id, job_id, from_state, to_state, actor.host, actor.name, None, run_id) for file_id, from_state, to_state, job_id, actor in changes],
-    )
+    record_events(db, [(now, "file", file_id, job_id, from_state, to_state, actor.host, actor.name, None) for file_id, from_state, to_state, job_id, actor in changes])
 
 
 def refresh_stat(db: DB, file_id: str, *, size: int, mtime_ns: int) -> None:
@@ -265,13 +267,8 @@ def move_jobs(db: DB, changes: Sequence[JobChange], *, now: float | None = None,
         applied.append(ok)
         if ok:
             who = c.actor or actor
-            events.append((now, "job", c.file_id, c.job_id, c.from_state, c.to_state, who.host, who.name, _text(c.detail), getattr(db, "run_id", None)))
-    if events:
-        db.conn.executemany(
-            "INSERT INTO events (at, entity, file_id, job_id, from_state, to_state, host, actor, detail, run_id)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            events,
-        )
+            events.append((now, "job", c.file_id, c.job_id, c.from_state, c.to_state, who.host, who.name, _text(c.detail)))
+    record_events(db, events)
     return applied
 
 
@@ -287,12 +284,7 @@ def _move_jobs_checked(db: DB, changes: Sequence[JobChange], *, now: float, acto
         cur = db.conn.executemany(sql, rows)
         if cur.rowcount != len(rows):
             raise RuntimeError(f"move_jobs: {cur.rowcount} of {len(rows)} checked job changes applied")
-    run_id = getattr(db, "run_id", None)
-    db.conn.executemany(
-        "INSERT INTO events (at, entity, file_id, job_id, from_state, to_state, host, actor, detail, run_id)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [(now, "job", c.file_id, c.job_id, c.from_state, c.to_state, (c.actor or actor).host, (c.actor or actor).name, _text(c.detail), run_id) for c in changes],
-    )
+    record_events(db, [(now, "job", c.file_id, c.job_id, c.from_state, c.to_state, (c.actor or actor).host, (c.actor or actor).name, _text(c.detail)) for c in changes])
     return [True] * len(changes)
 
 
