@@ -187,7 +187,9 @@ def test_sigkill_of_the_coordinator_leaves_no_job_in_the_queue(cluster):
         proc.wait(timeout=10)
         # srun, told by SIGTERM, cancels at once (0.1 s here); a srun killed outright would
         # leave its jobs to Slurm's timeouts (14 s here; a pending job starts meanwhile)
-        wait_for(lambda: not cluster.squeue(), timeout=5, step=0.1)
+        # (this run's jobs: an earlier test's cancelled jobs may still be completing)
+        ours = lambda: [j for j in cluster.squeue() if j["name"] in names]  # noqa: E731
+        wait_for(lambda: not ours(), timeout=5, step=0.1, show=cluster.squeue)
     finally:
         if proc.poll() is None:
             proc.kill()
