@@ -100,7 +100,11 @@ def run(args, ctx) -> dict:
                     for m in order:
                         say(f"slurm: {kind} {m}...")
                         try:
-                            res[m]["runs"].append(_measure(m, src, work / "runs" / f"slurm-{kind}" / m, ssh_config=fleet.ssh_config, op=op))
+                            # one run folder for every method, emptied between runs: creating
+                            # files costs up to 10x more in one folder of this disk than in
+                            # another, which a folder per method turned into a difference
+                            # between methods (bench_tcp, docs/fleet.md)
+                            res[m]["runs"].append(_measure(m, src, work / "runs" / f"slurm-{kind}", ssh_config=fleet.ssh_config, op=op))
                         except Exception as e:
                             res[m]["problems"].append(str(e))
                             say(f"slurm: {kind} {m} FAILED: {e}")
