@@ -183,3 +183,40 @@ def test_a_host_without_python3_gets_verified_copies_from_shell_commands(tmp_pat
     assert not list(tmp_path.rglob("*.imgq-tmp")) and not list(tmp_path.rglob("PWNED"))
     log = host.log()[len(log_before):]
     assert log.count("Starting session: command") >= len(files) + 1 + 1  # a command per copy, the marker's, the receiver tried
+
+
+def test_one_receiver_on_the_host_takes_every_copy_of_a_connection_and_stays_in_step(tmp_path, ssh_hosts):
+    """Copies over one connection go to one program on the host: a name with a newline
+    and shell syntax lands exactly; a source that is not what the ledger says is refused
+    and leaves nothing; the copies after it are still made and verified by the same
+    program, and an occupied name is never written over."""
+    from imgq.destinations import NameTaken, SourceChanged, SshOptions, open_destination
+
+    [host] = ssh_hosts(1)
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    src = tmp_path / "src"
+    log_before = host.log()
+    dest = open_destination(f"ssh://{host.alias}{remote}", SshOptions(config=host.ssh_config))
+    try:
+        copies = {"2024/a\nb $(touch PWNED).jpg": os.urandom(2 << 20), "2024/empty.jpg": b"", "2024/c.jpg": b"c" * 5000}
+        for rel, data in copies.items():
+            src.write_bytes(data)
+            dest.put(src, rel, sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+        src.write_bytes(b"not what the ledger says")
+        with pytest.raises(SourceChanged):
+            dest.put(src, "2024/changed.jpg", sha256=hashlib.sha256(b"expected").hexdigest(), size=len(b"expected"))
+        src.write_bytes(b"after")
+        dest.put(src, "2024/after.jpg", sha256=hashlib.sha256(b"after").hexdigest(), size=5)
+        copies["2024/after.jpg"] = b"after"
+        with pytest.raises(NameTaken):
+            dest.put(src, "2024/c.jpg", sha256=hashlib.sha256(b"after").hexdigest(), size=5)
+    finally:
+        dest.close()
+    assert sorted(p.name for p in (remote / "2024").iterdir()) == sorted(rel[5:] for rel in copies)
+    for rel, data in copies.items():
+        assert (remote / rel).read_bytes() == data
+    assert not list(tmp_path.rglob("PWNED"))
+    log = host.log()[len(log_before):]
+    # the marker, the choice of sha256 program, the receiver: nothing per copy
+    assert log.count("Accepted publickey") == 1 and log.count("Starting session: command") == 3

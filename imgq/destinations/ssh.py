@@ -2,9 +2,12 @@
 Here is its copy logic (put, check, fetch, list, remove, sweep); the connection, URL and
 marker are imgq.destinations.ssh_folder, the scripts run on the host ssh_scripts.
 
-A copy's bytes are the standard input of one command run there (``_PUT_SCRIPT``: ``cat``
-into the temporary name, ``sync``, then the read-back through the host's sha256), so
-writing and verifying a copy is one round trip; folders are made, and files renamed into
+A copy's bytes go to a program that stays running on the host for the connection
+(``ssh_receiver``, run by the host's python3), which writes them under the temporary
+name, fsyncs, reads them back and answers size and sha256: writing and verifying a copy
+is one round trip and starts no program. A host without python3 gets one command per
+copy instead (``_PUT_SCRIPT``: ``dd`` into the temporary name with ``conv=fsync``, then
+the read-back through the host's sha256). Folders are made, and files renamed into
 place, over SFTP. Checks hash there too (the host needs a POSIX shell and coreutils; see
 ``SshFolder`` for which sha256 program). Folders are walked with SFTP ``lstat``, never
 through a symlink. What the destination is (``identity``) is the random id in the
@@ -65,9 +68,10 @@ class _Sink:
 
 
 class SshDestination(SshFolder, Destination):
-    """A folder on a host reached over SSH (Fabric): files travel as the stdin of a command
-    that writes, syncs and hashes them there; folders and renames go over SFTP. Needs a
-    POSIX shell and coreutils on the host."""
+    """A folder on a host reached over SSH (Fabric): files travel to a receiver on the host
+    (or the stdin of a command) that writes, syncs and hashes them there; folders and
+    renames go over SFTP. Needs a POSIX shell and coreutils on the host, and is faster
+    with python3 there."""
 
     # Copies at once: each thread has a connection of its own (SshFolder), so sshd's
     # MaxSessions is no limit; its MaxStartups (10 by default) is: more connections than
@@ -96,7 +100,7 @@ class SshDestination(SshFolder, Destination):
         conn, sftp = self._connect()
         final = f"{folder}/{name}"
         # not store.write_atomically: the file is on another host, written, synced, read
-        # back and hashed by one command run there (_PUT_SCRIPT: same steps, same temp name)
+        # back and hashed there (ssh_receiver or _PUT_SCRIPT: same steps, same temp name)
         tmp_name = temp_name(name)
         tmp = f"{folder}/{tmp_name}"
         # a killed copy of this name, big enough to be worth continuing, becomes ours now;

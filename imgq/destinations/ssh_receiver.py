@@ -89,7 +89,7 @@ while True:
             code, said = 4, why(e)
     else:
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK)
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode) or st.st_size != off:
                 code = 6
@@ -131,7 +131,9 @@ while True:
         answer(b"ERR %d %s" % (code, said))
         continue
     try:  # what is on disk now, read back from the file
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(0, "not a regular file any more")
         h, size = hashlib.sha256(), 0
         while True:
             k = os.readv(fd, [buf])
