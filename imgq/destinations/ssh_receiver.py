@@ -44,6 +44,18 @@ if sys.platform.startswith("linux") and stat.S_ISFIFO(os.fstat(0).st_mode):
         fcntl.fcntl(0, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
     except Exception:
         pass  # a smaller limit: the default pipe, slower, as correct
+start_writing = None
+if sys.platform.startswith("linux"):
+    # sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE) after each chunk: the disk starts on
+    # what has arrived while more arrives, so the fsync after the last byte finds little
+    # left to write (a tenth faster here). It only starts writing: the fsync alone
+    # decides what is durable.
+    try:
+        import ctypes
+        start_writing = ctypes.CDLL(None).sync_file_range
+        start_writing.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
+    except Exception:
+        start_writing = None
 
 def line():
     l = inp.readline(64)
@@ -126,6 +138,8 @@ while True:
             except OSError as e:
                 code, said = 5, why(e)
         view.release()
+        if code == 0 and start_writing is not None:
+            start_writing(fd, 0, 0, 2)
     if code == 0 and not aborted:
         try:
             os.fsync(fd)
