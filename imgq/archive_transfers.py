@@ -81,19 +81,28 @@ class _Transfers:
             self.complete.append(("file", entry[0], entry[1]))
 
     def _run(self, job: _Job) -> None:
+        inside = None  # what stopped the copies, if anything; their folders are synced all the same
         try:
             if job.dest.url in self.down:
                 raise DestinationUnavailable(self.down[job.dest.url])
-            # one look at every name of the job, and (ssh://) one folder sync for all of
-            # them, before the job is handed back to be recorded
+            # one look at every name of the job, and one folder sync for all of them (each
+            # copy's file is synced before its rename), before the job is handed back to be
+            # recorded
             found = job.dest.check([job.paths[i.role] for i in job.missing])
             with getattr(job.dest, "deferring_folder_syncs", contextlib.nullcontext)():
-                for item in job.missing:
-                    if job.dest.url in self.down:
-                        raise DestinationUnavailable(self.down[job.dest.url])
-                    rel = job.paths[item.role]
-                    job.done.append((item, copy_item(job.dest, job.f["id"], item, rel, _OnMain(), found=found[rel])))
+                try:
+                    for item in job.missing:
+                        if job.dest.url in self.down:
+                            raise DestinationUnavailable(self.down[job.dest.url])
+                        rel = job.paths[item.role]
+                        job.done.append((item, copy_item(job.dest, job.f["id"], item, rel, _OnMain(), found=found[rel])))
+                except BaseException as e:
+                    inside = e
+            if inside is not None:
+                raise inside
         except BaseException as e:
+            if e is not inside:
+                job.done.clear()  # the folder sync failed: no copy of the job is known to stay
             job.error = e
             if isinstance(e, DestinationUnavailable):
                 self.down.setdefault(job.dest.url, str(e))

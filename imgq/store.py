@@ -65,6 +65,7 @@ def write_atomically(
     sync: bool = True,
     mode: int = 0o644,
     make_folder: bool = True,
+    sync_folder: bool | None = None,
 ) -> T:
     """The one way imgq writes a file: a reader never sees a partial one.
 
@@ -76,7 +77,9 @@ def write_atomically(
     ``dest`` is a path (its folder made if missing, unless ``make_folder=False``), or
     with ``dir_fd`` a plain name in that open folder (nothing on the way is followed).
     ``replace=False`` never replaces: ``rename_noreplace``, FileExistsError if the name
-    is taken; a callable is asked right before the rename. ``sync=False`` skips both fsyncs. Any exception removes the
+    is taken; a callable is asked right before the rename. ``sync=False`` skips both fsyncs;
+    ``sync_folder=False`` only the folder's (the caller syncs it later, before it relies
+    on the name: several files, one folder sync). Any exception removes the
     temporary file and propagates as it is (OSError included): callers word their errors.
     """
     if dir_fd is None:
@@ -106,7 +109,7 @@ def write_atomically(
             else:
                 rename_noreplace(dfd, os.path.basename(tmp), name)
             made = False
-            if sync:
+            if sync and sync_folder is not False:
                 os.fsync(dfd)
         finally:
             if dfd != dir_fd:

@@ -60,13 +60,15 @@ def test_transfers_copy_concurrently_to_local_and_ssh_destinations_all_verified(
     rows = q(db_path, "SELECT destination, path, sha256 FROM copies")
     assert {d for d, _, _ in rows} == {str(local), url}
     assert len([1 for d, _, _ in rows if d == url]) == len([1 for d, _, _ in rows if d == str(local)]) >= 3 * len(processed)
-    # one command on the host per copy (it writes, syncs and verifies it), one per connection
-    # (one per copying thread, and the archive's own) to read the marker, plus the sweep and
-    # the choice of sha256 program: checking free names and syncing folders take no command
-    # (SFTP does them)
+    # no command on the host per copy: per connection (one per copying thread, and the
+    # archive's own), one to read the marker and one receiver (ssh_receiver, the host's
+    # python3) that writes, syncs and verifies every copy made over it; plus the sweep and
+    # the choice of sha256 program. Checking free names, renaming and syncing folders take
+    # no command (SFTP does them)
     log = host.log()[len(log_before):]
     commands, connections = log.count("Starting session: command"), log.count("Accepted publickey")
-    assert 1 <= connections <= 8 + 1 and commands <= len([1 for d, _, _ in rows if d == url]) + connections + 2, (commands, connections)
+    copies_there = len([1 for d, _, _ in rows if d == url])
+    assert 1 <= connections <= 8 + 1 and commands <= 2 * connections + 2 < copies_there, (commands, connections, copies_there)
     for d, path, digest in rows:  # every copy, at both, holds what the ledger says
         assert sha((local if d == str(local) else remote) / path) == digest
     assert not list(tmp_path.rglob("*.imgq-tmp"))
@@ -142,3 +144,79 @@ def test_run_with_hosts_works_on_the_host_then_archives_and_collects(tmp_path, r
     assert all(sha(dest / p) == d for p, d, _ in copies)
     [(args,)] = q(db_path, "SELECT args FROM runs WHERE command = 'run'")
     assert host.alias in args
+
+
+def test_a_host_without_python3_gets_verified_copies_from_shell_commands(tmp_path, ssh_hosts):
+    """Where the host has no python3 for the receiver, each copy is one shell command
+    (dd, wc, a sha256 program), as verified and as safe: sizes from empty to several MB,
+    a name a shell would expand, never written over."""
+    from imgq.destinations import NameTaken, SshOptions, open_destination
+
+    [host] = ssh_hosts(1)
+    programs = tmp_path / "host-bin"  # the host's PATH: every program this machine has but python
+    programs.mkdir()
+    for folder in ("/usr/local/bin", "/usr/bin", "/bin"):
+        for p in Path(folder).iterdir():
+            if not p.name.startswith("python") and not (programs / p.name).exists():
+                (programs / p.name).symlink_to(p)
+    config = host.config_path.read_text()  # sshd takes its first SetEnv line only
+    setenv = "SetEnv SHLVL=1\n" if "SetEnv SHLVL=1\n" in config else ""
+    host.config_path.write_text(config.replace(setenv, "") + f"SetEnv {setenv[7:-1]} PATH={programs}\n")
+    host.restart()
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    files = {"2024/empty.jpg": b"", "2024/$(touch PWNED) `id`.jpg": b"x" * 1000, "2024/big.jpg": os.urandom(3 << 20)}
+    log_before = host.log()
+    dest = open_destination(f"ssh://{host.alias}{remote}", SshOptions(config=host.ssh_config))
+    try:
+        for rel, data in files.items():
+            src = tmp_path / "src"
+            src.write_bytes(data)
+            dest.put(src, rel, sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+        assert dest._no_receiver  # it tried, and found no python3 there
+        with pytest.raises(NameTaken):
+            dest.put(src, "2024/empty.jpg", sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+    finally:
+        dest.close()
+    for rel, data in files.items():
+        assert (remote / rel).read_bytes() == data
+    assert not list(tmp_path.rglob("*.imgq-tmp")) and not list(tmp_path.rglob("PWNED"))
+    log = host.log()[len(log_before):]
+    assert log.count("Starting session: command") >= len(files) + 1 + 1  # a command per copy, the marker's, the receiver tried
+
+
+def test_one_receiver_on_the_host_takes_every_copy_of_a_connection_and_stays_in_step(tmp_path, ssh_hosts):
+    """Copies over one connection go to one program on the host: a name with a newline
+    and shell syntax lands exactly; a source that is not what the ledger says is refused
+    and leaves nothing; the copies after it are still made and verified by the same
+    program, and an occupied name is never written over."""
+    from imgq.destinations import NameTaken, SourceChanged, SshOptions, open_destination
+
+    [host] = ssh_hosts(1)
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    src = tmp_path / "src"
+    log_before = host.log()
+    dest = open_destination(f"ssh://{host.alias}{remote}", SshOptions(config=host.ssh_config))
+    try:
+        copies = {"2024/a\nb $(touch PWNED).jpg": os.urandom(2 << 20), "2024/empty.jpg": b"", "2024/c.jpg": b"c" * 5000}
+        for rel, data in copies.items():
+            src.write_bytes(data)
+            dest.put(src, rel, sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+        src.write_bytes(b"not what the ledger says")
+        with pytest.raises(SourceChanged):
+            dest.put(src, "2024/changed.jpg", sha256=hashlib.sha256(b"expected").hexdigest(), size=len(b"expected"))
+        src.write_bytes(b"after")
+        dest.put(src, "2024/after.jpg", sha256=hashlib.sha256(b"after").hexdigest(), size=5)
+        copies["2024/after.jpg"] = b"after"
+        with pytest.raises(NameTaken):
+            dest.put(src, "2024/c.jpg", sha256=hashlib.sha256(b"after").hexdigest(), size=5)
+    finally:
+        dest.close()
+    assert sorted(p.name for p in (remote / "2024").iterdir()) == sorted(rel[5:] for rel in copies)
+    for rel, data in copies.items():
+        assert (remote / rel).read_bytes() == data
+    assert not list(tmp_path.rglob("PWNED"))
+    log = host.log()[len(log_before):]
+    # the marker, the choice of sha256 program, the receiver: nothing per copy
+    assert log.count("Accepted publickey") == 1 and log.count("Starting session: command") == 3

@@ -2,9 +2,12 @@
 Here is its copy logic (put, check, fetch, list, remove, sweep); the connection, URL and
 marker are imgq.destinations.ssh_folder, the scripts run on the host ssh_scripts.
 
-A copy's bytes are the standard input of one command run there (``_PUT_SCRIPT``: ``cat``
-into the temporary name, ``sync``, then the read-back through the host's sha256), so
-writing and verifying a copy is one round trip; folders are made, and files renamed into
+A copy's bytes go to a program that stays running on the host for the connection
+(``ssh_receiver``, run by the host's python3), which writes them under the temporary
+name, fsyncs, reads them back and answers size and sha256: writing and verifying a copy
+is one round trip and starts no program. A host without python3 gets one command per
+copy instead (``_PUT_SCRIPT``: ``dd`` into the temporary name with ``conv=fsync``, then
+the read-back through the host's sha256). Folders are made, and files renamed into
 place, over SFTP. Checks hash there too (the host needs a POSIX shell and coreutils; see
 ``SshFolder`` for which sha256 program). Folders are walked with SFTP ``lstat``, never
 through a symlink. What the destination is (``identity``) is the random id in the
@@ -48,6 +51,7 @@ from imgq.destinations.ssh_scripts import (
     _SYNC_DIR_SCRIPT,
     _parse_found,
 )
+from imgq.destinations.ssh_receiver import Receiver
 from imgq.errors import HostUnreachable, ImgqError, StorageError
 from imgq.store import temp_name
 
@@ -64,15 +68,17 @@ class _Sink:
 
 
 class SshDestination(SshFolder, Destination):
-    """A folder on a host reached over SSH (Fabric): files travel as the stdin of a command
-    that writes, syncs and hashes them there; folders and renames go over SFTP. Needs a
-    POSIX shell and coreutils on the host."""
+    """A folder on a host reached over SSH (Fabric): files travel to a receiver on the host
+    (or the stdin of a command) that writes, syncs and hashes them there; folders and
+    renames go over SFTP. Needs a POSIX shell and coreutils on the host, and is faster
+    with python3 there."""
 
     # Copies at once: each thread has a connection of its own (SshFolder), so sshd's
     # MaxSessions is no limit; its MaxStartups (10 by default) is: more connections than
     # that opened at once are refused at random while they authenticate.
     max_transfers = 8
     _folder_fsync: bool | None = None  # can its SFTP server fsync a folder? None: not tried yet
+    _no_receiver = False  # True once the host proved to have no python3 for ssh_receiver
 
     def identity(self) -> str:
         self._connect()
@@ -88,15 +94,13 @@ class SshDestination(SshFolder, Destination):
         return out
 
     def put(self, source, rel: str, *, sha256: str, size: int, replace: Found | None = None) -> None:
-        from imgq import ssh as remote
-
         parts = split_rel(rel)
         name = parts[-1]
         folder = self._make_dir(parts[:-1])
         conn, sftp = self._connect()
         final = f"{folder}/{name}"
         # not store.write_atomically: the file is on another host, written, synced, read
-        # back and hashed by one command run there (_PUT_SCRIPT: same steps, same temp name)
+        # back and hashed there (ssh_receiver or _PUT_SCRIPT: same steps, same temp name)
         tmp_name = temp_name(name)
         tmp = f"{folder}/{tmp_name}"
         # a killed copy of this name, big enough to be worth continuing, becomes ours now;
@@ -107,29 +111,26 @@ class SshDestination(SshFolder, Destination):
                 h, start = self._resumable(sftp, src, tmp, resume, rel) if resume else (hashlib.sha256(), 0)
                 shown = str(getattr(source, "shown", source))
                 try:
-                    r, (written, digest) = remote.run_feeding(
-                        conn, ["sh", "-c", self._script(_PUT_SCRIPT, size=size), "sh", folder, name, tmp_name, str(start)],
-                        lambda write: copy_hashing(src, _Sink(write), shown, h=h, n=start), timeout=600.0,
+                    status, said, got, (written, digest) = self._send(
+                        conn, folder, name, tmp_name, start, lambda write: copy_hashing(src, _Sink(write), shown, h=h, n=start), size
                     )
                 except HostUnreachable as e:
                     self._drop_mine()
                     raise DestinationUnavailable(f"{self.url}: {e} while writing {rel}") from e
-            said = r.stderr.decode(errors="replace").strip()
-            if r.exit_status == 4:
+            if status == 4:
                 if not is_safe_name(name):
                     raise NameRefused(f"{self.url}: the destination cannot hold the name {name!r} ({said})")
                 raise StorageError(f"{self.url}: cannot write {rel}: {said or 'cannot create it'}")
-            if r.exit_status == 5:
+            if status == 5:
                 if self._full(size):
                     raise DestinationUnavailable(f"{self.url}: no space left for {rel} ({size} bytes)")
                 raise StorageError(f"{self.url}: {said or 'a write failed'} while writing {rel}")
-            if r.exit_status == 6:
+            if status == 6:
                 raise StorageError(f"{self.url}: {said} while continuing {rel}")
             if (written, digest) != (size, sha256):
                 raise source_changed(source, written, digest, size, sha256)
-            got = _parse_found(r.stdout.decode(errors="replace").strip())
-            if r.exit_status == 127 or got is None:
-                raise StorageError(f"{self.url}: cannot verify {rel}: {said or 'no answer'} (the host needs sh, cat, wc and sha256sum)")
+            if status != 0 or got is None:
+                raise StorageError(f"{self.url}: cannot verify {rel}: {said or 'no answer'} (the host needs python3, or sh, dd, wc and sha256sum)")
             if got != Found(size, sha256):
                 raise StorageError(f"{self.url}: {rel} did not verify after writing (read back {got.bytes} bytes, sha256 {got.sha256[:12]}…)")
             self._rename_into_place(sftp, tmp, final, rel, replace)
@@ -145,6 +146,37 @@ class SshDestination(SshFolder, Destination):
             except Exception:
                 pass
             raise
+
+    def _send(self, conn, folder: str, name: str, tmp_name: str, start: int, feed, size: int):
+        """Write one copy's bytes (``feed(write)``) to ``folder/tmp_name`` on the host,
+        continuing a part of ``start`` bytes, fsynced and read back there: (exit code as
+        _PUT_SCRIPT's, what the host said, what it read back, what ``feed`` returned). By
+        this connection's receiver (ssh_receiver: no program started per copy), or where
+        the host has no python3, by _PUT_SCRIPT (a command per copy)."""
+        from imgq import ssh as remote
+
+        receiver = self._receiver(conn)
+        if receiver is not None:
+            return receiver.put(folder, name, tmp_name, start, feed)
+        r, fed = remote.run_feeding(conn, ["sh", "-c", self._script(_PUT_SCRIPT, size=size), "sh", folder, name, tmp_name, str(start)], feed, timeout=600.0)
+        got = _parse_found(r.stdout.decode(errors="replace").strip())
+        return (r.exit_status, r.stderr.decode(errors="replace").strip(), got, fed)
+
+    def _receiver(self, conn) -> Receiver | None:
+        """This thread's receiver on the host, started on its connection at first use;
+        None once the host proved to have no python3 for it."""
+        if self._no_receiver:
+            return None
+        mine = self._mine
+        rec = getattr(mine, "receiver", None)
+        if rec is not None and rec.link is mine.link and rec.alive:
+            return rec
+        if rec is not None:
+            rec.close()
+        mine.receiver = rec = Receiver.start(conn, mine.link)
+        if rec is None:
+            self._no_receiver = True
+        return rec
 
     def _take_over_part(self, sftp, folder: str, name: str, tmp: str, size: int) -> int:
         """The largest killed copy of ``name`` in ``folder`` (1 MiB or more, smaller than

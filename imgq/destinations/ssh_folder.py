@@ -77,7 +77,8 @@ class SshFolder:
     --transfers``) then each have an sshd of their own on the host and a paramiko
     transport of their own here, and the bytes move about a third faster than over one
     connection (``bin/bench archive``, docs/archive.md); a connection also never holds more
-    than two sessions (its SFTP and one command), far below sshd's MaxSessions."""
+    than three sessions (its SFTP, its copies' receiver and one command), far below
+    sshd's MaxSessions (10 by default)."""
 
     def __init__(self, url: str, options: SshOptions = SshOptions()):
         self.spec, self.root = parse_ssh_url(url)

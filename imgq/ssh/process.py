@@ -191,6 +191,7 @@ class RemoteProcess:
     def __init__(self, conn: fabric.Connection, chan: paramiko.Channel, argv, io_timeout):
         self.conn, self.channel, self.argv = conn, chan, list(argv)
         self._stderr = bytearray()
+        self._lines = bytearray()  # read by read_line past its line
         chan.settimeout(io_timeout)
         self._drain = threading.Thread(target=self._drain_stderr, daemon=True)
         self._drain.start()
@@ -263,6 +264,25 @@ class RemoteProcess:
         finally:
             view.release()
         return buf
+
+    def read_line(self, limit: int) -> bytes:
+        """One line of stdout without its newline, for a process that answers in lines
+        (what follows it in the same read is kept for the next ``read_line``; do not mix
+        with ``read``). HostUnreachable on EOF, timeout, or a line longer than ``limit``."""
+        buf = self._lines
+        try:
+            while (end := buf.find(b"\n")) < 0:
+                if len(buf) > limit:
+                    raise EOFError(f"a line longer than {limit} bytes")
+                chunk = self.channel.recv(max(limit, 4096))
+                if not chunk:
+                    raise EOFError("end of output")
+                buf += chunk
+        except NETWORK_ERRORS as exc:
+            raise self._lost(exc, f"reading from {self.argv[0]}") from exc
+        line = bytes(buf[:end])
+        del buf[: end + 1]
+        return line
 
     def read(self, n: int) -> bytes | bytearray:
         """For ``protocol.read_message``: exactly ``n`` bytes; b"" if the process closed

@@ -17,6 +17,12 @@ an empty destination:
 - rsync -a (over OpenSSH for ssh; no read-back)
 
 MB/s = bytes the method wrote / its wall time (start-up included), median of the rounds.
+
+Before each method, what earlier ones left unwritten in the page cache is written out
+(``sync``, not timed): rclone and rsync leave their copies for the kernel to write later,
+and that writeback would otherwise run during the next method's time, where a method
+that fsyncs (imgq) waits for the disk it keeps busy. Each method starts with nothing
+pending; what it leaves pending itself is not counted (imgq leaves nothing).
 """
 
 from __future__ import annotations
@@ -154,6 +160,7 @@ def run(args, ctx) -> dict:
                         target = f"{dest}/" if where == "local" else f"{host.alias}:{dest}/"
                         argv = ["rsync", "-a", *(["-e", rsync_ssh] if where == "ssh" else []), f"{inbox}/", target]
                     say(f"archive: {m}...")
+                    os.sync()  # the earlier methods' unwritten copies are not this one's to wait for
                     wall = _timed(argv, out)
                 except Exception as e:
                     results[m]["problems"].append(str(e))
