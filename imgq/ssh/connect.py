@@ -147,7 +147,14 @@ def _acknowledge_global_requests(t: paramiko.Transport) -> None:
     from paramiko.common import MSG_GLOBAL_REQUEST, cMSG_IGNORE
     from paramiko.message import Message
 
-    parse = t._handler_table[MSG_GLOBAL_REQUEST]  # per instance, made for overriding
+    # paramiko's handler table is not public API: where a version lays it out otherwise,
+    # connections go on as before (40 ms slower), never fail for it
+    # (paramiko 5 keeps a table of bound methods per transport; older ones shared one of
+    # plain functions between all transports, which must not be touched)
+    table = vars(t).get("_handler_table")
+    parse = table.get(MSG_GLOBAL_REQUEST) if isinstance(table, dict) else None
+    if parse is None or not hasattr(t, "_send_message"):
+        return
 
     def handler(m):
         parse(m)
@@ -156,7 +163,7 @@ def _acknowledge_global_requests(t: paramiko.Transport) -> None:
         ignore.add_string(b"")
         t._send_message(ignore)  # as paramiko sends its own replies from this thread
 
-    t._handler_table[MSG_GLOBAL_REQUEST] = handler
+    table[MSG_GLOBAL_REQUEST] = handler
 
 
 def _prepare(conn: fabric.Connection, *, accept_new: bool, timeout: float) -> None:
