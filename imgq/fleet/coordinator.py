@@ -190,6 +190,9 @@ class Fleet:
         self.roster.drive(stopping=self.stopping, host_timeout=self.opts.host_timeout)
         self.dispatch.claim(stopping=self.stopping)
         self._pump_events(0.05)
+        # the replies just read freed their slots: refill the agents first, then settle
+        # (storing and settling a reply takes fsyncs; the agents need not wait for them)
+        self.dispatch.claim(stopping=self.stopping)
         self._settle()
         if self.local is not None:
             self.local.pump(self.summary, self.on_report)
@@ -296,6 +299,9 @@ class Fleet:
         elif kind == "agent":
             arrival = ev[2]
             self.roster.joined(arrival, lambda host: self.dispatch.make_link(host, host.name, arrival.transport, arrival.hello), stopping=self.stopping)
+        elif kind == "answered":  # a reply was read: the job's slot on the agent is free
+            if h.link is ev[2] and ev[3] in h.inflight:
+                h.freed.add(ev[3])
         elif kind == "log":
             self.on_report(("warning", ev[2]))
         elif kind == "outcome":
@@ -320,6 +326,7 @@ class Fleet:
             h = self.roster.hosts[name]
             for a in items:
                 h.inflight.pop(a.outcome.claim.job_id, None)
+                h.freed.discard(a.outcome.claim.job_id)
                 batch.append((h, here, a))
         self.pending.clear()
         here_actor = Actor(host=socket.gethostname(), name="fleet-coordinator")
@@ -362,6 +369,7 @@ class Fleet:
         outcomes = [queue.Outcome(c, error=why, kind="lost") for c in h.inflight.values()]
         self.dispatch.forget(h.inflight.values())
         h.inflight.clear()
+        h.freed.clear()
         settled = settle(self.db, outcomes, self.settings, actor=h.actor(), backoff=0.0, backoff_max=0.0)
         self._report_settled(h, settled, outcomes)
         self.dispatch.dry_until = 0.0

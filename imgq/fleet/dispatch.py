@@ -104,11 +104,13 @@ class Dispatch:
         if stopping or time.time() < self.dry_until:
             return
         wants = []
-        for h in sorted(self.roster.up(), key=lambda h: len(h.inflight) / max(1, h.link.slots)):
+        for h in sorted(self.roster.up(), key=lambda h: self.roster.busy(h) / max(1, h.link.slots)):
             if h.draining:
                 continue
             prefetch = self.opts.prefetch if self.opts.prefetch is not None else h.link.slots
-            want = h.link.slots + prefetch - len(h.inflight)
+            # a job answered but not settled yet holds no slot on the agent: its
+            # replacement goes out now, while the coordinator stores and settles the reply
+            want = h.link.slots + prefetch - self.roster.busy(h)
             if want > 0:
                 wants.append((h, want))
         if not wants:
@@ -299,6 +301,7 @@ class Dispatch:
         if len(h.answered) > 2 * len(h.inflight) + 64:  # forget replies to jobs settled since
             h.answered = {j: x for j, x in h.answered.items() if h.inflight.get(j) is x}
         h.answered[c.job_id] = c
+        self.events.put(("answered", h, lk, c.job_id))  # its slot is free: the loop sends the next job before settling this one
         changed = self.changed.pop(c.token, None)
         if changed is not None:  # what we sent was not the journal's bytes: not the host's doing
             blob.close()

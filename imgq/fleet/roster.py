@@ -38,6 +38,9 @@ class Host:
     tried: bool = False  # a connection has been attempted at least once
     errors_in_row: int = 0  # transient job errors reported by its agent, none done between
     answered: dict = dataclasses.field(default_factory=dict)  # job id -> the Claim its agent replied to (reader thread only)
+    # jobs in ``inflight`` whose reply has been read but not settled yet: their slot on
+    # the agent is free, so they do not count against ``slots + prefetch`` when claiming
+    freed: set = dataclasses.field(default_factory=set)
     draining: bool = False
     label: str | None = None  # a connect-back agent's name (its own, or its launcher's)
     job_end: str | None = None  # how its launcher's job ended ("slurm job 12 ended: hit its time limit")
@@ -74,6 +77,10 @@ class Roster:
         """Put ``h`` in ``state`` here and in the hosts table (an event with the reason)."""
         h.state = state
         host_ledger.move(self.db, h.name, state, now=time.time() if now is None else now, add=add, **fields)
+
+    def busy(self, h: Host) -> int:
+        """Jobs its agent holds: in flight and not answered yet."""
+        return len(h.inflight) - len(h.freed.intersection(h.inflight))
 
     def up(self) -> list[Host]:
         """Hosts with a live link (up, or draining what they hold)."""
@@ -239,6 +246,7 @@ class Roster:
         """The coordinator ends: close the host's link; returns (and forgets) what it held."""
         held = list(h.inflight.values())
         h.inflight.clear()
+        h.freed.clear()
         if h.link is not None:
             h.link.close()
             h.link = None
