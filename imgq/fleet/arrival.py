@@ -179,7 +179,8 @@ def receive(claim: queue.Claim, header: dict, blob: protocol.Blob | bytes | memo
     """Check and store the artifacts of a ``done`` message: the header as ``check_reply``
     says (BadReply), then each artifact's bytes: the sha256 and size stated, a JPEG that
     decodes at the stated width and height (ArtifactRejected), landing in the store
-    atomically (temporary name, fsync, rename, folder fsync)."""
+    atomically (temporary name, fsync, rename; the folder is fsynced by the settle that
+    moves it onto its final name)."""
     return receive_all(claim, header, blob, store_dir, max_pixels=max_pixels)[0]
 
 
@@ -258,7 +259,9 @@ def _write_checked(dest: Path, data, check_file, *, sha256: str, name: str) -> N
         except BadImage as e:  # BadVideo is one
             raise ArtifactRejected(f"does not verify: {e}") from None
 
-    store.write_atomically(dest, write, check=check)
+    # the staged name is not fsynced into its folder here: settle renames it onto its final
+    # name in the same folder and fsyncs that folder before the commit that records it
+    store.write_atomically(dest, write, check=check, sync_folder=False)
 
 
 def accept_stored(claim: queue.Claim, header: dict, store_dir: Path, *, max_pixels: int) -> list[queue.Artifact]:
@@ -390,4 +393,6 @@ def _write_verified(dest: Path, data, width: int, height: int, *, sha256: str | 
             raise ArtifactRejected(f"artifact from the host does not verify: {e}") from None
 
     # the temporary name (store.temp_name) carries our pid, like imaging.save's, for store.sweep_temp
-    store.write_atomically(dest, write, check=check)
+    # the staged name is not fsynced into its folder here: settle renames it onto its final
+    # name in the same folder and fsyncs that folder before the commit that records it
+    store.write_atomically(dest, write, check=check, sync_folder=False)

@@ -54,7 +54,7 @@ class Dispatch:
     def __init__(self, settings: Settings, opts, db: DB, roster: Roster, events: stdqueue.Queue):
         self.settings, self.opts, self.db, self.roster, self.events = settings, opts, db, roster, events
         self.dry_until = 0.0  # the last claim found nothing: don't ask again before this
-        # storing an arrival is mostly waiting for its two fsyncs (file, folder: 3-9 ms
+        # storing an arrival is mostly waiting for its fsync (the file's: 3-9 ms
         # each here); with two threads that capped a coordinator near 300 jobs/s however
         # many agents it had, and concurrent fsyncs share the file system's journal commits
         self.store_pool = concurrent.futures.ThreadPoolExecutor(max(STORE_THREADS, opts.transfers), thread_name_prefix="imgq-store")
