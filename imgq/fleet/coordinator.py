@@ -59,6 +59,12 @@ from imgq.work import WorkOptions, WorkSummary, reports, settle, sweep_store
 RELOAD_SECONDS = 2.0  # how often the hosts file is re-read
 PING_SECONDS = 2.0  # the agent exits when it hears nothing for its idle timeout
 FLUSH_SECONDS = 2.0  # host counters and heartbeat times written to the hosts table
+# Outcomes wait up to SETTLE_WAIT seconds for others to share their settle (one fsync round,
+# one transaction), unless SETTLE_BATCH have arrived: with jobs of milliseconds a settle per
+# reply or two cost the coordinator more than the jobs. The agents do not wait for it: a
+# job's slot is refilled when its reply is read (``Dispatch.claim``).
+SETTLE_WAIT = 0.01
+SETTLE_BATCH = 32
 
 
 @dataclasses.dataclass
@@ -67,7 +73,7 @@ class FleetOptions:
     hosts_file: Path | None = None
     remote_imgq: tuple[str, ...] = ("imgq",)
     slots: int | None = None  # per host without /slots; None: the host's cores
-    prefetch: int | None = None  # jobs in flight per host beyond its slots; None: = slots
+    prefetch: int | None = None  # jobs in flight per host beyond its slots; None: its slots, more for jobs of milliseconds (Dispatch.prefetch)
     transfers: int = 2  # inputs read and sent at once, per host
     shared_root: Path | None = None
     shared_store: bool = False  # the hosts see the store at the same path: agents write artifacts there themselves
@@ -122,6 +128,8 @@ class Fleet:
         self.summary = FleetSummary()
         self.stopping = False
         self.pending: dict[tuple[str, bool], list[Arrived]] = defaultdict(list)  # (host, ran here) -> outcomes to settle
+        self.pending_since = 0.0  # when the oldest of them arrived (monotonic)
+        self.pending_count = 0
         self.counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self.fenced: set[int] = set()  # jobs whose lease we lost (another worker has them)
         self.bytes_out = self.bytes_in = 0
@@ -189,11 +197,12 @@ class Fleet:
             self.roster.set_hosts(self.roster.listed())
         self.roster.drive(stopping=self.stopping, host_timeout=self.opts.host_timeout)
         self.dispatch.claim(stopping=self.stopping)
-        self._pump_events(0.05)
+        self._pump_events(0.05 if not self.pending else min(0.05, max(0.0, self.pending_since + SETTLE_WAIT - time.monotonic())))
         # the replies just read freed their slots: refill the agents first, then settle
         # (storing and settling a reply takes fsyncs; the agents need not wait for them)
         self.dispatch.claim(stopping=self.stopping)
-        self._settle()
+        if self.pending and (self.stopping or self.pending_count >= SETTLE_BATCH or time.monotonic() - self.pending_since >= SETTLE_WAIT):
+            self._settle()
         if self.local is not None:
             self.local.pump(self.summary, self.on_report)
         if self.opts.launcher is not None:
@@ -302,13 +311,21 @@ class Fleet:
         elif kind == "answered":  # a reply was read: the job's slot on the agent is free
             if h.link is ev[2] and ev[3] in h.inflight:
                 h.freed.add(ev[3])
+                now = time.monotonic()
+                if h.last_reply:
+                    gap = now - h.last_reply
+                    h.reply_gap = gap if not h.reply_gap else 0.8 * h.reply_gap + 0.2 * gap
+                h.last_reply = now
         elif kind == "log":
             self.on_report(("warning", ev[2]))
         elif kind == "outcome":
             lk, arrived = ev[2], ev[3]
             claim = arrived.outcome.claim
             if (lk is None or lk is h.link) and h.inflight.get(claim.job_id) is claim:
+                if not self.pending:
+                    self.pending_since = time.monotonic()
                 self.pending[(h.name, arrived.here)].append(arrived)
+                self.pending_count += 1
             else:  # a late reply (its link since lost, its job requeued): its attempt is over
                 store.discard(self.settings.store_dir, arrived.outcome.staged())
 
@@ -329,6 +346,7 @@ class Fleet:
                 h.freed.discard(a.outcome.claim.job_id)
                 batch.append((h, here, a))
         self.pending.clear()
+        self.pending_count = 0
         here_actor = Actor(host=socket.gethostname(), name="fleet-coordinator")
         outcomes = [dataclasses.replace(a.outcome, actor=here_actor if here else h.actor()) for h, here, a in batch]
         fenced = {o.claim.job_id for o in outcomes} & self.fenced
@@ -366,6 +384,8 @@ class Fleet:
         attempt counts (a photo that kills its host cannot loop forever)."""
         if not h.inflight:
             return
+        if any(name == h.name for name, _ in self.pending):
+            self._settle()  # what it sent back and was stored is settled, not redone
         outcomes = [queue.Outcome(c, error=why, kind="lost") for c in h.inflight.values()]
         self.dispatch.forget(h.inflight.values())
         h.inflight.clear()
@@ -405,6 +425,7 @@ class Fleet:
         """Hand back what is still held, close every link, record how each host ended."""
         now = time.time()
         self.stopping = True
+        self._settle()  # outcomes still waiting for company (SETTLE_WAIT): stored, so kept
         if self.listener is not None:
             self.listener.close()  # no agent joins a run that is ending
             if self.opts.agent_file is not None:

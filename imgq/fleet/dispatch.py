@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import math
 import multiprocessing as mp
 import os
 import queue as stdqueue
@@ -30,6 +31,12 @@ from imgq.ledger import queue
 from imgq.ledger.database import DB
 
 STORE_THREADS = 8  # arrivals checked and stored at once (see Dispatch.__init__)
+# Without --prefetch a host gets as many jobs ahead as it has slots, or, when its replies
+# come faster, enough to keep its slots busy for PREFETCH_SECONDS (at most PREFETCH_MAX
+# times its slots): jobs of a few milliseconds would otherwise run the agent dry while the
+# coordinator settles (an fsync round, a few ms).
+PREFETCH_SECONDS = 0.025
+PREFETCH_MAX = 8
 
 
 @dataclasses.dataclass
@@ -107,11 +114,13 @@ class Dispatch:
         for h in sorted(self.roster.up(), key=lambda h: self.roster.busy(h) / max(1, h.link.slots)):
             if h.draining:
                 continue
-            prefetch = self.opts.prefetch if self.opts.prefetch is not None else h.link.slots
+            prefetch = self.prefetch(h)
             # a job answered but not settled yet holds no slot on the agent: its
             # replacement goes out now, while the coordinator stores and settles the reply
             want = h.link.slots + prefetch - self.roster.busy(h)
-            if want > 0:
+            # a deep prefetch is topped up in batches (one claim for several jobs), never
+            # below its slots' worth of jobs queued
+            if want > 0 and want >= (prefetch - h.link.slots) // 2:
                 wants.append((h, want))
         if not wants:
             return
@@ -130,6 +139,17 @@ class Dispatch:
                     self._send(h, c)
         if sum(map(len, lists)) < sum(w for _, w in wants):
             self.dry_until = time.time() + self.opts.poll
+
+    def prefetch(self, h: Host) -> int:
+        """Jobs sent to ``h`` ahead of its free slots: ``--prefetch``, else its slots, or
+        as many as it finishes in PREFETCH_SECONDS when its replies come faster (tiny
+        jobs), up to PREFETCH_MAX times its slots."""
+        if self.opts.prefetch is not None:
+            return self.opts.prefetch
+        slots = h.link.slots
+        if h.reply_gap <= 0:
+            return slots
+        return max(slots, min(PREFETCH_MAX * slots, math.ceil(PREFETCH_SECONDS / h.reply_gap)))
 
     def _videos(self, claims: list[queue.Claim]) -> dict:
         """The running time and frame rate of the claimed videos (a video's input is

@@ -41,6 +41,8 @@ class Host:
     # jobs in ``inflight`` whose reply has been read but not settled yet: their slot on
     # the agent is free, so they do not count against ``slots + prefetch`` when claiming
     freed: set = dataclasses.field(default_factory=set)
+    reply_gap: float = 0.0  # seconds between its replies, averaged (0: none yet): sizes its prefetch
+    last_reply: float = 0.0  # when its last reply was read (monotonic)
     draining: bool = False
     label: str | None = None  # a connect-back agent's name (its own, or its launcher's)
     job_end: str | None = None  # how its launcher's job ended ("slurm job 12 ended: hit its time limit")
