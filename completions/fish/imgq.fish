@@ -127,7 +127,7 @@ complete -c imgq -n '__imgq_at "imgq work"' -l 'report' -r -F -d 'When the run e
 complete -c imgq -n '__imgq_at "imgq work"' -l 'hosts' -x -d 'Work on these hosts over SSH: [user@]host[:port][/slots], comma-separated or repeated'
 complete -c imgq -n '__imgq_at "imgq work"' -l 'hosts-file' -r -F -d 'Work on the hosts listed in FILE, one per line with an optional remote imgq command; re-read while running (a new line joins, a removed one drains)'
 complete -c imgq -n '__imgq_at "imgq work"' -l 'slots' -x -d 'Worker slots per host without /slots (default: its cores)'
-complete -c imgq -n '__imgq_at "imgq work"' -l 'prefetch' -x -d 'Jobs sent to a host ahead of its free slots (default: as many as its slots)'
+complete -c imgq -n '__imgq_at "imgq work"' -l 'prefetch' -x -d 'Jobs sent to a host ahead of its free slots (default: as many as its slots, or, when its jobs take milliseconds, enough for 25 ms of its work, up to 8 times its slots)'
 complete -c imgq -n '__imgq_at "imgq work"' -l 'transfers' -x -d 'Inputs read and sent at once per host'
 complete -c imgq -n '__imgq_at "imgq work"' -l 'shared-root' -r -F -d 'The hosts see the inbox at the same path under PATH: send paths, not bytes'
 complete -c imgq -n '__imgq_at "imgq work"' -l 'shared-store' -d 'The hosts see the store at the same path (a cluster file system): agents write artifacts into it themselves and send only their sizes and sha256, which this machine checks before the fenced completion'

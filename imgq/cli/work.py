@@ -47,7 +47,7 @@ def work(
     hosts: HostsOpt = None,
     hosts_file: HostsFileOpt = None,
     slots: Annotated[Optional[int], typer.Option("--slots", help="Worker slots per host without /slots (default: its cores).", min=1, metavar="N", show_default=False)] = None,
-    prefetch: Annotated[Optional[int], typer.Option("--prefetch", help="Jobs sent to a host ahead of its free slots (default: as many as its slots).", min=0, metavar="N", show_default=False)] = None,
+    prefetch: Annotated[Optional[int], typer.Option("--prefetch", help="Jobs sent to a host ahead of its free slots (default: as many as its slots, or, when its jobs take milliseconds, enough for 25 ms of its work, up to 8 times its slots).", min=0, metavar="N", show_default=False)] = None,
     transfers: Annotated[int, typer.Option("--transfers", help="Inputs read and sent at once per host.", min=1, metavar="N")] = 2,
     shared_root: Annotated[Optional[Path], typer.Option("--shared-root", help="The hosts see the inbox at the same path under PATH: send paths, not bytes.", metavar="PATH", show_default=False)] = None,
     shared_store: Annotated[bool, typer.Option("--shared-store", help="The hosts see the store at the same path (a cluster file system): agents write artifacts into it themselves and send only their sizes and sha256, which this machine checks before the fenced completion.")] = False,

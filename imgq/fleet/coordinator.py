@@ -332,10 +332,11 @@ class Fleet:
     # --- settling -----------------------------------------------------------------------
 
     def _settle(self) -> None:
-        """Everything that arrived since the last tick, from every host, in one settle:
-        one fsync round and one transaction per tick instead of one per host (with many
-        agents a tick holds replies from most of them). Each outcome's events still name
-        the host it ran on (``Outcome.actor``)."""
+        """Everything that arrived since the last settle, from every host, in one settle:
+        one fsync round and one transaction for the lot instead of one per host or reply
+        (``_tick`` lets outcomes wait up to SETTLE_WAIT for company; the agents' slots
+        were refilled when the replies were read). Each outcome's events still name the
+        host it ran on (``Outcome.actor``)."""
         if not self.pending:
             return
         batch: list[tuple[Host, bool, Arrived]] = []
