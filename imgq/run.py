@@ -29,7 +29,7 @@ from imgq.ledger.journal import Actor
 from imgq.routing import Routing
 
 if TYPE_CHECKING:
-    from imgq.fleet.coordinator import FleetOptions
+    from imgq.fleet.options import FleetOptions
 
 
 @dataclasses.dataclass

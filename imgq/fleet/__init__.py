@@ -2,6 +2,7 @@
 each host, and what travels between them.
 
 Lives here: ``coordinator`` (imgq work --hosts: the loop, its events, settling, stopping),
+``options`` (what a run is asked and reports: FleetOptions, Launcher, FleetSummary),
 ``roster`` (the hosts: listed, connecting, up, benched, draining; hosts-file reloads),
 ``dispatch`` (claiming for agents, prefetch, sending inputs, receiving replies), ``local``
 (local workers beside the hosts), ``agent`` (imgq agent), ``slot`` (what runs in one of
@@ -26,8 +27,12 @@ imports ``imgq.fleet.hosts`` and must not load the SSH stack.
 
 
 def __getattr__(name: str):
-    if name in ("FleetOptions", "FleetSummary", "work"):
+    if name in ("FleetOptions", "FleetSummary"):
+        from imgq.fleet import options
+
+        return getattr(options, name)
+    if name == "work":
         from imgq.fleet import coordinator
 
-        return getattr(coordinator, name)
+        return coordinator.work
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
