@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import time
@@ -66,6 +67,16 @@ def imgq_subprocess(
         stdin=None if input is not None else subprocess.DEVNULL,
         timeout=timeout,
     )
+
+
+def query(db, sql: str, params=()) -> list[tuple]:
+    """Rows of ``sql`` on the database file ``db``, through a connection of its own (the
+    tests read what imgq's processes wrote; a 30 s busy timeout rides out their writes)."""
+    conn = sqlite3.connect(db, timeout=30)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
 
 
 def wait_for(predicate, timeout=60.0, step=0.02, show=None):

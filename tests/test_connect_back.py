@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import imgq_env, imgq_subprocess
+from conftest import imgq_env, imgq_subprocess, query
 from imgq import samples
 from imgq.errors import UsageError
 from imgq.fleet import listen, protocol, tls
@@ -63,16 +63,6 @@ def start_agent(cwd: Path, *args, env=None, stdin_text: str | None = None) -> su
         p.stdin.write(stdin_text)
         p.stdin.flush()  # kept open: the agent must not wait for its end
     return p
-
-
-def query(db: Path, sql: str, params=()):
-    import sqlite3
-
-    conn = sqlite3.connect(db, timeout=30)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
 
 
 def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:

@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import imgq_env, imgq_subprocess
+from conftest import imgq_env, imgq_subprocess, query
 from imgq import samples
 from imgq.fleet import hosts, protocol
 from imgq.errors import UsageError
@@ -54,14 +53,6 @@ def start(cwd, *args) -> subprocess.Popen:
 def fleet_args(hosts_, *extra) -> list[str]:
     cfg = hosts_[0].ssh_config
     return ["--ssh-config", cfg, "--remote-imgq", REMOTE_IMGQ, *extra]
-
-
-def query(db: Path, sql: str, params=()) -> list[tuple]:
-    conn = sqlite3.connect(db, timeout=30)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
 
 
 def done_by(db: Path, host: str) -> int:

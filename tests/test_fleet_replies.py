@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import imgq_subprocess
+from conftest import imgq_subprocess, query
 from imgq import samples
 from imgq.fleet import protocol
 from imgq.store import OWNER_MARK
@@ -56,14 +56,6 @@ REASONS = {
 
 def imgq(cwd, *args, timeout=90):
     return imgq_subprocess(*args, cwd=cwd, timeout=timeout)
-
-
-def query(db: Path, sql: str, params=()) -> list[tuple]:
-    conn = sqlite3.connect(db, timeout=30)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
 
 
 def assert_each_job_done_once(db: Path) -> None:

@@ -15,7 +15,6 @@ import hashlib
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import imgq_env, imgq_subprocess
+from conftest import imgq_env, imgq_subprocess, query
 from imgq import samples
 
 pytestmark = pytest.mark.timeout(150)
@@ -35,14 +34,6 @@ def imgq(cwd, *args) -> subprocess.CompletedProcess:
     r = imgq_subprocess(*args, cwd=cwd, timeout=120)
     assert r.returncode == 0, r.stderr
     return r
-
-
-def query(db: Path, sql: str, params=()) -> list[tuple]:
-    conn = sqlite3.connect(db, timeout=30)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
 
 
 def tiny_queue(cwd: Path, count: int) -> int:
@@ -71,6 +62,18 @@ def start_run(cwd: Path, *prefix: str) -> tuple[subprocess.Popen, subprocess.Pop
     agent = subprocess.Popen([sys.executable, "-m", "imgq", "agent", "--slots", "2", "--workdir", cwd / "agents", "--secret-file", cwd / "run.env"],
                              cwd=cwd, env=imgq_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     return coord, agent
+
+
+def finish(coord: subprocess.Popen, agent: subprocess.Popen) -> None:
+    """Wait for a run started by ``start_run`` to drain and exit 0; kill what is left."""
+    try:
+        _, err = coord.communicate(timeout=120)
+        agent.wait(30)
+    finally:
+        for p in (coord, agent):
+            if p.poll() is None:
+                p.kill()
+    assert coord.returncode == 0, err
 
 
 def done(db: Path) -> int:
@@ -138,14 +141,7 @@ def test_a_final_name_is_durable_before_the_journal_records_it(tmp_path):
     trace = tmp_path / "coordinator.strace"
     coord, agent = start_run(tmp_path, "strace", "-f", "-qq", "-y", "-s", "8192", "-o", str(trace),
                              "-e", "trace=rename,renameat,renameat2,fsync,fdatasync,pwrite64")
-    try:
-        out, err = coord.communicate(timeout=120)
-        agent.wait(30)
-    finally:
-        for p in (coord, agent):
-            if p.poll() is None:
-                p.kill()
-    assert coord.returncode == 0, err
+    finish(coord, agent)
     assert done(tmp_path / "imgq.db") == jobs
     store_dir = tmp_path / "imgq-store"
     calls = list(_calls(trace.read_text()))
@@ -209,14 +205,7 @@ def test_a_coordinator_killed_while_settling_records_each_job_once_with_its_file
         assert_recorded_artifacts_are_in_place(tmp_path)
     time.sleep(2.1)  # the killed coordinator's leases expire
     coord, agent = start_run(tmp_path)
-    try:
-        out, err = coord.communicate(timeout=120)
-        agent.wait(30)
-    finally:
-        for p in (coord, agent):
-            if p.poll() is None:
-                p.kill()
-    assert coord.returncode == 0, err
+    finish(coord, agent)
     assert dict(query(db, "SELECT state, count(*) FROM jobs GROUP BY state")) == {"done": jobs}
     assert query(db, "SELECT job_id FROM events WHERE entity = 'job' AND to_state = 'done' GROUP BY job_id HAVING count(*) != 1") == []
     assert assert_recorded_artifacts_are_in_place(tmp_path) == jobs
